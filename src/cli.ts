@@ -1,0 +1,105 @@
+// The command-line conventions every program shares: yargs with --help and
+// --version, --config/--check-config, --verbose/--quiet; usage errors on
+// stderr with exit 64; the config loaded and a log made. Programs call
+// start() and get either everything they need or an exit code.
+import { readFileSync } from 'node:fs';
+import yargs, { type Argv } from 'yargs';
+import { EXIT, Failure } from './failure.js';
+import { type Field, type Located, type Role, loadConfig, locateConfig, showConfig } from './config.js';
+import { type Log, createLog, oneLine } from './log.js';
+import type { Io } from './run.js';
+
+export interface CommonFlags {
+  config?: string;
+  checkConfig?: boolean;
+  verbose?: boolean;
+  quiet?: boolean;
+  _: (string | number)[];
+}
+
+let version: string | undefined;
+function packageVersion(): string {
+  version ??= (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+  return version;
+}
+
+export interface Started<A, C> {
+  argv: A & CommonFlags;
+  config: C;
+  source: Located;
+  log: Log;
+}
+
+export interface ProgramSpec<A, C> {
+  name: string;
+  role: Role;
+  usage: string;
+  schema: Field<C>;
+  options: (y: Argv) => Argv<A>;
+}
+
+/** Parse flags, load config, make the log. Returns a number when the program is already done (help, errors). */
+export async function start<A, C>(spec: ProgramSpec<A, C>, args: string[], io: Io): Promise<Started<A, C> | number> {
+  const parsed = await parseFlags(spec, args, io);
+  if (typeof parsed === 'number') return parsed;
+  const argv = parsed;
+  let loaded;
+  try {
+    const where = locateConfig(spec.name, spec.role, argv.config, io.env, io.cwd);
+    loaded = loadConfig(spec.schema, where.path, where.required);
+  } catch (e) {
+    if (e instanceof Failure) {
+      io.stderr.write(`${spec.name}: ${oneLine(e.message)}\n`);
+      return e.exitCode;
+    }
+    throw e;
+  }
+  const log = createLog(io.stderr, spec.name, argv.verbose ? 'debug' : argv.quiet ? 'error' : 'info');
+  if (argv.checkConfig) {
+    io.stdout.write(`# ${loaded.source.file ?? 'no config file: defaults'}\n${showConfig(loaded.config)}`);
+    io.stderr.write(`${spec.name}: configuration OK\n`);
+    return EXIT.OK;
+  }
+  return { argv, config: loaded.config, source: loaded.source, log };
+}
+
+async function parseFlags<A>(spec: ProgramSpec<A, unknown>, args: string[], io: Io): Promise<(A & CommonFlags) | number> {
+  const y = spec
+    .options(
+      yargs()
+        .scriptName(spec.name)
+        .usage(spec.usage)
+        .exitProcess(false)
+        .strict()
+        .parserConfiguration({ 'camel-case-expansion': true, 'strip-dashed': true })
+        .option('config', { type: 'string', describe: 'Config file (default: see FILES in the man page)', requiresArg: true })
+        .option('check-config', { type: 'boolean', describe: 'Print the effective config, check it, and exit' })
+        .option('verbose', { type: 'boolean', describe: 'Log more (debug level)' })
+        .option('quiet', { type: 'boolean', describe: 'Log errors only' }),
+    )
+    .version(packageVersion())
+    .help()
+    .alias('help', 'h')
+    .wrap(Math.min(100, (io.stdout as { columns?: number }).columns ?? 80));
+  return new Promise((resolveFlags) => {
+    y.parse(args, {}, (err, argv, output) => {
+      if (err) {
+        io.stderr.write(`${spec.name}: ${oneLine(err.message)}\nTry '${spec.name} --help' for more information.\n`);
+        return resolveFlags(EXIT.USAGE);
+      }
+      const a = argv as Record<string, unknown>;
+      if (a.help || a.version) {
+        io.stdout.write(`${output}\n`);
+        return resolveFlags(EXIT.OK);
+      }
+      resolveFlags(argv as unknown as A & CommonFlags);
+    });
+  });
+}
+
+/** A repeatable flag that may also hold comma lists: --to a --to b,c. */
+export function manyValues(v: unknown): string[] {
+  if (v === undefined) return [];
+  const all = Array.isArray(v) ? v : [v];
+  return all.flatMap((x) => String(x).split(',')).map((s) => s.trim()).filter((s) => s !== '');
+}

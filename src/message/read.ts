@@ -1,0 +1,127 @@
+// The streaming reader: yields the entries of an IMA message one at a time,
+// each checked against ima-message(5) before the caller sees it. Memory stays
+// bounded whatever the message size: entry data is a stream the caller
+// consumes (or leaves, and the reader drains it).
+import { once } from 'node:events';
+import { PassThrough, type Readable, Transform, type TransformCallback, pipeline } from 'node:stream';
+import tar from 'tar-stream';
+import { Failure } from '../failure.js';
+import { type Headers, parseHeaders } from './headers.js';
+import { DEFAULT_LIMITS, type MessageLimits, MessageError } from './limits.js';
+import { ATTACHMENTS, classifyPath } from './names.js';
+import { TarGuard } from './tar-guard.js';
+
+export type Entry =
+  | { kind: 'headers'; path: 'headers'; headers: Headers; raw: Buffer; size: number }
+  | { kind: 'body' | 'body.html' | 'attachment'; path: string; name: string; size: number; stream: Readable };
+
+/** Fails the stream on bytes that are not UTF-8 (body and body.html are text). */
+class Utf8Check extends Transform {
+  private decoder = new TextDecoder('utf-8', { fatal: true });
+  constructor(private readonly path: string) {
+    super();
+  }
+  override _transform(chunk: Buffer, _e: BufferEncoding, cb: TransformCallback) {
+    try {
+      this.decoder.decode(chunk, { stream: true });
+      cb(null, chunk);
+    } catch {
+      cb(new MessageError(`${this.path}: not valid UTF-8`));
+    }
+  }
+  override _flush(cb: TransformCallback) {
+    try {
+      this.decoder.decode();
+      cb();
+    } catch {
+      cb(new MessageError(`${this.path}: not valid UTF-8 (truncated character)`));
+    }
+  }
+}
+
+async function readAll(stream: AsyncIterable<unknown>, max: number, what: string): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let n = 0;
+  for await (const c of stream) {
+    const chunk = c as Buffer;
+    n += chunk.length;
+    if (n > max) throw new MessageError(`${what} larger than the limit of ${max} bytes`);
+    parts.push(chunk);
+  }
+  return Buffer.concat(parts);
+}
+
+/** Map tar-stream's own errors to a message error; keep ours and I/O errors as they are. */
+function explain(err: unknown): Error {
+  if (err instanceof Failure) return err;
+  const e = err as NodeJS.ErrnoException;
+  if (e?.code && e.code !== 'ERR_STREAM_PREMATURE_CLOSE') return e;
+  const m = String(e?.message ?? err);
+  if (/Unexpected end|premature/i.test(m)) return new MessageError('tar: truncated archive');
+  return new MessageError(`tar: ${m}`);
+}
+
+/**
+ * Read a message entry by entry. The first entry is always the parsed
+ * headers. The caller must consume or ignore each entry's stream before
+ * asking for the next; an ignored stream is drained here.
+ */
+export async function* readMessage(input: Readable, limits: MessageLimits = DEFAULT_LIMITS): AsyncGenerator<Entry> {
+  const guard = new TarGuard(limits);
+  const extract = tar.extract();
+  let failed: Error | undefined;
+  pipeline(input, guard, extract, (err) => {
+    if (err && !failed) failed = explain(err);
+  });
+  const seenNames = new Set<string>();
+  let index = 0;
+  let sawAttachmentsDir = false;
+  try {
+    for await (const entry of extract) {
+      const h = entry.header;
+      const expected = guard.seen[index];
+      index++;
+      if (!expected || expected.size !== h.size || (expected.type === 'directory') !== (h.type === 'directory')) {
+        throw new MessageError('tar: inconsistent entry header');
+      }
+      if (h.type === 'directory') {
+        // GNU tar adds the directory when told to archive "attachments": harmless, skipped once.
+        if (h.name !== ATTACHMENTS || sawAttachmentsDir || index === 1) throw new MessageError(`entry ${JSON.stringify(h.name)}: directories are not allowed`);
+        sawAttachmentsDir = true;
+        entry.resume();
+        continue;
+      }
+      if (h.type !== 'file') throw new MessageError(`entry ${JSON.stringify(h.name)}: only regular files are allowed`);
+      if (h.name.includes('\uFFFD')) throw new MessageError(`entry ${JSON.stringify(h.name)}: name is not valid UTF-8`);
+      const { kind, name } = classifyPath(h.name);
+      const path = kind === 'attachment' ? ATTACHMENTS + name : kind;
+      if (index === 1 && kind !== 'headers') throw new MessageError('the first entry must be "headers"');
+      if (seenNames.has(path)) throw new MessageError(`entry ${JSON.stringify(path)} appears twice`);
+      seenNames.add(path);
+      const size = h.size ?? 0;
+      if (kind === 'headers') {
+        if (index !== 1) throw new MessageError('"headers" must be the first entry');
+        if (size > limits.maxHeaderBytes) throw new MessageError(`headers of ${size} bytes exceed the limit of ${limits.maxHeaderBytes}`);
+        const raw = await readAll(entry, limits.maxHeaderBytes, 'headers');
+        yield { kind, path: 'headers', headers: parseHeaders(raw), raw, size };
+        continue;
+      }
+      // tar-stream's entries are streamx streams; callers get a Node stream.
+      const stream: Readable = entry.pipe(kind === 'attachment' ? new PassThrough() : new Utf8Check(path));
+      entry.on('error', (e: Error) => stream.destroy(failed ?? explain(e)));
+      yield { kind, path, name, size, stream };
+      if (!stream.readableEnded) {
+        if (stream.destroyed) throw failed ?? new MessageError(`${path}: entry stream was abandoned`);
+        stream.resume();
+        await once(stream, 'end');
+      }
+    }
+    if (index === 0) throw new MessageError('empty archive: no "headers" entry');
+    if (failed) throw failed;
+  } catch (e) {
+    input.destroy();
+    extract.destroy();
+    // The guard's reason beats tar-stream's echo of it.
+    throw failed ?? explain(e);
+  }
+}
