@@ -3,7 +3,7 @@
 // stderr with exit 64; the config loaded and a log made. Programs call
 // start() and get either everything they need or an exit code.
 import { readFileSync } from 'node:fs';
-import yargs, { type Argv } from 'yargs';
+import yargs, { type ArgumentsCamelCase, type Argv } from 'yargs';
 import { EXIT, Failure } from './failure.js';
 import { type Field, type Located, type Role, loadConfig, locateConfig, showConfig } from './config.js';
 import { type Log, createLog, oneLine } from './log.js';
@@ -24,7 +24,7 @@ function packageVersion(): string {
 }
 
 export interface Started<A, C> {
-  argv: A & CommonFlags;
+  argv: ArgumentsCamelCase<A> & CommonFlags;
   config: C;
   source: Located;
   log: Log;
@@ -63,14 +63,14 @@ export async function start<A, C>(spec: ProgramSpec<A, C>, args: string[], io: I
   return { argv, config: loaded.config, source: loaded.source, log };
 }
 
-async function parseFlags<A>(spec: ProgramSpec<A, unknown>, args: string[], io: Io): Promise<(A & CommonFlags) | number> {
+async function parseFlags<A>(spec: ProgramSpec<A, unknown>, args: string[], io: Io): Promise<(ArgumentsCamelCase<A> & CommonFlags) | number> {
   const y = spec
     .options(
       yargs()
         .scriptName(spec.name)
         .usage(spec.usage)
         .exitProcess(false)
-        .strict()
+        .strictOptions()
         .parserConfiguration({ 'camel-case-expansion': true, 'strip-dashed': true })
         .option('config', { type: 'string', describe: 'Config file (default: see FILES in the man page)', requiresArg: true })
         .option('check-config', { type: 'boolean', describe: 'Print the effective config, check it, and exit' })
@@ -92,14 +92,8 @@ async function parseFlags<A>(spec: ProgramSpec<A, unknown>, args: string[], io: 
         io.stdout.write(`${output}\n`);
         return resolveFlags(EXIT.OK);
       }
-      resolveFlags(argv as unknown as A & CommonFlags);
+      resolveFlags(argv as unknown as ArgumentsCamelCase<A> & CommonFlags);
     });
   });
 }
 
-/** A repeatable flag that may also hold comma lists: --to a --to b,c. */
-export function manyValues(v: unknown): string[] {
-  if (v === undefined) return [];
-  const all = Array.isArray(v) ? v : [v];
-  return all.flatMap((x) => String(x).split(',')).map((s) => s.trim()).filter((s) => s !== '');
-}

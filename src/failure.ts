@@ -18,12 +18,13 @@ export const EXIT = {
   CONFIG: 78, // EX_CONFIG: bad configuration
 } as const;
 
-export type Kind = 'temporary' | 'permanent' | 'usage' | 'config' | 'noinput' | 'cantcreat';
+export type Kind = 'temporary' | 'permanent' | 'usage' | 'data' | 'config' | 'noinput' | 'cantcreat';
 
 const EXIT_FOR_KIND: Record<Kind, number> = {
   temporary: EXIT.TEMPFAIL,
   permanent: EXIT.FAIL,
   usage: EXIT.USAGE,
+  data: EXIT.DATAERR,
   config: EXIT.CONFIG,
   noinput: EXIT.NOINPUT,
   cantcreat: EXIT.CANTCREAT,
@@ -51,6 +52,7 @@ export class Failure extends Error {
 export const tempFail = (reason: string, status?: string) => new Failure('temporary', reason, status);
 export const permFail = (reason: string, status?: string) => new Failure('permanent', reason, status);
 export const usageError = (reason: string) => new Failure('usage', reason);
+export const dataError = (reason: string) => new Failure('data', reason);
 export const configError = (file: string, key: string, problem: string) =>
   new Failure('config', `${file}: ${key ? key + ': ' : ''}${problem}`);
 export const noInput = (file: string, problem: string) => new Failure('noinput', `${file}: ${problem}`);

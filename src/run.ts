@@ -4,6 +4,7 @@
 import type { Readable, Writable } from 'node:stream';
 import { EXIT, Failure, asFailure } from './failure.js';
 import { oneLine } from './log.js';
+import { type ProgramName, loadProgram } from './programs/index.js';
 
 export interface Io {
   stdin: Readable;
@@ -31,14 +32,14 @@ export function reportFailure(io: Io, program: string, err: unknown): number {
   return f.exitCode;
 }
 
-/** Run a program's main as this process, with exit code semantics of DESIGN.md 2. */
-export function launch(program: string, main: Main): void {
+/** Run a toolkit program as this process, with the exit code semantics of DESIGN.md 2. */
+export function launch(program: ProgramName): void {
   const io = processIo();
   // A closed stdout (| head) is the reader's choice, not our failure.
   process.stdout.on('error', (e: NodeJS.ErrnoException) => {
     if (e.code !== 'EPIPE') throw e;
   });
-  main(process.argv.slice(2), io).then(
+  loadProgram(program).then((main) => main(process.argv.slice(2), io)).then(
     (code) => {
       process.exitCode = code;
     },

@@ -33,11 +33,13 @@ export const bufferPart = (buf: Buffer): Part => ({ size: buf.length, open: () =
 export function canonicalEntries(parts: MessageParts): OutEntry[] {
   const raw = parts.headers.serialize();
   const out: OutEntry[] = [{ path: 'headers', ...bufferPart(raw) }];
-  if (parts.body) out.push({ path: 'body', ...parts.body });
-  if (parts.bodyHtml) out.push({ path: 'body.html', ...parts.bodyHtml });
+  // Parts may be class instances (a Spool): call open() on them, do not spread them.
+  const entry = (path: string, p: Part): OutEntry => ({ path, size: p.size, open: () => p.open() });
+  if (parts.body) out.push(entry('body', parts.body));
+  if (parts.bodyHtml) out.push(entry('body.html', parts.bodyHtml));
   const atts = (parts.attachments ?? []).map((a) => ({ ...a, name: checkAttachmentName(a.name) }));
   atts.sort((a, b) => compareNames(a.name, b.name));
-  for (const a of atts) out.push({ path: ATTACHMENTS + a.name, size: a.size, open: a.open });
+  for (const a of atts) out.push(entry(ATTACHMENTS + a.name, a));
   return out;
 }
 

@@ -1,0 +1,53 @@
+// Durable file operations: what "durably stored" means on a POSIX file
+// system. fsync of a file does not persist its directory entry, so every
+// create and rename is followed by an fsync of the directory.
+import { randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { open, rename, unlink } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import type { Writable } from 'node:stream';
+import { cantCreate } from './failure.js';
+
+/** fsync a directory so the entries created or renamed in it survive a crash. */
+export async function fsyncDir(dir: string): Promise<void> {
+  const fh = await open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** A name no other writer will pick: time, pid and randomness. */
+export function uniqueName(prefix = ''): string {
+  return `${prefix}${Date.now()}.${process.pid}.${randomBytes(6).toString('hex')}`;
+}
+
+/**
+ * Write a file so that it either appears whole or not at all: a temporary
+ * file beside it (created exclusively), fsync, rename over the target, fsync
+ * of the directory. On any failure the temporary file is removed.
+ */
+export async function writeFileAtomic(path: string, write: (out: Writable) => Promise<void>, mode = 0o644): Promise<void> {
+  const dir = dirname(path);
+  const tmp = join(dir, `.${basename(path)}.${uniqueName()}.tmp`);
+  let fh;
+  try {
+    fh = await open(tmp, 'wx', mode);
+  } catch (e) {
+    throw cantCreate(path, `cannot create (${(e as NodeJS.ErrnoException).code})`);
+  }
+  try {
+    const out = createWriteStream('', { fd: fh.fd, autoClose: false });
+    await write(out);
+    await fh.sync();
+    await fh.close();
+    fh = undefined;
+    await rename(tmp, path);
+    await fsyncDir(dir);
+  } catch (e) {
+    await fh?.close().catch(() => {});
+    await unlink(tmp).catch(() => {});
+    throw e;
+  }
+}

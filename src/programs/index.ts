@@ -1,0 +1,16 @@
+// The registry of toolkit programs: the names bin/ launches and the names a
+// server may run in-process as its handler (DESIGN.md 7).
+import type { Main } from '../run.js';
+
+export const PROGRAMS = ['make-message'] as const;
+export type ProgramName = (typeof PROGRAMS)[number];
+
+export function isProgram(name: string): name is ProgramName {
+  return (PROGRAMS as readonly string[]).includes(name);
+}
+
+/** Load a program's main lazily: a launcher pays only for the program it runs. */
+export async function loadProgram(name: ProgramName): Promise<Main> {
+  const mod = (await import(`./${name}.js`)) as { main: Main };
+  return mod.main;
+}
