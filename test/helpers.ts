@@ -1,0 +1,92 @@
+// Shared test plumbing: run a program in-process through main(args, io), or
+// as a real process through bin/NAME, and collect exit code and output.
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { PassThrough, Readable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import { loadProgram, type ProgramName } from '../src/programs/index.js';
+import type { Io } from '../src/run.js';
+
+export const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
+export const BIN = join(ROOT, 'bin');
+
+export interface Result {
+  code: number | null;
+  signal?: NodeJS.Signals | null;
+  stdout: Buffer;
+  stderr: string;
+}
+
+export interface RunOptions {
+  input?: Buffer | string | Readable;
+  env?: Record<string, string | undefined>;
+  cwd?: string;
+}
+
+/** An isolated environment: no user or system config is read unless the test gives one. */
+export function testEnv(extra: Record<string, string | undefined> = {}): Record<string, string | undefined> {
+  return { PATH: process.env.PATH, HOME: '/nonexistent', IMA_CONFIG_DIR: '/nonexistent', ...extra };
+}
+
+function collect(s: Readable): Promise<Buffer> {
+  return new Promise((res, rej) => {
+    const parts: Buffer[] = [];
+    s.on('data', (c: Buffer) => parts.push(c));
+    s.on('end', () => res(Buffer.concat(parts)));
+    s.on('error', rej);
+  });
+}
+
+function asStream(input: RunOptions['input']): Readable {
+  if (input instanceof Readable) return input;
+  return Readable.from(input === undefined ? [] : [Buffer.from(input)]);
+}
+
+/** Run a toolkit program in this process, as a server would. */
+export async function runMain(name: ProgramName, args: string[], opts: RunOptions = {}): Promise<Result> {
+  const main = await loadProgram(name);
+  const stdout = new PassThrough();
+  const stderr = new PassThrough();
+  const io: Io = { stdin: asStream(opts.input), stdout, stderr, env: opts.env ?? testEnv(), cwd: opts.cwd ?? process.cwd() };
+  const out = collect(stdout);
+  const err = collect(stderr);
+  const code = await main(args, io);
+  stdout.end();
+  stderr.end();
+  return { code, stdout: await out, stderr: (await err).toString() };
+}
+
+/** Run bin/NAME as a real process. */
+export function runBin(name: string, args: string[], opts: RunOptions = {}): Promise<Result> {
+  return new Promise((res, rej) => {
+    const child = spawn(join(BIN, name), args, { env: opts.env ?? testEnv(), cwd: opts.cwd, stdio: ['pipe', 'pipe', 'pipe'] });
+    const out = collect(child.stdout);
+    const err = collect(child.stderr);
+    child.stdin.on('error', () => {}); // a program may exit without reading stdin
+    asStream(opts.input).pipe(child.stdin);
+    child.on('error', rej);
+    child.on('close', async (code, signal) => res({ code, signal, stdout: await out, stderr: (await err).toString() }));
+  });
+}
+
+/** Run any command (GNU tar, openssl) with an argv array. */
+export function runCommand(cmd: string, args: string[], opts: RunOptions = {}): Promise<Result> {
+  return new Promise((res, rej) => {
+    const child = spawn(cmd, args, { env: opts.env ?? process.env, cwd: opts.cwd, stdio: ['pipe', 'pipe', 'pipe'] });
+    const out = collect(child.stdout);
+    const err = collect(child.stderr);
+    child.stdin.on('error', () => {});
+    asStream(opts.input).pipe(child.stdin);
+    child.on('error', rej);
+    child.on('close', async (code, signal) => res({ code, signal, stdout: await out, stderr: (await err).toString() }));
+  });
+}
+
+/** A fresh temporary directory, removed when the test process exits. */
+export function tempDir(prefix = 'ima-test-'): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
