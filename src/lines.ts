@@ -1,0 +1,125 @@
+// A bounded reader for line-oriented protocols with byte-counted data
+// (IMDP, IMRP): UTF-8 control lines ending in LF, each with a maximum
+// length and an idle timeout, and exactly N bytes of data with an
+// inactivity timeout. Bytes that arrive ahead of time (pipelining) are kept
+// for the next read. Nothing here knows any protocol verb.
+import { Readable } from 'node:stream';
+
+export type LineErrorKind = 'too-long' | 'timeout' | 'not-utf8' | 'control' | 'eof';
+
+export class LineError extends Error {
+  constructor(readonly kind: LineErrorKind, message: string) {
+    super(message);
+  }
+}
+
+export interface LineLimits {
+  /** Longest line in bytes, LF excluded. */
+  maxLine: number;
+  /** How long to wait for a line, in ms. */
+  idleTimeout: number;
+  /** How long data may stall, in ms. */
+  dataTimeout: number;
+}
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+const CONTROL = /[\x00-\x08\x0a-\x1f\x7f]/;
+
+export class LineReader {
+  private buffered: Buffer = Buffer.alloc(0);
+  private ended = false;
+  private readonly iterator: AsyncIterator<Buffer>;
+  private pending?: Promise<IteratorResult<Buffer>>;
+
+  constructor(input: Readable, public limits: LineLimits) {
+    this.iterator = input[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+  }
+
+  /** Wait for more bytes; false at end of input. */
+  private async more(timeout: number, what: string): Promise<boolean> {
+    if (this.ended) return false;
+    this.pending ??= this.iterator.next();
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<'timeout'>((res) => {
+      timer = setTimeout(() => res('timeout'), timeout);
+    });
+    try {
+      const r = await Promise.race([this.pending, expired]);
+      if (r === 'timeout') throw new LineError('timeout', `no ${what} for ${Math.round(timeout / 1000)} s`);
+      this.pending = undefined;
+      if (r.done) {
+        this.ended = true;
+        return false;
+      }
+      this.buffered = this.buffered.length ? Buffer.concat([this.buffered, r.value]) : r.value;
+      return true;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Bytes already received and not yet read (pipelined input). */
+  get available(): number {
+    return this.buffered.length;
+  }
+
+  /** The next line without its LF, or null at a clean end of input. CR before LF is refused like any control character. */
+  async readLine(maxLine = this.limits.maxLine): Promise<string | null> {
+    let searched = 0;
+    for (;;) {
+      const lf = this.buffered.indexOf(0x0a, searched);
+      if (lf !== -1) {
+        if (lf > maxLine) throw new LineError('too-long', `line longer than ${maxLine} bytes`);
+        const raw = this.buffered.subarray(0, lf);
+        this.buffered = this.buffered.subarray(lf + 1);
+        let text: string;
+        try {
+          text = utf8.decode(raw);
+        } catch {
+          throw new LineError('not-utf8', 'line is not valid UTF-8');
+        }
+        if (CONTROL.test(text)) throw new LineError('control', 'control character in line (lines end with LF alone)');
+        return text;
+      }
+      if (this.buffered.length > maxLine) throw new LineError('too-long', `line longer than ${maxLine} bytes`);
+      searched = this.buffered.length;
+      if (!(await this.more(this.limits.idleTimeout, 'command'))) {
+        if (this.buffered.length === 0) return null;
+        throw new LineError('eof', 'connection closed in the middle of a line');
+      }
+    }
+  }
+
+  /** Exactly `n` bytes, as they arrive; fails on end of input or a stall longer than the data timeout. */
+  async *readBytes(n: number): AsyncGenerator<Buffer> {
+    let left = n;
+    while (left > 0) {
+      if (this.buffered.length === 0 && !(await this.more(this.limits.dataTimeout, 'data'))) {
+        throw new LineError('eof', `connection closed with ${left} of ${n} data bytes still to come`);
+      }
+      const take = Math.min(left, this.buffered.length);
+      const chunk = this.buffered.subarray(0, take);
+      this.buffered = this.buffered.subarray(take);
+      left -= take;
+      yield chunk;
+    }
+  }
+
+  /** Exactly `n` bytes as a Readable. If the consumer stops early, call drain() with what is left. */
+  dataStream(n: number): { stream: Readable; remaining: () => number } {
+    let delivered = 0;
+    const self = this;
+    async function* counted() {
+      for await (const c of self.readBytes(n)) {
+        delivered += c.length;
+        yield c;
+      }
+    }
+    return { stream: Readable.from(counted(), { objectMode: false }), remaining: () => n - delivered };
+  }
+
+  /** Read and discard `n` bytes (the rest of data nobody wants), keeping the protocol in step. */
+  async skip(n: number): Promise<void> {
+    for await (const _ of this.readBytes(n));
+  }
+}
