@@ -77,6 +77,8 @@ export interface LeafSpec {
   /** An e-mail address for a user certificate, when the name is one. */
   email?: string;
   organization: string;
+  /** Override the purposes (tests make the certificates public CAs issue since 2026: serverAuth only). */
+  extKeyUsage?: ('serverAuth' | 'clientAuth')[];
 }
 
 /**
@@ -101,7 +103,7 @@ export function makeLeaf(ca: Issued, spec: LeafSpec, v: Validity, bits = 2048): 
   cert.setExtensions([
     { name: 'basicConstraints', cA: false, critical: true },
     { name: 'keyUsage', digitalSignature: true, keyEncipherment: true, critical: true },
-    spec.purpose === 'server' ? { name: 'extKeyUsage', serverAuth: true, clientAuth: true } : { name: 'extKeyUsage', clientAuth: true },
+    { name: 'extKeyUsage', ...Object.fromEntries((spec.extKeyUsage ?? (spec.purpose === 'server' ? ['serverAuth', 'clientAuth'] : ['clientAuth'])).map((k) => [k, true])) },
     ...(altNames.length ? [{ name: 'subjectAltName', altNames }] : []),
     { name: 'subjectKeyIdentifier' },
     { name: 'authorityKeyIdentifier', keyIdentifier: caCert.generateSubjectKeyIdentifier().getBytes() },

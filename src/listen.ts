@@ -91,6 +91,15 @@ export function parseHostPort(s: string): { host: string; port: number } {
   return { host: m[1] ?? (m[2] || '::'), port };
 }
 
+/** End a socket so that what was written reaches the peer; destroy it if the peer does not close in time. */
+export function closeGently(socket: TLSSocket, grace = 5000): void {
+  if (socket.destroyed) return;
+  socket.end();
+  const t = setTimeout(() => socket.destroy(), grace);
+  t.unref();
+  socket.once('close', () => clearTimeout(t));
+}
+
 /** Run the server until it is told to stop and every session is over. */
 export async function serve(where: Where, initial: Settings, hooks: Hooks, opts: ServeOptions): Promise<void> {
   let settings = initial;
@@ -111,7 +120,6 @@ export async function serve(where: Where, initial: Settings, hooks: Hooks, opts:
       if (!authorized && settings.clientCert === 'required') {
         log.info(`${address}: refused: ${peer.authError}`);
         hooks.refuse(socket, peer.authError!);
-        socket.end();
         return;
       }
       await hooks.session(socket, peer, stopping.signal);
@@ -122,7 +130,7 @@ export async function serve(where: Where, initial: Settings, hooks: Hooks, opts:
         const left = (perAddress.get(address) ?? 1) - 1;
         if (left) perAddress.set(address, left);
         else perAddress.delete(address);
-        if (!socket.destroyed) socket.destroy();
+        closeGently(socket);
         sessions.delete(done);
       });
     sessions.add(done);

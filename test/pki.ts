@@ -24,8 +24,14 @@ export class Pki {
     writeFileSync(key, issued.keyPem, { mode: 0o600 });
     return { cert, key };
   }
-  server(domain: string, opts: { validity?: Validity; file?: string; also?: string[] } = {}): CertFiles {
-    const spec = { purpose: 'server' as const, commonName: domain, dnsNames: [domain, ...(opts.also ?? [])], organization: 'test' };
+  server(domain: string, opts: { validity?: Validity; file?: string; also?: string[]; serverAuthOnly?: boolean } = {}): CertFiles {
+    const spec = {
+      purpose: 'server' as const,
+      commonName: domain,
+      dnsNames: [domain, ...(opts.also ?? [])],
+      organization: 'test',
+      extKeyUsage: opts.serverAuthOnly ? ['serverAuth' as const] : undefined,
+    };
     return this.save(opts.file ?? domain, makeLeaf(this.ca, spec, opts.validity ?? { days: 30 }));
   }
   user(name: string, opts: { validity?: Validity; file?: string } = {}): CertFiles {
