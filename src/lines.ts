@@ -3,7 +3,7 @@
 // length and an idle timeout, and exactly N bytes of data with an
 // inactivity timeout. Bytes that arrive ahead of time (pipelining) are kept
 // for the next read. Nothing here knows any protocol verb.
-import { Readable } from 'node:stream';
+import { PassThrough, type Readable } from 'node:stream';
 
 export type LineErrorKind = 'too-long' | 'timeout' | 'not-utf8' | 'control' | 'eof';
 
@@ -29,30 +29,37 @@ export class LineReader {
   private buffered: Buffer = Buffer.alloc(0);
   private ended = false;
   private readonly iterator: AsyncIterator<Buffer>;
-  private pending?: Promise<IteratorResult<Buffer>>;
 
   constructor(input: Readable, public limits: LineLimits) {
     this.iterator = input[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
   }
 
-  /** Wait for more bytes; false at end of input. */
+  private filling?: Promise<boolean>;
+
+  private async fill(): Promise<boolean> {
+    const r = await this.iterator.next();
+    if (r.done) {
+      this.ended = true;
+      return false;
+    }
+    this.buffered = this.buffered.length ? Buffer.concat([this.buffered, r.value]) : r.value;
+    return true;
+  }
+
+  /** Wait for more bytes; false at end of input. One read is in flight at a time, whoever waits for it. */
   private async more(timeout: number, what: string): Promise<boolean> {
     if (this.ended) return false;
-    this.pending ??= this.iterator.next();
+    this.filling ??= this.fill().finally(() => {
+      this.filling = undefined;
+    });
     let timer: NodeJS.Timeout | undefined;
     const expired = new Promise<'timeout'>((res) => {
       timer = setTimeout(() => res('timeout'), timeout);
     });
     try {
-      const r = await Promise.race([this.pending, expired]);
+      const r = await Promise.race([this.filling, expired]);
       if (r === 'timeout') throw new LineError('timeout', `no ${what} for ${Math.round(timeout / 1000)} s`);
-      this.pending = undefined;
-      if (r.done) {
-        this.ended = true;
-        return false;
-      }
-      this.buffered = this.buffered.length ? Buffer.concat([this.buffered, r.value]) : r.value;
-      return true;
+      return r;
     } finally {
       clearTimeout(timer);
     }
@@ -105,17 +112,38 @@ export class LineReader {
     }
   }
 
-  /** Exactly `n` bytes as a Readable. If the consumer stops early, call drain() with what is left. */
-  dataStream(n: number): { stream: Readable; remaining: () => number } {
-    let delivered = 0;
-    const self = this;
-    async function* counted() {
-      for await (const c of self.readBytes(n)) {
-        delivered += c.length;
-        yield c;
+  /**
+   * Exactly `n` bytes into a stream for a consumer. `done` settles when all
+   * `n` bytes have been read from the input: if the consumer destroys the
+   * stream early, the rest is read and discarded, so the protocol stays in
+   * step. `done` rejects (and the stream is destroyed) on end of input or a stall.
+   */
+  pumpData(n: number): { stream: PassThrough; done: Promise<void> } {
+    const stream = new PassThrough({ highWaterMark: 256 * 1024 });
+    const done = (async () => {
+      try {
+        for await (const chunk of this.readBytes(n)) {
+          if (stream.destroyed || stream.writableEnded) continue;
+          if (!stream.write(chunk)) {
+            await new Promise<void>((res) => {
+              const go = () => {
+                stream.off('drain', go);
+                stream.off('close', go);
+                res();
+              };
+              stream.on('drain', go);
+              stream.on('close', go);
+            });
+          }
+        }
+        if (!stream.destroyed) stream.end();
+      } catch (e) {
+        stream.destroy(e as Error);
+        throw e;
       }
-    }
-    return { stream: Readable.from(counted(), { objectMode: false }), remaining: () => n - delivered };
+    })();
+    done.catch(() => {});
+    return { stream, done };
   }
 
   /** Read and discard `n` bytes (the rest of data nobody wants), keeping the protocol in step. */
