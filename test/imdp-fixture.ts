@@ -33,7 +33,7 @@ for await (const c of process.stdin) chunks.push(c);
 const n = readdirSync(out).filter((f) => f.endsWith('.ima')).length;
 writeFileSync(out + '/' + n + '.ima', Buffer.concat(chunks));
 writeFileSync(out + '/' + n + '.env', JSON.stringify(Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith('IMA_')))));
-if (mode === 'crash') throw new Error('handler crashed');
+if (mode === 'crash') { console.error('handler crashed'); process.kill(process.pid, 'SIGKILL'); }
 console.log('OK bob@b.test');
 console.log('REPLY-LIKE second line');
 process.exit(mode.startsWith('exit:') ? Number(mode.slice(5)) : 0);
