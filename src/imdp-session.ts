@@ -168,6 +168,10 @@ export class ImdpSession {
           problem ??= `headers: ${e.message}`;
           continue;
         }
+        if (e instanceof LineError && e.kind === 'too-long' && (await this.reader.discardLine(this.cfg.limits.maxMessageSize))) {
+          problem ??= `headers larger than ${max} bytes`;
+          continue;
+        }
         throw e instanceof LineError ? new Drop(e.message) : e;
       }
       if (line === null) throw new Drop('connection closed in the middle of MAIL');

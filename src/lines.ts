@@ -97,6 +97,22 @@ export class LineReader {
     }
   }
 
+  /** Throw away input up to and including the next LF (after a too-long line); false if `limit` bytes came first. */
+  async discardLine(limit: number): Promise<boolean> {
+    let dropped = 0;
+    for (;;) {
+      const lf = this.buffered.indexOf(0x0a);
+      if (lf !== -1) {
+        this.buffered = this.buffered.subarray(lf + 1);
+        return true;
+      }
+      dropped += this.buffered.length;
+      this.buffered = Buffer.alloc(0);
+      if (dropped > limit) return false;
+      if (!(await this.more(this.limits.idleTimeout, 'line end'))) return false;
+    }
+  }
+
   /** Exactly `n` bytes, as they arrive; fails on end of input or a stall longer than the data timeout. */
   async *readBytes(n: number): AsyncGenerator<Buffer> {
     let left = n;

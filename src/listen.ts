@@ -179,6 +179,7 @@ export async function serve(where: Where, initial: Settings, hooks: Hooks, opts:
   server.on('secureConnection', (socket: TLSSocket) => handle(socket, socket.remoteAddress ?? 'unknown'));
   server.on('tlsClientError', (e: Error & { code?: string }, socket: TLSSocket) => {
     log.info(`${socket.remoteAddress ?? 'unknown'}: TLS handshake failed: ${e.code ?? e.message}`);
+    socket.destroy(); // Node does not close the socket on ERR_TLS_HANDSHAKE_TIMEOUT by itself
   });
 
   const stop = () => {

@@ -122,3 +122,158 @@ test('server-receive: exit 3 drops the connection; a crashing handler is TEMPFAI
   await c2.done();
   assert.match(s2.stderr(), /handler crashed/);
 });
+
+test('server-receive: limits on size, header bytes, hops and messages per connection are REJECTs that keep the connection', async () => {
+  const out = outDir();
+  const s = await server({
+    handler: ['node', HANDLER, 'ok', out],
+    extra: '[limits]\nmax_message_size = 4096\nmax_header_bytes = 512\nmax_hops = 2\nmax_messages_per_connection = 3\n',
+  });
+  const c = await connect(s.port);
+  const big = await message(basicFields(), 'x'.repeat(5000));
+  let r = await deliver(c, big);
+  assert.equal(r.answer.word, 'REJECT');
+  assert.equal(r.answer.status, '5.3.4');
+  assert.match(r.answer.text, /over the limit of 4096/);
+  r = await deliver(c, await message(basicFields([['x-long', 'y'.repeat(600)]])));
+  assert.match(`${r.answer.status} ${r.answer.text}`, /^5\.6\.0 headers larger than 512 bytes/);
+  r = await deliver(c, await message(basicFields([['received', 'from x by y'], ['received', 'from y by z']])));
+  assert.match(`${r.answer.status} ${r.answer.text}`, /^5\.4\.6 2 received lines: a mail loop/);
+  r = await deliver(c, await message(basicFields()));
+  assert.equal(r.result?.word, 'OK', 'the connection survived the rejections');
+  await c.done();
+  const c2 = await connect(s.port);
+  for (let i = 0; i < 3; i++) assert.equal((await deliver(c2, await message(basicFields()))).result?.word, 'OK');
+  r = await deliver(c2, await message(basicFields()));
+  assert.match(`${r.answer.status} ${r.answer.text}`, /^4\.5\.3 at most 3 messages per connection/);
+  await c2.done();
+});
+
+test('server-receive: DATA after a REJECT is read and discarded, the answer repeats the rejection, the next message goes through', async () => {
+  const out = outDir();
+  const s = await server({ handler: ['node', HANDLER, 'ok', out], extra: '[limits]\nmax_hops = 1\n' });
+  const c = await connect(s.port);
+  const looped = await message(basicFields([['received', 'from x by y']]));
+  const fine = await message(basicFields());
+  // Fully pipelined: everything written before any answer is read.
+  c.sendMail(headersOf(looped), looped.length);
+  await c.sendData(looped, looped.length);
+  c.sendMail(headersOf(fine), fine.length);
+  await c.sendData(fine, fine.length);
+  assert.equal((await c.readAnswer()).word, 'REJECT');
+  const r1 = await c.readResult();
+  assert.equal(r1.word, 'FAIL');
+  assert.match(r1.text, /^5\.4\.6 /);
+  assert.equal((await c.readAnswer()).word, 'ACCEPT');
+  assert.equal((await c.readResult()).word, 'OK');
+  await c.done();
+  assert.equal(readdirSync(out).filter((f) => f.endsWith('.ima')).length, 1);
+});
+
+test('server-receive: the headers entry sent must be the one announced; the handler never runs otherwise', async () => {
+  const out = outDir();
+  const s = await server({ handler: ['node', HANDLER, 'ok', out] });
+  const c = await connect(s.port);
+  const announced = await message(basicFields());
+  const sent = await message(basicFields([['bcc', 'eve@b.test']]));
+  c.sendMail(headersOf(announced), sent.length);
+  assert.equal((await c.readAnswer()).word, 'ACCEPT');
+  await c.sendData(sent, sent.length);
+  const r = await c.readResult();
+  assert.equal(r.word, 'FAIL');
+  assert.match(r.text, /headers entry differs from the one announced/);
+  const junk = Buffer.alloc(2048, 7);
+  c.sendMail(headersOf(announced), junk.length);
+  assert.equal((await c.readAnswer()).word, 'ACCEPT');
+  await c.sendData(junk, junk.length);
+  assert.equal((await c.readResult()).word, 'FAIL', 'not a tar at all');
+  assert.equal((await deliver(c, await message(basicFields()))).result?.word, 'OK', 'still in step');
+  await c.done();
+  assert.equal(readdirSync(out).filter((f) => f.endsWith('.ima')).length, 1);
+});
+
+test('server-receive: malformed and out-of-order commands get ERROR; too many end the connection', async () => {
+  const s = await server({ extra: '[limits]\nmax_errors = 4\n' });
+  const c = await connect(s.port);
+  const expectError = async (line: string, re: RegExp) => {
+    c.socket.write(line);
+    const a = await c.readAnswer();
+    assert.equal(a.word, 'ERROR', line);
+    assert.match(a.text, re);
+  };
+  await expectError('HELO a.test\n', /unknown command "HELO"/);
+  await expectError('DATA\n', /DATA without an accepted MAIL/);
+  await expectError('MAIL lots\nfrom: x\n\n', /MAIL needs the message size/);
+  await expectError('MAIL 10\r\n', /control character/);
+  c.socket.write('ABORT\n');
+  const bye = await c.readAnswer();
+  assert.equal(bye.word, 'BYE');
+  assert.match(bye.text, /too many errors/);
+});
+
+test('server-receive: a line over the limit, a silent peer and a stalled transfer are dropped without disturbing others', async () => {
+  const out = outDir();
+  const s = await server({ handler: ['node', HANDLER, 'ok', out], extra: '[limits]\nmax_line = 100\n[timeouts]\nidle = "1s"\ndata = "1s"\n' });
+  const busy = await connect(s.port);
+  const long = await connect(s.port);
+  long.socket.write(`MAIL ${'9'.repeat(200)}\n`);
+  const a = await long.readAnswer();
+  assert.equal(a.word, 'BYE');
+  assert.match(a.text, /line longer than 100 bytes/);
+  const silent = await connect(s.port);
+  const stalled = await connect(s.port);
+  const tar = await message(basicFields());
+  stalled.sendMail(headersOf(tar), tar.length);
+  assert.equal((await stalled.readAnswer()).word, 'ACCEPT');
+  stalled.socket.write('DATA\n');
+  stalled.socket.write(tar.subarray(0, 700));
+  assert.equal((await deliver(busy, await message(basicFields()))).result?.word, 'OK');
+  const idle = await silent.readAnswer(30_000);
+  assert.equal(idle.word, 'BYE');
+  assert.match(idle.text, /no command for 1 s/);
+  await assert.rejects(stalled.readResult(), /connection closed/);
+  await busy.done();
+  assert.equal(readdirSync(out).filter((f) => f.endsWith('.ima')).length, 1, 'the stalled message was never stored');
+  assert.match(s.stderr(), /connection dropped: no data for 1 s/);
+});
+
+test('server-receive: connections over the per-address limit are closed at once; a handshake that never comes times out', async () => {
+  const s = await server({ extra: '[limits]\nmax_connections_per_address = 2\n[timeouts]\nhandshake = "1s"\n' });
+  const net = await import('node:net');
+  const raw = net.connect(s.port, '127.0.0.1');
+  await new Promise<void>((res) => raw.on('close', () => res()).on('error', () => {}));
+  assert.match(s.stderr(), /TLS handshake failed: ERR_TLS_HANDSHAKE_TIMEOUT/);
+  const one = await connect(s.port);
+  const two = await connect(s.port);
+  await assert.rejects(connect(s.port), /ECONNRESET|socket|closed|disconnected/i);
+  assert.match(s.stderr(), /connection dropped: too many connections from this address/);
+  await one.done();
+  await two.done();
+});
+
+test('server-receive: a check command refuses unknown recipients before any data; its lines come as REPLY', async () => {
+  const out = outDir();
+  const { dir } = await import('../imdp-fixture.js');
+  const { writeFileSync } = await import('node:fs');
+  const check = join(dir, 'check.mjs');
+  writeFileSync(check, `let t = ''; for await (const c of process.stdin) t += c;
+const bad = /nobody@/.test(t); console.log(bad ? 'NORECIPIENT nobody@b.test' : 'OK bob@b.test'); process.exit(bad ? 1 : 0);\n`);
+  const s = await server({ handler: ['node', HANDLER, 'ok', out], check: ['node', check] });
+  const c = await connect(s.port);
+  let r = await deliver(c, await message(basicFields([['cc', 'nobody@b.test']])));
+  assert.equal(r.answer.word, 'REJECT');
+  assert.equal(r.answer.status, '5.1.1');
+  assert.deepEqual(r.answer.replies, ['NORECIPIENT nobody@b.test']);
+  r = await deliver(c, await message(basicFields()));
+  assert.equal(r.result?.word, 'OK');
+  await c.done();
+  assert.equal(readdirSync(out).filter((f) => f.endsWith('.ima')).length, 1);
+});
+
+test('server-receive: a toolkit program as handler runs in-process behind a fault barrier', async () => {
+  const s = await server({ handler: ['make-cert', 'server', '--ca', '/nonexistent', 'x.test'] });
+  const c = await connect(s.port);
+  for (let i = 0; i < 2; i++) assert.equal((await deliver(c, await message(basicFields()))).result?.word, 'TEMPFAIL');
+  await c.done();
+  assert.match(s.stderr(), /make-cert: \/nonexistent\/ca\.crt: no such file/);
+});
