@@ -145,30 +145,7 @@ export async function serve(where: Where, initial: Settings, hooks: Hooks, opts:
     handshakeTimeout: settings.limits.handshakeTimeout,
   });
 
-  let server: tls.Server | undefined;
-  if (where.mode === 'inetd') {
-    const duplex = Duplex.from({ readable: where.stdin, writable: where.stdout });
-    const socket = new tls.TLSSocket(duplex, { isServer: true, secureContext: tls.createSecureContext(settings.tls), requestCert: true, rejectUnauthorized: false });
-    const timer = setTimeout(() => socket.destroy(), settings.limits.handshakeTimeout);
-    await new Promise<void>((res) => {
-      socket.once('secure', () => {
-        clearTimeout(timer);
-        handle(socket, where.remote ?? 'inetd');
-        res();
-      });
-      socket.once('error', (e) => {
-        clearTimeout(timer);
-        log.info(`${where.remote ?? 'inetd'}: TLS handshake failed: ${e.message}`);
-        res();
-      });
-      socket.once('close', () => res());
-    });
-    await Promise.all(sessions);
-    where.stdout.end();
-    return;
-  }
-
-  server = tls.createServer(serverOptions());
+  const server = tls.createServer(serverOptions());
   server.on('connection', (raw: net.Socket) => {
     const address = raw.remoteAddress ?? 'unknown';
     if (total >= settings.limits.maxConnections || (perAddress.get(address) ?? 0) >= settings.limits.maxPerAddress) {
@@ -182,11 +159,29 @@ export async function serve(where: Where, initial: Settings, hooks: Hooks, opts:
     socket.destroy(); // Node does not close the socket on ERR_TLS_HANDSHAKE_TIMEOUT by itself
   });
 
+
+  if (where.mode === 'inetd') {
+    // The connection is on stdin/stdout (inetd, systemd Accept=yes). A
+    // socket there gets a fresh read-write handle (Node opens stdin
+    // read-only); anything else (pipes) goes through a generic duplex. Either
+    // is handed to the same TLS server as an accepted connection.
+    const fd = (where.stdin as net.Socket & { _handle?: { fd?: number } })._handle?.fd;
+    const conn =
+      where.stdin instanceof net.Socket && fd !== undefined && fd >= 0
+        ? new net.Socket({ fd, readable: true, writable: true })
+        : Duplex.from({ readable: where.stdin, writable: where.stdout });
+    const closed = new Promise<void>((res) => conn.once('close', () => res()));
+    server.emit('connection', conn);
+    await closed;
+    await Promise.all([...sessions]);
+    return;
+  }
+
   const stop = () => {
     if (stopping.signal.aborted) return;
     log.info('stopping: no new connections; letting sessions finish');
     stopping.abort();
-    server?.close();
+    server.close();
     const cut = setTimeout(() => {
       log.warn(`stopping: ${sessions.size} session(s) still open after ${settings.limits.shutdownTimeout / 1000} s, cutting them`);
       cutAll();
@@ -205,7 +200,7 @@ export async function serve(where: Where, initial: Settings, hooks: Hooks, opts:
     if (!hooks.reload) return;
     try {
       const next = await hooks.reload();
-      server!.setSecureContext(next.tls);
+      server.setSecureContext(next.tls);
       settings = next;
       log.info('reloaded configuration and certificates');
     } catch (e) {
@@ -220,8 +215,8 @@ export async function serve(where: Where, initial: Settings, hooks: Hooks, opts:
 
   try {
     const listening = new Promise<void>((res, rej) => {
-      server!.once('listening', res);
-      server!.once('error', rej);
+      server.once('listening', res);
+      server.once('error', rej);
     });
     if (where.mode === 'listen') server.listen({ host: where.host, port: where.port });
     else {
@@ -234,7 +229,7 @@ export async function serve(where: Where, initial: Settings, hooks: Hooks, opts:
       log.info(`listening on ${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`);
       opts.onListening?.(a);
     } else log.info(`listening on inherited socket(s) ${where.mode === 'systemd' ? where.fds.join(', ') : ''}`);
-    await new Promise<void>((res) => server!.once('close', res));
+    await new Promise<void>((res) => server.once('close', res));
     await Promise.all([...sessions]);
   } finally {
     opts.signals?.off('SIGTERM', stop);

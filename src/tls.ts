@@ -118,7 +118,7 @@ export function explainCertError(error: string | Error | null | undefined, hadCe
   const code = String((error as Error)?.message ?? error ?? 'not trusted');
   const ours = `${role} certificate rejected (${code})`;
   if (/PURPOSE/i.test(code)) return `${ours}: its extendedKeyUsage lacks ${role === 'client' ? 'clientAuth' : 'serverAuth'}; ${OWN_CA_NOTE}`;
-  if (/ISSUER|SELF_SIGNED|UNABLE_TO_GET|UNABLE_TO_VERIFY|SELF SIGNED/i.test(code)) return `${ours}: it does not chain to a CA this server trusts; ${OWN_CA_NOTE}`;
+  if (/ISSUER|SELF_SIGNED|UNABLE_TO_GET|UNABLE_TO_VERIFY|SELF SIGNED/i.test(code)) return `${ours}: it does not chain to a CA trusted here (tls.ca); ${OWN_CA_NOTE}`;
   if (/EXPIRED/i.test(code)) return `${ours}: it has expired`;
   if (/NOT_YET_VALID/i.test(code)) return `${ours}: it is not valid yet`;
   return ours;

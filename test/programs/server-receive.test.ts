@@ -61,7 +61,7 @@ test('server-receive: certificate failures never get past the greeting', async (
   const { dir, pki } = await import('../imdp-fixture.js');
   const other = new Pki(dir, 'stranger');
   const cases = [
-    { name: 'unknown CA', cert: other.server('a.test', { file: 'stranger-a' }), expect: /refused: client certificate rejected.*does not chain to a CA this server trusts.*public CAs stopped issuing clientAuth certificates in 2026/ },
+    { name: 'unknown CA', cert: other.server('a.test', { file: 'stranger-a' }), expect: /refused: client certificate rejected.*does not chain to a CA trusted here.*public CAs stopped issuing clientAuth certificates in 2026/ },
     { name: 'expired', cert: pki.server('a.test', { file: 'expired-a', validity: EXPIRED }), expect: /refused: client certificate rejected.*expired/ },
     { name: 'no clientAuth', cert: pki.server('a.test', { file: 'serveronly-a', serverAuthOnly: true }), expect: /lacks clientAuth; public CAs stopped issuing/ },
   ];
