@@ -131,7 +131,6 @@ export class ImdpSession {
       if (!this.pending) return this.protocolError('ABORT without a pending MAIL');
       this.pending = undefined;
     },
-    NOOP: async () => this.send(wire.reply('nothing done')),
     DONE: async () => {
       if (this.pending) this.pending = undefined;
       this.bye('goodbye');

@@ -34,7 +34,6 @@ export type Command =
   | { verb: 'DATA' }
   | { verb: 'ABORT' }
   | { verb: 'DONE' }
-  | { verb: 'NOOP' }
   | { verb: 'bad'; reason: string; mail?: boolean };
 
 const SIZE = /^(0|[1-9]\d{0,15})$/;
@@ -53,10 +52,9 @@ export function parseCommand(line: string): Command {
     case 'DATA':
     case 'ABORT':
     case 'DONE':
-    case 'NOOP':
       return arg === undefined ? { verb } : { verb: 'bad', reason: `${verb} takes no argument` };
     default:
-      return { verb: 'bad', reason: `unknown command ${JSON.stringify(lineText(verb, 40))}: expected MAIL, DATA, ABORT, NOOP or DONE` };
+      return { verb: 'bad', reason: `unknown command ${JSON.stringify(lineText(verb, 40))}: expected MAIL, DATA, ABORT or DONE` };
   }
 }
 
