@@ -188,13 +188,20 @@ export class ImdpClient {
   }
 
   private async drained(): Promise<void> {
-    if (this.socket.destroyed) throw tempFail(`${this.opts.domain}: connection lost while sending data`, '4.4.2');
-    await Promise.race([
-      once(this.socket, 'drain'),
-      once(this.socket, 'close').then(() => {
-        throw tempFail(`${this.opts.domain}: connection lost while sending data`, '4.4.2');
-      }),
-    ]);
+    const lost = () => tempFail(`${this.opts.domain}: connection lost while sending data`, '4.4.2');
+    if (this.socket.destroyed) throw lost();
+    await new Promise<void>((res, rej) => {
+      const done = (ok: boolean) => () => {
+        this.socket.off('drain', onDrain);
+        this.socket.off('close', onClose);
+        if (ok) res();
+        else rej(lost());
+      };
+      const onDrain = done(true);
+      const onClose = done(false);
+      this.socket.on('drain', onDrain);
+      this.socket.on('close', onClose);
+    });
   }
 
   /** The next answer: REPLY lines, then one ACCEPT/REJECT/final/ERROR/BYE line. */
