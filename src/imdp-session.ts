@@ -70,6 +70,8 @@ export class ImdpSession {
   private messages = 0;
   private errors = 0;
   private closed = false;
+  /** Between reading a command and finishing it: a shutdown waits for this. */
+  private busy = false;
 
   constructor(private readonly socket: TLSSocket, private readonly peer: Peer, private readonly cfg: SessionConfig) {
     const { limits, timeouts } = cfg;
@@ -87,7 +89,7 @@ export class ImdpSession {
 
   async run(stopping: AbortSignal): Promise<void> {
     const onStop = () => {
-      if (!this.pending) {
+      if (!this.pending && !this.busy) {
         this.bye('server shutting down, try again later');
         this.socket.end();
       }
@@ -113,7 +115,9 @@ export class ImdpSession {
           break;
         }
         if (line === null) break;
+        this.busy = true;
         await this.dispatch(wire.parseCommand(line));
+        this.busy = false;
       }
     } catch (e) {
       if (!(e instanceof Drop)) throw e;

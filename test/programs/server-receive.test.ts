@@ -277,3 +277,66 @@ test('server-receive: a toolkit program as handler runs in-process behind a faul
   await c.done();
   assert.match(s.stderr(), /make-cert: \/nonexistent\/ca\.crt: no such file/);
 });
+
+test('server-receive: SIGTERM lets the message in flight finish, then says BYE and exits 0', async () => {
+  const out = outDir();
+  const s = await server({ handler: ['node', HANDLER, 'ok', out] });
+  const c = await connect(s.port);
+  const idle = await connect(s.port);
+  const tar = await message(basicFields());
+  c.sendMail(headersOf(tar), tar.length);
+  assert.equal((await c.readAnswer()).word, 'ACCEPT');
+  c.socket.write('DATA\n');
+  c.socket.write(tar.subarray(0, 1000));
+  const exited = new Promise<number | null>((res) => s.proc.once('exit', (code) => res(code)));
+  s.proc.kill('SIGTERM');
+  const bye = await idle.readAnswer();
+  assert.equal(bye.word, 'BYE');
+  assert.match(bye.text, /shutting down/);
+  c.socket.write(tar.subarray(1000));
+  assert.equal((await c.readResult()).word, 'OK');
+  assert.equal((await c.readAnswer()).word, 'BYE');
+  assert.equal(await exited, 0);
+  assert.equal(readdirSync(out).filter((f) => f.endsWith('.ima')).length, 1);
+});
+
+test('server-receive: SIGHUP re-reads the config and the certificate files', async () => {
+  const { startServer, config: cfg, pki, dir } = await import('../imdp-fixture.js');
+  const { copyFileSync, writeFileSync } = await import('node:fs');
+  const certFile = { cert: join(dir, 'reload.crt'), key: join(dir, 'reload.key') };
+  const first = pki.server('b.test', { file: 'reload-1' });
+  const second = pki.server('b.test', { file: 'reload-2' });
+  copyFileSync(first.cert, certFile.cert);
+  copyFileSync(first.key, certFile.key);
+  const s = await startServer(cfg({ cert: certFile }));
+  servers.push(s);
+  const fingerprint = async () => {
+    const c = await connect(s.port);
+    const fp = c.socket.getPeerX509Certificate()!.fingerprint256;
+    await c.done();
+    return fp;
+  };
+  const before = await fingerprint();
+  copyFileSync(second.cert, certFile.cert);
+  copyFileSync(second.key, certFile.key);
+  const configFile = /--config (\S+)/.exec(s.proc.spawnargs.join(' '))![1];
+  writeFileSync(configFile, cfg({ cert: certFile, extra: '[limits]\nmax_message_size = 2048\n' }));
+  s.proc.kill('SIGHUP');
+  await new Promise<void>((res) => {
+    const check = () => (/reloaded configuration and certificates/.test(s.stderr()) ? res() : setTimeout(check, 20));
+    check();
+  });
+  const after = await fingerprint();
+  assert.notEqual(after, before);
+  const c = await connect(s.port);
+  const r = await deliver(c, await message(basicFields(), 'y'.repeat(3000)));
+  assert.match(`${r.answer.status} ${r.answer.text}`, /^5\.3\.4 .*limit of 2048/);
+  await c.done();
+  writeFileSync(configFile, 'domain = 42\n');
+  s.proc.kill('SIGHUP');
+  await new Promise<void>((res) => {
+    const check = () => (/reload failed, keeping the old configuration: .*domain: must be a string/.test(s.stderr()) ? res() : setTimeout(check, 20));
+    check();
+  });
+  assert.equal(await fingerprint(), after, 'still serving with the last good settings');
+});
