@@ -1,33 +1,146 @@
-// `npm run demo`: the toolkit's main job, shown end to end with the real
-// programs in a temporary directory. Each step prints the command it runs.
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+// `npm run demo`: two domains on loopback. A CA and certificates for a.test
+// and b.test; b.test's server-receive on a free port; a message with an
+// attachment composed at a.test and sent with send-mail over mutual TLS;
+// what landed in bob@b.test's mailbox; everything stopped again.
+import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { isProgram } from '../src/programs/index.js';
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const bin = (name: string) => join(ROOT, 'bin', name);
-const work = mkdtempSync(join(tmpdir(), 'ima-demo-'));
-const env = { ...process.env, IMA_CONFIG_DIR: work };
+const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
+const BIN = join(ROOT, 'bin');
+const dir = mkdtempSync(join(tmpdir(), 'ima-demo-'));
+const env = { PATH: process.env.PATH, HOME: dir, IMA_CONFIG_DIR: join(dir, 'nowhere') };
+const show = (p: string) => relative(dir, p) || '.';
 
-function step(title: string, argv: string[], input?: string): string {
-  console.log(`\n## ${title}\n$ ${argv.map((a) => (/[\s"']/.test(a) ? JSON.stringify(a) : a)).join(' ')}`);
-  const r = spawnSync(argv[0], argv.slice(1), { cwd: work, env, input, encoding: 'utf8' });
-  if (r.stdout) process.stdout.write(r.stdout);
-  if (r.stderr) process.stderr.write(r.stderr);
-  if (r.status !== 0) throw new Error(`${argv[0]} exited ${r.status ?? r.signal}`);
-  return r.stdout;
+function say(text: string): void {
+  console.log(`\n# ${text}`);
 }
 
-try {
-  writeFileSync(join(work, 'agenda.txt'), '1. Budget\n2. Holidays\n');
-  step('alice@a.test composes a message with an attachment', [
-    bin('make-message'), '-r', 'Alice <alice@a.test>', '-s', 'Meeting on Monday', '-a', 'agenda.txt', '-o', 'message.ima', 'bob@b.test',
-  ], 'Hi Bob,\nthe agenda is attached.\nAlice\n');
-  step('the message is a tar archive: standard tools read it', ['tar', 'tvf', 'message.ima']);
-  step('its headers', ['tar', 'xOf', 'message.ima', 'headers']);
-  console.log('\ndemo finished');
-} finally {
-  rmSync(work, { recursive: true, force: true });
+async function run(name: string, args: string[], input?: Buffer, tool = true): Promise<Buffer> {
+  console.log(`$ ${[name, ...args.map((a) => (a.startsWith(dir) ? show(a) : a))].map((a) => (/[\s'"]/.test(a) ? JSON.stringify(a) : a)).join(' ')}`);
+  const child = spawn(tool ? join(BIN, name) : name, args, { env, cwd: dir, stdio: ['pipe', 'pipe', 'inherit'] });
+  const out: Buffer[] = [];
+  child.stdout.on('data', (c: Buffer) => out.push(c));
+  child.stdin.end(input);
+  const [code] = await once(child, 'exit');
+  if (code !== 0) throw new Error(`${name} exited ${code}`);
+  return Buffer.concat(out);
 }
+
+/**
+ * b.test's delivery chain. With handle-incoming-mail and give-recipient in
+ * the toolkit, those; otherwise a stand-in that extracts the message into
+ * the mailbox layout of ima-message(5) with GNU tar (tmp/, then new/<uuid>).
+ */
+function handlerFor(mailboxes: string): string[] {
+  if (isProgram('handle-incoming-mail') && isProgram('give-recipient')) {
+    const cfg = join(dir, 'b', 'handle-incoming-mail.toml');
+    writeFileSync(cfg, `domains = ["b.test"]\n[routes]\n"*@b.test" = ["give-recipient", "--mailbox", ${JSON.stringify(join(mailboxes, '{local}'))}, "{address}"]\n`);
+    return ['handle-incoming-mail', '--config', cfg];
+  }
+  const script = join(dir, 'b', 'stand-in-delivery.sh');
+  writeFileSync(
+    script,
+    `#!/bin/sh
+# Stand-in for handle-incoming-mail | give-recipient: store for bob only.
+set -e
+box=${JSON.stringify(join(mailboxes, 'bob'))}
+mkdir -p "$box/tmp" "$box/new" "$box/cur"
+t="$box/tmp/$$"; mkdir "$t"
+tar -xf - -C "$t"
+id=$(sed -n 's/^message-id: urn:uuid://p' "$t/headers")
+sync; mv "$t" "$box/new/$id"; sync
+echo "OK bob@b.test"
+`,
+    { mode: 0o755 },
+  );
+  return [script];
+}
+
+async function startServer(config: string): Promise<{ proc: ChildProcess; port: number }> {
+  console.log(`$ server-receive --config ${show(config)} --listen 127.0.0.1:0 &`);
+  const proc = spawn(join(BIN, 'server-receive'), ['--config', config, '--listen', '127.0.0.1:0'], { env, stdio: ['ignore', 'inherit', 'pipe'] });
+  let err = '';
+  const port = await new Promise<number>((res, rej) => {
+    proc.stderr!.on('data', (d: Buffer) => {
+      process.stderr.write(d);
+      err += d;
+      const m = /listening on [^\n]*:(\d+)\n/.exec(err);
+      if (m) res(Number(m[1]));
+    });
+    proc.on('exit', (code) => rej(new Error(`server-receive exited ${code}`)));
+  });
+  return { proc, port };
+}
+
+function tree(root: string, indent = '  '): void {
+  for (const name of readdirSync(root).sort()) {
+    const p = join(root, name);
+    const st = statSync(p);
+    console.log(`${indent}${name}${st.isDirectory() ? '/' : `  (${st.size} bytes)`}`);
+    if (st.isDirectory()) tree(p, `${indent}  `);
+  }
+}
+
+async function main(): Promise<void> {
+  const t0 = performance.now();
+  console.log(`Working in ${dir}`);
+  say('A private CA for the federation (public CAs stopped issuing clientAuth certificates in 2026)');
+  await run('make-cert', ['ca', join(dir, 'ca')]);
+  await run('make-cert', ['server', '--ca', join(dir, 'ca'), '--out', dir, 'a.test']);
+  await run('make-cert', ['server', '--ca', join(dir, 'ca'), '--out', dir, 'b.test']);
+
+  say("b.test's server-receive on loopback, trusting the federation CA");
+  const mailboxes = join(dir, 'b', 'mailboxes');
+  mkdirSync(mailboxes, { recursive: true });
+  const serverConfig = join(dir, 'b', 'server-receive.toml');
+  writeFileSync(
+    serverConfig,
+    `domain = "b.test"\nhandler = ${JSON.stringify(handlerFor(mailboxes))}\n[tls]\ncertificate = "../b.test.crt"\nkey = "../b.test.key"\nca = ["../ca/ca.crt"]\n`,
+  );
+  const server = await startServer(serverConfig);
+  try {
+    say('alice composes a message with an attachment at a.test');
+    writeFileSync(join(dir, 'notes.txt'), 'Agenda:\n1. IMA\n2. Tea\n');
+    const message = join(dir, 'message.ima');
+    await run('make-message', ['--from', 'Alice <alice@a.test>', '--to', 'bob@b.test', '--subject', 'Meeting notes', '--text', 'Hi Bob,\n\nthe notes are attached.\n\nAlice\n', '--attach', join(dir, 'notes.txt'), '--output', message]);
+    console.log((await run('tar', ['tvf', message], undefined, false)).toString().trimEnd());
+
+    say("a.test's send-mail delivers it over mutual TLS (server address from its [servers] table)");
+    const sendConfig = join(dir, 'a', 'send-mail.toml');
+    mkdirSync(join(dir, 'a'), { recursive: true });
+    writeFileSync(
+      sendConfig,
+      `domain = "a.test"\ndns_srv = false\n[tls]\ncertificate = "../a.test.crt"\nkey = "../a.test.key"\nca = ["../ca/ca.crt"]\n[servers]\n"b.test" = "127.0.0.1:${server.port}"\n`,
+    );
+    process.stdout.write((await run('send-mail', ['--config', sendConfig, message])).toString());
+
+    say("What landed in bob@b.test's mailbox");
+    const bob = join(mailboxes, 'bob');
+    tree(bob);
+    const fresh = readdirSync(join(bob, 'new'));
+    if (fresh.length !== 1) throw new Error(`expected one new message, found ${fresh.length}`);
+    const stored = join(bob, 'new', fresh[0]);
+    console.log(`\n$ cat ${show(join(stored, 'headers'))}\n${readFileSync(join(stored, 'headers'), 'utf8').trimEnd()}`);
+    console.log(`\n$ cat ${show(join(stored, 'body'))}\n${readFileSync(join(stored, 'body'), 'utf8').trimEnd()}`);
+    const att = readFileSync(join(stored, 'attachments', 'notes.txt'));
+    if (!att.equals(readFileSync(join(dir, 'notes.txt')))) throw new Error('the attachment changed on the way');
+    console.log(`\nattachments/notes.txt arrived byte for byte (${att.length} bytes).`);
+  } finally {
+    say('Stopping b.test');
+    server.proc.kill('SIGTERM');
+    await once(server.proc, 'exit');
+  }
+  console.log(`\nDone in ${((performance.now() - t0) / 1000).toFixed(1)} s.`);
+}
+
+main()
+  .then(() => rmSync(dir, { recursive: true, force: true }))
+  .catch((e) => {
+    console.error(`demo failed: ${(e as Error).message} (files kept in ${dir})`);
+    process.exitCode = 1;
+  });

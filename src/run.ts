@@ -15,13 +15,15 @@ export interface Io {
   cwd: string;
   /** Aborted when the caller wants the program to stop (a timeout, a shutdown). */
   signal?: AbortSignal;
+  /** Where a long-running server hears SIGTERM, SIGINT and SIGHUP: the process, or nothing in-process. */
+  signals?: NodeJS.EventEmitter;
 }
 
 export type Main = (args: string[], io: Io) => Promise<number>;
 
 /** The Io of the real process. */
 export function processIo(): Io {
-  return { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr, env: process.env, cwd: process.cwd() };
+  return { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr, env: process.env, cwd: process.cwd(), signals: process };
 }
 
 /** Write "program: reason" for a failure and return its exit code; unknown errors are temporary. */

@@ -63,10 +63,11 @@ export class Spool {
     return fh;
   }
 
-  /** A fresh reader of the whole content (a Buffer when it is small). */
-  open(): Readable | Buffer {
-    if (this.memory) return this.memory;
-    return createReadStream('', { fd: this.file!.fd, start: 0, end: Math.max(0, this.size - 1), autoClose: false, emitClose: false });
+  /** A fresh reader of the content from byte `start` on (a Buffer when it is small). */
+  open(start = 0): Readable | Buffer {
+    if (this.memory) return start ? this.memory.subarray(start) : this.memory;
+    if (start >= this.size) return Buffer.alloc(0);
+    return createReadStream('', { fd: this.file!.fd, start, end: Math.max(0, this.size - 1), autoClose: false, emitClose: false });
   }
 
   async dispose(): Promise<void> {

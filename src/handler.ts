@@ -1,0 +1,141 @@
+// Running a delivery stage as a server's handler: a message on stdin, the
+// stage's stdout lines handed on one by one as they are written, its exit
+// code read through the one table (DESIGN.md 2). A toolkit program named as
+// the command may run in-process through its main(args, io) (DESIGN.md 7),
+// behind a fault barrier: whatever it throws becomes an exit code, the
+// server lives on.
+import { spawn } from 'node:child_process';
+import { type Readable, Writable } from 'node:stream';
+import { EXIT } from './failure.js';
+import { lineText } from './imdp.js';
+import { isProgram, loadProgram } from './programs/index.js';
+import { reportFailure } from './run.js';
+
+export interface HandlerSpec {
+  argv: string[];
+  /** Run a toolkit program in this process instead of spawning it. */
+  inProcess: boolean;
+  env: Record<string, string | undefined>;
+  cwd: string;
+  input: Readable;
+  /** Each stdout line, as it is written. */
+  onLine(line: string): void;
+  /** Where the handler's stderr goes (the server's log), each line prefixed. */
+  stderr: Writable;
+  /** ms before the handler is killed (TEMPFAIL). */
+  timeout: number;
+  /** Abort to stop the handler now (the message turned out bad, the peer left). */
+  signal?: AbortSignal;
+}
+
+/** Splits written bytes into lines (bounded: an endless line is cut) and hands each on. */
+export class LineSplitter extends Writable {
+  private partial = '';
+  private readonly decoder = new TextDecoder('utf-8');
+  constructor(private readonly each: (line: string) => void, private readonly max = 900) {
+    super();
+  }
+  override _write(chunk: Buffer, _e: BufferEncoding, cb: () => void) {
+    const text = this.partial + this.decoder.decode(chunk, { stream: true });
+    const lines = text.split('\n');
+    this.partial = lines.pop()!;
+    for (const l of lines) this.each(lineText(l, this.max));
+    if (Buffer.byteLength(this.partial) > this.max) {
+      this.each(lineText(this.partial, this.max));
+      this.partial = '';
+    }
+    cb();
+  }
+  override _final(cb: () => void) {
+    const rest = this.partial + this.decoder.decode();
+    if (rest !== '') this.each(lineText(rest, this.max));
+    cb();
+  }
+}
+
+/** Prefixes each line written to it and passes it on (a handler's stderr into the server's log). */
+function prefixed(out: Writable, prefix: string): Writable {
+  return new LineSplitter((l) => out.writable && out.write(`${prefix}${l}\n`), 2000);
+}
+
+/** Run the handler; resolve with its exit code. Killed, crashed or timed out => 75. */
+export async function runHandler(h: HandlerSpec): Promise<number> {
+  const [cmd, ...args] = h.argv;
+  if (h.inProcess && isProgram(cmd)) return runInProcess(h, cmd, args);
+  return runSpawned(h, cmd, args);
+}
+
+async function runInProcess(h: HandlerSpec, name: string & Parameters<typeof loadProgram>[0], args: string[]): Promise<number> {
+  const stdout = new LineSplitter(h.onLine);
+  const stderr = prefixed(h.stderr, `${name}: `);
+  const ac = new AbortController();
+  const timer = setTimeout(() => ac.abort(new Error('handler timeout')), h.timeout);
+  const stop = () => ac.abort(h.signal?.reason);
+  h.signal?.addEventListener('abort', stop, { once: true });
+  const io = { stdin: h.input, stdout, stderr, env: h.env, cwd: h.cwd, signal: ac.signal };
+  // Stderr lines of reportFailure carry the program name already; the prefix is for the server log.
+  let code: number;
+  try {
+    const main = await loadProgram(name);
+    const run = main(args, io);
+    const aborted = new Promise<number>((res) => ac.signal.addEventListener('abort', () => res(EXIT.TEMPFAIL), { once: true }));
+    code = await Promise.race([run, aborted]);
+    run.catch(() => {});
+  } catch (e) {
+    code = reportFailure(io, name, e);
+  } finally {
+    clearTimeout(timer);
+    h.signal?.removeEventListener('abort', stop);
+  }
+  await new Promise<void>((res) => stdout.end(res));
+  stderr.end();
+  if (!h.input.readableEnded) h.input.resume();
+  return ac.signal.aborted ? EXIT.TEMPFAIL : code;
+}
+
+function runSpawned(h: HandlerSpec, cmd: string, args: string[]): Promise<number> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { env: h.env as NodeJS.ProcessEnv, cwd: h.cwd, stdio: ['pipe', 'pipe', 'pipe'] });
+    const stdout = new LineSplitter(h.onLine);
+    child.stdout.pipe(stdout);
+    child.stderr.pipe(prefixed(h.stderr, `${cmd}: `));
+    child.stdin.on('error', () => {}); // a handler may exit without reading everything
+    h.input.on('error', () => child.stdin.destroy());
+    h.input.pipe(child.stdin);
+    let killed = false;
+    const kill = () => {
+      killed = true;
+      child.kill('SIGKILL');
+    };
+    const timer = setTimeout(kill, h.timeout);
+    h.signal?.addEventListener('abort', kill, { once: true });
+    let spawnError: Error | undefined;
+    child.on('error', (e) => {
+      spawnError = e;
+      h.stderr.write(`handler ${cmd}: ${e.message}\n`);
+    });
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      h.signal?.removeEventListener('abort', kill);
+      h.input.unpipe(child.stdin);
+      if (!h.input.readableEnded) h.input.resume();
+      stdout.end(() => resolve(killed || spawnError || code === null ? EXIT.TEMPFAIL : code));
+    });
+  });
+}
+
+/** The IMDP final status for a handler's exit code; 'drop' closes the connection. */
+export function finalFor(code: number): 'OK' | 'FAIL' | 'PARTIAL' | 'TEMPFAIL' | 'drop' {
+  switch (code) {
+    case EXIT.OK:
+      return 'OK';
+    case EXIT.FAIL:
+      return 'FAIL';
+    case EXIT.PARTIAL:
+      return 'PARTIAL';
+    case EXIT.DROP:
+      return 'drop';
+    default:
+      return 'TEMPFAIL';
+  }
+}

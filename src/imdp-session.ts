@@ -1,0 +1,360 @@
+// The receiving side of IMDP (ima(7)): one session on a verified TLS
+// connection. Commands are read through the bounded line reader and
+// dispatched from a table; each accepted message is re-read entry by entry
+// (so the handler only ever sees a valid message), its headers entry checked
+// against the announcement, a `received` line added, and the result piped to
+// the handler whose lines are relayed as REPLY and whose exit code becomes
+// the final status.
+import { randomBytes } from 'node:crypto';
+import type { Writable } from 'node:stream';
+import type { TLSSocket } from 'node:tls';
+import { AddressError, asciiDomain, parseAddress } from './address.js';
+import { Failure, describe } from './failure.js';
+import { finalFor, runHandler } from './handler.js';
+import * as wire from './imdp.js';
+import { LineError, LineReader } from './lines.js';
+import type { Peer } from './listen.js';
+import type { Log } from './log.js';
+import { type Headers, MessageError, type OutEntry, mtimeOf, parseHeaders, readMessage, writeEntries } from './message/index.js';
+import { certCoversDomain, fingerprint256 } from './tls.js';
+
+export interface SessionLimits {
+  maxMessageSize: number;
+  maxHeaderBytes: number;
+  maxLine: number;
+  maxMessages: number;
+  maxHops: number;
+  maxErrors: number;
+}
+
+export interface SessionTimeouts {
+  idle: number;
+  data: number;
+  handler: number;
+}
+
+export interface SessionConfig {
+  /** Our domain: the greeting and the `received` lines. */
+  domain: string;
+  limits: SessionLimits;
+  timeouts: SessionTimeouts;
+  handler: string[];
+  /** Run before ACCEPT with the announced headers on stdin; empty = none. */
+  check: string[];
+  inProcess: boolean;
+  env: Record<string, string | undefined>;
+  cwd: string;
+  log: Log;
+  /** The server's stderr, for handler diagnostics. */
+  stderr: Writable;
+}
+
+interface Announced {
+  size: number;
+  raw: Buffer;
+  headers?: Headers;
+  senderDomain?: string;
+  /** Set when the answer was REJECT: a DATA that follows anyway is discarded. */
+  rejected?: { status: string; text: string };
+}
+
+class Drop extends Error {}
+
+/** Count `received` lines: the hop count. */
+const hops = (h: Headers) => h.getAll('received').length;
+
+export class ImdpSession {
+  readonly id = randomBytes(6).toString('hex');
+  private readonly reader: LineReader;
+  private pending?: Announced;
+  private messages = 0;
+  private errors = 0;
+  private closed = false;
+  /** Between reading a command and finishing it: a shutdown waits for this. */
+  private busy = false;
+
+  constructor(private readonly socket: TLSSocket, private readonly peer: Peer, private readonly cfg: SessionConfig) {
+    const { limits, timeouts } = cfg;
+    this.reader = new LineReader(socket, { maxLine: limits.maxLine, idleTimeout: timeouts.idle, dataTimeout: timeouts.data });
+  }
+
+  private send(s: string): void {
+    if (!this.socket.destroyed && this.socket.writable) this.socket.write(s);
+  }
+
+  private bye(text: string): void {
+    this.send(wire.bye(text));
+    this.closed = true;
+  }
+
+  async run(stopping: AbortSignal): Promise<void> {
+    const onStop = () => {
+      if (!this.pending && !this.busy) {
+        this.bye('server shutting down, try again later');
+        this.socket.end();
+      }
+    };
+    stopping.addEventListener('abort', onStop, { once: true });
+    try {
+      this.send(wire.greeting(this.cfg.domain));
+      while (!this.closed) {
+        if (stopping.aborted && !this.pending) {
+          this.bye('server shutting down, try again later');
+          break;
+        }
+        let line: string | null;
+        try {
+          line = await this.reader.readLine();
+        } catch (e) {
+          if (!(e instanceof LineError)) throw e;
+          if (e.kind === 'not-utf8' || e.kind === 'control') {
+            this.protocolError(e.message);
+            continue;
+          }
+          if (e.kind !== 'eof') this.bye(e.kind === 'timeout' ? `${e.message}: closing` : e.message);
+          break;
+        }
+        if (line === null) break;
+        this.busy = true;
+        await this.dispatch(wire.parseCommand(line));
+        this.busy = false;
+      }
+    } catch (e) {
+      if (!(e instanceof Drop)) throw e;
+      this.cfg.log.info(`session=${this.id} ${this.peer.address}: connection dropped: ${e.message}`);
+      this.socket.destroy();
+    } finally {
+      stopping.removeEventListener('abort', onStop);
+    }
+  }
+
+  private readonly verbs: Record<wire.Command['verb'], (c: wire.Command) => Promise<void>> = {
+    MAIL: (c) => this.mail((c as { size: number }).size),
+    DATA: () => this.data(),
+    ABORT: async () => {
+      if (!this.pending) return this.protocolError('ABORT without a pending MAIL');
+      this.pending = undefined;
+    },
+    DONE: async () => {
+      if (this.pending) this.pending = undefined;
+      this.bye('goodbye');
+    },
+    bad: async (c) => {
+      const bad = c as { reason: string; mail?: boolean };
+      if (bad.mail) await this.readHeaderBlock();
+      this.protocolError(bad.reason);
+    },
+  };
+
+  private async dispatch(c: wire.Command): Promise<void> {
+    await this.verbs[c.verb](c);
+  }
+
+  private protocolError(reason: string): void {
+    this.errors++;
+    if (this.errors > this.cfg.limits.maxErrors) return this.bye(`too many errors (${this.errors}); last: ${reason}`);
+    this.send(wire.error(reason));
+  }
+
+  /** The headers entry that follows MAIL, up to the empty line; undefined if it broke a limit (already read to the end). */
+  private async readHeaderBlock(): Promise<{ raw: Buffer; problem?: string }> {
+    const max = this.cfg.limits.maxHeaderBytes;
+    const parts: string[] = [];
+    let bytes = 0;
+    let problem: string | undefined;
+    for (;;) {
+      let line: string | null;
+      try {
+        line = await this.reader.readLine(max);
+      } catch (e) {
+        if (e instanceof LineError && (e.kind === 'not-utf8' || e.kind === 'control')) {
+          problem ??= `headers: ${e.message}`;
+          continue;
+        }
+        if (e instanceof LineError && e.kind === 'too-long' && (await this.reader.discardLine(this.cfg.limits.maxMessageSize))) {
+          problem ??= `headers larger than ${max} bytes`;
+          continue;
+        }
+        throw e instanceof LineError ? new Drop(e.message) : e;
+      }
+      if (line === null) throw new Drop('connection closed in the middle of MAIL');
+      if (line === '') break;
+      bytes += Buffer.byteLength(line) + 1;
+      if (bytes > max) problem ??= `headers larger than ${max} bytes`;
+      else parts.push(line);
+    }
+    return { raw: Buffer.from(parts.map((l) => `${l}\n`).join('')), problem };
+  }
+
+  private rejectNow(a: Announced, status: string, text: string): void {
+    a.rejected = { status, text };
+    this.pending = a;
+    this.send(wire.reject(status, text));
+  }
+
+  private async mail(size: number): Promise<void> {
+    const block = await this.readHeaderBlock();
+    if (this.pending) return this.protocolError('MAIL while another message is pending: send DATA or ABORT first');
+    const a: Announced = { size, raw: block.raw };
+    const { limits } = this.cfg;
+    if (this.messages >= limits.maxMessages) return this.rejectNow(a, '4.5.3', `at most ${limits.maxMessages} messages per connection: open a new one`);
+    if (size > limits.maxMessageSize) return this.rejectNow(a, '5.3.4', `message of ${size} bytes is over the limit of ${limits.maxMessageSize}`);
+    if (block.problem) return this.rejectNow(a, '5.6.0', block.problem);
+    try {
+      a.headers = parseHeaders(block.raw);
+      if (!a.headers.has('message-id')) throw new MessageError('headers: missing message-id');
+      if (hops(a.headers) >= limits.maxHops) return this.rejectNow(a, '5.4.6', `${hops(a.headers)} received lines: a mail loop (hop limit ${limits.maxHops})`);
+      const mailer = a.headers.get('mailer');
+      const from = a.headers.get('from');
+      if (mailer) a.senderDomain = asciiDomain(mailer.trim());
+      else if (from) a.senderDomain = parseAddress(from).asciiDomain;
+      else throw new MessageError('headers: neither mailer nor from: no sender domain to check the certificate against');
+    } catch (e) {
+      if (e instanceof MessageError || e instanceof AddressError) return this.rejectNow(a, '5.6.0', e.message);
+      throw e;
+    }
+    if (!this.peer.cert || !certCoversDomain(this.peer.cert, a.senderDomain)) {
+      const which = a.headers.get('mailer') ? 'mailer' : 'from';
+      return this.rejectNow(a, '5.7.1', `your certificate (${this.peer.cert?.subject.replace(/\n/g, ', ') ?? 'none'}) does not cover ${a.senderDomain}, the domain of ${which}`);
+    }
+    if (this.cfg.check.length) {
+      const verdict = await this.check(a);
+      if (verdict) return this.rejectNow(a, verdict.status, verdict.text);
+    }
+    this.pending = a;
+    this.send(wire.accept());
+  }
+
+  private env(a: Announced): Record<string, string | undefined> {
+    return {
+      ...this.cfg.env,
+      IMA_PEER_DOMAIN: a.senderDomain,
+      IMA_PEER_CERT_SHA256: this.peer.cert ? fingerprint256(this.peer.cert) : undefined,
+      IMA_PEER_ADDRESS: this.peer.address,
+      IMA_SESSION_ID: this.id,
+    };
+  }
+
+  /** Run the check command on the announced headers; undefined = accept. */
+  private async check(a: Announced): Promise<{ status: string; text: string } | undefined> {
+    const { Readable } = await import('node:stream');
+    const lines: string[] = [];
+    const code = await runHandler({
+      argv: this.cfg.check,
+      inProcess: this.cfg.inProcess,
+      env: this.env(a),
+      cwd: this.cfg.cwd,
+      input: Readable.from([a.raw]),
+      onLine: (l) => {
+        lines.push(l);
+        this.send(wire.reply(l));
+      },
+      stderr: this.cfg.stderr,
+      timeout: this.cfg.timeouts.handler,
+    });
+    const status = finalFor(code);
+    if (status === 'OK') return undefined;
+    if (status === 'drop') throw new Drop('check command said drop (exit 3)');
+    if (status === 'TEMPFAIL') return { status: '4.3.0', text: `recipients cannot be checked now${lines.length ? `: ${lines.at(-1)}` : ''}` };
+    return { status: '5.1.1', text: `recipients refused${lines.length ? `: ${lines.join('; ')}` : ''}` };
+  }
+
+  private async data(): Promise<void> {
+    const a = this.pending;
+    if (!a) return this.protocolError('DATA without an accepted MAIL');
+    this.pending = undefined;
+    this.messages++;
+    if (a.rejected) {
+      if (a.size > this.cfg.limits.maxMessageSize) throw new Drop('DATA after a size rejection');
+      await this.pumpOrDrop(this.reader.pumpData(a.size), (s) => s.resume());
+      this.send(wire.final(a.rejected.status.startsWith('4') ? 'TEMPFAIL' : 'FAIL', `${a.rejected.status} ${a.rejected.text}`));
+      return this.logMessage(a, a.rejected.status.startsWith('4') ? 'TEMPFAIL' : 'FAIL', a.rejected.text);
+    }
+    const { stream, done } = this.reader.pumpData(a.size);
+    const status = await this.deliver(a, stream);
+    await this.pumpOrDrop({ stream, done }, (s) => s.resume());
+    if (status.word === 'drop') throw new Drop('handler said drop (exit 3)');
+    this.send(wire.final(status.word, status.text));
+    this.logMessage(a, status.word, status.text);
+  }
+
+  private async pumpOrDrop(p: { stream: NodeJS.ReadableStream & { resume(): unknown }; done: Promise<void> }, rest: (s: { resume(): unknown }) => void): Promise<void> {
+    rest(p.stream);
+    try {
+      await p.done;
+    } catch (e) {
+      throw new Drop(describe(e));
+    }
+  }
+
+  /** Read the message, check it, add `received`, run the handler. */
+  private async deliver(a: Announced, input: import('node:stream').PassThrough): Promise<{ word: wire.Final | 'drop'; text?: string }> {
+    const limits = { maxHeaderBytes: this.cfg.limits.maxHeaderBytes, maxEntries: 1000, maxTotalBytes: this.cfg.limits.maxMessageSize, maxMetaBytes: 64 * 1024 };
+    const entries = readMessage(input, limits);
+    let headers: Headers;
+    try {
+      const first = await entries.next();
+      if (first.done || first.value.kind !== 'headers') throw new MessageError('message has no headers entry');
+      if (!first.value.raw.equals(a.raw)) throw new MessageError('the headers entry differs from the one announced with MAIL');
+      headers = first.value.headers.clone();
+      const fp = this.peer.cert ? fingerprint256(this.peer.cert) : 'none';
+      const when = new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
+      headers.addReceived(`from ${a.senderDomain} (${this.peer.address}; cert sha256 ${fp.slice(0, 16)}) by ${this.cfg.domain} with IMDP id ${this.id}.${this.messages}; ${when}`);
+    } catch (e) {
+      await entries.return(undefined).catch(() => {});
+      if (e instanceof Failure) return { word: e.temporary ? 'TEMPFAIL' : 'FAIL', text: `${e.status} ${e.message}` };
+      throw e;
+    }
+    const { PassThrough } = await import('node:stream');
+    const toHandler = new PassThrough({ highWaterMark: 256 * 1024 });
+    const stop = new AbortController();
+    let messageProblem: Failure | undefined;
+    async function* rewritten(): AsyncGenerator<OutEntry> {
+      const raw = headers.serialize();
+      yield { path: 'headers', size: raw.length, open: () => raw };
+      for await (const e of entries) {
+        if (e.kind === 'headers') continue;
+        yield { path: e.path, size: e.size, open: () => e.stream };
+      }
+    }
+    const writing = writeEntries(toHandler, rewritten(), mtimeOf(headers)).catch((e) => {
+      if (e instanceof Failure && !e.temporary) messageProblem = e;
+      else if (!(e as NodeJS.ErrnoException).code?.startsWith('ERR_STREAM')) messageProblem = e instanceof Failure ? e : new Failure('temporary', describe(e));
+      stop.abort();
+      toHandler.destroy();
+    });
+    const lines: string[] = [];
+    const code = await runHandler({
+      argv: this.cfg.handler,
+      inProcess: this.cfg.inProcess,
+      env: this.env(a),
+      cwd: this.cfg.cwd,
+      input: toHandler,
+      onLine: (l) => {
+        if (lines.length < 1000) lines.push(l);
+        this.send(wire.reply(l));
+      },
+      stderr: this.cfg.stderr,
+      timeout: this.cfg.timeouts.handler,
+      signal: stop.signal,
+    });
+    toHandler.resume();
+    if (!messageProblem) {
+      // The handler is done; if it left data unread, stop the writer and let the rest be discarded.
+      toHandler.destroy();
+      input.resume();
+    }
+    await writing;
+    await entries.return(undefined).catch(() => {});
+    if (messageProblem) return { word: messageProblem.temporary ? 'TEMPFAIL' : 'FAIL', text: `${messageProblem.status} ${messageProblem.message}` };
+    return { word: finalFor(code) };
+  }
+
+  private logMessage(a: Announced, status: string, text?: string): void {
+    const h = a.headers;
+    const rcpts = h ? ['to', 'cc', 'bcc'].flatMap((n) => h.getAll(n)).join(', ') : '';
+    this.cfg.log.info(
+      `session=${this.id} msg=${this.messages} peer=${a.senderDomain ?? '?'} address=${this.peer.address} from=<${h?.get('from') ?? ''}> to=<${rcpts}> size=${a.size} status=${status}${text ? ` (${text})` : ''}`,
+    );
+  }
+}

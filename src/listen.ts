@@ -1,0 +1,239 @@
+// Generic TLS server plumbing for the toolkit's servers (server-receive,
+// post-office). No protocol inside: it runs a TLS server in one of three
+// modes (--listen ADDR:PORT, --inetd, systemd socket activation), enforces
+// connection limits and the handshake timeout, checks that a client
+// certificate was verified when one is required, and hands each
+// authenticated TLS socket to the protocol's session function.
+// SIGTERM: stop accepting, let sessions finish. SIGHUP: reload.
+import { X509Certificate } from 'node:crypto';
+import type { EventEmitter } from 'node:events';
+import net from 'node:net';
+import { Duplex, type Readable, type Writable } from 'node:stream';
+import tls, { type SecureContextOptions, type TLSSocket } from 'node:tls';
+import { usageError } from './failure.js';
+import type { Log } from './log.js';
+import { explainCertError, peerX509 } from './tls.js';
+
+export type Where =
+  | { mode: 'listen'; host: string; port: number }
+  | { mode: 'inetd'; stdin: Readable; stdout: Writable; remote?: string }
+  | { mode: 'systemd'; fds: number[] };
+
+export interface ConnectionLimits {
+  maxConnections: number;
+  maxPerAddress: number;
+  /** ms for the TLS handshake. */
+  handshakeTimeout: number;
+  /** ms sessions get to finish after SIGTERM before they are cut. */
+  shutdownTimeout: number;
+}
+
+export interface Settings {
+  tls: SecureContextOptions;
+  limits: ConnectionLimits;
+  /** 'required': an unverified peer is refused before the session starts. 'optional': the session decides (password logins). */
+  clientCert: 'required' | 'optional';
+}
+
+export interface Peer {
+  /** The peer's IP address ('inetd' when unknown). */
+  address: string;
+  /** Certificate the peer sent, if any. */
+  cert?: X509Certificate;
+  /** Did the certificate chain to a trusted CA, within its dates, with the clientAuth purpose? */
+  authorized: boolean;
+  /** Why not, in words for the peer, when not authorized. */
+  authError?: string;
+}
+
+export interface Hooks {
+  /** Run one session on an accepted socket; resolve when it is over. `stopping` fires on SIGTERM. */
+  session(socket: TLSSocket, peer: Peer, stopping: AbortSignal): Promise<void>;
+  /** Write the protocol's refusal line (the peer's certificate, a limit) before the socket is closed. */
+  refuse(socket: TLSSocket, reason: string): void;
+  /** SIGHUP: read config and certificates again. A throw keeps the old settings. */
+  reload?(): Promise<Settings>;
+}
+
+export interface ServeOptions {
+  log: Log;
+  /** Where SIGTERM/SIGINT/SIGHUP come from (the process); absent in-process. */
+  signals?: EventEmitter;
+  /** Aborting it is the same as SIGTERM. */
+  signal?: AbortSignal;
+  /** Told the bound address once listening (tests, the demo). */
+  onListening?(address: net.AddressInfo): void;
+}
+
+/** Work out the mode from the flags and the environment (LISTEN_FDS, LISTEN_PID). */
+export function whereFrom(
+  listen: string | undefined,
+  inetd: boolean | undefined,
+  env: Record<string, string | undefined>,
+  stdio: { stdin: Readable; stdout: Writable },
+  pid: number,
+): Where | undefined {
+  if (listen !== undefined && inetd) throw usageError('--listen and --inetd exclude each other');
+  if (inetd) return { mode: 'inetd', ...stdio, remote: (stdio.stdin as net.Socket).remoteAddress ?? env.REMOTE_ADDR };
+  if (listen !== undefined) return { mode: 'listen', ...parseHostPort(listen) };
+  const n = Number(env.LISTEN_FDS);
+  if (env.LISTEN_FDS && Number.isInteger(n) && n > 0 && (!env.LISTEN_PID || Number(env.LISTEN_PID) === pid)) {
+    return { mode: 'systemd', fds: Array.from({ length: n }, (_, i) => 3 + i) };
+  }
+  return undefined;
+}
+
+/** "127.0.0.1:4690", "[::1]:4690", ":4690" (all addresses). */
+export function parseHostPort(s: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^\s:[\]]*)):(\d{1,5})$/.exec(s);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) throw usageError(`--listen ${JSON.stringify(s)}: expected ADDRESS:PORT, such as 127.0.0.1:4690 or [::1]:4690`);
+  return { host: m[1] ?? (m[2] || '::'), port };
+}
+
+/** End a socket so that what was written reaches the peer; destroy it if the peer does not close in time. */
+export function closeGently(socket: TLSSocket, grace = 5000): void {
+  if (socket.destroyed) return;
+  socket.end();
+  const t = setTimeout(() => socket.destroy(), grace);
+  t.unref();
+  socket.once('close', () => clearTimeout(t));
+}
+
+/** Run the server until it is told to stop and every session is over. */
+export async function serve(where: Where, initial: Settings, hooks: Hooks, opts: ServeOptions): Promise<void> {
+  let settings = initial;
+  const { log } = opts;
+  const stopping = new AbortController();
+  const sessions = new Set<Promise<void>>();
+  const perAddress = new Map<string, number>();
+  let total = 0;
+
+  const handle = (socket: TLSSocket, address: string) => {
+    total++;
+    perAddress.set(address, (perAddress.get(address) ?? 0) + 1);
+    socket.on('error', (e) => log.debug(`${address}: ${e.message}`));
+    const done = (async () => {
+      const cert = peerX509(socket);
+      const authorized = socket.authorized;
+      const peer: Peer = { address, cert, authorized, authError: authorized ? undefined : explainCertError(socket.authorizationError, cert !== undefined) };
+      if (!authorized && settings.clientCert === 'required') {
+        log.info(`${address}: refused: ${peer.authError}`);
+        hooks.refuse(socket, peer.authError!);
+        return;
+      }
+      await hooks.session(socket, peer, stopping.signal);
+    })()
+      .catch((e) => log.error(`${address}: session failed: ${(e as Error).message}`))
+      .finally(() => {
+        total--;
+        const left = (perAddress.get(address) ?? 1) - 1;
+        if (left) perAddress.set(address, left);
+        else perAddress.delete(address);
+        closeGently(socket);
+        sessions.delete(done);
+      });
+    sessions.add(done);
+  };
+
+  const serverOptions = () => ({
+    ...settings.tls,
+    requestCert: true,
+    // OpenSSL verifies (chain, dates, purpose); the verdict is enforced in
+    // handle() so the peer gets a line saying why instead of a bare alert.
+    rejectUnauthorized: false,
+    handshakeTimeout: settings.limits.handshakeTimeout,
+  });
+
+  const server = tls.createServer(serverOptions());
+  server.on('connection', (raw: net.Socket) => {
+    const address = raw.remoteAddress ?? 'unknown';
+    if (total >= settings.limits.maxConnections || (perAddress.get(address) ?? 0) >= settings.limits.maxPerAddress) {
+      log.warn(`${address}: connection dropped: ${total >= settings.limits.maxConnections ? 'too many connections' : 'too many connections from this address'}`);
+      raw.destroy();
+    }
+  });
+  server.on('secureConnection', (socket: TLSSocket) => handle(socket, socket.remoteAddress ?? 'unknown'));
+  server.on('tlsClientError', (e: Error & { code?: string }, socket: TLSSocket) => {
+    log.info(`${socket.remoteAddress ?? 'unknown'}: TLS handshake failed: ${e.code ?? e.message}`);
+    socket.destroy(); // Node does not close the socket on ERR_TLS_HANDSHAKE_TIMEOUT by itself
+  });
+
+
+  if (where.mode === 'inetd') {
+    // The connection is on stdin/stdout (inetd, systemd Accept=yes). A
+    // socket there gets a fresh read-write handle (Node opens stdin
+    // read-only); anything else (pipes) goes through a generic duplex. Either
+    // is handed to the same TLS server as an accepted connection.
+    const fd = (where.stdin as net.Socket & { _handle?: { fd?: number } })._handle?.fd;
+    const conn =
+      where.stdin instanceof net.Socket && fd !== undefined && fd >= 0
+        ? new net.Socket({ fd, readable: true, writable: true })
+        : Duplex.from({ readable: where.stdin, writable: where.stdout });
+    const closed = new Promise<void>((res) => conn.once('close', () => res()));
+    server.emit('connection', conn);
+    await closed;
+    await Promise.all([...sessions]);
+    return;
+  }
+
+  const stop = () => {
+    if (stopping.signal.aborted) return;
+    log.info('stopping: no new connections; letting sessions finish');
+    stopping.abort();
+    server.close();
+    const cut = setTimeout(() => {
+      log.warn(`stopping: ${sessions.size} session(s) still open after ${settings.limits.shutdownTimeout / 1000} s, cutting them`);
+      cutAll();
+    }, settings.limits.shutdownTimeout);
+    cut.unref();
+  };
+  const open = new Set<TLSSocket>();
+  server.on('secureConnection', (s: TLSSocket) => {
+    open.add(s);
+    s.once('close', () => open.delete(s));
+  });
+  const cutAll = () => {
+    for (const s of open) s.destroy();
+  };
+  const reload = async () => {
+    if (!hooks.reload) return;
+    try {
+      const next = await hooks.reload();
+      server.setSecureContext(next.tls);
+      settings = next;
+      log.info('reloaded configuration and certificates');
+    } catch (e) {
+      log.error(`reload failed, keeping the old configuration: ${(e as Error).message}`);
+    }
+  };
+  const onHup = () => void reload();
+  opts.signals?.on('SIGTERM', stop);
+  opts.signals?.on('SIGINT', stop);
+  opts.signals?.on('SIGHUP', onHup);
+  opts.signal?.addEventListener('abort', stop, { once: true });
+
+  try {
+    const listening = new Promise<void>((res, rej) => {
+      server.once('listening', res);
+      server.once('error', rej);
+    });
+    if (where.mode === 'listen') server.listen({ host: where.host, port: where.port });
+    else {
+      if (where.fds.length > 1) log.warn(`LISTEN_FDS=${where.fds.length}: serving the first socket only`);
+      server.listen({ fd: where.fds[0] });
+    }
+    await listening;
+    const a = server.address();
+    if (a && typeof a === 'object') {
+      log.info(`listening on ${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`);
+      opts.onListening?.(a);
+    } else log.info(`listening on inherited socket(s) ${where.mode === 'systemd' ? where.fds.join(', ') : ''}`);
+    await new Promise<void>((res) => server.once('close', res));
+    await Promise.all([...sessions]);
+  } finally {
+    opts.signals?.off('SIGTERM', stop);
+    opts.signals?.off('SIGINT', stop);
+    opts.signals?.off('SIGHUP', onHup);
+  }
+}

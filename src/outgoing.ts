@@ -1,0 +1,178 @@
+// The sending side's domain logic (send-mail): complete the headers, spool
+// the message once, group recipients by domain, build each domain's copy
+// (its own bcc recipients only) as "its headers entry + the shared rest",
+// find each domain's server.
+import { randomUUID } from 'node:crypto';
+import { promises as dns } from 'node:dns';
+import { PassThrough, type Readable } from 'node:stream';
+import { type Address, AddressError, addressKey, asciiDomain, formatAddressList, mailboxOf, parseAddressList } from './address.js';
+import { dataError } from './failure.js';
+import { IMDP_PORT } from './imdp.js';
+import { type Headers, type MessageLimits, type OutEntry, mtimeOf, readMessage, writeEntries } from './message/index.js';
+import { Spool, SpoolLimitError } from './spool.js';
+
+export interface Prepared {
+  headers: Headers;
+  mtime: Date;
+  /** The whole canonical message with every recipient, spooled once. */
+  spool: Spool;
+  /** Where the entries after `headers` start in the spool. */
+  restOffset: number;
+}
+
+const now = () => new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
+
+/** Read a message, set mailer/date/message-id when missing, spool it once in canonical form. */
+export async function prepare(input: Readable, mailer: string, limits: MessageLimits): Promise<Prepared> {
+  const entries = readMessage(input, limits);
+  const first = await entries.next();
+  if (first.done || first.value.kind !== 'headers') throw dataError('message has no headers entry');
+  const headers = first.value.headers.clone();
+  const given = headers.get('mailer');
+  if (given && asciiDomainOr(given) !== mailer) throw dataError(`mailer: the message says ${given}, but this send-mail sends as ${mailer}`);
+  if (!given) headers.set('mailer', mailer);
+  if (!headers.has('date')) headers.set('date', now());
+  if (!headers.has('message-id')) headers.set('message-id', `urn:uuid:${randomUUID()}`);
+  const mtime = mtimeOf(headers);
+  async function* all(): AsyncGenerator<OutEntry> {
+    const raw = headers.serialize();
+    yield { path: 'headers', size: raw.length, open: () => raw };
+    for await (const e of entries) if (e.kind !== 'headers') yield { path: e.path, size: e.size, open: () => e.stream };
+  }
+  const pipe = new PassThrough();
+  const writing = writeEntries(pipe, all(), mtime);
+  let spool: Spool;
+  try {
+    [spool] = await Promise.all([Spool.from(pipe, { limit: limits.maxTotalBytes + 1024 * 1024 }), writing]);
+  } catch (e) {
+    pipe.destroy();
+    if (e instanceof SpoolLimitError) throw dataError(`message larger than ${limits.maxTotalBytes} bytes`);
+    throw e;
+  }
+  const restOffset = (await headersEntry(headers, mtime)).length;
+  return { headers, mtime, spool, restOffset };
+}
+
+function asciiDomainOr(d: string): string {
+  try {
+    return asciiDomain(d.trim());
+  } catch {
+    return d;
+  }
+}
+
+/** The tar bytes of a headers entry alone (header block, data, padding): a message's first bytes. */
+export async function headersEntry(headers: Headers, mtime: Date): Promise<Buffer> {
+  const raw = headers.serialize();
+  const out = new PassThrough();
+  const parts: Buffer[] = [];
+  out.on('data', (c: Buffer) => parts.push(c));
+  await writeEntries(out, [{ path: 'headers', size: raw.length, open: () => raw }], mtime);
+  const whole = Buffer.concat(parts);
+  return whole.subarray(0, whole.length - 1024); // without the two end-of-archive blocks
+}
+
+export interface Group {
+  /** ASCII domain. */
+  domain: string;
+  recipients: Address[];
+  /** The bcc recipients that live in this domain: the only ones its copy names. */
+  bcc: Address[];
+}
+
+/** Recipients of to, cc and bcc grouped by ASCII domain, each address once. */
+export function groupRecipients(headers: Headers): Group[] {
+  const groups = new Map<string, Group>();
+  const seen = new Set<string>();
+  for (const field of ['to', 'cc', 'bcc']) {
+    for (const value of headers.getAll(field)) {
+      let list: Address[];
+      try {
+        list = parseAddressList(value);
+      } catch (e) {
+        if (e instanceof AddressError) throw dataError(`${field}: ${e.message}`);
+        throw e;
+      }
+      for (const a of list) {
+        const g = groups.get(a.asciiDomain) ?? { domain: a.asciiDomain, recipients: [], bcc: [] };
+        groups.set(a.asciiDomain, g);
+        if (field === 'bcc' && !g.bcc.some((b) => addressKey(b) === addressKey(a))) g.bcc.push(a);
+        if (seen.has(addressKey(a))) continue;
+        seen.add(addressKey(a));
+        g.recipients.push(a);
+      }
+    }
+  }
+  return [...groups.values()];
+}
+
+/** The headers one domain receives: bcc lists only that domain's own bcc recipients. */
+export function headersFor(base: Headers, g: Group): Headers {
+  const h = base.clone().remove('bcc');
+  if (g.bcc.length) h.set('bcc', formatAddressList(g.bcc));
+  return h;
+}
+
+/** One domain's copy: its own headers entry followed by the shared rest of the spool. */
+export async function copyFor(p: Prepared, g: Group): Promise<{ headersRaw: Buffer; size: number; open: () => AsyncIterable<Buffer> }> {
+  const h = headersFor(p.headers, g);
+  const first = await headersEntry(h, p.mtime);
+  const restSize = p.spool.size - p.restOffset;
+  return {
+    headersRaw: h.serialize(),
+    size: first.length + restSize,
+    open: async function* () {
+      yield first;
+      const rest = p.spool.open(p.restOffset);
+      if (Buffer.isBuffer(rest)) yield rest;
+      else yield* rest as AsyncIterable<Buffer>;
+    },
+  };
+}
+
+export interface Target {
+  host: string;
+  port: number;
+  /** How it was found, for messages. */
+  via: 'config' | 'srv' | 'domain';
+}
+
+/** "host", "host:port", "[v6]:port". */
+export function parseTarget(s: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^\s:[\]]+))(?::(\d{1,5}))?$/.exec(s.trim());
+  if (!m) throw new Error(`not HOST or HOST:PORT: ${JSON.stringify(s)}`);
+  return { host: m[1] ?? m[2], port: m[3] ? Number(m[3]) : IMDP_PORT };
+}
+
+/** The server of a domain: the config table, then DNS SRV _imdp._tcp, then the domain itself on the IMDP port. */
+export async function findServer(domain: string, table: Record<string, string>, useSrv: boolean): Promise<Target> {
+  const configured = table[domain];
+  if (configured) return { ...parseTarget(configured), via: 'config' };
+  if (useSrv) {
+    try {
+      const records = await dns.resolveSrv(`_imdp._tcp.${domain}`);
+      records.sort((a, b) => a.priority - b.priority || b.weight - a.weight);
+      const best = records.find((r) => r.name && r.name !== '.');
+      if (best) return { host: best.name, port: best.port, via: 'srv' };
+    } catch {
+      // No SRV record (or no DNS): fall back to the domain itself.
+    }
+  }
+  return { host: domain, port: IMDP_PORT, via: 'domain' };
+}
+
+/** Result lines a server relayed (REPLY) that name one of our recipients: "WORD address ...". */
+export function relayedResult(replies: string[], a: Address): string | undefined {
+  const key = addressKey(a);
+  for (const line of replies) {
+    const m = /^(OK|FAIL|TEMPFAIL|NORECIPIENT) (\S+)(?: (.*))?$/.exec(line);
+    if (!m) continue;
+    try {
+      const [r] = parseAddressList(m[2]);
+      if (addressKey(r) === key) return `${m[1]} ${mailboxOf(a)}${m[3] ? ` ${m[3]}` : ''}`;
+    } catch {
+      // Not an address: not a result line for us.
+    }
+  }
+  return undefined;
+}

@@ -1,0 +1,206 @@
+// send-mail: deliver a message to every recipient domain's IMDP server
+// (ima(7)): headers first to all of them, data only when every one said
+// ACCEPT, in parallel, from one spooled copy; one result line per recipient.
+//
+// It does not queue or retry (a failed run leaves the sender holding the
+// message, exit 75 or 1 says which), does not speak SMTP (legacy domains go
+// to the configured command), and never shows a domain another domain's bcc.
+import { spawn } from 'node:child_process';
+import { createReadStream } from 'node:fs';
+import { resolve } from 'node:path';
+import { Readable } from 'node:stream';
+import type { Argv } from 'yargs';
+import { type Address, asciiDomain, mailboxOf } from '../address.js';
+import { start } from '../cli.js';
+import { boolean, command, configPath, duration, list, map, optional, size, string, table } from '../config.js';
+import { EXIT, type Failure, asFailure, noInput, tempFail, usageError } from '../failure.js';
+import { type Answer, ImdpClient, isTemporary } from '../imdp.js';
+import { DEFAULT_LIMITS } from '../message/index.js';
+import { type Group, type Prepared, copyFor, findServer, groupRecipients, prepare, relayedResult } from '../outgoing.js';
+import type { Io } from '../run.js';
+import { LineSplitter } from '../handler.js';
+import { contextOptions, loadTlsMaterial } from '../tls.js';
+
+const domainCheck = (d: string) => {
+  try {
+    asciiDomain(d);
+    return undefined;
+  } catch (e) {
+    return (e as Error).message;
+  }
+};
+
+const schema = table({
+  domain: string({ check: domainCheck }),
+  tls: table({
+    certificate: string({ nonEmpty: true }),
+    key: string({ nonEmpty: true }),
+    ca: optional(list(string({ nonEmpty: true })), [] as string[]),
+  }),
+  servers: map(string({ nonEmpty: true }), domainCheck),
+  dns_srv: optional(boolean(), true),
+  legacy_domains: optional(list(string({ check: domainCheck })), [] as string[]),
+  legacy_command: optional(command(), ['smtp-send']),
+  max_message_size: optional(size({ min: 1024 }), 100 * 1024 * 1024),
+  timeouts: table({
+    connect: optional(duration(), 30_000),
+    result: optional(duration(), 600_000),
+  }),
+});
+
+const options = (y: Argv) => y;
+
+/** Where one domain's delivery stands. */
+interface Leg {
+  group: Group;
+  client?: ImdpClient;
+  /** Refusal or failure before DATA. */
+  refused?: { temporary: boolean; reason: string };
+  /** Final answer after DATA. */
+  result?: Answer;
+  /** Failure during or after DATA. */
+  failed?: Failure;
+  /** Result lines from a legacy command. */
+  legacyLines?: string[];
+  legacyCode?: number;
+}
+
+export async function main(args: string[], io: Io): Promise<number> {
+  const s = await start({ name: 'send-mail', role: 'user', usage: '$0 [options] [FILE] < message', schema, options }, args, io);
+  if (typeof s === 'number') return s;
+  const { argv, config, source, log } = s;
+  if (argv._.length > 1) throw usageError('give at most one message file');
+  const material = loadTlsMaterial({
+    certificate: configPath(source, config.tls.certificate),
+    key: configPath(source, config.tls.key),
+    ca: config.tls.ca.map((f) => configPath(source, f)),
+    configFile: source.file ?? 'send-mail.toml',
+  });
+  const file = argv._[0] === undefined ? undefined : resolve(io.cwd, String(argv._[0]));
+  const input = file ? await openFile(file) : io.stdin;
+  const mailer = asciiDomain(config.domain);
+  const prepared = await prepare(input, mailer, { ...DEFAULT_LIMITS, maxTotalBytes: config.max_message_size });
+  try {
+    const groups = groupRecipients(prepared.headers);
+    if (groups.length === 0) throw usageError('the message has no recipients (to, cc, bcc)');
+    const legacy = new Set(config.legacy_domains.map((d) => asciiDomain(d)));
+    const legs: Leg[] = groups.map((group) => ({ group }));
+    const imdp = legs.filter((l) => !legacy.has(l.group.domain));
+    const tls = contextOptions(material);
+    // Phase 1: connect and announce everywhere, in parallel.
+    await Promise.all(imdp.map((leg) => announce(leg, prepared, tls, config)));
+    const refused = imdp.filter((l) => l.refused);
+    if (refused.length) {
+      await Promise.all(imdp.map(async (l) => {
+        if (l.client && !l.refused) l.client.sendAbort();
+        await l.client?.done().catch(() => {});
+      }));
+      const temporary = refused.every((l) => l.refused!.temporary);
+      const domains = refused.map((l) => l.group.domain).join(', ');
+      for (const l of legs) {
+        const why = l.refused?.reason ?? `not sent: ${domains} refused the message, and send-mail sends to all or none`;
+        for (const a of l.group.recipients) io.stdout.write(`${temporary ? 'TEMPFAIL' : 'FAIL'} ${mailboxOf(a)} ${why}\n`);
+      }
+      for (const l of refused) log.warn(`${l.group.domain}: ${l.refused!.reason}`);
+      return temporary ? EXIT.TEMPFAIL : EXIT.FAIL;
+    }
+    // Phase 2: data to every server (and the legacy command), in parallel.
+    await Promise.all([
+      ...imdp.map((leg) => sendData(leg, prepared, config.timeouts.result)),
+      ...legs.filter((l) => legacy.has(l.group.domain)).map((leg) => runLegacy(leg, prepared, config.legacy_command, io)),
+    ]);
+    return report(legs, io);
+  } finally {
+    await prepared.spool.dispose();
+  }
+}
+
+async function openFile(file: string): Promise<Readable> {
+  const stream = createReadStream(file);
+  await new Promise<void>((res, rej) => {
+    stream.once('open', () => res());
+    stream.once('error', (e: NodeJS.ErrnoException) => rej(noInput(file, e.code === 'ENOENT' ? 'no such file' : `cannot read (${e.code})`)));
+  });
+  return stream;
+}
+
+async function announce(leg: Leg, p: Prepared, tls: ReturnType<typeof contextOptions>, config: { servers: Record<string, string>; dns_srv: boolean; timeouts: { connect: number; result: number } }): Promise<void> {
+  const { domain } = leg.group;
+  try {
+    const target = await findServer(domain, config.servers, config.dns_srv);
+    leg.client = await ImdpClient.connect({ host: target.host, port: target.port, domain, tls, timeout: config.timeouts.connect, resultTimeout: config.timeouts.result });
+    const copy = await copyFor(p, leg.group);
+    leg.client.sendMail(copy.headersRaw, copy.size);
+    const a = await leg.client.readAnswer();
+    if (a.word !== 'ACCEPT') {
+      const detail = a.replies.length ? ` (${a.replies.join('; ')})` : '';
+      leg.refused = { temporary: isTemporary(a), reason: `${domain}: ${a.word}${a.status ? ` ${a.status}` : ''} ${a.text}${detail}` };
+    }
+  } catch (e) {
+    const f = asFailure(e);
+    leg.refused = { temporary: f.temporary, reason: f.message };
+  }
+}
+
+async function sendData(leg: Leg, p: Prepared, resultTimeout: number): Promise<void> {
+  const client = leg.client!;
+  try {
+    const copy = await copyFor(p, leg.group);
+    await client.sendData(copy.open(), copy.size);
+    leg.result = await client.readAnswer(resultTimeout);
+    await client.done().catch(() => {});
+  } catch (e) {
+    leg.failed = asFailure(e);
+    client.close();
+  }
+}
+
+/** A legacy domain: the command gets this domain's copy on stdin and its recipients as arguments. */
+async function runLegacy(leg: Leg, p: Prepared, argv: readonly string[], io: Io): Promise<void> {
+  const copy = await copyFor(p, leg.group);
+  const lines: string[] = [];
+  leg.legacyLines = lines;
+  leg.legacyCode = await new Promise<number>((res) => {
+    const child = spawn(argv[0], [...argv.slice(1), ...leg.group.recipients.map(mailboxOf)], { env: io.env as NodeJS.ProcessEnv, cwd: io.cwd, stdio: ['pipe', 'pipe', 'pipe'] });
+    child.stdout.pipe(new LineSplitter((l) => lines.push(l)));
+    child.stderr.pipe(io.stderr, { end: false });
+    child.stdin.on('error', () => {});
+    Readable.from(copy.open()).pipe(child.stdin);
+    child.on('error', (e) => {
+      leg.failed = tempFail(`${argv[0]}: ${e.message}`);
+    });
+    child.on('close', (code) => res(code ?? EXIT.TEMPFAIL));
+  });
+}
+
+/** One line per recipient and the exit code of the one table. */
+function report(legs: Leg[], io: Io): number {
+  let ok = 0;
+  let temporary = 0;
+  let permanent = 0;
+  for (const leg of legs) {
+    for (const a of leg.group.recipients) {
+      const line = lineFor(leg, a);
+      io.stdout.write(`${line}\n`);
+      if (line.startsWith('OK ')) ok++;
+      else if (line.startsWith('TEMPFAIL ')) temporary++;
+      else permanent++;
+    }
+  }
+  if (ok && !temporary && !permanent) return EXIT.OK;
+  if (ok) return EXIT.PARTIAL;
+  return temporary ? EXIT.TEMPFAIL : EXIT.FAIL;
+}
+
+function lineFor(leg: Leg, a: Address): string {
+  const addr = mailboxOf(a);
+  if (leg.failed) return `TEMPFAIL ${addr} ${leg.failed.message}`;
+  const replies = leg.legacyLines ?? leg.result?.replies ?? [];
+  const relayed = relayedResult(replies, a);
+  if (relayed) return relayed;
+  const word = leg.legacyCode !== undefined ? ['OK', 'FAIL', 'PARTIAL'][leg.legacyCode] ?? 'TEMPFAIL' : leg.result!.word;
+  const why = leg.result?.text || `${leg.group.domain} answered ${word}`;
+  if (word === 'OK') return `OK ${addr}`;
+  if (word === 'FAIL') return `FAIL ${addr} ${why}`;
+  return `TEMPFAIL ${addr} ${word === 'PARTIAL' ? `${leg.group.domain} answered PARTIAL without a line for this recipient` : why}`;
+}

@@ -1,0 +1,137 @@
+// server-receive: the IMDP server (ima(7)). Mutual TLS; the sending
+// domain proven by the client certificate; each accepted message piped to
+// the handler command, its output relayed, its exit code the final status.
+//
+// It does not route, store or look at recipients itself (the handler and the
+// optional check command do), never relays, never keeps a message on disk,
+// and never says OK unless the handler did.
+import type { Argv } from 'yargs';
+import { start } from '../cli.js';
+import { type Located, boolean, command, configPath, duration, integer, list, loadConfig, optional, size, string, table } from '../config.js';
+import { EXIT, configError, usageError } from '../failure.js';
+import { ImdpSession, type SessionConfig } from '../imdp-session.js';
+import * as wire from '../imdp.js';
+import { type Settings, parseHostPort, serve, whereFrom } from '../listen.js';
+import type { Log } from '../log.js';
+import type { Io } from '../run.js';
+import { contextOptions, loadTlsMaterial } from '../tls.js';
+import { asciiDomain } from '../address.js';
+
+const domainCheck = (d: string) => {
+  try {
+    asciiDomain(d);
+    return undefined;
+  } catch (e) {
+    return (e as Error).message;
+  }
+};
+
+const schema = table({
+  domain: string({ check: domainCheck }),
+  listen: optional(string({ check: (s) => (/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]*):\d{1,5}$/.test(s) ? undefined : 'must be ADDRESS:PORT') }), `[::]:${wire.IMDP_PORT}`),
+  handler: optional(command(), ['handle-incoming-mail']),
+  check: optional(list(string({ nonEmpty: true })), [] as string[]),
+  in_process: optional(boolean(), true),
+  tls: table({
+    certificate: string({ nonEmpty: true }),
+    key: string({ nonEmpty: true }),
+    ca: optional(list(string({ nonEmpty: true })), [] as string[]),
+  }),
+  limits: table({
+    max_message_size: optional(size({ min: 1024 }), 100 * 1024 * 1024),
+    max_header_bytes: optional(size({ min: 256, max: 1024 * 1024 }), 64 * 1024),
+    max_line: optional(integer({ min: 80, max: 65536 }), wire.MAX_LINE),
+    max_connections: optional(integer({ min: 1 }), 100),
+    max_connections_per_address: optional(integer({ min: 1 }), 10),
+    max_messages_per_connection: optional(integer({ min: 1 }), 1000),
+    max_hops: optional(integer({ min: 1, max: 1000 }), 30),
+    max_errors: optional(integer({ min: 0 }), 10),
+  }),
+  timeouts: table({
+    handshake: optional(duration(), 30_000),
+    idle: optional(duration(), 300_000),
+    data: optional(duration(), 120_000),
+    handler: optional(duration(), 600_000),
+    shutdown: optional(duration(), 60_000),
+  }),
+});
+type Config = ReturnType<typeof schema.parse>;
+
+const options = (y: Argv) =>
+  y
+    .option('listen', { alias: 'l', type: 'string', describe: 'Listen on ADDRESS:PORT (default: listen in the config)', requiresArg: true })
+    .option('inetd', { type: 'boolean', describe: 'Serve the one connection on stdin/stdout (inetd, systemd Accept=yes)' });
+
+function settingsOf(config: Config, source: Located): Settings {
+  const material = loadTlsMaterial({
+    certificate: configPath(source, config.tls.certificate),
+    key: configPath(source, config.tls.key),
+    ca: config.tls.ca.map((f) => configPath(source, f)),
+    configFile: source.file ?? 'server-receive.toml',
+  });
+  const { limits, timeouts } = config;
+  return {
+    tls: contextOptions(material),
+    clientCert: 'required',
+    limits: {
+      maxConnections: limits.max_connections,
+      maxPerAddress: limits.max_connections_per_address,
+      handshakeTimeout: timeouts.handshake,
+      shutdownTimeout: timeouts.shutdown,
+    },
+  };
+}
+
+function sessionOf(config: Config, io: Io, log: Log): SessionConfig {
+  const { limits, timeouts } = config;
+  return {
+    domain: asciiDomain(config.domain),
+    limits: {
+      maxMessageSize: limits.max_message_size,
+      maxHeaderBytes: limits.max_header_bytes,
+      maxLine: limits.max_line,
+      maxMessages: limits.max_messages_per_connection,
+      maxHops: limits.max_hops,
+      maxErrors: limits.max_errors,
+    },
+    timeouts: { idle: timeouts.idle, data: timeouts.data, handler: timeouts.handler },
+    handler: [...config.handler],
+    check: [...config.check],
+    inProcess: config.in_process,
+    env: io.env,
+    cwd: io.cwd,
+    log,
+    stderr: io.stderr,
+  };
+}
+
+export async function main(args: string[], io: Io): Promise<number> {
+  const s = await start({ name: 'server-receive', role: 'server', usage: '$0 [--listen ADDRESS:PORT | --inetd] [options]', schema, options }, args, io);
+  if (typeof s === 'number') return s;
+  const { argv, log, source } = s;
+  let config = s.config;
+  if (!source.file) throw configError(source.dir, '', 'server-receive needs a config file (domain, tls.certificate, tls.key): see server-receive.toml(5)');
+  let settings = settingsOf(config, source);
+  let session = sessionOf(config, io, log);
+  const where =
+    whereFrom(argv.listen, argv.inetd, io.env, { stdin: io.stdin, stdout: io.stdout }, process.pid) ??
+    { mode: 'listen' as const, ...parseHostPort(config.listen) };
+  if (where.mode === 'inetd' && argv.listen) throw usageError('--inetd and --listen exclude each other');
+  await serve(
+    where,
+    settings,
+    {
+      session: (socket, peer, stopping) => new ImdpSession(socket, peer, session).run(stopping),
+      refuse: (socket, reason) => socket.write(wire.bye(reason)),
+      reload: async () => {
+        const next = loadConfig(schema, source.file!, true).config;
+        settings = settingsOf(next, source);
+        config = next;
+        session = sessionOf(config, io, log);
+        return settings;
+      },
+    },
+    { log, signals: io.signals, signal: io.signal, onListening: () => {} },
+  );
+  return EXIT.OK;
+}

@@ -1,0 +1,125 @@
+// TLS material and peer checks, shared by every network program. Only Node's
+// tls and crypto.X509Certificate verify anything here: chains, dates and
+// purposes are OpenSSL's verdict (socket.authorized), names are
+// X509Certificate.checkHost on the ASCII form of a domain.
+import { X509Certificate, createPrivateKey } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import tls, { type PeerCertificate, type SecureContextOptions, type TLSSocket } from 'node:tls';
+import { AddressError, asciiDomain } from './address.js';
+import { configError } from './failure.js';
+
+/** Where the TLS files named by a config are, and which config named them. */
+export interface TlsPaths {
+  certificate: string;
+  key: string;
+  /** CA certificate files the peers must chain to; empty = the system store. */
+  ca: string[];
+  /** The config file and the keys, for error messages. */
+  configFile: string;
+  keys?: { certificate: string; key: string; ca: string };
+}
+
+export interface TlsMaterial {
+  cert: Buffer;
+  key: Buffer;
+  /** Trusted CA certificates (PEM); the system store when none was configured. */
+  ca: (string | Buffer)[];
+  /** Our own certificate, parsed. */
+  x509: X509Certificate;
+}
+
+/**
+ * The "federation needs its own CA" explanation, for every place a peer
+ * hits a certificate-purpose or unknown-CA failure.
+ */
+export const OWN_CA_NOTE =
+  'public CAs stopped issuing clientAuth certificates in 2026, so an IMA federation runs its own CA (make-cert(1), ima(7)) and each server must trust it';
+
+/** The trusted roots when no CA file is configured: the system store where Node can read it, else Node's bundled store. */
+export function systemRoots(): string[] {
+  const get = (tls as unknown as { getCACertificates?: (kind: string) => string[] }).getCACertificates;
+  return get ? get('system') : [...tls.rootCertificates];
+}
+
+function readPem(file: string, configFile: string, key: string): Buffer {
+  try {
+    return readFileSync(file);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw configError(configFile, key, `${file}: ${code === 'ENOENT' ? 'no such file' : `cannot read (${code})`}`);
+  }
+}
+
+/** Read and check certificate, key and CA files; errors name the config file, key and file. */
+export function loadTlsMaterial(p: TlsPaths): TlsMaterial {
+  const k = p.keys ?? { certificate: 'tls.certificate', key: 'tls.key', ca: 'tls.ca' };
+  const cert = readPem(p.certificate, p.configFile, k.certificate);
+  const key = readPem(p.key, p.configFile, k.key);
+  let x509: X509Certificate;
+  try {
+    x509 = new X509Certificate(cert);
+  } catch {
+    throw configError(p.configFile, k.certificate, `${p.certificate}: not a PEM certificate`);
+  }
+  try {
+    if (!x509.checkPrivateKey(createPrivateKey(key))) throw new Error('mismatch');
+  } catch (e) {
+    const what = (e as Error).message === 'mismatch' ? 'does not belong to the certificate' : 'not a PEM private key';
+    throw configError(p.configFile, k.key, `${p.key}: ${what} ${p.certificate}`);
+  }
+  if (Date.parse(x509.validTo) < Date.now()) throw configError(p.configFile, k.certificate, `${p.certificate}: expired on ${x509.validTo}`);
+  const ca = p.ca.length ? p.ca.map((f) => readPem(f, p.configFile, k.ca)) : systemRoots();
+  for (const [i, pem] of p.ca.length ? ca.entries() : []) {
+    try {
+      new X509Certificate(pem);
+    } catch {
+      throw configError(p.configFile, k.ca, `${p.ca[i]}: not a PEM certificate`);
+    }
+  }
+  return { cert, key, ca, x509 };
+}
+
+/** Options for tls.createServer / tls.connect / setSecureContext from loaded material. */
+export function contextOptions(m: TlsMaterial): SecureContextOptions {
+  return { cert: m.cert, key: m.key, ca: m.ca, minVersion: 'TLSv1.2' };
+}
+
+/** Does the certificate name this domain (DNS subjectAltName, wildcards as RFC 6125)? IDNs compare in ASCII. */
+export function certCoversDomain(x509: X509Certificate, domain: string): boolean {
+  let ascii: string;
+  try {
+    ascii = asciiDomain(domain);
+  } catch (e) {
+    if (e instanceof AddressError) return false;
+    throw e;
+  }
+  return x509.checkHost(ascii, { subject: 'never', wildcards: true, partialWildcards: false, singleLabelSubdomains: false }) !== undefined;
+}
+
+/** SHA-256 fingerprint as lowercase hex without colons. */
+export function fingerprint256(x509: X509Certificate): string {
+  return x509.fingerprint256.replace(/:/g, '').toLowerCase();
+}
+
+/** The peer's certificate as an X509Certificate, or undefined when it sent none. */
+export function peerX509(socket: TLSSocket): X509Certificate | undefined {
+  const getter = (socket as TLSSocket & { getPeerX509Certificate?: () => X509Certificate | undefined }).getPeerX509Certificate;
+  if (getter) return getter.call(socket) ?? undefined;
+  const pc = socket.getPeerCertificate() as PeerCertificate;
+  return pc?.raw ? new X509Certificate(pc.raw) : undefined;
+}
+
+/**
+ * Why a peer's certificate was not accepted, in words a peer's operator can
+ * act on. `error` is OpenSSL's code as Node reports it (socket.authorizationError).
+ */
+export function explainCertError(error: string | Error | null | undefined, hadCert: boolean, role: 'client' | 'server' = 'client'): string {
+  if (!hadCert) return `no ${role} certificate: this server requires one (mutual TLS); ${OWN_CA_NOTE}`;
+  const code = String((error as Error)?.message ?? error ?? 'not trusted');
+  const ours = `${role} certificate rejected (${code})`;
+  if (/PURPOSE/i.test(code)) return `${ours}: its extendedKeyUsage lacks ${role === 'client' ? 'clientAuth' : 'serverAuth'}; ${OWN_CA_NOTE}`;
+  if (/ISSUER|SELF_SIGNED|UNABLE_TO_GET|UNABLE_TO_VERIFY|SELF SIGNED/i.test(code)) return `${ours}: it does not chain to a CA trusted here (tls.ca); ${OWN_CA_NOTE}`;
+  if (/EXPIRED/i.test(code)) return `${ours}: it has expired`;
+  if (/NOT_YET_VALID/i.test(code)) return `${ours}: it is not valid yet`;
+  return ours;
+}

@@ -1,0 +1,13 @@
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { ROOT, runCommand } from './helpers.js';
+
+test('npm run demo: a message from a.test lands in bob@b.test\'s mailbox and everything stops', async () => {
+  const r = await runCommand(process.execPath, [join(ROOT, 'dist', 'demo', 'demo.js')]);
+  assert.equal(r.code, 0, r.stderr);
+  const out = r.stdout.toString();
+  assert.match(out, /^OK bob@b\.test$/m);
+  assert.match(out, /received: from a\.test \(127\.0\.0\.1; cert sha256 [0-9a-f]{16}\) by b\.test with IMDP/);
+  assert.match(out, /attachments\/notes\.txt arrived byte for byte/);
+});

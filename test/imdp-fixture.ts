@@ -1,0 +1,130 @@
+// Fixtures for IMDP tests: a PKI for a.test and b.test, server-receive as a
+// real process on 127.0.0.1 port 0 with a config written here, handler
+// scripts with a chosen behaviour, messages, and a client.
+import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
+import { ImdpClient } from '../src/imdp.js';
+import { Headers, writeMessage } from '../src/message/index.js';
+import { BIN, tempDir, testEnv } from './helpers.js';
+import { type CertFiles, Pki } from './pki.js';
+
+export const dir = tempDir('ima-imdp-');
+export const pki = new Pki(dir);
+export const certs = { a: pki.server('a.test'), b: pki.server('b.test'), c: pki.server('c.test') };
+
+/**
+ * A handler: saves stdin to OUT/<n>.ima, prints a line per recipient-ish
+ * argument, exits with CODE. Modes: "ok", "exit:N", "crash" (throws),
+ * "noread" (exits 0 without reading), "slow" (waits forever).
+ */
+export const HANDLER = join(dir, 'handler.mjs');
+writeFileSync(
+  HANDLER,
+  `import { createWriteStream, readdirSync, writeFileSync } from 'node:fs';
+const [mode, out] = process.argv.slice(2);
+if (mode === 'noread') { console.log('OK ignored'); process.exit(0); }
+if (mode === 'slow') setInterval(() => {}, 1000);
+else {
+const chunks = [];
+for await (const c of process.stdin) chunks.push(c);
+const n = readdirSync(out).filter((f) => f.endsWith('.ima')).length;
+writeFileSync(out + '/' + n + '.ima', Buffer.concat(chunks));
+writeFileSync(out + '/' + n + '.env', JSON.stringify(Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith('IMA_')))));
+if (mode === 'crash') { console.error('handler crashed'); process.kill(process.pid, 'SIGKILL'); }
+console.log('OK bob@b.test');
+console.log('REPLY-LIKE second line');
+process.exit(mode.startsWith('exit:') ? Number(mode.slice(5)) : 0);
+}
+`,
+);
+
+export interface Server {
+  port: number;
+  proc: ChildProcess;
+  stderr: () => string;
+  stop(): Promise<void>;
+}
+
+export function config(opts: { domain?: string; cert?: CertFiles; handler?: string[]; check?: string[]; extra?: string; ca?: string[] } = {}): string {
+  const cert = opts.cert ?? certs.b;
+  return `domain = "${opts.domain ?? 'b.test'}"
+handler = ${JSON.stringify(opts.handler ?? ['node', HANDLER, 'ok', dir])}
+check = ${JSON.stringify(opts.check ?? [])}
+[tls]
+certificate = "${cert.cert}"
+key = "${cert.key}"
+ca = ${JSON.stringify(opts.ca ?? [pki.caFile])}
+${opts.extra ?? ''}
+`;
+}
+
+let configs = 0;
+export async function startServer(configText: string, args: string[] = ['--listen', '127.0.0.1:0']): Promise<Server> {
+  const file = join(dir, `server-receive-${configs++}.toml`);
+  writeFileSync(file, configText);
+  const proc = spawn(join(BIN, 'server-receive'), ['--config', file, ...args], { env: testEnv(), stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  const port = await new Promise<number>((res, rej) => {
+    proc.stderr!.on('data', (d) => {
+      err += d;
+      const m = /listening on [^\n]*:(\d+)\n/.exec(err);
+      if (m) res(Number(m[1]));
+    });
+    proc.on('exit', (code) => rej(new Error(`server-receive exited ${code}: ${err}`)));
+  });
+  return {
+    port,
+    proc,
+    stderr: () => err,
+    async stop() {
+      if (proc.exitCode !== null) return;
+      proc.kill('SIGTERM');
+      await once(proc, 'exit');
+    },
+  };
+}
+
+/** A fresh output directory for the handler. */
+export function outDir(): string {
+  return tempDir('ima-out-');
+}
+
+export async function message(fields: [string, string][], body = 'Hello Bob.\n'): Promise<Buffer> {
+  const h = new Headers();
+  for (const [k, v] of fields) h.add(k, v);
+  const out = new PassThrough();
+  const parts: Buffer[] = [];
+  out.on('data', (c) => parts.push(c));
+  await writeMessage(out, { headers: h, body: { size: Buffer.byteLength(body), open: () => Buffer.from(body) } });
+  return Buffer.concat(parts);
+}
+
+let ids = 0;
+export function basicFields(extra: [string, string][] = []): [string, string][] {
+  return [
+    ['from', 'alice@a.test'],
+    ['to', 'bob@b.test'],
+    ['subject', 'hi'],
+    ['date', '2026-11-23T00:00:00Z'],
+    ['message-id', `urn:uuid:00000000-0000-4000-8000-${String(++ids).padStart(12, '0')}`],
+    ['mailer', 'a.test'],
+    ...extra,
+  ];
+}
+
+/** The headers entry of a message made by message(). */
+export function headersOf(tar: Buffer): Buffer {
+  const size = parseInt(tar.subarray(124, 136).toString().trim(), 8);
+  return tar.subarray(512, 512 + size);
+}
+
+export function clientTls(cert: CertFiles = certs.a) {
+  return { cert: readFileSync(cert.cert), key: readFileSync(cert.key), ca: [pki.ca.certPem] };
+}
+
+export function connect(port: number, cert: CertFiles = certs.a, domain = 'b.test'): Promise<ImdpClient> {
+  return ImdpClient.connect({ host: '127.0.0.1', port, domain, tls: clientTls(cert), timeout: 20_000 });
+}

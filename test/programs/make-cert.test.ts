@@ -1,0 +1,65 @@
+import assert from 'node:assert/strict';
+import { X509Certificate } from 'node:crypto';
+import { readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { certCoversDomain } from '../../src/tls.js';
+import { runBin, runCommand, tempDir } from '../helpers.js';
+
+test('make-cert: a CA, a server certificate and a user certificate that OpenSSL accepts for their purposes', async () => {
+  const dir = tempDir();
+  const ca = join(dir, 'ca');
+  let r = await runBin('make-cert', ['ca', ca]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout.toString(), `${join(ca, 'ca.crt')}\n${join(ca, 'ca.key')}\n`);
+  assert.equal(statSync(join(ca, 'ca.key')).mode & 0o777, 0o600);
+  r = await runBin('make-cert', ['server', '--ca', ca, '--out', dir, 'b.test', 'mx.b.test', 'bücher.test']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(statSync(join(dir, 'b.test.key')).mode & 0o777, 0o600);
+  const x = new X509Certificate(readFileSync(join(dir, 'b.test.crt')));
+  assert.ok(certCoversDomain(x, 'b.test'));
+  assert.ok(certCoversDomain(x, 'mx.b.test'));
+  assert.ok(certCoversDomain(x, 'bücher.test'), 'IDN compared in ASCII form');
+  assert.ok(!certCoversDomain(x, 'a.test'));
+  assert.ok(x.verify(new X509Certificate(readFileSync(join(ca, 'ca.crt'))).publicKey));
+  assert.deepEqual(x.keyUsage.sort(), ['1.3.6.1.5.5.7.3.1', '1.3.6.1.5.5.7.3.2']);
+  for (const purpose of ['sslserver', 'sslclient']) {
+    const v = await runCommand('openssl', ['verify', '-purpose', purpose, '-CAfile', join(ca, 'ca.crt'), join(dir, 'b.test.crt')]);
+    assert.equal(v.code, 0, `${purpose}: ${v.stdout}${v.stderr}`);
+  }
+  r = await runBin('make-cert', ['user', '--ca', ca, 'bob@b.test']);
+  assert.equal(r.code, 0, r.stderr);
+  const u = join(ca, 'bob@b.test.crt');
+  assert.equal((await runCommand('openssl', ['verify', '-purpose', 'sslclient', '-CAfile', join(ca, 'ca.crt'), u])).code, 0);
+  assert.notEqual((await runCommand('openssl', ['verify', '-purpose', 'sslserver', '-CAfile', join(ca, 'ca.crt'), u])).code, 0, 'a user certificate is not a server certificate');
+  const text = (await runCommand('openssl', ['x509', '-in', u, '-noout', '-text'])).stdout.toString();
+  assert.match(text, /email:bob@b\.test/);
+  assert.match(text, /CA:FALSE/);
+});
+
+test('make-cert: --not-before and --days make an expired certificate; existing files are kept', async () => {
+  const dir = tempDir();
+  assert.equal((await runBin('make-cert', ['ca', dir])).code, 0);
+  const r = await runBin('make-cert', ['server', '--ca', dir, '--not-before', '2020-01-01T00:00:00Z', '--days', '2', 'old.test']);
+  assert.equal(r.code, 0, r.stderr);
+  const v = await runCommand('openssl', ['verify', '-CAfile', join(dir, 'ca.crt'), join(dir, 'old.test.crt')]);
+  assert.notEqual(v.code, 0);
+  assert.match(v.stdout.toString() + v.stderr, /expired/);
+  const again = await runBin('make-cert', ['ca', dir]);
+  assert.equal(again.code, 73);
+  assert.match(again.stderr, /already exists/);
+});
+
+test('make-cert: bad input is a usage error naming it, and writes nothing', async () => {
+  const dir = tempDir();
+  let r = await runBin('make-cert', ['server', '--ca', dir, 'not a domain']);
+  assert.equal(r.code, 64);
+  assert.match(r.stderr, /not a domain/);
+  r = await runBin('make-cert', ['server', '--ca', dir, 'a.test']);
+  assert.equal(r.code, 66, 'no CA there');
+  assert.match(r.stderr, /ca\.crt: no such file/);
+  r = await runBin('make-cert', ['frobnicate']);
+  assert.equal(r.code, 64);
+  r = await runBin('make-cert', ['user', '--ca', dir, '../evil']);
+  assert.equal(r.code, 64);
+});

@@ -1,0 +1,149 @@
+import assert from 'node:assert/strict';
+import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { after, test } from 'node:test';
+import { readMessage } from '../../src/message/index.js';
+import { runBin, testEnv } from '../helpers.js';
+import { HANDLER, type Server, certs, config, dir, message, outDir, pki, startServer } from '../imdp-fixture.js';
+
+const servers: Server[] = [];
+after(async () => Promise.all(servers.map((s) => s.stop())));
+
+async function server(domain: 'b.test' | 'c.test', out: string, check: string[] = []) {
+  const s = await startServer(config({ domain, cert: certs[domain === 'b.test' ? 'b' : 'c'], handler: ['node', HANDLER, 'ok', out], check }));
+  servers.push(s);
+  return s;
+}
+
+let n = 0;
+function sendMailConfig(table: Record<string, string>, extra = ''): string {
+  const file = join(dir, `send-mail-${n++}.toml`);
+  writeFileSync(
+    file,
+    `domain = "a.test"
+dns_srv = false
+${extra}
+[tls]
+certificate = "${certs.a.cert}"
+key = "${certs.a.key}"
+ca = ["${pki.caFile}"]
+[servers]
+${Object.entries(table).map(([d, t]) => `"${d}" = "${t}"`).join('\n')}
+`,
+  );
+  return file;
+}
+
+const fields = (extra: [string, string][] = []): [string, string][] => [
+  ['from', 'alice@a.test'],
+  ['to', 'bob@b.test, carol@c.test'],
+  ['bcc', 'dave@b.test, erin@c.test'],
+  ['subject', 'two domains'],
+  ...extra,
+];
+
+async function stored(out: string) {
+  const files = readdirSync(out).filter((f) => f.endsWith('.ima'));
+  return Promise.all(
+    files.map(async (f) => {
+      const it = readMessage(Readable.from([readFileSync(join(out, f))]));
+      const first = await it.next();
+      if (first.done || first.value.kind !== 'headers') throw new Error('no headers');
+      const h = first.value.headers;
+      let body = '';
+      for await (const e of it) if (e.kind === 'body') for await (const c of e.stream) body += c;
+      return { h, body };
+    }),
+  );
+}
+
+test('send-mail: two domains, each gets only its own bcc; mailer, date and message-id are set; one line per recipient', async () => {
+  const outB = outDir();
+  const outC = outDir();
+  const b = await server('b.test', outB);
+  const c = await server('c.test', outC);
+  const cfg = sendMailConfig({ 'b.test': `127.0.0.1:${b.port}`, 'c.test': `127.0.0.1:${c.port}` });
+  const r = await runBin('send-mail', ['--config', cfg], { input: await message(fields(), 'Hi all.\n') });
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(r.stdout.toString().trim().split('\n').sort(), ['OK bob@b.test', 'OK carol@c.test', 'OK dave@b.test', 'OK erin@c.test']);
+  const [atB] = await stored(outB);
+  const [atC] = await stored(outC);
+  assert.equal(atB.h.get('bcc'), 'dave@b.test');
+  assert.equal(atC.h.get('bcc'), 'erin@c.test');
+  assert.doesNotMatch(atB.h.serialize().toString(), /erin/);
+  assert.doesNotMatch(atC.h.serialize().toString(), /dave/);
+  for (const m of [atB, atC]) {
+    assert.equal(m.h.get('mailer'), 'a.test');
+    assert.match(m.h.get('message-id')!, /^urn:uuid:[0-9a-f-]{36}$/);
+    assert.match(m.h.get('date')!, /^\d{4}-\d\d-\d\dT/);
+    assert.equal(m.body, 'Hi all.\n');
+  }
+  assert.equal(atB.h.get('message-id'), atC.h.get('message-id'));
+});
+
+test('send-mail: all or nothing: one server refuses, so neither handler ever runs and every recipient is reported', async () => {
+  const outB = outDir();
+  const outC = outDir();
+  const check = join(dir, 'refuse-all.mjs');
+  writeFileSync(check, "for await (const _ of process.stdin); console.log('NORECIPIENT carol@c.test'); process.exit(1);\n");
+  const b = await server('b.test', outB);
+  const c = await server('c.test', outC, ['node', check]);
+  const cfg = sendMailConfig({ 'b.test': `127.0.0.1:${b.port}`, 'c.test': `127.0.0.1:${c.port}` });
+  const r = await runBin('send-mail', ['--config', cfg], { input: await message(fields()) });
+  assert.equal(r.code, 1, r.stderr);
+  const lines = r.stdout.toString().trim().split('\n');
+  assert.equal(lines.length, 4);
+  assert.ok(lines.every((l) => l.startsWith('FAIL ')), lines.join('\n'));
+  assert.match(lines.find((l) => l.startsWith('FAIL carol@c.test'))!, /REJECT 5\.1\.1.*NORECIPIENT carol@c\.test/);
+  assert.match(lines.find((l) => l.startsWith('FAIL bob@b.test'))!, /not sent: c\.test refused/);
+  assert.deepEqual(readdirSync(outB), []);
+  assert.deepEqual(readdirSync(outC), []);
+});
+
+test('send-mail: an unreachable server or one whose certificate does not cover the domain is TEMPFAIL (75), nothing sent', async () => {
+  const outB = outDir();
+  const b = await server('b.test', outB);
+  const net = await import('node:net');
+  const closed = net.createServer();
+  await new Promise<void>((res) => closed.listen(0, '127.0.0.1', () => res()));
+  const deadPort = (closed.address() as { port: number }).port;
+  closed.close();
+  let cfg = sendMailConfig({ 'b.test': `127.0.0.1:${b.port}`, 'c.test': `127.0.0.1:${deadPort}` });
+  let r = await runBin('send-mail', ['--config', cfg], { input: await message(fields()) });
+  assert.equal(r.code, 75, r.stderr);
+  assert.match(r.stdout.toString(), /^TEMPFAIL carol@c\.test .*ECONNREFUSED/m);
+  cfg = sendMailConfig({ 'b.test': `127.0.0.1:${b.port}`, 'c.test': `127.0.0.1:${b.port}` });
+  r = await runBin('send-mail', ['--config', cfg], { input: await message(fields()) });
+  assert.equal(r.code, 75, r.stderr);
+  assert.match(r.stdout.toString(), /^TEMPFAIL carol@c\.test .*certificate does not cover c\.test/m);
+  assert.deepEqual(readdirSync(outB), []);
+});
+
+test('send-mail: a legacy domain goes to the configured command with its recipients as arguments', async () => {
+  const outB = outDir();
+  const b = await server('b.test', outB);
+  const legacyOut = join(outDir(), 'legacy.ima');
+  const legacy = join(dir, 'legacy.mjs');
+  writeFileSync(legacy, `import { writeFileSync } from 'node:fs'; const c = []; for await (const x of process.stdin) c.push(x);
+writeFileSync(${JSON.stringify(legacyOut)}, Buffer.concat(c)); for (const a of process.argv.slice(2)) console.log('OK ' + a);\n`);
+  const cfg = sendMailConfig({ 'b.test': `127.0.0.1:${b.port}` }, `legacy_domains = ["c.test"]\nlegacy_command = ["node", ${JSON.stringify(legacy)}]`);
+  const r = await runBin('send-mail', ['--config', cfg], { input: await message(fields()) });
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(r.stdout.toString().trim().split('\n').sort(), ['OK bob@b.test', 'OK carol@c.test', 'OK dave@b.test', 'OK erin@c.test']);
+  assert.match(readFileSync(legacyOut).toString('latin1'), /bcc: erin@c\.test\n/);
+});
+
+test('send-mail: bad input is refused with a clear line and the right code', async () => {
+  const cfg = sendMailConfig({});
+  let r = await runBin('send-mail', ['--config', cfg], { input: 'not a tar' });
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /send-mail: /);
+  r = await runBin('send-mail', ['--config', cfg, '/nonexistent.ima']);
+  assert.equal(r.code, 66);
+  r = await runBin('send-mail', ['--config', cfg], { input: await message(fields([['mailer', 'evil.test']])) });
+  assert.equal(r.code, 65);
+  assert.match(r.stderr, /mailer: the message says evil\.test, but this send-mail sends as a\.test/);
+  r = await runBin('send-mail', [], { env: testEnv() });
+  assert.equal(r.code, 78);
+});
