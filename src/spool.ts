@@ -3,11 +3,10 @@
 // goes to a file that is unlinked as soon as it is created, so a crash never
 // leaves it behind.
 import { randomBytes } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { type FileHandle, open, unlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 
 export interface SpoolOptions {
   /** Bytes kept in memory before spilling to a file. */
@@ -17,6 +16,31 @@ export interface SpoolOptions {
   dir?: string;
   /** Called on every chunk, e.g. to validate; throw to stop. */
   inspect?: (chunk: Buffer) => void;
+}
+
+const CHUNK = 256 * 1024;
+
+/**
+ * Reads a file handle by position, never closing it: readers of one spool
+ * come and go (one may stop early), the handle stays open for the others.
+ * (fs.ReadStream closes its fd when destroyed, whatever autoClose says.)
+ */
+function positionalReader(fh: FileHandle, start: number, size: number): Readable {
+  let pos = start;
+  return new Readable({
+    highWaterMark: CHUNK,
+    read() {
+      if (pos >= size) return void this.push(null);
+      const len = Math.min(CHUNK, size - pos);
+      fh.read(Buffer.allocUnsafe(len), 0, len, pos).then(
+        ({ bytesRead, buffer }) => {
+          pos += bytesRead;
+          this.push(bytesRead ? buffer.subarray(0, bytesRead) : null);
+        },
+        (e) => this.destroy(e),
+      );
+    },
+  });
 }
 
 export class SpoolLimitError extends Error {}
@@ -67,7 +91,7 @@ export class Spool {
   open(start = 0): Readable | Buffer {
     if (this.memory) return start ? this.memory.subarray(start) : this.memory;
     if (start >= this.size) return Buffer.alloc(0);
-    return createReadStream('', { fd: this.file!.fd, start, end: Math.max(0, this.size - 1), autoClose: false, emitClose: false });
+    return positionalReader(this.file!, start, this.size);
   }
 
   async dispose(): Promise<void> {
