@@ -8,7 +8,6 @@ import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, wr
 import { tmpdir } from 'node:os';
 import { join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { isProgram } from '../src/programs/index.js';
 
 const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
 const BIN = join(ROOT, 'bin');
@@ -32,33 +31,13 @@ async function run(name: string, args: string[], input?: Buffer, tool = true): P
 }
 
 /**
- * b.test's delivery chain. With handle-incoming-mail and give-recipient in
- * the toolkit, those; otherwise a stand-in that extracts the message into
- * the mailbox layout of ima-message(5) with GNU tar (tmp/, then new/<uuid>).
+ * b.test's delivery chain: handle-incoming-mail routes every address of
+ * b.test to give-recipient, whose mailbox is mailboxes/<local part>.
  */
-function handlerFor(mailboxes: string): string[] {
-  if (isProgram('handle-incoming-mail') && isProgram('give-recipient')) {
-    const cfg = join(dir, 'b', 'handle-incoming-mail.toml');
-    writeFileSync(cfg, `domains = ["b.test"]\n[routes]\n"*@b.test" = ["give-recipient", "--mailbox", ${JSON.stringify(join(mailboxes, '{local}'))}, "{address}"]\n`);
-    return ['handle-incoming-mail', '--config', cfg];
-  }
-  const script = join(dir, 'b', 'stand-in-delivery.sh');
-  writeFileSync(
-    script,
-    `#!/bin/sh
-# Stand-in for handle-incoming-mail | give-recipient: store for bob only.
-set -e
-box=${JSON.stringify(join(mailboxes, 'bob'))}
-mkdir -p "$box/tmp" "$box/new" "$box/cur"
-t="$box/tmp/$$"; mkdir "$t"
-tar -xf - -C "$t"
-id=$(sed -n 's/^message-id: urn:uuid://p' "$t/headers")
-sync; mv "$t" "$box/new/$id"; sync
-echo "OK bob@b.test"
-`,
-    { mode: 0o755 },
-  );
-  return [script];
+function handlerConfig(mailboxes: string): string {
+  const cfg = join(dir, 'b', 'handle-incoming-mail.toml');
+  writeFileSync(cfg, `[domains."b.test"]\ncommand = ["give-recipient", "--address", "{address}", ${JSON.stringify(join(mailboxes, '{local}'))}]\nusers = ["bob"]\n`);
+  return cfg;
 }
 
 async function startServer(config: string): Promise<{ proc: ChildProcess; port: number }> {
@@ -97,10 +76,12 @@ async function main(): Promise<void> {
   say("b.test's server-receive on loopback, trusting the federation CA");
   const mailboxes = join(dir, 'b', 'mailboxes');
   mkdirSync(mailboxes, { recursive: true });
+  // The operator makes bob's mailbox: give-recipient creates none unless told to.
+  for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(mailboxes, 'bob', f), { recursive: true, mode: 0o700 });
   const serverConfig = join(dir, 'b', 'server-receive.toml');
   writeFileSync(
     serverConfig,
-    `domain = "b.test"\nhandler = ${JSON.stringify(handlerFor(mailboxes))}\n[tls]\ncertificate = "../b.test.crt"\nkey = "../b.test.key"\nca = ["../ca/ca.crt"]\n`,
+    `domain = "b.test"\nhandler = ["handle-incoming-mail", "--config", ${JSON.stringify(handlerConfig(mailboxes))}]\ncheck = ["handle-incoming-mail", "--check", "--config", ${JSON.stringify(join(dir, 'b', 'handle-incoming-mail.toml'))}]\n[tls]\ncertificate = "../b.test.crt"\nkey = "../b.test.key"\nca = ["../ca/ca.crt"]\n`,
   );
   const server = await startServer(serverConfig);
   try {

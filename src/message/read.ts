@@ -76,6 +76,7 @@ export async function* readMessage(input: Readable, limits: MessageLimits = DEFA
   const seenNames = new Set<string>();
   let index = 0;
   let sawAttachmentsDir = false;
+  let complete = false;
   try {
     for await (const entry of extract) {
       const h = entry.header;
@@ -116,12 +117,17 @@ export async function* readMessage(input: Readable, limits: MessageLimits = DEFA
         await once(stream, 'end');
       }
     }
+    complete = true;
     if (index === 0) throw new MessageError('empty archive: no "headers" entry');
     if (failed) throw failed;
   } catch (e) {
-    input.destroy();
-    extract.destroy();
     // The guard's reason beats tar-stream's echo of it.
     throw failed ?? explain(e);
+  } finally {
+    // Also when the caller stops early (it wanted only the headers): stop reading.
+    if (!complete) {
+      input.destroy();
+      extract.destroy();
+    }
   }
 }

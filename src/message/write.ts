@@ -55,6 +55,7 @@ async function writeEntry(pack: tar.Pack, e: OutEntry, mtime: Date): Promise<voi
     sink.on('error', rej);
     sink.on('close', () => res());
   });
+  finished.catch(() => {}); // awaited below; on an early throw the pack's destruction rejects it
   const data = e.open();
   if (Buffer.isBuffer(data)) {
     if (data.length !== e.size) throw new MessageError(`${e.path}: ${data.length} bytes where ${e.size} were announced`);
@@ -87,6 +88,7 @@ export async function writeEntries(out: Writable, entries: Iterable<OutEntry> | 
     out.on('finish', () => res());
     out.on('close', () => res());
   });
+  outDone.catch(() => {});
   const piping = (async () => {
     for await (const chunk of pack) {
       if (!out.write(chunk)) await Promise.race([once(out, 'drain'), outDone]);

@@ -1,0 +1,231 @@
+// handle-incoming-mail: route each local recipient of a message through the
+// routing table to its command (usually give-recipient), and answer one
+// result line per recipient.
+//
+// It does not store mail itself, does not forward to other domains
+// (addresses there are left alone), and never answers OK for a recipient
+// whose command did not exit 0.
+import { Readable } from 'node:stream';
+import type { Argv } from 'yargs';
+import { type Address, AddressError, addressKey, mailboxOf, parseAddressList } from '../address.js';
+import { start } from '../cli.js';
+import { boolean, command, duration, integer, list, map, optional, size, string, table } from '../config.js';
+import { EXIT, configError, dataError, usageError } from '../failure.js';
+import { runHandler } from '../handler.js';
+import { DEFAULT_LIMITS, type Headers, MessageError, parseHeaders, readMessage } from '../message/index.js';
+import { type Resolution, Router } from '../routing.js';
+import type { Io } from '../run.js';
+import { Spool, SpoolLimitError } from '../spool.js';
+
+const schema = table({
+  domains: map(table({ command: optional(command(), [] as string[]), users: optional(list(string({ nonEmpty: true })), undefined as string[] | undefined), catch_all: optional(string(), undefined as string | undefined) })),
+  routes: map(command()),
+  aliases: map(list(string(), { nonEmpty: true })),
+  max_parallel: optional(integer({ min: 1, max: 256 }), 4),
+  command_timeout: optional(duration(), 5 * 60 * 1000),
+  in_process: optional(boolean(), true),
+  max_message_bytes: optional(size({ min: 1024 }), 1024 ** 3),
+  max_header_bytes: optional(size({ min: 256 }), DEFAULT_LIMITS.maxHeaderBytes),
+  spool_dir: optional(string(), ''),
+});
+
+const options = (y: Argv) =>
+  y
+    .option('check', { type: 'boolean', describe: 'Only say which recipients exist (OK/NORECIPIENT); read headers only, deliver nothing' })
+    .option('recipient', { type: 'string', describe: 'Deliver to this address instead of the header recipients (an envelope); repeatable', requiresArg: true });
+
+type Word = 'OK' | 'FAIL' | 'TEMPFAIL' | 'NORECIPIENT';
+interface Outcome {
+  word: Word;
+  reason: string;
+}
+const RESULT = /^(OK|FAIL|TEMPFAIL|NORECIPIENT) (\S+)(?: (.*))?$/;
+
+/** The exit code for a set of recipient results (DESIGN.md 2). */
+export function exitFor(words: Word[]): number {
+  const ok = words.filter((w) => w === 'OK').length;
+  if (words.length && ok === words.length) return EXIT.OK;
+  if (ok > 0) return EXIT.PARTIAL;
+  return words.includes('TEMPFAIL') ? EXIT.TEMPFAIL : EXIT.FAIL;
+}
+
+function recipientsOf(h: Headers): Address[] {
+  return ['to', 'cc', 'bcc'].flatMap((f) => {
+    const v = h.get(f);
+    return v ? parseAddressList(v) : [];
+  });
+}
+
+function unique(list: Address[]): Address[] {
+  const seen = new Set<string>();
+  return list.filter((a) => !seen.has(addressKey(a)) && seen.add(addressKey(a)));
+}
+
+/** Read the headers of what is on stdin: a whole message (tar) or a bare headers entry. */
+async function headersOnly(input: Readable, maxBytes: number): Promise<Headers> {
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const c of input) {
+    chunks.push(c as Buffer);
+    n += (c as Buffer).length;
+    if (n >= 512) break;
+  }
+  const head = Buffer.concat(chunks);
+  const isTar = head.length >= 512 && head.subarray(257, 262).toString('latin1') === 'ustar';
+  const rest = Readable.from((async function* () {
+    yield head;
+    yield* input;
+  })());
+  if (isTar) {
+    for await (const e of readMessage(rest, { ...DEFAULT_LIMITS, maxHeaderBytes: maxBytes })) if (e.kind === 'headers') return e.headers;
+    throw new MessageError('no headers entry');
+  }
+  const all: Buffer[] = [];
+  let size = 0;
+  for await (const c of rest) {
+    size += (c as Buffer).length;
+    if (size > maxBytes) throw new MessageError(`headers larger than the limit of ${maxBytes} bytes`);
+    all.push(c as Buffer);
+  }
+  return parseHeaders(Buffer.concat(all));
+}
+
+/** Run jobs with at most `limit` at a time. */
+async function pool<T>(items: T[], limit: number, each: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) await each(items[next++]);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+}
+
+export async function main(args: string[], io: Io): Promise<number> {
+  const s = await start({ name: 'handle-incoming-mail', role: 'server', usage: '$0 [--recipient ADDRESS]... [FILE] < message\n$0 --check [ADDRESS...] < headers', schema, options }, args, io);
+  if (typeof s === 'number') return s;
+  const { argv, config, log, source } = s;
+  let router: Router;
+  try {
+    router = new Router(config);
+  } catch (e) {
+    throw configError(source.file ?? 'handle-incoming-mail.toml', '', (e as Error).message);
+  }
+  const positional = argv._.map(String);
+  const envelope = [...(argv.recipient === undefined ? [] : ([] as string[]).concat(argv.recipient))];
+  const out = (line: string) => io.stdout.write(`${line}\n`);
+
+  const parse = (list: string[]) => {
+    try {
+      return unique(list.flatMap((t) => parseAddressList(t)));
+    } catch (e) {
+      if (e instanceof AddressError) throw usageError(e.message);
+      throw e;
+    }
+  };
+
+  if (argv.check) {
+    let recipients = parse([...envelope, ...positional]);
+    if (recipients.length === 0) {
+      try {
+        recipients = unique(recipientsOf(await headersOnly(io.stdin, config.max_header_bytes)));
+      } catch (e) {
+        if (e instanceof MessageError) throw dataError(e.message);
+        throw e;
+      }
+    }
+    const words: Word[] = [];
+    for (const a of recipients.filter((r) => router.isLocal(r))) {
+      const r = router.resolve(a);
+      const word: Word = r.kind === 'deliver' ? 'OK' : r.kind === 'norecipient' ? 'NORECIPIENT' : 'FAIL';
+      words.push(word);
+      out(word === 'FAIL' && r.kind === 'fail' ? `FAIL ${mailboxOf(a)} 5.3.5 ${r.reason}` : `${word} ${mailboxOf(a)}`);
+    }
+    if (!words.length) log.warn('no recipient in a local domain');
+    return exitFor(words);
+  }
+
+  if (positional.length > 1) throw usageError('at most one FILE');
+  const input: Readable = positional[0] ? (await import('node:fs')).createReadStream(positional[0]) : io.stdin;
+  let spool: Spool;
+  try {
+    spool = await Spool.from(input, { limit: config.max_message_bytes, dir: config.spool_dir || undefined });
+  } catch (e) {
+    if (e instanceof SpoolLimitError) {
+      out(`FAIL - 5.3.4 message larger than the limit of ${config.max_message_bytes} bytes`);
+      return EXIT.FAIL;
+    }
+    throw e;
+  }
+  try {
+    return await deliver(spool, envelope, config, router, io, log);
+  } finally {
+    await spool.dispose();
+  }
+}
+
+async function deliver(spool: Spool, envelope: string[], config: { max_parallel: number; command_timeout: number; in_process: boolean; max_header_bytes: number }, router: Router, io: Io, log: { warn(m: string): void; info(m: string): void }): Promise<number> {
+  const out = (line: string) => io.stdout.write(`${line}\n`);
+  let recipients: Address[];
+  try {
+    const data = spool.open();
+    const headers = await headersOnly(Buffer.isBuffer(data) ? Readable.from([data]) : data, config.max_header_bytes);
+    recipients = envelope.length ? unique(envelope.flatMap((t) => parseAddressList(t))) : unique(recipientsOf(headers));
+  } catch (e) {
+    if (e instanceof MessageError || e instanceof AddressError) {
+      out(`FAIL - 5.6.0 ${e.message}`);
+      return EXIT.FAIL;
+    }
+    throw e;
+  }
+  const local = recipients.filter((r) => router.isLocal(r));
+  if (!local.length) {
+    log.warn('no recipient in a local domain: nothing delivered');
+    return EXIT.FAIL;
+  }
+  // Each distinct target runs once, even when several recipients (aliases) lead to it.
+  const plans = new Map<Address, Resolution>(local.map((a) => [a, router.resolve(a)]));
+  const jobs = new Map<string, { address: Address; argv: string[]; outcome?: Outcome }>();
+  for (const r of plans.values()) if (r.kind === 'deliver') for (const t of r.targets) jobs.set(addressKey(t.address), { ...t });
+  await pool([...jobs.values()], config.max_parallel, async (job) => {
+    job.outcome = await runRoute(job.argv, job.address, spool, config, io);
+  });
+  const words: Word[] = [];
+  for (const [a, r] of plans) {
+    const o = outcomeFor(r, jobs);
+    words.push(o.word);
+    out(o.reason ? `${o.word} ${mailboxOf(a)} ${o.reason}` : `${o.word} ${mailboxOf(a)}`);
+  }
+  return exitFor(words);
+}
+
+/** One recipient's result from its targets: any temporary failure wins (a retry is safe: mailboxes store a message once). */
+function outcomeFor(r: Resolution, jobs: Map<string, { outcome?: Outcome }>): Outcome {
+  if (r.kind === 'norecipient') return { word: 'NORECIPIENT', reason: '' };
+  if (r.kind === 'fail') return { word: 'FAIL', reason: `5.3.5 ${r.reason}` };
+  const outcomes = r.targets.map((t) => jobs.get(addressKey(t.address))!.outcome!);
+  return outcomes.find((o) => o.word === 'TEMPFAIL') ?? outcomes.find((o) => o.word !== 'OK') ?? { word: 'OK', reason: '' };
+}
+
+async function runRoute(argv: string[], address: Address, spool: Spool, config: { command_timeout: number; in_process: boolean }, io: Io): Promise<Outcome> {
+  let said: Outcome | undefined;
+  const data = spool.open();
+  const code = await runHandler({
+    argv,
+    inProcess: config.in_process,
+    env: io.env,
+    cwd: io.cwd,
+    input: Buffer.isBuffer(data) ? Readable.from([data]) : data,
+    onLine: (line) => {
+      const m = RESULT.exec(line);
+      if (m) said = { word: m[1] as Word, reason: m[3] ?? '' };
+      else io.stdout.write(`${line}\n`); // not a result line: relayed as it comes
+    },
+    stderr: io.stderr,
+    timeout: config.command_timeout,
+    signal: io.signal,
+  });
+  // The exit code decides; the command's own words only supply the reason.
+  if (code === EXIT.OK) return { word: 'OK', reason: '' };
+  if (code === EXIT.FAIL) return said?.word === 'NORECIPIENT' ? { word: 'NORECIPIENT', reason: '' } : { word: 'FAIL', reason: said?.reason || `5.0.0 ${argv[0]} refused the message (exit 1)` };
+  return { word: 'TEMPFAIL', reason: said?.word === 'TEMPFAIL' && said.reason ? said.reason : `4.3.0 ${argv[0]} ${code === EXIT.TEMPFAIL ? 'failed temporarily' : `exited ${code}`} for ${mailboxOf(address)}` };
+}
+

@@ -1,0 +1,109 @@
+import assert from 'node:assert/strict';
+import { Readable } from 'node:stream';
+import { describe, it } from 'node:test';
+import { DEFAULT_LIMITS, type MessageLimits, readMessage } from '../../src/message/index.js';
+import { END, HEADERS, entry, header, pad, pax, tarOf } from '../tarbuild.js';
+
+async function read(tar: Buffer, limits: Partial<MessageLimits> = {}) {
+  const out: Record<string, string> = {};
+  for await (const e of readMessage(Readable.from([tar]), { ...DEFAULT_LIMITS, ...limits })) {
+    if (e.kind === 'headers') out.headers = e.raw.toString();
+    else {
+      const parts: Buffer[] = [];
+      for await (const c of e.stream) parts.push(c as Buffer);
+      out[e.path] = Buffer.concat(parts).toString();
+    }
+  }
+  return out;
+}
+
+async function rejects(tar: Buffer, pattern: RegExp, limits: Partial<MessageLimits> = {}) {
+  await assert.rejects(read(tar, limits), (e: Error) => {
+    assert.match(e.message, pattern);
+    assert.doesNotMatch(e.message, /\n/, 'one line');
+    return true;
+  });
+}
+
+describe('readMessage accepts', () => {
+  it('a hand-made message with body and attachments', async () => {
+    const got = await read(tarOf(entry('headers', HEADERS), entry('body', 'hi\n'), entry('attachments/a.bin', 'AAA')));
+    assert.equal(got.headers, HEADERS);
+    assert.equal(got.body, 'hi\n');
+    assert.equal(got['attachments/a.bin'], 'AAA');
+  });
+  it('the attachments/ directory entry GNU tar adds, once', async () => {
+    const got = await read(tarOf(entry('headers', HEADERS), header({ name: 'attachments/', type: '5' }), entry('attachments/x', 'X')));
+    assert.equal(got['attachments/x'], 'X');
+  });
+  it('a pax path record carrying a UTF-8 name', async () => {
+    const got = await read(tarOf(entry('headers', HEADERS), pax({ path: 'attachments/naïve résumé.txt' }), entry('PaxHeader', 'R')));
+    assert.equal(got['attachments/naïve résumé.txt'], 'R');
+  });
+  it('entries the caller does not read (they are drained)', async () => {
+    let n = 0;
+    for await (const e of readMessage(Readable.from([tarOf(entry('headers', HEADERS), entry('attachments/a', 'x'.repeat(10000)), entry('attachments/b', 'y'))]))) {
+      n++;
+      void e;
+    }
+    assert.equal(n, 3);
+  });
+});
+
+describe('readMessage rejects', () => {
+  const H = entry('headers', HEADERS);
+  const cases: [string, Buffer, RegExp, Partial<MessageLimits>?][] = [
+    ['a symlink', tarOf(H, Buffer.concat([header({ name: 'attachments/l', type: '2', linkname: '/etc/passwd' })])), /link entries are not allowed/],
+    ['a hard link', tarOf(H, header({ name: 'attachments/l', type: '1', linkname: 'headers' })), /link entries are not allowed/],
+    ['a character device', tarOf(H, header({ name: 'attachments/d', type: '3' })), /device and FIFO/],
+    ['a FIFO', tarOf(H, header({ name: 'attachments/f', type: '6' })), /device and FIFO/],
+    ['a GNU long link', tarOf(H, entry('././@LongLink', 'x', 'K')), /link entries/],
+    ['a pax global header', tarOf(H, entry('pax_global_header', '', 'g')), /entry type "g" is not allowed/],
+    ['an absolute name', tarOf(H, entry('/etc/passwd', 'x')), /absolute name/],
+    ['a ".." name', tarOf(H, entry('attachments/../../x', 'x')), /"\/"|\.\./],
+    ['"..." as ../ at the top', tarOf(H, entry('../x', 'x')), /"\.\." in name/],
+    ['a name outside the list', tarOf(H, entry('notes.txt', 'x')), /not a message part/],
+    ['"./headers"', tarOf(entry('./headers', HEADERS)), /not a message part/],
+    ['a "/" inside an attachment name', tarOf(H, entry('attachments/a/b', 'x')), /contains "\/"/],
+    ['an empty attachment name', tarOf(H, entry('attachments/', 'x')), /empty name/],
+    ['a control character in an attachment name', tarOf(H, entry('attachments/a\x01b', 'x')), /control character/],
+    ['a NUL in a pax name', tarOf(H, pax({ path: 'attachments/a\0b' }), entry('x', 'x')), /NUL|control/],
+    ['duplicate names', tarOf(H, entry('attachments/a', '1'), entry('attachments/a', '2')), /appears twice/],
+    ['NFC and NFD spellings of one name', tarOf(H, pax({ path: 'attachments/caf\u00e9' }), entry('x', '1'), pax({ path: 'attachments/cafe\u0301' }), entry('y', '2')), /appears twice/],
+    ['a missing headers entry', tarOf(entry('body', 'x')), /first entry must be "headers"/],
+    ['headers not first', tarOf(entry('body', 'x'), H), /first entry must be "headers"/],
+    ['two headers entries', tarOf(H, H), /appears twice/],
+    ['an empty archive', END, /no "headers" entry/],
+    ['a truncated archive', tarOf(H, entry('body', 'hello')).subarray(0, 1300), /truncated/],
+    ['headers over the limit', tarOf(H), /headers of \d+ bytes exceed the limit of 10/, { maxHeaderBytes: 10 }],
+    ['too many entries', tarOf(H, entry('attachments/a'), entry('attachments/b')), /more than 2 entries/, { maxEntries: 2 }],
+    ['a message over the size limit', tarOf(H, entry('body', 'x'.repeat(2000))), /larger than the limit of 1000 bytes/, { maxTotalBytes: 1000 }],
+    ['a pax header over the limit', tarOf(H, pax({ comment: 'x'.repeat(5000) }), entry('attachments/a')), /extended header of \d+ bytes exceeds the limit/, { maxMetaBytes: 4096 }],
+    ['a GNU long name over the limit', tarOf(H, entry('././@LongLink', 'attachments/' + 'x'.repeat(5000), 'L'), entry('x')), /extended header/, { maxMetaBytes: 4096 }],
+    ['a pax size that lies about the data', tarOf(H, pax({ size: '99999' }), entry('attachments/a', 'short')), /truncated|inconsistent/],
+    ['a malformed pax record', tarOf(H, Buffer.concat([header({ name: 'PaxHeader', size: 10, type: 'x' }), pad(Buffer.from('zz path=x\n'))]), entry('attachments/a')), /malformed pax record/],
+    ['a body that is not UTF-8', tarOf(H, entry('body', Buffer.from([0x68, 0xff, 0x0a]))), /body: not valid UTF-8/],
+    ['a directory other than attachments/', tarOf(H, header({ name: 'attachments/sub/', type: '5' })), /directories are not allowed/],
+    ['a corrupt header checksum', tarOf(H, (() => { const b = header({ name: 'body', size: 0 }); b[0] = 0x63; return b; })()), /tar: /],
+  ];
+  for (const [what, tar, pattern, limits] of cases) it(what, () => rejects(tar, pattern, limits));
+});
+
+describe('headers entry rules', () => {
+  const bad: [string, string, RegExp][] = [
+    ['CR line ends', 'from: a@a.test\r\n', /CR in line/],
+    ['folding', 'from: a@a.test\nsubject: x\n  continued\n', /folded header line/],
+    ['an uppercase name', 'From: a@a.test\n', /bad header name "From"/],
+    ['a missing LF at the end', 'from: a@a.test', /no LF/],
+    ['a field given twice', 'from: a@a.test\nfrom: b@a.test\n', /"from" given twice/],
+    ['a bad date', 'from: a@a.test\ndate: yesterday\n', /not an RFC 3339 date-time/],
+    ['a bad message-id', 'from: a@a.test\nmessage-id: <x@y>\n', /not a urn:uuid: URN/],
+    ['a bad address', 'from: a@a.test\nto: b@\n', /header "to"/],
+    ['invalid UTF-8', Buffer.from([0x73, 0x3a, 0x20, 0xff, 0x0a]).toString('latin1'), /bad header name|not valid UTF-8/],
+    ['a line without ": "', 'from: a@a.test\nnonsense\n', /not "name: value"/],
+    ['an empty line', 'from: a@a.test\n\nto: b@b.test\n', /empty line/],
+  ];
+  for (const [what, text, pattern] of bad) {
+    it(`rejects ${what}`, () => rejects(tarOf(entry('headers', Buffer.from(text, what === 'invalid UTF-8' ? 'latin1' : 'utf8'))), pattern));
+  }
+});
