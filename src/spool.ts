@@ -3,11 +3,12 @@
 // goes to a file that is unlinked as soon as it is created, so a crash never
 // leaves it behind.
 import { randomBytes } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { type FileHandle, open, unlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
+
+const CHUNK = 256 * 1024;
 
 export interface SpoolOptions {
   /** Bytes kept in memory before spilling to a file. */
@@ -67,7 +68,21 @@ export class Spool {
   open(start = 0): Readable | Buffer {
     if (this.memory) return start ? this.memory.subarray(start) : this.memory;
     if (start >= this.size) return Buffer.alloc(0);
-    return createReadStream('', { fd: this.file!.fd, start, end: Math.max(0, this.size - 1), autoClose: false, emitClose: false });
+    // Positional reads through the FileHandle, never an fs.ReadStream on its fd:
+    // destroying a ReadStream closes the fd, even with autoClose false, and
+    // that would break every other reader of this spool.
+    const file = this.file!;
+    const size = this.size;
+    async function* chunks(): AsyncGenerator<Buffer> {
+      for (let pos = start; pos < size; ) {
+        const want = Math.min(CHUNK, size - pos);
+        const { bytesRead, buffer } = await file.read(Buffer.allocUnsafe(want), 0, want, pos);
+        if (bytesRead === 0) throw new Error('spool file shorter than written');
+        pos += bytesRead;
+        yield bytesRead === want ? buffer : buffer.subarray(0, bytesRead);
+      }
+    }
+    return Readable.from(chunks(), { objectMode: false, highWaterMark: CHUNK });
   }
 
   async dispose(): Promise<void> {
