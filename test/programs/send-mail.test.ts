@@ -151,7 +151,7 @@ test('send-mail: bad input is refused with a clear line and the right code', asy
 test('spool: one reader stopping early does not break the others (no shared fd is closed)', async () => {
   const { Spool } = await import('../../src/spool.js');
   const big = Buffer.alloc(3 * 1024 * 1024, 1);
-  const spool = await Spool.from([big], { memoryMax: 1024 });
+  const spool = await Spool.from(Readable.from([big]), { memoryMax: 1024 });
   const a = spool.open() as Readable;
   for await (const _ of a) break; // destroys the stream
   let n = 0;
