@@ -48,7 +48,9 @@ function chain(dir: string, inProcess: boolean): { handler: string[]; inProcess:
     const cfg = join(dir, 'handle-incoming-mail.toml');
     const mailbox = join(dir, 'mailboxes', `${inProcess ? 'in' : 'sp'}`);
     for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(mailbox, 'bob', f), { recursive: true });
-    writeFileSync(cfg, `[domains."b.test"]\ncommand = ["give-recipient", "--address", "{address}", ${JSON.stringify(join(mailbox, '{local}'))}]\nusers = ["bob"]\n`);
+    const gr = join(dir, 'give-recipient.toml');
+    writeFileSync(gr, 'max_message_bytes = "2G"\n');
+    writeFileSync(cfg, `max_message_bytes = "2G"\n[domains."b.test"]\ncommand = ["give-recipient", "--config", ${JSON.stringify(gr)}, "--address", "{address}", ${JSON.stringify(join(mailbox, '{local}'))}]\nusers = ["bob"]\n`);
     return { handler: ['handle-incoming-mail', '--config', cfg], inProcess, label: 'handle-incoming-mail -> give-recipient' };
   }
   if (inProcess) return undefined;

@@ -181,7 +181,8 @@ function lineFor(leg: Leg, a: Address): string {
   const relayed = relayedResult(replies, a);
   if (relayed) return relayed;
   const word = leg.legacyCode !== undefined ? ['OK', 'FAIL', 'PARTIAL'][leg.legacyCode] ?? 'TEMPFAIL' : leg.result!.word;
-  const why = leg.result?.text || `${leg.group.domain} answered ${word}`;
+  const lastReply = replies.length ? `: ${replies[replies.length - 1]}` : '';
+  const why = leg.result?.text || `${leg.group.domain} answered ${word}${lastReply}`;
   if (word === 'OK') return `OK ${addr}`;
   if (word === 'FAIL') return `FAIL ${addr} ${why}`;
   return `TEMPFAIL ${addr} ${word === 'PARTIAL' ? `${leg.group.domain} answered PARTIAL without a line for this recipient` : why}`;
