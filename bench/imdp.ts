@@ -17,7 +17,7 @@ import { isProgram } from '../src/programs/index.js';
 
 const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
 const BIN = join(ROOT, 'bin');
-const env = { PATH: process.env.PATH, HOME: '/nonexistent', IMA_CONFIG_DIR: '/nonexistent' };
+const env = { PATH: `${BIN}:${process.env.PATH}`, HOME: '/nonexistent', IMA_CONFIG_DIR: '/nonexistent' };
 
 interface Pki {
   caFile: string;
@@ -46,9 +46,11 @@ function chain(dir: string, inProcess: boolean): { handler: string[]; inProcess:
   const real = isProgram('handle-incoming-mail') && isProgram('give-recipient');
   if (real) {
     const cfg = join(dir, 'handle-incoming-mail.toml');
-    const mailbox = join(dir, 'mailbox');
-    mkdirSync(mailbox, { recursive: true });
-    writeFileSync(cfg, `domains = ["b.test"]\n[routes]\n"*@b.test" = ["give-recipient", "--mailbox", ${JSON.stringify(join(mailbox, '{local}'))}, "{address}"]\n`);
+    const mailbox = join(dir, 'mailboxes', `${inProcess ? 'in' : 'sp'}`);
+    for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(mailbox, 'bob', f), { recursive: true });
+    const gr = join(dir, 'give-recipient.toml');
+    writeFileSync(gr, 'max_message_bytes = "2G"\n');
+    writeFileSync(cfg, `max_message_bytes = "2G"\n[domains."b.test"]\ncommand = ["give-recipient", "--config", ${JSON.stringify(gr)}, "--address", "{address}", ${JSON.stringify(join(mailbox, '{local}'))}]\nusers = ["bob"]\n`);
     return { handler: ['handle-incoming-mail', '--config', cfg], inProcess, label: 'handle-incoming-mail -> give-recipient' };
   }
   if (inProcess) return undefined;
@@ -262,7 +264,7 @@ export async function run(): Promise<void> {
         await rate(label, server.port, pki, 1, count);
         await rate(label, server.port, pki, 10, Math.ceil(count / 5));
         if (!inProcess) await sendMailRuns(dir, pki, server.port, 20);
-        if (inProcess || !isProgram('handle-incoming-mail')) await bigOne(dir, pki, server, c.label);
+        if (inProcess || !isProgram('handle-incoming-mail')) await bigOne(dir, pki, server, label);
       } finally {
         await server.stop();
       }

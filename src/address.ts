@@ -47,6 +47,17 @@ export function asciiDomain(domain: string, whole = domain): string {
   return ascii;
 }
 
+/** What is wrong with a domain name, or undefined: for config checks. */
+export function domainProblem(domain: string): string | undefined {
+  try {
+    asciiDomain(domain);
+    return undefined;
+  } catch (e) {
+    if (e instanceof AddressError) return e.message;
+    throw e;
+  }
+}
+
 /** Parse a bare `local@domain`. */
 export function parseMailbox(text: string): Address {
   const s = text.trim();

@@ -6,6 +6,7 @@ import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import tls, { type PeerCertificate, type SecureContextOptions, type TLSSocket } from 'node:tls';
 import { AddressError, asciiDomain } from './address.js';
+import { type Located, configPath, list, optional, string, table } from './config.js';
 import { configError } from './failure.js';
 
 /** Where the TLS files named by a config are, and which config named them. */
@@ -26,6 +27,24 @@ export interface TlsMaterial {
   ca: (string | Buffer)[];
   /** Our own certificate, parsed. */
   x509: X509Certificate;
+}
+
+/** The [tls] table every network program's config has. */
+export const tlsSchema = () =>
+  table({
+    certificate: string({ nonEmpty: true }),
+    key: string({ nonEmpty: true }),
+    ca: optional(list(string({ nonEmpty: true })), [] as string[]),
+  });
+
+/** Load the material a [tls] table names, paths relative to the config file. */
+export function tlsFromConfig(t: { certificate: string; key: string; ca: readonly string[] }, source: Located, program: string): TlsMaterial {
+  return loadTlsMaterial({
+    certificate: configPath(source, t.certificate),
+    key: configPath(source, t.key),
+    ca: t.ca.map((f) => configPath(source, f)),
+    configFile: source.file ?? `${program}.toml`,
+  });
 }
 
 /**

@@ -10,36 +10,23 @@ import { createReadStream } from 'node:fs';
 import { resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import type { Argv } from 'yargs';
-import { type Address, asciiDomain, mailboxOf } from '../address.js';
+import { type Address, asciiDomain, domainProblem, mailboxOf } from '../address.js';
 import { start } from '../cli.js';
-import { boolean, command, configPath, duration, list, map, optional, size, string, table } from '../config.js';
+import { boolean, command, duration, list, map, optional, size, string, table } from '../config.js';
 import { EXIT, type Failure, asFailure, noInput, tempFail, usageError } from '../failure.js';
 import { type Answer, ImdpClient, isTemporary } from '../imdp.js';
 import { DEFAULT_LIMITS } from '../message/index.js';
 import { type Group, type Prepared, copyFor, findServer, groupRecipients, prepare, relayedResult } from '../outgoing.js';
 import type { Io } from '../run.js';
 import { LineSplitter } from '../handler.js';
-import { contextOptions, loadTlsMaterial } from '../tls.js';
-
-const domainCheck = (d: string) => {
-  try {
-    asciiDomain(d);
-    return undefined;
-  } catch (e) {
-    return (e as Error).message;
-  }
-};
+import { contextOptions, tlsFromConfig, tlsSchema } from '../tls.js';
 
 const schema = table({
-  domain: string({ check: domainCheck }),
-  tls: table({
-    certificate: string({ nonEmpty: true }),
-    key: string({ nonEmpty: true }),
-    ca: optional(list(string({ nonEmpty: true })), [] as string[]),
-  }),
-  servers: map(string({ nonEmpty: true }), domainCheck),
+  domain: string({ check: domainProblem }),
+  tls: tlsSchema(),
+  servers: map(string({ nonEmpty: true }), domainProblem),
   dns_srv: optional(boolean(), true),
-  legacy_domains: optional(list(string({ check: domainCheck })), [] as string[]),
+  legacy_domains: optional(list(string({ check: domainProblem })), [] as string[]),
   legacy_command: optional(command(), ['smtp-send']),
   max_message_size: optional(size({ min: 1024 }), 100 * 1024 * 1024),
   timeouts: table({
@@ -70,12 +57,7 @@ export async function main(args: string[], io: Io): Promise<number> {
   if (typeof s === 'number') return s;
   const { argv, config, source, log } = s;
   if (argv._.length > 1) throw usageError('give at most one message file');
-  const material = loadTlsMaterial({
-    certificate: configPath(source, config.tls.certificate),
-    key: configPath(source, config.tls.key),
-    ca: config.tls.ca.map((f) => configPath(source, f)),
-    configFile: source.file ?? 'send-mail.toml',
-  });
+  const material = tlsFromConfig(config.tls, source, 'send-mail');
   const file = argv._[0] === undefined ? undefined : resolve(io.cwd, String(argv._[0]));
   const input = file ? await openFile(file) : io.stdin;
   const mailer = asciiDomain(config.domain);
@@ -199,7 +181,8 @@ function lineFor(leg: Leg, a: Address): string {
   const relayed = relayedResult(replies, a);
   if (relayed) return relayed;
   const word = leg.legacyCode !== undefined ? ['OK', 'FAIL', 'PARTIAL'][leg.legacyCode] ?? 'TEMPFAIL' : leg.result!.word;
-  const why = leg.result?.text || `${leg.group.domain} answered ${word}`;
+  const lastReply = replies.length ? `: ${replies[replies.length - 1]}` : '';
+  const why = leg.result?.text || `${leg.group.domain} answered ${word}${lastReply}`;
   if (word === 'OK') return `OK ${addr}`;
   if (word === 'FAIL') return `FAIL ${addr} ${why}`;
   return `TEMPFAIL ${addr} ${word === 'PARTIAL' ? `${leg.group.domain} answered PARTIAL without a line for this recipient` : why}`;

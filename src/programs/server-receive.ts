@@ -7,36 +7,23 @@
 // and never says OK unless the handler did.
 import type { Argv } from 'yargs';
 import { start } from '../cli.js';
-import { type Located, boolean, command, configPath, duration, integer, list, loadConfig, optional, size, string, table } from '../config.js';
+import { type Located, boolean, command, duration, integer, list, loadConfig, optional, size, string, table } from '../config.js';
 import { EXIT, configError, usageError } from '../failure.js';
 import { ImdpSession, type SessionConfig } from '../imdp-session.js';
 import * as wire from '../imdp.js';
 import { type Settings, parseHostPort, serve, whereFrom } from '../listen.js';
 import type { Log } from '../log.js';
 import type { Io } from '../run.js';
-import { contextOptions, loadTlsMaterial } from '../tls.js';
-import { asciiDomain } from '../address.js';
-
-const domainCheck = (d: string) => {
-  try {
-    asciiDomain(d);
-    return undefined;
-  } catch (e) {
-    return (e as Error).message;
-  }
-};
+import { contextOptions, tlsFromConfig, tlsSchema } from '../tls.js';
+import { asciiDomain, domainProblem } from '../address.js';
 
 const schema = table({
-  domain: string({ check: domainCheck }),
+  domain: string({ check: domainProblem }),
   listen: optional(string({ check: (s) => (/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]*):\d{1,5}$/.test(s) ? undefined : 'must be ADDRESS:PORT') }), `[::]:${wire.IMDP_PORT}`),
   handler: optional(command(), ['handle-incoming-mail']),
   check: optional(list(string({ nonEmpty: true })), [] as string[]),
   in_process: optional(boolean(), true),
-  tls: table({
-    certificate: string({ nonEmpty: true }),
-    key: string({ nonEmpty: true }),
-    ca: optional(list(string({ nonEmpty: true })), [] as string[]),
-  }),
+  tls: tlsSchema(),
   limits: table({
     max_message_size: optional(size({ min: 1024 }), 100 * 1024 * 1024),
     max_header_bytes: optional(size({ min: 256, max: 1024 * 1024 }), 64 * 1024),
@@ -63,12 +50,7 @@ const options = (y: Argv) =>
     .option('inetd', { type: 'boolean', describe: 'Serve the one connection on stdin/stdout (inetd, systemd Accept=yes)' });
 
 function settingsOf(config: Config, source: Located): Settings {
-  const material = loadTlsMaterial({
-    certificate: configPath(source, config.tls.certificate),
-    key: configPath(source, config.tls.key),
-    ca: config.tls.ca.map((f) => configPath(source, f)),
-    configFile: source.file ?? 'server-receive.toml',
-  });
+  const material = tlsFromConfig(config.tls, source, 'server-receive');
   const { limits, timeouts } = config;
   return {
     tls: contextOptions(material),

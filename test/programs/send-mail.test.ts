@@ -147,3 +147,15 @@ test('send-mail: bad input is refused with a clear line and the right code', asy
   r = await runBin('send-mail', [], { env: testEnv() });
   assert.equal(r.code, 78);
 });
+
+test('spool: one reader stopping early does not break the others (no shared fd is closed)', async () => {
+  const { Spool } = await import('../../src/spool.js');
+  const big = Buffer.alloc(3 * 1024 * 1024, 1);
+  const spool = await Spool.from(Readable.from([big]), { memoryMax: 1024 });
+  const a = spool.open() as Readable;
+  for await (const _ of a) break; // destroys the stream
+  let n = 0;
+  for await (const c of spool.open(1000) as Readable) n += (c as Buffer).length;
+  assert.equal(n, big.length - 1000);
+  await spool.dispose();
+});
