@@ -1,0 +1,216 @@
+// The serving side of IMRP (ima(7)): one session on a TLS connection. A
+// user logs in by password (scrypt, constant-time, failures slowed and
+// counted per address) or by a client certificate mapped to them; then
+// lists, fetches (FETCH NEW streams every new message back to back),
+// marks seen and deletes, only ever inside their own mailbox.
+import { randomBytes } from 'node:crypto';
+import { Writable } from 'node:stream';
+import type { TLSSocket } from 'node:tls';
+import { type Command, MailboxView, ProtocolError, parseCommand } from './imrp.js';
+import * as wire from './imrp.js';
+import { LineError, LineReader } from './lines.js';
+import type { Peer } from './listen.js';
+import type { Log } from './log.js';
+import { writeEntries } from './message/index.js';
+import { verifyPassword } from './password.js';
+import { fingerprint256 } from './tls.js';
+
+export interface UserEntry {
+  mailbox: string;
+  password?: string;
+  certificate_sha256: readonly string[];
+  certificate_name?: string;
+}
+
+export interface ImrpConfig {
+  name: string;
+  users: Readonly<Record<string, UserEntry>>;
+  limits: { maxLine: number; maxErrors: number; maxLoginFailures: number };
+  timeouts: { idle: number; data: number; loginDelay: number };
+  log: Log;
+  /** Failed logins per client address, shared by all sessions of the server. */
+  failures: Map<string, number>;
+}
+
+class Close extends Error {}
+
+export class ImrpSession {
+  readonly id = randomBytes(6).toString('hex');
+  private readonly reader: LineReader;
+  private user?: string;
+  private view?: MailboxView;
+  private errors = 0;
+  private closed = false;
+
+  constructor(private readonly socket: TLSSocket, private readonly peer: Peer, private readonly cfg: ImrpConfig) {
+    this.reader = new LineReader(socket, { maxLine: cfg.limits.maxLine, idleTimeout: cfg.timeouts.idle, dataTimeout: cfg.timeouts.data });
+  }
+
+  private send(s: string): void {
+    if (!this.socket.destroyed && this.socket.writable) this.socket.write(s);
+  }
+
+  private bye(text: string): void {
+    this.send(wire.bye(text));
+    this.closed = true;
+  }
+
+  async run(stopping: AbortSignal): Promise<void> {
+    this.send(wire.greeting(this.cfg.name));
+    try {
+      while (!this.closed) {
+        if (stopping.aborted) return this.bye('server shutting down, try again later');
+        let line: string | null;
+        try {
+          line = await this.reader.readLine();
+        } catch (e) {
+          if (!(e instanceof LineError)) throw e;
+          if (e.kind !== 'eof') this.bye(e.message);
+          return;
+        }
+        if (line === null) return;
+        let cmd: Command;
+        try {
+          cmd = parseCommand(line);
+        } catch (e) {
+          if (!(e instanceof ProtocolError)) throw e;
+          this.send(wire.error(e.message));
+          if (++this.errors > this.cfg.limits.maxErrors) this.bye('too many errors');
+          continue;
+        }
+        await this.dispatch(cmd);
+      }
+    } catch (e) {
+      if (!(e instanceof Close)) throw e;
+      this.socket.destroy();
+    }
+  }
+
+  private async dispatch(c: Command): Promise<void> {
+    if (c.verb === 'QUIT') return this.bye('bye');
+    if (c.verb === 'LOGIN') return this.login(c.user, c.password);
+    if (!this.view) return this.send(wire.no('log in first'));
+    const verbs: Record<Exclude<Command['verb'], 'QUIT' | 'LOGIN'>, () => Promise<void>> = {
+      FOLDERS: () => this.folders(),
+      LIST: () => this.list((c as { folder: 'new' | 'cur' | 'all' }).folder),
+      FETCH: () => this.fetch((c as { id: string }).id),
+      SEEN: () => this.each((c as { ids: string[] }).ids, (id) => this.view!.markSeen(id), 'seen'),
+      DELETE: () => this.each((c as { ids: string[] }).ids, (id) => this.view!.remove(id), 'deleted'),
+    };
+    await verbs[c.verb]();
+  }
+
+  /** Same answer and, near enough, the same time for an unknown user and a wrong password. */
+  private async login(user: string, password?: string): Promise<void> {
+    if (this.user) return this.send(wire.no(`already logged in as ${this.user}`));
+    const entry = Object.hasOwn(this.cfg.users, user) ? this.cfg.users[user] : undefined;
+    let ok: boolean;
+    let method: string;
+    if (password !== undefined) {
+      method = 'password';
+      ok = await verifyPassword(password, entry?.password);
+    } else {
+      method = 'certificate';
+      ok = !!entry && !!this.peer.cert && this.certificateFits(entry);
+    }
+    const addr = this.peer.address;
+    this.cfg.log.info(`session=${this.id} login user=${user} address=${addr} method=${method} result=${ok ? 'ok' : 'failed'}`);
+    if (ok) {
+      this.cfg.failures.delete(addr);
+      this.user = user;
+      this.view = new MailboxView(entry!.mailbox);
+      return this.send(wire.ok(`logged in as ${user}`));
+    }
+    const failures = (this.cfg.failures.get(addr) ?? 0) + 1;
+    this.cfg.failures.set(addr, failures);
+    await new Promise((r) => setTimeout(r, Math.min(failures, 10) * this.cfg.timeouts.loginDelay));
+    this.send(wire.no('login failed'));
+    if (failures >= this.cfg.limits.maxLoginFailures) {
+      this.bye('too many failed logins');
+      throw new Close();
+    }
+  }
+
+  private certificateFits(entry: UserEntry): boolean {
+    const cert = this.peer.cert!;
+    if (entry.certificate_sha256.includes(fingerprint256(cert))) return true;
+    if (!entry.certificate_name || !this.peer.authorized) return false;
+    const cn = /(?:^|\n)CN=([^\n]*)/.exec(cert.subject)?.[1];
+    return cn === entry.certificate_name;
+  }
+
+  private async folders(): Promise<void> {
+    for (const f of ['new', 'cur'] as const) this.send(`FOLDER ${f} ${(await this.view!.ids(f)).length}\n`);
+    this.send(wire.ok());
+  }
+
+  private async list(folder: 'new' | 'cur' | 'all'): Promise<void> {
+    let n = 0;
+    for (const f of folder === 'all' ? (['new', 'cur'] as const) : [folder]) {
+      for (const id of await this.view!.ids(f)) {
+        try {
+          this.send(wire.msgLine(await this.view!.summary(id, f)));
+          n++;
+        } catch (e) {
+          this.cfg.log.warn(`session=${this.id} user=${this.user}: ${id}: ${(e as Error).message}`);
+        }
+      }
+    }
+    this.send(wire.ok(String(n)));
+  }
+
+  private async fetch(which: string): Promise<void> {
+    const ids = which === 'NEW' ? await this.view!.ids('new') : [which];
+    let n = 0;
+    let bytes = 0;
+    for (const id of ids) {
+      const at = await this.view!.locate(id);
+      if (!at) {
+        if (which !== 'NEW') return this.send(wire.no('no such message'));
+        continue; // gone meanwhile
+      }
+      let entries;
+      let size: number;
+      try {
+        entries = await this.view!.entries(at.path);
+        size = await MailboxView.tarSize(entries, await MailboxView.mtime(at.path));
+      } catch (e) {
+        this.cfg.log.warn(`session=${this.id} user=${this.user}: ${id}: cannot be sent: ${(e as Error).message}`);
+        if (which !== 'NEW') return this.send(wire.no('message cannot be read'));
+        continue;
+      }
+      this.send(`MESSAGE ${id} ${size}\n`);
+      // Once announced, the bytes must follow exactly; a failure now ends the connection.
+      try {
+        await writeEntries(this.socketSink(), entries, await MailboxView.mtime(at.path));
+      } catch (e) {
+        this.cfg.log.error(`session=${this.id} user=${this.user}: ${id}: failed while sending: ${(e as Error).message}`);
+        throw new Close();
+      }
+      n++;
+      bytes += size;
+    }
+    this.cfg.log.info(`session=${this.id} fetch user=${this.user} messages=${n} bytes=${bytes}`);
+    if (which === 'NEW') this.send(wire.ok(String(n)));
+  }
+
+  /** A writable onto the socket that respects backpressure and does not end the socket. */
+  private socketSink(): Writable {
+    const socket = this.socket;
+    return new Writable({
+      highWaterMark: 256 * 1024,
+      write(chunk, _e, cb) {
+        if (socket.destroyed) return cb(new Error('connection closed'));
+        if (socket.write(chunk)) cb();
+        else socket.once('drain', () => cb());
+      },
+    });
+  }
+
+  private async each(ids: string[], act: (id: string) => Promise<boolean>, what: string): Promise<void> {
+    let n = 0;
+    for (const id of ids) if (await act(id)) n++;
+    this.cfg.log.info(`session=${this.id} user=${this.user} ${what}=${n}`);
+    this.send(wire.ok(String(n)));
+  }
+}

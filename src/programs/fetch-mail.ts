@@ -1,0 +1,159 @@
+// fetch-mail: fetch new messages from a post-office into a local mailbox.
+//
+// Each message is stored and fsync'ed locally before the server is told to
+// delete it (or, with --keep, to mark it seen), so an interrupted run loses
+// nothing and the next one fetches nothing twice. What the server sends is
+// hostile input: it is read under ima-message(5)'s rules and nothing is
+// written outside DIR. It never takes a password on the command line.
+import { readFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { resolve } from 'node:path';
+import type { Argv } from 'yargs';
+import { start } from '../cli.js';
+import { boolean, configPath, duration, integer, list, optional, size, string, table } from '../config.js';
+import { EXIT, Failure, configError, usageError } from '../failure.js';
+import { ImrpClient, LoginRefused } from '../imrp-client.js';
+import { IMRP_PORT, parseMsgLine } from '../imrp.js';
+import { deliverToMailbox, openMailbox } from '../mailbox.js';
+import { DEFAULT_LIMITS } from '../message/index.js';
+import type { Io } from '../run.js';
+import { loadTlsMaterial, systemRoots } from '../tls.js';
+
+const schema = table({
+  server: string({ nonEmpty: true }),
+  port: optional(integer({ min: 1, max: 65535 }), IMRP_PORT),
+  server_name: optional(string(), ''),
+  user: string({ nonEmpty: true }),
+  ca: optional(list(string({ nonEmpty: true })), [] as string[]),
+  certificate: optional(string(), ''),
+  key: optional(string(), ''),
+  password_file: optional(string(), ''),
+  password_env: optional(string(), 'IMA_PASSWORD'),
+  mailbox: optional(string(), '~/Mail'),
+  keep: optional(boolean(), false),
+  timeout: optional(duration(), 60_000),
+  max_message_bytes: optional(size({ min: 1024 }), DEFAULT_LIMITS.maxTotalBytes),
+});
+type Config = ReturnType<typeof schema.parse>;
+
+const options = (y: Argv) =>
+  y
+    .option('keep', { type: 'boolean', describe: 'Mark fetched messages seen instead of deleting them on the server' })
+    .option('progress', { type: 'boolean', describe: 'Show a progress bar (default: when stderr is a terminal)' });
+
+const expand = (p: string, io: Io) => (p.startsWith('~/') ? resolve(io.env.HOME || homedir(), p.slice(2)) : resolve(io.cwd, p));
+
+/** The password: from a file, the environment, or a prompt without echo; never argv. */
+async function password(config: Config, io: Io, file: (p: string) => string): Promise<string> {
+  if (config.password_file) {
+    try {
+      return readFileSync(file(config.password_file), 'utf8').split('\n')[0];
+    } catch (e) {
+      throw configError('fetch-mail.toml', 'password_file', `cannot read ${config.password_file} (${(e as NodeJS.ErrnoException).code})`);
+    }
+  }
+  const fromEnv = config.password_env ? io.env[config.password_env] : undefined;
+  if (fromEnv) return fromEnv;
+  const stdin = io.stdin as NodeJS.ReadStream;
+  if (!stdin.isTTY) throw usageError(`no password: set password_file or certificate in fetch-mail.toml, or ${config.password_env} in the environment`);
+  io.stderr.write(`Password for ${config.user}@${config.server}: `);
+  stdin.setRawMode(true);
+  let pw = '';
+  try {
+    for await (const chunk of stdin) {
+      for (const ch of String(chunk)) {
+        if (ch === '\r' || ch === '\n') return pw;
+        if (ch === '\u0003') throw usageError('interrupted');
+        pw = ch === '\u007f' ? pw.slice(0, -1) : pw + ch;
+      }
+    }
+    return pw;
+  } finally {
+    stdin.setRawMode(false);
+    io.stderr.write('\n');
+  }
+}
+
+function progressBar(io: Io, total: number, done: number, bytes: number): void {
+  const width = 30;
+  const filled = total ? Math.round((done / total) * width) : width;
+  io.stderr.write(`\r[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${done}/${total} messages, ${(bytes / 1048576).toFixed(1)} MB`);
+}
+
+export async function main(args: string[], io: Io): Promise<number> {
+  const s = await start({ name: 'fetch-mail', role: 'user', usage: '$0 [--keep] [DIR]', schema, options }, args, io);
+  if (typeof s === 'number') return s;
+  const { argv, config, log, source } = s;
+  const [dirArg, ...extra] = argv._.map(String);
+  if (extra.length) throw usageError('at most one DIR');
+  const dir = dirArg ? resolve(io.cwd, dirArg) : expand(config.mailbox, io);
+  const keep = argv.keep ?? config.keep;
+  const tty = !!(io.stderr as NodeJS.WriteStream).isTTY;
+  const progress = argv.progress ?? tty;
+  const file = (p: string) => (p.startsWith('~/') ? expand(p, io) : configPath(source, p));
+  if (!!config.certificate !== !!config.key) throw configError(source.file ?? 'fetch-mail.toml', config.certificate ? 'key' : 'certificate', 'certificate and key go together');
+
+  const tlsOptions = config.certificate
+    ? (({ cert, key, ca }) => ({ cert, key, ca }))(loadTlsMaterial({ certificate: file(config.certificate), key: file(config.key), ca: config.ca.map(file), configFile: source.file ?? 'fetch-mail.toml' }))
+    : { ca: config.ca.length ? config.ca.map((p) => readFileSync(file(p))) : systemRoots() };
+  const pw = config.certificate ? undefined : await password(config, io, file);
+  await openMailbox(dir, true);
+
+  const client = await ImrpClient.connect({ host: config.server, port: config.port, serverName: config.server_name || config.server, tls: tlsOptions, timeout: config.timeout });
+  let fetched = 0;
+  let bytes = 0;
+  let invalid = 0;
+  let acks = 0;
+  let left = 0;
+  try {
+    try {
+      await client.login(config.user, pw);
+    } catch (e) {
+      if (e instanceof LoginRefused) {
+        log.error(e.message);
+        return EXIT.NOPERM;
+      }
+      throw e;
+    }
+    // One round trip for the list (the progress bar's total), then every new message streamed.
+    client.send('LIST new');
+    client.send('FETCH NEW');
+    let total = 0;
+    for (let l = await client.line(); !l.startsWith('OK'); l = await client.line()) {
+      if (parseMsgLine(l)) total++;
+      else throw new Failure('temporary', `${client.where}: unexpected answer to LIST: ${l.slice(0, 100)}`);
+    }
+    const limits = { ...DEFAULT_LIMITS, maxTotalBytes: config.max_message_bytes };
+    for (let l = await client.line(); !l.startsWith('OK'); l = await client.line()) {
+      const m = /^MESSAGE ([0-9a-f-]{36}) (\d{1,15})$/.exec(l);
+      if (!m) throw new Failure('temporary', `${client.where}: unexpected answer to FETCH: ${l.slice(0, 100)}`);
+      const [id, size] = [m[1], Number(m[2])];
+      const { stream, done } = client.reader.pumpData(size);
+      try {
+        const stored = await deliverToMailbox(dir, stream, { limits });
+        if (stored.id !== id) throw new Failure('permanent', `server sent message ${stored.id} as ${id}`);
+        // Durable here: only now may the server forget it. Pipelined: no wait for the answer.
+        client.send(`${keep ? 'SEEN' : 'DELETE'} ${id}`);
+        acks++;
+        fetched++;
+        bytes += size;
+      } catch (e) {
+        if (!(e instanceof Failure) || e.temporary) throw e;
+        invalid++;
+        log.error(`message ${id} refused and left on the server: ${e.message}`);
+      } finally {
+        stream.resume();
+        await done;
+      }
+      if (progress) progressBar(io, total, fetched + invalid, bytes);
+    }
+    for (; acks > 0; acks--) await client.ok(keep ? 'SEEN' : 'DELETE');
+    client.send('FOLDERS');
+    for (let l = await client.line(); !l.startsWith('OK'); l = await client.line()) left += Number(/^FOLDER \S+ (\d+)$/.exec(l)?.[1] ?? 0);
+  } finally {
+    client.close();
+    if (progress && (fetched || invalid)) io.stderr.write('\n');
+  }
+  if (tty || argv.verbose) io.stderr.write(`fetch-mail: fetched ${fetched} message${fetched === 1 ? '' : 's'} (${bytes} bytes) into ${dir}; ${left} left on the server\n`);
+  return invalid ? EXIT.FAIL : EXIT.OK;
+}

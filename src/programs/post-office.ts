@@ -1,0 +1,145 @@
+// post-office: the IMRP server (ima(7)). Users log in with a password or a
+// client certificate and fetch their mailbox.
+//
+// It does not deliver mail (give-recipient does), never shows one user's
+// mailbox to another, never stores a password (only scrypt hashes), and
+// never reads a message id as a path.
+import { hostname } from 'node:os';
+import type { Argv } from 'yargs';
+import { start } from '../cli.js';
+import { type Located, configPath, duration, integer, list, loadConfig, map, optional, string, table } from '../config.js';
+import { EXIT, configError, usageError } from '../failure.js';
+import { IMRP_PORT, MAX_LINE, bye } from '../imrp.js';
+import { ImrpSession, type ImrpConfig } from '../imrp-session.js';
+import { type Settings, parseHostPort, serve, whereFrom } from '../listen.js';
+import type { Log } from '../log.js';
+import { hashPassword, hashProblem } from '../password.js';
+import type { Io } from '../run.js';
+import { contextOptions, tlsFromConfig, tlsSchema } from '../tls.js';
+
+const schema = table({
+  name: optional(string({ nonEmpty: true }), hostname()),
+  listen: optional(string({ check: (s) => (/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]*):\d{1,5}$/.test(s) ? undefined : 'must be ADDRESS:PORT') }), `[::]:${IMRP_PORT}`),
+  tls: tlsSchema(),
+  users: map(
+    table({
+      mailbox: string({ nonEmpty: true }),
+      password: optional(string({ check: hashProblem }), undefined as string | undefined),
+      certificate_sha256: optional(list(string({ check: (s) => (/^[0-9a-f]{64}$/.test(s) ? undefined : 'must be 64 lowercase hex digits (openssl x509 -noout -fingerprint -sha256, colons removed)') })), [] as string[]),
+      certificate_name: optional(string({ nonEmpty: true }), undefined as string | undefined),
+    }),
+    (k) => (/^[A-Za-z0-9._@+-]{1,64}$/.test(k) ? undefined : 'user names are 1 to 64 of A-Z a-z 0-9 . _ @ + -'),
+  ),
+  limits: table({
+    max_line: optional(integer({ min: 80, max: 65536 }), MAX_LINE),
+    max_connections: optional(integer({ min: 1 }), 100),
+    max_connections_per_address: optional(integer({ min: 1 }), 10),
+    max_login_failures: optional(integer({ min: 1 }), 5),
+    max_errors: optional(integer({ min: 0 }), 10),
+  }),
+  timeouts: table({
+    handshake: optional(duration(), 30_000),
+    idle: optional(duration(), 300_000),
+    data: optional(duration(), 120_000),
+    shutdown: optional(duration(), 60_000),
+    login_delay: optional(duration(), 1000),
+  }),
+});
+type Config = ReturnType<typeof schema.parse>;
+
+const options = (y: Argv) =>
+  y
+    .option('listen', { alias: 'l', type: 'string', describe: 'Listen on ADDRESS:PORT (default: listen in the config)', requiresArg: true })
+    .option('inetd', { type: 'boolean', describe: 'Serve the one connection on stdin/stdout (inetd, systemd Accept=yes)' })
+    .option('hash-password', { type: 'boolean', describe: 'Read a password (without echo on a terminal) and print its scrypt hash for the config' });
+
+/** Read one password: without echo from a terminal, else the first line of stdin. */
+async function readPassword(io: Io): Promise<string> {
+  const stdin = io.stdin as NodeJS.ReadStream;
+  if (stdin.isTTY) {
+    io.stderr.write('Password: ');
+    stdin.setRawMode(true);
+    try {
+      let pw = '';
+      for await (const chunk of stdin) {
+        for (const ch of String(chunk)) {
+          if (ch === '\r' || ch === '\n') return pw;
+          if (ch === '\u0003') throw usageError('interrupted');
+          if (ch === '\u007f') pw = pw.slice(0, -1);
+          else pw += ch;
+        }
+      }
+      return pw;
+    } finally {
+      stdin.setRawMode(false);
+      io.stderr.write('\n');
+    }
+  }
+  let text = '';
+  for await (const chunk of io.stdin) {
+    text += String(chunk);
+    if (text.includes('\n') || text.length > 4096) break;
+  }
+  return text.split('\n')[0].replace(/\r$/, '');
+}
+
+function settingsOf(config: Config, source: Located): Settings {
+  return {
+    tls: contextOptions(tlsFromConfig(config.tls, source, 'post-office')),
+    clientCert: 'optional',
+    limits: {
+      maxConnections: config.limits.max_connections,
+      maxPerAddress: config.limits.max_connections_per_address,
+      handshakeTimeout: config.timeouts.handshake,
+      shutdownTimeout: config.timeouts.shutdown,
+    },
+  };
+}
+
+function sessionOf(config: Config, source: Located, log: Log, failures: Map<string, number>): ImrpConfig {
+  const users = Object.fromEntries(Object.entries(config.users).map(([u, e]) => [u, { ...e, mailbox: configPath(source, e.mailbox) }]));
+  for (const [u, e] of Object.entries(users)) {
+    if (!e.password && !e.certificate_sha256.length && !e.certificate_name) throw configError(source.file!, `users.${u}`, 'needs password, certificate_sha256 or certificate_name');
+  }
+  return {
+    name: config.name,
+    users,
+    limits: { maxLine: config.limits.max_line, maxErrors: config.limits.max_errors, maxLoginFailures: config.limits.max_login_failures },
+    timeouts: { idle: config.timeouts.idle, data: config.timeouts.data, loginDelay: config.timeouts.login_delay },
+    log,
+    failures,
+  };
+}
+
+export async function main(args: string[], io: Io): Promise<number> {
+  if (args.includes('--hash-password')) {
+    const pw = await readPassword(io);
+    if (pw === '') throw usageError('empty password');
+    io.stdout.write(`${await hashPassword(pw)}\n`);
+    return EXIT.OK;
+  }
+  const s = await start({ name: 'post-office', role: 'server', usage: '$0 [--listen ADDRESS:PORT | --inetd] [options]\n$0 --hash-password', schema, options }, args, io);
+  if (typeof s === 'number') return s;
+  const { argv, log, source } = s;
+  if (!source.file) throw configError(source.dir, '', 'post-office needs a config file (tls, users): see post-office.toml(5)');
+  const failures = new Map<string, number>();
+  let settings = settingsOf(s.config, source);
+  let session = sessionOf(s.config, source, log, failures);
+  const where = whereFrom(argv.listen, argv.inetd, io.env, { stdin: io.stdin, stdout: io.stdout }, process.pid) ?? { mode: 'listen' as const, ...parseHostPort(s.config.listen) };
+  await serve(
+    where,
+    settings,
+    {
+      session: (socket, peer, stopping) => new ImrpSession(socket, peer, session).run(stopping),
+      refuse: (socket, reason) => socket.write(bye(reason)),
+      reload: async () => {
+        const next = loadConfig(schema, source.file!, true).config;
+        settings = settingsOf(next, source);
+        session = sessionOf(next, source, log, failures);
+        return settings;
+      },
+    },
+    { log, signals: io.signals, signal: io.signal },
+  );
+  return EXIT.OK;
+}
