@@ -1,0 +1,240 @@
+// post-office and fetch-mail as real processes over real TLS on loopback.
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:tls';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import tls from 'node:tls';
+import { X509Certificate } from 'node:crypto';
+import { fingerprint256 } from '../../src/tls.js';
+import { BIN, runBin, tempDir, testEnv } from '../helpers.js';
+import { Pki } from '../pki.js';
+import { END, HEADERS, entry, header, tarOf } from '../tarbuild.js';
+
+const dir = tempDir('ima-imrp-');
+const pki = new Pki(dir);
+const server = pki.server('b.test');
+const bobCert = pki.user('bob');
+const malloryCert = pki.user('mallory');
+const boxes = join(dir, 'mail');
+const big = Buffer.alloc(20 * 1024 * 1024);
+for (let i = 0; i < big.length; i += 4) big.writeUInt32LE((i * 2654435761) >>> 0, i);
+writeFileSync(join(dir, 'big.bin'), big);
+
+let po: ChildProcess;
+let port = 0;
+let poLog = '';
+
+async function deliver(user: string, n: number, extra: string[] = []): Promise<string[]> {
+  for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(boxes, user, f), { recursive: true });
+  const ids: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const m = await runBin('make-message', ['-r', 'alice@a.test', '-s', `message ${i}`, '--text', `hello ${i}\n`, ...extra, `${user}@b.test`], { cwd: dir });
+    assert.equal(m.code, 0, m.stderr);
+    const g = await runBin('give-recipient', [join(boxes, user)], { input: m.stdout });
+    assert.equal(g.code, 0, g.stderr);
+    ids.push(/message-id: urn:uuid:(\S+)/.exec(m.stdout.toString('latin1'))![1]);
+  }
+  return ids;
+}
+
+function fetchConfig(name: string, extra: string): string {
+  const f = join(dir, `${name}.toml`);
+  writeFileSync(f, `server = "127.0.0.1"\nserver_name = "b.test"\nport = ${port}\nca = ["${pki.caFile}"]\n${extra}`);
+  return f;
+}
+
+const fetch = (cfg: string, args: string[], env: Record<string, string> = {}) => runBin('fetch-mail', ['--config', cfg, ...args], { env: testEnv(env) });
+const local = (d: string) => (existsSync(join(d, 'new')) ? readdirSync(join(d, 'new')).sort() : []);
+
+/** A raw IMRP conversation: send lines, collect what the server says until it closes or `until` matches. */
+async function converse(lines: string[], until: RegExp, cert?: { cert: string; key: string }): Promise<string> {
+  const s = tls.connect({ host: '127.0.0.1', port, servername: 'b.test', ca: readFileSync(pki.caFile), ...(cert ? { cert: readFileSync(cert.cert), key: readFileSync(cert.key) } : {}) });
+  await once(s, 'secureConnect');
+  let got = '';
+  s.on('data', (d) => (got += d.toString('latin1')));
+  s.write(lines.map((l) => `${l}\n`).join(''));
+  await new Promise<void>((res) => {
+    const check = () => (until.test(got) ? res() : undefined);
+    s.on('data', check);
+    s.on('close', () => res());
+  });
+  s.destroy();
+  return got;
+}
+
+before(async () => {
+  const hash = (await runBin('post-office', ['--hash-password'], { input: 'sesame\n' })).stdout.toString().trim();
+  assert.match(hash, /^scrypt\$16384\$8\$1\$/);
+  const bobFp = fingerprint256(new X509Certificate(readFileSync(bobCert.cert)));
+  const cfg = join(dir, 'post-office.toml');
+  writeFileSync(
+    cfg,
+    `name = "b.test"
+[tls]
+certificate = "${server.cert}"
+key = "${server.key}"
+ca = ["${pki.caFile}"]
+[users.bob]
+mailbox = "${join(boxes, 'bob')}"
+password = "${hash}"
+certificate_sha256 = ["${bobFp}"]
+[users.carol]
+mailbox = "${join(boxes, 'carol')}"
+password = "${hash}"
+certificate_name = "carol"
+[limits]
+max_login_failures = 50
+[timeouts]
+login_delay = "50ms"
+`,
+  );
+  po = spawn(join(BIN, 'post-office'), ['--config', cfg, '--listen', '127.0.0.1:0'], { env: testEnv(), stdio: ['ignore', 'ignore', 'pipe'] });
+  port = await new Promise<number>((res, rej) => {
+    po.stderr!.on('data', (d) => {
+      poLog += d;
+      const m = /listening on [^\n]*:(\d+)\n/.exec(poLog);
+      if (m) res(Number(m[1]));
+    });
+    po.on('exit', (c) => rej(new Error(`post-office exited ${c}: ${poLog}`)));
+  });
+});
+after(async () => {
+  po.kill('SIGTERM');
+  await once(po, 'exit');
+});
+
+describe('post-office and fetch-mail', () => {
+  it('fetches every new message by password, deletes them on the server, and fetches nothing the second time', async () => {
+    const ids = await deliver('bob', 5, ['-a', 'big.bin']);
+    const cfg = fetchConfig('bob-pw', 'user = "bob"\npassword_env = "BOB_PW"\n');
+    const out = join(dir, 'bob-local');
+    const r = await fetch(cfg, [out, '--verbose'], { BOB_PW: 'sesame' });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /fetched 5 messages .*; 0 left on the server/);
+    assert.deepEqual(local(out), ids.sort());
+    for (const id of ids) assert.deepEqual(readFileSync(join(out, 'new', id, 'attachments', 'big.bin')), big, 'attachment byte for byte');
+    assert.deepEqual(readdirSync(join(boxes, 'bob', 'new')), []);
+    const again = await fetch(cfg, [out, '--verbose'], { BOB_PW: 'sesame' });
+    assert.equal(again.code, 0);
+    assert.match(again.stderr, /fetched 0 messages/);
+    assert.match(poLog, /login user=bob address=127\.0\.0\.1 method=password result=ok/);
+    assert.match(poLog, /fetch user=bob messages=5 bytes=\d+/);
+  });
+
+  it('logs in by client certificate; --keep marks seen and the next run fetches nothing', async () => {
+    const ids = await deliver('bob', 3);
+    const cfg = fetchConfig('bob-cert', `user = "bob"\ncertificate = "${bobCert.cert}"\nkey = "${bobCert.key}"\n`);
+    const out = join(dir, 'bob-keep');
+    const r = await fetch(cfg, [out, '--keep', '--verbose']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(local(out), ids.sort());
+    assert.deepEqual(readdirSync(join(boxes, 'bob', 'cur')).sort(), ids.sort());
+    assert.match(r.stderr, /3 left on the server/);
+    const again = await fetch(cfg, [out, '--keep', '--verbose']);
+    assert.match(again.stderr, /fetched 0 messages/);
+    assert.match(poLog, /method=certificate result=ok/);
+  });
+
+  it('answers an unknown user and a wrong password alike, and exits 77', async () => {
+    const wrong = await fetch(fetchConfig('wrong', 'user = "bob"\n'), [join(dir, 'x')], { IMA_PASSWORD: 'nope' });
+    const unknown = await fetch(fetchConfig('unknown', 'user = "nobody"\n'), [join(dir, 'x')], { IMA_PASSWORD: 'nope' });
+    assert.equal(wrong.code, 77);
+    assert.equal(unknown.code, 77);
+    assert.equal(wrong.stderr.replace('bob', 'U'), unknown.stderr.replace('nobody', 'U'));
+    assert.match(wrong.stderr, /login as bob refused: login failed/);
+  });
+
+  it('refuses a certificate that is not the user\'s (mallory\'s cert for bob; a cert name login without a matching CN)', async () => {
+    const r = await fetch(fetchConfig('mallory', `user = "bob"\ncertificate = "${malloryCert.cert}"\nkey = "${malloryCert.key}"\n`), [join(dir, 'm')]);
+    assert.equal(r.code, 77);
+    const c = await fetch(fetchConfig('mallory-carol', `user = "carol"\ncertificate = "${malloryCert.cert}"\nkey = "${malloryCert.key}"\n`), [join(dir, 'm')]);
+    assert.equal(c.code, 77);
+  });
+
+  it('never reaches another user\'s mailbox, nor a path given as an id', async () => {
+    const [carolId] = await deliver('carol', 1);
+    const got = await converse(['LOGIN bob sesame', `FETCH ${carolId}`, `DELETE ${carolId}`, 'FETCH ../carol/new', 'FETCH /etc/passwd', `FETCH ${carolId}/headers`, 'LIST all', 'QUIT'], /^BYE/m);
+    assert.match(got, /^OK logged in as bob$/m);
+    assert.match(got, /^NO no such message$/m);
+    assert.match(got, /^OK 0$/m, 'DELETE of another user\'s id deletes nothing');
+    assert.equal((got.match(/^ERROR .*is not a message id$/gm) ?? []).length, 3);
+    assert.doesNotMatch(got, /MESSAGE /);
+    assert.deepEqual(readdirSync(join(boxes, 'carol', 'new')), [carolId]);
+    const before = await converse(['LIST all'], /^NO/m);
+    assert.match(before, /^NO log in first$/m);
+  });
+
+  it('a fetch killed in the middle, run again, ends with every message exactly once', async () => {
+    const ids = await deliver('bob', 12, ['-a', 'big.bin']);
+    const cfg = fetchConfig('bob-kill', 'user = "bob"\n');
+    const out = join(dir, 'bob-killed');
+    const child = spawn(join(BIN, 'fetch-mail'), ['--config', cfg, out], { env: testEnv({ IMA_PASSWORD: 'sesame' }), stdio: ['ignore', 'ignore', 'ignore'] });
+    const exited = once(child, 'exit');
+    // Kill it once some messages are stored locally (an event on disk, not a guess at timing).
+    await new Promise<void>((res) => {
+      const t = setInterval(() => {
+        if (local(out).length >= 3 || child.exitCode !== null) {
+          clearInterval(t);
+          res();
+        }
+      }, 5);
+    });
+    child.kill('SIGKILL');
+    await exited;
+    const r = await fetch(cfg, [out, '--verbose'], { IMA_PASSWORD: 'sesame' });
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(local(out).filter((id) => ids.includes(id)).sort(), ids.sort());
+    for (const id of ids) assert.deepEqual(readFileSync(join(out, 'new', id, 'attachments', 'big.bin')), big);
+    assert.deepEqual(readdirSync(join(boxes, 'bob', 'new')), []);
+    assert.deepEqual(readdirSync(join(out, 'tmp')).filter((n) => !n.startsWith('.')), readdirSync(join(out, 'tmp')).filter((n) => !n.startsWith('.')));
+  });
+});
+
+describe('fetch-mail against a hostile server', () => {
+  it('writes nothing outside DIR for traversal names and links, and leaves those messages on the server', async () => {
+    const evil = [
+      tarOf(entry('headers', HEADERS), entry('attachments/../../../escape.txt', 'pwned')),
+      tarOf(entry('headers', HEADERS.replace('123456789abc', '123456789abd')), header({ name: 'attachments/link', type: '2', linkname: '/etc/passwd' })),
+      tarOf(entry('headers', HEADERS.replace('123456789abc', '123456789abe')), entry('../escape2.txt', 'pwned')),
+    ];
+    void END;
+    const srv = createServer({ cert: readFileSync(server.cert), key: readFileSync(server.key) }, (s) => {
+      s.write('IMRP 1 evil\n');
+      let buf = '';
+      s.on('data', (d) => {
+        buf += d;
+        for (let lf = buf.indexOf('\n'); lf !== -1; lf = buf.indexOf('\n')) {
+          const line = buf.slice(0, lf);
+          buf = buf.slice(lf + 1);
+          if (line.startsWith('LOGIN')) s.write('OK logged in\n');
+          else if (line === 'LIST new') s.write('OK 0\n');
+          else if (line === 'FETCH NEW') {
+            evil.forEach((t, i) => {
+              s.write(`MESSAGE 12345678-1234-4234-8234-123456789ab${'cde'[i]} ${t.length}\n`);
+              s.write(t);
+            });
+            s.write('OK 3\n');
+          } else if (line === 'FOLDERS') s.end('FOLDER new 3\nOK\n');
+        }
+      });
+    });
+    srv.listen(0, '127.0.0.1');
+    await once(srv, 'listening');
+    const evilPort = (srv.address() as { port: number }).port;
+    const root = join(dir, 'victim');
+    mkdirSync(root);
+    const cfg = join(dir, 'evil.toml');
+    writeFileSync(cfg, `server = "127.0.0.1"\nserver_name = "b.test"\nport = ${evilPort}\nca = ["${pki.caFile}"]\nuser = "bob"\n`);
+    const r = await fetch(cfg, [join(root, 'box')], { IMA_PASSWORD: 'x' });
+    srv.close();
+    assert.equal(r.code, 1, r.stderr);
+    assert.equal((r.stderr.match(/refused and left on the server/g) ?? []).length, 3);
+    assert.deepEqual(readdirSync(root), ['box']);
+    assert.deepEqual(local(join(root, 'box')), []);
+    assert.equal(existsSync(join(dir, 'escape.txt')), false);
+    assert.equal(existsSync(join(root, 'escape2.txt')), false);
+  });
+});
