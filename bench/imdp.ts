@@ -263,7 +263,7 @@ export async function run(): Promise<void> {
         const label = `${c.inProcess ? 'in-process' : 'spawned'} ${c.label}`;
         await rate(label, server.port, pki, 1, count);
         await rate(label, server.port, pki, 10, Math.ceil(count / 5));
-        if (!inProcess) await sendMailRuns(dir, pki, server.port, 20);
+        if (inProcess || !isProgram('handle-incoming-mail')) await sendMailRuns(dir, pki, server.port, 20);
         if (inProcess || !isProgram('handle-incoming-mail')) await bigOne(dir, pki, server, label);
       } finally {
         await server.stop();
