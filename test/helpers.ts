@@ -25,9 +25,9 @@ export interface RunOptions {
   cwd?: string;
 }
 
-/** An isolated environment: no user or system config is read unless the test gives one. */
+/** An isolated environment: no user or system config is read unless the test gives one; the toolkit's bin/ is on PATH, as after npm install -g. */
 export function testEnv(extra: Record<string, string | undefined> = {}): Record<string, string | undefined> {
-  return { PATH: process.env.PATH, HOME: '/nonexistent', IMA_CONFIG_DIR: '/nonexistent', ...extra };
+  return { PATH: `${BIN}:${process.env.PATH}`, HOME: '/nonexistent', IMA_CONFIG_DIR: '/nonexistent', ...extra };
 }
 
 function collect(s: Readable): Promise<Buffer> {

@@ -1,0 +1,110 @@
+// Local delivery: messages/s through handle-incoming-mail into give-recipient
+// (every message fsync'ed), spawned and in-process, 1 and 5 recipients; a
+// 1 GiB message end to end; start-up time of each program.
+import { spawnSync } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PassThrough, Readable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import { Headers, bufferPart, writeMessage } from '../src/message/index.js';
+import { main as handleIncomingMail } from '../src/programs/handle-incoming-mail.js';
+import { mb, measure } from './_measure.js';
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const BIN = join(ROOT, 'bin');
+const USERS = ['u1', 'u2', 'u3', 'u4', 'u5'];
+
+async function message(rcpts: string[], body: Buffer): Promise<Buffer> {
+  const h = new Headers().add('from', 'alice@a.test').add('to', rcpts.join(', ')).add('subject', 'bench').add('date', '2026-11-23T00:00:00Z').add('message-id', `urn:uuid:${randomUUID()}`);
+  const out = new PassThrough();
+  const parts: Buffer[] = [];
+  out.on('data', (c: Buffer) => parts.push(c));
+  await writeMessage(out, { headers: h, body: bufferPart(body) });
+  return Buffer.concat(parts);
+}
+
+function setup(dir: string, inProcess: boolean): string {
+  for (const u of USERS) for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(dir, 'mail', u, f), { recursive: true });
+  const cfg = join(dir, `him-${inProcess}.toml`);
+  writeFileSync(cfg, `in_process = ${inProcess}\nmax_parallel = 5\n[domains."b.test"]\ncommand = ["${join(BIN, 'give-recipient')}", "--address", "{address}", "${join(dir, 'mail', '{local}')}"]\n`);
+  return cfg;
+}
+
+const env = { ...process.env, PATH: `${BIN}:${process.env.PATH}`, IMA_CONFIG_DIR: '/nonexistent' };
+
+async function inProcessRate(cfg: string, rcpts: string[], n: number, concurrency: number): Promise<number> {
+  const msgs = await Promise.all(Array.from({ length: n }, () => message(rcpts, Buffer.alloc(3800, 'x'))));
+  const sink = () => Object.assign(new PassThrough(), {}).resume();
+  // The in-process handler runs give-recipient by its registry name.
+  const cfgInproc = cfg.replace(/\.toml$/, '-reg.toml');
+  writeFileSync(cfgInproc, (await import('node:fs')).readFileSync(cfg, 'utf8').replace(`"${join(BIN, 'give-recipient')}"`, '"give-recipient"'));
+  let next = 0;
+  const t0 = process.hrtime.bigint();
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next < n) {
+        const m = msgs[next++];
+        const code = await handleIncomingMail(['--config', cfgInproc], { stdin: Readable.from([m]), stdout: sink(), stderr: process.stderr, env, cwd: ROOT });
+        if (code !== 0) throw new Error(`handle-incoming-mail exited ${code}`);
+      }
+    }),
+  );
+  return n / (Number(process.hrtime.bigint() - t0) / 1e9);
+}
+
+async function spawnedRate(cfg: string, rcpts: string[], n: number): Promise<number> {
+  const msgs = await Promise.all(Array.from({ length: n }, () => message(rcpts, Buffer.alloc(3800, 'x'))));
+  const t0 = process.hrtime.bigint();
+  for (const m of msgs) {
+    const r = spawnSync(join(BIN, 'handle-incoming-mail'), ['--config', cfg], { input: m, env });
+    if (r.status !== 0) throw new Error(`handle-incoming-mail exited ${r.status}: ${r.stderr}`);
+  }
+  return n / (Number(process.hrtime.bigint() - t0) / 1e9);
+}
+
+function startupMs(argv: string[], runs = 10): number {
+  const times: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const t0 = process.hrtime.bigint();
+    spawnSync(argv[0], argv.slice(1), { stdio: 'ignore' });
+    times.push(Number(process.hrtime.bigint() - t0) / 1e6);
+  }
+  return times.sort((a, b) => a - b)[Math.floor(runs / 2)];
+}
+
+export async function run(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'ima-bench-delivery-'));
+  try {
+    const spawned = setup(dir, false);
+    const inproc = setup(dir, true);
+    for (const k of [1, 5]) {
+      const rcpts = USERS.slice(0, k).map((u) => `${u}@b.test`);
+      console.log(`4 KB, ${k} recipient(s): spawned ${(await spawnedRate(spawned, rcpts, 30)).toFixed(1)} msg/s; in-process ${(await inProcessRate(inproc, rcpts, 500, 1)).toFixed(0)} msg/s sequential, ${(await inProcessRate(inproc, rcpts, 1000, 8)).toFixed(0)} msg/s with 8 at once`);
+    }
+    const size = Number(process.env.BENCH_BYTES ?? 1024 ** 3);
+    const big = join(dir, 'big.ima');
+    const att = join(dir, 'big.bin');
+    const fd = openSync(att, 'w');
+    const chunk = Buffer.alloc(4 * 1024 * 1024, 0x5a);
+    for (let left = size; left > 0; left -= chunk.length) writeSync(fd, chunk, 0, Math.min(left, chunk.length));
+    closeSync(fd);
+    const out = openSync(big, 'w');
+    const mk = await measure([join(BIN, 'make-message'), '-r', 'a@a.test', '--no-body', '-a', att, 'u1@b.test'], { stdout: out });
+    closeSync(out);
+    rmSync(att);
+    if (mk.code !== 0) throw new Error(mk.stderr);
+    const input = openSync(big, 'r');
+    const r = await measure([join(BIN, 'handle-incoming-mail'), '--config', inproc.replace(/\.toml$/, '-reg.toml')], { stdin: input, env });
+    closeSync(input);
+    if (r.code !== 0) throw new Error(`1 GiB delivery failed: ${r.stderr}`);
+    console.log(`${mb(size).toFixed(0)} MiB message through handle-incoming-mail (give-recipient in-process): ${(mb(size) / r.seconds).toFixed(0)} MB/s, peak RSS ${r.peakRssMb.toFixed(1)} MB`);
+    const bare = startupMs([process.execPath, '-e', '0']);
+    const gr = startupMs([join(BIN, 'give-recipient'), '--version']);
+    const him = startupMs([join(BIN, 'handle-incoming-mail'), '--version']);
+    console.log(`start-up: node -e 0 ${bare.toFixed(0)} ms, give-recipient ${gr.toFixed(0)} ms, handle-incoming-mail ${him.toFixed(0)} ms (median of 10)`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}

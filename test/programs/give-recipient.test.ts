@@ -1,0 +1,152 @@
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { BIN, runBin, tempDir, testEnv } from '../helpers.js';
+import { END, HEADERS, entry, header, tarOf } from '../tarbuild.js';
+
+const dir = tempDir();
+const big = Buffer.alloc(300 * 1024, 7);
+writeFileSync(join(dir, 'big.bin'), big);
+
+async function makeMessage(args: string[]): Promise<Buffer> {
+  const r = await runBin('make-message', ['-r', 'alice@a.test', '--text', 'Hello\n', ...args], { cwd: dir });
+  assert.equal(r.code, 0, r.stderr);
+  return r.stdout;
+}
+
+function mailbox(name: string): string {
+  const box = join(dir, name);
+  for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(box, f), { recursive: true });
+  return box;
+}
+
+const stored = (box: string) => readdirSync(join(box, 'new'));
+
+describe('give-recipient', () => {
+  it('stores headers, body and attachments as files, fsynced, and answers OK', async () => {
+    const box = mailbox('store');
+    const msg = await makeMessage(['-a', 'big.bin', 'bob@b.test']);
+    const r = await runBin('give-recipient', ['--address', 'bob@b.test', box], { input: msg });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout.toString(), 'OK bob@b.test\n');
+    const [id] = stored(box);
+    assert.match(id, /^[0-9a-f-]{36}$/);
+    assert.match(readFileSync(join(box, 'new', id, 'headers'), 'utf8'), new RegExp(`message-id: urn:uuid:${id}`));
+    assert.equal(readFileSync(join(box, 'new', id, 'body'), 'utf8'), 'Hello\n');
+    assert.deepEqual(readFileSync(join(box, 'new', id, 'attachments', 'big.bin')), big);
+    assert.deepEqual(readdirSync(join(box, 'tmp')), []);
+  });
+
+  it('stores the same message-id once and answers OK again', async () => {
+    const box = mailbox('dup');
+    const msg = await makeMessage(['bob@b.test']);
+    for (let i = 0; i < 3; i++) {
+      const r = await runBin('give-recipient', [box], { input: msg });
+      assert.equal(r.code, 0, r.stderr);
+    }
+    assert.equal(stored(box).length, 1);
+  });
+
+  it('finds the mailbox of an address through its template, and creates it only when told', async () => {
+    const cfg = join(dir, 'gr.toml');
+    writeFileSync(cfg, `mailbox = ${JSON.stringify(join(dir, 'tpl', '{domain}', '{local}'))}\n`);
+    const msg = await makeMessage(['bob@b.test']);
+    const missing = await runBin('give-recipient', ['--config', cfg, 'bob@b.test'], { input: msg });
+    assert.equal(missing.code, 75);
+    assert.match(missing.stdout.toString(), /^TEMPFAIL bob@b\.test 4\.2\.0 mailbox .* does not exist/);
+    const made = await runBin('give-recipient', ['--config', cfg, '--create', 'bob@b.test'], { input: msg });
+    assert.equal(made.code, 0, made.stderr);
+    assert.equal(stored(join(dir, 'tpl', 'b.test', 'bob')).length, 1);
+  });
+
+  it('keeps bcc private: none for to/cc recipients, only their own address for a bcc recipient', async () => {
+    const msg = await makeMessage(['--to', 'bob@b.test', '-b', 'Secret One <s1@b.test>, s2@b.test']);
+    const read = async (addr: string) => {
+      const box = mailbox(`bcc-${addr}`);
+      const r = await runBin('give-recipient', ['--address', addr, box], { input: msg });
+      assert.equal(r.code, 0, r.stderr);
+      return readFileSync(join(box, 'new', stored(box)[0], 'headers'), 'utf8');
+    };
+    assert.doesNotMatch(await read('bob@b.test'), /bcc/);
+    const s1 = await read('s1@b.test');
+    assert.match(s1, /^bcc: Secret One <s1@b\.test>$/m);
+    assert.doesNotMatch(s1, /s2@/);
+  });
+
+  const H = entry('headers', HEADERS);
+  const hostile: [string, Buffer][] = [
+    ['a traversal name', tarOf(H, entry('attachments/../../../etc/x', 'pwn'))],
+    ['a symlink entry', tarOf(H, header({ name: 'attachments/l', type: '2', linkname: '/etc/passwd' }))],
+    ['a hard link entry', tarOf(H, header({ name: 'attachments/l', type: '1', linkname: 'headers' }))],
+    ['oversize headers', tarOf(entry('headers', HEADERS + `x-pad: ${'p'.repeat(70000)}\n`))],
+    ['too many entries', tarOf(H, ...Array.from({ length: 1001 }, (_, i) => entry(`attachments/f${i}`, 'x')))],
+    ['a truncated tar', tarOf(H, entry('body', 'x'.repeat(5000))).subarray(0, 2048)],
+    ['no message-id', tarOf(entry('headers', 'from: a@a.test\nto: b@b.test\n'))],
+    ['not a tar at all', Buffer.from('From: someone\r\n\r\nhello\r\n')],
+  ];
+  for (const [what, tar] of hostile) {
+    it(`refuses ${what}: FAIL, exit 1, nothing in new/ or tmp/`, async () => {
+      const box = mailbox(`hostile-${what.replace(/\W+/g, '-')}`);
+      const r = await runBin('give-recipient', ['--address', 'bob@b.test', box], { input: tar });
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stdout.toString(), /^FAIL bob@b\.test 5\.\d\.\d \S/);
+      assert.equal(r.stdout.toString().split('\n').length, 2);
+      assert.deepEqual(stored(box), []);
+      assert.deepEqual(readdirSync(join(box, 'tmp')), []);
+    });
+  }
+  void END;
+
+  it('answers TEMPFAIL and leaves nothing in new/ when the file system is full', async (t) => {
+    const mnt = join(dir, 'full');
+    mkdirSync(mnt);
+    const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=128k', 'tmpfs', mnt]);
+    if (m.status !== 0) return t.skip(`cannot mount a tmpfs here: ${m.stderr}`);
+    try {
+      const box = join(mnt, 'box');
+      for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(box, f), { recursive: true });
+      const msg = await makeMessage(['-a', 'big.bin', 'bob@b.test']);
+      const r = await runBin('give-recipient', ['--address', 'bob@b.test', box], { input: msg });
+      assert.equal(r.code, 75, r.stderr);
+      assert.match(r.stdout.toString(), /^TEMPFAIL bob@b\.test 4\.3\.1 .*no space left/);
+      assert.deepEqual(readdirSync(join(box, 'new')), []);
+      assert.deepEqual(readdirSync(join(box, 'tmp')), []);
+    } finally {
+      spawnSync('umount', [mnt]);
+    }
+  });
+
+  it('killed with SIGKILL at many points, leaves no message or a whole one in new/', async () => {
+    const msg = await makeMessage(['-a', 'big.bin', 'bob@b.test']);
+    const chunk = 16 * 1024;
+    const points = [0, 1, 2, 5, 10, 15, 19, 20, 21];
+    for (const [i, k] of [...points, ...points.map((p) => p + 100)].entries()) {
+      const box = mailbox(`kill-${i}`);
+      const child = spawn(join(BIN, 'give-recipient'), [box], { env: testEnv(), stdio: ['pipe', 'pipe', 'ignore'] });
+      child.stdin.on('error', () => {});
+      const exited = once(child, 'exit');
+      // Feed k chunks, then kill: while reading, while writing files, or (k past the end) around the rename and fsyncs.
+      for (let n = 0; n < Math.min(k, Math.ceil(msg.length / chunk)); n++) {
+        if (!child.stdin.write(msg.subarray(n * chunk, (n + 1) * chunk))) await once(child.stdin, 'drain');
+      }
+      if (k * chunk >= msg.length) {
+        child.stdin.end();
+        // Past the end of input: kill after a varying number of stdout polls, to land around the rename.
+        await new Promise((r) => setTimeout(r, (k - 100) * 3));
+      }
+      child.kill('SIGKILL');
+      await exited;
+      const found = stored(box);
+      assert.ok(found.length <= 1);
+      if (found.length === 1) {
+        const m = join(box, 'new', found[0]);
+        assert.deepEqual(readFileSync(join(m, 'attachments', 'big.bin')), big, `kill point ${k}: partial attachment in new/`);
+        assert.equal(readFileSync(join(m, 'body'), 'utf8'), 'Hello\n');
+      }
+      rmSync(box, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,0 +1,144 @@
+import assert from 'node:assert/strict';
+import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { runBin, runMain, tempDir } from '../helpers.js';
+
+const dir = tempDir();
+const boxes = join(dir, 'mail');
+for (const u of ['bob', 'carol', 'dave', 'post']) for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(boxes, u, f), { recursive: true });
+
+// Route commands of every kind of failure, as real executables.
+function script(name: string, body: string): string {
+  const p = join(dir, name);
+  writeFileSync(p, `#!/bin/sh\n${body}\n`, { mode: 0o755 });
+  return p;
+}
+const crash = script('crash.sh', 'cat > /dev/null; kill -SEGV $$');
+const slow = script('slow.sh', 'cat > /dev/null; exec sleep 30');
+const perm = script('perm.sh', 'cat > /dev/null; echo "FAIL $1 5.2.2 mailbox full for good"; exit 1');
+const temp = script('temp.sh', 'cat > /dev/null; echo "TEMPFAIL $1 4.2.2 over quota"; exit 75');
+const weird = script('weird.sh', 'cat > /dev/null; echo "note: weird exit"; exit 2');
+const liar = script('liar.sh', 'cat > /dev/null; echo "OK $1"; exit 75');
+
+const cfg = join(dir, 'him.toml');
+writeFileSync(
+  cfg,
+  `command_timeout = "3s"
+[domains."b.test"]
+command = ["give-recipient", "--address", "{address}", ${JSON.stringify(join(boxes, '{local}'))}]
+users = ["bob", "carol", "dave"]
+[domains."c.test"]
+catch_all = "post@c.test"
+[routes]
+"post@c.test" = ["give-recipient", "--address", "{address}", ${JSON.stringify(join(boxes, 'post'))}]
+"crash@b.test" = [${JSON.stringify(crash)}]
+"slow@b.test" = [${JSON.stringify(slow)}]
+"perm@b.test" = [${JSON.stringify(perm)}]
+"temp@b.test" = [${JSON.stringify(temp)}]
+"weird@b.test" = [${JSON.stringify(weird)}]
+"liar@b.test" = [${JSON.stringify(liar)}]
+"missing@b.test" = ["/nonexistent/deliver"]
+[aliases]
+"team@b.test" = ["bob@b.test", "carol@b.test"]
+"postmaster@b.test" = ["dave@b.test"]
+`,
+);
+
+async function message(...rcpts: string[]): Promise<Buffer> {
+  const r = await runBin('make-message', ['-r', 'alice@a.test', '--text', 'hi', ...rcpts]);
+  assert.equal(r.code, 0, r.stderr);
+  return r.stdout;
+}
+const count = (u: string) => readdirSync(join(boxes, u, 'new')).length;
+
+describe('handle-incoming-mail', () => {
+  it('delivers to several local recipients, aliases and a catch-all, leaving foreign ones alone', async () => {
+    const msg = await message('--to', 'bob@b.test, team@b.test', '-c', 'someone@c.test', '-b', 'postmaster@b.test', 'x@foreign.test');
+    const r = await runBin('handle-incoming-mail', ['--config', cfg], { input: msg });
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(r.stdout.toString().trim().split('\n').sort(), ['OK bob@b.test', 'OK postmaster@b.test', 'OK someone@c.test', 'OK team@b.test']);
+    assert.deepEqual([count('bob'), count('carol'), count('dave'), count('post')], [1, 1, 1, 1]);
+    const dave = readdirSync(join(boxes, 'dave', 'new'))[0];
+    // dave gets it through an alias: the bcc line names postmaster, not him, so he sees none.
+    assert.doesNotMatch(readFileSync(join(boxes, 'dave', 'new', dave, 'headers'), 'utf8'), /bcc/);
+  });
+
+  it('answers NORECIPIENT for an unknown local address; mixed results exit 2', async () => {
+    const r = await runBin('handle-incoming-mail', ['--config', cfg], { input: await message('bob@b.test', 'nobody@b.test') });
+    assert.equal(r.code, 2);
+    assert.deepEqual(r.stdout.toString().trim().split('\n'), ['OK bob@b.test', 'NORECIPIENT nobody@b.test']);
+    const none = await runBin('handle-incoming-mail', ['--config', cfg], { input: await message('nobody@b.test') });
+    assert.equal(none.code, 1);
+  });
+
+  const failures: [string, string, RegExp, number][] = [
+    ['a crashing command', 'crash@b.test', /^TEMPFAIL crash@b\.test 4\.3\.0 /, 75],
+    ['a command that times out', 'slow@b.test', /^TEMPFAIL slow@b\.test 4\.3\.0 /, 75],
+    ['a permanent refusal', 'perm@b.test', /^FAIL perm@b\.test 5\.2\.2 mailbox full for good$/, 1],
+    ['a temporary refusal', 'temp@b.test', /^TEMPFAIL temp@b\.test 4\.2\.2 over quota$/, 75],
+    ['an unknown exit code', 'weird@b.test', /^TEMPFAIL weird@b\.test 4\.3\.0 .*exited 2/, 75],
+    ['a command that says OK but exits 75', 'liar@b.test', /^TEMPFAIL liar@b\.test /, 75],
+    ['a command that does not exist', 'missing@b.test', /^TEMPFAIL missing@b\.test /, 75],
+  ];
+  for (const [what, rcpt, pattern, code] of failures) {
+    it(`maps ${what} to ${code}, never OK`, async () => {
+      const r = await runBin('handle-incoming-mail', ['--config', cfg], { input: await message(rcpt) });
+      assert.equal(r.code, code, r.stderr);
+      const lines = r.stdout.toString().trim().split('\n');
+      assert.match(lines.at(-1)!, pattern);
+    });
+  }
+
+  it('relays a command\'s other output lines', async () => {
+    const r = await runBin('handle-incoming-mail', ['--config', cfg], { input: await message('weird@b.test') });
+    assert.match(r.stdout.toString(), /^note: weird exit$/m);
+  });
+
+  it('--check answers per recipient from bare headers or addresses, delivering nothing', async () => {
+    const before = count('bob');
+    const h = await runBin('handle-incoming-mail', ['--config', cfg, '--check'], { input: 'from: a@a.test\nto: bob@b.test, ghost@b.test, x@foreign.test\n' });
+    assert.equal(h.code, 2);
+    assert.deepEqual(h.stdout.toString().trim().split('\n'), ['OK bob@b.test', 'NORECIPIENT ghost@b.test']);
+    const a = await runBin('handle-incoming-mail', ['--config', cfg, '--check', 'team@b.test']);
+    assert.equal(a.code, 0);
+    const t = await runBin('handle-incoming-mail', ['--config', cfg, '--check'], { input: await message('carol@b.test') });
+    assert.equal(t.code, 0);
+    assert.equal(count('bob'), before);
+  });
+
+  it('gives the same results in-process as spawned', async () => {
+    const msg = await message('bob@b.test', 'nobody@b.test', 'perm@b.test');
+    const inproc = await runMain('handle-incoming-mail', ['--config', cfg], { input: msg });
+    const spawnCfg = join(dir, 'spawned.toml');
+    writeFileSync(spawnCfg, `in_process = false\n${readFileSync(cfg, 'utf8')}`);
+    const spawned = await runBin('handle-incoming-mail', ['--config', spawnCfg], { input: msg });
+    assert.equal(inproc.code, 2);
+    assert.equal(spawned.code, inproc.code);
+    assert.equal(spawned.stdout.toString(), inproc.stdout.toString());
+  });
+
+  it('refuses a config with an alias loop or a foreign alias target (exit 78)', async () => {
+    const bad = join(dir, 'loop.toml');
+    writeFileSync(bad, '[domains."b.test"]\n[aliases]\n"a@b.test" = ["b@b.test"]\n"b@b.test" = ["a@b.test"]\n');
+    const r = await runBin('handle-incoming-mail', ['--config', bad, '--check', 'a@b.test']);
+    assert.equal(r.code, 78);
+    assert.match(r.stderr, /loop\.toml: aliases: loop/);
+    writeFileSync(bad, '[domains."b.test"]\n[aliases]\n"a@b.test" = ["x@elsewhere.test"]\n');
+    const f = await runBin('handle-incoming-mail', ['--config', bad, '--check', 'a@b.test']);
+    assert.equal(f.code, 78);
+    assert.match(f.stderr, /not in a local domain/);
+    writeFileSync(bad, '[routes]\n"a@b.test" = "give-recipient a@b.test"\n');
+    const s = await runBin('handle-incoming-mail', ['--config', bad, '--check', 'a@b.test']);
+    assert.equal(s.code, 78);
+    assert.match(s.stderr, /routes\."a@b\.test": must be a list .* not a shell string/);
+  });
+
+  it('refuses a hostile message as FAIL with nothing stored', async () => {
+    const before = count('bob');
+    const r = await runBin('handle-incoming-mail', ['--config', cfg], { input: Buffer.from('not a message at all, just text\n') });
+    assert.equal(r.code, 1);
+    assert.match(r.stdout.toString(), /^FAIL - 5\.6\.0 /);
+    assert.equal(count('bob'), before);
+  });
+});
