@@ -6,7 +6,7 @@
 // the handler whose lines are relayed as REPLY and whose exit code becomes
 // the final status.
 import { randomBytes } from 'node:crypto';
-import type { Writable } from 'node:stream';
+import { PassThrough, Readable, type Writable } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import { AddressError, asciiDomain, parseAddress } from './address.js';
 import { Failure, describe } from './failure.js';
@@ -237,7 +237,6 @@ export class ImdpSession {
 
   /** Run the check command on the announced headers; undefined = accept. */
   private async check(a: Announced): Promise<{ status: string; text: string } | undefined> {
-    const { Readable } = await import('node:stream');
     const lines: string[] = [];
     const code = await runHandler({
       argv: this.cfg.check,
@@ -266,20 +265,21 @@ export class ImdpSession {
     this.messages++;
     if (a.rejected) {
       if (a.size > this.cfg.limits.maxMessageSize) throw new Drop('DATA after a size rejection');
-      await this.pumpOrDrop(this.reader.pumpData(a.size), (s) => s.resume());
+      await this.finishData(this.reader.pumpData(a.size));
       this.send(wire.final(a.rejected.status.startsWith('4') ? 'TEMPFAIL' : 'FAIL', `${a.rejected.status} ${a.rejected.text}`));
       return this.logMessage(a, a.rejected.status.startsWith('4') ? 'TEMPFAIL' : 'FAIL', a.rejected.text);
     }
     const { stream, done } = this.reader.pumpData(a.size);
     const status = await this.deliver(a, stream);
-    await this.pumpOrDrop({ stream, done }, (s) => s.resume());
+    await this.finishData({ stream, done });
     if (status.word === 'drop') throw new Drop('handler said drop (exit 3)');
     this.send(wire.final(status.word, status.text));
     this.logMessage(a, status.word, status.text);
   }
 
-  private async pumpOrDrop(p: { stream: NodeJS.ReadableStream & { resume(): unknown }; done: Promise<void> }, rest: (s: { resume(): unknown }) => void): Promise<void> {
-    rest(p.stream);
+  /** Let the rest of the data be read (and discarded if nobody wants it); a broken transfer ends the session. */
+  private async finishData(p: { stream: PassThrough; done: Promise<void> }): Promise<void> {
+    p.stream.resume();
     try {
       await p.done;
     } catch (e) {
@@ -288,7 +288,7 @@ export class ImdpSession {
   }
 
   /** Read the message, check it, add `received`, run the handler. */
-  private async deliver(a: Announced, input: import('node:stream').PassThrough): Promise<{ word: wire.Final | 'drop'; text?: string }> {
+  private async deliver(a: Announced, input: PassThrough): Promise<{ word: wire.Final | 'drop'; text?: string }> {
     const limits = { maxHeaderBytes: this.cfg.limits.maxHeaderBytes, maxEntries: 1000, maxTotalBytes: this.cfg.limits.maxMessageSize, maxMetaBytes: 64 * 1024 };
     const entries = readMessage(input, limits);
     let headers: Headers;
@@ -305,7 +305,6 @@ export class ImdpSession {
       if (e instanceof Failure) return { word: e.temporary ? 'TEMPFAIL' : 'FAIL', text: `${e.status} ${e.message}` };
       throw e;
     }
-    const { PassThrough } = await import('node:stream');
     const toHandler = new PassThrough({ highWaterMark: 256 * 1024 });
     const stop = new AbortController();
     let messageProblem: Failure | undefined;

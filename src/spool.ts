@@ -8,8 +8,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 
-const CHUNK = 256 * 1024;
-
 export interface SpoolOptions {
   /** Bytes kept in memory before spilling to a file. */
   memoryMax?: number;
@@ -18,6 +16,31 @@ export interface SpoolOptions {
   dir?: string;
   /** Called on every chunk, e.g. to validate; throw to stop. */
   inspect?: (chunk: Buffer) => void;
+}
+
+const CHUNK = 256 * 1024;
+
+/**
+ * Reads a file handle by position, never closing it: readers of one spool
+ * come and go (one may stop early), the handle stays open for the others.
+ * (fs.ReadStream closes its fd when destroyed, whatever autoClose says.)
+ */
+function positionalReader(fh: FileHandle, start: number, size: number): Readable {
+  let pos = start;
+  return new Readable({
+    highWaterMark: CHUNK,
+    read() {
+      if (pos >= size) return void this.push(null);
+      const len = Math.min(CHUNK, size - pos);
+      fh.read(Buffer.allocUnsafe(len), 0, len, pos).then(
+        ({ bytesRead, buffer }) => {
+          pos += bytesRead;
+          this.push(bytesRead ? buffer.subarray(0, bytesRead) : null);
+        },
+        (e) => this.destroy(e),
+      );
+    },
+  });
 }
 
 export class SpoolLimitError extends Error {}
@@ -68,21 +91,7 @@ export class Spool {
   open(start = 0): Readable | Buffer {
     if (this.memory) return start ? this.memory.subarray(start) : this.memory;
     if (start >= this.size) return Buffer.alloc(0);
-    // Positional reads through the FileHandle, never an fs.ReadStream on its fd:
-    // destroying a ReadStream closes the fd, even with autoClose false, and
-    // that would break every other reader of this spool.
-    const file = this.file!;
-    const size = this.size;
-    async function* chunks(): AsyncGenerator<Buffer> {
-      for (let pos = start; pos < size; ) {
-        const want = Math.min(CHUNK, size - pos);
-        const { bytesRead, buffer } = await file.read(Buffer.allocUnsafe(want), 0, want, pos);
-        if (bytesRead === 0) throw new Error('spool file shorter than written');
-        pos += bytesRead;
-        yield bytesRead === want ? buffer : buffer.subarray(0, bytesRead);
-      }
-    }
-    return Readable.from(chunks(), { objectMode: false, highWaterMark: CHUNK });
+    return positionalReader(this.file!, start, this.size);
   }
 
   async dispose(): Promise<void> {
