@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
 const BIN = join(ROOT, 'bin');
 const dir = mkdtempSync(join(tmpdir(), 'ima-demo-'));
-const env = { PATH: process.env.PATH, HOME: dir, IMA_CONFIG_DIR: join(dir, 'nowhere') };
+const env: Record<string, string | undefined> = { PATH: process.env.PATH, HOME: dir, IMA_CONFIG_DIR: join(dir, 'nowhere') };
 const show = (p: string) => relative(dir, p) || '.';
 
 function say(text: string): void {
@@ -40,9 +40,9 @@ function handlerConfig(mailboxes: string): string {
   return cfg;
 }
 
-async function startServer(config: string): Promise<{ proc: ChildProcess; port: number }> {
-  console.log(`$ server-receive --config ${show(config)} --listen 127.0.0.1:0 &`);
-  const proc = spawn(join(BIN, 'server-receive'), ['--config', config, '--listen', '127.0.0.1:0'], { env, stdio: ['ignore', 'inherit', 'pipe'] });
+async function startServer(config: string, program = 'server-receive'): Promise<{ proc: ChildProcess; port: number }> {
+  console.log(`$ ${program} --config ${show(config)} --listen 127.0.0.1:0 &`);
+  const proc = spawn(join(BIN, program), ['--config', config, '--listen', '127.0.0.1:0'], { env, stdio: ['ignore', 'inherit', 'pipe'] });
   let err = '';
   const port = await new Promise<number>((res, rej) => {
     proc.stderr!.on('data', (d: Buffer) => {
@@ -51,7 +51,7 @@ async function startServer(config: string): Promise<{ proc: ChildProcess; port: 
       const m = /listening on [^\n]*:(\d+)\n/.exec(err);
       if (m) res(Number(m[1]));
     });
-    proc.on('exit', (code) => rej(new Error(`server-receive exited ${code}`)));
+    proc.on('exit', (code) => rej(new Error(`${program} exited ${code}`)));
   });
   return { proc, port };
 }
@@ -62,6 +62,37 @@ function tree(root: string, indent = '  '): void {
     const st = statSync(p);
     console.log(`${indent}${name}${st.isDirectory() ? '/' : `  (${st.size} bytes)`}`);
     if (st.isDirectory()) tree(p, `${indent}  `);
+  }
+}
+
+/** b.test's post-office serves bob's mailbox; bob fetches his mail with fetch-mail and reads the attachment as a plain file. */
+async function fetchAsBob(mailboxes: string): Promise<void> {
+  say("bob's password, stored only as a scrypt hash in b.test's post-office config");
+  const hash = (await run('post-office', ['--hash-password'], Buffer.from('correct horse\n'))).toString().trim();
+  console.log(hash);
+  const poConfig = join(dir, 'b', 'post-office.toml');
+  writeFileSync(poConfig, `name = "b.test"\n[tls]\ncertificate = "../b.test.crt"\nkey = "../b.test.key"\nca = ["../ca/ca.crt"]\n[users.bob]\nmailbox = ${JSON.stringify(join(mailboxes, 'bob'))}\npassword = "${hash}"\n`);
+  say("b.test's post-office on loopback");
+  const po = await startServer(poConfig, 'post-office');
+  try {
+    say('bob fetches his mail into ~/Mail with fetch-mail (password from the environment, never argv)');
+    const fmConfig = join(dir, 'bob', 'fetch-mail.toml');
+    mkdirSync(join(dir, 'bob'), { recursive: true });
+    writeFileSync(fmConfig, `server = "127.0.0.1"\nserver_name = "b.test"\nport = ${po.port}\nuser = "bob"\nca = ["../ca/ca.crt"]\nmailbox = "Mail"\n`);
+    env.IMA_PASSWORD = 'correct horse';
+    await run('fetch-mail', ['--config', fmConfig, '--verbose']);
+    delete env.IMA_PASSWORD;
+    const mail = join(dir, 'bob', 'Mail');
+    tree(mail);
+    const [id] = readdirSync(join(mail, 'new'));
+    const att = readFileSync(join(mail, 'new', id, 'attachments', 'notes.txt'));
+    if (!att.equals(readFileSync(join(dir, 'notes.txt')))) throw new Error('the attachment changed on the way');
+    console.log(`\n$ cat ${show(join(mail, 'new', id, 'attachments', 'notes.txt'))}\n${att.toString().trimEnd()}`);
+    console.log(`\nThe attachment arrived byte for byte (${att.length} bytes), a plain file in bob's own mailbox; the server's copy is gone:`);
+    tree(join(mailboxes, 'bob'));
+  } finally {
+    po.proc.kill('SIGTERM');
+    await once(po.proc, 'exit');
   }
 }
 
@@ -108,9 +139,7 @@ async function main(): Promise<void> {
     const stored = join(bob, 'new', fresh[0]);
     console.log(`\n$ cat ${show(join(stored, 'headers'))}\n${readFileSync(join(stored, 'headers'), 'utf8').trimEnd()}`);
     console.log(`\n$ cat ${show(join(stored, 'body'))}\n${readFileSync(join(stored, 'body'), 'utf8').trimEnd()}`);
-    const att = readFileSync(join(stored, 'attachments', 'notes.txt'));
-    if (!att.equals(readFileSync(join(dir, 'notes.txt')))) throw new Error('the attachment changed on the way');
-    console.log(`\nattachments/notes.txt arrived byte for byte (${att.length} bytes).`);
+    await fetchAsBob(mailboxes);
   } finally {
     say('Stopping b.test');
     server.proc.kill('SIGTERM');

@@ -86,11 +86,11 @@ export async function main(args: string[], io: Io): Promise<number> {
   const { argv, config, log, source } = s;
   const [dirArg, ...extra] = argv._.map(String);
   if (extra.length) throw usageError('at most one DIR');
-  const dir = dirArg ? resolve(io.cwd, dirArg) : expand(config.mailbox, io);
+  const file = (p: string) => (p.startsWith('~/') ? expand(p, io) : configPath(source, p));
+  const dir = dirArg ? resolve(io.cwd, dirArg) : file(config.mailbox);
   const keep = argv.keep ?? config.keep;
   const tty = !!(io.stderr as NodeJS.WriteStream).isTTY;
   const progress = argv.progress ?? tty;
-  const file = (p: string) => (p.startsWith('~/') ? expand(p, io) : configPath(source, p));
   if (!!config.certificate !== !!config.key) throw configError(source.file ?? 'fetch-mail.toml', config.certificate ? 'key' : 'certificate', 'certificate and key go together');
 
   const tlsOptions = config.certificate
