@@ -11,7 +11,7 @@ import * as wire from './imrp.js';
 import { LineError, LineReader } from './lines.js';
 import type { Peer } from './listen.js';
 import type { Log } from './log.js';
-import { writeEntries } from './message/index.js';
+import { type OutEntry, writeEntries } from './message/index.js';
 import { verifyPassword } from './password.js';
 import { fingerprint256 } from './tls.js';
 
@@ -159,36 +159,47 @@ export class ImrpSession {
     this.send(wire.ok(String(n)));
   }
 
+  /** Everything needed to send one message: its files, its tar size and time. */
+  private async prepare(id: string): Promise<{ id: string; entries: OutEntry[]; size: number; mtime: Date } | { id: string; problem: string } | undefined> {
+    const at = await this.view!.locate(id);
+    if (!at) return undefined;
+    try {
+      const entries = await this.view!.entries(at.path);
+      const mtime = await MailboxView.mtime(at.path);
+      return { id, entries, mtime, size: await MailboxView.tarSize(entries, mtime) };
+    } catch (e) {
+      return { id, problem: (e as Error).message };
+    }
+  }
+
   private async fetch(which: string): Promise<void> {
     const ids = which === 'NEW' ? await this.view!.ids('new') : [which];
     let n = 0;
     let bytes = 0;
-    for (const id of ids) {
-      const at = await this.view!.locate(id);
-      if (!at) {
+    // The next message is looked up while this one is on the wire.
+    let next = ids.length ? this.prepare(ids[0]) : undefined;
+    for (let i = 0; i < ids.length; i++) {
+      const m = await next;
+      next = i + 1 < ids.length ? this.prepare(ids[i + 1]) : undefined;
+      if (!m) {
         if (which !== 'NEW') return this.send(wire.no('no such message'));
         continue; // gone meanwhile
       }
-      let entries;
-      let size: number;
-      try {
-        entries = await this.view!.entries(at.path);
-        size = await MailboxView.tarSize(entries, await MailboxView.mtime(at.path));
-      } catch (e) {
-        this.cfg.log.warn(`session=${this.id} user=${this.user}: ${id}: cannot be sent: ${(e as Error).message}`);
+      if ('problem' in m) {
+        this.cfg.log.warn(`session=${this.id} user=${this.user}: ${m.id}: cannot be sent: ${m.problem}`);
         if (which !== 'NEW') return this.send(wire.no('message cannot be read'));
         continue;
       }
-      this.send(`MESSAGE ${id} ${size}\n`);
+      this.send(`MESSAGE ${m.id} ${m.size}\n`);
       // Once announced, the bytes must follow exactly; a failure now ends the connection.
       try {
-        await writeEntries(this.socketSink(), entries, await MailboxView.mtime(at.path));
+        await writeEntries(this.socketSink(), m.entries, m.mtime);
       } catch (e) {
-        this.cfg.log.error(`session=${this.id} user=${this.user}: ${id}: failed while sending: ${(e as Error).message}`);
+        this.cfg.log.error(`session=${this.id} user=${this.user}: ${m.id}: failed while sending: ${(e as Error).message}`);
         throw new Close();
       }
       n++;
-      bytes += size;
+      bytes += m.size;
     }
     this.cfg.log.info(`session=${this.id} fetch user=${this.user} messages=${n} bytes=${bytes}`);
     if (which === 'NEW') this.send(wire.ok(String(n)));

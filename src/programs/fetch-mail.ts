@@ -8,6 +8,7 @@
 import { readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { resolve } from 'node:path';
+import { Readable } from 'node:stream';
 import type { Argv } from 'yargs';
 import { start } from '../cli.js';
 import { boolean, configPath, duration, integer, list, optional, size, string, table } from '../config.js';
@@ -40,6 +41,10 @@ const options = (y: Argv) =>
   y
     .option('keep', { type: 'boolean', describe: 'Mark fetched messages seen instead of deleting them on the server' })
     .option('progress', { type: 'boolean', describe: 'Show a progress bar (default: when stderr is a terminal)' });
+
+/** Messages up to this size are read into memory and stored PARALLEL at a time. */
+const SMALL = 1024 * 1024;
+const PARALLEL = 8;
 
 const expand = (p: string, io: Io) => (p.startsWith('~/') ? resolve(io.env.HOME || homedir(), p.slice(2)) : resolve(io.cwd, p));
 
@@ -124,15 +129,12 @@ export async function main(args: string[], io: Io): Promise<number> {
       else throw new Failure('temporary', `${client.where}: unexpected answer to LIST: ${l.slice(0, 100)}`);
     }
     const limits = { ...DEFAULT_LIMITS, maxTotalBytes: config.max_message_bytes };
-    for (let l = await client.line(); !l.startsWith('OK'); l = await client.line()) {
-      const m = /^MESSAGE ([0-9a-f-]{36}) (\d{1,15})$/.exec(l);
-      if (!m) throw new Failure('temporary', `${client.where}: unexpected answer to FETCH: ${l.slice(0, 100)}`);
-      const [id, size] = [m[1], Number(m[2])];
-      const { stream, done } = client.reader.pumpData(size);
+    // Store one message; only once it is durable may the server forget it
+    // (pipelined: the answer is read at the end).
+    const store = async (id: string, size: number, input: Readable) => {
       try {
-        const stored = await deliverToMailbox(dir, stream, { limits });
+        const stored = await deliverToMailbox(dir, input, { limits });
         if (stored.id !== id) throw new Failure('permanent', `server sent message ${stored.id} as ${id}`);
-        // Durable here: only now may the server forget it. Pipelined: no wait for the answer.
         client.send(`${keep ? 'SEEN' : 'DELETE'} ${id}`);
         acks++;
         fetched++;
@@ -141,12 +143,40 @@ export async function main(args: string[], io: Io): Promise<number> {
         if (!(e instanceof Failure) || e.temporary) throw e;
         invalid++;
         log.error(`message ${id} refused and left on the server: ${e.message}`);
+      }
+      if (progress) progressBar(io, total, fetched + invalid, bytes);
+    };
+    // Small messages are taken off the wire into memory and stored several at
+    // a time, so their fsyncs overlap; a large one streams to disk alone.
+    const inFlight = new Set<Promise<void>>();
+    let failure: unknown;
+    const track = (p: Promise<void>) => {
+      const t = p.catch((e) => void (failure ??= e)).finally(() => inFlight.delete(t));
+      inFlight.add(t);
+    };
+    for (let l = await client.line(); !l.startsWith('OK'); l = await client.line()) {
+      const m = /^MESSAGE ([0-9a-f-]{36}) (\d{1,15})$/.exec(l);
+      if (!m) throw new Failure('temporary', `${client.where}: unexpected answer to FETCH: ${l.slice(0, 100)}`);
+      const [id, size] = [m[1], Number(m[2])];
+      if (failure) throw failure;
+      if (size <= SMALL) {
+        const parts: Buffer[] = [];
+        for await (const c of client.reader.readBytes(size)) parts.push(Buffer.from(c));
+        while (inFlight.size >= PARALLEL) await Promise.race(inFlight);
+        track(store(id, size, Readable.from([Buffer.concat(parts)])));
+        continue;
+      }
+      await Promise.all(inFlight);
+      const { stream, done } = client.reader.pumpData(size);
+      try {
+        await store(id, size, stream);
       } finally {
         stream.resume();
         await done;
       }
-      if (progress) progressBar(io, total, fetched + invalid, bytes);
     }
+    await Promise.all(inFlight);
+    if (failure) throw failure;
     for (; acks > 0; acks--) await client.ok(keep ? 'SEEN' : 'DELETE');
     client.send('FOLDERS');
     for (let l = await client.line(); !l.startsWith('OK'); l = await client.line()) left += Number(/^FOLDER \S+ (\d+)$/.exec(l)?.[1] ?? 0);
