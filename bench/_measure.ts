@@ -1,5 +1,5 @@
 // Shared bench plumbing: run a command, poll its peak RSS (VmHWM) from /proc.
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 
 export interface Measured {
@@ -36,3 +36,14 @@ export function measure(argv: string[], opts: { stdout?: number | 'ignore'; stdi
 }
 
 export const mb = (bytes: number) => bytes / (1024 * 1024);
+
+/** Median wall time of running argv, in ms (start-up cost of a program). */
+export function startupMs(argv: string[], runs = 10): number {
+  const times: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const t0 = process.hrtime.bigint();
+    spawnSync(argv[0], argv.slice(1), { stdio: 'ignore' });
+    times.push(Number(process.hrtime.bigint() - t0) / 1e6);
+  }
+  return times.sort((a, b) => a - b)[Math.floor(runs / 2)];
+}

@@ -10,7 +10,7 @@ import { PassThrough, Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { Headers, bufferPart, writeMessage } from '../src/message/index.js';
 import { main as handleIncomingMail } from '../src/programs/handle-incoming-mail.js';
-import { mb, measure } from './_measure.js';
+import { mb, measure, startupMs } from './_measure.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const BIN = join(ROOT, 'bin');
@@ -64,15 +64,6 @@ async function spawnedRate(cfg: string, rcpts: string[], n: number): Promise<num
   return n / (Number(process.hrtime.bigint() - t0) / 1e9);
 }
 
-function startupMs(argv: string[], runs = 10): number {
-  const times: number[] = [];
-  for (let i = 0; i < runs; i++) {
-    const t0 = process.hrtime.bigint();
-    spawnSync(argv[0], argv.slice(1), { stdio: 'ignore' });
-    times.push(Number(process.hrtime.bigint() - t0) / 1e6);
-  }
-  return times.sort((a, b) => a - b)[Math.floor(runs / 2)];
-}
 
 export async function run(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'ima-bench-delivery-'));

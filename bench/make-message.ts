@@ -1,12 +1,11 @@
 // make-message with a 1 GiB attachment to /dev/null: MB/s and peak RSS of the
 // process; then the reader draining the same message; then start-up time.
-import { spawnSync } from 'node:child_process';
 import { createReadStream, mkdtempSync, openSync, closeSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { readMessage } from '../src/message/index.js';
-import { mb, measure } from './_measure.js';
+import { mb, measure, startupMs } from './_measure.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const SIZE = Number(process.env.BENCH_BYTES ?? 1024 ** 3);
@@ -19,16 +18,6 @@ function makeFile(path: string, size: number) {
   closeSync(fd);
 }
 
-function startupMs(argv: string[], runs = 10): number {
-  const times: number[] = [];
-  for (let i = 0; i < runs; i++) {
-    const t0 = process.hrtime.bigint();
-    spawnSync(argv[0], argv.slice(1), { stdio: 'ignore' });
-    times.push(Number(process.hrtime.bigint() - t0) / 1e6);
-  }
-  times.sort((a, b) => a - b);
-  return times[Math.floor(runs / 2)];
-}
 
 export async function run(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'ima-bench-'));

@@ -17,6 +17,7 @@ import { ImrpClient, LoginRefused } from '../imrp-client.js';
 import { IMRP_PORT, parseMsgLine } from '../imrp.js';
 import { deliverToMailbox, openMailbox } from '../mailbox.js';
 import { DEFAULT_LIMITS } from '../message/index.js';
+import { isTerminal, readSecret } from '../prompt.js';
 import type { Io } from '../run.js';
 import { loadTlsMaterial, systemRoots } from '../tls.js';
 
@@ -59,24 +60,8 @@ async function password(config: Config, io: Io, file: (p: string) => string): Pr
   }
   const fromEnv = config.password_env ? io.env[config.password_env] : undefined;
   if (fromEnv) return fromEnv;
-  const stdin = io.stdin as NodeJS.ReadStream;
-  if (!stdin.isTTY) throw usageError(`no password: set password_file or certificate in fetch-mail.toml, or ${config.password_env} in the environment`);
-  io.stderr.write(`Password for ${config.user}@${config.server}: `);
-  stdin.setRawMode(true);
-  let pw = '';
-  try {
-    for await (const chunk of stdin) {
-      for (const ch of String(chunk)) {
-        if (ch === '\r' || ch === '\n') return pw;
-        if (ch === '\u0003') throw usageError('interrupted');
-        pw = ch === '\u007f' ? pw.slice(0, -1) : pw + ch;
-      }
-    }
-    return pw;
-  } finally {
-    stdin.setRawMode(false);
-    io.stderr.write('\n');
-  }
+  if (!isTerminal(io)) throw usageError(`no password: set password_file or certificate in fetch-mail.toml, or ${config.password_env} in the environment`);
+  return readSecret(io, `Password for ${config.user}@${config.server}: `);
 }
 
 function progressBar(io: Io, total: number, done: number, bytes: number): void {

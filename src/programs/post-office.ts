@@ -14,6 +14,7 @@ import { ImrpSession, type ImrpConfig } from '../imrp-session.js';
 import { type Settings, parseHostPort, serve, whereFrom } from '../listen.js';
 import type { Log } from '../log.js';
 import { hashPassword, hashProblem } from '../password.js';
+import { isTerminal, readSecret } from '../prompt.js';
 import type { Io } from '../run.js';
 import { contextOptions, tlsFromConfig, tlsSchema } from '../tls.js';
 
@@ -55,26 +56,7 @@ const options = (y: Argv) =>
 
 /** Read one password: without echo from a terminal, else the first line of stdin. */
 async function readPassword(io: Io): Promise<string> {
-  const stdin = io.stdin as NodeJS.ReadStream;
-  if (stdin.isTTY) {
-    io.stderr.write('Password: ');
-    stdin.setRawMode(true);
-    try {
-      let pw = '';
-      for await (const chunk of stdin) {
-        for (const ch of String(chunk)) {
-          if (ch === '\r' || ch === '\n') return pw;
-          if (ch === '\u0003') throw usageError('interrupted');
-          if (ch === '\u007f') pw = pw.slice(0, -1);
-          else pw += ch;
-        }
-      }
-      return pw;
-    } finally {
-      stdin.setRawMode(false);
-      io.stderr.write('\n');
-    }
-  }
+  if (isTerminal(io)) return readSecret(io, 'Password: ');
   let text = '';
   for await (const chunk of io.stdin) {
     text += String(chunk);
