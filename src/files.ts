@@ -6,6 +6,7 @@ import { createWriteStream } from 'node:fs';
 import { open, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import type { Writable } from 'node:stream';
+import { finished } from 'node:stream/promises';
 import { cantCreate } from './failure.js';
 
 /** fsync a directory so the entries created or renamed in it survive a crash. */
@@ -40,6 +41,8 @@ export async function writeFileAtomic(path: string, write: (out: Writable) => Pr
   try {
     const out = createWriteStream('', { fd: fh.fd, autoClose: false });
     await write(out);
+    // The writer may only have called end(): the bytes must be written before fsync and close.
+    await finished(out);
     await fh.sync();
     await fh.close();
     fh = undefined;
