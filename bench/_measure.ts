@@ -19,7 +19,7 @@ function hwmKb(pid: number): number {
 }
 
 /** Run argv with stdout to a file descriptor or ignored; report wall time and peak RSS. */
-export function measure(argv: string[], opts: { stdout?: number | 'ignore'; stdin?: number | 'ignore'; env?: NodeJS.ProcessEnv } = {}): Promise<Measured> {
+export function measure(argv: string[], opts: { stdout?: number | 'ignore' | 'inherit'; stdin?: number | 'ignore'; env?: NodeJS.ProcessEnv } = {}): Promise<Measured> {
   return new Promise((resolve, reject) => {
     const t0 = process.hrtime.bigint();
     const child = spawn(argv[0], argv.slice(1), { stdio: [opts.stdin ?? 'ignore', opts.stdout ?? 'ignore', 'pipe'], env: opts.env ?? process.env });

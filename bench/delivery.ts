@@ -28,11 +28,12 @@ async function message(rcpts: string[], body: Buffer): Promise<Buffer> {
 function setup(dir: string, inProcess: boolean): string {
   for (const u of USERS) for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(dir, 'mail', u, f), { recursive: true });
   const cfg = join(dir, `him-${inProcess}.toml`);
-  writeFileSync(cfg, `in_process = ${inProcess}\nmax_parallel = 5\n[domains."b.test"]\ncommand = ["${join(BIN, 'give-recipient')}", "--address", "{address}", "${join(dir, 'mail', '{local}')}"]\n`);
+  writeFileSync(join(dir, 'give-recipient.toml'), 'max_message_bytes = "2G"\n');
+  writeFileSync(cfg, `in_process = ${inProcess}\nmax_parallel = 5\nmax_message_bytes = "2G"\n[domains."b.test"]\ncommand = ["${join(BIN, 'give-recipient')}", "--address", "{address}", "${join(dir, 'mail', '{local}')}"]\n`);
   return cfg;
 }
 
-const env = { ...process.env, PATH: `${BIN}:${process.env.PATH}`, IMA_CONFIG_DIR: '/nonexistent' };
+const env: NodeJS.ProcessEnv = { ...process.env, PATH: `${BIN}:${process.env.PATH}`, IMA_CONFIG_DIR: '/nonexistent' };
 
 async function inProcessRate(cfg: string, rcpts: string[], n: number, concurrency: number): Promise<number> {
   const msgs = await Promise.all(Array.from({ length: n }, () => message(rcpts, Buffer.alloc(3800, 'x'))));
@@ -67,6 +68,7 @@ async function spawnedRate(cfg: string, rcpts: string[], n: number): Promise<num
 
 export async function run(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'ima-bench-delivery-'));
+  env.IMA_CONFIG_DIR = dir; // give-recipient.toml: room for a 1 GiB message
   try {
     const spawned = setup(dir, false);
     const inproc = setup(dir, true);
@@ -87,7 +89,7 @@ export async function run(): Promise<void> {
     rmSync(att);
     if (mk.code !== 0) throw new Error(mk.stderr);
     const input = openSync(big, 'r');
-    const r = await measure([join(BIN, 'handle-incoming-mail'), '--config', inproc.replace(/\.toml$/, '-reg.toml')], { stdin: input, env });
+    const r = await measure([join(BIN, 'handle-incoming-mail'), '--config', inproc.replace(/\.toml$/, '-reg.toml')], { stdin: input, env, stdout: 'inherit' });
     closeSync(input);
     if (r.code !== 0) throw new Error(`1 GiB delivery failed: ${r.stderr}`);
     console.log(`${mb(size).toFixed(0)} MiB message through handle-incoming-mail (give-recipient in-process): ${(mb(size) / r.seconds).toFixed(0)} MB/s, peak RSS ${r.peakRssMb.toFixed(1)} MB`);
