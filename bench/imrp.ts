@@ -18,7 +18,7 @@ import { mb, measure } from './_measure.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const BIN = join(ROOT, 'bin');
-const env = { ...process.env, PATH: `${BIN}:${process.env.PATH}`, IMA_CONFIG_DIR: '/nonexistent', IMA_PASSWORD: 'bench' };
+const env: NodeJS.ProcessEnv = { ...process.env, PATH: `${BIN}:${process.env.PATH}`, IMA_CONFIG_DIR: '/nonexistent', IMA_PASSWORD: 'bench' };
 
 async function smallMessage(): Promise<Buffer> {
   const h = new Headers().add('from', 'alice@a.test').add('to', 'bob@b.test').add('subject', 'bench').add('date', '2026-11-23T00:00:00Z').add('message-id', `urn:uuid:${randomUUID()}`);
@@ -63,7 +63,10 @@ export async function run(): Promise<void> {
     const box = join(dir, 'bob');
     for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(box, f), { recursive: true });
     writeFileSync(join(dir, 'po.toml'), `name = "b.test"\n[tls]\ncertificate = "b.crt"\nkey = "b.key"\nca = ["ca.crt"]\n[users.bob]\nmailbox = "bob"\npassword = "${await hashPassword('bench')}"\n`);
-    writeFileSync(join(dir, 'fm.toml'), `server = "127.0.0.1"\nserver_name = "b.test"\nport = PORT\nuser = "bob"\nca = ["ca.crt"]\n`);
+    writeFileSync(join(dir, 'fm.toml'), `server = "127.0.0.1"\nserver_name = "b.test"\nport = PORT\nuser = "bob"\nca = ["ca.crt"]\nmax_message_bytes = "2G"\n`);
+    // give-recipient stores the big message: its config (found through IMA_CONFIG_DIR) makes room for it.
+    writeFileSync(join(dir, 'give-recipient.toml'), 'max_message_bytes = "2G"\n');
+    env.IMA_CONFIG_DIR = dir;
     const n = Number(process.env.BENCH_MESSAGES ?? 2000);
     for (let i = 0; i < n; i++) await deliverToMailbox(box, Readable.from([await smallMessage()]));
     const server = await startPostOffice(join(dir, 'po.toml'));
@@ -83,8 +86,9 @@ export async function run(): Promise<void> {
     const mk = spawn(join(BIN, 'give-recipient'), [box], { env, stdio: ['pipe', 'ignore', 'inherit'] });
     const maker = spawn(join(BIN, 'make-message'), ['-r', 'a@a.test', '--no-body', '-a', att, 'bob@b.test'], { env, stdio: ['ignore', 'pipe', 'inherit'] });
     maker.stdout!.pipe(mk.stdin!);
-    await once(mk, 'exit');
+    const [stored] = (await once(mk, 'exit')) as [number];
     rmSync(att);
+    if (stored !== 0) throw new Error(`give-recipient could not store the ${mb(size).toFixed(0)} MiB message (exit ${stored})`);
     const before = hwm(server.proc.pid!);
     const big = await measure([join(BIN, 'fetch-mail'), '--config', join(dir, 'fm.toml'), join(dir, 'local-big')], { env });
     if (big.code !== 0) throw new Error(`fetch-mail failed: ${big.stderr}`);
