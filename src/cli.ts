@@ -63,8 +63,22 @@ export async function start<A, C>(spec: ProgramSpec<A, C>, args: string[], io: I
   return { argv, config: loaded.config, source: loaded.source, log };
 }
 
-async function parseFlags<A>(spec: ProgramSpec<A, unknown>, args: string[], io: Io): Promise<(ArgumentsCamelCase<A> & CommonFlags) | number> {
-  const y = spec
+// Building a parser costs about a millisecond; a server running a program
+// in-process for every message reuses one (yargs resets between parses).
+const parsers = new Map<string, Argv<unknown>>();
+
+function parserFor<A>(spec: ProgramSpec<A, unknown>, width: number): Argv<A> {
+  const key = `${spec.name}\0${width}`;
+  let y = parsers.get(key) as Argv<A> | undefined;
+  if (!y) {
+    y = buildParser(spec, width);
+    parsers.set(key, y as Argv<unknown>);
+  }
+  return y;
+}
+
+function buildParser<A>(spec: ProgramSpec<A, unknown>, width: number): Argv<A> {
+  return spec
     .options(
       yargs()
         .scriptName(spec.name)
@@ -80,7 +94,11 @@ async function parseFlags<A>(spec: ProgramSpec<A, unknown>, args: string[], io: 
     .version(packageVersion())
     .help()
     .alias('help', 'h')
-    .wrap(Math.min(100, (io.stdout as { columns?: number }).columns ?? 80));
+    .wrap(width);
+}
+
+async function parseFlags<A>(spec: ProgramSpec<A, unknown>, args: string[], io: Io): Promise<(ArgumentsCamelCase<A> & CommonFlags) | number> {
+  const y = parserFor(spec, Math.min(100, (io.stdout as { columns?: number }).columns ?? 80));
   return new Promise((resolveFlags) => {
     y.parse(args, {}, (err, argv, output) => {
       if (err) {
