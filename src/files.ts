@@ -10,13 +10,40 @@ import { finished } from 'node:stream/promises';
 import { cantCreate } from './failure.js';
 
 /** fsync a directory so the entries created or renamed in it survive a crash. */
-export async function fsyncDir(dir: string): Promise<void> {
+export function fsyncDir(dir: string): Promise<void> {
+  return groupCommit(dir);
+}
+
+async function fsyncDirNow(dir: string): Promise<void> {
   const fh = await open(dir, 'r');
   try {
     await fh.sync();
   } finally {
     await fh.close();
   }
+}
+
+/**
+ * Group commit: concurrent deliveries into one folder share fsyncs. A caller
+ * needs an fsync that starts after its own change; while one is running,
+ * every newcomer waits for the single next one, which covers them all.
+ */
+const dirSyncs = new Map<string, { running: Promise<void>; next?: Promise<void> }>();
+
+function groupCommit(dir: string): Promise<void> {
+  const state = dirSyncs.get(dir);
+  if (state) return (state.next ??= state.running.catch(() => {}).then(() => startSync(dir)));
+  return startSync(dir);
+}
+
+function startSync(dir: string): Promise<void> {
+  const state: { running: Promise<void>; next?: Promise<void> } = { running: fsyncDirNow(dir) };
+  dirSyncs.set(dir, state);
+  // Forgotten once done, unless someone already waits for the next one.
+  void state.running.catch(() => {}).then(() => {
+    if (dirSyncs.get(dir) === state && !state.next) dirSyncs.delete(dir);
+  });
+  return state.running;
 }
 
 /** A name no other writer will pick: time, pid and randomness. */
@@ -38,8 +65,9 @@ export async function writeFileAtomic(path: string, write: (out: Writable) => Pr
   } catch (e) {
     throw cantCreate(path, `cannot create (${(e as NodeJS.ErrnoException).code})`);
   }
+  let out: Writable | undefined;
   try {
-    const out = createWriteStream('', { fd: fh.fd, autoClose: false });
+    out = createWriteStream('', { fd: fh.fd, autoClose: false });
     await write(out);
     // The writer may only have called end(): the bytes must be written before fsync and close.
     await finished(out);
@@ -49,6 +77,8 @@ export async function writeFileAtomic(path: string, write: (out: Writable) => Pr
     await rename(tmp, path);
     await fsyncDir(dir);
   } catch (e) {
+    // A write still in flight must finish before its descriptor is closed.
+    if (out && !out.closed) await finished(out.destroy()).catch(() => {});
     await fh?.close().catch(() => {});
     await unlink(tmp).catch(() => {});
     throw e;
