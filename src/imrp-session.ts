@@ -4,6 +4,8 @@
 // lists, fetches (FETCH NEW streams every new message back to back),
 // marks seen and deletes, only ever inside their own mailbox.
 import { randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import { type Command, MailboxView, ProtocolError, parseCommand } from './imrp.js';
@@ -11,7 +13,7 @@ import * as wire from './imrp.js';
 import { LineError, LineReader } from './lines.js';
 import type { Peer } from './listen.js';
 import type { Log } from './log.js';
-import { type OutEntry, writeEntries } from './message/index.js';
+import { type OutEntry, mtimeOf, parseHeaders, writeEntries } from './message/index.js';
 import { verifyPassword } from './password.js';
 import { fingerprint256 } from './tls.js';
 
@@ -33,6 +35,18 @@ export interface ImrpConfig {
 }
 
 class Close extends Error {}
+
+interface Prepared {
+  id: string;
+  entries: OutEntry[];
+  size: number;
+  mtime: Date;
+}
+
+/** Messages looked up ahead of the one on the wire during FETCH NEW, and at once during LIST. */
+const PREPARE_AHEAD = 16;
+/** A message up to this many bytes is read into memory when it is looked up. */
+const PREFETCH_BYTES = 64 * 1024;
 
 export class ImrpSession {
   readonly id = randomBytes(6).toString('hex');
@@ -94,8 +108,8 @@ export class ImrpSession {
       FOLDERS: () => this.folders(),
       LIST: () => this.list((c as { folder: 'new' | 'cur' | 'all' }).folder),
       FETCH: () => this.fetch((c as { id: string }).id),
-      SEEN: () => this.each((c as { ids: string[] }).ids, (id) => this.view!.markSeen(id), 'seen'),
-      DELETE: () => this.each((c as { ids: string[] }).ids, (id) => this.view!.remove(id), 'deleted'),
+      SEEN: () => this.each((c as { ids: string[] }).ids, (ids) => this.view!.markSeen(ids), 'seen'),
+      DELETE: () => this.each((c as { ids: string[] }).ids, (ids) => this.view!.remove(ids), 'deleted'),
     };
     await verbs[c.verb]();
   }
@@ -147,25 +161,38 @@ export class ImrpSession {
   private async list(folder: 'new' | 'cur' | 'all'): Promise<void> {
     let n = 0;
     for (const f of folder === 'all' ? (['new', 'cur'] as const) : [folder]) {
-      for (const id of await this.view!.ids(f)) {
-        try {
-          this.send(wire.msgLine(await this.view!.summary(id, f)));
-          n++;
-        } catch (e) {
-          this.cfg.log.warn(`session=${this.id} user=${this.user}: ${id}: ${(e as Error).message}`);
-        }
+      // Summaries are read PREPARE_AHEAD at a time and sent in order.
+      const ids = await this.view!.ids(f);
+      for (let i = 0; i < ids.length; i += PREPARE_AHEAD) {
+        const batch = ids.slice(i, i + PREPARE_AHEAD);
+        const summaries = await Promise.allSettled(batch.map((id) => this.view!.summary(id, f)));
+        summaries.forEach((r, j) => {
+          if (r.status === 'fulfilled') {
+            this.send(wire.msgLine(r.value));
+            n++;
+          } else this.cfg.log.warn(`session=${this.id} user=${this.user}: ${batch[j]}: ${(r.reason as Error).message}`);
+        });
       }
     }
     this.send(wire.ok(String(n)));
   }
 
-  /** Everything needed to send one message: its files, its tar size and time. */
-  private async prepare(id: string): Promise<{ id: string; entries: OutEntry[]; size: number; mtime: Date } | { id: string; problem: string } | undefined> {
+  /**
+   * Everything needed to send one message: its files, its tar size and time.
+   * A small message's files are read here, so that sending it is only
+   * writing buffers.
+   */
+  private async prepare(id: string): Promise<Prepared | { id: string; problem: string } | undefined> {
     const at = await this.view!.locate(id);
     if (!at) return undefined;
     try {
-      const entries = await this.view!.entries(at.path);
-      const mtime = await MailboxView.mtime(at.path);
+      let entries = await this.view!.entries(at.path);
+      if (entries.reduce((n, e) => n + e.size, 0) <= PREFETCH_BYTES) {
+        const data = await Promise.all(entries.map((e) => readFile(join(at.path, e.path))));
+        entries = entries.map((e, i) => ({ path: e.path, size: data[i].length, open: () => data[i] }));
+      }
+      const headers = entries[0].open();
+      const mtime = Buffer.isBuffer(headers) ? mtimeOf(parseHeaders(headers)) : await MailboxView.mtime(at.path);
       return { id, entries, mtime, size: await MailboxView.tarSize(entries, mtime) };
     } catch (e) {
       return { id, problem: (e as Error).message };
@@ -176,11 +203,16 @@ export class ImrpSession {
     const ids = which === 'NEW' ? await this.view!.ids('new') : [which];
     let n = 0;
     let bytes = 0;
-    // The next message is looked up while this one is on the wire.
-    let next = ids.length ? this.prepare(ids[0]) : undefined;
-    for (let i = 0; i < ids.length; i++) {
-      const m = await next;
-      next = i + 1 < ids.length ? this.prepare(ids[i + 1]) : undefined;
+    // The next messages are looked up while this one is on the wire.
+    const ahead: ReturnType<typeof this.prepare>[] = [];
+    let looked = 0;
+    const lookAhead = () => {
+      while (ahead.length < PREPARE_AHEAD && looked < ids.length) ahead.push(this.prepare(ids[looked++]));
+    };
+    lookAhead();
+    while (ahead.length) {
+      const m = await ahead.shift()!;
+      lookAhead();
       if (!m) {
         if (which !== 'NEW') return this.send(wire.no('no such message'));
         continue; // gone meanwhile
@@ -218,9 +250,8 @@ export class ImrpSession {
     });
   }
 
-  private async each(ids: string[], act: (id: string) => Promise<boolean>, what: string): Promise<void> {
-    let n = 0;
-    for (const id of ids) if (await act(id)) n++;
+  private async each(ids: string[], act: (ids: string[]) => Promise<number>, what: string): Promise<void> {
+    const n = await act(ids);
     this.cfg.log.info(`session=${this.id} user=${this.user} ${what}=${n}`);
     this.send(wire.ok(String(n)));
   }

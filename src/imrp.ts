@@ -139,22 +139,12 @@ export class MailboxView {
       if (!st.isFile()) throw new Error(`${name}: not a regular file`);
       return { path: p, size: st.size, open: () => createReadStream(join(path, p), { highWaterMark: 256 * 1024 }) };
     };
-    const out: OutEntry[] = [];
-    for (const p of ['headers', 'body', 'body.html']) {
-      const e = await file(p, p);
-      if (e) out.push(e);
-    }
+    const listAttachments = () => readdir(join(path, 'attachments')).catch(() => [] as string[]);
+    const [texts, names] = await Promise.all([Promise.all(['headers', 'body', 'body.html'].map((p) => file(p, p))), listAttachments()]);
+    const out = texts.filter((e): e is OutEntry => e !== undefined);
     if (out[0]?.path !== 'headers') throw new Error('message without headers');
-    let names: string[] = [];
-    try {
-      names = await readdir(join(path, 'attachments'));
-    } catch {
-      // no attachments
-    }
-    for (const n of names.map((x) => checkAttachmentName(x)).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)))) {
-      const e = await file(`attachments/${n}`, n);
-      if (e) out.push(e);
-    }
+    const sorted = names.map((x) => checkAttachmentName(x)).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+    for (const e of await Promise.all(sorted.map((n) => file(`attachments/${n}`, n)))) if (e) out.push(e);
     return out;
   }
 
@@ -186,25 +176,43 @@ export class MailboxView {
     return mtimeOf(parseHeaders(await readFile(join(path, 'headers'))));
   }
 
-  /** Move new/ID to cur/ID (seen), durably. */
-  async markSeen(id: string): Promise<boolean> {
-    const at = await this.locate(id);
-    if (!at) return false;
-    if (at.folder === 'cur') return true;
-    await rename(at.path, join(this.dir, 'cur', id));
-    await fsyncDir(join(this.dir, 'cur'));
-    await fsyncDir(join(this.dir, 'new'));
-    return true;
+  /**
+   * Move the messages in new/ to cur/ (seen), durably: every rename first,
+   * then one fsync per folder for the whole batch. Returns how many are seen.
+   */
+  async markSeen(ids: string[]): Promise<number> {
+    const found = await this.locateAll(ids);
+    let n = 0;
+    for (const at of found) {
+      if (at.folder === 'new') await rename(at.path, join(this.dir, 'cur', at.id));
+      n++;
+    }
+    if (found.some((at) => at.folder === 'new')) await Promise.all([fsyncDir(join(this.dir, 'cur')), fsyncDir(join(this.dir, 'new'))]);
+    return n;
   }
 
-  async remove(id: string): Promise<boolean> {
-    const at = await this.locate(id);
-    if (!at) return false;
-    // Out of sight first (a rename is atomic), then removed.
-    const gone = join(this.dir, 'tmp', `deleted.${id}.${process.pid}.${Date.now()}`);
-    await rename(at.path, gone);
-    await fsyncDir(join(this.dir, at.folder));
-    await rm(gone, { recursive: true, force: true });
-    return true;
+  /**
+   * Remove messages: each renamed out of sight into tmp/ (atomic), one fsync
+   * per folder for the batch, and only then their files removed. Returns
+   * how many are gone; a crash leaves renamed ones for tmp/'s clean-up.
+   */
+  async remove(ids: string[]): Promise<number> {
+    const found = await this.locateAll(ids);
+    const gone: string[] = [];
+    for (const at of found) {
+      const to = join(this.dir, 'tmp', `deleted.${at.id}.${process.pid}.${Date.now()}`);
+      await rename(at.path, to);
+      gone.push(to);
+    }
+    await Promise.all([...new Set(found.map((at) => at.folder))].map((f) => fsyncDir(join(this.dir, f))));
+    await Promise.all(gone.map((g) => rm(g, { recursive: true, force: true })));
+    return gone.length;
+  }
+
+  /** The messages among ids that exist here, each once. */
+  private async locateAll(ids: string[]): Promise<{ id: string; folder: Folder; path: string }[]> {
+    const unique = [...new Set(ids)];
+    const at = await Promise.all(unique.map((id) => this.locate(id)));
+    return unique.flatMap((id, i) => (at[i] ? [{ id, ...at[i] }] : []));
   }
 }

@@ -189,7 +189,17 @@ describe('post-office and fetch-mail', () => {
     assert.deepEqual(local(out).filter((id) => ids.includes(id)).sort(), ids.sort());
     for (const id of ids) assert.deepEqual(readFileSync(join(out, 'new', id, 'attachments', 'big.bin')), big);
     assert.deepEqual(readdirSync(join(boxes, 'bob', 'new')), []);
-    assert.deepEqual(readdirSync(join(out, 'tmp')).filter((n) => !n.startsWith('.')), readdirSync(join(out, 'tmp')).filter((n) => !n.startsWith('.')));
+    for (const id of local(out)) assert.ok(existsSync(join(out, 'new', id, 'headers')), `${id} in new/ is whole`);
+  });
+
+  it('acts on a line of several ids at once: SEEN and DELETE count only the user\'s own messages, each once', async () => {
+    const [carolId] = await deliver('carol', 1);
+    const mine = await deliver('bob', 3);
+    const got = await converse(['LOGIN bob sesame', `SEEN ${mine[0]} ${mine[0]} ${carolId}`, `DELETE ${mine.join(' ')} ${carolId}`, 'QUIT'], /^BYE/m);
+    assert.deepEqual(got.match(/^OK \d+$/gm), ['OK 1', 'OK 3']);
+    const bobs = [...readdirSync(join(boxes, 'bob', 'new')), ...readdirSync(join(boxes, 'bob', 'cur'))];
+    for (const id of mine) assert.ok(!bobs.includes(id), `${id} deleted`);
+    assert.ok(readdirSync(join(boxes, 'carol', 'new')).includes(carolId), 'carol\'s message untouched');
   });
 });
 
