@@ -5,7 +5,7 @@
 import { readFileSync } from 'node:fs';
 import yargs, { type ArgumentsCamelCase, type Argv } from 'yargs';
 import { EXIT, Failure } from './failure.js';
-import { type Field, type Located, type Role, loadConfig, locateConfig, showConfig } from './config.js';
+import { type Field, type Located, type Role, deepFreeze, loadConfig, locateConfig, showConfig } from './config.js';
 import { type Log, createLog, oneLine } from './log.js';
 import type { Io } from './run.js';
 
@@ -97,7 +97,14 @@ function buildParser<A>(spec: ProgramSpec<A, unknown>, width: number): Argv<A> {
     .wrap(width);
 }
 
+// In-process runs repeat the same few argument lists (a route's argv for
+// each message): a successful parse is a pure function of them, kept frozen.
+const parsed = new Map<string, unknown>();
+
 async function parseFlags<A>(spec: ProgramSpec<A, unknown>, args: string[], io: Io): Promise<(ArgumentsCamelCase<A> & CommonFlags) | number> {
+  const key = `${spec.name}\0${args.join('\0')}`;
+  const known = parsed.get(key);
+  if (known) return known as ArgumentsCamelCase<A> & CommonFlags;
   const y = parserFor(spec, Math.min(100, (io.stdout as { columns?: number }).columns ?? 80));
   return new Promise((resolveFlags) => {
     y.parse(args, {}, (err, argv, output) => {
@@ -110,6 +117,8 @@ async function parseFlags<A>(spec: ProgramSpec<A, unknown>, args: string[], io: 
         io.stdout.write(`${output}\n`);
         return resolveFlags(EXIT.OK);
       }
+      if (parsed.size >= 256) parsed.clear();
+      parsed.set(key, deepFreeze(argv));
       resolveFlags(argv as unknown as ArgumentsCamelCase<A> & CommonFlags);
     });
   });

@@ -1,7 +1,7 @@
 // One config loader for every program: typed defaults, then the TOML file,
 // then command-line flags; validated once and frozen. A bad file names the
 // file, the key and the problem, and exits 78 (EX_CONFIG).
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
 import { parse as parseToml, stringify as stringifyToml } from 'smol-toml';
@@ -181,8 +181,27 @@ export function locateConfig(
   return { path: join(base, 'ima', `${program}.toml`), required: false };
 }
 
+// A server running a program in-process loads its config for every message:
+// the parsed, frozen result is reused while the file's identity, size and
+// times are unchanged (an edit is seen at the next run, as when spawned).
+const loaded = new WeakMap<Field<unknown>, Map<string, { stamp: string; result: { config: unknown; source: Located } }>>();
+
 /** Read, parse and validate a config file; a missing optional file gives the defaults. */
 export function loadConfig<T>(schema: Field<T>, path: string, required: boolean): { config: T; source: Located } {
+  const st = statSync(path, { throwIfNoEntry: false });
+  const stamp = st ? `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}` : 'missing';
+  let known = loaded.get(schema);
+  const hit = known?.get(path);
+  if (hit && hit.stamp === stamp && (st || !required)) return hit.result as { config: T; source: Located };
+  const result = readConfig(schema, path, required);
+  Object.freeze(result.source);
+  if (!known) loaded.set(schema, (known = new Map()));
+  if (known.size >= 64) known.clear();
+  known.set(path, { stamp, result });
+  return result;
+}
+
+function readConfig<T>(schema: Field<T>, path: string, required: boolean): { config: T; source: Located } {
   let text: string | undefined;
   try {
     text = readFileSync(path, 'utf8');
