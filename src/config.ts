@@ -1,7 +1,7 @@
 // One config loader for every program: typed defaults, then the TOML file,
 // then command-line flags; validated once and frozen. A bad file names the
 // file, the key and the problem, and exits 78 (EX_CONFIG).
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
 import { parse as parseToml, stringify as stringifyToml } from 'smol-toml';
@@ -182,26 +182,12 @@ export function locateConfig(
 }
 
 // A server running a program in-process loads its config for every message:
-// the parsed, frozen result is reused while the file's identity, size and
-// times are unchanged (an edit is seen at the next run, as when spawned).
-const loaded = new WeakMap<Field<unknown>, Map<string, { stamp: string; result: { config: unknown; source: Located } }>>();
+// the file is read each time (an edit is seen at the next run, as when
+// spawned), but the parsed, frozen result is reused while the text is the same.
+const loaded = new WeakMap<Field<unknown>, Map<string, { text: string; result: { config: unknown; source: Located } }>>();
 
 /** Read, parse and validate a config file; a missing optional file gives the defaults. */
 export function loadConfig<T>(schema: Field<T>, path: string, required: boolean): { config: T; source: Located } {
-  const st = statSync(path, { throwIfNoEntry: false });
-  const stamp = st ? `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}` : 'missing';
-  let known = loaded.get(schema);
-  const hit = known?.get(path);
-  if (hit && hit.stamp === stamp && (st || !required)) return hit.result as { config: T; source: Located };
-  const result = readConfig(schema, path, required);
-  Object.freeze(result.source);
-  if (!known) loaded.set(schema, (known = new Map()));
-  if (known.size >= 64) known.clear();
-  known.set(path, { stamp, result });
-  return result;
-}
-
-function readConfig<T>(schema: Field<T>, path: string, required: boolean): { config: T; source: Located } {
   let text: string | undefined;
   try {
     text = readFileSync(path, 'utf8');
@@ -212,6 +198,17 @@ function readConfig<T>(schema: Field<T>, path: string, required: boolean): { con
     }
     throw configError(path, '', err.code === 'ENOENT' ? 'no such file' : `cannot read: ${err.code ?? err.message}`);
   }
+  let known = loaded.get(schema);
+  const hit = known?.get(path);
+  if (hit && hit.text === text) return hit.result as { config: T; source: Located };
+  const result = parseConfig(schema, path, text);
+  if (!known) loaded.set(schema, (known = new Map()));
+  if (known.size >= 64) known.clear();
+  known.set(path, { text, result });
+  return result;
+}
+
+function parseConfig<T>(schema: Field<T>, path: string, text: string): { config: T; source: Located } {
   let data: unknown;
   try {
     data = parseToml(text);
@@ -220,7 +217,7 @@ function readConfig<T>(schema: Field<T>, path: string, required: boolean): { con
     const where = err.line ? `line ${err.line}` : '';
     throw configError(path, where, `not valid TOML: ${err.message.split('\n')[0]}`);
   }
-  return { config: deepFreeze(parseWith(schema, data, path)), source: { file: path, dir: resolve(path, '..') } };
+  return { config: deepFreeze(parseWith(schema, data, path)), source: Object.freeze({ file: path, dir: resolve(path, '..') }) };
 }
 
 function parseWith<T>(schema: Field<T>, data: unknown, path: string): T {
