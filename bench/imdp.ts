@@ -77,7 +77,7 @@ async function startServer(dir: string, pki: Pki, handler: string[], inProcess: 
   const file = join(dir, `server-${Math.random().toString(36).slice(2)}.toml`);
   writeFileSync(
     file,
-    `domain = "b.test"\nhandler = ${JSON.stringify(handler)}\nin_process = ${inProcess}\n[tls]\ncertificate = "${pki.b.cert}"\nkey = "${pki.b.key}"\nca = ["${pki.caFile}"]\n[limits]\nmax_message_size = "2G"\nmax_messages_per_connection = 1000000\nmax_connections_per_address = 50\n${extra}`,
+    `domain = "b.test"\nhandler = ${JSON.stringify(handler)}\nin_process = ${inProcess}\n[tls]\ncertificate = "${pki.b.cert}"\nkey = "${pki.b.key}"\nca = ["${pki.caFile}"]\n[limits]\nmax_message_bytes = "2G"\nmax_messages_per_connection = 1000000\nmax_connections_per_address = 50\n${extra}`,
   );
   const proc = spawn(join(BIN, 'server-receive'), ['--config', file, '--listen', '127.0.0.1:0'], { env, stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
@@ -201,7 +201,7 @@ function rssWatcher(rootPid: () => number[]): { stop(): Map<string, number> } {
 
 function sendMailConfig(dir: string, pki: Pki, port: number): string {
   const file = join(dir, 'send-mail.toml');
-  writeFileSync(file, `domain = "a.test"\ndns_srv = false\nmax_message_size = "2G"\n[tls]\ncertificate = "${pki.a.cert}"\nkey = "${pki.a.key}"\nca = ["${pki.caFile}"]\n[servers]\n"b.test" = "127.0.0.1:${port}"\n`);
+  writeFileSync(file, `domain = "a.test"\ndns_srv = false\nmax_message_bytes = "2G"\n[tls]\ncertificate = "${pki.a.cert}"\nkey = "${pki.a.key}"\nca = ["${pki.caFile}"]\n[servers]\n"b.test" = "127.0.0.1:${port}"\n`);
   return file;
 }
 

@@ -28,7 +28,7 @@ const schema = table({
   dns_srv: optional(boolean(), true),
   legacy_domains: optional(list(string({ check: domainProblem })), [] as string[]),
   legacy_command: optional(command(), ['smtp-send']),
-  max_message_size: optional(size({ min: 1024 }), 100 * 1024 * 1024),
+  max_message_bytes: optional(size({ min: 1024 }), 100 * 1024 * 1024),
   timeouts: table({
     connect: optional(duration(), 30_000),
     result: optional(duration(), 600_000),
@@ -61,7 +61,7 @@ export async function main(args: string[], io: Io): Promise<number> {
   const file = argv._[0] === undefined ? undefined : resolve(io.cwd, String(argv._[0]));
   const input = file ? await openFile(file) : io.stdin;
   const mailer = asciiDomain(config.domain);
-  const prepared = await prepare(input, mailer, { ...DEFAULT_LIMITS, maxTotalBytes: config.max_message_size });
+  const prepared = await prepare(input, mailer, { ...DEFAULT_LIMITS, maxTotalBytes: config.max_message_bytes });
   try {
     const groups = groupRecipients(prepared.headers);
     if (groups.length === 0) throw usageError('the message has no recipients (to, cc, bcc)');

@@ -25,7 +25,7 @@ const schema = table({
   in_process: optional(boolean(), true),
   tls: tlsSchema(),
   limits: table({
-    max_message_size: optional(size({ min: 1024 }), 100 * 1024 * 1024),
+    max_message_bytes: optional(size({ min: 1024 }), 100 * 1024 * 1024),
     max_header_bytes: optional(size({ min: 256, max: 1024 * 1024 }), 64 * 1024),
     max_line: optional(integer({ min: 80, max: 65536 }), wire.MAX_LINE),
     max_connections: optional(integer({ min: 1 }), 100),
@@ -69,7 +69,7 @@ function sessionOf(config: Config, io: Io, log: Log): SessionConfig {
   return {
     domain: asciiDomain(config.domain),
     limits: {
-      maxMessageSize: limits.max_message_size,
+      maxMessageSize: limits.max_message_bytes,
       maxHeaderBytes: limits.max_header_bytes,
       maxLine: limits.max_line,
       maxMessages: limits.max_messages_per_connection,

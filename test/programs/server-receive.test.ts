@@ -127,7 +127,7 @@ test('server-receive: limits on size, header bytes, hops and messages per connec
   const out = outDir();
   const s = await server({
     handler: ['node', HANDLER, 'ok', out],
-    extra: '[limits]\nmax_message_size = 4096\nmax_header_bytes = 512\nmax_hops = 2\nmax_messages_per_connection = 3\n',
+    extra: '[limits]\nmax_message_bytes = 4096\nmax_header_bytes = 512\nmax_hops = 2\nmax_messages_per_connection = 3\n',
   });
   const c = await connect(s.port);
   const big = await message(basicFields(), 'x'.repeat(5000));
@@ -320,7 +320,7 @@ test('server-receive: SIGHUP re-reads the config and the certificate files', asy
   copyFileSync(second.cert, certFile.cert);
   copyFileSync(second.key, certFile.key);
   const configFile = /--config (\S+)/.exec(s.proc.spawnargs.join(' '))![1];
-  writeFileSync(configFile, cfg({ cert: certFile, extra: '[limits]\nmax_message_size = 2048\n' }));
+  writeFileSync(configFile, cfg({ cert: certFile, extra: '[limits]\nmax_message_bytes = 2048\n' }));
   s.proc.kill('SIGHUP');
   await new Promise<void>((res) => {
     const check = () => (/reloaded configuration and certificates/.test(s.stderr()) ? res() : setTimeout(check, 20));
