@@ -38,13 +38,14 @@ export const tlsSchema = () =>
   });
 
 /** Load the material a [tls] table names, paths relative to the config file. */
-export function tlsFromConfig(t: { certificate: string; key: string; ca: readonly string[] }, source: Located, program: string): TlsMaterial {
-  return loadTlsMaterial({
-    certificate: configPath(source, t.certificate),
-    key: configPath(source, t.key),
-    ca: t.ca.map((f) => configPath(source, f)),
-    configFile: source.file ?? `${program}.toml`,
-  });
+export function tlsFromConfig(t: { certificate: string; key: string; ca: readonly string[] }, source: Located, program: string, domain?: string): TlsMaterial {
+  const configFile = source.file ?? `${program}.toml`;
+  const material = loadTlsMaterial({ certificate: configPath(source, t.certificate), key: configPath(source, t.key), ca: t.ca.map((f) => configPath(source, f)), configFile });
+  // Peers check exactly this; better to hear it at start than from every peer.
+  if (domain !== undefined && !certCoversDomain(material.x509, domain)) {
+    throw configError(configFile, 'tls.certificate', `${t.certificate} does not cover domain ${domain} (it names ${material.x509.subjectAltName ?? material.x509.subject}); peers would refuse it`);
+  }
+  return material;
 }
 
 /**

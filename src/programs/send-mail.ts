@@ -57,7 +57,7 @@ export async function main(args: string[], io: Io): Promise<number> {
   if (typeof s === 'number') return s;
   const { argv, config, source, log } = s;
   if (argv._.length > 1) throw usageError('give at most one message file');
-  const material = tlsFromConfig(config.tls, source, 'send-mail');
+  const material = tlsFromConfig(config.tls, source, 'send-mail', config.domain);
   const file = argv._[0] === undefined ? undefined : resolve(io.cwd, String(argv._[0]));
   const input = file ? await openFile(file) : io.stdin;
   const mailer = asciiDomain(config.domain);

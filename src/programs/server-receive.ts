@@ -50,7 +50,7 @@ const options = (y: Argv) =>
     .option('inetd', { type: 'boolean', describe: 'Serve the one connection on stdin/stdout (inetd, systemd Accept=yes)' });
 
 function settingsOf(config: Config, source: Located): Settings {
-  const material = tlsFromConfig(config.tls, source, 'server-receive');
+  const material = tlsFromConfig(config.tls, source, 'server-receive', config.domain);
   const { limits, timeouts } = config;
   return {
     tls: contextOptions(material),

@@ -146,6 +146,12 @@ test('send-mail: bad input is refused with a clear line and the right code', asy
   assert.match(r.stderr, /mailer: the message says evil\.test, but this send-mail sends as a\.test/);
   r = await runBin('send-mail', [], { env: testEnv() });
   assert.equal(r.code, 78);
+  // Its own certificate must name its domain: every server would refuse it otherwise.
+  const wrongCert = sendMailConfig({}).replace(/\.toml$/, '-wrong.toml');
+  writeFileSync(wrongCert, readFileSync(cfg, 'utf8').replace('domain = "a.test"', 'domain = "d.test"'));
+  r = await runBin('send-mail', ['--config', wrongCert], { input: await message(fields()) });
+  assert.equal(r.code, 78);
+  assert.match(r.stderr, /tls\.certificate: .* does not cover domain d\.test \(it names DNS:a\.test\)/);
 });
 
 test('spool: one reader stopping early does not break the others (no shared fd is closed)', async () => {
