@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict';
-import { readFileSync, readdirSync } from 'node:fs';
+import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { readMessage } from '../../src/message/index.js';
 import { basicFields, config, connect, headersOf, message, outDir, startServer, HANDLER, type Server } from '../imdp-fixture.js';
+import { runBin } from '../helpers.js';
 
 const servers: Server[] = [];
 after(async () => Promise.all(servers.map((s) => s.stop())));
@@ -339,4 +340,12 @@ test('server-receive: SIGHUP re-reads the config and the certificate files', asy
     check();
   });
   assert.equal(await fingerprint(), after, 'still serving with the last good settings');
+});
+
+test('server-receive: refuses to start with a certificate that does not name its domain (exit 78, saying which names it has)', async () => {
+  const file = join(outDir(), 'wrong-domain.toml');
+  writeFileSync(file, config({ domain: 'c.test' }));
+  const r = await runBin('server-receive', ['--config', file, '--listen', '127.0.0.1:0']);
+  assert.equal(r.code, 78);
+  assert.match(r.stderr, /tls\.certificate: .* does not cover domain c\.test \(it names DNS:b\.test\)/);
 });
