@@ -187,12 +187,12 @@ export class ImrpSession {
     if (!at) return undefined;
     try {
       let entries = await this.view!.entries(at.path);
+      let mtime: Date;
       if (entries.reduce((n, e) => n + e.size, 0) <= PREFETCH_BYTES) {
         const data = await Promise.all(entries.map((e) => readFile(join(at.path, e.path))));
         entries = entries.map((e, i) => ({ path: e.path, size: data[i].length, open: () => data[i] }));
-      }
-      const headers = entries[0].open();
-      const mtime = Buffer.isBuffer(headers) ? mtimeOf(parseHeaders(headers)) : await MailboxView.mtime(at.path);
+        mtime = mtimeOf(parseHeaders(data[0]));
+      } else mtime = await MailboxView.mtime(at.path);
       return { id, entries, mtime, size: await MailboxView.tarSize(entries, mtime) };
     } catch (e) {
       return { id, problem: (e as Error).message };

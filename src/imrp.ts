@@ -100,6 +100,17 @@ export function parseMsgLine(line: string): Summary | undefined {
 
 // ---- the server's view of one mailbox ------------------------------------------
 
+/** rename(2), false when the source is gone (another session of the same user moved it first). */
+async function moved(from: string, to: string): Promise<boolean> {
+  try {
+    await rename(from, to);
+    return true;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw e;
+  }
+}
+
 /** A mailbox seen through IMRP: ids are checked names, never paths. */
 export class MailboxView {
   constructor(readonly dir: string) {}
@@ -183,10 +194,7 @@ export class MailboxView {
   async markSeen(ids: string[]): Promise<number> {
     const found = await this.locateAll(ids);
     let n = 0;
-    for (const at of found) {
-      if (at.folder === 'new') await rename(at.path, join(this.dir, 'cur', at.id));
-      n++;
-    }
+    for (const at of found) if (at.folder === 'cur' || (await moved(at.path, join(this.dir, 'cur', at.id)))) n++;
     if (found.some((at) => at.folder === 'new')) await Promise.all([fsyncDir(join(this.dir, 'cur')), fsyncDir(join(this.dir, 'new'))]);
     return n;
   }
@@ -201,8 +209,7 @@ export class MailboxView {
     const gone: string[] = [];
     for (const at of found) {
       const to = join(this.dir, 'tmp', `deleted.${at.id}.${process.pid}.${Date.now()}`);
-      await rename(at.path, to);
-      gone.push(to);
+      if (await moved(at.path, to)) gone.push(to);
     }
     await Promise.all([...new Set(found.map((at) => at.folder))].map((f) => fsyncDir(join(this.dir, f))));
     await Promise.all(gone.map((g) => rm(g, { recursive: true, force: true })));
