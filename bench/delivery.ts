@@ -2,52 +2,38 @@
 // (every message fsync'ed), spawned and in-process, 1 and 5 recipients; a
 // 1 GiB message end to end; start-up time of each program.
 import { spawnSync } from 'node:child_process';
-import { randomUUID } from 'node:crypto';
-import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
-import { Headers, bufferPart, writeMessage } from '../src/message/index.js';
 import { main as handleIncomingMail } from '../src/programs/handle-incoming-mail.js';
-import { mb, measure, startupMs } from './_measure.js';
+import { mb, measure, patternFile, smallMessage, startupMs } from './_measure.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const BIN = join(ROOT, 'bin');
 const USERS = ['u1', 'u2', 'u3', 'u4', 'u5'];
 
-async function message(rcpts: string[], body: Buffer): Promise<Buffer> {
-  const h = new Headers().add('from', 'alice@a.test').add('to', rcpts.join(', ')).add('subject', 'bench').add('date', '2026-11-23T00:00:00Z').add('message-id', `urn:uuid:${randomUUID()}`);
-  const out = new PassThrough();
-  const parts: Buffer[] = [];
-  out.on('data', (c: Buffer) => parts.push(c));
-  await writeMessage(out, { headers: h, body: bufferPart(body) });
-  return Buffer.concat(parts);
-}
-
 function setup(dir: string, inProcess: boolean): string {
   for (const u of USERS) for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(dir, 'mail', u, f), { recursive: true });
   const cfg = join(dir, `him-${inProcess}.toml`);
   writeFileSync(join(dir, 'give-recipient.toml'), 'max_message_bytes = "2G"\n');
-  writeFileSync(cfg, `in_process = ${inProcess}\nmax_parallel = 5\nmax_message_bytes = "2G"\n[domains."b.test"]\ncommand = ["${join(BIN, 'give-recipient')}", "--address", "{address}", "${join(dir, 'mail', '{local}')}"]\n`);
+  // give-recipient by its name: found on PATH when spawned, in the registry when in-process.
+  writeFileSync(cfg, `in_process = ${inProcess}\nmax_parallel = 5\nmax_message_bytes = "2G"\n[domains."b.test"]\ncommand = ["give-recipient", "--address", "{address}", "${join(dir, 'mail', '{local}')}"]\n`);
   return cfg;
 }
 
 const env: NodeJS.ProcessEnv = { ...process.env, PATH: `${BIN}:${process.env.PATH}`, IMA_CONFIG_DIR: '/nonexistent' };
 
 async function inProcessRate(cfg: string, rcpts: string[], n: number, concurrency: number): Promise<number> {
-  const msgs = await Promise.all(Array.from({ length: n }, () => message(rcpts, Buffer.alloc(3800, 'x'))));
-  const sink = () => Object.assign(new PassThrough(), {}).resume();
-  // The in-process handler runs give-recipient by its registry name.
-  const cfgInproc = cfg.replace(/\.toml$/, '-reg.toml');
-  writeFileSync(cfgInproc, (await import('node:fs')).readFileSync(cfg, 'utf8').replace(`"${join(BIN, 'give-recipient')}"`, '"give-recipient"'));
+  const msgs = await Promise.all(Array.from({ length: n }, () => smallMessage(rcpts)));
   let next = 0;
   const t0 = process.hrtime.bigint();
   await Promise.all(
     Array.from({ length: concurrency }, async () => {
       while (next < n) {
         const m = msgs[next++];
-        const code = await handleIncomingMail(['--config', cfgInproc], { stdin: Readable.from([m]), stdout: sink(), stderr: process.stderr, env, cwd: ROOT });
+        const code = await handleIncomingMail(['--config', cfg], { stdin: Readable.from([m]), stdout: new PassThrough().resume(), stderr: process.stderr, env, cwd: ROOT });
         if (code !== 0) throw new Error(`handle-incoming-mail exited ${code}`);
       }
     }),
@@ -56,7 +42,7 @@ async function inProcessRate(cfg: string, rcpts: string[], n: number, concurrenc
 }
 
 async function spawnedRate(cfg: string, rcpts: string[], n: number): Promise<number> {
-  const msgs = await Promise.all(Array.from({ length: n }, () => message(rcpts, Buffer.alloc(3800, 'x'))));
+  const msgs = await Promise.all(Array.from({ length: n }, () => smallMessage(rcpts)));
   const t0 = process.hrtime.bigint();
   for (const m of msgs) {
     const r = spawnSync(join(BIN, 'handle-incoming-mail'), ['--config', cfg], { input: m, env });
@@ -79,17 +65,14 @@ export async function run(): Promise<void> {
     const size = Number(process.env.BENCH_BYTES ?? 1024 ** 3);
     const big = join(dir, 'big.ima');
     const att = join(dir, 'big.bin');
-    const fd = openSync(att, 'w');
-    const chunk = Buffer.alloc(4 * 1024 * 1024, 0x5a);
-    for (let left = size; left > 0; left -= chunk.length) writeSync(fd, chunk, 0, Math.min(left, chunk.length));
-    closeSync(fd);
+    patternFile(att, size);
     const out = openSync(big, 'w');
     const mk = await measure([join(BIN, 'make-message'), '-r', 'a@a.test', '--no-body', '-a', att, 'u1@b.test'], { stdout: out });
     closeSync(out);
     rmSync(att);
     if (mk.code !== 0) throw new Error(mk.stderr);
     const input = openSync(big, 'r');
-    const r = await measure([join(BIN, 'handle-incoming-mail'), '--config', inproc.replace(/\.toml$/, '-reg.toml')], { stdin: input, env, stdout: 'inherit' });
+    const r = await measure([join(BIN, 'handle-incoming-mail'), '--config', inproc], { stdin: input, env, stdout: 'inherit' });
     closeSync(input);
     if (r.code !== 0) throw new Error(`1 GiB delivery failed: ${r.stderr}`);
     console.log(`${mb(size).toFixed(0)} MiB message through handle-incoming-mail (give-recipient in-process): ${(mb(size) / r.seconds).toFixed(0)} MB/s, peak RSS ${r.peakRssMb.toFixed(1)} MB`);

@@ -3,17 +3,17 @@
 // IMDP client), with spawned and in-process handlers; send-mail runs per
 // second; a 1 GiB attachment end to end (MB/s, peak RSS of each process).
 // Every process is real; figures depend on a shared machine.
-import { type ChildProcess, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { createWriteStream, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { PassThrough } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { makeCa, makeLeaf } from '../src/cert.js';
 import { ImdpClient } from '../src/imdp.js';
-import { Headers, writeMessage } from '../src/message/index.js';
 import { isProgram } from '../src/programs/index.js';
+import { type Listening, startListening } from '../test/helpers.js';
+import { patternFile, smallMessage } from './_measure.js';
 
 const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
 const BIN = join(ROOT, 'bin');
@@ -67,57 +67,19 @@ fsyncSync(fd); closeSync(fd); console.log('OK bob@b.test');\n`,
   return { handler: ['node', script, out], inProcess: false, label: 'stand-in store handler (node, fsync)' };
 }
 
-interface Running {
-  port: number;
-  proc: ChildProcess;
-  stop(): Promise<void>;
-}
-
-async function startServer(dir: string, pki: Pki, handler: string[], inProcess: boolean, extra = ''): Promise<Running> {
+async function startServer(dir: string, pki: Pki, handler: string[], inProcess: boolean, extra = ''): Promise<Listening> {
   const file = join(dir, `server-${Math.random().toString(36).slice(2)}.toml`);
   writeFileSync(
     file,
     `domain = "b.test"\nhandler = ${JSON.stringify(handler)}\nin_process = ${inProcess}\n[tls]\ncertificate = "${pki.b.cert}"\nkey = "${pki.b.key}"\nca = ["${pki.caFile}"]\n[limits]\nmax_message_bytes = "2G"\nmax_messages_per_connection = 1000000\nmax_connections_per_address = 50\n${extra}`,
   );
-  const proc = spawn(join(BIN, 'server-receive'), ['--config', file, '--listen', '127.0.0.1:0'], { env, stdio: ['ignore', 'ignore', 'pipe'] });
-  let err = '';
-  const port = await new Promise<number>((res, rej) => {
-    let found = false;
-    proc.stderr!.on('data', (d) => {
-      if (found) {
-        if (/TEMPFAIL|error|warning/.test(String(d))) process.stderr.write(d);
-        return;
-      }
-      err += d;
-      const m = /listening on [^\n]*:(\d+)\n/.exec(err);
-      if (m) {
-        found = true;
-        res(Number(m[1]));
-      }
-    });
-    proc.on('exit', (c) => rej(new Error(`server-receive exited ${c}: ${err}`)));
-  });
-  return {
-    port,
-    proc,
-    async stop() {
-      proc.kill('SIGTERM');
-      await once(proc, 'exit');
-    },
-  };
+  // Log lines of trouble are shown as they come; the info line per message is not.
+  return startListening('server-receive', ['--config', file, '--listen', '127.0.0.1:0'], { env, echo: /TEMPFAIL|error|warning/ });
 }
 
 let seq = 0;
-async function message4k(body = 'x'.repeat(3000)): Promise<Buffer> {
-  const h = new Headers();
-  h.add('from', 'alice@a.test').add('to', 'bob@b.test').add('subject', 'bench').add('date', '2026-11-23T00:00:00Z');
-  h.add('message-id', `urn:uuid:${crypto.randomUUID()}`).add('mailer', 'a.test').add('x-seq', String(++seq));
-  const out = new PassThrough();
-  const parts: Buffer[] = [];
-  out.on('data', (c: Buffer) => parts.push(c));
-  await writeMessage(out, { headers: h, body: { size: body.length, open: () => Buffer.from(body) } });
-  return Buffer.concat(parts);
-}
+/** A 4 KB message as send-mail would send it (mailer set), numbered. */
+const message4k = () => smallMessage(['bob@b.test'], [['mailer', 'a.test'], ['x-seq', String(++seq)]], 3000);
 
 const headersOf = (tar: Buffer) => tar.subarray(512, 512 + parseInt(tar.subarray(124, 136).toString().trim(), 8));
 
@@ -219,15 +181,10 @@ async function sendMailRuns(dir: string, pki: Pki, port: number, runs: number): 
   console.log(`imdp: send-mail, one process per message, 4 KB: ${(runs / secs).toFixed(1)} runs/s (${runs} in ${secs.toFixed(2)} s)`);
 }
 
-async function bigOne(dir: string, pki: Pki, server: Running, label: string): Promise<void> {
+async function bigOne(dir: string, pki: Pki, server: Listening, label: string): Promise<void> {
   const size = Number(process.env.BENCH_BIG_MB ?? 1024) * 1024 * 1024;
   const file = join(dir, 'big.bin');
-  const block = Buffer.alloc(1024 * 1024);
-  for (let i = 0; i < block.length; i += 4) block.writeUInt32LE((i * 2654435761) >>> 0, i);
-  const out = createWriteStream(file);
-  for (let n = 0; n < size; n += block.length) if (!out.write(block)) await once(out, 'drain');
-  out.end();
-  await once(out, 'finish');
+  patternFile(file, size);
   const cfg = sendMailConfig(dir, pki, server.port);
   const msgFile = join(dir, 'big.ima');
   const watch = rssWatcher(() => [server.proc.pid!, process.pid]);

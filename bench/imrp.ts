@@ -2,58 +2,26 @@
 // processes. 2,000 messages of 4 KB (messages/s, every one fsync'ed before
 // the server deletes it), then one 1 GiB attachment (MB/s, peak RSS of
 // both processes).
-import { type ChildProcess, spawn } from 'node:child_process';
-import { randomUUID } from 'node:crypto';
+import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough, Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { makeCa, makeLeaf } from '../src/cert.js';
 import { deliverToMailbox } from '../src/mailbox.js';
-import { Headers, bufferPart, writeMessage } from '../src/message/index.js';
 import { hashPassword } from '../src/password.js';
-import { mb, measure } from './_measure.js';
+import { type Listening, startListening } from '../test/helpers.js';
+import { mb, measure, patternFile, peakRssMb, smallMessage } from './_measure.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const BIN = join(ROOT, 'bin');
 const env: NodeJS.ProcessEnv = { ...process.env, PATH: `${BIN}:${process.env.PATH}`, IMA_CONFIG_DIR: '/nonexistent', IMA_PASSWORD: 'bench' };
 
-async function smallMessage(): Promise<Buffer> {
-  const h = new Headers().add('from', 'alice@a.test').add('to', 'bob@b.test').add('subject', 'bench').add('date', '2026-11-23T00:00:00Z').add('message-id', `urn:uuid:${randomUUID()}`);
-  const out = new PassThrough();
-  const parts: Buffer[] = [];
-  out.on('data', (c: Buffer) => parts.push(c));
-  await writeMessage(out, { headers: h, body: bufferPart(Buffer.alloc(3800, 'x')) });
-  return Buffer.concat(parts);
-}
-
-function hwm(pid: number): number {
-  try {
-    return Number(/VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) / 1024;
-  } catch {
-    return 0;
-  }
-}
-
-async function startPostOffice(cfg: string): Promise<{ proc: ChildProcess; port: number }> {
-  const proc = spawn(join(BIN, 'post-office'), ['--config', cfg, '--listen', '127.0.0.1:0'], { env, stdio: ['ignore', 'ignore', 'pipe'] });
-  let err = '';
-  const port = await new Promise<number>((res, rej) => {
-    proc.stderr!.on('data', (d) => {
-      err += d;
-      const m = /listening on [^\n]*:(\d+)/.exec(err);
-      if (m) res(Number(m[1]));
-    });
-    proc.on('exit', (c) => rej(new Error(`post-office exited ${c}: ${err}`)));
-  });
-  return { proc, port };
-}
-
 export async function run(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'ima-bench-imrp-'));
-  let po: ChildProcess | undefined;
+  let po: Listening | undefined;
   try {
     const ca = makeCa('bench CA', 'bench', { days: 2 }, 2048);
     const leaf = makeLeaf(ca, { purpose: 'server', commonName: 'b.test', dnsNames: ['b.test'], organization: 'bench' }, { days: 2 });
@@ -69,8 +37,7 @@ export async function run(): Promise<void> {
     env.IMA_CONFIG_DIR = dir;
     const n = Number(process.env.BENCH_MESSAGES ?? 2000);
     for (let i = 0; i < n; i++) await deliverToMailbox(box, Readable.from([await smallMessage()]));
-    const server = await startPostOffice(join(dir, 'po.toml'));
-    po = server.proc;
+    const server = (po = await startListening('post-office', ['--config', join(dir, 'po.toml'), '--listen', '127.0.0.1:0'], { env }));
     writeFileSync(join(dir, 'fm.toml'), readFileSync(join(dir, 'fm.toml'), 'utf8').replace('PORT', String(server.port)));
     const small = await measure([join(BIN, 'fetch-mail'), '--config', join(dir, 'fm.toml'), join(dir, 'local-small')], { env });
     if (small.code !== 0) throw new Error(`fetch-mail failed: ${small.stderr}`);
@@ -78,26 +45,21 @@ export async function run(): Promise<void> {
 
     const size = Number(process.env.BENCH_BYTES ?? 1024 ** 3);
     const att = join(dir, 'big.bin');
-    const fd = openSync(att, 'w');
-    const chunk = Buffer.alloc(4 * 1024 * 1024);
-    for (let i = 0; i < chunk.length; i += 4) chunk.writeUInt32LE((i * 2654435761) >>> 0, i);
-    for (let left = size; left > 0; left -= chunk.length) writeSync(fd, chunk, 0, Math.min(left, chunk.length));
-    closeSync(fd);
+    patternFile(att, size);
     const mk = spawn(join(BIN, 'give-recipient'), [box], { env, stdio: ['pipe', 'ignore', 'inherit'] });
     const maker = spawn(join(BIN, 'make-message'), ['-r', 'a@a.test', '--no-body', '-a', att, 'bob@b.test'], { env, stdio: ['ignore', 'pipe', 'inherit'] });
     maker.stdout!.pipe(mk.stdin!);
     const [stored] = (await once(mk, 'exit')) as [number];
     rmSync(att);
     if (stored !== 0) throw new Error(`give-recipient could not store the ${mb(size).toFixed(0)} MiB message (exit ${stored})`);
-    const before = hwm(server.proc.pid!);
+    const before = peakRssMb(server.proc.pid!);
     const big = await measure([join(BIN, 'fetch-mail'), '--config', join(dir, 'fm.toml'), join(dir, 'local-big')], { env });
     if (big.code !== 0) throw new Error(`fetch-mail failed: ${big.stderr}`);
     console.log(
-      `fetch one ${mb(size).toFixed(0)} MiB attachment: ${(mb(size) / big.seconds).toFixed(0)} MB/s, peak RSS fetch-mail ${big.peakRssMb.toFixed(1)} MB, post-office ${Math.max(before, hwm(server.proc.pid!)).toFixed(1)} MB`,
+      `fetch one ${mb(size).toFixed(0)} MiB attachment: ${(mb(size) / big.seconds).toFixed(0)} MB/s, peak RSS fetch-mail ${big.peakRssMb.toFixed(1)} MB, post-office ${Math.max(before, peakRssMb(server.proc.pid!)).toFixed(1)} MB`,
     );
   } finally {
-    po?.kill('SIGTERM');
-    if (po) await once(po, 'exit');
+    await po?.stop();
     rmSync(dir, { recursive: true, force: true });
   }
 }

@@ -1,29 +1,20 @@
 // make-message with a 1 GiB attachment to /dev/null: MB/s and peak RSS of the
 // process; then the reader draining the same message; then start-up time.
-import { createReadStream, mkdtempSync, openSync, closeSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, createReadStream, mkdtempSync, openSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { readMessage } from '../src/message/index.js';
-import { mb, measure, startupMs } from './_measure.js';
+import { mb, measure, patternFile, startupMs } from './_measure.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const SIZE = Number(process.env.BENCH_BYTES ?? 1024 ** 3);
-
-function makeFile(path: string, size: number) {
-  const fd = openSync(path, 'w');
-  const chunk = Buffer.alloc(4 * 1024 * 1024);
-  for (let i = 0; i < chunk.length; i += 4) chunk.writeUInt32LE((i * 2654435761) >>> 0, i);
-  for (let left = size; left > 0; left -= chunk.length) writeSync(fd, chunk, 0, Math.min(left, chunk.length));
-  closeSync(fd);
-}
-
 
 export async function run(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'ima-bench-'));
   try {
     const att = join(dir, 'big.bin');
-    makeFile(att, SIZE);
+    patternFile(att, SIZE);
     const bin = join(ROOT, 'bin', 'make-message');
     const devnull = openSync('/dev/null', 'w');
     const r = await measure([bin, '-r', 'a@a.test', '--no-body', '-a', att, 'b@b.test'], { stdout: devnull });

@@ -43,19 +43,21 @@ function serial(): string {
   return b.toString('hex');
 }
 
-function dates(cert: forge.pki.Certificate, v: Validity): void {
+/** A certificate for the key with a fresh serial and its validity set; subject, issuer and extensions to follow. */
+function newCertificate(key: ReturnType<typeof newKey>, v: Validity): forge.pki.Certificate {
+  const cert = forge.pki.createCertificate();
+  cert.publicKey = key.forgePub;
+  cert.serialNumber = serial();
   const from = v.notBefore ?? new Date(Date.now() - 5 * 60_000);
   cert.validity.notBefore = from;
   cert.validity.notAfter = new Date(from.getTime() + v.days * DAY);
+  return cert;
 }
 
 /** A self-signed CA that can only sign end-entity certificates (pathLen 0). */
 export function makeCa(name: string, organization: string, v: Validity, bits = 3072): Issued {
   const key = newKey(bits);
-  const cert = forge.pki.createCertificate();
-  cert.publicKey = key.forgePub;
-  cert.serialNumber = serial();
-  dates(cert, v);
+  const cert = newCertificate(key, v);
   const subject = [{ name: 'commonName', value: name }, { name: 'organizationName', value: organization }];
   cert.setSubject(subject);
   cert.setIssuer(subject);
@@ -90,10 +92,7 @@ export function makeLeaf(ca: Issued, spec: LeafSpec, v: Validity, bits = 2048): 
   const caCert = forge.pki.certificateFromPem(ca.certPem);
   const caKey = forge.pki.privateKeyFromPem(ca.keyPem);
   const key = newKey(bits);
-  const cert = forge.pki.createCertificate();
-  cert.publicKey = key.forgePub;
-  cert.serialNumber = serial();
-  dates(cert, v);
+  const cert = newCertificate(key, v);
   cert.setSubject([{ name: 'commonName', value: spec.commonName }, { name: 'organizationName', value: spec.organization }]);
   cert.setIssuer(caCert.subject.attributes);
   const altNames = [

@@ -1,14 +1,12 @@
 // IMDP, the server-to-server delivery protocol (ima(7)): the wire words, the
 // strict parsers and formatters of its lines, and the client that send-mail
 // and the benchmark use. The server side is src/imdp-session.ts.
-import { X509Certificate } from 'node:crypto';
-import { once } from 'node:events';
 import type { Readable } from 'node:stream';
-import tls, { type SecureContextOptions, type TLSSocket } from 'node:tls';
+import type { SecureContextOptions, TLSSocket } from 'node:tls';
 import { tempFail } from './failure.js';
 import { LineError, LineReader } from './lines.js';
 import { oneLine } from './log.js';
-import { certCoversDomain, explainCertError } from './tls.js';
+import { connectTls } from './tls.js';
 
 /** The port IMDP servers listen on when nothing else is said (config table, SRV record). */
 export const IMDP_PORT = 4690;
@@ -111,30 +109,7 @@ export class ImdpClient {
 
   static async connect(opts: ClientOptions): Promise<ImdpClient> {
     const where = `${opts.domain} (${opts.host}:${opts.port})`;
-    const socket = tls.connect({
-      ...opts.tls,
-      host: opts.host,
-      port: opts.port,
-      servername: /^[\d.:]+$/.test(opts.domain) ? undefined : opts.domain,
-      rejectUnauthorized: true,
-      minVersion: 'TLSv1.2',
-      checkServerIdentity: (_host, cert) =>
-        cert?.raw && certCoversDomain(new X509Certificate(cert.raw), opts.domain)
-          ? undefined
-          : Object.assign(new Error(`the server's certificate does not cover ${opts.domain}`), { code: 'ERR_TLS_CERT_ALTNAME_INVALID' }),
-    });
-    socket.setNoDelay(true);
-    const timer = setTimeout(() => socket.destroy(Object.assign(new Error(`no greeting within ${opts.timeout / 1000} s`), { code: 'ETIMEDOUT' })), opts.timeout);
-    try {
-      await once(socket, 'secureConnect');
-    } catch (e) {
-      clearTimeout(timer);
-      const err = e as NodeJS.ErrnoException;
-      if (err.code === 'ERR_TLS_CERT_ALTNAME_INVALID') throw tempFail(`${where}: ${err.message}`, '4.7.5');
-      if (err.code && /CERT|SELF_SIGNED|ISSUER|VERIFY/.test(err.code)) throw tempFail(`${where}: ${explainCertError(err.code, true, 'server')}`, '4.7.5');
-      throw tempFail(`${where}: ${err.code ?? ''} ${err.message}`.replace(/ +/g, ' '), '4.4.1');
-    }
-    clearTimeout(timer);
+    const socket = await connectTls({ host: opts.host, port: opts.port, name: opts.domain, tls: opts.tls, timeout: opts.timeout, where });
     const reader = new LineReader(socket, { maxLine: MAX_LINE, idleTimeout: opts.timeout, dataTimeout: opts.timeout });
     let first: string | null;
     try {

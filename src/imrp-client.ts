@@ -1,13 +1,11 @@
 // The client side of IMRP: connect over TLS (the server's certificate must
 // chain to the configured CAs and cover the server's name), read the
 // greeting, log in. Commands may be pipelined; answers come in order.
-import { X509Certificate } from 'node:crypto';
-import { once } from 'node:events';
-import tls, { type SecureContextOptions, type TLSSocket } from 'node:tls';
+import type { SecureContextOptions, TLSSocket } from 'node:tls';
 import { Failure, tempFail } from './failure.js';
 import { MAX_LINE } from './imrp.js';
 import { LineError, LineReader } from './lines.js';
-import { certCoversDomain, explainCertError } from './tls.js';
+import { connectTls } from './tls.js';
 
 export interface ConnectOptions {
   host: string;
@@ -29,26 +27,7 @@ export class ImrpClient {
 
   static async connect(o: ConnectOptions): Promise<ImrpClient> {
     const where = `${o.host}:${o.port}`;
-    const socket = tls.connect({
-      ...o.tls,
-      host: o.host,
-      port: o.port,
-      servername: /^[\d.:]+$/.test(o.serverName) ? undefined : o.serverName,
-      rejectUnauthorized: true,
-      minVersion: 'TLSv1.2',
-      checkServerIdentity: (_h, cert) =>
-        cert?.raw && certCoversDomain(new X509Certificate(cert.raw), o.serverName) ? undefined : new Error(`the server's certificate does not cover ${o.serverName}`),
-    });
-    const timer = setTimeout(() => socket.destroy(Object.assign(new Error(`no answer within ${o.timeout / 1000} s`), { code: 'ETIMEDOUT' })), o.timeout);
-    try {
-      await once(socket, 'secureConnect');
-    } catch (e) {
-      const err = e as NodeJS.ErrnoException;
-      const why = err.code && /CERT|SELF_SIGNED|ISSUER|VERIFY/.test(err.code) ? explainCertError(err.code, true, 'server') : `${err.code ?? ''} ${err.message}`.trim();
-      throw tempFail(`${where}: ${why}`, '4.4.1');
-    } finally {
-      clearTimeout(timer);
-    }
+    const socket = await connectTls({ host: o.host, port: o.port, name: o.serverName, tls: o.tls, timeout: o.timeout, where });
     const c = new ImrpClient(socket, new LineReader(socket, { maxLine: MAX_LINE, idleTimeout: o.timeout, dataTimeout: o.timeout }), where);
     const greeting = await c.line();
     if (!/^IMRP 1( |$)/.test(greeting)) throw tempFail(`${where}: not an IMRP server: "${greeting.slice(0, 80)}"`);

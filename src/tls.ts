@@ -3,11 +3,12 @@
 // purposes are OpenSSL's verdict (socket.authorized), names are
 // X509Certificate.checkHost on the ASCII form of a domain.
 import { X509Certificate, createPrivateKey } from 'node:crypto';
+import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import tls, { type PeerCertificate, type SecureContextOptions, type TLSSocket } from 'node:tls';
 import { AddressError, asciiDomain } from './address.js';
 import { type Located, configPath, list, optional, string, table } from './config.js';
-import { configError } from './failure.js';
+import { configError, tempFail } from './failure.js';
 
 /** Where the TLS files named by a config are, and which config named them. */
 export interface TlsPaths {
@@ -142,4 +143,51 @@ export function explainCertError(error: string | Error | null | undefined, hadCe
   if (/EXPIRED/i.test(code)) return `${ours}: it has expired`;
   if (/NOT_YET_VALID/i.test(code)) return `${ours}: it is not valid yet`;
   return ours;
+}
+
+export interface ConnectTo {
+  host: string;
+  port: number;
+  /** The name the server's certificate must cover (a domain; an IP address sends no SNI). */
+  name: string;
+  /** Our certificate and key, if any, and the CAs we trust. */
+  tls: SecureContextOptions;
+  /** ms for connect and handshake. */
+  timeout: number;
+  /** How errors name this peer. */
+  where: string;
+}
+
+/**
+ * Connect and complete the handshake with a server whose certificate chains
+ * to our CAs and covers `name`. Every failure is temporary trouble with one
+ * line a user can act on (4.7.5 for a certificate, 4.4.1 for the network).
+ */
+export async function connectTls(o: ConnectTo): Promise<TLSSocket> {
+  const socket = tls.connect({
+    ...o.tls,
+    host: o.host,
+    port: o.port,
+    servername: /^[\d.:]+$/.test(o.name) ? undefined : o.name,
+    rejectUnauthorized: true,
+    minVersion: 'TLSv1.2',
+    checkServerIdentity: (_host, cert) =>
+      cert?.raw && certCoversDomain(new X509Certificate(cert.raw), o.name)
+        ? undefined
+        : Object.assign(new Error(`the server's certificate does not cover ${o.name}`), { code: 'ERR_TLS_CERT_ALTNAME_INVALID' }),
+  });
+  socket.setNoDelay(true);
+  const timer = setTimeout(() => socket.destroy(Object.assign(new Error(`no handshake within ${o.timeout / 1000} s`), { code: 'ETIMEDOUT' })), o.timeout);
+  try {
+    await once(socket, 'secureConnect');
+    return socket;
+  } catch (e) {
+    socket.destroy();
+    const err = e as NodeJS.ErrnoException;
+    if (err.code === 'ERR_TLS_CERT_ALTNAME_INVALID') throw tempFail(`${o.where}: ${err.message}`, '4.7.5');
+    if (err.code && /CERT|SELF_SIGNED|ISSUER|VERIFY/.test(err.code)) throw tempFail(`${o.where}: ${explainCertError(err.code, true, 'server')}`, '4.7.5');
+    throw tempFail(`${o.where}: ${err.code ?? ''} ${err.message}`.replace(/ +/g, ' '), '4.4.1');
+  } finally {
+    clearTimeout(timer);
+  }
 }

@@ -1,6 +1,7 @@
 // Shared test plumbing: run a program in-process through main(args, io), or
 // as a real process through bin/NAME, and collect exit code and output.
-import { spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -60,15 +61,7 @@ export async function runMain(name: ProgramName, args: string[], opts: RunOption
 
 /** Run bin/NAME as a real process. */
 export function runBin(name: string, args: string[], opts: RunOptions = {}): Promise<Result> {
-  return new Promise((res, rej) => {
-    const child = spawn(join(BIN, name), args, { env: opts.env ?? testEnv(), cwd: opts.cwd, stdio: ['pipe', 'pipe', 'pipe'] });
-    const out = collect(child.stdout);
-    const err = collect(child.stderr);
-    child.stdin.on('error', () => {}); // a program may exit without reading stdin
-    asStream(opts.input).pipe(child.stdin);
-    child.on('error', rej);
-    child.on('close', async (code, signal) => res({ code, signal, stdout: await out, stderr: (await err).toString() }));
-  });
+  return runCommand(join(BIN, name), args, { ...opts, env: opts.env ?? testEnv() });
 }
 
 /** Run any command (GNU tar, openssl) with an argv array. */
@@ -94,4 +87,48 @@ export function tempDir(prefix = 'ima-test-'): string {
   const dir = mkdtempSync(join(tmpdir(), prefix));
   made.push(dir);
   return dir;
+}
+
+export interface Listening {
+  proc: ChildProcess;
+  port: number;
+  /** Everything it has written to stderr so far. */
+  log(): string;
+  /** SIGTERM, then wait for it to exit. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Start a server, bin/NAME with args that include --listen on port 0, and
+ * wait for its "listening on ADDRESS:PORT" line (an event, not a delay).
+ * Stderr lines matching `echo` are also passed on to ours.
+ */
+export async function startListening(name: string, args: string[], opts: { env?: Record<string, string | undefined>; echo?: RegExp } = {}): Promise<Listening> {
+  const proc = spawn(join(BIN, name), args, { env: opts.env ?? testEnv(), stdio: ['ignore', 'ignore', 'pipe'] });
+  let log = '';
+  proc.stderr!.on('data', (d: Buffer) => {
+    log += d;
+    if (opts.echo?.test(String(d))) process.stderr.write(d);
+  });
+  const port = await new Promise<number>((res, rej) => {
+    const seen = () => {
+      const m = /listening on [^\n]*:(\d+)\n/.exec(log);
+      if (m) {
+        proc.stderr!.off('data', seen);
+        res(Number(m[1]));
+      }
+    };
+    proc.stderr!.on('data', seen);
+    proc.once('exit', (code) => rej(new Error(`${name} exited ${code}: ${log}`)));
+  });
+  return {
+    proc,
+    port,
+    log: () => log,
+    async stop() {
+      if (proc.exitCode !== null || proc.signalCode !== null) return;
+      proc.kill('SIGTERM');
+      await once(proc, 'exit');
+    },
+  };
 }

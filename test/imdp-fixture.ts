@@ -1,14 +1,12 @@
 // Fixtures for IMDP tests: a PKI for a.test and b.test, server-receive as a
 // real process on 127.0.0.1 port 0 with a config written here, handler
 // scripts with a chosen behaviour, messages, and a client.
-import { type ChildProcess, spawn } from 'node:child_process';
-import { once } from 'node:events';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { ImdpClient } from '../src/imdp.js';
 import { Headers, writeMessage } from '../src/message/index.js';
-import { BIN, tempDir, testEnv } from './helpers.js';
+import { type Listening, startListening, tempDir } from './helpers.js';
 import { type CertFiles, Pki } from './pki.js';
 
 export const dir = tempDir('ima-imdp-');
@@ -41,11 +39,8 @@ process.exit(mode.startsWith('exit:') ? Number(mode.slice(5)) : 0);
 `,
 );
 
-export interface Server {
-  port: number;
-  proc: ChildProcess;
+export interface Server extends Listening {
   stderr: () => string;
-  stop(): Promise<void>;
 }
 
 export function config(opts: { domain?: string; cert?: CertFiles; handler?: string[]; check?: string[]; extra?: string; ca?: string[] } = {}): string {
@@ -62,29 +57,11 @@ ${opts.extra ?? ''}
 }
 
 let configs = 0;
-export async function startServer(configText: string, args: string[] = ['--listen', '127.0.0.1:0']): Promise<Server> {
+export async function startServer(configText: string): Promise<Server> {
   const file = join(dir, `server-receive-${configs++}.toml`);
   writeFileSync(file, configText);
-  const proc = spawn(join(BIN, 'server-receive'), ['--config', file, ...args], { env: testEnv(), stdio: ['ignore', 'ignore', 'pipe'] });
-  let err = '';
-  const port = await new Promise<number>((res, rej) => {
-    proc.stderr!.on('data', (d) => {
-      err += d;
-      const m = /listening on [^\n]*:(\d+)\n/.exec(err);
-      if (m) res(Number(m[1]));
-    });
-    proc.on('exit', (code) => rej(new Error(`server-receive exited ${code}: ${err}`)));
-  });
-  return {
-    port,
-    proc,
-    stderr: () => err,
-    async stop() {
-      if (proc.exitCode !== null) return;
-      proc.kill('SIGTERM');
-      await once(proc, 'exit');
-    },
-  };
+  const s = await startListening('server-receive', ['--config', file, '--listen', '127.0.0.1:0']);
+  return { ...s, stderr: s.log };
 }
 
 /** A fresh output directory for the handler. */
