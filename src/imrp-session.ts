@@ -139,10 +139,8 @@ export class ImrpSession {
     this.cfg.failures.set(addr, failures);
     await new Promise((r) => setTimeout(r, Math.min(failures, 10) * this.cfg.timeouts.loginDelay));
     this.send(wire.no('login failed'));
-    if (failures >= this.cfg.limits.maxLoginFailures) {
-      this.bye('too many failed logins');
-      throw new Close();
-    }
+    // The session ends after the BYE; the server then closes the connection gently, so the BYE arrives.
+    if (failures >= this.cfg.limits.maxLoginFailures) this.bye('too many failed logins');
   }
 
   private certificateFits(entry: UserEntry): boolean {

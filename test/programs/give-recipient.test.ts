@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { BIN, runBin, tempDir, testEnv } from '../helpers.js';
@@ -74,6 +74,23 @@ describe('give-recipient', () => {
     const s1 = await read('s1@b.test');
     assert.match(s1, /^bcc: Secret One <s1@b\.test>$/m);
     assert.doesNotMatch(s1, /s2@/);
+  });
+
+  it('--clean removes only old leftovers in tmp/, never a delivery in progress, and leaves new/ alone', async () => {
+    const box = mailbox('clean');
+    const msg = await makeMessage(['bob@b.test']);
+    assert.equal((await runBin('give-recipient', [box], { input: msg })).code, 0);
+    const old = join(box, 'tmp', '1.crashed.abc');
+    mkdirSync(old);
+    writeFileSync(join(old, 'headers'), 'half');
+    const twoDaysAgo = new Date(Date.now() - 48 * 3600 * 1000);
+    utimesSync(old, twoDaysAgo, twoDaysAgo);
+    const inProgress = join(box, 'tmp', '2.delivering.def');
+    mkdirSync(inProgress);
+    const r = await runBin('give-recipient', ['--clean', box]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(readdirSync(join(box, 'tmp')), ['2.delivering.def']);
+    assert.equal(stored(box).length, 1);
   });
 
   const H = entry('headers', HEADERS);

@@ -1,6 +1,6 @@
 // post-office and fetch-mail as real processes over real TLS on loopback.
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:tls';
@@ -9,7 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import tls from 'node:tls';
 import { X509Certificate } from 'node:crypto';
 import { fingerprint256 } from '../../src/tls.js';
-import { BIN, runBin, tempDir, testEnv } from '../helpers.js';
+import { BIN, type Listening, runBin, startListening, tempDir, testEnv } from '../helpers.js';
 import { Pki } from '../pki.js';
 import { END, HEADERS, entry, header, tarOf } from '../tarbuild.js';
 
@@ -23,9 +23,9 @@ const big = Buffer.alloc(20 * 1024 * 1024);
 for (let i = 0; i < big.length; i += 4) big.writeUInt32LE((i * 2654435761) >>> 0, i);
 writeFileSync(join(dir, 'big.bin'), big);
 
-let po: ChildProcess;
+let po: Listening;
+let strict: Listening;
 let port = 0;
-let poLog = '';
 
 async function deliver(user: string, n: number, extra: string[] = []): Promise<string[]> {
   for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(boxes, user, f), { recursive: true });
@@ -50,8 +50,8 @@ const fetch = (cfg: string, args: string[], env: Record<string, string> = {}) =>
 const local = (d: string) => (existsSync(join(d, 'new')) ? readdirSync(join(d, 'new')).sort() : []);
 
 /** A raw IMRP conversation: send lines, collect what the server says until it closes or `until` matches. */
-async function converse(lines: string[], until: RegExp, cert?: { cert: string; key: string }): Promise<string> {
-  const s = tls.connect({ host: '127.0.0.1', port, servername: 'b.test', ca: readFileSync(pki.caFile), ...(cert ? { cert: readFileSync(cert.cert), key: readFileSync(cert.key) } : {}) });
+async function converse(lines: string[], until: RegExp, cert?: { cert: string; key: string }, at = port): Promise<string> {
+  const s = tls.connect({ host: '127.0.0.1', port: at, servername: 'b.test', ca: readFileSync(pki.caFile), ...(cert ? { cert: readFileSync(cert.cert), key: readFileSync(cert.key) } : {}) });
   await once(s, 'secureConnect');
   let got = '';
   s.on('data', (d) => (got += d.toString('latin1')));
@@ -91,20 +91,14 @@ max_login_failures = 50
 login_delay = "50ms"
 `,
   );
-  po = spawn(join(BIN, 'post-office'), ['--config', cfg, '--listen', '127.0.0.1:0'], { env: testEnv(), stdio: ['ignore', 'ignore', 'pipe'] });
-  port = await new Promise<number>((res, rej) => {
-    po.stderr!.on('data', (d) => {
-      poLog += d;
-      const m = /listening on [^\n]*:(\d+)\n/.exec(poLog);
-      if (m) res(Number(m[1]));
-    });
-    po.on('exit', (c) => rej(new Error(`post-office exited ${c}: ${poLog}`)));
-  });
+  po = await startListening('post-office', ['--config', cfg, '--listen', '127.0.0.1:0']);
+  port = po.port;
+  // A second server with tight limits, for the tests of those limits.
+  const strictCfg = join(dir, 'post-office-strict.toml');
+  writeFileSync(strictCfg, readFileSync(cfg, 'utf8').replace('max_login_failures = 50', 'max_login_failures = 3').replace('login_delay = "50ms"', 'login_delay = "10ms"\nidle = "1s"'));
+  strict = await startListening('post-office', ['--config', strictCfg, '--listen', '127.0.0.1:0']);
 });
-after(async () => {
-  po.kill('SIGTERM');
-  await once(po, 'exit');
-});
+after(() => Promise.all([po.stop(), strict.stop()]));
 
 describe('post-office and fetch-mail', () => {
   it('fetches every new message by password, deletes them on the server, and fetches nothing the second time', async () => {
@@ -120,8 +114,8 @@ describe('post-office and fetch-mail', () => {
     const again = await fetch(cfg, [out, '--verbose'], { BOB_PW: 'sesame' });
     assert.equal(again.code, 0);
     assert.match(again.stderr, /fetched 0 messages/);
-    assert.match(poLog, /login user=bob address=127\.0\.0\.1 method=password result=ok/);
-    assert.match(poLog, /fetch user=bob messages=5 bytes=\d+/);
+    assert.match(po.log(), /login user=bob address=127\.0\.0\.1 method=password result=ok/);
+    assert.match(po.log(), /fetch user=bob messages=5 bytes=\d+/);
   });
 
   it('logs in by client certificate; --keep marks seen and the next run fetches nothing', async () => {
@@ -135,7 +129,19 @@ describe('post-office and fetch-mail', () => {
     assert.match(r.stderr, /3 left on the server/);
     const again = await fetch(cfg, [out, '--keep', '--verbose']);
     assert.match(again.stderr, /fetched 0 messages/);
-    assert.match(poLog, /method=certificate result=ok/);
+    assert.match(po.log(), /method=certificate result=ok/);
+  });
+
+  it('takes the password from password_file (relative to its config), never from the command line', async () => {
+    writeFileSync(join(dir, 'bob.pw'), 'sesame\n');
+    const r = await fetch(fetchConfig('bob-pwfile', 'user = "bob"\npassword_file = "bob.pw"\n'), [join(dir, 'bob-pwfile'), '--verbose']);
+    assert.equal(r.code, 0, r.stderr);
+    const missing = await fetch(fetchConfig('bob-nopw', 'user = "bob"\npassword_file = "nonexistent.pw"\n'), [join(dir, 'x')]);
+    assert.equal(missing.code, 78);
+    assert.match(missing.stderr, /password_file: cannot read nonexistent\.pw \(ENOENT\)/);
+    const onArgv = await fetch(fetchConfig('bob-argv', 'user = "bob"\n'), ['--password', 'sesame', join(dir, 'x')]);
+    assert.equal(onArgv.code, 64);
+    assert.match(onArgv.stderr, /Unknown argument: password/);
   });
 
   it('answers an unknown user and a wrong password alike, and exits 77', async () => {
@@ -200,6 +206,23 @@ describe('post-office and fetch-mail', () => {
     const bobs = [...readdirSync(join(boxes, 'bob', 'new')), ...readdirSync(join(boxes, 'bob', 'cur'))];
     for (const id of mine) assert.ok(!bobs.includes(id), `${id} deleted`);
     assert.ok(readdirSync(join(boxes, 'carol', 'new')).includes(carolId), 'carol\'s message untouched');
+  });
+});
+
+describe('post-office limits', () => {
+  it('counts failed logins per address: after the limit the connection is dropped, and a new one gets one try', async () => {
+    const first = await converse(['LOGIN bob wrong1', 'LOGIN bob wrong2', 'LOGIN bob wrong3', 'LOGIN bob sesame'], /^BYE/m, undefined, strict.port);
+    assert.equal((first.match(/^NO login failed$/gm) ?? []).length, 3);
+    assert.match(first, /^BYE too many failed logins$/m);
+    assert.doesNotMatch(first, /logged in/, 'the fourth try was never heard');
+    const again = await converse(['LOGIN bob wrong4', 'LOGIN bob sesame'], /^BYE/m, undefined, strict.port);
+    assert.match(again, /^NO login failed\nBYE too many failed logins$/m);
+    assert.doesNotMatch(again, /logged in/);
+  });
+
+  it('drops a client that says nothing within the idle timeout', async () => {
+    const silent = await converse([], /^BYE/m, undefined, strict.port);
+    assert.match(silent, /^IMRP 1 b\.test\nBYE no command for 1 s$/m);
   });
 });
 
