@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { makeCa, makeLeaf } from '../src/cert.js';
-import { ImdpClient } from '../src/imdp.js';
+import { ImdpClient } from '../src/imdp/client.js';
 import { isProgram } from '../src/programs/index.js';
 import { type Listening, startListening } from '../test/helpers.js';
 import { patternFile, smallMessage } from './_measure.js';

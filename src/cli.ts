@@ -7,7 +7,7 @@ import yargs, { type ArgumentsCamelCase, type Argv } from 'yargs';
 import { EXIT, Failure } from './failure.js';
 import { type Field, type Located, type Role, deepFreeze, loadConfig, locateConfig, showConfig } from './config.js';
 import { type Log, createLog, oneLine } from './log.js';
-import type { Io } from './run.js';
+import type { Io } from './io.js';
 
 export interface CommonFlags {
   config?: string;

@@ -1,3 +1,6 @@
+import type { Writable } from 'node:stream';
+import { oneLine } from './log.js';
+
 // The one catalog of named failures and the one exit-code table.
 // Every program throws these; only run.ts turns them into exit codes, and
 // only the delivery stages turn them into OK/FAIL/TEMPFAIL lines.
@@ -80,4 +83,12 @@ export function describe(err: unknown): string {
   if (err instanceof Failure) return err.message;
   const e = err as NodeJS.ErrnoException;
   return e?.message ?? String(err);
+}
+
+/** Write "program: reason" for a failure and return its exit code; unknown errors are temporary. */
+export function reportFailure(io: { stderr: Writable }, program: string, err: unknown): number {
+  const f = asFailure(err);
+  const internal = !(err instanceof Failure) && !(err as NodeJS.ErrnoException)?.code;
+  io.stderr.write(`${program}: ${internal ? 'internal error: ' : ''}${oneLine(f.message)}\n`);
+  return f.exitCode;
 }

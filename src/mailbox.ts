@@ -2,16 +2,18 @@
 // a directory named by the UUID of its message-id. Delivery writes into
 // tmp/, fsyncs every file and directory, renames into new/ and fsyncs new/:
 // a crash leaves no message or a whole one, never part of one.
+import { constants, createReadStream, lstatSync, statSync } from 'node:fs';
 import { type FileHandle, lstat, mkdir, open, readdir, rename, rm } from 'node:fs/promises';
-import { constants, lstatSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { type Address, addressKey, formatAddress, parseAddressList } from './address.js';
 import { asFailure, permFail, tempFail } from './failure.js';
 import { fsyncDir, uniqueName } from './files.js';
-import { DEFAULT_LIMITS, type Headers, type MessageLimits, MessageError, readMessage } from './message/index.js';
+import { DEFAULT_LIMITS, type Headers, type MessageLimits, MessageError, type OutEntry, checkAttachmentName, readMessage } from './message/index.js';
 
 export const FOLDERS = ['tmp', 'new', 'cur'] as const;
+/** The folders that hold delivered messages: new/ (not yet seen) and cur/ (seen). */
+export type Folder = 'new' | 'cur';
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 /** The directory name of a message: the UUID of its message-id. */
@@ -195,8 +197,102 @@ export async function cleanTmp(dir: string, maxAge: number, now = Date.now()): P
   return removed;
 }
 
-/** Names of the messages in new/ or cur/. */
-export async function listFolder(dir: string, folder: 'new' | 'cur'): Promise<string[]> {
-  const names = await readdir(join(dir, folder));
-  return names.filter(isMessageName).sort();
+/** rename(2), false when the source is gone (another session of the same user moved it first). */
+async function moved(from: string, to: string): Promise<boolean> {
+  try {
+    await rename(from, to);
+    return true;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw e;
+  }
+}
+
+/**
+ * A mailbox as its readers see it (post-office): messages found by id, their
+ * files listed in canonical order, and moved to cur/ or removed. Ids are
+ * checked names, never paths.
+ */
+export class Mailbox {
+  constructor(readonly dir: string) {}
+
+  /** Where a message is, or undefined: the id is checked before it touches a path. */
+  async locate(id: string): Promise<{ folder: Folder; path: string } | undefined> {
+    if (!isMessageName(id)) return undefined;
+    for (const folder of ['new', 'cur'] as const) {
+      const path = join(this.dir, folder, id);
+      try {
+        if ((await lstat(path)).isDirectory()) return { folder, path };
+      } catch {
+        // not in this folder
+      }
+    }
+    return undefined;
+  }
+
+  async ids(folder: Folder): Promise<string[]> {
+    try {
+      return (await readdir(join(this.dir, folder))).filter(isMessageName).sort();
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw e;
+    }
+  }
+
+  /** The entries of a stored message, in canonical order, regular files only. */
+  async entries(path: string): Promise<OutEntry[]> {
+    const file = async (p: string, name: string): Promise<OutEntry | undefined> => {
+      let st;
+      try {
+        st = await lstat(join(path, p));
+      } catch {
+        return undefined;
+      }
+      if (!st.isFile()) throw new Error(`${name}: not a regular file`);
+      return { path: p, size: st.size, open: () => createReadStream(join(path, p), { highWaterMark: 256 * 1024 }) };
+    };
+    const listAttachments = () => readdir(join(path, 'attachments')).catch(() => [] as string[]);
+    const [texts, names] = await Promise.all([Promise.all(['headers', 'body', 'body.html'].map((p) => file(p, p))), listAttachments()]);
+    const out = texts.filter((e): e is OutEntry => e !== undefined);
+    if (out[0]?.path !== 'headers') throw new Error('message without headers');
+    const sorted = names.map((x) => checkAttachmentName(x)).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+    for (const e of await Promise.all(sorted.map((n) => file(`attachments/${n}`, n)))) if (e) out.push(e);
+    return out;
+  }
+
+  /**
+   * Move the messages in new/ to cur/ (seen), durably: every rename first,
+   * then one fsync per folder for the whole batch. Returns how many are seen.
+   */
+  async markSeen(ids: string[]): Promise<number> {
+    const found = await this.locateAll(ids);
+    let n = 0;
+    for (const at of found) if (at.folder === 'cur' || (await moved(at.path, join(this.dir, 'cur', at.id)))) n++;
+    if (found.some((at) => at.folder === 'new')) await Promise.all([fsyncDir(join(this.dir, 'cur')), fsyncDir(join(this.dir, 'new'))]);
+    return n;
+  }
+
+  /**
+   * Remove messages: each renamed out of sight into tmp/ (atomic), one fsync
+   * per folder for the batch, and only then their files removed. Returns
+   * how many are gone; a crash leaves renamed ones for tmp/'s clean-up.
+   */
+  async remove(ids: string[]): Promise<number> {
+    const found = await this.locateAll(ids);
+    const gone: string[] = [];
+    for (const at of found) {
+      const to = join(this.dir, 'tmp', `deleted.${at.id}.${process.pid}.${Date.now()}`);
+      if (await moved(at.path, to)) gone.push(to);
+    }
+    await Promise.all([...new Set(found.map((at) => at.folder))].map((f) => fsyncDir(join(this.dir, f))));
+    await Promise.all(gone.map((g) => rm(g, { recursive: true, force: true })));
+    return gone.length;
+  }
+
+  /** The messages among ids that exist here, each once. */
+  private async locateAll(ids: string[]): Promise<{ id: string; folder: Folder; path: string }[]> {
+    const unique = [...new Set(ids)];
+    const at = await Promise.all(unique.map((id) => this.locate(id)));
+    return unique.flatMap((id, i) => (at[i] ? [{ id, ...at[i] }] : []));
+  }
 }

@@ -1,7 +1,7 @@
 // Reading a secret from a person: without echo on a terminal. Used for
 // passwords, which never come from the command line.
 import { usageError } from './failure.js';
-import type { Io } from './run.js';
+import type { Io } from './io.js';
 
 /** Prompt on stderr and read one line from a terminal without echo. */
 export async function readSecret(io: Io, prompt: string): Promise<string> {

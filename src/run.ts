@@ -1,37 +1,12 @@
-// The runner: the only place that touches `process`. A program is
-// main(args, io) -> exit code; bin/NAME calls launch(), a server calls main()
-// directly to run a toolkit program in-process (DESIGN.md 7).
-import type { Readable, Writable } from 'node:stream';
-import { EXIT, Failure, asFailure } from './failure.js';
-import { oneLine } from './log.js';
+// The runner: the only place that wires `process` into a program. bin/NAME
+// calls launch(); servers run programs in-process through stage.ts.
+import { EXIT, reportFailure } from './failure.js';
+import type { Io } from './io.js';
 import { type ProgramName, loadProgram } from './programs/index.js';
-
-export interface Io {
-  stdin: Readable;
-  stdout: Writable;
-  stderr: Writable;
-  env: Record<string, string | undefined>;
-  /** Directory relative paths are resolved against. */
-  cwd: string;
-  /** Aborted when the caller wants the program to stop (a timeout, a shutdown). */
-  signal?: AbortSignal;
-  /** Where a long-running server hears SIGTERM, SIGINT and SIGHUP: the process, or nothing in-process. */
-  signals?: NodeJS.EventEmitter;
-}
-
-export type Main = (args: string[], io: Io) => Promise<number>;
 
 /** The Io of the real process. */
 export function processIo(): Io {
   return { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr, env: process.env, cwd: process.cwd(), signals: process };
-}
-
-/** Write "program: reason" for a failure and return its exit code; unknown errors are temporary. */
-export function reportFailure(io: Io, program: string, err: unknown): number {
-  const f = asFailure(err);
-  const internal = !(err instanceof Failure) && !(err as NodeJS.ErrnoException)?.code;
-  io.stderr.write(`${program}: ${internal ? 'internal error: ' : ''}${oneLine(f.message)}\n`);
-  return f.exitCode;
 }
 
 /** Run a toolkit program as this process, with the exit code semantics of DESIGN.md 2. */

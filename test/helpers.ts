@@ -8,7 +8,7 @@ import { join, resolve } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { loadProgram, type ProgramName } from '../src/programs/index.js';
-import type { Io } from '../src/run.js';
+import type { Io } from '../src/io.js';
 
 export const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
 export const BIN = join(ROOT, 'bin');

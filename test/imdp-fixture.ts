@@ -4,7 +4,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
-import { ImdpClient } from '../src/imdp.js';
+import { ImdpClient } from '../src/imdp/client.js';
 import { Headers, writeMessage } from '../src/message/index.js';
 import { type Listening, startListening, tempDir } from './helpers.js';
 import { type CertFiles, Pki } from './pki.js';

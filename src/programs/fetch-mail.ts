@@ -13,13 +13,13 @@ import type { Argv } from 'yargs';
 import { start } from '../cli.js';
 import { boolean, configPath, duration, integer, list, optional, size, string, table } from '../config.js';
 import { EXIT, Failure, configError, usageError } from '../failure.js';
-import { ImrpClient, LoginRefused } from '../imrp-client.js';
-import { IMRP_PORT, parseMsgLine } from '../imrp.js';
+import { ImrpClient, LoginRefused } from '../imrp/client.js';
+import { IMRP_PORT, parseMsgLine } from '../imrp/wire.js';
 import { deliverToMailbox, openMailbox } from '../mailbox.js';
 import { DEFAULT_LIMITS } from '../message/index.js';
 import { isTerminal, readSecret } from '../prompt.js';
-import type { Io } from '../run.js';
-import { loadTlsMaterial, systemRoots } from '../tls.js';
+import type { Io } from '../io.js';
+import { loadTlsMaterial, systemRoots } from '../net/tls.js';
 
 const schema = table({
   server: string({ nonEmpty: true }),

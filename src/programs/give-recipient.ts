@@ -13,7 +13,7 @@ import { boolean, duration, integer, optional, size, string, table } from '../co
 import { EXIT, Failure, asFailure, noInput, usageError } from '../failure.js';
 import { cleanTmp, deliverToMailbox } from '../mailbox.js';
 import { DEFAULT_LIMITS } from '../message/index.js';
-import type { Io } from '../run.js';
+import type { Io } from '../io.js';
 
 const schema = table({
   mailbox: optional(string({ check: (s) => (s.includes('{') && !/\{(local|domain|address)\}/.test(s) ? 'unknown placeholder (use {local}, {domain}, {address})' : undefined) }), ''),

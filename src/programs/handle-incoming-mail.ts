@@ -11,10 +11,11 @@ import { type Address, AddressError, addressKey, mailboxOf, parseAddressList } f
 import { start } from '../cli.js';
 import { boolean, command, duration, integer, list, map, optional, size, string, table } from '../config.js';
 import { EXIT, configError, dataError, usageError } from '../failure.js';
-import { runHandler } from '../handler.js';
+import { type Word, exitFor, formatResult, parseResult } from '../results.js';
+import { runStage } from '../stage.js';
 import { DEFAULT_LIMITS, type Headers, MessageError, parseHeaders, readMessage } from '../message/index.js';
 import { type Resolution, Router } from '../routing.js';
-import type { Io } from '../run.js';
+import type { Io } from '../io.js';
 import { Spool, SpoolLimitError } from '../spool.js';
 
 const schema = table({
@@ -34,21 +35,10 @@ const options = (y: Argv) =>
     .option('check', { type: 'boolean', describe: 'Only say which recipients exist (OK/NORECIPIENT); read headers only, deliver nothing' })
     .option('recipient', { type: 'string', describe: 'Deliver to this address instead of the header recipients (an envelope); repeatable', requiresArg: true });
 
-type Word = 'OK' | 'FAIL' | 'TEMPFAIL' | 'NORECIPIENT';
 interface Outcome {
   word: Word;
   reason: string;
 }
-const RESULT = /^(OK|FAIL|TEMPFAIL|NORECIPIENT) (\S+)(?: (.*))?$/;
-
-/** The exit code for a set of recipient results (DESIGN.md 2). */
-export function exitFor(words: Word[]): number {
-  const ok = words.filter((w) => w === 'OK').length;
-  if (words.length && ok === words.length) return EXIT.OK;
-  if (ok > 0) return EXIT.PARTIAL;
-  return words.includes('TEMPFAIL') ? EXIT.TEMPFAIL : EXIT.FAIL;
-}
-
 function recipientsOf(h: Headers): Address[] {
   return ['to', 'cc', 'bcc'].flatMap((f) => {
     const v = h.get(f);
@@ -137,7 +127,7 @@ export async function main(args: string[], io: Io): Promise<number> {
       const r = router.resolve(a);
       const word: Word = r.kind === 'deliver' ? 'OK' : r.kind === 'norecipient' ? 'NORECIPIENT' : 'FAIL';
       words.push(word);
-      out(word === 'FAIL' && r.kind === 'fail' ? `FAIL ${mailboxOf(a)} 5.3.5 ${r.reason}` : `${word} ${mailboxOf(a)}`);
+      out(formatResult({ word, address: mailboxOf(a), reason: r.kind === 'fail' ? `5.3.5 ${r.reason}` : '' }));
     }
     if (!words.length) log.warn('no recipient in a local domain');
     return exitFor(words);
@@ -192,7 +182,7 @@ async function deliver(spool: Spool, envelope: string[], config: { max_parallel:
   for (const [a, r] of plans) {
     const o = outcomeFor(r, jobs);
     words.push(o.word);
-    out(o.reason ? `${o.word} ${mailboxOf(a)} ${o.reason}` : `${o.word} ${mailboxOf(a)}`);
+    out(formatResult({ word: o.word, address: mailboxOf(a), reason: o.reason }));
   }
   return exitFor(words);
 }
@@ -208,15 +198,15 @@ function outcomeFor(r: Resolution, jobs: Map<string, { outcome?: Outcome }>): Ou
 async function runRoute(argv: string[], address: Address, spool: Spool, config: { command_timeout: number; in_process: boolean }, io: Io): Promise<Outcome> {
   let said: Outcome | undefined;
   const data = spool.open();
-  const code = await runHandler({
+  const code = await runStage({
     argv,
     inProcess: config.in_process,
     env: io.env,
     cwd: io.cwd,
     input: Buffer.isBuffer(data) ? Readable.from([data]) : data,
     onLine: (line) => {
-      const m = RESULT.exec(line);
-      if (m) said = { word: m[1] as Word, reason: m[3] ?? '' };
+      const r = parseResult(line);
+      if (r) said = r;
       else io.stdout.write(`${line}\n`); // not a result line: relayed as it comes
     },
     stderr: io.stderr,

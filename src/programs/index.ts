@@ -1,6 +1,6 @@
 // The registry of toolkit programs: the names bin/ launches and the names a
 // server may run in-process as its handler (DESIGN.md 7).
-import type { Main } from '../run.js';
+import type { Main } from '../io.js';
 
 export const PROGRAMS = ['make-message', 'make-cert', 'server-receive', 'send-mail', 'handle-incoming-mail', 'give-recipient', 'post-office', 'fetch-mail'] as const;
 export type ProgramName = (typeof PROGRAMS)[number];

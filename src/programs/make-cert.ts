@@ -14,7 +14,7 @@ import { start } from '../cli.js';
 import { integer, optional, string, table } from '../config.js';
 import { EXIT, cantCreate, noInput, usageError } from '../failure.js';
 import { writeFileAtomic } from '../files.js';
-import type { Io } from '../run.js';
+import type { Io } from '../io.js';
 
 const schema = table({
   organization: optional(string({ nonEmpty: true }), 'IMA private federation'),

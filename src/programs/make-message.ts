@@ -15,7 +15,7 @@ import { list, map, optional, size, string, table } from '../config.js';
 import { EXIT, dataError, noInput, usageError } from '../failure.js';
 import { writeFileAtomic } from '../files.js';
 import { Headers, MessageError, type Part, checkAttachmentName, checkField, writeMessage } from '../message/index.js';
-import type { Io } from '../run.js';
+import type { Io } from '../io.js';
 import { Spool, SpoolLimitError } from '../spool.js';
 
 const schema = table({

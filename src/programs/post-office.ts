@@ -9,14 +9,14 @@ import type { Argv } from 'yargs';
 import { start } from '../cli.js';
 import { type Located, configPath, duration, integer, list, loadConfig, map, optional, string, table } from '../config.js';
 import { EXIT, configError, usageError } from '../failure.js';
-import { IMRP_PORT, MAX_LINE, bye } from '../imrp.js';
-import { ImrpSession, type ImrpConfig } from '../imrp-session.js';
-import { type Settings, parseHostPort, serve, whereFrom } from '../listen.js';
+import { IMRP_PORT, MAX_LINE, bye } from '../imrp/wire.js';
+import { ImrpSession, type ImrpConfig } from '../imrp/server.js';
+import { type Settings, parseHostPort, serve, whereFrom } from '../net/listen.js';
 import type { Log } from '../log.js';
 import { hashPassword, hashProblem } from '../password.js';
 import { isTerminal, readSecret } from '../prompt.js';
-import type { Io } from '../run.js';
-import { contextOptions, tlsFromConfig, tlsSchema } from '../tls.js';
+import type { Io } from '../io.js';
+import { contextOptions, tlsFromConfig, tlsSchema } from '../net/tls.js';
 
 const schema = table({
   name: optional(string({ nonEmpty: true }), hostname()),

@@ -14,12 +14,14 @@ import { type Address, asciiDomain, domainProblem, mailboxOf } from '../address.
 import { start } from '../cli.js';
 import { boolean, command, duration, list, map, optional, size, string, table } from '../config.js';
 import { EXIT, type Failure, asFailure, noInput, tempFail, usageError } from '../failure.js';
-import { type Answer, ImdpClient, isTemporary } from '../imdp.js';
+import { ImdpClient } from '../imdp/client.js';
+import { type Answer, isTemporary } from '../imdp/wire.js';
 import { DEFAULT_LIMITS } from '../message/index.js';
-import { type Group, type Prepared, copyFor, findServer, groupRecipients, prepare, relayedResult } from '../outgoing.js';
-import type { Io } from '../run.js';
-import { LineSplitter } from '../handler.js';
-import { contextOptions, tlsFromConfig, tlsSchema } from '../tls.js';
+import { type Group, type Prepared, copyFor, findServer, groupRecipients, prepare, relayedResult } from '../imdp/send.js';
+import type { Io } from '../io.js';
+import { type Word, exitFor, parseResult } from '../results.js';
+import { LineSplitter } from '../stage.js';
+import { contextOptions, tlsFromConfig, tlsSchema } from '../net/tls.js';
 
 const schema = table({
   domain: string({ check: domainProblem }),
@@ -157,21 +159,15 @@ async function runLegacy(leg: Leg, p: Prepared, argv: readonly string[], io: Io)
 
 /** One line per recipient and the exit code of the one table. */
 function report(legs: Leg[], io: Io): number {
-  let ok = 0;
-  let temporary = 0;
-  let permanent = 0;
+  const words: Word[] = [];
   for (const leg of legs) {
     for (const a of leg.group.recipients) {
       const line = lineFor(leg, a);
       io.stdout.write(`${line}\n`);
-      if (line.startsWith('OK ')) ok++;
-      else if (line.startsWith('TEMPFAIL ')) temporary++;
-      else permanent++;
+      words.push(parseResult(line)?.word ?? 'TEMPFAIL');
     }
   }
-  if (ok && !temporary && !permanent) return EXIT.OK;
-  if (ok) return EXIT.PARTIAL;
-  return temporary ? EXIT.TEMPFAIL : EXIT.FAIL;
+  return exitFor(words);
 }
 
 function lineFor(leg: Leg, a: Address): string {

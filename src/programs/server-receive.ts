@@ -9,12 +9,12 @@ import type { Argv } from 'yargs';
 import { start } from '../cli.js';
 import { type Located, boolean, command, duration, integer, list, loadConfig, optional, size, string, table } from '../config.js';
 import { EXIT, configError, usageError } from '../failure.js';
-import { ImdpSession, type SessionConfig } from '../imdp-session.js';
-import * as wire from '../imdp.js';
-import { type Settings, parseHostPort, serve, whereFrom } from '../listen.js';
+import { ImdpSession, type SessionConfig } from '../imdp/server.js';
+import * as wire from '../imdp/wire.js';
+import { type Settings, parseHostPort, serve, whereFrom } from '../net/listen.js';
 import type { Log } from '../log.js';
-import type { Io } from '../run.js';
-import { contextOptions, tlsFromConfig, tlsSchema } from '../tls.js';
+import type { Io } from '../io.js';
+import { contextOptions, tlsFromConfig, tlsSchema } from '../net/tls.js';
 import { asciiDomain, domainProblem } from '../address.js';
 
 const schema = table({

@@ -3,7 +3,7 @@ import { X509Certificate } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { certCoversDomain } from '../../src/tls.js';
+import { certCoversDomain } from '../../src/net/tls.js';
 import { runBin, runCommand, tempDir } from '../helpers.js';
 
 test('make-cert: a CA, a server certificate and a user certificate that OpenSSL accepts for their purposes', async () => {

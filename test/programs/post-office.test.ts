@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import tls from 'node:tls';
 import { X509Certificate } from 'node:crypto';
-import { fingerprint256 } from '../../src/tls.js';
+import { fingerprint256 } from '../../src/net/tls.js';
 import { BIN, type Listening, runBin, startListening, tempDir, testEnv } from '../helpers.js';
 import { Pki } from '../pki.js';
 import { END, HEADERS, entry, header, tarOf } from '../tarbuild.js';

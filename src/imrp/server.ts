@@ -6,16 +6,18 @@
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
-import { type Command, MailboxView, ProtocolError, parseCommand } from './imrp.js';
-import * as wire from './imrp.js';
-import { LineError, LineReader } from './lines.js';
-import type { Peer } from './listen.js';
-import type { Log } from './log.js';
-import { type OutEntry, mtimeOf, parseHeaders, writeEntries } from './message/index.js';
-import { verifyPassword } from './password.js';
-import { fingerprint256 } from './tls.js';
+import { PassThrough, Writable } from 'node:stream';
+import { parseAddress } from '../address.js';
+import type { Log } from '../log.js';
+import { type Folder, Mailbox } from '../mailbox.js';
+import { type OutEntry, mtimeOf, parseHeaders, writeEntries } from '../message/index.js';
+import { LineError, LineReader } from '../net/lines.js';
+import type { Peer } from '../net/listen.js';
+import { fingerprint256 } from '../net/tls.js';
+import { verifyPassword } from '../password.js';
+import { type Command, ProtocolError, type Summary, parseCommand } from './wire.js';
+import * as wire from './wire.js';
 
 export interface UserEntry {
   mailbox: string;
@@ -36,6 +38,31 @@ export interface ImrpConfig {
 
 class Close extends Error {}
 
+/** A message's line in LIST: id, folder, content size, date, sender, subject. */
+async function summary(box: Mailbox, id: string, folder: Folder): Promise<Summary> {
+  const path = join(box.dir, folder, id);
+  const entries = await box.entries(path);
+  const h = parseHeaders(await readFile(join(path, 'headers')));
+  let from = '';
+  try {
+    const a = parseAddress(h.get('from') ?? '');
+    from = `${a.local}@${a.domain}`;
+  } catch {
+    // no usable from
+  }
+  return { id, folder, size: entries.reduce((n, e) => n + e.size, 0), date: h.get('date') ?? '', from, subject: h.get('subject') ?? '' };
+}
+
+/** The exact size of the tar a message's entries make: the header blocks of a data-less copy, plus the padded data. */
+async function tarSize(entries: OutEntry[], mtime: Date): Promise<number> {
+  const skeleton = entries.map((e) => ({ path: e.path, size: 0, open: () => Buffer.alloc(0) }));
+  const sink = new PassThrough();
+  let n = 0;
+  sink.on('data', (c: Buffer) => (n += c.length));
+  await writeEntries(sink, skeleton, mtime);
+  return n + entries.reduce((t, e) => t + Math.ceil(e.size / 512) * 512, 0);
+}
+
 interface Prepared {
   id: string;
   entries: OutEntry[];
@@ -52,7 +79,7 @@ export class ImrpSession {
   readonly id = randomBytes(6).toString('hex');
   private readonly reader: LineReader;
   private user?: string;
-  private view?: MailboxView;
+  private view?: Mailbox;
   private errors = 0;
   private closed = false;
 
@@ -132,7 +159,7 @@ export class ImrpSession {
     if (ok) {
       this.cfg.failures.delete(addr);
       this.user = user;
-      this.view = new MailboxView(entry!.mailbox);
+      this.view = new Mailbox(entry!.mailbox);
       return this.send(wire.ok(`logged in as ${user}`));
     }
     const failures = (this.cfg.failures.get(addr) ?? 0) + 1;
@@ -163,7 +190,7 @@ export class ImrpSession {
       const ids = await this.view!.ids(f);
       for (let i = 0; i < ids.length; i += PREPARE_AHEAD) {
         const batch = ids.slice(i, i + PREPARE_AHEAD);
-        const summaries = await Promise.allSettled(batch.map((id) => this.view!.summary(id, f)));
+        const summaries = await Promise.allSettled(batch.map((id) => summary(this.view!, id, f)));
         summaries.forEach((r, j) => {
           if (r.status === 'fulfilled') {
             this.send(wire.msgLine(r.value));
@@ -190,8 +217,8 @@ export class ImrpSession {
         const data = await Promise.all(entries.map((e) => readFile(join(at.path, e.path))));
         entries = entries.map((e, i) => ({ path: e.path, size: data[i].length, open: () => data[i] }));
         mtime = mtimeOf(parseHeaders(data[0]));
-      } else mtime = await MailboxView.mtime(at.path);
-      return { id, entries, mtime, size: await MailboxView.tarSize(entries, mtime) };
+      } else mtime = mtimeOf(parseHeaders(await readFile(join(at.path, 'headers'))));
+      return { id, entries, mtime, size: await tarSize(entries, mtime) };
     } catch (e) {
       return { id, problem: (e as Error).message };
     }

@@ -8,15 +8,16 @@
 import { randomBytes } from 'node:crypto';
 import { PassThrough, Readable, type Writable } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
-import { AddressError, asciiDomain, parseAddress } from './address.js';
-import { Failure, describe } from './failure.js';
-import { finalFor, runHandler } from './handler.js';
-import * as wire from './imdp.js';
-import { LineError, LineReader } from './lines.js';
-import type { Peer } from './listen.js';
-import type { Log } from './log.js';
-import { type Headers, MessageError, type OutEntry, mtimeOf, parseHeaders, readMessage, writeEntries } from './message/index.js';
-import { certCoversDomain, fingerprint256 } from './tls.js';
+import { AddressError, asciiDomain, parseAddress } from '../address.js';
+import { Failure, describe } from '../failure.js';
+import { finalFor } from '../results.js';
+import { runStage } from '../stage.js';
+import * as wire from './wire.js';
+import { LineError, LineReader } from '../net/lines.js';
+import type { Peer } from '../net/listen.js';
+import type { Log } from '../log.js';
+import { type Headers, MessageError, type OutEntry, mtimeOf, parseHeaders, readMessage, writeEntries } from '../message/index.js';
+import { certCoversDomain, fingerprint256 } from '../net/tls.js';
 
 export interface SessionLimits {
   maxMessageSize: number;
@@ -238,7 +239,7 @@ export class ImdpSession {
   /** Run the check command on the announced headers; undefined = accept. */
   private async check(a: Announced): Promise<{ status: string; text: string } | undefined> {
     const lines: string[] = [];
-    const code = await runHandler({
+    const code = await runStage({
       argv: this.cfg.check,
       inProcess: this.cfg.inProcess,
       env: this.env(a),
@@ -323,7 +324,7 @@ export class ImdpSession {
       toHandler.destroy();
     });
     const lines: string[] = [];
-    const code = await runHandler({
+    const code = await runStage({
       argv: this.cfg.handler,
       inProcess: this.cfg.inProcess,
       env: this.env(a),

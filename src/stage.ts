@@ -1,17 +1,16 @@
-// Running a delivery stage as a server's handler: a message on stdin, the
-// stage's stdout lines handed on one by one as they are written, its exit
-// code read through the one table (DESIGN.md 2). A toolkit program named as
+// Running a stage (a server's handler, a route's command, a legacy
+// command): a message on stdin, the stage's stdout lines handed on one by one
+// as they are written, its exit code read through the one table (DESIGN.md 2). A toolkit program named as
 // the command may run in-process through its main(args, io) (DESIGN.md 7),
 // behind a fault barrier: whatever it throws becomes an exit code, the
 // server lives on.
 import { spawn } from 'node:child_process';
 import { type Readable, Writable } from 'node:stream';
-import { EXIT } from './failure.js';
-import { lineText } from './imdp.js';
+import { EXIT, reportFailure } from './failure.js';
+import { lineText } from './net/lines.js';
 import { isProgram, loadProgram } from './programs/index.js';
-import { reportFailure } from './run.js';
 
-export interface HandlerSpec {
+export interface StageSpec {
   argv: string[];
   /** Run a toolkit program in this process instead of spawning it. */
   inProcess: boolean;
@@ -59,13 +58,13 @@ function prefixed(out: Writable, prefix: string): Writable {
 }
 
 /** Run the handler; resolve with its exit code. Killed, crashed or timed out => 75. */
-export async function runHandler(h: HandlerSpec): Promise<number> {
+export async function runStage(h: StageSpec): Promise<number> {
   const [cmd, ...args] = h.argv;
   if (h.inProcess && isProgram(cmd)) return runInProcess(h, cmd, args);
   return runSpawned(h, cmd, args);
 }
 
-async function runInProcess(h: HandlerSpec, name: string & Parameters<typeof loadProgram>[0], args: string[]): Promise<number> {
+async function runInProcess(h: StageSpec, name: string & Parameters<typeof loadProgram>[0], args: string[]): Promise<number> {
   const stdout = new LineSplitter(h.onLine);
   const stderr = prefixed(h.stderr, `${name}: `);
   const ac = new AbortController();
@@ -93,7 +92,7 @@ async function runInProcess(h: HandlerSpec, name: string & Parameters<typeof loa
   return ac.signal.aborted ? EXIT.TEMPFAIL : code;
 }
 
-function runSpawned(h: HandlerSpec, cmd: string, args: string[]): Promise<number> {
+function runSpawned(h: StageSpec, cmd: string, args: string[]): Promise<number> {
   return new Promise((resolve) => {
     const child = spawn(cmd, args, { env: h.env as NodeJS.ProcessEnv, cwd: h.cwd, stdio: ['pipe', 'pipe', 'pipe'] });
     const stdout = new LineSplitter(h.onLine);
@@ -122,20 +121,4 @@ function runSpawned(h: HandlerSpec, cmd: string, args: string[]): Promise<number
       stdout.end(() => resolve(killed || spawnError || code === null ? EXIT.TEMPFAIL : code));
     });
   });
-}
-
-/** The IMDP final status for a handler's exit code; 'drop' closes the connection. */
-export function finalFor(code: number): 'OK' | 'FAIL' | 'PARTIAL' | 'TEMPFAIL' | 'drop' {
-  switch (code) {
-    case EXIT.OK:
-      return 'OK';
-    case EXIT.FAIL:
-      return 'FAIL';
-    case EXIT.PARTIAL:
-      return 'PARTIAL';
-    case EXIT.DROP:
-      return 'drop';
-    default:
-      return 'TEMPFAIL';
-  }
 }

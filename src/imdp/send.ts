@@ -5,11 +5,12 @@
 import { randomUUID } from 'node:crypto';
 import { promises as dns } from 'node:dns';
 import { PassThrough, type Readable } from 'node:stream';
-import { type Address, AddressError, addressKey, asciiDomain, formatAddressList, mailboxOf, parseAddressList } from './address.js';
-import { dataError } from './failure.js';
-import { IMDP_PORT } from './imdp.js';
-import { type Headers, type MessageLimits, type OutEntry, mtimeOf, readMessage, writeEntries } from './message/index.js';
-import { Spool, SpoolLimitError } from './spool.js';
+import { type Address, AddressError, addressKey, asciiDomain, formatAddressList, mailboxOf, parseAddressList } from '../address.js';
+import { dataError } from '../failure.js';
+import { IMDP_PORT } from './wire.js';
+import { type Headers, type MessageLimits, type OutEntry, mtimeOf, readMessage, writeEntries } from '../message/index.js';
+import { formatResult, parseResult } from '../results.js';
+import { Spool, SpoolLimitError } from '../spool.js';
 
 export interface Prepared {
   headers: Headers;
@@ -165,11 +166,11 @@ export async function findServer(domain: string, table: Record<string, string>, 
 export function relayedResult(replies: string[], a: Address): string | undefined {
   const key = addressKey(a);
   for (const line of replies) {
-    const m = /^(OK|FAIL|TEMPFAIL|NORECIPIENT) (\S+)(?: (.*))?$/.exec(line);
-    if (!m) continue;
+    const r = parseResult(line);
+    if (!r) continue;
     try {
-      const [r] = parseAddressList(m[2]);
-      if (addressKey(r) === key) return `${m[1]} ${mailboxOf(a)}${m[3] ? ` ${m[3]}` : ''}`;
+      const [to] = parseAddressList(r.address);
+      if (addressKey(to) === key) return formatResult({ ...r, address: mailboxOf(a) });
     } catch {
       // Not an address: not a result line for us.
     }

@@ -2,10 +2,10 @@
 // chain to the configured CAs and cover the server's name), read the
 // greeting, log in. Commands may be pipelined; answers come in order.
 import type { SecureContextOptions, TLSSocket } from 'node:tls';
-import { Failure, tempFail } from './failure.js';
-import { MAX_LINE } from './imrp.js';
-import { LineError, LineReader } from './lines.js';
-import { connectTls } from './tls.js';
+import { Failure, tempFail } from '../failure.js';
+import { MAX_LINE } from './wire.js';
+import { LineError, LineReader } from '../net/lines.js';
+import { connectTls } from '../net/tls.js';
 
 export interface ConnectOptions {
   host: string;

@@ -10,8 +10,8 @@ import type { EventEmitter } from 'node:events';
 import net from 'node:net';
 import { Duplex, type Readable, type Writable } from 'node:stream';
 import tls, { type SecureContextOptions, type TLSSocket } from 'node:tls';
-import { usageError } from './failure.js';
-import type { Log } from './log.js';
+import { usageError } from '../failure.js';
+import type { Log } from '../log.js';
 import { explainCertError, peerX509 } from './tls.js';
 
 export type Where =

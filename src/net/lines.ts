@@ -4,6 +4,14 @@
 // inactivity timeout. Bytes that arrive ahead of time (pipelining) are kept
 // for the next read. Nothing here knows any protocol verb.
 import { PassThrough, type Readable } from 'node:stream';
+import { oneLine } from '../log.js';
+
+/** Text that is safe inside one protocol line: no control characters, bounded. */
+export function lineText(s: string, max = 960): string {
+  const t = oneLine(s).replace(/\\n/g, ' ');
+  if (Buffer.byteLength(t) <= max) return t;
+  return Buffer.from(t).subarray(0, max).toString('utf8').replace(/\uFFFD+$/, '') + '...';
+}
 
 export type LineErrorKind = 'too-long' | 'timeout' | 'not-utf8' | 'control' | 'eof';
 

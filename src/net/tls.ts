@@ -6,9 +6,9 @@ import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import tls, { type PeerCertificate, type SecureContextOptions, type TLSSocket } from 'node:tls';
-import { AddressError, asciiDomain } from './address.js';
-import { type Located, configPath, list, optional, string, table } from './config.js';
-import { configError, tempFail } from './failure.js';
+import { AddressError, asciiDomain } from '../address.js';
+import { type Located, configPath, list, optional, string, table } from '../config.js';
+import { configError, tempFail } from '../failure.js';
 
 /** Where the TLS files named by a config are, and which config named them. */
 export interface TlsPaths {

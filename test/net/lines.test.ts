@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { PassThrough } from 'node:stream';
 import { test } from 'node:test';
-import { LineError, LineReader } from '../src/lines.js';
+import { LineError, LineReader } from '../../src/net/lines.js';
 
 const limits = { maxLine: 16, idleTimeout: 200, dataTimeout: 200 };
 

@@ -4,12 +4,12 @@ import { PassThrough } from 'node:stream';
 import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
 import tls, { type TLSSocket } from 'node:tls';
-import { LineReader } from '../src/lines.js';
-import { type Settings, parseHostPort, serve } from '../src/listen.js';
-import { createLog } from '../src/log.js';
-import { certCoversDomain, contextOptions, fingerprint256, loadTlsMaterial } from '../src/tls.js';
-import { EXPIRED, Pki } from './pki.js';
-import { tempDir } from './helpers.js';
+import { LineReader } from '../../src/net/lines.js';
+import { type Settings, parseHostPort, serve } from '../../src/net/listen.js';
+import { createLog } from '../../src/log.js';
+import { certCoversDomain, contextOptions, fingerprint256, loadTlsMaterial } from '../../src/net/tls.js';
+import { EXPIRED, Pki } from '../pki.js';
+import { tempDir } from '../helpers.js';
 
 const dir = tempDir();
 const pki = new Pki(dir);

@@ -3,7 +3,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdirSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { MailboxView } from '../src/imrp.js';
+import { Mailbox } from '../src/mailbox.js';
 import { tempDir } from './helpers.js';
 
 function mailboxWith(n: number): { dir: string; ids: string[] } {
@@ -16,7 +16,7 @@ function mailboxWith(n: number): { dir: string; ids: string[] } {
 
 test('imrp: two sessions deleting the same messages at once both answer, and each message counts once', async () => {
   const { dir, ids } = mailboxWith(6);
-  const [a, b] = await Promise.all([new MailboxView(dir).remove(ids), new MailboxView(dir).remove(ids)]);
+  const [a, b] = await Promise.all([new Mailbox(dir).remove(ids), new Mailbox(dir).remove(ids)]);
   assert.equal(a + b, 6);
   assert.deepEqual(readdirSync(join(dir, 'new')), []);
   assert.deepEqual(readdirSync(join(dir, 'tmp')), [], 'removed, not left in tmp/');
@@ -24,7 +24,7 @@ test('imrp: two sessions deleting the same messages at once both answer, and eac
 
 test('imrp: two sessions marking the same messages seen at once both answer, and every message ends in cur/', async () => {
   const { dir, ids } = mailboxWith(6);
-  const [a, b] = await Promise.all([new MailboxView(dir).markSeen(ids), new MailboxView(dir).markSeen(ids)]);
+  const [a, b] = await Promise.all([new Mailbox(dir).markSeen(ids), new Mailbox(dir).markSeen(ids)]);
   assert.ok(a + b >= 6, `every message counted by one session at least (${a} + ${b})`);
   assert.deepEqual(readdirSync(join(dir, 'cur')).sort(), [...ids].sort());
   assert.deepEqual(readdirSync(join(dir, 'new')), []);
