@@ -26,7 +26,10 @@ function hwmKb(pid: number): number {
 export const peakRssMb = (pid: number) => hwmKb(pid) / 1024;
 
 /** Run argv with stdout to a file descriptor or ignored; report wall time and peak RSS. */
-export function measure(argv: string[], opts: { stdout?: number | 'ignore' | 'inherit'; stdin?: number | 'ignore'; env?: NodeJS.ProcessEnv } = {}): Promise<Measured> {
+export function measure(
+  argv: string[],
+  opts: { stdout?: number | 'ignore' | 'inherit'; stdin?: number | 'ignore'; env?: NodeJS.ProcessEnv } = {},
+): Promise<Measured> {
   return new Promise((resolve, reject) => {
     const t0 = process.hrtime.bigint();
     const child = spawn(argv[0], argv.slice(1), { stdio: [opts.stdin ?? 'ignore', opts.stdout ?? 'ignore', 'pipe'], env: opts.env ?? process.env });
@@ -57,7 +60,12 @@ export function startupMs(argv: string[], runs = 10): number {
 
 /** A small message (about 4 KB with the default body) from alice@a.test, with a fresh message-id. */
 export async function smallMessage(to: string[] = ['bob@b.test'], extra: [string, string][] = [], bodyBytes = 3800): Promise<Buffer> {
-  const h = new Headers().add('from', 'alice@a.test').add('to', to.join(', ')).add('subject', 'bench').add('date', '2026-11-23T00:00:00Z').add('message-id', `urn:uuid:${randomUUID()}`);
+  const h = new Headers()
+    .add('from', 'alice@a.test')
+    .add('to', to.join(', '))
+    .add('subject', 'bench')
+    .add('date', '2026-11-23T00:00:00Z')
+    .add('message-id', `urn:uuid:${randomUUID()}`);
   for (const [k, v] of extra) h.add(k, v);
   const out = new PassThrough();
   const parts: Buffer[] = [];

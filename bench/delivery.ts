@@ -19,7 +19,10 @@ function setup(dir: string, inProcess: boolean): string {
   const cfg = join(dir, `him-${inProcess}.toml`);
   writeFileSync(join(dir, 'give-recipient.toml'), 'max_message_bytes = "2G"\n');
   // give-recipient by its name: found on PATH when spawned, in the registry when in-process.
-  writeFileSync(cfg, `in_process = ${inProcess}\nmax_parallel = 5\nmax_message_bytes = "2G"\n[domains."b.test"]\ncommand = ["give-recipient", "--address", "{address}", "${join(dir, 'mail', '{local}')}"]\n`);
+  writeFileSync(
+    cfg,
+    `in_process = ${inProcess}\nmax_parallel = 5\nmax_message_bytes = "2G"\n[domains."b.test"]\ncommand = ["give-recipient", "--address", "{address}", "${join(dir, 'mail', '{local}')}"]\n`,
+  );
   return cfg;
 }
 
@@ -33,7 +36,13 @@ async function inProcessRate(cfg: string, rcpts: string[], n: number, concurrenc
     Array.from({ length: concurrency }, async () => {
       while (next < n) {
         const m = msgs[next++];
-        const code = await handleIncomingMail(['--config', cfg], { stdin: Readable.from([m]), stdout: new PassThrough().resume(), stderr: process.stderr, env, cwd: ROOT });
+        const code = await handleIncomingMail(['--config', cfg], {
+          stdin: Readable.from([m]),
+          stdout: new PassThrough().resume(),
+          stderr: process.stderr,
+          env,
+          cwd: ROOT,
+        });
         if (code !== 0) throw new Error(`handle-incoming-mail exited ${code}`);
       }
     }),
@@ -51,7 +60,6 @@ async function spawnedRate(cfg: string, rcpts: string[], n: number): Promise<num
   return n / (Number(process.hrtime.bigint() - t0) / 1e9);
 }
 
-
 export async function run(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'ima-bench-delivery-'));
   env.IMA_CONFIG_DIR = dir; // give-recipient.toml: room for a 1 GiB message
@@ -60,7 +68,9 @@ export async function run(): Promise<void> {
     const inproc = setup(dir, true);
     for (const k of [1, 5]) {
       const rcpts = USERS.slice(0, k).map((u) => `${u}@b.test`);
-      console.log(`4 KB, ${k} recipient(s): spawned ${(await spawnedRate(spawned, rcpts, 30)).toFixed(1)} msg/s; in-process ${(await inProcessRate(inproc, rcpts, 500, 1)).toFixed(0)} msg/s sequential, ${(await inProcessRate(inproc, rcpts, 1000, 8)).toFixed(0)} msg/s with 8 at once`);
+      console.log(
+        `4 KB, ${k} recipient(s): spawned ${(await spawnedRate(spawned, rcpts, 30)).toFixed(1)} msg/s; in-process ${(await inProcessRate(inproc, rcpts, 500, 1)).toFixed(0)} msg/s sequential, ${(await inProcessRate(inproc, rcpts, 1000, 8)).toFixed(0)} msg/s with 8 at once`,
+      );
     }
     const size = Number(process.env.BENCH_BYTES ?? 1024 ** 3);
     const big = join(dir, 'big.ima');
@@ -75,7 +85,9 @@ export async function run(): Promise<void> {
     const r = await measure([join(BIN, 'handle-incoming-mail'), '--config', inproc], { stdin: input, env, stdout: 'inherit' });
     closeSync(input);
     if (r.code !== 0) throw new Error(`1 GiB delivery failed: ${r.stderr}`);
-    console.log(`${mb(size).toFixed(0)} MiB message through handle-incoming-mail (give-recipient in-process): ${(mb(size) / r.seconds).toFixed(0)} MB/s, peak RSS ${r.peakRssMb.toFixed(1)} MB`);
+    console.log(
+      `${mb(size).toFixed(0)} MiB message through handle-incoming-mail (give-recipient in-process): ${(mb(size) / r.seconds).toFixed(0)} MB/s, peak RSS ${r.peakRssMb.toFixed(1)} MB`,
+    );
     const bare = startupMs([process.execPath, '-e', '0']);
     const gr = startupMs([join(BIN, 'give-recipient'), '--version']);
     const him = startupMs([join(BIN, 'handle-incoming-mail'), '--version']);

@@ -50,7 +50,10 @@ function chain(dir: string, inProcess: boolean): { handler: string[]; inProcess:
     for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(mailbox, 'bob', f), { recursive: true });
     const gr = join(dir, 'give-recipient.toml');
     writeFileSync(gr, 'max_message_bytes = "2G"\n');
-    writeFileSync(cfg, `max_message_bytes = "2G"\n[domains."b.test"]\ncommand = ["give-recipient", "--config", ${JSON.stringify(gr)}, "--address", "{address}", ${JSON.stringify(join(mailbox, '{local}'))}]\nusers = ["bob"]\n`);
+    writeFileSync(
+      cfg,
+      `max_message_bytes = "2G"\n[domains."b.test"]\ncommand = ["give-recipient", "--config", ${JSON.stringify(gr)}, "--address", "{address}", ${JSON.stringify(join(mailbox, '{local}'))}]\nusers = ["bob"]\n`,
+    );
     return { handler: ['handle-incoming-mail', '--config', cfg], inProcess, label: 'handle-incoming-mail -> give-recipient' };
   }
   if (inProcess) return undefined;
@@ -79,7 +82,15 @@ async function startServer(dir: string, pki: Pki, handler: string[], inProcess: 
 
 let seq = 0;
 /** A 4 KB message as send-mail would send it (mailer set), numbered. */
-const message4k = () => smallMessage(['bob@b.test'], [['mailer', 'a.test'], ['x-seq', String(++seq)]], 3000);
+const message4k = () =>
+  smallMessage(
+    ['bob@b.test'],
+    [
+      ['mailer', 'a.test'],
+      ['x-seq', String(++seq)],
+    ],
+    3000,
+  );
 
 const headersOf = (tar: Buffer) => tar.subarray(512, 512 + parseInt(tar.subarray(124, 136).toString().trim(), 8));
 
@@ -122,7 +133,9 @@ async function rate(label: string, port: number, pki: Pki, connections: number, 
   const oks = await Promise.all(batches.map((b) => sendMany(port, pki, b)));
   const secs = (performance.now() - t0) / 1000;
   const total = oks.reduce((a, b) => a + b, 0);
-  console.log(`imdp: ${label}, ${connections} connection(s) x ${perConnection} messages of 4 KB: ${(total / secs).toFixed(0)} messages/s (${total} OK in ${secs.toFixed(2)} s)`);
+  console.log(
+    `imdp: ${label}, ${connections} connection(s) x ${perConnection} messages of 4 KB: ${(total / secs).toFixed(0)} messages/s (${total} OK in ${secs.toFixed(2)} s)`,
+  );
 }
 
 /** Peak RSS (VmHWM, kB) of a process and its descendants, by command name, sampled. */
@@ -163,7 +176,10 @@ function rssWatcher(rootPid: () => number[]): { stop(): Map<string, number> } {
 
 function sendMailConfig(dir: string, pki: Pki, port: number): string {
   const file = join(dir, 'send-mail.toml');
-  writeFileSync(file, `domain = "a.test"\ndns_srv = false\nmax_message_bytes = "2G"\n[tls]\ncertificate = "${pki.a.cert}"\nkey = "${pki.a.key}"\nca = ["${pki.caFile}"]\n[servers]\n"b.test" = "127.0.0.1:${port}"\n`);
+  writeFileSync(
+    file,
+    `domain = "a.test"\ndns_srv = false\nmax_message_bytes = "2G"\n[tls]\ncertificate = "${pki.a.cert}"\nkey = "${pki.a.key}"\nca = ["${pki.caFile}"]\n[servers]\n"b.test" = "127.0.0.1:${port}"\n`,
+  );
   return file;
 }
 
@@ -189,7 +205,11 @@ async function bigOne(dir: string, pki: Pki, server: Listening, label: string): 
   const msgFile = join(dir, 'big.ima');
   const watch = rssWatcher(() => [server.proc.pid!, process.pid]);
   let t0 = performance.now();
-  const make = spawn(join(BIN, 'make-message'), ['--from', 'alice@a.test', '--to', 'bob@b.test', '--subject', 'big', '--text', 'see attachment', '--attach', file, '--output', msgFile], { env, stdio: ['ignore', 'ignore', 'inherit'] });
+  const make = spawn(
+    join(BIN, 'make-message'),
+    ['--from', 'alice@a.test', '--to', 'bob@b.test', '--subject', 'big', '--text', 'see attachment', '--attach', file, '--output', msgFile],
+    { env, stdio: ['ignore', 'ignore', 'inherit'] },
+  );
   const [mc] = await once(make, 'exit');
   const makeSecs = (performance.now() - t0) / 1000;
   t0 = performance.now();
@@ -201,8 +221,15 @@ async function bigOne(dir: string, pki: Pki, server: Listening, label: string): 
   const peaks = watch.stop();
   if (mc !== 0 || sc !== 0) throw new Error(`make-message ${mc}, send-mail ${sc}: ${result}`);
   const mbs = (secs: number) => `${(size / 1e6 / secs).toFixed(0)} MB/s (${secs.toFixed(1)} s)`;
-  console.log(`imdp: ${size / 1024 / 1024} MiB attachment: make-message to a file ${mbs(makeSecs)}; send-mail FILE -> server-receive -> ${label} ${mbs(sendSecs)}; end to end ${mbs(makeSecs + sendSecs)}; ${result.trim()}`);
-  console.log(`imdp: peak RSS: ${[...peaks].filter(([n]) => !n.endsWith('.js') && !n.endsWith('.mjs')).map(([n, kb]) => `${n} ${(kb / 1024).toFixed(0)} MB`).join(', ')}`);
+  console.log(
+    `imdp: ${size / 1024 / 1024} MiB attachment: make-message to a file ${mbs(makeSecs)}; send-mail FILE -> server-receive -> ${label} ${mbs(sendSecs)}; end to end ${mbs(makeSecs + sendSecs)}; ${result.trim()}`,
+  );
+  console.log(
+    `imdp: peak RSS: ${[...peaks]
+      .filter(([n]) => !n.endsWith('.js') && !n.endsWith('.mjs'))
+      .map(([n, kb]) => `${n} ${(kb / 1024).toFixed(0)} MB`)
+      .join(', ')}`,
+  );
   rmSync(msgFile);
   rmSync(file);
 }

@@ -30,7 +30,10 @@ export async function run(): Promise<void> {
     writeFileSync(join(dir, 'b.key'), leaf.keyPem);
     const box = join(dir, 'bob');
     for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(box, f), { recursive: true });
-    writeFileSync(join(dir, 'po.toml'), `name = "b.test"\n[tls]\ncertificate = "b.crt"\nkey = "b.key"\nca = ["ca.crt"]\n[users.bob]\nmailbox = "bob"\npassword = "${await hashPassword('bench')}"\n`);
+    writeFileSync(
+      join(dir, 'po.toml'),
+      `name = "b.test"\n[tls]\ncertificate = "b.crt"\nkey = "b.key"\nca = ["ca.crt"]\n[users.bob]\nmailbox = "bob"\npassword = "${await hashPassword('bench')}"\n`,
+    );
     writeFileSync(join(dir, 'fm.toml'), `server = "127.0.0.1"\nserver_name = "b.test"\nport = PORT\nuser = "bob"\nca = ["ca.crt"]\nmax_message_bytes = "2G"\n`);
     // give-recipient stores the big message: its config (found through IMA_CONFIG_DIR) makes room for it.
     writeFileSync(join(dir, 'give-recipient.toml'), 'max_message_bytes = "2G"\n');
@@ -41,7 +44,9 @@ export async function run(): Promise<void> {
     writeFileSync(join(dir, 'fm.toml'), readFileSync(join(dir, 'fm.toml'), 'utf8').replace('PORT', String(server.port)));
     const small = await measure([join(BIN, 'fetch-mail'), '--config', join(dir, 'fm.toml'), join(dir, 'local-small')], { env });
     if (small.code !== 0) throw new Error(`fetch-mail failed: ${small.stderr}`);
-    console.log(`fetch ${n} messages of 4 KB: ${(n / small.seconds).toFixed(0)} msg/s (${small.seconds.toFixed(2)} s, process start and TLS included), fetch-mail peak RSS ${small.peakRssMb.toFixed(1)} MB`);
+    console.log(
+      `fetch ${n} messages of 4 KB: ${(n / small.seconds).toFixed(0)} msg/s (${small.seconds.toFixed(2)} s, process start and TLS included), fetch-mail peak RSS ${small.peakRssMb.toFixed(1)} MB`,
+    );
 
     const size = Number(process.env.BENCH_BYTES ?? 1024 ** 3);
     const att = join(dir, 'big.bin');

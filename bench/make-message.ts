@@ -20,7 +20,9 @@ export async function run(): Promise<void> {
     const r = await measure([bin, '-r', 'a@a.test', '--no-body', '-a', att, 'b@b.test'], { stdout: devnull });
     closeSync(devnull);
     if (r.code !== 0) throw new Error(`make-message failed: ${r.stderr}`);
-    console.log(`make-message ${mb(SIZE).toFixed(0)} MiB attachment -> /dev/null: ${(mb(SIZE) / r.seconds).toFixed(0)} MB/s, peak RSS ${r.peakRssMb.toFixed(1)} MB`);
+    console.log(
+      `make-message ${mb(SIZE).toFixed(0)} MiB attachment -> /dev/null: ${(mb(SIZE) / r.seconds).toFixed(0)} MB/s, peak RSS ${r.peakRssMb.toFixed(1)} MB`,
+    );
 
     const msg = join(dir, 'big.ima');
     const fd = openSync(msg, 'w');

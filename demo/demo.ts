@@ -36,7 +36,10 @@ async function run(name: string, args: string[], input?: Buffer, tool = true): P
  */
 function handlerConfig(mailboxes: string): string {
   const cfg = join(dir, 'b', 'handle-incoming-mail.toml');
-  writeFileSync(cfg, `[domains."b.test"]\ncommand = ["give-recipient", "--address", "{address}", ${JSON.stringify(join(mailboxes, '{local}'))}]\nusers = ["bob"]\n`);
+  writeFileSync(
+    cfg,
+    `[domains."b.test"]\ncommand = ["give-recipient", "--address", "{address}", ${JSON.stringify(join(mailboxes, '{local}'))}]\nusers = ["bob"]\n`,
+  );
   return cfg;
 }
 
@@ -71,7 +74,10 @@ async function fetchAsBob(mailboxes: string): Promise<void> {
   const hash = (await run('post-office', ['--hash-password'], Buffer.from('correct horse\n'))).toString().trim();
   console.log(hash);
   const poConfig = join(dir, 'b', 'post-office.toml');
-  writeFileSync(poConfig, `name = "b.test"\n[tls]\ncertificate = "../b.test.crt"\nkey = "../b.test.key"\nca = ["../ca/ca.crt"]\n[users.bob]\nmailbox = ${JSON.stringify(join(mailboxes, 'bob'))}\npassword = "${hash}"\n`);
+  writeFileSync(
+    poConfig,
+    `name = "b.test"\n[tls]\ncertificate = "../b.test.crt"\nkey = "../b.test.key"\nca = ["../ca/ca.crt"]\n[users.bob]\nmailbox = ${JSON.stringify(join(mailboxes, 'bob'))}\npassword = "${hash}"\n`,
+  );
   say("b.test's post-office on loopback");
   const po = await startServer(poConfig, 'post-office');
   try {
@@ -119,7 +125,20 @@ async function main(): Promise<void> {
     say('alice composes a message with an attachment at a.test');
     writeFileSync(join(dir, 'notes.txt'), 'Agenda:\n1. IMA\n2. Tea\n');
     const message = join(dir, 'message.ima');
-    await run('make-message', ['--from', 'Alice <alice@a.test>', '--to', 'bob@b.test', '--subject', 'Meeting notes', '--text', 'Hi Bob,\n\nthe notes are attached.\n\nAlice\n', '--attach', join(dir, 'notes.txt'), '--output', message]);
+    await run('make-message', [
+      '--from',
+      'Alice <alice@a.test>',
+      '--to',
+      'bob@b.test',
+      '--subject',
+      'Meeting notes',
+      '--text',
+      'Hi Bob,\n\nthe notes are attached.\n\nAlice\n',
+      '--attach',
+      join(dir, 'notes.txt'),
+      '--output',
+      message,
+    ]);
     console.log((await run('tar', ['tvf', message], undefined, false)).toString().trimEnd());
 
     say("a.test's send-mail delivers it over mutual TLS (server address from its [servers] table)");

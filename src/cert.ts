@@ -58,7 +58,10 @@ function newCertificate(key: ReturnType<typeof newKey>, v: Validity): forge.pki.
 export function makeCa(name: string, organization: string, v: Validity, bits = 3072): Issued {
   const key = newKey(bits);
   const cert = newCertificate(key, v);
-  const subject = [{ name: 'commonName', value: name }, { name: 'organizationName', value: organization }];
+  const subject = [
+    { name: 'commonName', value: name },
+    { name: 'organizationName', value: organization },
+  ];
   cert.setSubject(subject);
   cert.setIssuer(subject);
   cert.setExtensions([
@@ -93,16 +96,19 @@ export function makeLeaf(ca: Issued, spec: LeafSpec, v: Validity, bits = 2048): 
   const caKey = forge.pki.privateKeyFromPem(ca.keyPem);
   const key = newKey(bits);
   const cert = newCertificate(key, v);
-  cert.setSubject([{ name: 'commonName', value: spec.commonName }, { name: 'organizationName', value: spec.organization }]);
+  cert.setSubject([
+    { name: 'commonName', value: spec.commonName },
+    { name: 'organizationName', value: spec.organization },
+  ]);
   cert.setIssuer(caCert.subject.attributes);
-  const altNames = [
-    ...spec.dnsNames.map((value) => ({ type: 2, value })),
-    ...(spec.email ? [{ type: 1, value: spec.email }] : []),
-  ];
+  const altNames = [...spec.dnsNames.map((value) => ({ type: 2, value })), ...(spec.email ? [{ type: 1, value: spec.email }] : [])];
   cert.setExtensions([
     { name: 'basicConstraints', cA: false, critical: true },
     { name: 'keyUsage', digitalSignature: true, keyEncipherment: true, critical: true },
-    { name: 'extKeyUsage', ...Object.fromEntries((spec.extKeyUsage ?? (spec.purpose === 'server' ? ['serverAuth', 'clientAuth'] : ['clientAuth'])).map((k) => [k, true])) },
+    {
+      name: 'extKeyUsage',
+      ...Object.fromEntries((spec.extKeyUsage ?? (spec.purpose === 'server' ? ['serverAuth', 'clientAuth'] : ['clientAuth'])).map((k) => [k, true])),
+    },
     ...(altNames.length ? [{ name: 'subjectAltName', altNames }] : []),
     { name: 'subjectKeyIdentifier' },
     { name: 'authorityKeyIdentifier', keyIdentifier: caCert.generateSubjectKeyIdentifier().getBytes() },

@@ -106,8 +106,9 @@ async function parseFlags<A>(spec: ProgramSpec<A, unknown>, args: string[], io: 
   const known = parsed.get(key);
   if (known) return known as ArgumentsCamelCase<A> & CommonFlags;
   const y = parserFor(spec, Math.min(100, (io.stdout as { columns?: number }).columns ?? 80));
-  return new Promise((resolveFlags) => {
-    y.parse(args, {}, (err, argv, output) => {
+  return new Promise((resolveFlags, rejectFlags) => {
+    // The answer comes through the callback; parse() also returns the parse (a promise only with async middleware, which we have none of).
+    const result = y.parse(args, {}, (err, argv, output) => {
       if (err) {
         io.stderr.write(`${spec.name}: ${oneLine(err.message)}\nTry '${spec.name} --help' for more information.\n`);
         return resolveFlags(EXIT.USAGE);
@@ -121,6 +122,6 @@ async function parseFlags<A>(spec: ProgramSpec<A, unknown>, args: string[], io: 
       parsed.set(key, deepFreeze(argv));
       resolveFlags(argv as unknown as ArgumentsCamelCase<A> & CommonFlags);
     });
+    if (result instanceof Promise) result.catch(rejectFlags);
   });
 }
-

@@ -15,7 +15,10 @@ export interface Field<T> {
 }
 
 export class ConfigProblem extends Error {
-  constructor(readonly key: string, problem: string) {
+  constructor(
+    readonly key: string,
+    problem: string,
+  ) {
     super(problem);
   }
 }

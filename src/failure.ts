@@ -56,15 +56,29 @@ export const tempFail = (reason: string, status?: string) => new Failure('tempor
 export const permFail = (reason: string, status?: string) => new Failure('permanent', reason, status);
 export const usageError = (reason: string) => new Failure('usage', reason);
 export const dataError = (reason: string) => new Failure('data', reason);
-export const configError = (file: string, key: string, problem: string) =>
-  new Failure('config', `${file}: ${key ? key + ': ' : ''}${problem}`);
+export const configError = (file: string, key: string, problem: string) => new Failure('config', `${file}: ${key ? key + ': ' : ''}${problem}`);
 export const noInput = (file: string, problem: string) => new Failure('noinput', `${file}: ${problem}`);
 export const cantCreate = (file: string, problem: string) => new Failure('cantcreat', `${file}: ${problem}`);
 
 /** errno codes that mean "the machine is in trouble now", not "this input is bad". */
 const TEMPORARY_ERRNO = new Set([
-  'ENOSPC', 'EDQUOT', 'EIO', 'EROFS', 'EACCES', 'EPERM', 'EMFILE', 'ENFILE', 'ENOMEM',
-  'EAGAIN', 'EBUSY', 'ETIMEDOUT', 'ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH',
+  'ENOSPC',
+  'EDQUOT',
+  'EIO',
+  'EROFS',
+  'EACCES',
+  'EPERM',
+  'EMFILE',
+  'ENFILE',
+  'ENOMEM',
+  'EAGAIN',
+  'EBUSY',
+  'ETIMEDOUT',
+  'ECONNRESET',
+  'ECONNREFUSED',
+  'EPIPE',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
 ]);
 
 /** Turn any thrown value into a Failure. Unknown errors are temporary: a retry is cheaper than lost mail. */

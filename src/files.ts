@@ -40,9 +40,11 @@ function startSync(dir: string): Promise<void> {
   const state: { running: Promise<void>; next?: Promise<void> } = { running: fsyncDirNow(dir) };
   dirSyncs.set(dir, state);
   // Forgotten once done, unless someone already waits for the next one.
-  void state.running.catch(() => {}).then(() => {
-    if (dirSyncs.get(dir) === state && !state.next) dirSyncs.delete(dir);
-  });
+  void state.running
+    .catch(() => {})
+    .then(() => {
+      if (dirSyncs.get(dir) === state && !state.next) dirSyncs.delete(dir);
+    });
   return state.running;
 }
 

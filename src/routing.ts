@@ -16,10 +16,7 @@ export interface RoutingTable {
   aliases: Record<string, string[]>;
 }
 
-export type Resolution =
-  | { kind: 'deliver'; targets: { address: Address; argv: string[] }[] }
-  | { kind: 'norecipient' }
-  | { kind: 'fail'; reason: string };
+export type Resolution = { kind: 'deliver'; targets: { address: Address; argv: string[] }[] } | { kind: 'norecipient' } | { kind: 'fail'; reason: string };
 
 const MAX_ALIAS_DEPTH = 8;
 
@@ -40,7 +37,10 @@ export class Router {
     for (const [d, rules] of Object.entries(table.domains)) this.domains.set(asciiDomain(d), rules);
     for (const [addr, argv] of Object.entries(table.routes)) this.routes.set(this.localKey(addr, 'routes'), argv);
     for (const [addr, targets] of Object.entries(table.aliases)) {
-      this.aliases.set(this.localKey(addr, 'aliases'), targets.map((t) => this.localAddress(t, `aliases."${addr}"`)));
+      this.aliases.set(
+        this.localKey(addr, 'aliases'),
+        targets.map((t) => this.localAddress(t, `aliases."${addr}"`)),
+      );
     }
     for (const [d, rules] of this.domains) if (rules.catch_all) this.localAddress(rules.catch_all, `domains."${d}".catch_all`);
     for (const k of this.aliases.keys()) this.expand(parseMailbox(k), 0, new Set()); // refuse loops now, not at delivery
@@ -91,7 +91,9 @@ export class Router {
         continue; // an alias member without a route is skipped; the others still get the mail
       }
       const key = addressKey(argv.address);
-      if (!seen.has(key)) targets.push({ address: argv.address, argv: argv.argv }) && seen.add(key);
+      if (seen.has(key)) continue;
+      seen.add(key);
+      targets.push({ address: argv.address, argv: argv.argv });
     }
     return targets.length ? { kind: 'deliver', targets } : { kind: 'norecipient' };
   }

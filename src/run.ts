@@ -16,14 +16,16 @@ export function launch(program: ProgramName): void {
   process.stdout.on('error', (e: NodeJS.ErrnoException) => {
     if (e.code !== 'EPIPE') throw e;
   });
-  loadProgram(program).then((main) => main(process.argv.slice(2), io)).then(
-    (code) => {
-      process.exitCode = code;
-    },
-    (err) => {
-      process.exitCode = reportFailure(io, program, err);
-    },
-  );
+  loadProgram(program)
+    .then((main) => main(process.argv.slice(2), io))
+    .then(
+      (code) => {
+        process.exitCode = code;
+      },
+      (err) => {
+        process.exitCode = reportFailure(io, program, err);
+      },
+    );
   process.on('uncaughtException', (err) => {
     reportFailure(io, program, err);
     process.exit(EXIT.TEMPFAIL);

@@ -31,7 +31,10 @@ export interface StageSpec {
 export class LineSplitter extends Writable {
   private partial = '';
   private readonly decoder = new TextDecoder('utf-8');
-  constructor(private readonly each: (line: string) => void, private readonly max = 900) {
+  constructor(
+    private readonly each: (line: string) => void,
+    private readonly max = 900,
+  ) {
     super();
   }
   override _write(chunk: Buffer, _e: BufferEncoding, cb: () => void) {

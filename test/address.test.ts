@@ -6,7 +6,10 @@ import { addressKey, formatAddress, formatAddressList, parseAddress, parseAddres
 describe('addresses', () => {
   it('parses display names, quoted names with commas, UTF-8 local parts and IDN domains', () => {
     const list = parseAddressList('Alice <alice@a.test>, "Doe, John" <j@b.test>, jörg@bücher.example, plain@c.test');
-    assert.deepEqual(list.map((a) => a.name), ['Alice', 'Doe, John', undefined, undefined]);
+    assert.deepEqual(
+      list.map((a) => a.name),
+      ['Alice', 'Doe, John', undefined, undefined],
+    );
     assert.equal(list[2].local, 'jörg');
     assert.equal(list[2].asciiDomain, 'xn--bcher-kva.example');
   });

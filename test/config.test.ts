@@ -21,7 +21,7 @@ test('config: a file edited between runs of a long-lived process is read anew, e
   assert.throws(() => loadConfig(schema, file, true), /no such file/);
 });
 
-test('config: what a program is given is frozen, so one run cannot change the next one\'s config', () => {
+test("config: what a program is given is frozen, so one run cannot change the next one's config", () => {
   const file = join(tempDir(), 'y.toml');
   writeFileSync(file, 'name = "kept"\n');
   const { config } = loadConfig(schema, file, true);

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { ROOT, runCommand } from './helpers.js';
 
-test('npm run demo: a message from a.test lands in bob@b.test\'s mailbox, bob fetches it, and everything stops', async () => {
+test("npm run demo: a message from a.test lands in bob@b.test's mailbox, bob fetches it, and everything stops", async () => {
   const r = await runCommand(process.execPath, [join(ROOT, 'dist', 'demo', 'demo.js')]);
   assert.equal(r.code, 0, r.stderr);
   const out = r.stdout.toString();

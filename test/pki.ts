@@ -12,7 +12,10 @@ export interface CertFiles {
 export class Pki {
   readonly ca: Issued;
   readonly caFile: string;
-  constructor(readonly dir: string, name = 'test') {
+  constructor(
+    readonly dir: string,
+    name = 'test',
+  ) {
     this.ca = makeCa(`${name} CA`, 'test', { days: 30 }, 2048);
     this.caFile = join(dir, `${name}-ca.crt`);
     writeFileSync(this.caFile, this.ca.certPem);

@@ -74,7 +74,11 @@ export class ImdpSession {
   /** Between reading a command and finishing it: a shutdown waits for this. */
   private busy = false;
 
-  constructor(private readonly socket: TLSSocket, private readonly peer: Peer, private readonly cfg: SessionConfig) {
+  constructor(
+    private readonly socket: TLSSocket,
+    private readonly peer: Peer,
+    private readonly cfg: SessionConfig,
+  ) {
     const { limits, timeouts } = cfg;
     this.reader = new LineReader(socket, { maxLine: limits.maxLine, idleTimeout: timeouts.idle, dataTimeout: timeouts.data });
   }
@@ -216,7 +220,11 @@ export class ImdpSession {
     }
     if (!this.peer.cert || !certCoversDomain(this.peer.cert, a.senderDomain)) {
       const which = a.headers.get('mailer') ? 'mailer' : 'from';
-      return this.rejectNow(a, '5.7.1', `your certificate (${this.peer.cert?.subject.replace(/\n/g, ', ') ?? 'none'}) does not cover ${a.senderDomain}, the domain of ${which}`);
+      return this.rejectNow(
+        a,
+        '5.7.1',
+        `your certificate (${this.peer.cert?.subject.replace(/\n/g, ', ') ?? 'none'}) does not cover ${a.senderDomain}, the domain of ${which}`,
+      );
     }
     if (this.cfg.check.length) {
       const verdict = await this.check(a);
@@ -300,7 +308,9 @@ export class ImdpSession {
       headers = first.value.headers.clone();
       const fp = this.peer.cert ? fingerprint256(this.peer.cert) : 'none';
       const when = new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
-      headers.addReceived(`from ${a.senderDomain} (${this.peer.address}; cert sha256 ${fp.slice(0, 16)}) by ${this.cfg.domain} with IMDP id ${this.id}.${this.messages}; ${when}`);
+      headers.addReceived(
+        `from ${a.senderDomain} (${this.peer.address}; cert sha256 ${fp.slice(0, 16)}) by ${this.cfg.domain} with IMDP id ${this.id}.${this.messages}; ${when}`,
+      );
     } catch (e) {
       await entries.return(undefined).catch(() => {});
       if (e instanceof Failure) return { word: e.temporary ? 'TEMPFAIL' : 'FAIL', text: `${e.status} ${e.message}` };

@@ -18,11 +18,7 @@ export type Final = (typeof FINAL)[number];
 // ---- lines a client sends ------------------------------------------------
 
 export type Command =
-  | { verb: 'MAIL'; size: number }
-  | { verb: 'DATA' }
-  | { verb: 'ABORT' }
-  | { verb: 'DONE' }
-  | { verb: 'bad'; reason: string; mail?: boolean };
+  { verb: 'MAIL'; size: number } | { verb: 'DATA' } | { verb: 'ABORT' } | { verb: 'DONE' } | { verb: 'bad'; reason: string; mail?: boolean };
 
 const SIZE = /^(0|[1-9]\d{0,15})$/;
 

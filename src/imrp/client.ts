@@ -23,7 +23,11 @@ export class LoginRefused extends Failure {
 }
 
 export class ImrpClient {
-  private constructor(readonly socket: TLSSocket, readonly reader: LineReader, readonly where: string) {}
+  private constructor(
+    readonly socket: TLSSocket,
+    readonly reader: LineReader,
+    readonly where: string,
+  ) {}
 
   static async connect(o: ConnectOptions): Promise<ImrpClient> {
     const where = `${o.host}:${o.port}`;

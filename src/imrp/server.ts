@@ -83,7 +83,11 @@ export class ImrpSession {
   private errors = 0;
   private closed = false;
 
-  constructor(private readonly socket: TLSSocket, private readonly peer: Peer, private readonly cfg: ImrpConfig) {
+  constructor(
+    private readonly socket: TLSSocket,
+    private readonly peer: Peer,
+    private readonly cfg: ImrpConfig,
+  ) {
     this.reader = new LineReader(socket, { maxLine: cfg.limits.maxLine, idleTimeout: cfg.timeouts.idle, dataTimeout: cfg.timeouts.data });
   }
 

@@ -19,7 +19,6 @@ export type Command =
   | { verb: 'SEEN' | 'DELETE'; ids: string[] }
   | { verb: 'QUIT' };
 
-
 export class ProtocolError extends Error {}
 
 const USER = /^[A-Za-z0-9._@+-]{1,64}$/;
@@ -82,10 +81,18 @@ export interface Summary {
 }
 
 /** "MSG id new|seen size date from subject..." with from a bare address and subject last. */
-export const msgLine = (s: Summary) => `MSG ${s.id} ${s.folder === 'new' ? 'new' : 'seen'} ${s.size} ${s.date || '-'} ${s.from || '-'} ${lineText(s.subject, 400)}`.trimEnd() + '\n';
+export const msgLine = (s: Summary) =>
+  `MSG ${s.id} ${s.folder === 'new' ? 'new' : 'seen'} ${s.size} ${s.date || '-'} ${s.from || '-'} ${lineText(s.subject, 400)}`.trimEnd() + '\n';
 
 export function parseMsgLine(line: string): Summary | undefined {
   const m = /^MSG ([0-9a-f-]{36}) (new|seen) (\d{1,15}) (\S+) (\S+) ?(.*)$/.exec(line);
   if (!m || !isMessageName(m[1])) return undefined;
-  return { id: m[1], folder: m[2] === 'new' ? 'new' : 'cur', size: Number(m[3]), date: m[4] === '-' ? '' : m[4], from: m[5] === '-' ? '' : m[5], subject: m[6] };
+  return {
+    id: m[1],
+    folder: m[2] === 'new' ? 'new' : 'cur',
+    size: Number(m[3]),
+    date: m[4] === '-' ? '' : m[4],
+    from: m[5] === '-' ? '' : m[5],
+    subject: m[6],
+  };
 }

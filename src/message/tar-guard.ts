@@ -25,7 +25,10 @@ function octal(block: Buffer, offset: number, length: number, what: string): num
     if (!Number.isSafeInteger(n)) throw new MessageError(`tar: ${what} too large`);
     return n;
   }
-  const text = field.toString('latin1').replace(/[\0 ]+$/, '').replace(/^ +/, '');
+  const text = field
+    .toString('latin1')
+    .replace(/[\0 ]+$/, '')
+    .replace(/^ +/, '');
   if (text === '') return 0;
   if (!/^[0-7]+$/.test(text)) throw new MessageError(`tar: bad ${what} field`);
   return parseInt(text, 8);

@@ -10,13 +10,21 @@ import { oneLine } from '../log.js';
 export function lineText(s: string, max = 960): string {
   const t = oneLine(s).replace(/\\n/g, ' ');
   if (Buffer.byteLength(t) <= max) return t;
-  return Buffer.from(t).subarray(0, max).toString('utf8').replace(/\uFFFD+$/, '') + '...';
+  return (
+    Buffer.from(t)
+      .subarray(0, max)
+      .toString('utf8')
+      .replace(/\uFFFD+$/, '') + '...'
+  );
 }
 
 export type LineErrorKind = 'too-long' | 'timeout' | 'not-utf8' | 'control' | 'eof';
 
 export class LineError extends Error {
-  constructor(readonly kind: LineErrorKind, message: string) {
+  constructor(
+    readonly kind: LineErrorKind,
+    message: string,
+  ) {
     super(message);
   }
 }
@@ -38,7 +46,10 @@ export class LineReader {
   private ended = false;
   private readonly iterator: AsyncIterator<Buffer>;
 
-  constructor(input: Readable, public limits: LineLimits) {
+  constructor(
+    input: Readable,
+    public limits: LineLimits,
+  ) {
     this.iterator = input[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
   }
 

@@ -15,9 +15,7 @@ import type { Log } from '../log.js';
 import { explainCertError, peerX509 } from './tls.js';
 
 export type Where =
-  | { mode: 'listen'; host: string; port: number }
-  | { mode: 'inetd'; stdin: Readable; stdout: Writable; remote?: string }
-  | { mode: 'systemd'; fds: number[] };
+  { mode: 'listen'; host: string; port: number } | { mode: 'inetd'; stdin: Readable; stdout: Writable; remote?: string } | { mode: 'systemd'; fds: number[] };
 
 export interface ConnectionLimits {
   maxConnections: number;
@@ -149,7 +147,9 @@ export async function serve(where: Where, initial: Settings, hooks: Hooks, opts:
   server.on('connection', (raw: net.Socket) => {
     const address = raw.remoteAddress ?? 'unknown';
     if (total >= settings.limits.maxConnections || (perAddress.get(address) ?? 0) >= settings.limits.maxPerAddress) {
-      log.warn(`${address}: connection dropped: ${total >= settings.limits.maxConnections ? 'too many connections' : 'too many connections from this address'}`);
+      log.warn(
+        `${address}: connection dropped: ${total >= settings.limits.maxConnections ? 'too many connections' : 'too many connections from this address'}`,
+      );
       raw.destroy();
     }
   });
@@ -158,7 +158,6 @@ export async function serve(where: Where, initial: Settings, hooks: Hooks, opts:
     log.info(`${socket.remoteAddress ?? 'unknown'}: TLS handshake failed: ${e.code ?? e.message}`);
     socket.destroy(); // Node does not close the socket on ERR_TLS_HANDSHAKE_TIMEOUT by itself
   });
-
 
   if (where.mode === 'inetd') {
     // The connection is on stdin/stdout (inetd, systemd Accept=yes). A

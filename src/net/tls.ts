@@ -41,10 +41,19 @@ export const tlsSchema = () =>
 /** Load the material a [tls] table names, paths relative to the config file. */
 export function tlsFromConfig(t: { certificate: string; key: string; ca: readonly string[] }, source: Located, program: string, domain?: string): TlsMaterial {
   const configFile = source.file ?? `${program}.toml`;
-  const material = loadTlsMaterial({ certificate: configPath(source, t.certificate), key: configPath(source, t.key), ca: t.ca.map((f) => configPath(source, f)), configFile });
+  const material = loadTlsMaterial({
+    certificate: configPath(source, t.certificate),
+    key: configPath(source, t.key),
+    ca: t.ca.map((f) => configPath(source, f)),
+    configFile,
+  });
   // Peers check exactly this; better to hear it at start than from every peer.
   if (domain !== undefined && !certCoversDomain(material.x509, domain)) {
-    throw configError(configFile, 'tls.certificate', `${t.certificate} does not cover domain ${domain} (it names ${material.x509.subjectAltName ?? material.x509.subject}); peers would refuse it`);
+    throw configError(
+      configFile,
+      'tls.certificate',
+      `${t.certificate} does not cover domain ${domain} (it names ${material.x509.subjectAltName ?? material.x509.subject}); peers would refuse it`,
+    );
   }
   return material;
 }
@@ -139,7 +148,8 @@ export function explainCertError(error: string | Error | null | undefined, hadCe
   const code = String((error as Error)?.message ?? error ?? 'not trusted');
   const ours = `${role} certificate rejected (${code})`;
   if (/PURPOSE/i.test(code)) return `${ours}: its extendedKeyUsage lacks ${role === 'client' ? 'clientAuth' : 'serverAuth'}; ${OWN_CA_NOTE}`;
-  if (/ISSUER|SELF_SIGNED|UNABLE_TO_GET|UNABLE_TO_VERIFY|SELF SIGNED/i.test(code)) return `${ours}: it does not chain to a CA trusted here (tls.ca); ${OWN_CA_NOTE}`;
+  if (/ISSUER|SELF_SIGNED|UNABLE_TO_GET|UNABLE_TO_VERIFY|SELF SIGNED/i.test(code))
+    return `${ours}: it does not chain to a CA trusted here (tls.ca); ${OWN_CA_NOTE}`;
   if (/EXPIRED/i.test(code)) return `${ours}: it has expired`;
   if (/NOT_YET_VALID/i.test(code)) return `${ours}: it is not valid yet`;
   return ours;

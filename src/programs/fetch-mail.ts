@@ -83,15 +83,29 @@ export async function main(args: string[], io: Io): Promise<number> {
   const keep = argv.keep ?? config.keep;
   const tty = !!(io.stderr as NodeJS.WriteStream).isTTY;
   const progress = argv.progress ?? tty;
-  if (!!config.certificate !== !!config.key) throw configError(source.file ?? 'fetch-mail.toml', config.certificate ? 'key' : 'certificate', 'certificate and key go together');
+  if (!!config.certificate !== !!config.key)
+    throw configError(source.file ?? 'fetch-mail.toml', config.certificate ? 'key' : 'certificate', 'certificate and key go together');
 
   const tlsOptions = config.certificate
-    ? (({ cert, key, ca }) => ({ cert, key, ca }))(loadTlsMaterial({ certificate: file(config.certificate), key: file(config.key), ca: config.ca.map(file), configFile: source.file ?? 'fetch-mail.toml' }))
+    ? (({ cert, key, ca }) => ({ cert, key, ca }))(
+        loadTlsMaterial({
+          certificate: file(config.certificate),
+          key: file(config.key),
+          ca: config.ca.map(file),
+          configFile: source.file ?? 'fetch-mail.toml',
+        }),
+      )
     : { ca: config.ca.length ? config.ca.map((p) => readFileSync(file(p))) : systemRoots() };
   const pw = config.certificate ? undefined : await password(config, io, file);
   await openMailbox(dir, true);
 
-  const client = await ImrpClient.connect({ host: config.server, port: config.port, serverName: config.server_name || config.server, tls: tlsOptions, timeout: config.timeout });
+  const client = await ImrpClient.connect({
+    host: config.server,
+    port: config.port,
+    serverName: config.server_name || config.server,
+    tls: tlsOptions,
+    timeout: config.timeout,
+  });
   let fetched = 0;
   let bytes = 0;
   let invalid = 0;
@@ -180,6 +194,7 @@ export async function main(args: string[], io: Io): Promise<number> {
     client.close();
     if (progress && (fetched || invalid)) io.stderr.write('\n');
   }
-  if (tty || argv.verbose) io.stderr.write(`fetch-mail: fetched ${fetched} message${fetched === 1 ? '' : 's'} (${bytes} bytes) into ${dir}; ${left} left on the server\n`);
+  if (tty || argv.verbose)
+    io.stderr.write(`fetch-mail: fetched ${fetched} message${fetched === 1 ? '' : 's'} (${bytes} bytes) into ${dir}; ${left} left on the server\n`);
   return invalid ? EXIT.FAIL : EXIT.OK;
 }

@@ -16,7 +16,10 @@ import { DEFAULT_LIMITS } from '../message/index.js';
 import type { Io } from '../io.js';
 
 const schema = table({
-  mailbox: optional(string({ check: (s) => (s.includes('{') && !/\{(local|domain|address)\}/.test(s) ? 'unknown placeholder (use {local}, {domain}, {address})' : undefined) }), ''),
+  mailbox: optional(
+    string({ check: (s) => (s.includes('{') && !/\{(local|domain|address)\}/.test(s) ? 'unknown placeholder (use {local}, {domain}, {address})' : undefined) }),
+    '',
+  ),
   create: optional(boolean(), false),
   tmp_max_age: optional(duration(), 36 * 3600 * 1000),
   max_message_bytes: optional(size({ min: 1024 }), 1024 ** 3),
@@ -32,7 +35,9 @@ const options = (y: Argv) =>
 
 /** Fill the mailbox template; the address parser already made local and domain path-safe. */
 function mailboxFor(template: string, a: Address): string {
-  return template.replace(/\{(local|domain|address)\}/g, (_, k: string) => (k === 'local' ? a.local : k === 'domain' ? a.asciiDomain : `${a.local}@${a.asciiDomain}`));
+  return template.replace(/\{(local|domain|address)\}/g, (_, k: string) =>
+    k === 'local' ? a.local : k === 'domain' ? a.asciiDomain : `${a.local}@${a.asciiDomain}`,
+  );
 }
 
 function toAddress(text: string, what: string): Address {
@@ -45,7 +50,11 @@ function toAddress(text: string, what: string): Address {
 }
 
 export async function main(args: string[], io: Io): Promise<number> {
-  const s = await start({ name: 'give-recipient', role: 'server', usage: '$0 [--address ADDRESS] MAILBOX [FILE]\n$0 ADDRESS [FILE]', schema, options }, args, io);
+  const s = await start(
+    { name: 'give-recipient', role: 'server', usage: '$0 [--address ADDRESS] MAILBOX [FILE]\n$0 ADDRESS [FILE]', schema, options },
+    args,
+    io,
+  );
   if (typeof s === 'number') return s;
   const { argv, config, log } = s;
   const [target, file, ...extra] = argv._.map(String);

@@ -19,7 +19,13 @@ import type { Io } from '../io.js';
 import { Spool, SpoolLimitError } from '../spool.js';
 
 const schema = table({
-  domains: map(table({ command: optional(command(), [] as string[]), users: optional(list(string({ nonEmpty: true })), undefined as string[] | undefined), catch_all: optional(string(), undefined as string | undefined) })),
+  domains: map(
+    table({
+      command: optional(command(), [] as string[]),
+      users: optional(list(string({ nonEmpty: true })), undefined as string[] | undefined),
+      catch_all: optional(string(), undefined as string | undefined),
+    }),
+  ),
   routes: map(command()),
   aliases: map(list(string(), { nonEmpty: true })),
   max_parallel: optional(integer({ min: 1, max: 256 }), 4),
@@ -62,10 +68,12 @@ async function headersOnly(input: Readable, maxBytes: number): Promise<Headers> 
   }
   const head = Buffer.concat(chunks);
   const isTar = head.length >= 512 && head.subarray(257, 262).toString('latin1') === 'ustar';
-  const rest = Readable.from((async function* () {
-    yield head;
-    yield* input;
-  })());
+  const rest = Readable.from(
+    (async function* () {
+      yield head;
+      yield* input;
+    })(),
+  );
   if (isTar) {
     for await (const e of readMessage(rest, { ...DEFAULT_LIMITS, maxHeaderBytes: maxBytes })) if (e.kind === 'headers') return e.headers;
     throw new MessageError('no headers entry');
@@ -90,7 +98,11 @@ async function pool<T>(items: T[], limit: number, each: (item: T) => Promise<voi
 }
 
 export async function main(args: string[], io: Io): Promise<number> {
-  const s = await start({ name: 'handle-incoming-mail', role: 'server', usage: '$0 [--recipient ADDRESS]... [FILE] < message\n$0 --check [ADDRESS...] < headers', schema, options }, args, io);
+  const s = await start(
+    { name: 'handle-incoming-mail', role: 'server', usage: '$0 [--recipient ADDRESS]... [FILE] < message\n$0 --check [ADDRESS...] < headers', schema, options },
+    args,
+    io,
+  );
   if (typeof s === 'number') return s;
   const { argv, config, log, source } = s;
   let router: Router;
@@ -152,7 +164,14 @@ export async function main(args: string[], io: Io): Promise<number> {
   }
 }
 
-async function deliver(spool: Spool, envelope: string[], config: { max_parallel: number; command_timeout: number; in_process: boolean; max_header_bytes: number }, router: Router, io: Io, log: { warn(m: string): void; info(m: string): void }): Promise<number> {
+async function deliver(
+  spool: Spool,
+  envelope: string[],
+  config: { max_parallel: number; command_timeout: number; in_process: boolean; max_header_bytes: number },
+  router: Router,
+  io: Io,
+  log: { warn(m: string): void; info(m: string): void },
+): Promise<number> {
   const out = (line: string) => io.stdout.write(`${line}\n`);
   let recipients: Address[];
   try {
@@ -215,7 +234,15 @@ async function runRoute(argv: string[], address: Address, spool: Spool, config: 
   });
   // The exit code decides; the command's own words only supply the reason.
   if (code === EXIT.OK) return { word: 'OK', reason: '' };
-  if (code === EXIT.FAIL) return said?.word === 'NORECIPIENT' ? { word: 'NORECIPIENT', reason: '' } : { word: 'FAIL', reason: said?.reason || `5.0.0 ${argv[0]} refused the message (exit 1)` };
-  return { word: 'TEMPFAIL', reason: said?.word === 'TEMPFAIL' && said.reason ? said.reason : `4.3.0 ${argv[0]} ${code === EXIT.TEMPFAIL ? 'failed temporarily' : `exited ${code}`} for ${mailboxOf(address)}` };
+  if (code === EXIT.FAIL)
+    return said?.word === 'NORECIPIENT'
+      ? { word: 'NORECIPIENT', reason: '' }
+      : { word: 'FAIL', reason: said?.reason || `5.0.0 ${argv[0]} refused the message (exit 1)` };
+  return {
+    word: 'TEMPFAIL',
+    reason:
+      said?.word === 'TEMPFAIL' && said.reason
+        ? said.reason
+        : `4.3.0 ${argv[0]} ${code === EXIT.TEMPFAIL ? 'failed temporarily' : `exited ${code}`} for ${mailboxOf(address)}`,
+  };
 }
-

@@ -2,7 +2,16 @@
 // server may run in-process as its handler (DESIGN.md 7).
 import type { Main } from '../io.js';
 
-export const PROGRAMS = ['make-message', 'make-cert', 'server-receive', 'send-mail', 'handle-incoming-mail', 'give-recipient', 'post-office', 'fetch-mail'] as const;
+export const PROGRAMS = [
+  'make-message',
+  'make-cert',
+  'server-receive',
+  'send-mail',
+  'handle-incoming-mail',
+  'give-recipient',
+  'post-office',
+  'fetch-mail',
+] as const;
 export type ProgramName = (typeof PROGRAMS)[number];
 
 export function isProgram(name: string): name is ProgramName {

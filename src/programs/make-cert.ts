@@ -43,7 +43,10 @@ const NAME = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$/;
 
 async function absent(path: string, force: boolean | undefined): Promise<void> {
   if (force) return;
-  const exists = await stat(path).then(() => true, () => false);
+  const exists = await stat(path).then(
+    () => true,
+    () => false,
+  );
   if (exists) throw cantCreate(path, 'already exists (use --force to replace it)');
 }
 
@@ -90,7 +93,12 @@ export async function main(args: string[], io: Io): Promise<number> {
     await mkdir(dir, { recursive: true, mode: 0o700 }).catch((e: NodeJS.ErrnoException) => {
       throw cantCreate(dir, `cannot create (${e.code})`);
     });
-    const ca = makeCa(argv.name ?? `${config.organization} CA`, config.organization, validity(argv.days, config.ca_days, argv.notBefore), bits ?? config.ca_key_bits);
+    const ca = makeCa(
+      argv.name ?? `${config.organization} CA`,
+      config.organization,
+      validity(argv.days, config.ca_days, argv.notBefore),
+      bits ?? config.ca_key_bits,
+    );
     written = await save(dir, 'ca', ca, argv.force);
   } else if (what === 'server') {
     if (rest.length === 0) throw usageError('make-cert server --ca DIR DOMAIN...: give at least one domain');

@@ -45,8 +45,7 @@ const options = (y: Argv) =>
     .option('message-id', { type: 'string', describe: 'Message id (urn:uuid:...) instead of a new one', requiresArg: true })
     .option('output', { alias: 'o', type: 'string', describe: 'Write to FILE (atomically) instead of stdout', requiresArg: true })
     .option('force', { type: 'boolean', describe: 'Write the binary message to a terminal anyway' })
-    .conflicts('text', 'body-file')
-;
+    .conflicts('text', 'body-file');
 
 type Flags = ArgumentsCamelCase<ReturnType<typeof options> extends Argv<infer A> ? A : never>;
 
@@ -99,7 +98,9 @@ export function buildHeaders(argv: Flags, config: { from?: string; always_bcc: s
   setField(h, 'date', argv.date ?? now(), '--date');
   setField(h, 'message-id', argv.messageId ?? `urn:uuid:${randomUUID()}`, '--message-id');
   if (argv.inReplyTo !== undefined) setField(h, 'in-reply-to', argv.inReplyTo, '--in-reply-to');
-  const refs = all(argv.references).flatMap((r) => r.split(/\s+/)).filter(Boolean);
+  const refs = all(argv.references)
+    .flatMap((r) => r.split(/\s+/))
+    .filter(Boolean);
   if (refs.length) setField(h, 'references', refs.join(' '), '--references');
   const extra: [string, string][] = [...Object.entries(config.headers), ...all(argv.header).map((kv) => splitPair(kv, '--header', 'NAME=VALUE'))];
   for (const [name, value] of extra) {

@@ -26,7 +26,14 @@ const schema = table({
     table({
       mailbox: string({ nonEmpty: true }),
       password: optional(string({ check: hashProblem }), undefined as string | undefined),
-      certificate_sha256: optional(list(string({ check: (s) => (/^[0-9a-f]{64}$/.test(s) ? undefined : 'must be 64 lowercase hex digits (openssl x509 -noout -fingerprint -sha256, colons removed)') })), [] as string[]),
+      certificate_sha256: optional(
+        list(
+          string({
+            check: (s) => (/^[0-9a-f]{64}$/.test(s) ? undefined : 'must be 64 lowercase hex digits (openssl x509 -noout -fingerprint -sha256, colons removed)'),
+          }),
+        ),
+        [] as string[],
+      ),
       certificate_name: optional(string({ nonEmpty: true }), undefined as string | undefined),
     }),
     (k) => (/^[A-Za-z0-9._@+-]{1,64}$/.test(k) ? undefined : 'user names are 1 to 64 of A-Z a-z 0-9 . _ @ + -'),
@@ -81,7 +88,8 @@ function settingsOf(config: Config, source: Located): Settings {
 function sessionOf(config: Config, source: Located, log: Log, failures: Map<string, number>): ImrpConfig {
   const users = Object.fromEntries(Object.entries(config.users).map(([u, e]) => [u, { ...e, mailbox: configPath(source, e.mailbox) }]));
   for (const [u, e] of Object.entries(users)) {
-    if (!e.password && !e.certificate_sha256.length && !e.certificate_name) throw configError(source.file!, `users.${u}`, 'needs password, certificate_sha256 or certificate_name');
+    if (!e.password && !e.certificate_sha256.length && !e.certificate_name)
+      throw configError(source.file!, `users.${u}`, 'needs password, certificate_sha256 or certificate_name');
   }
   return {
     name: config.name,
@@ -100,14 +108,21 @@ export async function main(args: string[], io: Io): Promise<number> {
     io.stdout.write(`${await hashPassword(pw)}\n`);
     return EXIT.OK;
   }
-  const s = await start({ name: 'post-office', role: 'server', usage: '$0 [--listen ADDRESS:PORT | --inetd] [options]\n$0 --hash-password', schema, options }, args, io);
+  const s = await start(
+    { name: 'post-office', role: 'server', usage: '$0 [--listen ADDRESS:PORT | --inetd] [options]\n$0 --hash-password', schema, options },
+    args,
+    io,
+  );
   if (typeof s === 'number') return s;
   const { argv, log, source } = s;
   if (!source.file) throw configError(source.dir, '', 'post-office needs a config file (tls, users): see post-office.toml(5)');
   const failures = new Map<string, number>();
   let settings = settingsOf(s.config, source);
   let session = sessionOf(s.config, source, log, failures);
-  const where = whereFrom(argv.listen, argv.inetd, io.env, { stdin: io.stdin, stdout: io.stdout }, process.pid) ?? { mode: 'listen' as const, ...parseHostPort(s.config.listen) };
+  const where = whereFrom(argv.listen, argv.inetd, io.env, { stdin: io.stdin, stdout: io.stdout }, process.pid) ?? {
+    mode: 'listen' as const,
+    ...parseHostPort(s.config.listen),
+  };
   await serve(
     where,
     settings,

@@ -75,10 +75,12 @@ export async function main(args: string[], io: Io): Promise<number> {
     await Promise.all(imdp.map((leg) => announce(leg, prepared, tls, config)));
     const refused = imdp.filter((l) => l.refused);
     if (refused.length) {
-      await Promise.all(imdp.map(async (l) => {
-        if (l.client && !l.refused) l.client.sendAbort();
-        await l.client?.done().catch(() => {});
-      }));
+      await Promise.all(
+        imdp.map(async (l) => {
+          if (l.client && !l.refused) l.client.sendAbort();
+          await l.client?.done().catch(() => {});
+        }),
+      );
       const temporary = refused.every((l) => l.refused!.temporary);
       const domains = refused.map((l) => l.group.domain).join(', ');
       for (const l of legs) {
@@ -108,11 +110,23 @@ async function openFile(file: string): Promise<Readable> {
   return stream;
 }
 
-async function announce(leg: Leg, p: Prepared, tls: ReturnType<typeof contextOptions>, config: { servers: Record<string, string>; dns_srv: boolean; timeouts: { connect: number; result: number } }): Promise<void> {
+async function announce(
+  leg: Leg,
+  p: Prepared,
+  tls: ReturnType<typeof contextOptions>,
+  config: { servers: Record<string, string>; dns_srv: boolean; timeouts: { connect: number; result: number } },
+): Promise<void> {
   const { domain } = leg.group;
   try {
     const target = await findServer(domain, config.servers, config.dns_srv);
-    leg.client = await ImdpClient.connect({ host: target.host, port: target.port, domain, tls, timeout: config.timeouts.connect, resultTimeout: config.timeouts.result });
+    leg.client = await ImdpClient.connect({
+      host: target.host,
+      port: target.port,
+      domain,
+      tls,
+      timeout: config.timeouts.connect,
+      resultTimeout: config.timeouts.result,
+    });
     const copy = await copyFor(p, leg.group);
     leg.client.sendMail(copy.headersRaw, copy.size);
     const a = await leg.client.readAnswer();
@@ -145,7 +159,11 @@ async function runLegacy(leg: Leg, p: Prepared, argv: readonly string[], io: Io)
   const lines: string[] = [];
   leg.legacyLines = lines;
   leg.legacyCode = await new Promise<number>((res) => {
-    const child = spawn(argv[0], [...argv.slice(1), ...leg.group.recipients.map(mailboxOf)], { env: io.env as NodeJS.ProcessEnv, cwd: io.cwd, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(argv[0], [...argv.slice(1), ...leg.group.recipients.map(mailboxOf)], {
+      env: io.env as NodeJS.ProcessEnv,
+      cwd: io.cwd,
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
     child.stdout.pipe(new LineSplitter((l) => lines.push(l)));
     child.stderr.pipe(io.stderr, { end: false });
     child.stdin.on('error', () => {});
@@ -176,7 +194,7 @@ function lineFor(leg: Leg, a: Address): string {
   const replies = leg.legacyLines ?? leg.result?.replies ?? [];
   const relayed = relayedResult(replies, a);
   if (relayed) return relayed;
-  const word = leg.legacyCode !== undefined ? ['OK', 'FAIL', 'PARTIAL'][leg.legacyCode] ?? 'TEMPFAIL' : leg.result!.word;
+  const word = leg.legacyCode !== undefined ? (['OK', 'FAIL', 'PARTIAL'][leg.legacyCode] ?? 'TEMPFAIL') : leg.result!.word;
   const lastReply = replies.length ? `: ${replies[replies.length - 1]}` : '';
   const why = leg.result?.text || `${leg.group.domain} answered ${word}${lastReply}`;
   if (word === 'OK') return `OK ${addr}`;

@@ -19,7 +19,10 @@ import { asciiDomain, domainProblem } from '../address.js';
 
 const schema = table({
   domain: string({ check: domainProblem }),
-  listen: optional(string({ check: (s) => (/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]*):\d{1,5}$/.test(s) ? undefined : 'must be ADDRESS:PORT') }), `[::]:${wire.IMDP_PORT}`),
+  listen: optional(
+    string({ check: (s) => (/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]*):\d{1,5}$/.test(s) ? undefined : 'must be ADDRESS:PORT') }),
+    `[::]:${wire.IMDP_PORT}`,
+  ),
   handler: optional(command(), ['handle-incoming-mail']),
   check: optional(list(string({ nonEmpty: true })), [] as string[]),
   in_process: optional(boolean(), true),
@@ -95,9 +98,10 @@ export async function main(args: string[], io: Io): Promise<number> {
   if (!source.file) throw configError(source.dir, '', 'server-receive needs a config file (domain, tls.certificate, tls.key): see server-receive.toml(5)');
   let settings = settingsOf(config, source);
   let session = sessionOf(config, io, log);
-  const where =
-    whereFrom(argv.listen, argv.inetd, io.env, { stdin: io.stdin, stdout: io.stdout }, process.pid) ??
-    { mode: 'listen' as const, ...parseHostPort(config.listen) };
+  const where = whereFrom(argv.listen, argv.inetd, io.env, { stdin: io.stdin, stdout: io.stdout }, process.pid) ?? {
+    mode: 'listen' as const,
+    ...parseHostPort(config.listen),
+  };
   if (where.mode === 'inetd' && argv.listen) throw usageError('--inetd and --listen exclude each other');
   await serve(
     where,

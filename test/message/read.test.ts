@@ -42,7 +42,9 @@ describe('readMessage accepts', () => {
   });
   it('entries the caller does not read (they are drained)', async () => {
     let n = 0;
-    for await (const e of readMessage(Readable.from([tarOf(entry('headers', HEADERS), entry('attachments/a', 'x'.repeat(10000)), entry('attachments/b', 'y'))]))) {
+    for await (const e of readMessage(
+      Readable.from([tarOf(entry('headers', HEADERS), entry('attachments/a', 'x'.repeat(10000)), entry('attachments/b', 'y'))]),
+    )) {
       n++;
       void e;
     }
@@ -69,7 +71,11 @@ describe('readMessage rejects', () => {
     ['a control character in an attachment name', tarOf(H, entry('attachments/a\x01b', 'x')), /control character/],
     ['a NUL in a pax name', tarOf(H, pax({ path: 'attachments/a\0b' }), entry('x', 'x')), /NUL|control/],
     ['duplicate names', tarOf(H, entry('attachments/a', '1'), entry('attachments/a', '2')), /appears twice/],
-    ['NFC and NFD spellings of one name', tarOf(H, pax({ path: 'attachments/caf\u00e9' }), entry('x', '1'), pax({ path: 'attachments/cafe\u0301' }), entry('y', '2')), /appears twice/],
+    [
+      'NFC and NFD spellings of one name',
+      tarOf(H, pax({ path: 'attachments/caf\u00e9' }), entry('x', '1'), pax({ path: 'attachments/cafe\u0301' }), entry('y', '2')),
+      /appears twice/,
+    ],
     ['a missing headers entry', tarOf(entry('body', 'x')), /first entry must be "headers"/],
     ['headers not first', tarOf(entry('body', 'x'), H), /first entry must be "headers"/],
     ['two headers entries', tarOf(H, H), /appears twice/],
@@ -78,13 +84,38 @@ describe('readMessage rejects', () => {
     ['headers over the limit', tarOf(H), /headers of \d+ bytes exceed the limit of 10/, { maxHeaderBytes: 10 }],
     ['too many entries', tarOf(H, entry('attachments/a'), entry('attachments/b')), /more than 2 entries/, { maxEntries: 2 }],
     ['a message over the size limit', tarOf(H, entry('body', 'x'.repeat(2000))), /larger than the limit of 1000 bytes/, { maxTotalBytes: 1000 }],
-    ['a pax header over the limit', tarOf(H, pax({ comment: 'x'.repeat(5000) }), entry('attachments/a')), /extended header of \d+ bytes exceeds the limit/, { maxMetaBytes: 4096 }],
-    ['a GNU long name over the limit', tarOf(H, entry('././@LongLink', 'attachments/' + 'x'.repeat(5000), 'L'), entry('x')), /extended header/, { maxMetaBytes: 4096 }],
+    [
+      'a pax header over the limit',
+      tarOf(H, pax({ comment: 'x'.repeat(5000) }), entry('attachments/a')),
+      /extended header of \d+ bytes exceeds the limit/,
+      { maxMetaBytes: 4096 },
+    ],
+    [
+      'a GNU long name over the limit',
+      tarOf(H, entry('././@LongLink', 'attachments/' + 'x'.repeat(5000), 'L'), entry('x')),
+      /extended header/,
+      { maxMetaBytes: 4096 },
+    ],
     ['a pax size that lies about the data', tarOf(H, pax({ size: '99999' }), entry('attachments/a', 'short')), /truncated|inconsistent/],
-    ['a malformed pax record', tarOf(H, Buffer.concat([header({ name: 'PaxHeader', size: 10, type: 'x' }), pad(Buffer.from('zz path=x\n'))]), entry('attachments/a')), /malformed pax record/],
+    [
+      'a malformed pax record',
+      tarOf(H, Buffer.concat([header({ name: 'PaxHeader', size: 10, type: 'x' }), pad(Buffer.from('zz path=x\n'))]), entry('attachments/a')),
+      /malformed pax record/,
+    ],
     ['a body that is not UTF-8', tarOf(H, entry('body', Buffer.from([0x68, 0xff, 0x0a]))), /body: not valid UTF-8/],
     ['a directory other than attachments/', tarOf(H, header({ name: 'attachments/sub/', type: '5' })), /directories are not allowed/],
-    ['a corrupt header checksum', tarOf(H, (() => { const b = header({ name: 'body', size: 0 }); b[0] = 0x63; return b; })()), /tar: /],
+    [
+      'a corrupt header checksum',
+      tarOf(
+        H,
+        (() => {
+          const b = header({ name: 'body', size: 0 });
+          b[0] = 0x63;
+          return b;
+        })(),
+      ),
+      /tar: /,
+    ],
   ];
   for (const [what, tar, pattern, limits] of cases) it(what, () => rejects(tar, pattern, limits));
 });

@@ -45,7 +45,10 @@ describe('writeMessage', () => {
       headers: headers(),
       body: bufferPart(Buffer.from('Hello\n')),
       bodyHtml: bufferPart(Buffer.from('<p>Hello</p>')),
-      attachments: [{ name: 'b.bin', ...bufferPart(binary) }, { name: 'a é.txt', ...bufferPart(Buffer.from('x')) }],
+      attachments: [
+        { name: 'b.bin', ...bufferPart(binary) },
+        { name: 'a é.txt', ...bufferPart(Buffer.from('x')) },
+      ],
     });
     const got = await readBack(tar);
     assert.equal(got.headers.toString(), headers().serialize().toString());
@@ -56,8 +59,20 @@ describe('writeMessage', () => {
   });
 
   it('is canonical: the same content gives the same bytes, whatever the attachment order', async () => {
-    const a = await bytesOf({ headers: headers(), attachments: [{ name: 'x', ...bufferPart(Buffer.from('1')) }, { name: 'y', ...bufferPart(Buffer.from('2')) }] });
-    const b = await bytesOf({ headers: headers(), attachments: [{ name: 'y', ...bufferPart(Buffer.from('2')) }, { name: 'x', ...bufferPart(Buffer.from('1')) }] });
+    const a = await bytesOf({
+      headers: headers(),
+      attachments: [
+        { name: 'x', ...bufferPart(Buffer.from('1')) },
+        { name: 'y', ...bufferPart(Buffer.from('2')) },
+      ],
+    });
+    const b = await bytesOf({
+      headers: headers(),
+      attachments: [
+        { name: 'y', ...bufferPart(Buffer.from('2')) },
+        { name: 'x', ...bufferPart(Buffer.from('1')) },
+      ],
+    });
     assert.equal(createHash('sha256').update(a).digest('hex'), createHash('sha256').update(b).digest('hex'));
   });
 
@@ -75,7 +90,14 @@ describe('writeMessage', () => {
   it('writes what GNU tar lists and extracts', async () => {
     const dir = tempDir();
     const file = join(dir, 'm.ima');
-    writeFileSync(file, await bytesOf({ headers: headers(), body: bufferPart(Buffer.from('hi\n')), attachments: [{ name: 'résumé ' + 'long '.repeat(30) + '.pdf', ...bufferPart(binary) }] }));
+    writeFileSync(
+      file,
+      await bytesOf({
+        headers: headers(),
+        body: bufferPart(Buffer.from('hi\n')),
+        attachments: [{ name: 'résumé ' + 'long '.repeat(30) + '.pdf', ...bufferPart(binary) }],
+      }),
+    );
     const list = await runCommand('tar', ['tvf', file]);
     assert.equal(list.code, 0, list.stderr);
     assert.match(list.stdout.toString(), /headers\n.*body\n.*attachments\/résumé long/);
@@ -114,7 +136,10 @@ describe('writeMessage', () => {
 describe('headers and addresses, property-based', () => {
   const label = fc.stringMatching(/^[a-z][a-z0-9]{0,10}$/);
   const local = fc.stringMatching(/^[a-z0-9][a-z0-9+_=]{0,15}$/);
-  const value = fc.string({ unit: fc.constantFrom(...'abc xyzÄöü€✓-_.,;:!?'.split('')), minLength: 1, maxLength: 40 }).map((s) => s.trim()).filter((s) => s.length > 0);
+  const value = fc
+    .string({ unit: fc.constantFrom(...'abc xyzÄöü€✓-_.,;:!?'.split('')), minLength: 1, maxLength: 40 })
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0);
   it('serialize then parse gives the same fields', () => {
     fc.assert(
       fc.property(fc.array(fc.tuple(fc.stringMatching(/^x-[a-z0-9-]{1,10}$/), value), { maxLength: 10 }), local, label, (extra, l, d) => {

@@ -23,7 +23,11 @@ const publicStyle = pki.server('a.test', { file: 'public-style', serverAuthOnly:
 
 function settings(limits: Partial<Settings['limits']> = {}): Settings {
   const m = loadTlsMaterial({ certificate: server.cert, key: server.key, ca: [pki.caFile], configFile: 'test.toml' });
-  return { tls: contextOptions(m), clientCert: 'required', limits: { maxConnections: 10, maxPerAddress: 5, handshakeTimeout: 5000, shutdownTimeout: 5000, ...limits } };
+  return {
+    tls: contextOptions(m),
+    clientCert: 'required',
+    limits: { maxConnections: 10, maxPerAddress: 5, handshakeTimeout: 5000, shutdownTimeout: 5000, ...limits },
+  };
 }
 
 /** A server whose session greets with the peer's verified certificate names, then echoes lines. */
@@ -33,29 +37,47 @@ async function start(limits: Partial<Settings['limits']> = {}) {
   let port = 0;
   let done!: Promise<void>;
   await new Promise<void>((res) => {
-    done = serve({ mode: 'listen', host: '127.0.0.1', port: 0 }, settings(limits), {
-      async session(socket, peer, stopping) {
-        socket.write(`HELLO ${certCoversDomain(peer.cert!, 'a.test') ? 'a.test' : '?'} ${fingerprint256(peer.cert!).length}\n`);
-        const r = new LineReader(socket, { maxLine: 100, idleTimeout: 2000, dataTimeout: 2000 });
-        for (;;) {
-          const line = await r.readLine().catch(() => null);
-          if (line === null) break;
-          socket.write(`ECHO ${line}\n`);
-          if (stopping.aborted) break;
-        }
-        socket.end();
+    done = serve(
+      { mode: 'listen', host: '127.0.0.1', port: 0 },
+      settings(limits),
+      {
+        async session(socket, peer, stopping) {
+          socket.write(`HELLO ${certCoversDomain(peer.cert!, 'a.test') ? 'a.test' : '?'} ${fingerprint256(peer.cert!).length}\n`);
+          const r = new LineReader(socket, { maxLine: 100, idleTimeout: 2000, dataTimeout: 2000 });
+          for (;;) {
+            const line = await r.readLine().catch(() => null);
+            if (line === null) break;
+            socket.write(`ECHO ${line}\n`);
+            if (stopping.aborted) break;
+          }
+          socket.end();
+        },
+        refuse(socket, reason) {
+          socket.write(`BYE ${reason}\n`);
+        },
       },
-      refuse(socket, reason) {
-        socket.write(`BYE ${reason}\n`);
+      {
+        log: createLog(process.env.DEBUG_TEST ? process.stderr : logs, 'test', 'debug'),
+        signal: stop.signal,
+        onListening: (a: AddressInfo) => {
+          port = a.port;
+          res();
+        },
       },
-    }, { log: createLog(process.env.DEBUG_TEST ? process.stderr : logs, 'test', 'debug'), signal: stop.signal, onListening: (a: AddressInfo) => { port = a.port; res(); } });
+    );
   });
   return { port, stop, done };
 }
 
 function connect(port: number, files?: { cert: string; key: string }): Promise<{ socket: TLSSocket; first: string }> {
   return new Promise((res, rej) => {
-    const socket = tls.connect({ host: '127.0.0.1', port, servername: 'b.test', ca: pki.ca.certPem, ...(files ? { cert: readFileSync(files.cert), key: readFileSync(files.key) } : {}) });
+    const socket = tls.connect({
+      host: '127.0.0.1',
+      port,
+      servername: 'b.test',
+      ca: pki.ca.certPem,
+      ...(files ? { cert: readFileSync(files.cert), key: readFileSync(files.key) } : {}),
+    });
     let buf = '';
     socket.on('data', (d) => {
       buf += d;
@@ -79,7 +101,11 @@ test('listen: a client with a certificate from the CA gets the session, with its
 for (const [what, files, expect] of [
   ['no certificate', undefined, /^BYE no client certificate.*public CAs stopped issuing clientAuth certificates in 2026.*own CA/],
   ['a certificate from an unknown CA', stranger, /^BYE client certificate rejected.*does not chain to a CA.*own CA/],
-  ['a certificate without clientAuth, as public CAs issue since 2026', publicStyle, /^BYE client certificate rejected.*lacks clientAuth.*public CAs stopped issuing clientAuth certificates in 2026/],
+  [
+    'a certificate without clientAuth, as public CAs issue since 2026',
+    publicStyle,
+    /^BYE client certificate rejected.*lacks clientAuth.*public CAs stopped issuing clientAuth certificates in 2026/,
+  ],
   ['an expired certificate', expired, /^BYE client certificate rejected.*expired/],
   ['a user certificate (no serverAuth, still clientAuth: accepted by TLS)', user, /^HELLO/],
 ] as const) {

@@ -90,7 +90,7 @@ describe('handle-incoming-mail', () => {
     });
   }
 
-  it('relays a command\'s other output lines', async () => {
+  it("relays a command's other output lines", async () => {
     const r = await runBin('handle-incoming-mail', ['--config', cfg], { input: await message('weird@b.test') });
     assert.match(r.stdout.toString(), /^note: weird exit$/m);
   });

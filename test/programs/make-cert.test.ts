@@ -31,7 +31,11 @@ test('make-cert: a CA, a server certificate and a user certificate that OpenSSL 
   assert.equal(r.code, 0, r.stderr);
   const u = join(ca, 'bob@b.test.crt');
   assert.equal((await runCommand('openssl', ['verify', '-purpose', 'sslclient', '-CAfile', join(ca, 'ca.crt'), u])).code, 0);
-  assert.notEqual((await runCommand('openssl', ['verify', '-purpose', 'sslserver', '-CAfile', join(ca, 'ca.crt'), u])).code, 0, 'a user certificate is not a server certificate');
+  assert.notEqual(
+    (await runCommand('openssl', ['verify', '-purpose', 'sslserver', '-CAfile', join(ca, 'ca.crt'), u])).code,
+    0,
+    'a user certificate is not a server certificate',
+  );
   const text = (await runCommand('openssl', ['x509', '-in', u, '-noout', '-text'])).stdout.toString();
   assert.match(text, /email:bob@b\.test/);
   assert.match(text, /CA:FALSE/);

@@ -28,12 +28,33 @@ describe('make-message (real process)', () => {
   it('builds a message from stdin, flags, short forms and plain recipients', async () => {
     const r = await runBin(
       'make-message',
-      ['-r', 'Alice <alice@a.test>', '-s', 'Quarterly', '-c', 'carol@c.test', '-b', 'dave@d.test', '-a', 'report.pdf', '--attach-as', 'summary.txt=notes.txt', '-H', 'x-priority=high', '--to', 'bob@b.test,eve@b.test', 'frank@f.test'],
+      [
+        '-r',
+        'Alice <alice@a.test>',
+        '-s',
+        'Quarterly',
+        '-c',
+        'carol@c.test',
+        '-b',
+        'dave@d.test',
+        '-a',
+        'report.pdf',
+        '--attach-as',
+        'summary.txt=notes.txt',
+        '-H',
+        'x-priority=high',
+        '--to',
+        'bob@b.test,eve@b.test',
+        'frank@f.test',
+      ],
       { input: 'Hello Bob\n', cwd: dir },
     );
     assert.equal(r.code, 0, r.stderr);
     const got = await entries(r.stdout);
-    assert.match(got.headers, /^from: Alice <alice@a\.test>\nto: bob@b\.test, eve@b\.test, frank@f\.test\ncc: carol@c\.test\nbcc: dave@d\.test\nsubject: Quarterly\ndate: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\nmessage-id: urn:uuid:[0-9a-f-]{36}\nx-priority: high\n$/);
+    assert.match(
+      got.headers,
+      /^from: Alice <alice@a\.test>\nto: bob@b\.test, eve@b\.test, frank@f\.test\ncc: carol@c\.test\nbcc: dave@d\.test\nsubject: Quarterly\ndate: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\nmessage-id: urn:uuid:[0-9a-f-]{36}\nx-priority: high\n$/,
+    );
     assert.equal(got.body, 'Hello Bob\n');
     assert.equal(got['attachments/report.pdf'], Buffer.from([0, 1, 2, 255]).toString('latin1'));
     assert.equal(got['attachments/summary.txt'], 'notes');
@@ -67,7 +88,12 @@ describe('make-message (real process)', () => {
     ['an unknown flag', ['--bogus'], 64, /Unknown argument: bogus/],
     ['a missing attachment', ['-r', 'a@a.test', '-a', 'missing.pdf', 'b@b.test'], 66, /--attach missing\.pdf: no such file/],
     ['a directory as attachment', ['-r', 'a@a.test', '-a', '.', 'b@b.test'], 64, /not a file name|not a regular file/],
-    ['two attachments with one name', ['-r', 'a@a.test', '-a', 'notes.txt', '--attach-as', 'notes.txt=report.pdf', 'b@b.test'], 64, /a second attachment named "notes\.txt"/],
+    [
+      'two attachments with one name',
+      ['-r', 'a@a.test', '-a', 'notes.txt', '--attach-as', 'notes.txt=report.pdf', 'b@b.test'],
+      64,
+      /a second attachment named "notes\.txt"/,
+    ],
     ['a bad attachment name', ['-r', 'a@a.test', '--attach-as', '../x=notes.txt', 'b@b.test'], 64, /contains "\/"/],
     ['a header set by its own flag', ['-r', 'a@a.test', '-H', 'from=x@y.test', 'b@b.test'], 64, /set by its own flag/],
     ['a bad header name', ['-r', 'a@a.test', '-H', 'Bad Name=x', 'b@b.test'], 64, /bad header name/],
@@ -80,9 +106,19 @@ describe('make-message (real process)', () => {
       const r = await runBin('make-message', [...args, '-o', out], { cwd: dir, input: input === undefined ? '' : Buffer.from(input, 'latin1') });
       assert.equal(r.code, code, r.stderr);
       assert.match(r.stderr, pattern);
-      assert.equal(r.stderr.trim().split('\n').filter((l) => !l.startsWith('Try ')).length, 1, r.stderr);
+      assert.equal(
+        r.stderr
+          .trim()
+          .split('\n')
+          .filter((l) => !l.startsWith('Try ')).length,
+        1,
+        r.stderr,
+      );
       assert.equal(existsSync(out), false);
-      assert.deepEqual(readdirSync(dir).filter((f) => f.endsWith('.tmp')), []);
+      assert.deepEqual(
+        readdirSync(dir).filter((f) => f.endsWith('.tmp')),
+        [],
+      );
     });
   }
 

@@ -51,7 +51,13 @@ const local = (d: string) => (existsSync(join(d, 'new')) ? readdirSync(join(d, '
 
 /** A raw IMRP conversation: send lines, collect what the server says until it closes or `until` matches. */
 async function converse(lines: string[], until: RegExp, cert?: { cert: string; key: string }, at = port): Promise<string> {
-  const s = tls.connect({ host: '127.0.0.1', port: at, servername: 'b.test', ca: readFileSync(pki.caFile), ...(cert ? { cert: readFileSync(cert.cert), key: readFileSync(cert.key) } : {}) });
+  const s = tls.connect({
+    host: '127.0.0.1',
+    port: at,
+    servername: 'b.test',
+    ca: readFileSync(pki.caFile),
+    ...(cert ? { cert: readFileSync(cert.cert), key: readFileSync(cert.key) } : {}),
+  });
   await once(s, 'secureConnect');
   let got = '';
   s.on('data', (d) => (got += d.toString('latin1')));
@@ -95,7 +101,10 @@ login_delay = "50ms"
   port = po.port;
   // A second server with tight limits, for the tests of those limits.
   const strictCfg = join(dir, 'post-office-strict.toml');
-  writeFileSync(strictCfg, readFileSync(cfg, 'utf8').replace('max_login_failures = 50', 'max_login_failures = 3').replace('login_delay = "50ms"', 'login_delay = "10ms"\nidle = "1s"'));
+  writeFileSync(
+    strictCfg,
+    readFileSync(cfg, 'utf8').replace('max_login_failures = 50', 'max_login_failures = 3').replace('login_delay = "50ms"', 'login_delay = "10ms"\nidle = "1s"'),
+  );
   strict = await startListening('post-office', ['--config', strictCfg, '--listen', '127.0.0.1:0']);
 });
 after(() => Promise.all([po.stop(), strict.stop()]));
@@ -153,19 +162,22 @@ describe('post-office and fetch-mail', () => {
     assert.match(wrong.stderr, /login as bob refused: login failed/);
   });
 
-  it('refuses a certificate that is not the user\'s (mallory\'s cert for bob; a cert name login without a matching CN)', async () => {
+  it("refuses a certificate that is not the user's (mallory's cert for bob; a cert name login without a matching CN)", async () => {
     const r = await fetch(fetchConfig('mallory', `user = "bob"\ncertificate = "${malloryCert.cert}"\nkey = "${malloryCert.key}"\n`), [join(dir, 'm')]);
     assert.equal(r.code, 77);
     const c = await fetch(fetchConfig('mallory-carol', `user = "carol"\ncertificate = "${malloryCert.cert}"\nkey = "${malloryCert.key}"\n`), [join(dir, 'm')]);
     assert.equal(c.code, 77);
   });
 
-  it('never reaches another user\'s mailbox, nor a path given as an id', async () => {
+  it("never reaches another user's mailbox, nor a path given as an id", async () => {
     const [carolId] = await deliver('carol', 1);
-    const got = await converse(['LOGIN bob sesame', `FETCH ${carolId}`, `DELETE ${carolId}`, 'FETCH ../carol/new', 'FETCH /etc/passwd', `FETCH ${carolId}/headers`, 'LIST all', 'QUIT'], /^BYE/m);
+    const got = await converse(
+      ['LOGIN bob sesame', `FETCH ${carolId}`, `DELETE ${carolId}`, 'FETCH ../carol/new', 'FETCH /etc/passwd', `FETCH ${carolId}/headers`, 'LIST all', 'QUIT'],
+      /^BYE/m,
+    );
     assert.match(got, /^OK logged in as bob$/m);
     assert.match(got, /^NO no such message$/m);
-    assert.match(got, /^OK 0$/m, 'DELETE of another user\'s id deletes nothing');
+    assert.match(got, /^OK 0$/m, "DELETE of another user's id deletes nothing");
     assert.equal((got.match(/^ERROR .*is not a message id$/gm) ?? []).length, 3);
     assert.doesNotMatch(got, /MESSAGE /);
     assert.deepEqual(readdirSync(join(boxes, 'carol', 'new')), [carolId]);
@@ -192,20 +204,25 @@ describe('post-office and fetch-mail', () => {
     await exited;
     const r = await fetch(cfg, [out, '--verbose'], { IMA_PASSWORD: 'sesame' });
     assert.equal(r.code, 0, r.stderr);
-    assert.deepEqual(local(out).filter((id) => ids.includes(id)).sort(), ids.sort());
+    assert.deepEqual(
+      local(out)
+        .filter((id) => ids.includes(id))
+        .sort(),
+      ids.sort(),
+    );
     for (const id of ids) assert.deepEqual(readFileSync(join(out, 'new', id, 'attachments', 'big.bin')), big);
     assert.deepEqual(readdirSync(join(boxes, 'bob', 'new')), []);
     for (const id of local(out)) assert.ok(existsSync(join(out, 'new', id, 'headers')), `${id} in new/ is whole`);
   });
 
-  it('acts on a line of several ids at once: SEEN and DELETE count only the user\'s own messages, each once', async () => {
+  it("acts on a line of several ids at once: SEEN and DELETE count only the user's own messages, each once", async () => {
     const [carolId] = await deliver('carol', 1);
     const mine = await deliver('bob', 3);
     const got = await converse(['LOGIN bob sesame', `SEEN ${mine[0]} ${mine[0]} ${carolId}`, `DELETE ${mine.join(' ')} ${carolId}`, 'QUIT'], /^BYE/m);
     assert.deepEqual(got.match(/^OK \d+$/gm), ['OK 1', 'OK 3']);
     const bobs = [...readdirSync(join(boxes, 'bob', 'new')), ...readdirSync(join(boxes, 'bob', 'cur'))];
     for (const id of mine) assert.ok(!bobs.includes(id), `${id} deleted`);
-    assert.ok(readdirSync(join(boxes, 'carol', 'new')).includes(carolId), 'carol\'s message untouched');
+    assert.ok(readdirSync(join(boxes, 'carol', 'new')).includes(carolId), "carol's message untouched");
   });
 });
 

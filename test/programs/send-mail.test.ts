@@ -29,7 +29,9 @@ certificate = "${certs.a.cert}"
 key = "${certs.a.key}"
 ca = ["${pki.caFile}"]
 [servers]
-${Object.entries(table).map(([d, t]) => `"${d}" = "${t}"`).join('\n')}
+${Object.entries(table)
+  .map(([d, t]) => `"${d}" = "${t}"`)
+  .join('\n')}
 `,
   );
   return file;
@@ -94,9 +96,18 @@ test('send-mail: all or nothing: one server refuses, so neither handler ever run
   assert.equal(r.code, 1, r.stderr);
   const lines = r.stdout.toString().trim().split('\n');
   assert.equal(lines.length, 4);
-  assert.ok(lines.every((l) => l.startsWith('FAIL ')), lines.join('\n'));
-  assert.match(lines.find((l) => l.startsWith('FAIL carol@c.test'))!, /REJECT 5\.1\.1.*NORECIPIENT carol@c\.test/);
-  assert.match(lines.find((l) => l.startsWith('FAIL bob@b.test'))!, /not sent: c\.test refused/);
+  assert.ok(
+    lines.every((l) => l.startsWith('FAIL ')),
+    lines.join('\n'),
+  );
+  assert.match(
+    lines.find((l) => l.startsWith('FAIL carol@c.test'))!,
+    /REJECT 5\.1\.1.*NORECIPIENT carol@c\.test/,
+  );
+  assert.match(
+    lines.find((l) => l.startsWith('FAIL bob@b.test'))!,
+    /not sent: c\.test refused/,
+  );
   assert.deepEqual(readdirSync(outB), []);
   assert.deepEqual(readdirSync(outC), []);
 });
@@ -125,8 +136,11 @@ test('send-mail: a legacy domain goes to the configured command with its recipie
   const b = await server('b.test', outB);
   const legacyOut = join(outDir(), 'legacy.ima');
   const legacy = join(dir, 'legacy.mjs');
-  writeFileSync(legacy, `import { writeFileSync } from 'node:fs'; const c = []; for await (const x of process.stdin) c.push(x);
-writeFileSync(${JSON.stringify(legacyOut)}, Buffer.concat(c)); for (const a of process.argv.slice(2)) console.log('OK ' + a);\n`);
+  writeFileSync(
+    legacy,
+    `import { writeFileSync } from 'node:fs'; const c = []; for await (const x of process.stdin) c.push(x);
+writeFileSync(${JSON.stringify(legacyOut)}, Buffer.concat(c)); for (const a of process.argv.slice(2)) console.log('OK ' + a);\n`,
+  );
   const cfg = sendMailConfig({ 'b.test': `127.0.0.1:${b.port}` }, `legacy_domains = ["c.test"]\nlegacy_command = ["node", ${JSON.stringify(legacy)}]`);
   const r = await runBin('send-mail', ['--config', cfg], { input: await message(fields()) });
   assert.equal(r.code, 0, r.stderr);

@@ -79,9 +79,25 @@ test('systemd-socket-activate hands server-receive a listening socket (LISTEN_FD
 test('openssl s_client: refused without a certificate, greeted with one', async () => {
   const s = await startServer(config());
   try {
-    const base = ['s_client', '-connect', `127.0.0.1:${s.port}`, '-servername', 'b.test', '-CAfile', pki.caFile, '-verify_return_error', '-verify_hostname', 'b.test', '-quiet', '-ign_eof'];
+    const base = [
+      's_client',
+      '-connect',
+      `127.0.0.1:${s.port}`,
+      '-servername',
+      'b.test',
+      '-CAfile',
+      pki.caFile,
+      '-verify_return_error',
+      '-verify_hostname',
+      'b.test',
+      '-quiet',
+      '-ign_eof',
+    ];
     const without = await runCommand('openssl', base, { input: '' });
-    assert.match(without.stdout.toString(), /^BYE no client certificate: this server requires one \(mutual TLS\); public CAs stopped issuing clientAuth certificates in 2026/);
+    assert.match(
+      without.stdout.toString(),
+      /^BYE no client certificate: this server requires one \(mutual TLS\); public CAs stopped issuing clientAuth certificates in 2026/,
+    );
     assert.doesNotMatch(without.stdout.toString(), /IMDP 1/);
     const withCert = await runCommand('openssl', [...base, '-cert', certs.a.cert, '-key', certs.a.key], { input: 'HELO\nDONE\n' });
     assert.match(withCert.stdout.toString(), /^IMDP 1 b\.test\nERROR unknown command "HELO".*\nBYE goodbye\n$/);

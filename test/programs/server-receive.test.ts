@@ -62,9 +62,17 @@ test('server-receive: certificate failures never get past the greeting', async (
   const { dir, pki } = await import('../imdp-fixture.js');
   const other = new Pki(dir, 'stranger');
   const cases = [
-    { name: 'unknown CA', cert: other.server('a.test', { file: 'stranger-a' }), expect: /refused: client certificate rejected.*does not chain to a CA trusted here.*public CAs stopped issuing clientAuth certificates in 2026/ },
+    {
+      name: 'unknown CA',
+      cert: other.server('a.test', { file: 'stranger-a' }),
+      expect: /refused: client certificate rejected.*does not chain to a CA trusted here.*public CAs stopped issuing clientAuth certificates in 2026/,
+    },
     { name: 'expired', cert: pki.server('a.test', { file: 'expired-a', validity: EXPIRED }), expect: /refused: client certificate rejected.*expired/ },
-    { name: 'no clientAuth', cert: pki.server('a.test', { file: 'serveronly-a', serverAuthOnly: true }), expect: /lacks clientAuth; public CAs stopped issuing/ },
+    {
+      name: 'no clientAuth',
+      cert: pki.server('a.test', { file: 'serveronly-a', serverAuthOnly: true }),
+      expect: /lacks clientAuth; public CAs stopped issuing/,
+    },
   ];
   for (const k of cases) await assert.rejects(connect(s.port, k.cert), (e: Error) => k.expect.test(e.message), k.name);
   const tls = await import('node:tls');
@@ -75,7 +83,10 @@ test('server-receive: certificate failures never get past the greeting', async (
     sock.on('close', () => res(buf));
     sock.on('error', rej);
   });
-  assert.match(line, /^BYE no client certificate: this server requires one \(mutual TLS\); public CAs stopped issuing clientAuth certificates in 2026, so an IMA federation runs its own CA/);
+  assert.match(
+    line,
+    /^BYE no client certificate: this server requires one \(mutual TLS\); public CAs stopped issuing clientAuth certificates in 2026, so an IMA federation runs its own CA/,
+  );
   assert.ok(!/^IMDP/m.test(line));
 });
 
@@ -88,7 +99,9 @@ test('server-receive: the certificate must cover the domain of mailer, or of fro
   assert.equal(r.answer.word, 'REJECT');
   assert.equal(r.answer.status, '5.7.1');
   assert.match(r.answer.text, /does not cover a\.test, the domain of mailer/);
-  const noMailer = basicFields().filter(([k]) => k !== 'mailer').map(([k, v]): [string, string] => [k, k === 'from' ? 'carol@c.test' : v]);
+  const noMailer = basicFields()
+    .filter(([k]) => k !== 'mailer')
+    .map(([k, v]): [string, string] => [k, k === 'from' ? 'carol@c.test' : v]);
   r = await deliver(c, await message(noMailer));
   assert.equal(r.result?.word, 'OK', JSON.stringify(r));
   const wrongFrom = noMailer.map(([k, v]): [string, string] => [k, k === 'from' ? 'alice@a.test' : v]);
@@ -98,7 +111,13 @@ test('server-receive: the certificate must cover the domain of mailer, or of fro
   assert.equal(readdirSync(out).filter((f) => f.endsWith('.ima')).length, 1, 'only the covered message reached the handler');
 });
 
-for (const [code, word] of [[0, 'OK'], [1, 'FAIL'], [2, 'PARTIAL'], [75, 'TEMPFAIL'], [9, 'TEMPFAIL']] as const) {
+for (const [code, word] of [
+  [0, 'OK'],
+  [1, 'FAIL'],
+  [2, 'PARTIAL'],
+  [75, 'TEMPFAIL'],
+  [9, 'TEMPFAIL'],
+] as const) {
   test(`server-receive: handler exit ${code} gives ${word}`, async () => {
     const s = await server({ handler: ['node', HANDLER, `exit:${code}`, outDir()] });
     const c = await connect(s.port);
@@ -138,7 +157,15 @@ test('server-receive: limits on size, header bytes, hops and messages per connec
   assert.match(r.answer.text, /over the limit of 4096/);
   r = await deliver(c, await message(basicFields([['x-long', 'y'.repeat(600)]])));
   assert.match(`${r.answer.status} ${r.answer.text}`, /^5\.6\.0 headers larger than 512 bytes/);
-  r = await deliver(c, await message(basicFields([['received', 'from x by y'], ['received', 'from y by z']])));
+  r = await deliver(
+    c,
+    await message(
+      basicFields([
+        ['received', 'from x by y'],
+        ['received', 'from y by z'],
+      ]),
+    ),
+  );
   assert.match(`${r.answer.status} ${r.answer.text}`, /^5\.4\.6 2 received lines: a mail loop/);
   r = await deliver(c, await message(basicFields()));
   assert.equal(r.result?.word, 'OK', 'the connection survived the rejections');
@@ -257,8 +284,11 @@ test('server-receive: a check command refuses unknown recipients before any data
   const { dir } = await import('../imdp-fixture.js');
   const { writeFileSync } = await import('node:fs');
   const check = join(dir, 'check.mjs');
-  writeFileSync(check, `let t = ''; for await (const c of process.stdin) t += c;
-const bad = /nobody@/.test(t); console.log(bad ? 'NORECIPIENT nobody@b.test' : 'OK bob@b.test'); process.exit(bad ? 1 : 0);\n`);
+  writeFileSync(
+    check,
+    `let t = ''; for await (const c of process.stdin) t += c;
+const bad = /nobody@/.test(t); console.log(bad ? 'NORECIPIENT nobody@b.test' : 'OK bob@b.test'); process.exit(bad ? 1 : 0);\n`,
+  );
   const s = await server({ handler: ['node', HANDLER, 'ok', out], check: ['node', check] });
   const c = await connect(s.port);
   let r = await deliver(c, await message(basicFields([['cc', 'nobody@b.test']])));
