@@ -1,0 +1,167 @@
+// IMA -> MIME (ima-mime(7)). nodemailer's MailComposer builds the MIME
+// structure (parts, encodings, boundaries), attachments streamed from their
+// files or spools, never read whole. The header section is ours: the
+// composer formats address and References headers its own way, and the
+// originals that mime-to-ima kept must come back exactly as they were.
+import { readFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { Readable, type Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import MailComposer from 'nodemailer/lib/mail-composer';
+import { detectMimeType } from 'nodemailer/lib/mime-funcs';
+import { Failure, asFailure, dataError } from '../failure.js';
+import { Mailbox } from '../mailbox.js';
+import { DEFAULT_LIMITS, type Headers, type MessageLimits, MessageError, type MessageParts, type Part, parseHeaders, readMessage } from '../message/index.js';
+import { SpoolStore } from '../spool.js';
+import { CONTENT_IDS, toMimeHeaderLines } from './headers.js';
+import { parseContentIds } from './names.js';
+import { CrlfToLf } from './text.js';
+
+export interface ImaToMimeOptions {
+  /** "crlf" for SMTP, "lf" (the default) for files, pipes and Maildir. */
+  newline?: 'crlf' | 'lf';
+  /** Write the bcc header (a mailbox copy: yes; a message going out over SMTP: never). */
+  keepBcc?: boolean;
+}
+
+/** Text up to this size is handed to the composer as a string, so plain ASCII goes out as 7bit; larger text is streamed. */
+const TEXT_IN_MEMORY = 1024 * 1024;
+
+/** A stream that opens its source only when first read: a message of many attachments holds one file open at a time. */
+function lazy(part: Part): Readable | Buffer {
+  let source: Readable | undefined;
+  return new Readable({
+    read() {
+      if (!source) {
+        const opened = part.open();
+        if (Buffer.isBuffer(opened)) {
+          this.push(opened);
+          this.push(null);
+          return;
+        }
+        source = opened;
+        source.on('data', (c: Buffer) => {
+          if (!this.push(c)) source!.pause();
+        });
+        source.on('end', () => this.push(null));
+        source.on('error', (e) => this.destroy(e));
+        return;
+      }
+      source.resume();
+    },
+    destroy(err, cb) {
+      source?.destroy();
+      cb(err);
+    },
+  });
+}
+
+async function textOf(part: Part): Promise<string | Readable> {
+  if (part.size > TEXT_IN_MEMORY) return lazy(part) as Readable;
+  const data = part.open();
+  if (Buffer.isBuffer(data)) return data.toString('utf8');
+  const chunks: Buffer[] = [];
+  for await (const c of data) chunks.push(c as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+/** The composer's root header block minus what we write ourselves: keep its MIME-Version and Content-* lines. */
+async function* withOwnHeaders(mime: Readable, own: string[]): AsyncGenerator<Buffer> {
+  let head: Buffer | undefined = Buffer.alloc(0);
+  for await (const chunk of mime) {
+    if (!head) {
+      yield chunk as Buffer;
+      continue;
+    }
+    head = Buffer.concat([head, chunk as Buffer]);
+    const end = head.indexOf('\r\n\r\n');
+    if (end === -1) continue;
+    const theirs = head
+      .subarray(0, end)
+      .toString('latin1')
+      .split(/\r\n(?![ \t])/)
+      .filter((l) => /^(MIME-Version|Content-)/i.test(l));
+    yield Buffer.from([...own, ...theirs].join('\r\n') + '\r\n\r\n', 'utf8');
+    yield head.subarray(end + 4);
+    head = undefined;
+  }
+}
+
+/** Write an IMA message as MIME to `out`, which is ended afterwards. */
+export async function writeMime(parts: MessageParts, out: Writable, opts: ImaToMimeOptions = {}): Promise<void> {
+  const cids = parseContentIds(parts.headers.get(CONTENT_IDS));
+  const composer = new MailComposer({
+    text: parts.body ? await textOf(parts.body) : undefined,
+    html: parts.bodyHtml ? await textOf(parts.bodyHtml) : undefined,
+    attachments: (parts.attachments ?? []).map((a) => ({
+      filename: a.name,
+      content: lazy(a),
+      cid: cids.get(a.name),
+      // message/* may not be encoded (RFC 2046), but 8bit would not carry any byte sequence exactly: base64 does.
+      ...(/^message\//i.test(detectMimeType(a.name)) ? { contentTransferEncoding: 'base64' } : {}),
+    })),
+  });
+  const own = toMimeHeaderLines(parts.headers, { keepBcc: opts.keepBcc ?? false });
+  const mime = Readable.from(withOwnHeaders(composer.compile().createReadStream(), own));
+  try {
+    if (opts.newline === 'crlf') await pipeline(mime, out);
+    else await pipeline(mime, new CrlfToLf(), out);
+  } catch (e) {
+    throw e instanceof Failure ? e : asFailure(e);
+  }
+}
+
+/** Read an IMA message (a tar stream) into spooled parts; the tar order is not the MIME order, so nothing streams straight through. */
+export async function spoolIma(input: Readable, store: SpoolStore, limits: MessageLimits = DEFAULT_LIMITS): Promise<MessageParts> {
+  let headers: Headers | undefined;
+  let body: Part | undefined;
+  let bodyHtml: Part | undefined;
+  const attachments: (Part & { name: string })[] = [];
+  for await (const e of readMessage(input, limits)) {
+    if (e.kind === 'headers') {
+      headers = e.headers;
+      continue;
+    }
+    const part = await store.add(e.stream);
+    if (e.kind === 'body') body = part;
+    else if (e.kind === 'body.html') bodyHtml = part;
+    else attachments.push({ name: e.name, ...part });
+  }
+  return { headers: headers!, body, bodyHtml, attachments };
+}
+
+/** A stored message directory (a mailbox's new/ID or cur/ID) as parts read from its files. */
+export async function messageDirParts(dir: string, limits: MessageLimits = DEFAULT_LIMITS): Promise<MessageParts> {
+  let entries;
+  try {
+    entries = await new Mailbox(dirname(dir)).entries(dir);
+  } catch (e) {
+    if (e instanceof MessageError) throw dataError(`${dir}: ${e.message}`);
+    if ((e as NodeJS.ErrnoException).code) throw e;
+    throw dataError(`${dir}: ${(e as Error).message}`);
+  }
+  const head = entries[0];
+  if (head.size > limits.maxHeaderBytes) throw dataError(`${dir}: headers of ${head.size} bytes exceed the limit of ${limits.maxHeaderBytes}`);
+  let headers: Headers;
+  try {
+    headers = parseHeaders(await readFile(join(dir, 'headers')));
+  } catch (e) {
+    if (e instanceof MessageError) throw dataError(`${dir}: ${e.message}`);
+    throw e;
+  }
+  const part = (path: string) => entries.find((e) => e.path === path);
+  const attachments = entries.filter((e) => e.path.startsWith('attachments/')).map((e) => ({ ...e, name: e.path.slice('attachments/'.length) }));
+  return { headers, body: part('body'), bodyHtml: part('body.html'), attachments };
+}
+
+/** IMA tar in, MIME out (`out` is ended). Returns the IMA headers. */
+export async function imaToMime(input: Readable, out: Writable, opts: ImaToMimeOptions & { limits?: MessageLimits; spoolDir?: string } = {}): Promise<Headers> {
+  const store = new SpoolStore({ dir: opts.spoolDir });
+  try {
+    const parts = await spoolIma(input, store, opts.limits);
+    await writeMime(parts, out, opts);
+    return parts.headers;
+  } finally {
+    await store.dispose();
+  }
+}
