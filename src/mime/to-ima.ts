@@ -114,8 +114,11 @@ export async function readMime(input: Readable, opts: MimeToImaOptions = {}): Pr
     if (id && messageIds(id.value).length) meter.stopHashing();
   });
   let failed: unknown;
+  let reading: Readable | undefined;
   pipeline(input, meter, parser, (err) => {
     if (err) failed ??= err;
+    // An attachment stream being read when the parser fails would wait for bytes that never come.
+    if (err && reading && !reading.readableEnded) reading.destroy(err);
   });
 
   const names = new AttachmentNames();
@@ -128,7 +131,9 @@ export async function readMime(input: Readable, opts: MimeToImaOptions = {}): Pr
       if (item.type !== 'attachment') continue;
       const depth = item.partId ? item.partId.split('.').length : 0;
       if (depth > limits.maxDepth) throw dataError(`MIME parts nested deeper than ${limits.maxDepth} levels (max_depth)`);
+      reading = item.content;
       const raw = await store.add(item.content);
+      reading = undefined;
       item.release?.();
       const type = (item.contentType ?? 'application/octet-stream').toLowerCase();
       const asBody = !item.filename && item.contentDisposition !== 'attachment';
