@@ -65,6 +65,36 @@ async function textOf(part: Part): Promise<string | Readable> {
   return Buffer.concat(chunks).toString('utf8');
 }
 
+/**
+ * A message/* part may not be encoded (RFC 2046 5.2.1): it goes as 7bit or
+ * 8bit when its bytes survive that exactly (line ends of the output's kind,
+ * no NUL, no line over 998 bytes); otherwise as application/octet-stream in
+ * base64, which carries any bytes and keeps its .eml name.
+ */
+async function messageEncoding(part: Part, newline: 'lf' | 'crlf'): Promise<{ contentTransferEncoding: string } | { contentType: string }> {
+  let eightBit = false;
+  let line = 0;
+  let prev = -1;
+  const data = part.open();
+  for await (const chunk of Buffer.isBuffer(data) ? [data] : data) {
+    for (const b of chunk as Buffer) {
+      if (b === 0 || (b === 0x0d && newline === 'lf') || (newline === 'crlf' && (prev === 0x0d) !== (b === 0x0a))) {
+        if (!Buffer.isBuffer(data)) data.destroy();
+        return { contentType: 'application/octet-stream' };
+      }
+      line = b === 0x0a ? 0 : line + 1;
+      if (line > 998) {
+        if (!Buffer.isBuffer(data)) data.destroy();
+        return { contentType: 'application/octet-stream' };
+      }
+      if (b > 0x7f) eightBit = true;
+      prev = b;
+    }
+  }
+  if (prev === 0x0d) return { contentType: 'application/octet-stream' };
+  return { contentTransferEncoding: eightBit ? '8bit' : '7bit' };
+}
+
 /** The composer's root header block minus what we write ourselves: keep its MIME-Version and Content-* lines. */
 async function* withOwnHeaders(mime: Readable, own: string[]): AsyncGenerator<Buffer> {
   let head: Buffer | undefined = Buffer.alloc(0);
@@ -93,13 +123,14 @@ export async function writeMime(parts: MessageParts, out: Writable, opts: ImaToM
   const composer = new MailComposer({
     text: parts.body ? await textOf(parts.body) : undefined,
     html: parts.bodyHtml ? await textOf(parts.bodyHtml) : undefined,
-    attachments: (parts.attachments ?? []).map((a) => ({
-      filename: a.name,
-      content: lazy(a),
-      cid: cids.get(a.name),
-      // message/* may not be encoded (RFC 2046), but 8bit would not carry any byte sequence exactly: base64 does.
-      ...(/^message\//i.test(detectMimeType(a.name)) ? { contentTransferEncoding: 'base64' } : {}),
-    })),
+    attachments: await Promise.all(
+      (parts.attachments ?? []).map(async (a) => ({
+        filename: a.name,
+        content: lazy(a),
+        cid: cids.get(a.name),
+        ...(/^message\//i.test(detectMimeType(a.name)) ? await messageEncoding(a, opts.newline ?? 'lf') : {}),
+      })),
+    ),
   });
   const own = toMimeHeaderLines(parts.headers, { keepBcc: opts.keepBcc ?? false });
   const mime = Readable.from(withOwnHeaders(composer.compile().createReadStream(), own));
