@@ -18,7 +18,7 @@ export interface SpoolOptions {
   inspect?: (chunk: Buffer) => void;
 }
 
-const CHUNK = 256 * 1024;
+const CHUNK = 64 * 1024;
 
 /**
  * Reads a file handle by position, never closing it: readers of one spool
@@ -122,37 +122,52 @@ export class SpoolStore {
     let start = -1;
     let pending: Buffer[] = [];
     let pendingBytes = 0;
+    // Writes go out one after the other while reading goes on; reading waits only when two are queued.
+    let writing: Promise<void> = Promise.resolve();
+    let queued = 0;
     const flush = async () => {
       if (pendingBytes === 0) return;
-      await this.file!.writev(pending, this.fileSize);
+      const [data, at] = [pending, this.fileSize];
       this.fileSize += pendingBytes;
       pending = [];
       pendingBytes = 0;
+      queued++;
+      const file = this.file!;
+      writing = writing.then(async () => {
+        await file.writev(data, at);
+        queued--;
+      });
+      writing.catch(() => {}); // awaited below and in finally; this only keeps a failure from counting as unhandled meanwhile
+      if (queued > 2) await writing;
     };
-    for await (const c of input) {
-      const chunk = typeof c === 'string' ? Buffer.from(c) : (c as Buffer);
-      if (chunk.length === 0) continue;
-      size += chunk.length;
-      if (start === -1 && size <= this.memoryLeft) {
-        chunks.push(chunk);
-        continue;
+    try {
+      for await (const c of input) {
+        const chunk = typeof c === 'string' ? Buffer.from(c) : (c as Buffer);
+        if (chunk.length === 0) continue;
+        size += chunk.length;
+        if (start === -1 && size <= this.memoryLeft) {
+          chunks.push(chunk);
+          continue;
+        }
+        if (start === -1) {
+          this.file ??= await tempFile(this.opts.dir ?? tmpdir());
+          start = this.fileSize;
+          pending = chunks.splice(0);
+          pendingBytes = size - chunk.length;
+        }
+        pending.push(chunk);
+        pendingBytes += chunk.length;
+        if (pendingBytes >= CHUNK * 4) await flush();
       }
-      if (start === -1) {
-        this.file ??= await tempFile(this.opts.dir ?? tmpdir());
-        start = this.fileSize;
-        pending = chunks.splice(0);
-        pendingBytes = size - chunk.length;
-      }
-      pending.push(chunk);
-      pendingBytes += chunk.length;
-      if (pendingBytes >= CHUNK * 4) await flush();
+      await flush();
+    } finally {
+      await writing;
     }
     if (start === -1) {
       this.memoryLeft -= size;
       const buf = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks);
       return { size, open: () => buf };
     }
-    await flush();
     const file = this.file!;
     return { size, open: () => positionalReader(file, start, start + size) };
   }

@@ -23,8 +23,9 @@ export class CrlfToLf extends Transform {
       this.heldCr = true;
       buf = buf.subarray(0, -1);
     }
-    const out = stripCrBeforeLf(buf);
-    cb(null, this.opts.loneCr === 'lf' && out.includes(0x0d) ? Buffer.from(out.toString('latin1').replace(/\r/g, '\n'), 'latin1') : out);
+    // A latin1 round trip keeps every byte, and V8's regex replace beats any byte loop in JS.
+    const text = buf.toString('latin1');
+    cb(null, Buffer.from(text.replace(this.opts.loneCr === 'lf' ? /\r\n?/g : /\r\n/g, '\n'), 'latin1'));
   }
   override _flush(cb: TransformCallback): void {
     cb(null, this.heldCr ? this.loneCr() : undefined);
@@ -32,20 +33,6 @@ export class CrlfToLf extends Transform {
   private loneCr(): Buffer {
     return Buffer.from([this.opts.loneCr === 'lf' ? 0x0a : 0x0d]);
   }
-}
-
-function stripCrBeforeLf(buf: Buffer): Buffer {
-  let at = buf.indexOf('\r\n');
-  if (at === -1) return buf;
-  const parts: Buffer[] = [];
-  let from = 0;
-  while (at !== -1) {
-    parts.push(buf.subarray(from, at));
-    from = at + 1;
-    at = buf.indexOf('\r\n', from);
-  }
-  parts.push(buf.subarray(from));
-  return Buffer.concat(parts);
 }
 
 /** Fails on the first byte sequence that is not UTF-8; passes bytes on unchanged. */
