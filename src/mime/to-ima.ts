@@ -3,9 +3,11 @@
 // (tar needs each size before the bytes), so memory stays flat whatever the
 // part sizes. The first text/plain becomes body, the first text/html
 // body.html, every other leaf an attachment.
+import { isUtf8 } from 'node:buffer';
 import { createHash } from 'node:crypto';
 import { Readable, Transform, type TransformCallback, type Writable, pipeline } from 'node:stream';
 import FlowedDecoder from '@zone-eu/mailsplit/lib/flowed-decoder.js';
+import { decode as decodeCharset } from 'libmime/lib/charset';
 import { type AttachmentStream, MailParser, type StructuredHeader } from 'mailparser';
 import { Failure, asFailure, dataError } from '../failure.js';
 import { type Headers, type MessageParts, type Part, writeMessage } from '../message/index.js';
@@ -181,23 +183,39 @@ export async function readMime(input: Readable, opts: MimeToImaOptions = {}): Pr
  */
 async function decodeBody(raw: Part, part: AttachmentStream, store: SpoolStore): Promise<{ part: Part | undefined; lossless: boolean }> {
   const params = paramsOf(part);
+  const flowed = part.contentType === 'text/plain' && params.format?.toLowerCase() === 'flowed';
+  const source = raw.open();
+  if (Buffer.isBuffer(source) && !flowed) return decodeInMemory(source, params.charset);
   let { decoder, known } = charsetDecoder(params.charset);
-  if (!decoder && !(await isUtf8(raw))) {
+  if (!decoder && !(await isUtf8Part(raw))) {
     // Declared UTF-8 or ASCII but is not: most such legacy text is windows-1252.
     ({ decoder } = charsetDecoder('windows-1252'));
     known = false;
   }
   const stages: Transform[] = [];
-  if (part.contentType === 'text/plain' && params.format?.toLowerCase() === 'flowed') {
-    stages.push(new FlowedDecoder({ delSp: params.delsp?.toLowerCase() === 'yes' }) as unknown as Transform);
-  }
+  if (flowed) stages.push(new FlowedDecoder({ delSp: params.delsp?.toLowerCase() === 'yes' }) as unknown as Transform);
   if (decoder) stages.push(decoder);
   stages.push(new CrlfToLf({ loneCr: 'lf' }));
-  const text = await store.add(chain(raw.open(), stages));
+  const text = await store.add(chain(source, stages));
   return { part: text.size > 0 ? text : undefined, lossless: known };
 }
 
-async function isUtf8(part: Part): Promise<boolean> {
+/** The same for a part held in memory, without streams: most text parts are small, and a stream pipeline per part costs more than the decoding. */
+function decodeInMemory(raw: Buffer, charset: string | undefined): { part: Part | undefined; lossless: boolean } {
+  const { decoder, known: declaredKnown } = charsetDecoder(charset);
+  let known = declaredKnown;
+  let text: string;
+  if (decoder) text = decodeCharset(raw, (decoder as unknown as { charset: string }).charset);
+  else if (isUtf8(raw)) text = raw.toString('utf8');
+  else {
+    text = decodeCharset(raw, 'windows-1252');
+    known = false;
+  }
+  const bytes = Buffer.from(text.replace(/\r\n?/g, '\n'));
+  return { part: bytes.length ? { size: bytes.length, open: () => bytes } : undefined, lossless: known };
+}
+
+async function isUtf8Part(part: Part): Promise<boolean> {
   const validator = new Utf8Validator();
   for await (const _ of chain(part.open(), [validator])) void _;
   return validator.valid;

@@ -5,8 +5,8 @@
 // originals that mime-to-ima kept must come back exactly as they were.
 import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { Readable, type Writable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { randomBytes } from 'node:crypto';
+import { Readable, Transform, type TransformCallback, type Writable } from 'node:stream';
 import MailComposer from 'nodemailer/lib/mail-composer';
 import { detectMimeType } from 'nodemailer/lib/mime-funcs';
 import { Failure, asFailure, dataError } from '../failure.js';
@@ -95,32 +95,62 @@ async function messageEncoding(part: Part, newline: 'lf' | 'crlf'): Promise<{ co
   return { contentTransferEncoding: eightBit ? '8bit' : '7bit' };
 }
 
-/** The composer's root header block minus what we write ourselves: keep its MIME-Version and Content-* lines. */
-async function* withOwnHeaders(mime: Readable, own: string[]): AsyncGenerator<Buffer> {
-  let head: Buffer | undefined = Buffer.alloc(0);
-  for await (const chunk of mime) {
-    if (!head) {
-      yield chunk as Buffer;
-      continue;
-    }
-    head = Buffer.concat([head, chunk as Buffer]);
-    const end = head.indexOf('\r\n\r\n');
-    if (end === -1) continue;
-    const theirs = head
+/** Replaces the composer's root header block by ours, keeping its MIME-Version and Content-* lines. */
+class OwnHeaders extends Transform {
+  private head: Buffer | undefined = Buffer.alloc(0);
+  constructor(private readonly own: string[]) {
+    super();
+  }
+  override _transform(chunk: Buffer, _e: BufferEncoding, cb: TransformCallback): void {
+    if (!this.head) return cb(null, chunk);
+    this.head = Buffer.concat([this.head, chunk]);
+    const end = this.head.indexOf('\r\n\r\n');
+    if (end === -1) return cb();
+    const theirs = this.head
       .subarray(0, end)
       .toString('latin1')
       .split(/\r\n(?![ \t])/)
       .filter((l) => /^(MIME-Version|Content-)/i.test(l));
-    yield Buffer.from([...own, ...theirs].join('\r\n') + '\r\n\r\n', 'utf8');
-    yield head.subarray(end + 4);
-    head = undefined;
+    const rest = this.head.subarray(end + 4);
+    this.head = undefined;
+    cb(null, Buffer.concat([Buffer.from([...this.own, ...theirs].join('\r\n') + '\r\n\r\n', 'utf8'), rest]));
   }
+}
+
+/**
+ * Pipe streams into the last one and wait for it to finish. (stream.pipeline
+ * makes and aborts an AbortController each time, and the DOMException that
+ * costs was a tenth of converting a small message.)
+ */
+function pump(first: Readable, ...rest: Writable[]): Promise<void> {
+  const all = [first, ...rest];
+  const last = rest[rest.length - 1];
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    const fail = (e: Error) => {
+      if (settled) return;
+      settled = true;
+      for (const s of all) s.destroy();
+      reject(e);
+    };
+    for (const s of all) s.on('error', fail);
+    let from: Readable = first;
+    for (const to of rest) from = from.pipe(to) as unknown as Readable;
+    last.on('finish', () => {
+      settled = true;
+      resolve();
+    });
+    last.on('close', () => fail(new Error('output closed before the message was written')));
+  });
 }
 
 /** Write an IMA message as MIME to `out`, which is ended afterwards. */
 export async function writeMime(parts: MessageParts, out: Writable, opts: ImaToMimeOptions = {}): Promise<void> {
   const cids = parseContentIds(parts.headers.get(CONTENT_IDS));
   const composer = new MailComposer({
+    // Both are thrown away (our header section replaces the composer's); given, they spare it many small random reads.
+    messageId: '<unused@localhost>',
+    baseBoundary: randomBytes(12).toString('hex'),
     text: parts.body ? await textOf(parts.body) : undefined,
     html: parts.bodyHtml ? await textOf(parts.bodyHtml) : undefined,
     attachments: await Promise.all(
@@ -132,11 +162,11 @@ export async function writeMime(parts: MessageParts, out: Writable, opts: ImaToM
       })),
     ),
   });
-  const own = toMimeHeaderLines(parts.headers, { keepBcc: opts.keepBcc ?? false });
-  const mime = Readable.from(withOwnHeaders(composer.compile().createReadStream(), own));
+  const own = new OwnHeaders(toMimeHeaderLines(parts.headers, { keepBcc: opts.keepBcc ?? false }));
+  const mime = composer.compile().createReadStream();
   try {
-    if (opts.newline === 'crlf') await pipeline(mime, out);
-    else await pipeline(mime, new CrlfToLf(), out);
+    if (opts.newline === 'crlf') await pump(mime, own, out);
+    else await pump(mime, own, new CrlfToLf(), out);
   } catch (e) {
     throw e instanceof Failure ? e : asFailure(e);
   }
