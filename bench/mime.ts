@@ -6,6 +6,7 @@ import { closeSync, createReadStream, createWriteStream, mkdtempSync, openSync, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough, Readable, Writable } from 'node:stream';
+import { buffer } from 'node:stream/consumers';
 import { finished } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
 import { readMime } from '../src/mime/to-ima.js';
@@ -73,14 +74,6 @@ async function smallMime(i: number): Promise<Buffer> {
   );
 }
 
-async function collect(write: (out: Writable) => Promise<unknown>): Promise<Buffer> {
-  const out = new PassThrough();
-  const chunks: Buffer[] = [];
-  out.on('data', (c: Buffer) => chunks.push(c));
-  await write(out);
-  return Buffer.concat(chunks);
-}
-
 async function rate(n: number, one: (i: number) => Promise<void>): Promise<number> {
   const t0 = process.hrtime.bigint();
   for (let i = 0; i < n; i++) await one(i);
@@ -118,7 +111,10 @@ export async function run(): Promise<void> {
     const imas: Buffer[] = [];
     const toImaRate = await rate(SMALL, async (i) => {
       const m = await readMime(Readable.from([mimes[i]]));
-      imas.push(await collect((out) => writeMessage(out, m)));
+      const out = new PassThrough();
+      const bytes = buffer(out);
+      await writeMessage(out, m);
+      imas.push(await bytes);
       await m.dispose();
     });
     const toMimeRate = await rate(SMALL, (i) => imaToMime(Readable.from([imas[i]]), sink(), {}).then(() => undefined));

@@ -4,12 +4,11 @@
 // message-id and new/ fsync'ed. The name makes delivery idempotent: a
 // message whose UUID is already in new/ or cur/ (where a reader moves it,
 // adding ":2,FLAGS") is not written again.
-import { createWriteStream, lstatSync } from 'node:fs';
-import { link, mkdir, open, readdir, unlink } from 'node:fs/promises';
+import { lstatSync } from 'node:fs';
+import { link, mkdir, readdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Writable } from 'node:stream';
-import { finished } from 'node:stream/promises';
-import { fsyncDir, uniqueName } from './files.js';
+import { fsyncDir, uniqueName, writeSynced } from './files.js';
 
 const FOLDERS = ['tmp', 'new', 'cur'] as const;
 
@@ -48,14 +47,8 @@ export class Maildir {
     if (!/^[^/:.][^/:]*$/.test(name)) throw new Error(`bad Maildir file name ${JSON.stringify(name)}`);
     if (this.stored.has(name)) return false;
     const tmp = join(this.dir, 'tmp', uniqueName());
-    const fh = await open(tmp, 'wx', 0o600);
-    let out: Writable | undefined;
     try {
-      out = createWriteStream('', { fd: fh.fd, autoClose: false });
-      await write(out);
-      await finished(out);
-      await fh.sync();
-      await fh.close();
+      await writeSynced(tmp, write, 0o600);
       // link(2), not rename(2): it never replaces a file another run stored meanwhile.
       try {
         await link(tmp, join(this.dir, 'new', name));
@@ -67,10 +60,6 @@ export class Maildir {
       await fsyncDir(join(this.dir, 'new'));
       this.stored.add(name);
       return true;
-    } catch (e) {
-      if (out && !out.closed) await finished(out.destroy()).catch(() => {});
-      await fh.close().catch(() => {});
-      throw e;
     } finally {
       await unlink(tmp).catch(() => {});
     }
