@@ -202,12 +202,6 @@ function legacyName(name: string): string {
 
 const line = (name: string, value: string) => foldLines(`${name}: ${value}`, 76);
 const unstructured = (value: string) => MimeNode.encodeHeaderValue('X-Text', value);
-/**
- * A kept original goes back as it was: ASCII as is, anything else as UTF-8
- * (RFC 6532). Encoded-words would change how an address list parses (a
- * quoted name inside one is text, not a quoted name).
- */
-const verbatim = (value: string) => value;
 
 /**
  * The legacy header section of an IMA message, CRLF line ends, no final
@@ -227,13 +221,15 @@ export function toMimeHeaderLines(headers: Headers, opts: { keepBcc: boolean }):
     if (written.has(key)) return;
     written.add(key);
     if ((key === 'bcc' && !opts.keepBcc) || !originals.has(key)) return;
-    out.push(line(legacyName(key), verbatim(originals.get(key)!)));
+    // Verbatim: ASCII as is, anything else as UTF-8 (RFC 6532). Encoded-words would change how an
+    // address list parses (a quoted name inside one is text, not a quoted name).
+    out.push(line(legacyName(key), originals.get(key)!));
   };
   for (const { name, value } of headers.fields) {
     if (name === CONTENT_IDS) continue;
     if (name === RAW) {
       const colon = value.indexOf(':');
-      if (colon > 0) out.push(line(value.slice(0, colon), verbatim(value.slice(colon + 1).trim())));
+      if (colon > 0) out.push(line(value.slice(0, colon), value.slice(colon + 1).trim()));
       continue;
     }
     const kept = name.startsWith('mime-') ? name.slice('mime-'.length) : '';
