@@ -2,9 +2,11 @@
 // --version, --config/--check-config, --verbose/--quiet; usage errors on
 // stderr with exit 64; the config loaded and a log made. Programs call
 // start() and get either everything they need or an exit code.
-import { readFileSync } from 'node:fs';
+import { createReadStream, readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import type { Readable } from 'node:stream';
 import yargs, { type ArgumentsCamelCase, type Argv } from 'yargs';
-import { EXIT, Failure } from './failure.js';
+import { EXIT, Failure, noInput } from './failure.js';
 import { type Field, type Located, type Role, deepFreeze, loadConfig, locateConfig, showConfig } from './config.js';
 import { type Log, createLog, oneLine } from './log.js';
 import type { Io } from './io.js';
@@ -124,4 +126,15 @@ async function parseFlags<A>(spec: ProgramSpec<A, unknown>, args: string[], io: 
     });
     if (result instanceof Promise) result.catch(rejectFlags);
   });
+}
+
+/** A message to read: the file named on the command line (opened now, so a missing one fails before anything is written), or stdin. */
+export async function openInput(file: string | undefined, io: Io): Promise<Readable> {
+  if (!file) return io.stdin;
+  const input = createReadStream(resolve(io.cwd, file), { highWaterMark: 256 * 1024 });
+  await new Promise<void>((res, rej) => {
+    input.once('open', () => res());
+    input.once('error', (e: NodeJS.ErrnoException) => rej(noInput(file, e.code === 'ENOENT' ? 'no such file' : `cannot read (${e.code})`)));
+  });
+  return input;
 }

@@ -54,18 +54,15 @@ export function uniqueName(prefix = ''): string {
 }
 
 /**
- * Write a file so that it either appears whole or not at all: a temporary
- * file beside it (created exclusively), fsync, rename over the target, fsync
- * of the directory. On any failure the temporary file is removed.
+ * Create `path` exclusively, fill it with `write`, fsync and close it. On
+ * any failure the file is removed. `label` names the file in an error.
  */
-export async function writeFileAtomic(path: string, write: (out: Writable) => Promise<void>, mode = 0o644): Promise<void> {
-  const dir = dirname(path);
-  const tmp = join(dir, `.${basename(path)}.${uniqueName()}.tmp`);
+export async function writeSynced(path: string, write: (out: Writable) => Promise<void>, mode = 0o644, label = path): Promise<void> {
   let fh;
   try {
-    fh = await open(tmp, 'wx', mode);
+    fh = await open(path, 'wx', mode);
   } catch (e) {
-    throw cantCreate(path, `cannot create (${(e as NodeJS.ErrnoException).code})`);
+    throw cantCreate(label, `cannot create (${(e as NodeJS.ErrnoException).code})`);
   }
   let out: Writable | undefined;
   try {
@@ -76,12 +73,28 @@ export async function writeFileAtomic(path: string, write: (out: Writable) => Pr
     await fh.sync();
     await fh.close();
     fh = undefined;
-    await rename(tmp, path);
-    await fsyncDir(dir);
   } catch (e) {
     // A write still in flight must finish before its descriptor is closed.
     if (out && !out.closed) await finished(out.destroy()).catch(() => {});
     await fh?.close().catch(() => {});
+    await unlink(path).catch(() => {});
+    throw e;
+  }
+}
+
+/**
+ * Write a file so that it either appears whole or not at all: a temporary
+ * file beside it (created exclusively), fsync, rename over the target, fsync
+ * of the directory. On any failure the temporary file is removed.
+ */
+export async function writeFileAtomic(path: string, write: (out: Writable) => Promise<void>, mode = 0o644): Promise<void> {
+  const dir = dirname(path);
+  const tmp = join(dir, `.${basename(path)}.${uniqueName()}.tmp`);
+  await writeSynced(tmp, write, mode, path);
+  try {
+    await rename(tmp, path);
+    await fsyncDir(dir);
+  } catch (e) {
     await unlink(tmp).catch(() => {});
     throw e;
   }

@@ -18,7 +18,7 @@ export interface SpoolOptions {
   inspect?: (chunk: Buffer) => void;
 }
 
-const CHUNK = 256 * 1024;
+const CHUNK = 64 * 1024;
 
 /**
  * Reads a file handle by position, never closing it: readers of one spool
@@ -45,6 +45,14 @@ function positionalReader(fh: FileHandle, start: number, size: number): Readable
 
 export class SpoolLimitError extends Error {}
 
+/** A temporary file open for reading and writing, already unlinked: a crash leaves nothing behind. */
+async function tempFile(dir: string): Promise<FileHandle> {
+  const path = join(dir, `.ima-spool-${process.pid}-${randomBytes(8).toString('hex')}`);
+  const fh = await open(path, 'wx+', 0o600);
+  await unlink(path);
+  return fh;
+}
+
 export class Spool {
   private constructor(
     readonly size: number,
@@ -67,7 +75,7 @@ export class Spool {
         else {
           chunks.push(chunk);
           if (size > memoryMax) {
-            file = await Spool.tempFile(opts.dir ?? tmpdir());
+            file = await tempFile(opts.dir ?? tmpdir());
             for (const b of chunks) await file.write(b);
             chunks.length = 0;
           }
@@ -80,13 +88,6 @@ export class Spool {
     return new Spool(size, file ? undefined : Buffer.concat(chunks), file);
   }
 
-  private static async tempFile(dir: string): Promise<FileHandle> {
-    const path = join(dir, `.ima-spool-${process.pid}-${randomBytes(8).toString('hex')}`);
-    const fh = await open(path, 'wx+', 0o600);
-    await unlink(path);
-    return fh;
-  }
-
   /** A fresh reader of the content from byte `start` on (a Buffer when it is small). */
   open(start = 0): Readable | Buffer {
     if (this.memory) return start ? this.memory.subarray(start) : this.memory;
@@ -96,5 +97,83 @@ export class Spool {
 
   async dispose(): Promise<void> {
     await this.file?.close();
+  }
+}
+
+/**
+ * Many parts spooled into one store: the first ones in memory while they fit
+ * a budget shared by all, the rest appended to one temporary file (unlinked
+ * as soon as it is created). A message of ten thousand parts costs one
+ * descriptor, and memory stays within the budget whatever the part sizes.
+ */
+export class SpoolStore {
+  private file: FileHandle | undefined;
+  private fileSize = 0;
+  private memoryLeft: number;
+
+  constructor(private readonly opts: { memoryBudget?: number; dir?: string } = {}) {
+    this.memoryLeft = opts.memoryBudget ?? 8 * 1024 * 1024;
+  }
+
+  /** Read input to its end into the store; the part reads it back as often as asked. */
+  async add(input: AsyncIterable<unknown>): Promise<{ size: number; open(): Readable | Buffer }> {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let start = -1;
+    let pending: Buffer[] = [];
+    let pendingBytes = 0;
+    // Writes go out one after the other while reading goes on; reading waits only when two are queued.
+    let writing: Promise<void> = Promise.resolve();
+    let queued = 0;
+    const flush = async () => {
+      if (pendingBytes === 0) return;
+      const [data, at] = [pending, this.fileSize];
+      this.fileSize += pendingBytes;
+      pending = [];
+      pendingBytes = 0;
+      queued++;
+      const file = this.file!;
+      writing = writing.then(async () => {
+        await file.writev(data, at);
+        queued--;
+      });
+      writing.catch(() => {}); // awaited below and in finally; this only keeps a failure from counting as unhandled meanwhile
+      if (queued > 2) await writing;
+    };
+    try {
+      for await (const c of input) {
+        const chunk = typeof c === 'string' ? Buffer.from(c) : (c as Buffer);
+        if (chunk.length === 0) continue;
+        size += chunk.length;
+        if (start === -1 && size <= this.memoryLeft) {
+          chunks.push(chunk);
+          continue;
+        }
+        if (start === -1) {
+          this.file ??= await tempFile(this.opts.dir ?? tmpdir());
+          start = this.fileSize;
+          pending = chunks.splice(0);
+          pendingBytes = size - chunk.length;
+        }
+        pending.push(chunk);
+        pendingBytes += chunk.length;
+        if (pendingBytes >= CHUNK * 4) await flush();
+      }
+      await flush();
+    } finally {
+      await writing;
+    }
+    if (start === -1) {
+      this.memoryLeft -= size;
+      const buf = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks);
+      return { size, open: () => buf };
+    }
+    const file = this.file!;
+    return { size, open: () => positionalReader(file, start, start + size) };
+  }
+
+  async dispose(): Promise<void> {
+    await this.file?.close();
+    this.file = undefined;
   }
 }

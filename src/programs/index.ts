@@ -11,6 +11,8 @@ export const PROGRAMS = [
   'give-recipient',
   'post-office',
   'fetch-mail',
+  'mime-to-ima',
+  'ima-to-mime',
 ] as const;
 export type ProgramName = (typeof PROGRAMS)[number];
 

@@ -1,0 +1,76 @@
+// Text parts: line ends and character sets. Bodies in IMA are UTF-8 with LF
+// line ends; legacy text comes in any charset (decoded with libmime's
+// iconv-lite streams, as mailparser does) and with CRLF.
+import { Transform, type TransformCallback } from 'node:stream';
+import { DecodeStream } from 'libmime/lib/charset';
+
+/**
+ * Drops the CR of every CRLF, across chunk boundaries. A lone CR stays, or
+ * with `loneCr: 'lf'` (text, old Mac line ends) becomes an LF.
+ */
+export class CrlfToLf extends Transform {
+  private heldCr = false;
+  constructor(private readonly opts: { loneCr?: 'keep' | 'lf' } = {}) {
+    super();
+  }
+  override _transform(chunk: Buffer, _e: BufferEncoding, cb: TransformCallback): void {
+    let buf = chunk;
+    if (this.heldCr) {
+      this.heldCr = false;
+      if (buf[0] !== 0x0a) this.push(this.loneCr());
+    }
+    if (buf.length && buf[buf.length - 1] === 0x0d) {
+      this.heldCr = true;
+      buf = buf.subarray(0, -1);
+    }
+    // A latin1 round trip keeps every byte, and V8's regex replace beats any byte loop in JS.
+    const text = buf.toString('latin1');
+    cb(null, Buffer.from(text.replace(this.opts.loneCr === 'lf' ? /\r\n?/g : /\r\n/g, '\n'), 'latin1'));
+  }
+  override _flush(cb: TransformCallback): void {
+    cb(null, this.heldCr ? this.loneCr() : undefined);
+  }
+  private loneCr(): Buffer {
+    return Buffer.from([this.opts.loneCr === 'lf' ? 0x0a : 0x0d]);
+  }
+}
+
+/** Fails on the first byte sequence that is not UTF-8; passes bytes on unchanged. */
+export class Utf8Validator extends Transform {
+  valid = true;
+  private readonly decoder = new TextDecoder('utf-8', { fatal: true });
+  override _transform(chunk: Buffer, _e: BufferEncoding, cb: TransformCallback): void {
+    if (this.valid) {
+      try {
+        this.decoder.decode(chunk, { stream: true });
+      } catch {
+        this.valid = false;
+      }
+    }
+    cb(null, chunk);
+  }
+  override _flush(cb: TransformCallback): void {
+    if (this.valid) {
+      try {
+        this.decoder.decode();
+      } catch {
+        this.valid = false;
+      }
+    }
+    cb();
+  }
+}
+
+const UTF8_LIKE = /^(?:(?:us-?)?ascii|utf-?8|7bit|8bit)$/i;
+
+/**
+ * The decoder of a text part's charset, and whether decoding it loses
+ * nothing for sure: an unknown charset is decoded as UTF-8 with replacement,
+ * and then the caller keeps the original bytes too.
+ */
+export function charsetDecoder(charset: string | undefined): { decoder: Transform | undefined; known: boolean } {
+  const name = (charset ?? 'utf-8').trim();
+  if (name === '' || UTF8_LIKE.test(name)) return { decoder: undefined, known: true };
+  const d = new DecodeStream(name);
+  return { decoder: d, known: d.supported };
+}

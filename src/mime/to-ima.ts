@@ -1,0 +1,262 @@
+// MIME -> IMA (ima-mime(7)). mailparser's streaming MailParser splits the
+// message; every leaf part comes out as a stream and is spooled as it comes
+// (tar needs each size before the bytes), so memory stays flat whatever the
+// part sizes. The first text/plain becomes body, the first text/html
+// body.html, every other leaf an attachment.
+import { isUtf8 } from 'node:buffer';
+import { createHash } from 'node:crypto';
+import { Readable, Transform, type TransformCallback, type Writable, pipeline } from 'node:stream';
+import FlowedDecoder from '@zone-eu/mailsplit/lib/flowed-decoder.js';
+import { decode as decodeCharset } from 'libmime/lib/charset';
+import { type AttachmentStream, MailParser, type StructuredHeader } from 'mailparser';
+import { Failure, asFailure, dataError } from '../failure.js';
+import { type Headers, type MessageParts, type Part, writeMessage } from '../message/index.js';
+import { SpoolStore } from '../spool.js';
+import { CONTENT_IDS, type LegacyHeader, legacyHeaders, toImaHeaders } from './headers.js';
+import { imaIdOfDigest, messageIds } from './ids.js';
+import { AttachmentNames, formatContentIds } from './names.js';
+import { CrlfToLf, Utf8Validator, charsetDecoder } from './text.js';
+
+export interface MimeLimits {
+  /** Bytes of the whole legacy message. */
+  maxMessageBytes: number;
+  /** Bytes of one part's header block, and of the IMA headers made from the message's. */
+  maxHeaderBytes: number;
+  /** MIME parts (leaves and multiparts). */
+  maxParts: number;
+  /** Multipart nesting. */
+  maxDepth: number;
+}
+
+export const MIME_LIMITS: Readonly<MimeLimits> = Object.freeze({
+  maxMessageBytes: 2 * 1024 ** 3,
+  maxHeaderBytes: 64 * 1024,
+  maxParts: 1000,
+  maxDepth: 20,
+});
+
+export interface MimeToImaOptions {
+  limits?: MimeLimits;
+  /** Where spooled parts go (default: the system's temporary directory). */
+  spoolDir?: string;
+  /** Bytes of parts kept in memory before spooling to a file. */
+  spoolMemory?: number;
+}
+
+/** An IMA message made from a legacy one: its parts are spooled; dispose() when done. */
+export interface ConvertedMessage extends MessageParts {
+  headers: Headers;
+  dispose(): Promise<void>;
+}
+
+/** Counts the bytes against the limit and hashes them (CR removed) for a message that turns out to have no Message-ID. */
+class Meter extends Transform {
+  private bytes = 0;
+  private hash: ReturnType<typeof createHash> | undefined = createHash('sha256');
+  constructor(private readonly limit: number) {
+    super();
+  }
+  override _transform(chunk: Buffer, _e: BufferEncoding, cb: TransformCallback): void {
+    this.bytes += chunk.length;
+    if (this.bytes > this.limit) return cb(dataError(`message larger than the limit of ${this.limit} bytes (max_message_bytes)`));
+    if (this.hash) {
+      let from = 0;
+      for (let cr = chunk.indexOf(13); cr !== -1; cr = chunk.indexOf(13, from)) {
+        this.hash.update(chunk.subarray(from, cr));
+        from = cr + 1;
+      }
+      this.hash.update(chunk.subarray(from));
+    }
+    cb(null, chunk);
+  }
+  stopHashing(): void {
+    this.hash = undefined;
+  }
+  digest(): string {
+    return this.hash!.digest('hex');
+  }
+}
+
+/** A parser error as a named failure: limits by their config key, the rest "bad MIME". */
+function explain(err: unknown, limits: MimeLimits): Failure {
+  if (err instanceof Failure) return err;
+  const e = err as NodeJS.ErrnoException;
+  if (e?.code === 'EMAXLEN') {
+    if (/header/i.test(e.message)) return dataError(`a MIME header block is larger than the limit of ${limits.maxHeaderBytes} bytes (max_header_bytes)`);
+    return dataError(`more than ${limits.maxParts} MIME parts (max_parts)`);
+  }
+  if (e?.syscall || (e?.code && /^E[A-Z]+$/.test(e.code))) return asFailure(e);
+  return dataError(`bad MIME: ${e?.message ?? String(err)}`);
+}
+
+const paramsOf = (a: AttachmentStream) => (a.headers.get('content-type') as StructuredHeader | undefined)?.params ?? {};
+
+/** Read a legacy message into a spooled IMA message. Throws a data Failure (exit 65) for a message it cannot convert. */
+export async function readMime(input: Readable, opts: MimeToImaOptions = {}): Promise<ConvertedMessage> {
+  const limits = opts.limits ?? MIME_LIMITS;
+  const store = new SpoolStore({ memoryBudget: opts.spoolMemory, dir: opts.spoolDir });
+  const meter = new Meter(limits.maxMessageBytes);
+  const parser = new MailParser({
+    ignoreEmbedded: true, // message/rfc822 stays whole, an attachment NAME.eml
+    checksumAlgo: false,
+    skipHtmlToText: true,
+    skipTextToHtml: true,
+    skipTextLinks: true,
+    skipImageLinks: true,
+    maxHeadSize: limits.maxHeaderBytes,
+    maxChildNodes: limits.maxParts,
+  });
+  // mailparser buffers text parts whole and joins them into one text; with no
+  // text types every leaf part comes out as a stream, and the choice of body is ours.
+  (parser as unknown as { textTypes: string[] }).textTypes = [];
+  let legacy: LegacyHeader[] | undefined;
+  parser.once('headerLines', (lines: ReadonlyArray<{ key: string; line: string }>) => {
+    legacy = legacyHeaders(lines);
+    const id = legacy.find((h) => h.key === 'message-id');
+    if (id && messageIds(id.value).length) meter.stopHashing();
+  });
+  let failed: unknown;
+  let reading: Readable | undefined;
+  pipeline(input, meter, parser, (err) => {
+    if (err) failed ??= err;
+    // An attachment stream being read when the parser fails would wait for bytes that never come.
+    if (err && reading && !reading.readableEnded) reading.destroy(err);
+  });
+
+  const names = new AttachmentNames();
+  const attachments: (Part & { name: string })[] = [];
+  const contentIds = new Map<string, string>();
+  let body: Part | undefined;
+  let bodyHtml: Part | undefined;
+  try {
+    for await (const item of parser as AsyncIterable<AttachmentStream | { type: 'text' }>) {
+      if (item.type !== 'attachment') continue;
+      const depth = item.partId ? item.partId.split('.').length : 0;
+      if (depth > limits.maxDepth) throw dataError(`MIME parts nested deeper than ${limits.maxDepth} levels (max_depth)`);
+      reading = item.content;
+      const raw = await store.add(item.content);
+      reading = undefined;
+      item.release?.();
+      const type = (item.contentType ?? 'application/octet-stream').toLowerCase();
+      const asBody = !item.filename && item.contentDisposition !== 'attachment';
+      // An empty inline text part carries nothing (a composer writes one for a message without any part).
+      if (asBody && raw.size === 0 && type.startsWith('text/')) continue;
+      if (asBody && type === 'text/plain' && !body) {
+        const text = await decodeBody(raw, item, store);
+        body = text.part;
+        if (text.lossless) continue;
+      } else if (asBody && type === 'text/html' && !bodyHtml) {
+        const text = await decodeBody(raw, item, store);
+        bodyHtml = text.part;
+        if (text.lossless) continue;
+      }
+      const name = names.name(item.filename, type);
+      attachments.push({ name, ...raw });
+      const cid = item.cid?.replace(/[\x00-\x1f\x7f]/g, '');
+      if (cid) contentIds.set(name, cid);
+    }
+    if (failed) throw failed;
+    // The text of a single-part message ends with a line end (SMTP data always does, and the composer
+    // writes one): text alone, without one, gets it, or the way back would add it.
+    if (attachments.length === 0 && (body === undefined) !== (bodyHtml === undefined)) {
+      if (body) body = await endWithNewline(body);
+      else bodyHtml = await endWithNewline(bodyHtml!);
+    }
+    if (!legacy) throw dataError('bad MIME: no header section');
+    const headers = toImaHeaders(legacy, () => imaIdOfDigest(meter.digest()));
+    if (contentIds.size) headers.fields.push({ name: CONTENT_IDS, value: formatContentIds(contentIds) });
+    const size = headers.serialize().length;
+    if (size > limits.maxHeaderBytes) throw dataError(`headers of ${size} bytes exceed the limit of ${limits.maxHeaderBytes} (max_header_bytes)`);
+    return { headers, body, bodyHtml, attachments, dispose: () => store.dispose() };
+  } catch (e) {
+    parser.destroy();
+    input.destroy();
+    await store.dispose().catch(() => {});
+    throw explain(failed ?? e, limits);
+  }
+}
+
+/**
+ * A text part as UTF-8 with LF line ends, from its charset (and format=flowed).
+ * Not lossless when the charset is unknown or the bytes are not what it
+ * says: the caller keeps the original part as an attachment too.
+ */
+async function decodeBody(raw: Part, part: AttachmentStream, store: SpoolStore): Promise<{ part: Part | undefined; lossless: boolean }> {
+  const params = paramsOf(part);
+  const flowed = part.contentType === 'text/plain' && params.format?.toLowerCase() === 'flowed';
+  const source = raw.open();
+  if (Buffer.isBuffer(source) && !flowed) return decodeInMemory(source, params.charset);
+  let { decoder, known } = charsetDecoder(params.charset);
+  if (!decoder && !(await isUtf8Part(raw))) {
+    // Declared UTF-8 or ASCII but is not: most such legacy text is windows-1252.
+    ({ decoder } = charsetDecoder('windows-1252'));
+    known = false;
+  }
+  const stages: Transform[] = [];
+  if (flowed) stages.push(new FlowedDecoder({ delSp: params.delsp?.toLowerCase() === 'yes' }) as unknown as Transform);
+  if (decoder) stages.push(decoder);
+  stages.push(new CrlfToLf({ loneCr: 'lf' }));
+  const text = await store.add(chain(source, stages));
+  return { part: text.size > 0 ? text : undefined, lossless: known };
+}
+
+/** The same for a part held in memory, without streams: most text parts are small, and a stream pipeline per part costs more than the decoding. */
+function decodeInMemory(raw: Buffer, charset: string | undefined): { part: Part | undefined; lossless: boolean } {
+  const { decoder, known: declaredKnown } = charsetDecoder(charset);
+  let known = declaredKnown;
+  let text: string;
+  if (decoder) text = decodeCharset(raw, (decoder as unknown as { charset: string }).charset);
+  else if (isUtf8(raw)) text = raw.toString('utf8');
+  else {
+    text = decodeCharset(raw, 'windows-1252');
+    known = false;
+  }
+  const bytes = Buffer.from(text.replace(/\r\n?/g, '\n'));
+  return { part: bytes.length ? { size: bytes.length, open: () => bytes } : undefined, lossless: known };
+}
+
+async function isUtf8Part(part: Part): Promise<boolean> {
+  const validator = new Utf8Validator();
+  for await (const _ of chain(part.open(), [validator])) void _;
+  return validator.valid;
+}
+
+async function endWithNewline(part: Part): Promise<Part> {
+  const data = part.open();
+  let last = -1;
+  if (Buffer.isBuffer(data)) last = data[data.length - 1];
+  else for await (const c of data) last = (c as Buffer)[(c as Buffer).length - 1];
+  if (last === 0x0a) return part;
+  const nl = Buffer.from('\n');
+  return {
+    size: part.size + 1,
+    open: () => {
+      const d = part.open();
+      return Buffer.isBuffer(d)
+        ? Buffer.concat([d, nl])
+        : (Readable.from(
+            (async function* () {
+              yield* d;
+              yield nl;
+            })(),
+          ) as Readable);
+    },
+  };
+}
+
+/** Pipe a source through transforms; the last one is read by the caller, errors end it. */
+function chain(source: Buffer | Readable, stages: Transform[]): Readable {
+  const streams = [Buffer.isBuffer(source) ? [source] : source, ...stages] as unknown as [Readable, ...Transform[]];
+  return pipeline(streams, () => {}) as unknown as Readable;
+}
+
+/** MIME in, canonical IMA tar out. Returns the IMA headers. */
+export async function mimeToIma(input: Readable, out: Writable, opts: MimeToImaOptions = {}): Promise<Headers> {
+  const message = await readMime(input, opts);
+  try {
+    await writeMessage(out, message);
+    return message.headers;
+  } finally {
+    await message.dispose();
+  }
+}

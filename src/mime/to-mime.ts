@@ -1,0 +1,228 @@
+// IMA -> MIME (ima-mime(7)). nodemailer's MailComposer builds the MIME
+// structure (parts, encodings, boundaries), attachments streamed from their
+// files or spools, never read whole. The header section is ours: the
+// composer formats address and References headers its own way, and the
+// originals that mime-to-ima kept must come back exactly as they were.
+import { readFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { Readable, Transform, type TransformCallback, type Writable } from 'node:stream';
+import MailComposer from 'nodemailer/lib/mail-composer';
+import { detectMimeType } from 'nodemailer/lib/mime-funcs';
+import { Failure, asFailure, dataError } from '../failure.js';
+import { Mailbox } from '../mailbox.js';
+import { DEFAULT_LIMITS, type Headers, type MessageLimits, MessageError, type MessageParts, type Part, parseHeaders, readMessage } from '../message/index.js';
+import { SpoolStore } from '../spool.js';
+import { CONTENT_IDS, toMimeHeaderLines } from './headers.js';
+import { parseContentIds } from './names.js';
+import { CrlfToLf } from './text.js';
+
+export interface ImaToMimeOptions {
+  /** "crlf" for SMTP, "lf" (the default) for files, pipes and Maildir. */
+  newline?: 'crlf' | 'lf';
+  /** Write the bcc header (a mailbox copy: yes; a message going out over SMTP: never). */
+  keepBcc?: boolean;
+}
+
+/** Text up to this size is handed to the composer as a string, so plain ASCII goes out as 7bit; larger text is streamed. */
+const TEXT_IN_MEMORY = 1024 * 1024;
+
+/** A stream that opens its source only when first read: a message of many attachments holds one file open at a time. */
+function lazy(part: Part): Readable | Buffer {
+  let source: Readable | undefined;
+  return new Readable({
+    read() {
+      if (!source) {
+        const opened = part.open();
+        if (Buffer.isBuffer(opened)) {
+          this.push(opened);
+          this.push(null);
+          return;
+        }
+        source = opened;
+        source.on('data', (c: Buffer) => {
+          if (!this.push(c)) source!.pause();
+        });
+        source.on('end', () => this.push(null));
+        source.on('error', (e) => this.destroy(e));
+        return;
+      }
+      source.resume();
+    },
+    destroy(err, cb) {
+      source?.destroy();
+      cb(err);
+    },
+  });
+}
+
+async function textOf(part: Part): Promise<string | Readable> {
+  if (part.size > TEXT_IN_MEMORY) return lazy(part) as Readable;
+  const data = part.open();
+  if (Buffer.isBuffer(data)) return data.toString('utf8');
+  const chunks: Buffer[] = [];
+  for await (const c of data) chunks.push(c as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+/**
+ * A message/* part may not be encoded (RFC 2046 5.2.1): it goes as 7bit or
+ * 8bit when its bytes survive that exactly (line ends of the output's kind,
+ * no NUL, no line over 998 bytes); otherwise as application/octet-stream in
+ * base64, which carries any bytes and keeps its .eml name.
+ */
+async function messageEncoding(part: Part, newline: 'lf' | 'crlf'): Promise<{ contentTransferEncoding: string } | { contentType: string }> {
+  let eightBit = false;
+  let line = 0;
+  let prev = -1;
+  const data = part.open();
+  for await (const chunk of Buffer.isBuffer(data) ? [data] : data) {
+    for (const b of chunk as Buffer) {
+      if (b === 0 || (b === 0x0d && newline === 'lf') || (newline === 'crlf' && (prev === 0x0d) !== (b === 0x0a))) {
+        if (!Buffer.isBuffer(data)) data.destroy();
+        return { contentType: 'application/octet-stream' };
+      }
+      line = b === 0x0a ? 0 : line + 1;
+      if (line > 998) {
+        if (!Buffer.isBuffer(data)) data.destroy();
+        return { contentType: 'application/octet-stream' };
+      }
+      if (b > 0x7f) eightBit = true;
+      prev = b;
+    }
+  }
+  if (prev === 0x0d) return { contentType: 'application/octet-stream' };
+  return { contentTransferEncoding: eightBit ? '8bit' : '7bit' };
+}
+
+/** Replaces the composer's root header block by ours, keeping its MIME-Version and Content-* lines. */
+class OwnHeaders extends Transform {
+  private head: Buffer | undefined = Buffer.alloc(0);
+  constructor(private readonly own: string[]) {
+    super();
+  }
+  override _transform(chunk: Buffer, _e: BufferEncoding, cb: TransformCallback): void {
+    if (!this.head) return cb(null, chunk);
+    this.head = Buffer.concat([this.head, chunk]);
+    const end = this.head.indexOf('\r\n\r\n');
+    if (end === -1) return cb();
+    const theirs = this.head
+      .subarray(0, end)
+      .toString('latin1')
+      .split(/\r\n(?![ \t])/)
+      .filter((l) => /^(MIME-Version|Content-)/i.test(l));
+    const rest = this.head.subarray(end + 4);
+    this.head = undefined;
+    cb(null, Buffer.concat([Buffer.from([...this.own, ...theirs].join('\r\n') + '\r\n\r\n', 'utf8'), rest]));
+  }
+}
+
+/**
+ * Pipe streams into the last one and wait for it to finish. (stream.pipeline
+ * makes and aborts an AbortController each time, and the DOMException that
+ * costs was a tenth of converting a small message.)
+ */
+function pump(first: Readable, ...rest: Writable[]): Promise<void> {
+  const all = [first, ...rest];
+  const last = rest[rest.length - 1];
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    const fail = (e: Error) => {
+      if (settled) return;
+      settled = true;
+      for (const s of all) s.destroy();
+      reject(e);
+    };
+    for (const s of all) s.on('error', fail);
+    let from: Readable = first;
+    for (const to of rest) from = from.pipe(to) as unknown as Readable;
+    last.on('finish', () => {
+      settled = true;
+      resolve();
+    });
+    last.on('close', () => fail(new Error('output closed before the message was written')));
+  });
+}
+
+/** Write an IMA message as MIME to `out`, which is ended afterwards. */
+export async function writeMime(parts: MessageParts, out: Writable, opts: ImaToMimeOptions = {}): Promise<void> {
+  const cids = parseContentIds(parts.headers.get(CONTENT_IDS));
+  const composer = new MailComposer({
+    // Both are thrown away (our header section replaces the composer's); given, they spare it many small random reads.
+    messageId: '<unused@localhost>',
+    baseBoundary: randomBytes(12).toString('hex'),
+    text: parts.body ? await textOf(parts.body) : undefined,
+    html: parts.bodyHtml ? await textOf(parts.bodyHtml) : undefined,
+    attachments: await Promise.all(
+      (parts.attachments ?? []).map(async (a) => ({
+        filename: a.name,
+        content: lazy(a),
+        cid: cids.get(a.name),
+        ...(/^message\//i.test(detectMimeType(a.name)) ? await messageEncoding(a, opts.newline ?? 'lf') : {}),
+      })),
+    ),
+  });
+  const own = new OwnHeaders(toMimeHeaderLines(parts.headers, { keepBcc: opts.keepBcc ?? false }));
+  const mime = composer.compile().createReadStream();
+  try {
+    if (opts.newline === 'crlf') await pump(mime, own, out);
+    else await pump(mime, own, new CrlfToLf(), out);
+  } catch (e) {
+    throw e instanceof Failure ? e : asFailure(e);
+  }
+}
+
+/** Read an IMA message (a tar stream) into spooled parts; the tar order is not the MIME order, so nothing streams straight through. */
+export async function spoolIma(input: Readable, store: SpoolStore, limits: MessageLimits = DEFAULT_LIMITS): Promise<MessageParts> {
+  let headers: Headers | undefined;
+  let body: Part | undefined;
+  let bodyHtml: Part | undefined;
+  const attachments: (Part & { name: string })[] = [];
+  for await (const e of readMessage(input, limits)) {
+    if (e.kind === 'headers') {
+      headers = e.headers;
+      continue;
+    }
+    const part = await store.add(e.stream);
+    if (e.kind === 'body') body = part;
+    else if (e.kind === 'body.html') bodyHtml = part;
+    else attachments.push({ name: e.name, ...part });
+  }
+  return { headers: headers!, body, bodyHtml, attachments };
+}
+
+/** A stored message directory (a mailbox's new/ID or cur/ID) as parts read from its files. */
+export async function messageDirParts(dir: string, limits: MessageLimits = DEFAULT_LIMITS): Promise<MessageParts> {
+  let entries;
+  try {
+    entries = await new Mailbox(dirname(dir)).entries(dir);
+  } catch (e) {
+    if (e instanceof MessageError) throw dataError(`${dir}: ${e.message}`);
+    if ((e as NodeJS.ErrnoException).code) throw e;
+    throw dataError(`${dir}: ${(e as Error).message}`);
+  }
+  const head = entries[0];
+  if (head.size > limits.maxHeaderBytes) throw dataError(`${dir}: headers of ${head.size} bytes exceed the limit of ${limits.maxHeaderBytes}`);
+  let headers: Headers;
+  try {
+    headers = parseHeaders(await readFile(join(dir, 'headers')));
+  } catch (e) {
+    if (e instanceof MessageError) throw dataError(`${dir}: ${e.message}`);
+    throw e;
+  }
+  const part = (path: string) => entries.find((e) => e.path === path);
+  const attachments = entries.filter((e) => e.path.startsWith('attachments/')).map((e) => ({ ...e, name: e.path.slice('attachments/'.length) }));
+  return { headers, body: part('body'), bodyHtml: part('body.html'), attachments };
+}
+
+/** IMA tar in, MIME out (`out` is ended). Returns the IMA headers. */
+export async function imaToMime(input: Readable, out: Writable, opts: ImaToMimeOptions & { limits?: MessageLimits; spoolDir?: string } = {}): Promise<Headers> {
+  const store = new SpoolStore({ dir: opts.spoolDir });
+  try {
+    const parts = await spoolIma(input, store, opts.limits);
+    await writeMime(parts, out, opts);
+    return parts.headers;
+  } finally {
+    await store.dispose();
+  }
+}

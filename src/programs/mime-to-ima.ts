@@ -1,0 +1,50 @@
+// mime-to-ima: convert one legacy RFC 5322/MIME message into an IMA message.
+//
+// It does not deliver or route anything (pipe it to handle-incoming-mail or
+// queue-mail), does not check signatures, and writes nothing unless the
+// whole message converted: a failure never leaves half a message.
+import { resolve } from 'node:path';
+import type { Argv } from 'yargs';
+import { openInput, start } from '../cli.js';
+import { integer, optional, size, string, table } from '../config.js';
+import { EXIT, usageError } from '../failure.js';
+import { writeFileAtomic } from '../files.js';
+import type { Io } from '../io.js';
+import { MIME_LIMITS, readMime } from '../mime/to-ima.js';
+import { writeMessage } from '../message/index.js';
+
+const schema = table({
+  max_message_bytes: optional(size({ min: 1024 }), MIME_LIMITS.maxMessageBytes),
+  max_header_bytes: optional(size({ min: 1024 }), MIME_LIMITS.maxHeaderBytes),
+  max_parts: optional(integer({ min: 1, max: 100_000 }), MIME_LIMITS.maxParts),
+  max_depth: optional(integer({ min: 1, max: 1000 }), MIME_LIMITS.maxDepth),
+  spool_dir: optional(string({ nonEmpty: true }), ''),
+});
+
+const options = (y: Argv) =>
+  y
+    .option('output', { alias: 'o', type: 'string', describe: 'Write to FILE (atomically) instead of stdout', requiresArg: true })
+    .option('force', { type: 'boolean', describe: 'Write the binary message to a terminal anyway' });
+
+export async function main(args: string[], io: Io): Promise<number> {
+  const s = await start({ name: 'mime-to-ima', role: 'user', usage: '$0 [options] [FILE]', schema, options }, args, io);
+  if (typeof s === 'number') return s;
+  const { argv, config, source } = s;
+  const [file, ...extra] = argv._.map(String);
+  if (extra.length) throw usageError('expected at most one FILE');
+  if (!argv.output && (io.stdout as { isTTY?: boolean }).isTTY && !argv.force) {
+    throw usageError('refusing to write a binary message to a terminal: use --output FILE, a pipe, or --force');
+  }
+  const input = await openInput(file, io);
+  const message = await readMime(input, {
+    limits: { maxMessageBytes: config.max_message_bytes, maxHeaderBytes: config.max_header_bytes, maxParts: config.max_parts, maxDepth: config.max_depth },
+    spoolDir: config.spool_dir ? resolve(source.dir, config.spool_dir) : undefined,
+  });
+  try {
+    if (argv.output) await writeFileAtomic(resolve(io.cwd, argv.output), (out) => writeMessage(out, message));
+    else await writeMessage(io.stdout, message);
+  } finally {
+    await message.dispose();
+  }
+  return EXIT.OK;
+}

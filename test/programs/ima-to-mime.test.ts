@@ -1,0 +1,82 @@
+import assert from 'node:assert/strict';
+import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { runBin, runMain, tempDir } from '../helpers.js';
+import { readIma, toIma } from '../mime/helpers.js';
+
+const MESSAGE = 'From: Alice <alice@a.test>\r\nTo: bob@b.test\r\nBcc: carol@c.test\r\nSubject: Hi\r\nMessage-ID: <hi@a.test>\r\n\r\nHello Bob\r\n';
+
+async function madeMessage(dir: string): Promise<string[]> {
+  // A native message, from make-message, with an attachment.
+  writeFileSync(join(dir, 'report.pdf'), '%PDF-1.4\n');
+  const r = await runMain('make-message', [
+    '-r',
+    'alice@a.test',
+    '-s',
+    'Report',
+    '-a',
+    join(dir, 'report.pdf'),
+    '--text',
+    'See attached.\n',
+    '-o',
+    join(dir, 'native.ima'),
+    'bob@b.test',
+  ]);
+  assert.equal(r.code, 0, r.stderr);
+  writeFileSync(join(dir, 'legacy.ima'), await toIma(MESSAGE));
+  return [join(dir, 'native.ima'), join(dir, 'legacy.ima')];
+}
+
+describe('ima-to-mime', () => {
+  it('writes MIME on stdout with LF line ends, and CRLF with --crlf; the legacy ids come back', async () => {
+    const dir = tempDir();
+    const [, legacy] = await madeMessage(dir);
+    const lf = await runBin('ima-to-mime', [legacy]);
+    assert.equal(lf.code, 0, lf.stderr);
+    const text = lf.stdout.toString();
+    assert.doesNotMatch(text, /\r/);
+    assert.match(text, /^Message-ID: <hi@a\.test>$/m);
+    assert.match(text, /^Bcc: carol@c\.test$/m);
+    const crlf = await runBin('ima-to-mime', ['--crlf', '--no-bcc', legacy]);
+    assert.match(crlf.stdout.toString(), /^Subject: Hi\r$/m);
+    assert.doesNotMatch(crlf.stdout.toString(), /^Bcc:/m);
+  });
+  it('gives a native message a Message-ID of its UUID at the sender domain, and reads a stored message directory', async () => {
+    const dir = tempDir();
+    const [native] = await madeMessage(dir);
+    const mailbox = join(dir, 'mbox');
+    for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(mailbox, f), { recursive: true });
+    const stored = await runMain('give-recipient', [mailbox, native]);
+    assert.equal(stored.code, 0, stored.stderr);
+    const [id] = readdirSync(join(mailbox, 'new'));
+    const r = await runMain('ima-to-mime', [join(mailbox, 'new', id)]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout.toString(), new RegExp(`^Message-ID: <${id}@a\\.test>$`, 'm'));
+    assert.match(r.stdout.toString(), /filename=report\.pdf/);
+    const back = await readIma(await toIma(r.stdout));
+    assert.equal(back.headers['message-id'][0], `urn:uuid:${id}`, 'and the way back gives the same IMA id');
+  });
+  it('--maildir stores each message once; a second run adds nothing', async () => {
+    const dir = tempDir();
+    const inputs = await madeMessage(dir);
+    const md = join(dir, 'Maildir');
+    assert.equal((await runBin('ima-to-mime', ['--maildir', md, ...inputs])).code, 0);
+    assert.equal((await runBin('ima-to-mime', ['--maildir', md, ...inputs])).code, 0);
+    assert.equal(readdirSync(join(md, 'new')).length, 2);
+  });
+  it('a bad message among good ones: the good ones are stored, one line names the bad one, exit 65', async () => {
+    const dir = tempDir();
+    const inputs = await madeMessage(dir);
+    writeFileSync(join(dir, 'bad.ima'), 'not a tar archive at all, just some text that is long enough to fill a block'.repeat(10));
+    const md = join(dir, 'Maildir');
+    const r = await runBin('ima-to-mime', ['--maildir', md, inputs[0], join(dir, 'bad.ima'), inputs[1]]);
+    assert.equal(r.code, 65, r.stderr);
+    assert.equal(r.stderr.trim().split('\n').length, 1);
+    assert.match(r.stderr, /bad\.ima/);
+    assert.equal(readdirSync(join(md, 'new')).length, 2);
+  });
+  it('more than one MESSAGE without --maildir is a usage error (64)', async () => {
+    assert.equal((await runBin('ima-to-mime', ['a.ima', 'b.ima'])).code, 64);
+  });
+});

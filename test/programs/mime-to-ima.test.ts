@@ -1,0 +1,56 @@
+import assert from 'node:assert/strict';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { runBin, runCommand, runMain, tempDir, testEnv } from '../helpers.js';
+import { one, readIma } from '../mime/helpers.js';
+
+const MESSAGE =
+  'From: Alice <alice@a.test>\r\nTo: bob@b.test\r\nSubject: Hi\r\nDate: Mon, 23 Nov 2026 10:00:00 +0100\r\nMessage-ID: <hi@a.test>\r\n\r\nHello Bob\r\n';
+
+describe('mime-to-ima', () => {
+  it('converts stdin to an IMA message on stdout that tar reads', async () => {
+    const dir = tempDir();
+    const r = await runBin('mime-to-ima', [], { input: MESSAGE });
+    assert.equal(r.code, 0, r.stderr);
+    writeFileSync(join(dir, 'm.ima'), r.stdout);
+    const headers = await runCommand('tar', ['xOf', join(dir, 'm.ima'), 'headers']);
+    assert.match(
+      headers.stdout.toString(),
+      /^from: Alice <alice@a\.test>\nto: bob@b\.test\nsubject: Hi\ndate: 2026-11-23T10:00:00\+01:00\nmessage-id: urn:uuid:/,
+    );
+    assert.equal((await runCommand('tar', ['xOf', join(dir, 'm.ima'), 'body'])).stdout.toString(), 'Hello Bob\n');
+  });
+  it('reads a FILE and writes --output atomically; the same message twice gives the same bytes', async () => {
+    const dir = tempDir();
+    writeFileSync(join(dir, 'm.eml'), MESSAGE);
+    const r = await runMain('mime-to-ima', ['-o', 'out.ima', 'm.eml'], { cwd: dir });
+    assert.equal(r.code, 0, r.stderr);
+    const again = await runMain('mime-to-ima', ['m.eml'], { cwd: dir });
+    assert.deepEqual(again.stdout, readFileSync(join(dir, 'out.ima')));
+    assert.equal(one(await readIma(again.stdout), 'mime-message-id'), '<hi@a.test>');
+  });
+  it('a message over a configured limit: one line naming the key, exit 65, nothing on stdout', async () => {
+    const dir = tempDir();
+    writeFileSync(join(dir, 'mime-to-ima.toml'), 'max_parts = 2\n');
+    const parts = [1, 2, 3].map((i) => `--B\r\nContent-Type: text/plain\r\n\r\n${i}\r\n`).join('');
+    const r = await runBin('mime-to-ima', [], {
+      input: `From: a@a.test\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n${parts}--B--\r\n`,
+      env: testEnv({ IMA_CONFIG_DIR: dir }),
+    });
+    assert.equal(r.code, 65);
+    assert.equal(r.stdout.length, 0);
+    assert.match(r.stderr, /^mime-to-ima: more than 2 MIME parts \(max_parts\)\n$/);
+  });
+  it('a missing FILE exits 66; a bad config names the key and exits 78; --check-config prints the effective config', async () => {
+    assert.equal((await runBin('mime-to-ima', ['/nonexistent/m.eml'])).code, 66);
+    const dir = tempDir();
+    writeFileSync(join(dir, 'c.toml'), 'max_depth = "deep"\n');
+    const bad = await runMain('mime-to-ima', ['--config', join(dir, 'c.toml')]);
+    assert.equal(bad.code, 78);
+    assert.match(bad.stderr, /max_depth/);
+    const ok = await runMain('mime-to-ima', ['--check-config']);
+    assert.equal(ok.code, 0);
+    assert.match(ok.stdout.toString(), /max_parts = 1000/);
+  });
+});
