@@ -216,6 +216,15 @@ describe('mime-to-ima maps parts', () => {
     assert.equal(m.files.get('attachments/attachment-3.txt')!.toString(), 'a second text part');
     assert.equal(one(m, 'mime-content-ids'), 'attachment-1.png=logo@a.test');
   });
+  it('names an unnamed application/octet-stream part attachment-N.bin (the type table says "*", no file name)', async () => {
+    const m = await stable(
+      mime(
+        ['From: a@a.test', 'Content-Type: multipart/mixed; boundary=B'],
+        '--B\r\nContent-Type: text/plain\r\n\r\nsee patch\r\n--B\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\nAAEC\r\n--B--\r\n',
+      ),
+    );
+    assert.deepEqual([...m.files.keys()], ['body', 'attachments/attachment-1.bin']);
+  });
   it('ima-to-mime puts the content-id back, so cid: links in the HTML still find their image', async () => {
     const back = (await toMime(await toIma(message))).toString();
     assert.match(back, /Content-ID: <logo@a\.test>/i);
