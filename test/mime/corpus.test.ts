@@ -13,12 +13,16 @@ import { readIma, toIma, toMime } from './helpers.js';
 export const CORPUS = join(ROOT, 'test/fixtures/mime');
 
 export function corpusFiles(): string[] {
-  return ['spamassassin', 'github'].flatMap((d) =>
-    readdirSync(join(CORPUS, d))
-      .filter((f) => f.endsWith('.eml'))
-      .sort()
-      .map((f) => join(CORPUS, d, f)),
-  );
+  const dirs = readdirSync(CORPUS, { withFileTypes: true }).filter((d) => d.isDirectory());
+  return dirs
+    .map((d) => d.name)
+    .sort()
+    .flatMap((d) =>
+      readdirSync(join(CORPUS, d))
+        .filter((f) => f.endsWith('.eml'))
+        .sort()
+        .map((f) => join(CORPUS, d, f)),
+    );
 }
 
 describe('the fixture corpus', () => {
