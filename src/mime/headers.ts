@@ -201,7 +201,23 @@ function legacyName(name: string): string {
 }
 
 const line = (name: string, value: string) => foldLines(`${name}: ${value}`, 76);
-const unstructured = (value: string) => MimeNode.encodeHeaderValue('X-Text', value);
+
+// What a decoder takes for encoded-words: a run of them, with the white space between them that decoding drops.
+const WORD = String.raw`=\?[^?]+\?[QqBb]\?[^?]*\?=`;
+const WORD_RUN = new RegExp(`${WORD}(?:\\s*${WORD})*`, 'g');
+const looksEncoded = (value: string) => value.includes('=?') && decodeText(value) !== value;
+
+/**
+ * Decoded text written as is, except that text which itself looks like
+ * encoded-words (an encoded-word can carry "=?utf-8?q?hi?=") is encoded,
+ * or the next conversion would decode it a second time.
+ */
+function verbatim(value: string): string {
+  return looksEncoded(value) ? value.replace(WORD_RUN, (run) => libmime.encodeWord(run, 'Q', 52)) : value;
+}
+
+const encodedName = (a: Address): Address => (a.name && looksEncoded(a.name) ? { ...a, name: libmime.encodeWord(a.name, 'Q', 52) } : a);
+const unstructured = (value: string) => (looksEncoded(value) ? libmime.encodeWord(value, 'Q', 52) : MimeNode.encodeHeaderValue('X-Text', value));
 
 /**
  * The legacy header section of an IMA message, CRLF line ends, no final
@@ -223,13 +239,13 @@ export function toMimeHeaderLines(headers: Headers, opts: { keepBcc: boolean }):
     if ((key === 'bcc' && !opts.keepBcc) || !originals.has(key)) return;
     // Verbatim: ASCII as is, anything else as UTF-8 (RFC 6532). Encoded-words would change how an
     // address list parses (a quoted name inside one is text, not a quoted name).
-    out.push(line(legacyName(key), originals.get(key)!));
+    out.push(line(legacyName(key), verbatim(originals.get(key)!)));
   };
   for (const { name, value } of headers.fields) {
     if (name === CONTENT_IDS) continue;
     if (name === RAW) {
       const colon = value.indexOf(':');
-      if (colon > 0) out.push(line(value.slice(0, colon), value.slice(colon + 1).trim()));
+      if (colon > 0) out.push(line(value.slice(0, colon), verbatim(value.slice(colon + 1).trim())));
       continue;
     }
     const kept = name.startsWith('mime-') ? name.slice('mime-'.length) : '';
@@ -249,7 +265,9 @@ export function toMimeHeaderLines(headers: Headers, opts: { keepBcc: boolean }):
 }
 
 function legacyValue(name: string, value: string, domain: string): string {
-  if (ADDRESS_FIELDS.has(name)) return MimeNode.encodeHeaderValue(legacyName(name), value);
+  // A display name that looks like encoded-words goes encoded (readers decode one even inside quotes).
+  if (ADDRESS_FIELDS.has(name))
+    return MimeNode.encodeHeaderValue(legacyName(name), looksEncoded(value) ? formatAddressList(parseAddressList(value).map(encodedName)) : value);
   switch (name) {
     case 'date':
       return formatMimeDate(value) ?? unstructured(value);

@@ -25,6 +25,12 @@ function capBytes(name: string): string {
   return (stem + ext).normalize('NFC');
 }
 
+/** The extension of a content type; the type table's answer for application/octet-stream is "*", no file name's. */
+function extensionOf(contentType: string): string {
+  const ext = detectExtension(contentType);
+  return /^[a-z0-9]+$/i.test(ext) ? ext : 'bin';
+}
+
 /** Gives every attachment of one message its name: cleaned, derived when missing, unique. */
 export class AttachmentNames {
   private readonly taken = new Set<string>();
@@ -33,7 +39,7 @@ export class AttachmentNames {
   name(given: string | undefined, contentType: string): string {
     let name = cleanName(given);
     if (contentType === 'message/rfc822' && name && !/\.eml$/i.test(name)) name = capBytes(`${name}.eml`);
-    name ??= `attachment-${++this.unnamed}.${contentType === 'message/rfc822' ? 'eml' : detectExtension(contentType) || 'bin'}`;
+    name ??= `attachment-${++this.unnamed}.${contentType === 'message/rfc822' ? 'eml' : extensionOf(contentType)}`;
     return this.unique(checkAttachmentName(name));
   }
 

@@ -99,6 +99,28 @@ describe('mime-to-ima maps headers (ima-mime(7))', () => {
     assert.equal(one(m, 'subject'), 'café');
     assert.equal(one(m, 'x-utf8'), 'café');
   });
+  it('writes decoded text that looks like an encoded-word so that it is not decoded a second time', async () => {
+    // An encoded-word whose text is itself "=?utf-8?q?hi?=" (enmime's qp-utf8-header-recursed.eml does this in a From).
+    const word = (text: string) => `=?us-ascii?q?${text.replace(/[=?_]/g, (c) => `=${c.charCodeAt(0).toString(16).toUpperCase()}`)}?=`;
+    const m = await stable(
+      mime(
+        [
+          `From: ${word('=?utf-8?q?Ann?=')} <a@example.com>`,
+          `To: b@example.com, ${word('=?utf-8?q?hi?=')} <@bad>`,
+          `Subject: ${word('=?utf-8?q?hi?= =?utf-8?q?there?=')} in a =?utf-8?q?caf=C3=A9?=`,
+          `X-Note: ${word('=?utf-8?b?eW8=?=')}`,
+          `Mailer: ${word('=?utf-8?q?x?=')}`,
+          'Message-ID: <1@example.com>',
+        ],
+        'hi\r\n',
+      ),
+    );
+    assert.equal(one(m, 'subject'), '=?utf-8?q?hi?= =?utf-8?q?there?= in a café');
+    assert.equal(one(m, 'from'), '=?utf-8?q?Ann?= <a@example.com>');
+    assert.equal(one(m, 'x-note'), '=?utf-8?b?eW8=?=');
+    assert.equal(one(m, 'mime-to'), 'b@example.com, =?utf-8?q?hi?= <@bad>');
+    assert.equal(one(m, 'mime-header'), 'Mailer: =?utf-8?q?x?=');
+  });
   it('threads a legacy reply to a message ima-to-mime wrote back to its IMA id', async () => {
     const m = await readIma(await toIma(mime(['From: x@legacy.test', 'In-Reply-To: <7639f84a-faa9-5f7e-a3a9-db428e9fb00c@a.test>'], 'reply\r\n')));
     assert.equal(one(m, 'in-reply-to'), 'urn:uuid:7639f84a-faa9-5f7e-a3a9-db428e9fb00c');
@@ -193,6 +215,15 @@ describe('mime-to-ima maps parts', () => {
     );
     assert.equal(m.files.get('attachments/attachment-3.txt')!.toString(), 'a second text part');
     assert.equal(one(m, 'mime-content-ids'), 'attachment-1.png=logo@a.test');
+  });
+  it('names an unnamed application/octet-stream part attachment-N.bin (the type table says "*", no file name)', async () => {
+    const m = await stable(
+      mime(
+        ['From: a@a.test', 'Content-Type: multipart/mixed; boundary=B'],
+        '--B\r\nContent-Type: text/plain\r\n\r\nsee patch\r\n--B\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\nAAEC\r\n--B--\r\n',
+      ),
+    );
+    assert.deepEqual([...m.files.keys()], ['body', 'attachments/attachment-1.bin']);
   });
   it('ima-to-mime puts the content-id back, so cid: links in the HTML still find their image', async () => {
     const back = (await toMime(await toIma(message))).toString();

@@ -59,13 +59,12 @@ describe("Python's email package reads what ima-to-mime writes", () => {
       if (from !== undefined && !m.headers['mime-from'] && !from.includes('=?')) assert.deepEqual(py.from, [ascii(parseAddress(from))], where);
       const to = one(m, 'to');
       if (to !== undefined && !m.headers['mime-to'] && !to.includes('=?')) assert.deepEqual(py.to, parseAddressList(to).map(ascii), where);
-      assert.equal(
-        py.message_id,
-        one(m, 'mime-message-id') ?? `<${one(m, 'message-id')!.slice('urn:uuid:'.length)}@${py.from[0]?.split('@')[1] ?? 'localhost'}>`,
-        where,
-      );
+      // ima-to-mime writes an id without a kept original in the domain of the IMA from (ima-mime(7)).
+      const idDomain = from === undefined ? 'localhost' : parseAddress(from).asciiDomain;
+      assert.equal(py.message_id, one(m, 'mime-message-id') ?? `<${one(m, 'message-id')!.slice('urn:uuid:'.length)}@${idDomain}>`, where);
       if (one(m, 'date')) assert.equal(Date.parse(py.date!), Date.parse(one(m, 'date')!), where);
-      assert.equal(py.body, m.files.get('body')?.toString() ?? null, `${where}: text`);
+      // A message with no text at all goes with an empty text part (a MIME message has a body): the same to a reader.
+      assert.equal(py.body ?? '', m.files.get('body')?.toString() ?? '', `${where}: text`);
       assert.equal(py.html, m.files.get('body.html')?.toString() ?? null, `${where}: HTML`);
       const attachments: Record<string, string> = {};
       for (const [k, v] of m.files) {
@@ -83,9 +82,16 @@ describe('mblaze reads the Maildir ima-to-mime writes', () => {
   it('mlist lists every message once, mshow shows its text and attachments, and a second run adds nothing', async () => {
     const dir = tempDir();
     const inputs: string[] = [];
-    for (const [i, file] of corpusFiles().slice(0, 25).entries()) {
-      const path = join(dir, `${i}.ima`);
-      writeFileSync(path, await toIma(readFileSync(file)));
+    // 25 messages of distinct ids: fixtures copied from one template share a Message-ID, and a Maildir stores an id once.
+    const ids = new Set<string>();
+    for (const file of corpusFiles()) {
+      if (inputs.length === 25) break;
+      const ima = await toIma(readFileSync(file));
+      const id = one(await readIma(ima), 'message-id')!;
+      if (ids.has(id)) continue;
+      ids.add(id);
+      const path = join(dir, `${inputs.length}.ima`);
+      writeFileSync(path, ima);
       inputs.push(path);
     }
     const maildir = join(dir, 'Maildir');
