@@ -138,4 +138,25 @@ describe('smtp-receive mx', () => {
     assert.match(r.out, /250-PIPELINING/);
     assert.match(r.out, /250 2\.0\.0 accepted as urn:uuid:/);
   });
+
+  it('answers 451 when the handler is killed; the retry stores the message once', async () => {
+    const flag = join(dir, 'killed-once');
+    const handler = join(dir, 'kill-once.sh');
+    writeFileSync(handler, `#!/bin/sh\nif [ ! -e ${flag} ]; then touch ${flag}; cat >/dev/null; kill -9 $$; fi\nexec handle-incoming-mail "$@"\n`, { mode: 0o755 });
+    const srv = await startReceive(config('mx-kill', `[mx]\ndns_servers = ["127.0.0.1:9"]\nhandler = [${JSON.stringify(handler)}]\n`));
+    try {
+      const n = stored('bob').length;
+      const send = () => swaks(srv.port, ['--from', 'alice@a.test', '--to', 'bob@b.test', '--header', 'Message-Id: <retry-1@a.test>', '--body', 'once']);
+      const first = await send();
+      assert.match(first.out, /^<\*\* +451 4\.3\.0 /m);
+      assert.equal(stored('bob').length, n);
+      const second = await send();
+      assert.match(second.out, /^<- +250 2\.0\.0 accepted as urn:uuid:/m);
+      const third = await send();
+      assert.match(third.out, /^<- +250 2\.0\.0 accepted as urn:uuid:/m);
+      assert.equal(stored('bob').length, n + 1, 'stored once');
+    } finally {
+      await srv.stop();
+    }
+  });
 });

@@ -1,7 +1,7 @@
 // Shared set-up for the smtp-receive tests: a certificate for mx.b.test,
 // mailboxes for bob and carol behind handle-incoming-mail and give-recipient,
 // configs written on demand, servers started as real processes, and swaks.
-import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, watch, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Listening, runCommand, startListening, tempDir, testEnv } from '../helpers.js';
 import { Pki } from '../pki.js';
@@ -66,3 +66,24 @@ export const replies = (out: string) =>
     .map((l) => l.replace(/^<[-~]\*? +/, ''));
 
 export const hash = (pw: string) => hashPassword(pw);
+
+/** Resolve when user's new/ holds at least n messages (fs.watch, with a deadline). */
+export function arrival(user: string, n: number, ms = 30_000): Promise<void> {
+  const where = join(boxes, user, 'new');
+  return new Promise((res, rej) => {
+    const watcher = watch(where);
+    const done = (e?: Error) => {
+      clearTimeout(t);
+      watcher.close();
+      if (e) rej(e);
+      else res();
+    };
+    const t = setTimeout(() => done(new Error(`no message ${n} in ${where} after ${ms} ms`)), ms);
+    const check = () => {
+      if (stored(user).length >= n) done();
+    };
+    watcher.on('change', check);
+    watcher.on('error', done);
+    check();
+  });
+}
