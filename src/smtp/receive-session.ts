@@ -24,7 +24,7 @@ export interface SessionSettings extends MessageSettings {
   loginDelay: number;
 }
 
-type Hooks = Required<Pick<SMTPServerOptions, 'onConnect' | 'onAuth' | 'onMailFrom' | 'onRcptTo' | 'onData' | 'onClose'>>;
+type Hooks = Required<Pick<SMTPServerOptions, 'onConnect' | 'onSecure' | 'onAuth' | 'onMailFrom' | 'onRcptTo' | 'onData' | 'onClose'>>;
 
 /** Shared state of all sessions of one server. */
 export class Sessions {
@@ -48,6 +48,10 @@ export class Sessions {
     return {
       onConnect: (session, cb) => this.connect(session, cb),
       onClose: (session) => this.close(session),
+      onSecure: (_socket, session, cb) => {
+        session.disabledCommands = []; // AUTH, now that the session is encrypted
+        cb();
+      },
       onAuth: (auth, session, cb) => void this.auth(auth, session, cb),
       onMailFrom: (address, session, cb) => this.mailFrom(address, session, cb),
       onRcptTo: (address, session, cb) => void this.rcptTo(address, session, cb),
@@ -61,6 +65,8 @@ export class Sessions {
       this.log.info(`session=${session.id} client=${session.remoteAddress}: refused: too many connections from this address`);
       return cb(reply(421, '4.7.0', 'too many connections from your address; try again later'));
     }
+    // RFC 4954 section 4: no AUTH offered (nor taken) before TLS.
+    if (this.settings().role === 'submission' && !session.secure) session.disabledCommands = ['AUTH'];
     cb();
   }
 
@@ -90,7 +96,8 @@ export class Sessions {
   private mailFrom(address: SMTPServerAddress, session: SMTPServerSession, cb: (e?: Error) => void): void {
     const s = this.settings();
     if (s.role !== 'submission') return cb();
-    const user = String(session.user ?? '');
+    if (!session.user) return cb(reply(530, '5.7.0', session.secure ? 'authentication required' : 'authentication required: STARTTLS first, then AUTH'));
+    const user = String(session.user);
     const rules = s.users.get(user)?.senders ?? [];
     let allowed = false;
     try {
