@@ -148,7 +148,10 @@ export async function main(args: string[], io: Io): Promise<number> {
   const sessions = new Sessions(() => settings, log);
   const server = new ReceiveServer({ ...serverOptions(config, role, implicit, sessions), ...tlsOf(config, source) }, log);
   const fallback = config.listen || (role === 'mx' ? '[::]:25' : implicit ? '[::]:465' : '[::]:587');
-  const where = whereFrom(argv.listen, argv.inetd, io.env, { stdin: io.stdin, stdout: io.stdout }, process.pid) ?? { mode: 'listen' as const, ...parseHostPort(fallback) };
+  const where = whereFrom(argv.listen, argv.inetd, io.env, { stdin: io.stdin, stdout: io.stdout }, process.pid) ?? {
+    mode: 'listen' as const,
+    ...parseHostPort(fallback),
+  };
   if (where.mode === 'inetd' && argv.listen) throw usageError('--inetd and --listen exclude each other');
   await serveSmtp(where, server, {
     log,

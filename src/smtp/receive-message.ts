@@ -6,7 +6,7 @@
 // recipients (never the header ones) and its exit code turned into the reply.
 import { PassThrough, type Readable, Transform, type TransformCallback, type Writable } from 'node:stream';
 import type { DNSResolver } from 'mailauth';
-import { type Address, AddressError, addressKey, formatAddressList, mailboxOf, parseAddress, parseAddressList } from '../address.js';
+import { type Address, AddressError, addressKey, formatAddressList, parseAddress, parseAddressList } from '../address.js';
 import { EXIT, Failure, asFailure, permFail } from '../failure.js';
 import type { Log } from '../log.js';
 import { type MessageParts, writeMessage } from '../message/index.js';
@@ -14,7 +14,7 @@ import { type ConvertedMessage, MIME_LIMITS, readMime } from '../mime/to-ima.js'
 import { parseResult } from '../results.js';
 import { runStage } from '../stage.js';
 import { BareLfGuard } from './bare-lf.js';
-import { SmtpReply, reply } from './receive-server.js';
+import { SmtpReply } from './receive-server.js';
 import { verdicts } from './receive-verdicts.js';
 
 export interface Client {
@@ -133,14 +133,17 @@ function envelopeIntoHeaders(m: ConvertedMessage, envelope: string[]): void {
 }
 
 /** Read the DATA stream into a converted message, with verdicts for mx. Throws Failures. */
-async function take(stream: Readable, c: Client, env: Envelope, s: MessageSettings, sized: SizeLimit): Promise<{ m: ConvertedMessage; v?: Awaited<ReturnType<typeof verdicts>> }> {
+type Verdicts = Awaited<ReturnType<typeof verdicts>>;
+
+async function take(stream: Readable, c: Client, env: Envelope, s: MessageSettings, sized: SizeLimit): Promise<{ m: ConvertedMessage; v?: Verdicts }> {
   const guard = new BareLfGuard();
   stream.pipe(guard).pipe(sized);
   guard.on('error', (e) => sized.destroy(e));
   const mimeIn = new PassThrough({ highWaterMark: 256 * 1024 });
   const authIn = s.verdicts ? new PassThrough({ highWaterMark: 256 * 1024 }) : undefined;
   const feeding = feed(sized, authIn ? [mimeIn, authIn] : [mimeIn]);
-  const checking = s.verdicts ? verdicts(authIn!, { ip: c.ip, helo: c.helo, sender: env.from, hostname: s.hostname, resolver: s.verdicts.resolver }) : undefined;
+  const asked = { ip: c.ip, helo: c.helo, sender: env.from, hostname: s.hostname };
+  const checking = s.verdicts ? verdicts(authIn!, { ...asked, resolver: s.verdicts.resolver }) : undefined;
   checking?.catch(() => authIn!.destroy());
   const converting = readMime(mimeIn, { limits: { ...MIME_LIMITS, maxMessageBytes: Infinity, maxHeaderBytes: s.maxHeaderBytes }, spoolDir: s.spoolDir });
   const [fed, m, v] = await Promise.allSettled([feeding, converting, checking]);
@@ -149,7 +152,7 @@ async function take(stream: Readable, c: Client, env: Envelope, s: MessageSettin
     if (m.status === 'fulfilled') await m.value.dispose();
     throw asFailure(problem, 'receiving the message');
   }
-  return { m: (m as PromiseFulfilledResult<ConvertedMessage>).value, v: (v as PromiseFulfilledResult<Awaited<ReturnType<typeof verdicts>>>).value };
+  return { m: (m as PromiseFulfilledResult<ConvertedMessage>).value, v: (v as PromiseFulfilledResult<Verdicts | undefined>).value };
 }
 
 /** Run the command on the message; resolve with its exit code and its result lines. */
@@ -209,7 +212,8 @@ export async function receiveMessage(stream: Readable, c: Client, env: Envelope,
     const got = await take(stream, c, env, s, sized);
     m = got.m;
     summary = got.v?.summary;
-    if (got.v?.dmarcReject && s.verdicts?.enforceDmarcReject) throw permFail(`DMARC policy of the From: domain is reject, and the message failed it (${summary})`, '5.7.1');
+    if (got.v?.dmarcReject && s.verdicts?.enforceDmarcReject)
+      throw permFail(`DMARC policy of the From: domain is reject, and the message failed it (${summary})`, '5.7.1');
     m.headers.addReceived(receivedLine(c, s, n));
     if (got.v) m.headers.add('authentication-results', got.v.header);
     if (s.fromProblem) {

@@ -75,7 +75,11 @@ export class Sessions {
     this.messages.delete(session.id);
   }
 
-  private async auth(auth: SMTPServerAuthentication, session: SMTPServerSession, cb: (e: Error | null | undefined, r?: { user?: string }) => void): Promise<void> {
+  private async auth(
+    auth: SMTPServerAuthentication,
+    session: SMTPServerSession,
+    cb: (e: Error | null | undefined, r?: { user?: string }) => void,
+  ): Promise<void> {
     const s = this.settings();
     const addr = session.remoteAddress;
     if (this.failures.count(addr) >= s.maxLoginFailures) {
@@ -150,20 +154,24 @@ export class Sessions {
     const s = this.settings();
     const n = (this.messages.get(session.id) ?? 0) + 1;
     this.messages.set(session.id, n);
-    const tls = session.secure && session.tlsOptions ? `${(session.tlsOptions as { version?: string }).version ?? ''} ${session.tlsOptions.name}`.trim() : undefined;
+    const tls =
+      session.secure && session.tlsOptions ? `${(session.tlsOptions as { version?: string }).version ?? ''} ${session.tlsOptions.name}`.trim() : undefined;
     const user = session.user ? String(session.user) : undefined;
     const client = { sessionId: session.id, ip: session.remoteAddress, helo: session.hostNameAppearsAs || '', tls, user };
     const envelope = { from: session.envelope.mailFrom ? session.envelope.mailFrom.address : '', to: session.envelope.rcptTo.map((r) => r.address) };
     const rules = user ? (s.users.get(user)?.senders ?? []) : [];
     const fromProblem = (a: Address) =>
-      senderAllowed(rules, a) ? undefined : `user ${user} may not send as From: ${mailboxOf(a)} (rule submission.users.${user}.senders = ${rules.join(', ') || 'none'})`;
+      senderAllowed(rules, a)
+        ? undefined
+        : `user ${user} may not send as From: ${mailboxOf(a)} (rule submission.users.${user}.senders = ${rules.join(', ') || 'none'})`;
     const perMessage = s.role === 'submission' ? { ...s, fromProblem } : s;
     const settled = receiveMessage(stream, client, envelope, perMessage, n).then((o) => {
       const result = `${o.code} ${o.text}`;
       this.log.info(
         `session=${session.id} msg=${n} client=${client.ip} user=${user ?? '-'} from=<${envelope.from}> to=<${envelope.to.join(',')}> size=${o.size} id=${o.messageId ?? '-'}${o.verdicts ? ` ${o.verdicts}` : ''} result=${result}`,
       );
-      if (o.failed.length) this.log.warn(`session=${session.id} msg=${n}: not delivered to ${o.failed.join('; ')} (no delivery status notice is sent until the queue exists)`);
+      if (o.failed.length)
+        this.log.warn(`session=${session.id} msg=${n}: not delivered to ${o.failed.join('; ')} (no delivery status notice is sent until the queue exists)`);
       if (o.code === 250) cb(null, o.text);
       else cb(reply(o.code, o.text.slice(0, o.text.indexOf(' ')), o.text.slice(o.text.indexOf(' ') + 1)));
     });

@@ -32,7 +32,11 @@ export function dnsResolver(servers: readonly string[], timeoutMs = 5000): DNSRe
   return (name, type) => r.resolve(name, type) as Promise<string[][] | string[]>;
 }
 
-const oneLine = (s: string) => s.replace(/\r?\n[ \t]+/g, ' ').replace(/[\x00-\x1f\x7f]/g, ' ').trim();
+const oneLine = (s: string) =>
+  s
+    .replace(/\r?\n[ \t]+/g, ' ')
+    .replace(/[\x00-\x1f\x7f]/g, ' ')
+    .trim();
 
 /** Read the message (it must be read to the end) and work out the verdicts. */
 export async function verdicts(message: Readable, v: VerdictInput): Promise<Verdicts> {

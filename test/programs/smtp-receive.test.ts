@@ -47,7 +47,18 @@ describe('smtp-receive mx', () => {
 
   it('delivers to the envelope recipient (not the To: header) with received and authentication-results', async () => {
     const before = stored('carol').length;
-    const r = await swaks(mx.port, ['--from', 'alice@a.test', '--to', 'bob@b.test', '--header', 'To: carol@b.test', '--header', 'Subject: envelope', '--body', 'Hello Bob.']);
+    const r = await swaks(mx.port, [
+      '--from',
+      'alice@a.test',
+      '--to',
+      'bob@b.test',
+      '--header',
+      'To: carol@b.test',
+      '--header',
+      'Subject: envelope',
+      '--body',
+      'Hello Bob.',
+    ]);
     assert.equal(r.code, 0, r.out);
     assert.match(replies(r.out).at(-2)!, /^250 2\.0\.0 accepted as urn:uuid:/);
     const id = /accepted as urn:uuid:(\S+)/.exec(r.out)![1];
@@ -75,7 +86,11 @@ describe('smtp-receive mx', () => {
     const relay = await swaks(mx.port, ['--from', 'alice@a.test', '--to', 'x@elsewhere.test', '--quit-after', 'RCPT']);
     assert.match(relay.out, /550 5\.7\.1 relaying denied: x@elsewhere\.test/);
     assert.doesNotMatch(r.out, /250-AUTH/);
-    const auth = await raw(mx.port, [{ until: /^220 /m }, { send: 'EHLO x\r\n', until: /^250 /m }, { send: 'AUTH PLAIN AGJvYgBzZWNyZXQ=\r\n', until: /^5\d\d /m }]);
+    const auth = await raw(mx.port, [
+      { until: /^220 /m },
+      { send: 'EHLO x\r\n', until: /^250 /m },
+      { send: 'AUTH PLAIN AGJvYgBzZWNyZXQ=\r\n', until: /^5\d\d /m },
+    ]);
     assert.match(auth, /^50[02] 5\.5\.\d /m);
   });
 
@@ -127,7 +142,15 @@ describe('smtp-receive mx', () => {
 
   it('bare LF in swaks --data raw payload: refused', async () => {
     const n = stored('bob').length;
-    const r = await swaks(mx.port, ['--from', 'alice@a.test', '--to', 'bob@b.test', '--no-data-fixup', '--data', 'Subject: raw\r\n\r\nline one\nline two\r\n.\r\n']);
+    const r = await swaks(mx.port, [
+      '--from',
+      'alice@a.test',
+      '--to',
+      'bob@b.test',
+      '--no-data-fixup',
+      '--data',
+      'Subject: raw\r\n\r\nline one\nline two\r\n.\r\n',
+    ]);
     assert.match(r.out, /550 5\.5\.2 bare LF/);
     assert.equal(stored('bob').length, n);
   });
@@ -142,7 +165,9 @@ describe('smtp-receive mx', () => {
   it('answers 451 when the handler is killed; the retry stores the message once', async () => {
     const flag = join(dir, 'killed-once');
     const handler = join(dir, 'kill-once.sh');
-    writeFileSync(handler, `#!/bin/sh\nif [ ! -e ${flag} ]; then touch ${flag}; cat >/dev/null; kill -9 $$; fi\nexec handle-incoming-mail "$@"\n`, { mode: 0o755 });
+    writeFileSync(handler, `#!/bin/sh\nif [ ! -e ${flag} ]; then touch ${flag}; cat >/dev/null; kill -9 $$; fi\nexec handle-incoming-mail "$@"\n`, {
+      mode: 0o755,
+    });
     const srv = await startReceive(config('mx-kill', `[mx]\ndns_servers = ["127.0.0.1:9"]\nhandler = [${JSON.stringify(handler)}]\n`));
     try {
       const n = stored('bob').length;

@@ -5,12 +5,7 @@ import { BareLfGuard, bareLfAt } from '../../src/smtp/bare-lf.js';
 
 const through = (chunks: string[]) =>
   new Promise<Error | undefined>((res) =>
-    pipeline(
-      Readable.from(chunks.map((c) => Buffer.from(c))),
-      new BareLfGuard(),
-      new Writable({ write: (_c, _e, cb) => cb() }),
-      (e) => res(e ?? undefined),
-    ),
+    pipeline(Readable.from(chunks.map((c) => Buffer.from(c))), new BareLfGuard(), new Writable({ write: (_c, _e, cb) => cb() }), (e) => res(e ?? undefined)),
   );
 
 describe('bare LF', () => {

@@ -86,7 +86,12 @@ export async function startPostfix(dir: string, main: Record<string, string>): P
     smtp_host_lookup: 'native',
     ...main,
   };
-  writeFileSync(join(etc, 'main.cf'), Object.entries(settings).map(([k, v]) => `${k} = ${v}\n`).join(''));
+  writeFileSync(
+    join(etc, 'main.cf'),
+    Object.entries(settings)
+      .map(([k, v]) => `${k} = ${v}\n`)
+      .join(''),
+  );
   writeFileSync(join(etc, 'master.cf'), MASTER.replace('SMTPD', `127.0.0.1:${port}`));
   await run('/usr/sbin/postfix', ['-c', etc, 'start'], { timeout: 30_000 });
   const maillog = () => (existsSync(join(dir, 'maillog')) ? readFileSync(join(dir, 'maillog'), 'utf8') : '');

@@ -64,13 +64,18 @@ async function sendLarge(port: number): Promise<string> {
   await write(`${carry.toString('base64')}\r\n--b1--\r\n.\r\n`);
   await next(/^(250|[45]\d\d) [^\r\n]*\r\n(?![\s\S]*^354)/m);
   s.end('QUIT\r\n');
-  return got.split('\r\n').filter((l) => l).at(-1)!;
+  return got
+    .split('\r\n')
+    .filter((l) => l)
+    .at(-1)!;
 }
 
 describe('smtp-receive with a 100 MB attachment', () => {
   let mx: Listening;
   before(async () => {
-    mx = await startReceive(config('mx-large', `[limits]\nmax_message_bytes = "200M"\n${MX_EXTRA}verdicts = false # covered elsewhere; keeps this test short\n`));
+    mx = await startReceive(
+      config('mx-large', `[limits]\nmax_message_bytes = "200M"\n${MX_EXTRA}verdicts = false # covered elsewhere; keeps this test short\n`),
+    );
   });
   after(() => mx.stop());
 

@@ -81,12 +81,47 @@ senders = ["alice@b.test", "@sales.b.test", "alice+*@b.test"]
   });
 
   it('refuses a wrong password with 535 5.7.8, and closes after too many failures', async () => {
-    const r = await swaks(sub.port, ['--tls', '--auth', 'PLAIN', '--auth-user', 'alice', '--auth-password', 'wrong', '--from', 'alice@b.test', '--to', 'x@elsewhere.test']);
+    const r = await swaks(sub.port, [
+      '--tls',
+      '--auth',
+      'PLAIN',
+      '--auth-user',
+      'alice',
+      '--auth-password',
+      'wrong',
+      '--from',
+      'alice@b.test',
+      '--to',
+      'x@elsewhere.test',
+    ]);
     assert.match(r.out, /535 5\.7\.8 authentication failed/);
     assert.match(sub.log(), /login user=alice method=PLAIN result=failed/);
-    const nobody = await swaks(sub.port, ['--tls', '--auth', 'LOGIN', '--auth-user', 'mallory', '--auth-password', 'x', '--from', 'alice@b.test', '--to', 'x@e.test']);
+    const nobody = await swaks(sub.port, [
+      '--tls',
+      '--auth',
+      'LOGIN',
+      '--auth-user',
+      'mallory',
+      '--auth-password',
+      'x',
+      '--from',
+      'alice@b.test',
+      '--to',
+      'x@e.test',
+    ]);
     assert.match(nobody.out, /535 5\.7\.8/);
-    const third = await swaks(sub.port, [...AUTH.slice(0, 2), '--tls', '--auth-user', 'alice', '--auth-password', 'nope', '--from', 'a@b.test', '--to', 'x@e.test']);
+    const third = await swaks(sub.port, [
+      ...AUTH.slice(0, 2),
+      '--tls',
+      '--auth-user',
+      'alice',
+      '--auth-password',
+      'nope',
+      '--from',
+      'a@b.test',
+      '--to',
+      'x@e.test',
+    ]);
     assert.match(third.out, /535 5\.7\.8/);
     const locked = await swaks(sub.port, ['--tls', ...AUTH, '--from', 'alice@b.test', '--to', 'x@e.test', '--quit-after', 'AUTH']);
     assert.match(locked.out, /421 4\.7\.0 too many failed logins/);

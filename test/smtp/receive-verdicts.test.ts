@@ -32,12 +32,21 @@ async function signed(): Promise<string> {
 }
 
 /** Feed the message in small chunks, as it would stream from a socket. */
-const chunked = (s: string) => Readable.from(Buffer.from(s).toString('binary').match(/[\s\S]{1,7}/g)!.map((c) => Buffer.from(c, 'binary')));
+const chunked = (s: string) =>
+  Readable.from(
+    Buffer.from(s)
+      .toString('binary')
+      .match(/[\s\S]{1,7}/g)!
+      .map((c) => Buffer.from(c, 'binary')),
+  );
 
 describe('smtp-receive verdicts (mailauth)', () => {
   it('a signed message from an SPF-permitted address passes SPF, DKIM and DMARC', async () => {
     const v = await verdicts(chunked(await signed()), { ip: '192.0.2.1', helo: 'mail.a.test', sender: 'alice@a.test', hostname: 'mx.b.test', resolver });
-    assert.match(v.header, /^mx\.b\.test; dkim=pass header\.i=@a\.test header\.s=sel .*; spf=pass .*smtp\.mailfrom=alice@a\.test.*; dmarc=pass \(p=REJECT\) header\.from=a\.test/);
+    assert.match(
+      v.header,
+      /^mx\.b\.test; dkim=pass header\.i=@a\.test header\.s=sel .*; spf=pass .*smtp\.mailfrom=alice@a\.test.*; dmarc=pass \(p=REJECT\) header\.from=a\.test/,
+    );
     assert.equal(v.summary, 'spf=pass dkim=pass dmarc=pass');
     assert.equal(v.dmarcReject, false);
     assert.ok(asked.includes('TXT sel._domainkey.a.test'));
@@ -54,7 +63,13 @@ describe('smtp-receive verdicts (mailauth)', () => {
   });
 
   it('an unsigned message of a domain without records: none, and no refusal', async () => {
-    const v = await verdicts(Readable.from([Buffer.from('From: c@c.test\r\n\r\nx\r\n')]), { ip: '192.0.2.7', helo: 'c.test', sender: 'c@c.test', hostname: 'mx.b.test', resolver });
+    const v = await verdicts(Readable.from([Buffer.from('From: c@c.test\r\n\r\nx\r\n')]), {
+      ip: '192.0.2.7',
+      helo: 'c.test',
+      sender: 'c@c.test',
+      hostname: 'mx.b.test',
+      resolver,
+    });
     assert.equal(v.summary, 'spf=none dkim=none dmarc=none');
     assert.equal(v.dmarcReject, false);
   });
