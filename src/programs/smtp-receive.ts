@@ -20,6 +20,7 @@ import { parseHostPort, whereFrom } from '../net/listen.js';
 import { tlsFromConfig, tlsSchema } from '../net/tls.js';
 import { hashProblem } from '../password.js';
 import { isProgram } from './index.js';
+import { commandProblem } from '../stage.js';
 import { senderRuleProblem } from '../smtp/receive-auth.js';
 import { ReceiveServer, serveSmtp } from '../smtp/receive-server.js';
 import { type SessionSettings, Sessions } from '../smtp/receive-session.js';
@@ -113,6 +114,23 @@ function tlsOf(config: Config, source: Located): { key: Buffer; cert: Buffer } {
   return { key: m.key, cert: m.cert };
 }
 
+type Tls = ReturnType<typeof tlsOf>;
+
+/** Everything a start checks, for --check-config too: the file, the certificate, the commands of the config's role. */
+function check(config: Config, source: Located, io: Io): Tls {
+  if (!source.file) throw configError(source.dir, '', 'smtp-receive needs a config file (hostname, tls.certificate, tls.key): see smtp-receive.toml(5)');
+  const commands: [string, readonly string[]][] = [
+    ['mx.handler', config.mx.handler],
+    ['mx.check', config.mx.check],
+    ['submission.command', config.submission.command],
+  ];
+  for (const [key, argv] of commands) {
+    const problem = argv.length ? commandProblem(argv, io.env, io.cwd) : undefined;
+    if (problem) throw configError(source.file, key, problem);
+  }
+  return tlsOf(config, source);
+}
+
 function serverOptions(config: Config, role: Role, implicit: boolean, sessions: Sessions): SMTPServerOptions {
   return {
     name: config.hostname,
@@ -136,17 +154,15 @@ function serverOptions(config: Config, role: Role, implicit: boolean, sessions: 
 
 export async function main(args: string[], io: Io): Promise<number> {
   const usage = '$0 [--listen ADDRESS:PORT | --inetd] [--role mx|submission] [--implicit-tls] [options]';
-  const s = await start({ name: 'smtp-receive', role: 'server', usage, schema, options }, args, io);
+  const s = await start({ name: 'smtp-receive', role: 'server', usage, schema, options, check }, args, io);
   if (typeof s === 'number') return s;
-  const { argv, log, source } = s;
-  if (!source.file) throw configError(source.dir, '', 'smtp-receive needs a config file (hostname, tls.certificate, tls.key): see smtp-receive.toml(5)');
-  let config = s.config;
+  const { argv, log, source, config } = s;
   const role = (argv.role ?? config.role) as Role;
   const implicit = argv.implicitTls ?? config.implicit_tls;
   if (role === 'submission' && Object.keys(config.submission.users).length === 0) log.warn('role submission with no [submission.users]: nobody can log in');
   let settings = settingsOf(config, role, source, io, log);
   const sessions = new Sessions(() => settings, log);
-  const server = new ReceiveServer({ ...serverOptions(config, role, implicit, sessions), ...tlsOf(config, source) }, log);
+  const server = new ReceiveServer({ ...serverOptions(config, role, implicit, sessions), ...s.prepared }, log);
   const fallback = config.listen || (role === 'mx' ? '[::]:25' : implicit ? '[::]:465' : '[::]:587');
   const where = whereFrom(argv.listen, argv.inetd, io.env, { stdin: io.stdin, stdout: io.stdout }, process.pid) ?? {
     mode: 'listen' as const,
@@ -160,10 +176,9 @@ export async function main(args: string[], io: Io): Promise<number> {
     drained: () => sessions.drained(),
     reload: async () => {
       const next = loadConfig(schema, source.file!, true).config;
-      const tls = tlsOf(next, source);
+      const tls = check(next, source, io);
       settings = settingsOf(next, role, source, io, log);
       server.updateSecureContext(tls);
-      config = next;
     },
   });
   return EXIT.OK;
