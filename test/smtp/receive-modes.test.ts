@@ -21,10 +21,14 @@ async function activate(extra: string[], serverArgs: string[]): Promise<{ port: 
   const file = config(`activated${extra.join('')}`, MX_EXTRA);
   // systemd-socket-activate passes on only the variables named with -E.
   const pass = ['PATH', 'HOME', 'IMA_CONFIG_DIR'].flatMap((k) => ['-E', `${k}=${env[k]}`]);
-  const child = spawn('systemd-socket-activate', [`--listen=127.0.0.1:${port}`, ...pass, ...extra, join(BIN, 'smtp-receive'), '--config', file, ...serverArgs], {
-    env,
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
+  const child = spawn(
+    'systemd-socket-activate',
+    [`--listen=127.0.0.1:${port}`, ...pass, ...extra, join(BIN, 'smtp-receive'), '--config', file, ...serverArgs],
+    {
+      env,
+      stdio: ['ignore', 'ignore', 'pipe'],
+    },
+  );
   children.push(child);
   let err = '';
   await new Promise<void>((res, rej) => {
