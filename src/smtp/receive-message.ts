@@ -145,7 +145,9 @@ async function take(stream: Readable, c: Client, env: Envelope, s: MessageSettin
   const asked = { ip: c.ip, helo: c.helo, sender: env.from, hostname: s.hostname };
   const checking = s.verdicts ? verdicts(authIn!, { ...asked, resolver: s.verdicts.resolver }) : undefined;
   checking?.catch(() => authIn!.destroy());
-  const converting = readMime(mimeIn, { limits: { ...MIME_LIMITS, maxMessageBytes: Infinity, maxHeaderBytes: s.maxHeaderBytes }, spoolDir: s.spoolDir });
+  // Many sessions convert at once: each keeps at most 1 MB of parts in memory, the rest spooled to a file.
+  const limits = { ...MIME_LIMITS, maxMessageBytes: Infinity, maxHeaderBytes: s.maxHeaderBytes };
+  const converting = readMime(mimeIn, { limits, spoolDir: s.spoolDir, spoolMemory: 1024 * 1024 });
   const [fed, m, v] = await Promise.allSettled([feeding, converting, checking]);
   const problem = fed.status === 'rejected' ? fed.reason : m.status === 'rejected' ? m.reason : v.status === 'rejected' ? v.reason : undefined;
   if (problem) {
