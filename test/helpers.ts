@@ -103,8 +103,14 @@ export interface Listening {
  * wait for its "listening on ADDRESS:PORT" line (an event, not a delay).
  * Stderr lines matching `echo` are also passed on to ours.
  */
-export async function startListening(name: string, args: string[], opts: { env?: Record<string, string | undefined>; echo?: RegExp } = {}): Promise<Listening> {
-  const proc = spawn(join(BIN, name), args, { env: opts.env ?? testEnv(), stdio: ['ignore', 'ignore', 'pipe'] });
+export async function startListening(
+  name: string,
+  args: string[],
+  opts: { env?: Record<string, string | undefined>; echo?: RegExp; launcher?: string[] } = {},
+): Promise<Listening> {
+  // A launcher (node dist/test/faulty.js) runs the program in place of bin/NAME.
+  const [cmd, ...pre] = opts.launcher ? [...opts.launcher, name] : [join(BIN, name)];
+  const proc = spawn(cmd, [...pre, ...args], { env: opts.env ?? testEnv(), stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
   proc.stderr!.on('data', (d: Buffer) => {
     log += d;

@@ -301,7 +301,8 @@ const bad = /nobody@/.test(t); console.log(bad ? 'NORECIPIENT nobody@b.test' : '
   assert.equal(readdirSync(out).filter((f) => f.endsWith('.ima')).length, 1);
 });
 
-test('server-receive: a toolkit program as handler runs in-process behind a fault barrier', async () => {
+// Faults past a clean Failure (a throw from a timer, a leaked rejection, EIO on fsync): stage.test.ts.
+test('server-receive: a toolkit program as handler runs in-process; a Failure it throws is the final status, every time', async () => {
   const s = await server({ handler: ['make-cert', 'server', '--ca', '/nonexistent', 'x.test'] });
   const c = await connect(s.port);
   for (let i = 0; i < 2; i++) assert.equal((await deliver(c, await message(basicFields()))).result?.word, 'TEMPFAIL');
