@@ -2,7 +2,7 @@
 // as a real process through bin/NAME, and collect exit code and output.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
@@ -137,4 +137,14 @@ export async function startListening(
       await once(proc, 'exit');
     },
   };
+}
+
+/** Is the process of the pid in FILE gone (or a zombie waiting for its reaper)? */
+export function processGone(pidFile: string): boolean {
+  const pid = Number(readFileSync(pidFile, 'utf8'));
+  try {
+    return /^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return true;
+  }
 }

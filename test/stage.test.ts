@@ -1,10 +1,10 @@
 // Running stages (stage.ts) inside a real server-receive: the fault barrier
 // of in-process runs, timeouts, and the process group of spawned ones.
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { ROOT, tempDir, testEnv } from './helpers.js';
+import { ROOT, processGone, tempDir, testEnv } from './helpers.js';
 import { type Server, basicFields, config, connect, deliver, message, startServer } from './imdp-fixture.js';
 
 const servers: Server[] = [];
@@ -48,15 +48,6 @@ const to = (address: string, body = 'Hello.\n') =>
     body,
   );
 const stored = (user: string) => readdirSync(join(boxes, user, 'new')).length;
-
-/** Is the process gone (or only a zombie waiting for its reaper)? */
-function gone(pid: number): boolean {
-  try {
-    return /^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return true;
-  }
-}
 
 test('stage: an in-process program that throws from a timer or leaks a rejection ends TEMPFAIL for that message; the server goes on', async () => {
   const s = await faultyServer();
@@ -111,7 +102,7 @@ test('stage: a spawned handler that times out is TEMPFAIL, and what it started i
   const r = await deliver(c, await to('bob@b.test'));
   assert.equal(r.result?.word, 'TEMPFAIL', JSON.stringify(r));
   await c.done();
-  assert.ok(gone(Number(readFileSync(pidFile('handler'), 'utf8'))), 'the grandchild is killed');
+  assert.ok(processGone(pidFile('handler')), 'the grandchild is killed');
 });
 
 test('stage: a route command leaving a child that holds its pipes: OK when it said so, TEMPFAIL at its timeout; the children are killed', async () => {
@@ -124,6 +115,6 @@ test('stage: a route command leaving a child that holds its pipes: OK when it sa
   await c.done();
   for (const name of ['orphan', 'stuck']) {
     assert.ok(existsSync(pidFile(name)));
-    assert.ok(gone(Number(readFileSync(pidFile(name), 'utf8'))), `${name}'s child is killed`);
+    assert.ok(processGone(pidFile(name)), `${name}'s child is killed`);
   }
 });
