@@ -26,9 +26,12 @@ export interface RunOptions {
   cwd?: string;
 }
 
-/** An isolated environment: no user or system config is read unless the test gives one; the toolkit's bin/ is on PATH, as after npm install -g. */
+/**
+ * An isolated environment: no user or system config is read unless the test gives one; the toolkit's bin/ is on PATH, as after npm install -g.
+ * CI runs as root, which servers and delivery stages refuse: IMA_ALLOW_ROOT=1 lets them (privileges.test.ts checks the refusal itself).
+ */
 export function testEnv(extra: Record<string, string | undefined> = {}): Record<string, string | undefined> {
-  return { PATH: `${BIN}:${process.env.PATH}`, HOME: '/nonexistent', IMA_CONFIG_DIR: '/nonexistent', ...extra };
+  return { PATH: `${BIN}:${process.env.PATH}`, HOME: '/nonexistent', IMA_CONFIG_DIR: '/nonexistent', IMA_ALLOW_ROOT: '1', ...extra };
 }
 
 function collect(s: Readable): Promise<Buffer> {

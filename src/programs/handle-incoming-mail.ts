@@ -99,7 +99,14 @@ async function pool<T>(items: T[], limit: number, each: (item: T) => Promise<voi
 
 export async function main(args: string[], io: Io): Promise<number> {
   const s = await start(
-    { name: 'handle-incoming-mail', role: 'server', usage: '$0 [--recipient ADDRESS]... [FILE] < message\n$0 --check [ADDRESS...] < headers', schema, options },
+    {
+      name: 'handle-incoming-mail',
+      role: 'server',
+      notAsRoot: true,
+      usage: '$0 [--recipient ADDRESS]... [FILE] < message\n$0 --check [ADDRESS...] < headers',
+      schema,
+      options,
+    },
     args,
     io,
   );

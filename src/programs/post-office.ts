@@ -4,6 +4,7 @@
 // It does not deliver mail (give-recipient does), never shows one user's
 // mailbox to another, never stores a password (only scrypt hashes), and
 // never reads a message id as a path.
+import { dropAfterBinding } from '../privileges.js';
 import { hostname } from 'node:os';
 import type { Argv } from 'yargs';
 import { start } from '../cli.js';
@@ -21,6 +22,7 @@ import { contextOptions, tlsFromConfig, tlsSchema } from '../net/tls.js';
 const schema = table({
   name: optional(string({ nonEmpty: true }), hostname()),
   listen: optional(string({ check: (s) => (/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]*):\d{1,5}$/.test(s) ? undefined : 'must be ADDRESS:PORT') }), `[::]:${IMRP_PORT}`),
+  user: optional(string(), ''),
   tls: tlsSchema(),
   users: map(
     table({
@@ -109,7 +111,7 @@ export async function main(args: string[], io: Io): Promise<number> {
     return EXIT.OK;
   }
   const s = await start(
-    { name: 'post-office', role: 'server', usage: '$0 [--listen ADDRESS:PORT | --inetd] [options]\n$0 --hash-password', schema, options },
+    { name: 'post-office', role: 'server', notAsRoot: true, usage: '$0 [--listen ADDRESS:PORT | --inetd] [options]\n$0 --hash-password', schema, options },
     args,
     io,
   );
@@ -123,6 +125,8 @@ export async function main(args: string[], io: Io): Promise<number> {
     mode: 'listen' as const,
     ...parseHostPort(s.config.listen),
   };
+  const drop = dropAfterBinding(s.config.user, source.file, log);
+  if (where.mode !== 'listen') drop(); // the socket is inherited: nothing to bind
   await serve(
     where,
     settings,
@@ -136,7 +140,7 @@ export async function main(args: string[], io: Io): Promise<number> {
         return settings;
       },
     },
-    { log, signals: io.signals, signal: io.signal },
+    { log, signals: io.signals, signal: io.signal, onListening: drop },
   );
   return EXIT.OK;
 }
