@@ -171,6 +171,17 @@ describe('handle-incoming-mail', () => {
     assert.match(s.stderr, /routes\."a@b\.test": must be a list .* not a shell string/);
   });
 
+  it('reads FILE relative to its working directory (in-process too); a missing FILE is 66 with one line', async () => {
+    writeFileSync(join(dir, 'file.ima'), await message('bob@b.test'));
+    const before = count('bob');
+    const r = await runMain('handle-incoming-mail', ['--config', cfg, 'file.ima'], { cwd: dir });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(count('bob'), before + 1);
+    const missing = await runBin('handle-incoming-mail', ['--config', cfg, join(dir, 'nonexistent.ima')]);
+    assert.equal(missing.code, 66);
+    assert.match(missing.stderr, /^handle-incoming-mail: .*nonexistent\.ima: no such file\n$/);
+  });
+
   it('refuses a hostile message as FAIL with nothing stored', async () => {
     const before = count('bob');
     const r = await runBin('handle-incoming-mail', ['--config', cfg], { input: Buffer.from('not a message at all, just text\n') });
