@@ -8,6 +8,8 @@
 // whatever it left behind too.
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { type ChildProcess, spawn } from 'node:child_process';
+import { accessSync, constants, statSync } from 'node:fs';
+import { join, resolve as resolvePath } from 'node:path';
 import { type Readable, Writable } from 'node:stream';
 import { EXIT, describe, reportFailure } from './failure.js';
 import { oneLine } from './log.js';
@@ -184,4 +186,27 @@ function runSpawned(h: StageSpec, cmd: string, args: string[]): Promise<number> 
       stdout.end(() => resolve(killed || spawnError || code === null ? EXIT.TEMPFAIL : code));
     });
   });
+}
+
+/**
+ * Why a configured command could not run, or undefined when it can: a toolkit
+ * program, an executable path, or a name found on PATH. Checked at config
+ * time so a typo is a refused start, not a TEMPFAIL for every message.
+ */
+export function commandProblem(argv: readonly string[], env: Record<string, string | undefined>, cwd: string): string | undefined {
+  const cmd = argv[0];
+  if (cmd === undefined || cmd === '') return 'is empty';
+  if (isProgram(cmd)) return undefined;
+  if (cmd.includes('/')) return executable(resolvePath(cwd, cmd)) ? undefined : `${cmd}: no such executable file`;
+  const dirs = (env.PATH ?? '').split(':').filter((d) => d !== '');
+  return dirs.some((d) => executable(join(resolvePath(cwd, d), cmd))) ? undefined : `${cmd}: not found on PATH`;
+}
+
+function executable(file: string): boolean {
+  try {
+    accessSync(file, constants.X_OK);
+    return statSync(file).isFile();
+  } catch {
+    return false;
+  }
 }

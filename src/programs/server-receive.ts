@@ -16,7 +16,8 @@ import type { Log } from '../log.js';
 import type { Io } from '../io.js';
 import { contextOptions, tlsFromConfig, tlsSchema } from '../net/tls.js';
 import { asciiDomain, domainProblem } from '../address.js';
-import { dropAfterBinding } from '../privileges.js';
+import { dropAfterBinding, lookUpUser } from '../privileges.js';
+import { commandProblem } from '../stage.js';
 
 const schema = table({
   domain: string({ check: domainProblem }),
@@ -92,24 +93,34 @@ function sessionOf(config: Config, io: Io, log: Log): SessionConfig {
   };
 }
 
+/** Everything a start checks, for --check-config too: the file, the certificates, the commands. */
+function check(config: Config, source: Located, io: Io): Settings {
+  if (!source.file) throw configError(source.dir, '', 'server-receive needs a config file (domain, tls.certificate, tls.key): see server-receive.toml(5)');
+  for (const key of ['handler', 'check'] as const) {
+    const problem = config[key].length ? commandProblem(config[key], io.env, io.cwd) : undefined;
+    if (problem) throw configError(source.file, key, problem);
+  }
+  if (config.user) lookUpUser(config.user, source.file);
+  return settingsOf(config, source);
+}
+
 export async function main(args: string[], io: Io): Promise<number> {
   const s = await start(
-    { name: 'server-receive', role: 'server', notAsRoot: true, usage: '$0 [--listen ADDRESS:PORT | --inetd] [options]', schema, options },
+    { name: 'server-receive', role: 'server', notAsRoot: true, usage: '$0 [--listen ADDRESS:PORT | --inetd] [options]', schema, options, check },
     args,
     io,
   );
   if (typeof s === 'number') return s;
   const { argv, log, source } = s;
   let config = s.config;
-  if (!source.file) throw configError(source.dir, '', 'server-receive needs a config file (domain, tls.certificate, tls.key): see server-receive.toml(5)');
-  let settings = settingsOf(config, source);
+  let settings = s.prepared;
   let session = sessionOf(config, io, log);
   const where = whereFrom(argv.listen, argv.inetd, io.env, { stdin: io.stdin, stdout: io.stdout }, process.pid) ?? {
     mode: 'listen' as const,
     ...parseHostPort(config.listen),
   };
   if (where.mode === 'inetd' && argv.listen) throw usageError('--inetd and --listen exclude each other');
-  const drop = dropAfterBinding(config.user, source.file, log);
+  const drop = dropAfterBinding(config.user, source.file!, log);
   if (where.mode !== 'listen') drop(); // the socket is inherited: nothing to bind
   await serve(
     where,
@@ -119,7 +130,7 @@ export async function main(args: string[], io: Io): Promise<number> {
       refuse: (socket, reason) => socket.write(wire.bye(reason)),
       reload: async () => {
         const next = loadConfig(schema, source.file!, true).config;
-        settings = settingsOf(next, source);
+        settings = check(next, source, io);
         config = next;
         session = sessionOf(config, io, log);
         return settings;
