@@ -90,6 +90,12 @@ test('stage: an in-process run that ignores io.signal is ended at the handler ti
   const r = await deliver(c, await to('hang@b.test'));
   assert.equal(r.result?.word, 'TEMPFAIL', JSON.stringify(r));
   assert.ok(Date.now() - started < 10_000, 'ended at the timeout, not later');
+  // The abort reaches through the in-process handle-incoming-mail to the command it spawned, before that command's own timeout (3s).
+  const stuck = await deliver(c, await to('stuck@b.test'));
+  assert.equal(stuck.result?.word, 'TEMPFAIL', JSON.stringify(stuck));
+  const deadline = Date.now() + 1000;
+  while (!processGone(pidFile('stuck')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  assert.ok(processGone(pidFile('stuck')), 'the route command and its child are killed at the handler timeout');
   assert.equal((await deliver(c, await to('bob@b.test'))).result?.word, 'OK', s.stderr());
   await c.done();
 });
