@@ -6,13 +6,20 @@ import { once } from 'node:events';
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { runBin, tempDir, testEnv } from './helpers.js';
-import { type Server, basicFields, config, connect, dir, message, startServer } from './imdp-fixture.js';
+import { type Listening, runBin, startListening, tempDir, testEnv } from './helpers.js';
+import { type Server, basicFields, certs, config, connect, dir, message, pki, startServer } from './imdp-fixture.js';
 
 const root = process.getuid?.() === 0;
 const skip = root ? false : 'needs root (run as root to check the refusal and the privilege drop)';
 const asRoot = testEnv({ IMA_ALLOW_ROOT: undefined });
-const servers: Server[] = [];
+const servers: (Server | Listening)[] = [];
+
+/** Wait (with a deadline) for a line in a server's log. */
+async function logged(s: Listening, re: RegExp): Promise<void> {
+  const deadline = AbortSignal.timeout(10_000);
+  while (!re.test(s.log())) await once(s.proc.stderr!, 'data', { signal: deadline });
+}
+
 after(async () => Promise.all(servers.map((s) => s.stop())));
 
 test(
@@ -42,9 +49,8 @@ test(
 test('privileges: server-receive with user = "nobody" binds as root, then runs as nobody and serves', { skip }, async () => {
   const s = await startServer(`user = "nobody"\n${config()}`, { env: asRoot });
   servers.push(s);
-  // The switch comes right after the "listening on" line: wait for its own line (with a deadline).
-  const deadline = AbortSignal.timeout(10_000);
-  while (!/running as nobody/.test(s.stderr())) await once(s.proc.stderr!, 'data', { signal: deadline });
+  // The switch comes right after the "listening on" line: wait for its own line.
+  await logged(s, /running as nobody/);
   const status = readFileSync(`/proc/${s.proc.pid}/status`, 'utf8');
   assert.match(status, /^Uid:\t65534\t65534\t65534\t65534$/m);
   assert.match(status, /^Gid:\t65534\t65534\t65534\t65534$/m);
@@ -57,4 +63,26 @@ test('privileges: server-receive with user = "nobody" binds as root, then runs a
   const r = await runBin('server-receive', ['--config', file, '--listen', '127.0.0.1:0'], { env: asRoot });
   assert.equal(r.code, 78, r.stderr);
   assert.match(r.stderr, /bad-user\.toml: user: no such user: no-such-user-here/);
+});
+
+test('privileges: post-office with user = "nobody" binds as root, then runs as nobody', { skip }, async () => {
+  const file = join(dir, 'po-user.toml');
+  writeFileSync(
+    file,
+    `user = "nobody"
+[tls]
+certificate = "${certs.b.cert}"
+key = "${certs.b.key}"
+ca = ["${pki.caFile}"]
+[users.bob]
+mailbox = "${join(tempDir(), 'bob')}"
+certificate_name = "bob"
+`,
+  );
+  const po = await startListening('post-office', ['--config', file, '--listen', '127.0.0.1:0'], { env: asRoot });
+  servers.push(po);
+  await logged(po, /running as nobody/);
+  const status = readFileSync(`/proc/${po.proc.pid}/status`, 'utf8');
+  assert.match(status, /^Uid:\t65534\t65534\t65534\t65534$/m);
+  assert.match(status, /^Gid:\t65534\t65534\t65534\t65534$/m);
 });
