@@ -209,11 +209,16 @@ function lineFor(leg: Leg, a: Address): string {
   const addr = mailboxOf(a);
   if (leg.failed) return `TEMPFAIL ${addr} ${leg.failed.message}`;
   const replies = leg.legacyLines ?? leg.result?.replies ?? [];
-  const relayed = relayedResult(replies, a);
-  if (relayed) return relayed;
   const word = leg.legacyCode !== undefined ? (['OK', 'FAIL', 'PARTIAL'][leg.legacyCode] ?? 'TEMPFAIL') : leg.result!.word;
+  // A recipient's own line decides only where the final status leaves room
+  // (PARTIAL) or agrees; an "OK" line before a crash or a timeout is no OK.
+  const relayed = relayedResult(replies, a);
+  const said = relayed ? parseResult(relayed)!.word : undefined;
+  if (relayed && (word === 'PARTIAL' || said === word || (word === 'FAIL' && said === 'NORECIPIENT'))) return relayed;
   const lastReply = replies.length ? `: ${replies[replies.length - 1]}` : '';
-  const why = leg.result?.text || `${leg.group.domain} answered ${word}${lastReply}`;
+  const why =
+    leg.result?.text ||
+    (leg.legacyCode !== undefined ? `${leg.group.domain}: the legacy command exited ${leg.legacyCode}` : `${leg.group.domain} answered ${word}`) + lastReply;
   if (word === 'OK') return `OK ${addr}`;
   if (word === 'FAIL') return `FAIL ${addr} ${why}`;
   return `TEMPFAIL ${addr} ${word === 'PARTIAL' ? `${leg.group.domain} answered PARTIAL without a line for this recipient` : why}`;

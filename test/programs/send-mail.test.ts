@@ -150,11 +150,12 @@ writeFileSync(${JSON.stringify(legacyOut)}, Buffer.concat(c)); for (const a of p
   assert.match(readFileSync(legacyOut).toString('latin1'), /bcc: erin@c\.test\n/);
 });
 
-test('send-mail: a legacy command that hangs is killed at timeouts.legacy with what it started; its recipients TEMPFAIL', async () => {
+test('send-mail: a legacy command that hangs is killed at timeouts.legacy with what it started; its recipients TEMPFAIL, whatever it said', async () => {
   const outB = outDir();
   const b = await server('b.test', outB);
   const pidFile = join(outDir(), 'legacy.pid');
-  const script = `sleep 60 & echo $! > ${pidFile}; cat > /dev/null; wait`;
+  // It even says OK for both before it hangs: killed, that is no OK.
+  const script = `sleep 60 & echo $! > ${pidFile}; cat > /dev/null; for a in "$0" "$@"; do echo "OK $a"; done; wait`;
   const cfg = sendMailConfig(
     { 'b.test': `127.0.0.1:${b.port}` },
     `legacy_domains = ["c.test"]\nlegacy_command = ["sh", "-c", ${JSON.stringify(script)}]\n[timeouts]\nlegacy = "1s"`,
