@@ -154,7 +154,7 @@ function serverOptions(config: Config, role: Role, implicit: boolean, sessions: 
 
 export async function main(args: string[], io: Io): Promise<number> {
   const usage = '$0 [--listen ADDRESS:PORT | --inetd] [--role mx|submission] [--implicit-tls] [options]';
-  const s = await start({ name: 'smtp-receive', role: 'server', usage, schema, options, check }, args, io);
+  const s = await start({ name: 'smtp-receive', role: 'server', usage, schema, options, check, notAsRoot: true }, args, io);
   if (typeof s === 'number') return s;
   const { argv, log, source, config } = s;
   const role = (argv.role ?? config.role) as Role;

@@ -20,7 +20,7 @@ async function activate(extra: string[], serverArgs: string[]): Promise<{ port: 
   const port = await freePort();
   const file = config(`activated${extra.join('')}`, MX_EXTRA);
   // systemd-socket-activate passes on only the variables named with -E.
-  const pass = ['PATH', 'HOME', 'IMA_CONFIG_DIR'].flatMap((k) => ['-E', `${k}=${env[k]}`]);
+  const pass = Object.entries(env).flatMap(([k, v]) => (v === undefined ? [] : ['-E', `${k}=${v}`]));
   const child = spawn(
     'systemd-socket-activate',
     [`--listen=127.0.0.1:${port}`, ...pass, ...extra, join(BIN, 'smtp-receive'), '--config', file, ...serverArgs],
