@@ -94,6 +94,8 @@ export interface Listening {
   port: number;
   /** Everything it has written to stderr so far. */
   log(): string;
+  /** Wait until its stderr matches `re` (an event, with a deadline). */
+  waitLog(re: RegExp, deadline?: number): Promise<void>;
   /** SIGTERM, then wait for it to exit. */
   stop(): Promise<void>;
 }
@@ -125,6 +127,21 @@ export async function startListening(name: string, args: string[], opts: { env?:
     proc,
     port,
     log: () => log,
+    waitLog: (re, deadline = 20_000) =>
+      new Promise<void>((res, rej) => {
+        const check = () => {
+          if (!re.test(log)) return;
+          clearTimeout(timer);
+          proc.stderr!.off('data', check);
+          res();
+        };
+        const timer = setTimeout(() => {
+          proc.stderr!.off('data', check);
+          rej(new Error(`${name}: no ${re} on stderr within ${deadline} ms:\n${log}`));
+        }, deadline);
+        proc.stderr!.on('data', check);
+        check();
+      }),
     async stop() {
       if (proc.exitCode !== null || proc.signalCode !== null) return;
       proc.kill('SIGTERM');

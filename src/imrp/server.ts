@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { TLSSocket } from 'node:tls';
-import { PassThrough, Writable } from 'node:stream';
+import { PassThrough } from 'node:stream';
 import { parseAddress } from '../address.js';
 import type { Log } from '../log.js';
 import { type Folder, Mailbox } from '../mailbox.js';
@@ -15,6 +15,7 @@ import { type OutEntry, mtimeOf, parseHeaders, writeEntries } from '../message/i
 import { LineError, LineReader } from '../net/lines.js';
 import type { Peer } from '../net/listen.js';
 import { fingerprint256 } from '../net/tls.js';
+import { socketSink } from '../net/writes.js';
 import { verifyPassword } from '../password.js';
 import { type Command, ProtocolError, type Summary, parseCommand } from './wire.js';
 import * as wire from './wire.js';
@@ -254,7 +255,7 @@ export class ImrpSession {
       this.send(`MESSAGE ${m.id} ${m.size}\n`);
       // Once announced, the bytes must follow exactly; a failure now ends the connection.
       try {
-        await writeEntries(this.socketSink(), m.entries, m.mtime);
+        await writeEntries(socketSink(this.socket, this.cfg.timeouts.data), m.entries, m.mtime);
       } catch (e) {
         this.cfg.log.error(`session=${this.id} user=${this.user}: ${m.id}: failed while sending: ${(e as Error).message}`);
         throw new Close();
@@ -264,19 +265,6 @@ export class ImrpSession {
     }
     this.cfg.log.info(`session=${this.id} fetch user=${this.user} messages=${n} bytes=${bytes}`);
     if (which === 'NEW') this.send(wire.ok(String(n)));
-  }
-
-  /** A writable onto the socket that respects backpressure and does not end the socket. */
-  private socketSink(): Writable {
-    const socket = this.socket;
-    return new Writable({
-      highWaterMark: 256 * 1024,
-      write(chunk, _e, cb) {
-        if (socket.destroyed) return cb(new Error('connection closed'));
-        if (socket.write(chunk)) cb();
-        else socket.once('drain', () => cb());
-      },
-    });
   }
 
   private async each(ids: string[], act: (ids: string[]) => Promise<number>, what: string): Promise<void> {

@@ -1,0 +1,60 @@
+// post-office against clients that go away, read nothing, drip bytes or
+// hoard connections: each must end in time and leave room for others.
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { type Listening, startListening } from '../helpers.js';
+import { deliver, dir, open, poConfig, until } from '../imrp-fixture.js';
+
+const big = Buffer.alloc(8 * 1024 * 1024, 'x');
+writeFileSync(join(dir, 'big.bin'), big);
+
+const servers: Listening[] = [];
+after(() => Promise.all(servers.map((s) => s.stop())));
+async function postOffice(extra: string): Promise<Listening> {
+  const s = await startListening('post-office', ['--config', await poConfig(extra), '--listen', '127.0.0.1:0']);
+  servers.push(s);
+  return s;
+}
+
+/** Log in, FETCH NEW, and stop reading once the first message has begun. */
+async function stallInFetch(port: number) {
+  const client = await open(port);
+  const fetching = until(client, /MESSAGE \S+ \d+\n/);
+  client.write('LOGIN bob sesame\nFETCH NEW\n');
+  await fetching;
+  client.pause();
+  return client;
+}
+
+async function nextIsServed(s: Listening): Promise<void> {
+  const next = await open(s.port);
+  assert.match(await until(next, /\n/), /^IMRP 1 b\.test\n/, 'the next connection from that address is served');
+  next.destroy();
+}
+
+test('post-office: a client that stops reading in the middle of FETCH is cut after timeouts.data, freeing its slot', async () => {
+  await deliver('bob', 3, ['-a', 'big.bin']);
+  const s = await postOffice('[limits]\nmax_connections_per_address = 1\n[timeouts]\ndata = "1s"\n');
+  const staller = await stallInFetch(s.port);
+  await s.waitLog(/failed while sending: peer took no data for 1 s/);
+  await nextIsServed(s);
+  staller.destroy();
+});
+
+test('post-office: a client that drops in the middle of FETCH frees its slot at once; SIGTERM then ends promptly', async () => {
+  const s = await postOffice('[limits]\nmax_connections_per_address = 1\n[timeouts]\ndata = "60s"\nshutdown = "60s"\n');
+  const dropper = await stallInFetch(s.port);
+  dropper.destroy();
+  await s.waitLog(/failed while sending/);
+  await nextIsServed(s);
+  const exited = once(s.proc, 'exit');
+  s.proc.kill('SIGTERM');
+  const timer = setTimeout(() => s.proc.kill('SIGKILL'), 10_000);
+  const [code, signal] = await exited;
+  clearTimeout(timer);
+  assert.equal(signal, null, 'ended by SIGTERM well before the 60 s shutdown timeout');
+  assert.equal(code, 0);
+});
