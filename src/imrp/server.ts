@@ -15,7 +15,7 @@ import { type OutEntry, mtimeOf, parseHeaders, writeEntries } from '../message/i
 import { LineError, LineReader } from '../net/lines.js';
 import type { Peer } from '../net/listen.js';
 import { fingerprint256 } from '../net/tls.js';
-import { socketSink } from '../net/writes.js';
+import { WriteError, backpressure, socketSink } from '../net/writes.js';
 import { verifyPassword } from '../password.js';
 import { type Command, ProtocolError, type Summary, parseCommand } from './wire.js';
 import * as wire from './wire.js';
@@ -31,13 +31,17 @@ export interface ImrpConfig {
   name: string;
   users: Readonly<Record<string, UserEntry>>;
   limits: { maxLine: number; maxErrors: number; maxLoginFailures: number };
-  timeouts: { idle: number; data: number; loginDelay: number };
+  /** ms: idle between commands, to log in, for one command line, for data to move, the delay after a failed login. */
+  timeouts: { idle: number; login: number; command: number; data: number; loginDelay: number };
   log: Log;
   /** Failed logins per client address, shared by all sessions of the server. */
   failures: Map<string, number>;
 }
 
 class Close extends Error {}
+
+/** Bytes of answers the client has not read yet before we stop reading its commands. */
+const REPLY_BUFFER = 64 * 1024;
 
 /** A message's line in LIST: id, folder, content size, date, sender, subject. */
 async function summary(box: Mailbox, id: string, folder: Folder): Promise<Summary> {
@@ -89,7 +93,9 @@ export class ImrpSession {
     private readonly peer: Peer,
     private readonly cfg: ImrpConfig,
   ) {
-    this.reader = new LineReader(socket, { maxLine: cfg.limits.maxLine, idleTimeout: cfg.timeouts.idle, dataTimeout: cfg.timeouts.data });
+    const { idle, data, command, login } = cfg.timeouts;
+    this.reader = new LineReader(socket, { maxLine: cfg.limits.maxLine, idleTimeout: idle, dataTimeout: data, commandTimeout: command });
+    this.reader.deadline('login', login, `no login within ${login / 1000} s`);
   }
 
   private send(s: string): void {
@@ -108,8 +114,11 @@ export class ImrpSession {
         if (stopping.aborted) return this.bye('server shutting down, try again later');
         let line: string | null;
         try {
+          // A client that sends commands but reads no answers is not read from until it does.
+          await backpressure(this.socket, REPLY_BUFFER, this.cfg.timeouts.data);
           line = await this.reader.readLine();
         } catch (e) {
+          if (e instanceof WriteError) throw new Close();
           if (!(e instanceof LineError)) throw e;
           if (e.kind !== 'eof') this.bye(e.message);
           return;
@@ -164,6 +173,7 @@ export class ImrpSession {
     if (ok) {
       this.cfg.failures.delete(addr);
       this.user = user;
+      this.reader.deadline('login', undefined);
       this.view = new Mailbox(entry!.mailbox);
       return this.send(wire.ok(`logged in as ${user}`));
     }

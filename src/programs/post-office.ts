@@ -46,8 +46,10 @@ const schema = table({
     max_errors: optional(integer({ min: 0 }), 10),
   }),
   timeouts: table({
-    handshake: optional(duration(), 30_000),
+    handshake: optional(duration(), 10_000),
+    login: optional(duration(), 30_000),
     idle: optional(duration(), 300_000),
+    command: optional(duration(), 60_000),
     data: optional(duration(), 120_000),
     shutdown: optional(duration(), 60_000),
     login_delay: optional(duration(), 1000),
@@ -95,7 +97,13 @@ function sessionOf(config: Config, source: Located, log: Log, failures: Map<stri
     name: config.name,
     users,
     limits: { maxLine: config.limits.max_line, maxErrors: config.limits.max_errors, maxLoginFailures: config.limits.max_login_failures },
-    timeouts: { idle: config.timeouts.idle, data: config.timeouts.data, loginDelay: config.timeouts.login_delay },
+    timeouts: {
+      idle: config.timeouts.idle,
+      login: config.timeouts.login,
+      command: config.timeouts.command,
+      data: config.timeouts.data,
+      loginDelay: config.timeouts.login_delay,
+    },
     log,
     failures,
   };

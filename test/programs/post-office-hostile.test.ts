@@ -5,6 +5,7 @@ import { once } from 'node:events';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
+import type { TLSSocket } from 'node:tls';
 import { type Listening, startListening } from '../helpers.js';
 import { deliver, dir, open, poConfig, until } from '../imrp-fixture.js';
 
@@ -57,4 +58,29 @@ test('post-office: a client that drops in the middle of FETCH frees its slot at 
   clearTimeout(timer);
   assert.equal(signal, null, 'ended by SIGTERM well before the 60 s shutdown timeout');
   assert.equal(code, 0);
+});
+
+/** Send `text` one byte every `every` ms until the connection closes; what the server said. */
+function drip(s: TLSSocket, text: string, every: number): Promise<string> {
+  let i = 0;
+  const t = setInterval(() => {
+    if (!s.destroyed) s.write(text[i++ % text.length]);
+  }, every);
+  return until(s, /^BYE .*\n/m).finally(() => clearInterval(t));
+}
+
+test('post-office: a command dripped a byte at a time is cut at timeouts.command, though no read waits the idle time', async () => {
+  const s = await postOffice('[timeouts]\nidle = "2s"\ncommand = "1s"\n');
+  const c = await open(s.port);
+  assert.match(await drip(c, 'LOGIN bob sesame\n'.repeat(100), 200), /^BYE no line end within 1 s$/m);
+  c.destroy();
+});
+
+test('post-office: a client busy with commands but not logging in is cut at timeouts.login', async () => {
+  const s = await postOffice('[timeouts]\nidle = "5s"\nlogin = "1s"\n');
+  const c = await open(s.port);
+  const said = await drip(c, 'FOLDERS\n', 20);
+  assert.match(said, /^NO log in first$/m);
+  assert.match(said, /^BYE no login within 1 s$/m);
+  c.destroy();
 });
