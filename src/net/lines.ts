@@ -38,6 +38,8 @@ export interface LineLimits {
   dataTimeout: number;
   /** How long one line may take from its first byte to its LF, in ms (a line dripped a byte at a time). */
   commandTimeout?: number;
+  /** What the idle timeout's message calls a line: "command" (servers, the default) or "answer" (clients). */
+  lineName?: string;
   /** Bytes per second that data must average, after a start of commandTimeout; 0 or absent = no minimum. */
   minRate?: number;
 }
@@ -147,7 +149,7 @@ export class LineReader {
       }
       if (this.buffered.length > maxLine) throw new LineError('too-long', `line longer than ${maxLine} bytes`);
       searched = this.buffered.length;
-      if (!(await this.more(this.limits.idleTimeout, 'command', line))) {
+      if (!(await this.more(this.limits.idleTimeout, this.limits.lineName ?? 'command', line))) {
         if (this.buffered.length === 0) return null;
         throw new LineError('eof', 'connection closed in the middle of a line');
       }

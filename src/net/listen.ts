@@ -13,6 +13,7 @@ import tls, { type SecureContextOptions, type TLSSocket } from 'node:tls';
 import { usageError } from '../failure.js';
 import type { Log } from '../log.js';
 import { explainCertError, peerX509 } from './tls.js';
+import { closeGently } from './writes.js';
 
 export type Where =
   { mode: 'listen'; host: string; port: number } | { mode: 'inetd'; stdin: Readable; stdout: Writable; remote?: string } | { mode: 'systemd'; fds: number[] };
@@ -87,15 +88,6 @@ export function parseHostPort(s: string): { host: string; port: number } {
   const port = m ? Number(m[3]) : NaN;
   if (!m || port > 65535) throw usageError(`--listen ${JSON.stringify(s)}: expected ADDRESS:PORT, such as 127.0.0.1:4690 or [::1]:4690`);
   return { host: m[1] ?? (m[2] || '::'), port };
-}
-
-/** End a socket so that what was written reaches the peer; destroy it if the peer does not close in time. */
-export function closeGently(socket: TLSSocket, grace = 5000): void {
-  if (socket.destroyed) return;
-  socket.end();
-  const t = setTimeout(() => socket.destroy(), grace);
-  t.unref();
-  socket.once('close', () => clearTimeout(t));
 }
 
 /**

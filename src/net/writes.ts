@@ -3,7 +3,7 @@
 // 'error' (a peer that went away never drains) and on a timeout (a peer
 // with a zero receive window never drains either). Used by both servers'
 // sessions and both clients: nothing here knows a protocol.
-import { Writable } from 'node:stream';
+import { type Duplex, Writable } from 'node:stream';
 
 /** The peer stopped taking our bytes, or went away, while we were writing. */
 export class WriteError extends Error {
@@ -73,4 +73,14 @@ export function socketSink(socket: Sink, timeout: number): Writable {
       writeFully(socket, chunk, timeout).then(() => cb(), cb);
     },
   });
+}
+
+/** End a socket so that what was written reaches the peer; destroy it if the peer does not take it and close in time. */
+export function closeGently(socket: Duplex, grace = 5000, last?: string): void {
+  if (socket.destroyed) return;
+  if (last === undefined) socket.end();
+  else socket.end(last);
+  const t = setTimeout(() => socket.destroy(), grace);
+  t.unref();
+  socket.once('close', () => clearTimeout(t));
 }

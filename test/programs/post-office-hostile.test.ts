@@ -2,12 +2,12 @@
 // hoard connections: each must end in time and leave room for others.
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import type { TLSSocket } from 'node:tls';
-import { type Listening, startListening } from '../helpers.js';
-import { deliver, dir, open, poConfig, until } from '../imrp-fixture.js';
+import { type TLSSocket, createServer } from 'node:tls';
+import { type Listening, runBin, startListening, testEnv } from '../helpers.js';
+import { deliver, dir, open, pki, poConfig, server, until } from '../imrp-fixture.js';
 
 const big = Buffer.alloc(8 * 1024 * 1024, 'x');
 writeFileSync(join(dir, 'big.bin'), big);
@@ -83,4 +83,59 @@ test('post-office: a client busy with commands but not logging in is cut at time
   assert.match(said, /^NO log in first$/m);
   assert.match(said, /^BYE no login within 1 s$/m);
   c.destroy();
+});
+
+/** A TLS server that runs `talk` on each connection (a hostile post-office). */
+async function fakeServer(talk: (s: TLSSocket) => void): Promise<{ port: number; close(): void }> {
+  const held: TLSSocket[] = [];
+  const srv = createServer({ cert: readFileSync(server.cert), key: readFileSync(server.key) }, (s) => {
+    held.push(s);
+    s.on('error', () => {});
+    talk(s);
+  });
+  srv.listen(0, '127.0.0.1');
+  await once(srv, 'listening');
+  return {
+    port: (srv.address() as { port: number }).port,
+    close() {
+      for (const s of held) s.destroy();
+      srv.close();
+    },
+  };
+}
+
+async function fetchFrom(port: number, extra: string) {
+  const cfg = join(dir, `fetch-${port}.toml`);
+  writeFileSync(cfg, `server = "127.0.0.1"\nserver_name = "b.test"\nport = ${port}\nca = ["${pki.caFile}"]\nuser = "bob"\n${extra}`);
+  const started = Date.now();
+  const r = await runBin('fetch-mail', ['--config', cfg, join(dir, `fetched-${port}`)], { env: testEnv({ IMA_PASSWORD: 'sesame' }) });
+  return { ...r, seconds: (Date.now() - started) / 1000 };
+}
+
+test('fetch-mail: a silent server ends the run with exit 75 and one line', async () => {
+  const srv = await fakeServer(() => {});
+  const r = await fetchFrom(srv.port, 'timeout = "1s"\n');
+  srv.close();
+  assert.equal(r.code, 75, r.stderr);
+  assert.match(r.stderr, /^fetch-mail: 127\.0\.0\.1:\d+: no answer for 1 s\n$/);
+});
+
+test('fetch-mail: a server dripping a message a byte at a time is given up at the deadline: exit 75, one line', async () => {
+  const srv = await fakeServer((s) => {
+    s.write('IMRP 1 drip\n');
+    let timer: NodeJS.Timeout | undefined;
+    s.on('data', (d: Buffer) => {
+      if (/LOGIN/.test(String(d))) s.write('OK logged in\n');
+      if (/FETCH NEW/.test(String(d))) {
+        s.write('MESSAGE 12345678-1234-4234-8234-123456789abc 100000\n');
+        timer = setInterval(() => s.write('x'), 200);
+      }
+    });
+    s.on('close', () => clearInterval(timer));
+  });
+  const r = await fetchFrom(srv.port, 'timeout = "1s"\ndeadline = "2s"\n');
+  srv.close();
+  assert.equal(r.code, 75, r.stderr);
+  assert.match(r.stderr, /^fetch-mail: 127\.0\.0\.1:\d+: not done within the deadline of 2 s \(deadline in [^\n]*fetch-\d+\.toml\)\n$/);
+  assert.ok(r.seconds < 15, `${r.seconds} s`);
 });
