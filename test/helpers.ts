@@ -3,6 +3,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
@@ -148,4 +149,41 @@ export async function startListening(name: string, args: string[], opts: { env?:
       await once(proc, 'exit');
     },
   };
+}
+
+/** A port that was free a moment ago (for programs that must be told one, such as systemd-socket-activate). */
+export async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((res) => s.listen(0, '127.0.0.1', () => res()));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise<void>((res) => s.close(() => res()));
+  return port;
+}
+
+export interface Activated {
+  port: number;
+  child: ChildProcess;
+  err(): string;
+}
+
+/**
+ * Run bin/NAME under the real systemd-socket-activate on a free loopback
+ * port (its own flags first: --accept --inetd for inetd mode, none for
+ * LISTEN_FDS); resolves once it listens. The caller stops it (SIGTERM).
+ */
+export async function socketActivate(name: string, activateArgs: string[], args: string[]): Promise<Activated> {
+  const port = await freePort();
+  const child = spawn('systemd-socket-activate', [`--listen=127.0.0.1:${port}`, ...activateArgs, join(BIN, name), ...args], {
+    env: testEnv(),
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let err = '';
+  await new Promise<void>((res, rej) => {
+    child.stderr!.on('data', (d) => {
+      err += d;
+      if (/Listening on/.test(err)) res();
+    });
+    child.on('exit', (c) => rej(new Error(`systemd-socket-activate exited ${c}: ${err}`)));
+  });
+  return { port, child, err: () => err };
 }

@@ -2,15 +2,14 @@
 // FETCH of one id, SIGHUP reload, --inetd and LISTEN_FDS under the real
 // systemd-socket-activate.
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { Readable } from 'node:stream';
 import { readMessage } from '../../src/message/index.js';
-import { BIN, type Listening, startListening, testEnv } from '../helpers.js';
+import { type Activated, type Listening, socketActivate, startListening } from '../helpers.js';
 import { boxes, converse, deliver, poConfig } from '../imrp-fixture.js';
 
 const children: ChildProcess[] = [];
@@ -69,32 +68,11 @@ test('post-office: SIGHUP re-reads the config (a new user logs in); a bad config
   assert.match(await converse(s.port, ['LOGIN carol sesame'], /^(OK|NO)/m), /^OK logged in as carol$/m, 'still serving with the last good config');
 });
 
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((res) => s.listen(0, '127.0.0.1', () => res()));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((res) => s.close(() => res()));
-  return port;
-}
-
-/** post-office under systemd-socket-activate; resolves once it listens. */
-async function activate(activateArgs: string[], args: string[]): Promise<{ port: number; child: ChildProcess; err: () => string }> {
-  const file = await poConfig();
-  const port = await freePort();
-  const child = spawn('systemd-socket-activate', [`--listen=127.0.0.1:${port}`, ...activateArgs, join(BIN, 'post-office'), '--config', file, ...args], {
-    env: testEnv(),
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  children.push(child);
-  let err = '';
-  await new Promise<void>((res, rej) => {
-    child.stderr!.on('data', (d) => {
-      err += d;
-      if (/Listening on/.test(err)) res();
-    });
-    child.on('exit', (c) => rej(new Error(`systemd-socket-activate exited ${c}: ${err}`)));
-  });
-  return { port, child, err: () => err };
+/** post-office under systemd-socket-activate, stopped after the tests. */
+async function activate(activateArgs: string[], args: string[]): Promise<Activated> {
+  const a = await socketActivate('post-office', activateArgs, ['--config', await poConfig(), ...args]);
+  children.push(a.child);
+  return a;
 }
 
 const login = (port: number) => converse(port, ['LOGIN bob sesame', 'FOLDERS', 'QUIT'], /^BYE/m);
