@@ -30,7 +30,8 @@ export interface UserEntry {
 export interface ImrpConfig {
   name: string;
   users: Readonly<Record<string, UserEntry>>;
-  limits: { maxLine: number; maxErrors: number; maxLoginFailures: number };
+  /** minDataRate: bytes per second a client must take a FETCH at (after the command timeout); 0 = none. */
+  limits: { maxLine: number; maxErrors: number; maxLoginFailures: number; minDataRate: number };
   /** ms: idle between commands, to log in, for one command line, for data to move, the delay after a failed login. */
   timeouts: { idle: number; login: number; command: number; data: number; loginDelay: number };
   log: Log;
@@ -265,7 +266,9 @@ export class ImrpSession {
       this.send(`MESSAGE ${m.id} ${m.size}\n`);
       // Once announced, the bytes must follow exactly; a failure now ends the connection.
       try {
-        await writeEntries(socketSink(this.socket, this.cfg.timeouts.data), m.entries, m.mtime);
+        const { data, command } = this.cfg.timeouts;
+        const sink = socketSink(this.socket, { stall: data, minRate: this.cfg.limits.minDataRate, grace: command });
+        await writeEntries(sink, m.entries, m.mtime);
       } catch (e) {
         this.cfg.log.error(`session=${this.id} user=${this.user}: ${m.id}: failed while sending: ${(e as Error).message}`);
         throw new Close();

@@ -127,8 +127,16 @@ function peerOf(socket: TLSSocket, address: string): Peer {
   return { address, cert, authorized, authError: authorized ? undefined : explainCertError(socket.authorizationError, cert !== undefined) };
 }
 
-/** The TLS server: slots taken at the TCP accept, each verified connection handed to `handle`. */
-function tlsServer(current: () => Settings, log: Log, handle: (socket: TLSSocket) => void): tls.Server {
+/** Which TCP connection a socket rides on (a TLS socket has the same remote address and port as its raw socket). */
+const connectionKey = (s: net.Socket) => `${s.remoteAddress}:${s.remotePort}`;
+
+/**
+ * The TLS server: slots taken at the TCP accept, each verified connection
+ * handed to `handle`. A slot is given back when its connection closes, or
+ * earlier through `free` when its session is over (a socket may linger a
+ * little while its last bytes drain).
+ */
+function tlsServer(current: () => Settings, log: Log, handle: (socket: TLSSocket) => void, free: Map<string, () => void>): tls.Server {
   const { tls: context, limits } = current();
   const server = tls.createServer({
     ...context,
@@ -147,7 +155,16 @@ function tlsServer(current: () => Settings, log: Log, handle: (socket: TLSSocket
       raw.destroy();
       return;
     }
-    raw.once('close', () => slots.release(address));
+    const key = connectionKey(raw);
+    let held = true;
+    const release = () => {
+      if (!held) return;
+      held = false;
+      slots.release(address);
+      if (free.get(key) === release) free.delete(key);
+    };
+    free.set(key, release);
+    raw.once('close', release);
   });
   server.on('secureConnection', handle);
   server.on('tlsClientError', (e: Error & { code?: string }, socket: TLSSocket) => {
@@ -219,12 +236,14 @@ export async function serve(where: Where, initial: Settings, hooks: Hooks, opts:
     })()
       .catch((e) => log.error(`${address}: session failed: ${(e as Error).message}`))
       .finally(() => {
+        free.get(connectionKey(socket))?.();
         closeGently(socket);
         sessions.delete(done);
       });
     sessions.add(done);
   };
-  const server = tlsServer(() => settings, log, handle);
+  const free = new Map<string, () => void>();
+  const server = tlsServer(() => settings, log, handle, free);
   if (where.mode === 'inetd') return serveInetd(server, where, sessions);
 
   const stop = () => {

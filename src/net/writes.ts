@@ -25,9 +25,10 @@ export interface Sink extends NodeJS.EventEmitter {
 
 /**
  * Resolve once the socket's buffer has drained; reject with a WriteError on
- * 'close' or 'error', or when `timeout` ms pass without a 'drain'.
+ * 'close' or 'error', or when `timeout` ms pass without a 'drain' (`why`
+ * then says what ran out, when it is not the stall timeout).
  */
-export function drained(socket: Sink, timeout: number): Promise<void> {
+export function drained(socket: Sink, timeout: number, why?: string): Promise<void> {
   if (socket.destroyed) return Promise.reject(new WriteError('closed', 'connection closed'));
   if (!socket.writableNeedDrain) return Promise.resolve();
   return new Promise<void>((res, rej) => {
@@ -42,7 +43,7 @@ export function drained(socket: Sink, timeout: number): Promise<void> {
     const onDrain = () => finish();
     const onClose = () => finish(new WriteError('closed', 'connection closed'));
     const onError = (e: Error) => finish(new WriteError('closed', `connection failed: ${e.message}`));
-    const timer = setTimeout(() => finish(new WriteError('timeout', `peer took no data for ${Math.round(timeout / 1000)} s`)), timeout);
+    const timer = setTimeout(() => finish(new WriteError('timeout', why ?? `peer took no data for ${Math.round(timeout / 1000)} s`)), Math.max(timeout, 0));
     socket.on('drain', onDrain);
     socket.on('close', onClose);
     socket.on('error', onError);
@@ -65,12 +66,36 @@ export async function backpressure(socket: Sink, limit: number, timeout: number)
   if (socket.writableLength > limit) await drained(socket, timeout);
 }
 
-/** A Writable onto the socket that respects backpressure, never ends the socket, and fails as drained() does. */
-export function socketSink(socket: Sink, timeout: number): Writable {
+export interface SinkLimits {
+  /** ms the peer may take no data at all. */
+  stall: number;
+  /** Bytes per second the peer must take on average after `grace` ms; 0 = no minimum. */
+  minRate?: number;
+  grace?: number;
+}
+
+/**
+ * A Writable onto the socket that respects backpressure, never ends the
+ * socket, and fails as drained() does; with a minimum rate, a peer that
+ * takes our bytes a trickle at a time is cut too.
+ */
+export function socketSink(socket: Sink, limits: SinkLimits): Writable {
+  const { stall, minRate = 0, grace = 0 } = limits;
+  const start = Date.now() + grace;
+  let taken = 0;
   return new Writable({
     highWaterMark: 256 * 1024,
     write(chunk: Buffer, _e, cb) {
-      writeFully(socket, chunk, timeout).then(() => cb(), cb);
+      const wait = async () => {
+        if (socket.destroyed) throw new WriteError('closed', 'connection closed');
+        taken += chunk.length;
+        if (socket.write(chunk)) return;
+        // The bytes written so far buy time: one second per minRate bytes after the grace.
+        const byRate = minRate ? start + ((taken - socket.writableLength) / minRate) * 1000 - Date.now() : Infinity;
+        if (byRate < stall) await drained(socket, byRate, `peer took data slower than ${minRate} bytes/s`);
+        else await drained(socket, stall);
+      };
+      wait().then(() => cb(), cb);
     },
   });
 }

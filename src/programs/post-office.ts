@@ -7,7 +7,7 @@
 import { hostname } from 'node:os';
 import type { Argv } from 'yargs';
 import { start } from '../cli.js';
-import { type Located, configPath, duration, integer, list, loadConfig, map, optional, string, table } from '../config.js';
+import { type Located, configPath, duration, integer, list, loadConfig, map, optional, size, string, table } from '../config.js';
 import { EXIT, configError, usageError } from '../failure.js';
 import { IMRP_PORT, MAX_LINE, bye } from '../imrp/wire.js';
 import { ImrpSession, type ImrpConfig } from '../imrp/server.js';
@@ -44,6 +44,7 @@ const schema = table({
     max_connections_per_address: optional(integer({ min: 1 }), 10),
     max_login_failures: optional(integer({ min: 1 }), 5),
     max_errors: optional(integer({ min: 0 }), 10),
+    min_data_rate: optional(size({ min: 0 }), 1024),
   }),
   timeouts: table({
     handshake: optional(duration(), 10_000),
@@ -96,7 +97,12 @@ function sessionOf(config: Config, source: Located, log: Log, failures: Map<stri
   return {
     name: config.name,
     users,
-    limits: { maxLine: config.limits.max_line, maxErrors: config.limits.max_errors, maxLoginFailures: config.limits.max_login_failures },
+    limits: {
+      maxLine: config.limits.max_line,
+      maxErrors: config.limits.max_errors,
+      maxLoginFailures: config.limits.max_login_failures,
+      minDataRate: config.limits.min_data_rate,
+    },
     timeouts: {
       idle: config.timeouts.idle,
       login: config.timeouts.login,

@@ -4,13 +4,17 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, test } from 'node:test';
+import { after, before, test } from 'node:test';
 import { type TLSSocket, createServer } from 'node:tls';
 import { type Listening, runBin, startListening, testEnv } from '../helpers.js';
 import { deliver, dir, open, pki, poConfig, server, until } from '../imrp-fixture.js';
 
 const big = Buffer.alloc(8 * 1024 * 1024, 'x');
 writeFileSync(join(dir, 'big.bin'), big);
+
+// Messages larger together than the kernel's socket buffers, so a client that reads nothing holds the server up.
+// No test here deletes them (the fetches are cut short), so each finds them in new/.
+before(() => deliver('bob', 3, ['-a', 'big.bin']));
 
 const servers: Listening[] = [];
 after(() => Promise.all(servers.map((s) => s.stop())));
@@ -37,7 +41,6 @@ async function nextIsServed(s: Listening): Promise<void> {
 }
 
 test('post-office: a client that stops reading in the middle of FETCH is cut after timeouts.data, freeing its slot', async () => {
-  await deliver('bob', 3, ['-a', 'big.bin']);
   const s = await postOffice('[limits]\nmax_connections_per_address = 1\n[timeouts]\ndata = "1s"\n');
   const staller = await stallInFetch(s.port);
   await s.waitLog(/failed while sending: peer took no data for 1 s/);
@@ -58,6 +61,20 @@ test('post-office: a client that drops in the middle of FETCH frees its slot at 
   clearTimeout(timer);
   assert.equal(signal, null, 'ended by SIGTERM well before the 60 s shutdown timeout');
   assert.equal(code, 0);
+});
+
+test('post-office: a client that takes a FETCH a trickle at a time is cut at limits.min_data_rate, though it never stalls for timeouts.data', async () => {
+  const s = await postOffice('[limits]\nmin_data_rate = "10M"\n[timeouts]\ndata = "60s"\ncommand = "1s"\n');
+  const slow = await stallInFetch(s.port);
+  // 16 KiB every 100 ms: at most 160 KiB/s, whatever the machine's load.
+  const t = setInterval(() => slow.read(16 * 1024), 100);
+  slow.on('close', () => clearInterval(t));
+  try {
+    await s.waitLog(/failed while sending: peer took data slower than 10485760 bytes\/s/);
+  } finally {
+    clearInterval(t);
+    slow.destroy();
+  }
 });
 
 /** Send `text` one byte every `every` ms until the connection closes; what the server said. */
