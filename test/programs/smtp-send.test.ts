@@ -1,0 +1,277 @@
+import assert from 'node:assert/strict';
+import { generateKeyPairSync } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
+import { after, before, test } from 'node:test';
+import { Headers, bufferPart, writeMessage } from '../../src/message/index.js';
+import { dkimRecordText, loadDkimKeys } from '../../src/smtp/dkim.js';
+import { type DnsServer, type Zone, startDns } from '../dns-fixture.js';
+import { runBin, runCommand, runMain, tempDir } from '../helpers.js';
+import { Pki } from '../pki.js';
+import { type Postfix, postfixUnavailable, startPostfix } from '../postfix-fixture.js';
+import { type Sink, smtpSinkMissing, startSink } from '../smtp-sink.js';
+
+const dir = tempDir('ima-smtp-send-');
+const pki = new Pki(dir, 'smtp');
+const mxCert = pki.server('mx.b.test', { also: ['relay.b.test'] });
+
+// DKIM keys of a.test: one RSA, one Ed25519 (RFC 8463), published through dnsmasq.
+const rsaKey = join(dir, 'dkim-rsa.key');
+const edKey = join(dir, 'dkim-ed.key');
+writeFileSync(rsaKey, generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs8', format: 'pem' }));
+writeFileSync(edKey, generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', format: 'pem' }));
+const dkimToml = `[[dkim]]
+domain = "a.test"
+selector = "rsa2026"
+key = "${rsaKey}"
+[[dkim]]
+domain = "a.test"
+selector = "ed2026"
+key = "${edKey}"
+`;
+const dkimKeys = loadDkimKeys(
+  [
+    { domain: 'a.test', selector: 'rsa2026', key: rsaKey },
+    { domain: 'a.test', selector: 'ed2026', key: edKey },
+  ],
+  { dir },
+  'test',
+);
+
+const zone: Zone = {
+  mx: [
+    ['b.test', 'mx.b.test', 10],
+    ['sink.test', 'mx.sink.test', 10],
+    ['two.test', 'dead.two.test', 10],
+    ['two.test', 'live.two.test', 20],
+    ['null.test', '.', 0],
+  ],
+  hosts: [
+    ['mx.b.test', '127.0.0.1'],
+    ['relay.b.test', '127.0.0.1'],
+    ['mx.sink.test', '127.0.0.1'],
+    ['dead.two.test', '127.0.0.2'],
+    ['live.two.test', '127.0.0.1'],
+  ],
+  txt: dkimKeys.map((k) => [`${k.selector}._domainkey.a.test`, dkimRecordText(k)] as [string, string]),
+};
+
+let dns: DnsServer;
+let postfix: Postfix | undefined;
+const skipPostfix = postfixUnavailable();
+const sinks: Sink[] = [];
+
+before(async () => {
+  dns = await startDns(zone);
+  if (!skipPostfix) postfix = await startPostfix({ users: ['bob', 'carol'], tempfail: { 'busy@b.test': '451 4.2.1 mailbox busy' }, tls: mxCert });
+});
+after(async () => {
+  await Promise.all([dns?.stop(), postfix?.stop(), ...sinks.map((s) => s.stop())]);
+});
+
+let n = 0;
+function config(port: number, extra = ''): string {
+  const file = join(dir, `smtp-send-${n++}.toml`);
+  writeFileSync(file, `helo = "out.a.test"\ndns_servers = ["${dns.server}"]\nmx_port = ${port}\n${extra}\n[timeouts]\nconnect = "5s"\ncommand = "20s"\n`);
+  return file;
+}
+
+async function message(fields: [string, string][], body = 'Hello Bob.\n', attachments: Record<string, string> = {}): Promise<Buffer> {
+  const h = new Headers();
+  for (const [k, v] of fields) h.add(k, v);
+  const out = new PassThrough();
+  const parts: Buffer[] = [];
+  out.on('data', (c: Buffer) => parts.push(c));
+  await writeMessage(out, {
+    headers: h,
+    body: bufferPart(Buffer.from(body)),
+    attachments: Object.entries(attachments).map(([name, text]) => ({ name, ...bufferPart(Buffer.from(text)) })),
+  });
+  return Buffer.concat(parts);
+}
+
+const FIELDS: [string, string][] = [
+  ['from', 'Alice <alice@a.test>'],
+  ['to', 'bob@b.test'],
+  ['cc', 'carol@b.test'],
+  ['bcc', 'secret@b.test'],
+  ['subject', 'Quarterly report'],
+  ['date', '2026-11-23T10:00:00+01:00'],
+  ['message-id', 'urn:uuid:6f2b8a4e-1c3d-4e5f-8a9b-0c1d2e3f4a5b'],
+  ['mailer', 'a.test'],
+];
+
+const lines = (out: Buffer) => out.toString().trim().split('\n').sort();
+
+test(
+  'smtp-send: to Postfix by MX over STARTTLS: OK, FAIL (5xx) and TEMPFAIL (4xx) per recipient, exit 2; the Maildir copy has no bcc',
+  { skip: skipPostfix },
+  async () => {
+    const cfg = config(postfix!.port);
+    const r = await runBin('smtp-send', ['--config', cfg, 'bob@b.test', 'carol@b.test', 'nobody@b.test', 'busy@b.test'], {
+      input: await message(FIELDS, 'Hello Bob.\n', { 'q3.txt': 'numbers\n' }),
+    });
+    assert.equal(r.code, 2, r.stderr);
+    const out = r.stdout.toString().trim().split('\n');
+    assert.deepEqual(out.slice(0, 2), ['OK bob@b.test', 'OK carol@b.test']);
+    assert.match(out[3], /^TEMPFAIL busy@b\.test 4\.2\.1 mx\.b\.test\[127\.0\.0\.1\]:\d+ said: 451 4\.2\.1 .*mailbox busy/);
+    assert.match(out[2], /^FAIL nobody@b\.test 5\.1\.1 mx\.b\.test\[127\.0\.0\.1\]:\d+ said: 550 5\.1\.1 <nobody@b\.test>/);
+    const [copy] = await postfix!.waitFor('bob', 1);
+    assert.match(copy, /^Received: from out\.a\.test .*\n\s+\(using TLSv1\.[23]/m);
+    assert.match(copy, /^Subject: Quarterly report\r?$/m);
+    assert.match(copy, /^From: Alice <alice@a\.test>\r?$/m);
+    assert.match(copy, /^Message-ID: <6f2b8a4e-1c3d-4e5f-8a9b-0c1d2e3f4a5b@/m);
+    assert.match(copy, /filename=q3\.txt/);
+    assert.match(copy, /Hello Bob\./);
+    assert.doesNotMatch(copy, /^Bcc:|secret@/im);
+    assert.equal((await postfix!.waitFor('carol', 1)).length, 1);
+  },
+);
+
+test(
+  'smtp-send: DKIM signatures (RSA and Ed25519) verified by dkimpy with the keys published in DNS; --dkim-record prints them',
+  { skip: skipPostfix },
+  async () => {
+    const cfg = config(postfix!.port, dkimToml);
+    const before = postfix!.maildir('bob').length;
+    const r = await runBin('smtp-send', ['--config', cfg, 'bob@b.test'], {
+      input: await message(FIELDS, 'Signed.\n\nWith an ä and a line\nstarting with From me.\n'),
+    });
+    assert.equal(r.code, 0, r.stderr);
+    const copies = await postfix!.waitFor('bob', before + 1);
+    const signed = copies.find((c) => c.includes('Signed.'))!;
+    assert.equal((signed.match(/^DKIM-Signature:/gm) ?? []).length, 2);
+    const file = join(dir, 'signed.eml');
+    writeFileSync(file, signed);
+    const verify = `
+import sys, dkim, dns.resolver
+r = dns.resolver.Resolver(configure=False)
+r.nameservers = ['127.0.0.1']
+r.port = ${dns.port}
+def dnsfunc(name, timeout=5):
+    name = name.decode() if isinstance(name, bytes) else name
+    return b''.join(b''.join(rd.strings) for rd in r.resolve(name, 'TXT'))
+msg = open(sys.argv[1], 'rb').read()
+d = dkim.DKIM(msg)
+for i in range(2):
+    print(d.verify(idx=i, dnsfunc=dnsfunc), d.signature_fields.get(b'a').decode())
+`;
+    const py = await runCommand('/usr/bin/python3', ['-c', verify, file]);
+    assert.equal(py.code, 0, py.stderr);
+    assert.deepEqual(py.stdout.toString().trim().split('\n').sort(), ['True ed25519-sha256', 'True rsa-sha256']);
+    // The records to publish are what the test published, and say what each key is.
+    const rec = await runBin('smtp-send', ['--config', cfg, '--dkim-record', 'a.test']);
+    assert.equal(rec.code, 0, rec.stderr);
+    const text = rec.stdout.toString();
+    assert.match(text, /^rsa2026\._domainkey\.a\.test\. IN TXT \( "v=DKIM1; k=rsa; p=/m);
+    assert.match(text, /^ed2026\._domainkey\.a\.test\. IN TXT \( "v=DKIM1; k=ed25519; p=[A-Za-z0-9+/]{43}=" \)$/m);
+  },
+);
+
+test('smtp-send: a smarthost over STARTTLS, its certificate verified against tls_ca', { skip: skipPostfix }, async () => {
+  const before = postfix!.maildir('carol').length;
+  const cfg = config(1, `tls_ca = ["${pki.caFile}"]\n[smarthost]\nhost = "relay.b.test:${postfix!.port}"\ntls = "starttls"`);
+  const r = await runMain('smtp-send', ['--config', cfg, 'carol@b.test'], { input: await message(FIELDS) });
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(lines(r.stdout), ['OK carol@b.test']);
+  await postfix!.waitFor('carol', before + 1);
+  // The same smarthost without the CA that signed its certificate: not trusted, so nothing is sent.
+  const untrusted = config(1, `[smarthost]\nhost = "relay.b.test:${postfix!.port}"\ntls = "starttls"`);
+  const r2 = await runMain('smtp-send', ['--config', untrusted, 'carol@b.test'], { input: await message(FIELDS) });
+  assert.equal(r2.code, 75, r2.stderr);
+  assert.match(r2.stdout.toString(), /^TEMPFAIL carol@b\.test 4\.4\.1 no host took the message: relay\.b\.test\[127\.0\.0\.1\]:\d+: .*certificate/m);
+});
+
+async function sink(flags: string[]): Promise<Sink> {
+  const s = await startSink(flags);
+  sinks.push(s);
+  return s;
+}
+
+test(
+  'smtp-send: smtp-sink answering 5xx to RCPT is FAIL (exit 1), 4xx is TEMPFAIL (exit 75), a dropped connection TEMPFAIL',
+  { skip: smtpSinkMissing },
+  async () => {
+    const input = await message(FIELDS);
+    const hard = await sink(['-f', 'rcpt']);
+    let r = await runBin('smtp-send', ['--config', config(hard.port), 'x@sink.test', 'y@sink.test'], { input });
+    assert.equal(r.code, 1, r.stderr);
+    assert.deepEqual(
+      lines(r.stdout).map((l) => l.replace(/\[127.0.0.1\]:\d+/, '')),
+      [
+        'FAIL x@sink.test 5.3.0 mx.sink.test said: 500 5.3.0 Error: command failed',
+        'FAIL y@sink.test 5.3.0 mx.sink.test said: 500 5.3.0 Error: command failed',
+      ],
+    );
+    const soft = await sink(['-r', 'rcpt']);
+    r = await runBin('smtp-send', ['--config', config(soft.port), 'x@sink.test'], { input });
+    assert.equal(r.code, 75, r.stderr);
+    assert.match(r.stdout.toString(), /^TEMPFAIL x@sink\.test 4\.3\.0 mx\.sink\.test\[127\.0\.0\.1\]:\d+ said: 450 4\.3\.0/);
+    const drop = await sink(['-q', 'data']);
+    r = await runBin('smtp-send', ['--config', config(drop.port), 'x@sink.test'], { input });
+    assert.equal(r.code, 75, r.stderr);
+    assert.match(r.stdout.toString(), /^TEMPFAIL x@sink\.test 4\.4\.2 .*(closed|ECONNRESET)/i);
+    const hardData = await sink(['-f', 'data']);
+    r = await runBin('smtp-send', ['--config', config(hardData.port), 'x@sink.test'], { input });
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stdout.toString(), /^FAIL x@sink\.test 5\.3\.0 /);
+  },
+);
+
+test(
+  'smtp-send: the first MX refuses connections, the second takes the message; null MX and NXDOMAIN are FAIL; no DNS answer is TEMPFAIL',
+  { skip: smtpSinkMissing },
+  async () => {
+    const ok = await sink([]);
+    const input = await message(FIELDS);
+    let r = await runBin('smtp-send', ['--config', config(ok.port), '--verbose', 'x@two.test'], { input });
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(lines(r.stdout), ['OK x@two.test']);
+    assert.match(r.stderr, /dead\.two\.test\[127\.0\.0\.2\]:\d+: .*ECONNREFUSED.*trying the next host/);
+    r = await runBin('smtp-send', ['--config', config(ok.port), 'x@null.test', 'y@nowhere.test', 'z@two.test'], { input });
+    assert.equal(r.code, 2, r.stderr);
+    const out = lines(r.stdout);
+    assert.match(out[0], /^FAIL x@null\.test 5\.1\.10 null\.test: the domain accepts no mail \(null MX, RFC 7505\)$/);
+    assert.match(out[1], /^FAIL y@nowhere\.test 5\.1\.2 nowhere\.test: no such domain/);
+    assert.equal(out[2], 'OK z@two.test');
+    const silent = join(dir, 'silent.toml');
+    writeFileSync(silent, `dns_servers = ["127.0.0.1:9"]\n[timeouts]\nconnect = "2s"\n`);
+    r = await runMain('smtp-send', ['--config', silent, 'x@two.test'], { input });
+    assert.equal(r.code, 75, r.stderr);
+    assert.match(r.stdout.toString(), /^TEMPFAIL x@two\.test 4\.4\.3 two\.test: MX lookup failed/);
+  },
+);
+
+test('smtp-send: a domain configured tls = "verify" is not sent to a host without STARTTLS', { skip: smtpSinkMissing }, async () => {
+  const plain = await sink([]);
+  const cfg = config(plain.port, `[domains."sink.test"]\ntls = "verify"`);
+  const r = await runMain('smtp-send', ['--config', cfg, 'x@sink.test'], { input: await message(FIELDS) });
+  assert.equal(r.code, 75, r.stderr);
+  assert.match(r.stdout.toString(), /^TEMPFAIL x@sink\.test 4\.4\.1 no host took the message: mx\.sink\.test\[127\.0\.0\.1\]:\d+: STARTTLS: 500 5\.5\.1/m);
+});
+
+test('smtp-send: bad input is one clear line and the right exit code, nothing sent', async () => {
+  const cfg = config(1);
+  let r = await runBin('smtp-send', ['--config', cfg], { input: await message(FIELDS) });
+  assert.equal(r.code, 64);
+  assert.match(r.stderr, /give at least one RECIPIENT/);
+  r = await runBin('smtp-send', ['--config', cfg, 'not-an-address'], { input: await message(FIELDS) });
+  assert.equal(r.code, 64);
+  assert.match(r.stderr, /recipient: not-an-address: not an address/);
+  r = await runBin('smtp-send', ['--config', cfg, 'x@sink.test'], { input: 'not a tar archive at all' });
+  assert.equal(r.code, 65);
+  assert.match(r.stderr, /smtp-send: message: /);
+  r = await runBin('smtp-send', ['--config', cfg, 'x@sink.test'], { input: await message(FIELDS.filter(([k]) => k !== 'from')) });
+  assert.equal(r.code, 65);
+  assert.match(r.stderr, /no from: give --from/);
+  const bad = join(dir, 'bad.toml');
+  writeFileSync(bad, `mx_port = 25\n[[dkim]]\ndomain = "a.test"\nselector = "s"\nkey = "missing.key"\n`);
+  r = await runBin('smtp-send', ['--config', bad, 'x@sink.test'], { input: await message(FIELDS) });
+  assert.equal(r.code, 78);
+  assert.match(r.stderr, /bad\.toml: dkim\[0\]\.key: .*missing\.key: no such file/);
+  writeFileSync(bad, `dns_servers = ["localhost"]\n`);
+  r = await runBin('smtp-send', ['--config', bad, 'x@sink.test'], { input: await message(FIELDS) });
+  assert.equal(r.code, 78);
+  assert.match(r.stderr, /dns_servers\[0\]: not an IP address/);
+});
