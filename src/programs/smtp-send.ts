@@ -25,7 +25,7 @@ import { type Message, type Outcome, type Peer, type SendOptions, type TlsMode, 
 import { Spool, SpoolLimitError, SpoolStore } from '../spool.js';
 
 const schema = table({
-  helo: optional(string({ check: domainProblem }), ''),
+  helo: optional(string({ check: (s) => (s === '' ? undefined : domainProblem(s)) }), ''),
   dns_servers: optional(list(string({ check: dnsServerProblem })), [] as string[]),
   mx_port: optional(integer({ min: 1, max: 65535 }), 25),
   tls: optional(string({ oneOf: ['may', 'verify'] }), 'may'),
