@@ -132,3 +132,13 @@ export async function startListening(name: string, args: string[], opts: { env?:
     },
   };
 }
+
+/** A TCP port on 127.0.0.1 that was free a moment ago (for peers that cannot listen on port 0 and report it, such as Postfix and smtp-sink). */
+export async function freeTcpPort(): Promise<number> {
+  const { createServer } = await import('node:net');
+  const s = createServer();
+  await new Promise<void>((res) => s.listen(0, '127.0.0.1', () => res()));
+  const { port } = s.address() as { port: number };
+  await new Promise<void>((res) => s.close(() => res()));
+  return port;
+}

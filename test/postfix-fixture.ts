@@ -5,9 +5,8 @@
 // skips with `postfixUnavailable()`'s reason when it cannot run here.
 import { execFileSync } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, readdirSync, watch, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { runCommand, tempDir } from './helpers.js';
+import { freeTcpPort, runCommand, tempDir } from './helpers.js';
 import type { CertFiles } from './pki.js';
 
 export const POSTFIX = '/usr/sbin/postfix';
@@ -45,14 +44,6 @@ export interface Postfix {
   waitFor(user: string, n: number, ms?: number): Promise<string[]>;
   log(): string;
   stop(): Promise<void>;
-}
-
-async function freeTcpPort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((res) => s.listen(0, '127.0.0.1', () => res()));
-  const { port } = s.address() as { port: number };
-  await new Promise<void>((res) => s.close(() => res()));
-  return port;
 }
 
 function inline(map: Record<string, string>): string {

@@ -4,7 +4,8 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync } from 'node:fs';
-import { connect, createServer } from 'node:net';
+import { connect } from 'node:net';
+import { freeTcpPort } from './helpers.js';
 
 export const SMTP_SINK = '/usr/sbin/smtp-sink';
 export const smtpSinkMissing = existsSync(SMTP_SINK) ? undefined : 'smtp-sink is not installed (Debian: postfix)';
@@ -14,14 +15,6 @@ export interface Sink {
   proc: ChildProcess;
   output(): string;
   stop(): Promise<void>;
-}
-
-async function freeTcpPort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((res) => s.listen(0, '127.0.0.1', () => res()));
-  const { port } = s.address() as { port: number };
-  await new Promise<void>((res) => s.close(() => res()));
-  return port;
 }
 
 function accepts(port: number): Promise<boolean> {

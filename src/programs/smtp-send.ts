@@ -11,7 +11,7 @@ import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { PassThrough, Readable } from 'node:stream';
 import type { Argv } from 'yargs';
-import { type Address, AddressError, asciiDomain, domainProblem, mailboxOf, parseAddressList, parseMailbox } from '../address.js';
+import { type Address, AddressError, addressKey, asciiDomain, domainProblem, mailboxOf, parseAddressList, parseMailbox } from '../address.js';
 import { openInput, start } from '../cli.js';
 import { configPath, duration, integer, list, map, optional, size, string, table } from '../config.js';
 import { EXIT, Failure, configError, dataError, usageError } from '../failure.js';
@@ -92,11 +92,11 @@ export async function main(args: string[], io: Io): Promise<number> {
     const spool = mime;
     const message: Message = { size: signatures.length + spool.size, open: () => joined(signatures, spool) };
     const envFrom = sender ? `${sender.local}@${sender.asciiDomain}` : '';
-    const outcomes = new Map<Address, Outcome>();
+    const outcomes = new Map<string, Outcome>();
     await Promise.all(
       groupByDomain(recipients).map(async ([domain, group]) => {
         const results = await sendDomain(domain, group, envFrom, message, { config, smarthost, sendOpts });
-        group.forEach((a, i) => outcomes.set(a, results[i]));
+        group.forEach((a, i) => outcomes.set(addressKey(a), results[i]));
       }),
     );
     return report(recipients, outcomes, io);
@@ -223,7 +223,7 @@ function groupByDomain(recipients: Address[]): [string, Address[]][] {
   const groups = new Map<string, Address[]>();
   for (const a of recipients) {
     const g = groups.get(a.asciiDomain) ?? [];
-    if (!g.some((b) => b.local === a.local)) g.push(a);
+    if (!g.some((b) => addressKey(b) === addressKey(a))) g.push(a);
     groups.set(a.asciiDomain, g);
   }
   return [...groups.entries()];
@@ -255,14 +255,14 @@ async function sendDomain(domain: string, group: Address[], from: string, messag
   return rcpt.map((x) => results.get(x) ?? { word: 'TEMPFAIL', reason: '4.0.0 no answer for this recipient' });
 }
 
-function report(recipients: Address[], outcomes: Map<Address, Outcome>, io: Io): number {
+function report(recipients: Address[], outcomes: Map<string, Outcome>, io: Io): number {
   const words: Word[] = [];
   const seen = new Set<string>();
   for (const a of recipients) {
-    const key = `${a.local}@${a.asciiDomain}`;
+    const key = addressKey(a);
     if (seen.has(key)) continue;
     seen.add(key);
-    const o = [...outcomes.entries()].find(([b]) => b.local === a.local && b.asciiDomain === a.asciiDomain)![1];
+    const o = outcomes.get(key)!;
     io.stdout.write(`${formatResult({ word: o.word, address: mailboxOf(a), reason: o.reason })}\n`);
     words.push(o.word);
   }

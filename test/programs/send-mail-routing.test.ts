@@ -4,11 +4,10 @@
 // server (dnsmasq), and smtp-send against smtp-sink for the legacy leg.
 import assert from 'node:assert/strict';
 import { readdirSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { type DnsServer, startDns } from '../dns-fixture.js';
-import { runBin, runMain } from '../helpers.js';
+import { freeTcpPort, runBin, runMain } from '../helpers.js';
 import { HANDLER, type Server, certs, config, dir, message, outDir, pki, startServer } from '../imdp-fixture.js';
 import { type Sink, smtpSinkMissing, startSink } from '../smtp-sink.js';
 
@@ -28,10 +27,7 @@ async function server(domain: 'b.test' | 'c.test', o: string): Promise<Server> {
 before(async () => {
   let b2: Server, c1: Server, c2: Server;
   [b1, b2, c1, c2] = await Promise.all([server('b.test', out.b1), server('b.test', out.b2), server('c.test', out.c1), server('c.test', out.c2)]);
-  const closed = createServer();
-  await new Promise<void>((res) => closed.listen(0, '127.0.0.1', () => res()));
-  deadPort = (closed.address() as { port: number }).port;
-  await new Promise<void>((res) => closed.close(() => res()));
+  deadPort = await freeTcpPort();
   if (!smtpSinkMissing) sink = await startSink([]);
   dns = await startDns({
     srv: [

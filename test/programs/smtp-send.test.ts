@@ -2,12 +2,13 @@ import assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
+import { PassThrough, type Writable } from 'node:stream';
 import { after, before, test } from 'node:test';
+import { reportFailure } from '../../src/failure.js';
 import { Headers, bufferPart, writeMessage } from '../../src/message/index.js';
 import { dkimRecordText, loadDkimKeys } from '../../src/smtp/dkim.js';
 import { type DnsServer, type Zone, startDns } from '../dns-fixture.js';
-import { runBin, runCommand, runMain, tempDir } from '../helpers.js';
+import { type Result, runBin, runCommand, runMain, tempDir } from '../helpers.js';
 import { Pki } from '../pki.js';
 import { type Postfix, postfixUnavailable, startPostfix } from '../postfix-fixture.js';
 import { type Sink, smtpSinkMissing, startSink } from '../smtp-sink.js';
@@ -104,6 +105,17 @@ const FIELDS: [string, string][] = [
 
 const lines = (out: Buffer) => out.toString().trim().split('\n').sort();
 
+/** smtp-send in-process, a thrown failure reported as the launcher does (one line, its exit code). */
+async function inProcess(args: string[], opts: { input?: Buffer | string } = {}): Promise<Result> {
+  try {
+    return await runMain('smtp-send', args, opts);
+  } catch (e) {
+    let stderr = '';
+    const code = reportFailure({ stderr: { write: (s: string) => (stderr += s) } as unknown as Writable }, 'smtp-send', e);
+    return { code, stdout: Buffer.alloc(0), stderr };
+  }
+}
+
 test(
   'smtp-send: to Postfix by MX over STARTTLS: OK, FAIL (5xx) and TEMPFAIL (4xx) per recipient, exit 2; the Maildir copy has no bcc',
   { skip: skipPostfix },
@@ -135,7 +147,7 @@ test(
   async () => {
     const cfg = config(postfix!.port, dkimToml);
     const before = postfix!.maildir('bob').length;
-    const r = await runBin('smtp-send', ['--config', cfg, 'bob@b.test'], {
+    const r = await inProcess(['--config', cfg, 'bob@b.test'], {
       input: await message(FIELDS, 'Signed.\n\nWith an ä and a line\nstarting with From me.\n'),
     });
     assert.equal(r.code, 0, r.stderr);
@@ -161,7 +173,7 @@ for i in range(2):
     assert.equal(py.code, 0, py.stderr);
     assert.deepEqual(py.stdout.toString().trim().split('\n').sort(), ['True ed25519-sha256', 'True rsa-sha256']);
     // The records to publish are what the test published, and say what each key is.
-    const rec = await runBin('smtp-send', ['--config', cfg, '--dkim-record', 'a.test']);
+    const rec = await inProcess(['--config', cfg, '--dkim-record', 'a.test']);
     assert.equal(rec.code, 0, rec.stderr);
     const text = rec.stdout.toString();
     assert.match(text, /^rsa2026\._domainkey\.a\.test\. IN TXT \( "v=DKIM1; k=rsa; p=/m);
@@ -195,7 +207,7 @@ test(
   async () => {
     const input = await message(FIELDS);
     const hard = await sink(['-f', 'rcpt']);
-    let r = await runBin('smtp-send', ['--config', config(hard.port), 'x@sink.test', 'y@sink.test'], { input });
+    let r = await inProcess(['--config', config(hard.port), 'x@sink.test', 'y@sink.test'], { input });
     assert.equal(r.code, 1, r.stderr);
     assert.deepEqual(
       lines(r.stdout).map((l) => l.replace(/\[127.0.0.1\]:\d+/, '')),
@@ -205,15 +217,15 @@ test(
       ],
     );
     const soft = await sink(['-r', 'rcpt']);
-    r = await runBin('smtp-send', ['--config', config(soft.port), 'x@sink.test'], { input });
+    r = await inProcess(['--config', config(soft.port), 'x@sink.test'], { input });
     assert.equal(r.code, 75, r.stderr);
     assert.match(r.stdout.toString(), /^TEMPFAIL x@sink\.test 4\.3\.0 mx\.sink\.test\[127\.0\.0\.1\]:\d+ said: 450 4\.3\.0/);
     const drop = await sink(['-q', 'data']);
-    r = await runBin('smtp-send', ['--config', config(drop.port), 'x@sink.test'], { input });
+    r = await inProcess(['--config', config(drop.port), 'x@sink.test'], { input });
     assert.equal(r.code, 75, r.stderr);
     assert.match(r.stdout.toString(), /^TEMPFAIL x@sink\.test 4\.4\.2 .*(closed|ECONNRESET)/i);
     const hardData = await sink(['-f', 'data']);
-    r = await runBin('smtp-send', ['--config', config(hardData.port), 'x@sink.test'], { input });
+    r = await inProcess(['--config', config(hardData.port), 'x@sink.test'], { input });
     assert.equal(r.code, 1, r.stderr);
     assert.match(r.stdout.toString(), /^FAIL x@sink\.test 5\.3\.0 /);
   },
@@ -225,11 +237,11 @@ test(
   async () => {
     const ok = await sink([]);
     const input = await message(FIELDS);
-    let r = await runBin('smtp-send', ['--config', config(ok.port), '--verbose', 'x@two.test'], { input });
+    let r = await inProcess(['--config', config(ok.port), '--verbose', 'x@two.test'], { input });
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual(lines(r.stdout), ['OK x@two.test']);
     assert.match(r.stderr, /dead\.two\.test\[127\.0\.0\.2\]:\d+: .*ECONNREFUSED.*trying the next host/);
-    r = await runBin('smtp-send', ['--config', config(ok.port), 'x@null.test', 'y@nowhere.test', 'z@two.test'], { input });
+    r = await inProcess(['--config', config(ok.port), 'x@null.test', 'y@nowhere.test', 'z@two.test'], { input });
     assert.equal(r.code, 2, r.stderr);
     const out = lines(r.stdout);
     assert.match(out[0], /^FAIL x@null\.test 5\.1\.10 null\.test: the domain accepts no mail \(null MX, RFC 7505\)$/);
@@ -253,25 +265,72 @@ test('smtp-send: a domain configured tls = "verify" is not sent to a host withou
 
 test('smtp-send: bad input is one clear line and the right exit code, nothing sent', async () => {
   const cfg = config(1);
-  let r = await runBin('smtp-send', ['--config', cfg], { input: await message(FIELDS) });
+  let r = await inProcess(['--config', cfg], { input: await message(FIELDS) });
   assert.equal(r.code, 64);
   assert.match(r.stderr, /give at least one RECIPIENT/);
-  r = await runBin('smtp-send', ['--config', cfg, 'not-an-address'], { input: await message(FIELDS) });
+  r = await inProcess(['--config', cfg, 'not-an-address'], { input: await message(FIELDS) });
   assert.equal(r.code, 64);
   assert.match(r.stderr, /recipient: not-an-address: not an address/);
-  r = await runBin('smtp-send', ['--config', cfg, 'x@sink.test'], { input: 'not a tar archive at all' });
+  r = await inProcess(['--config', cfg, 'x@sink.test'], { input: 'not a tar archive at all' });
   assert.equal(r.code, 65);
   assert.match(r.stderr, /smtp-send: message: /);
-  r = await runBin('smtp-send', ['--config', cfg, 'x@sink.test'], { input: await message(FIELDS.filter(([k]) => k !== 'from')) });
+  r = await inProcess(['--config', cfg, 'x@sink.test'], { input: await message(FIELDS.filter(([k]) => k !== 'from')) });
   assert.equal(r.code, 65);
   assert.match(r.stderr, /no from: give --from/);
   const bad = join(dir, 'bad.toml');
   writeFileSync(bad, `mx_port = 25\n[[dkim]]\ndomain = "a.test"\nselector = "s"\nkey = "missing.key"\n`);
-  r = await runBin('smtp-send', ['--config', bad, 'x@sink.test'], { input: await message(FIELDS) });
+  r = await inProcess(['--config', bad, 'x@sink.test'], { input: await message(FIELDS) });
   assert.equal(r.code, 78);
   assert.match(r.stderr, /bad\.toml: dkim\[0\]\.key: .*missing\.key: no such file/);
   writeFileSync(bad, `dns_servers = ["localhost"]\n`);
-  r = await runBin('smtp-send', ['--config', bad, 'x@sink.test'], { input: await message(FIELDS) });
+  r = await inProcess(['--config', bad, 'x@sink.test'], { input: await message(FIELDS) });
   assert.equal(r.code, 78);
   assert.match(r.stderr, /dns_servers\[0\]: not an IP address/);
+});
+
+test('smtp-send: a smarthost with AUTH over verified STARTTLS (smtp-server as the peer); a wrong password is TEMPFAIL, nothing sent', async () => {
+  const { SMTPServer } = await import('smtp-server');
+  const { readFileSync } = await import('node:fs');
+  const got: { user?: string; data: string; secure: boolean }[] = [];
+  const server = new SMTPServer({
+    key: readFileSync(mxCert.key),
+    cert: readFileSync(mxCert.cert),
+    authMethods: ['PLAIN', 'LOGIN'],
+    logger: false,
+    onAuth(auth, _session, cb) {
+      if (auth.username === 'alice' && auth.password === 's3cret pass') cb(null, { user: 'alice' });
+      else cb(Object.assign(new Error('5.7.8 bad credentials'), { responseCode: 535 }));
+    },
+    onData(stream, session, cb) {
+      let data = '';
+      stream.on('data', (c: Buffer) => (data += c));
+      stream.on('end', () => {
+        got.push({ user: session.user as string | undefined, data, secure: session.secure });
+        cb();
+      });
+    },
+  });
+  await new Promise<void>((res) => server.listen(0, '127.0.0.1', () => res()));
+  const port = (server.server.address() as { port: number }).port;
+  try {
+    const pass = join(dir, 'smarthost.pass');
+    writeFileSync(pass, 's3cret pass\n', { mode: 0o600 });
+    const smarthost = (file: string) =>
+      config(1, `tls_ca = ["${pki.caFile}"]\n[smarthost]\nhost = "relay.b.test:${port}"\ntls = "starttls"\nuser = "alice"\npassword_file = "${file}"`);
+    const r = await runMain('smtp-send', ['--config', smarthost(pass), 'bob@example.org'], { input: await message(FIELDS) });
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(lines(r.stdout), ['OK bob@example.org']);
+    assert.equal(got.length, 1);
+    assert.equal(got[0].user, 'alice');
+    assert.equal(got[0].secure, true);
+    assert.match(got[0].data, /^Subject: Quarterly report\r$/m);
+    const wrong = join(dir, 'wrong.pass');
+    writeFileSync(wrong, 'guess\n');
+    const r2 = await runMain('smtp-send', ['--config', smarthost(wrong), 'bob@example.org'], { input: await message(FIELDS) });
+    assert.equal(r2.code, 75, r2.stderr);
+    assert.match(r2.stdout.toString(), /^TEMPFAIL bob@example\.org 4\.4\.1 no host took the message: relay\.b\.test\[127\.0\.0\.1\]:\d+: AUTH PLAIN: 535/m);
+    assert.equal(got.length, 1);
+  } finally {
+    await new Promise<void>((res) => server.close(() => res()));
+  }
 });
