@@ -63,9 +63,9 @@ interface Leg {
   legacyCode?: number;
 }
 
-/** Everything a start checks, for --check-config too: our certificate names our domain; the legacy command runs. */
+/** Everything a start checks, for --check-config too: our certificate names our domain; the legacy command runs (if any domain may go there). */
 function check(config: Config, source: Located, io: Io): TlsMaterial {
-  const problem = config.legacy_domains.length ? commandProblem(config.legacy_command, io.env, io.cwd) : undefined;
+  const problem = config.legacy_domains.length || config.legacy === 'auto' ? commandProblem(config.legacy_command, io.env, io.cwd) : undefined;
   if (problem) throw configError(source.file ?? 'send-mail.toml', 'legacy_command', problem);
   return tlsFromConfig(config.tls, source, 'send-mail', config.domain);
 }
@@ -125,8 +125,6 @@ async function openFile(file: string): Promise<Readable> {
   });
   return stream;
 }
-
-type Config = ReturnType<typeof schema.parse>;
 
 /** Each domain's way (IMDP, legacy, or refused before a byte is sent), decided for all domains at once. */
 async function routeAll(groups: Group[], config: Config, dns: Dns): Promise<Leg[]> {

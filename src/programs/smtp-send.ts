@@ -13,7 +13,7 @@ import { PassThrough, Readable } from 'node:stream';
 import type { Argv } from 'yargs';
 import { type Address, AddressError, addressKey, asciiDomain, domainProblem, mailboxOf, parseAddressList, parseMailbox } from '../address.js';
 import { openInput, start } from '../cli.js';
-import { configPath, duration, integer, list, map, optional, size, string, table } from '../config.js';
+import { type Located, configPath, duration, integer, list, map, optional, size, string, table } from '../config.js';
 import { EXIT, Failure, configError, dataError, usageError } from '../failure.js';
 import type { Io } from '../io.js';
 import { DEFAULT_LIMITS, type Headers, MessageError } from '../message/index.js';
@@ -59,32 +59,45 @@ const options = (y: Argv) =>
     .option('file', { type: 'string', describe: 'Read the message from FILE instead of stdin', requiresArg: true })
     .option('dkim-record', { type: 'string', describe: "Print the DNS TXT records to publish for DOMAIN's DKIM keys, and exit", requiresArg: true });
 
-export async function main(args: string[], io: Io): Promise<number> {
-  const s = await start(
-    { name: 'smtp-send', role: 'server', usage: '$0 [options] RECIPIENT... < message\n$0 --dkim-record DOMAIN', schema, options },
-    args,
-    io,
-  );
-  if (typeof s === 'number') return s;
-  const { argv, config, source, log } = s;
+/** What the config names, read and checked at start (and by --check-config): DKIM keys, CAs, the smarthost and its password. */
+interface Checked {
+  keys: DkimKey[];
+  ca?: Buffer[];
+  smarthost?: Peer;
+  spoolDir?: string;
+}
+
+function check(config: Config, source: Located): Checked {
   const configFile = source.file ?? 'smtp-send.toml';
-  const keys = loadDkimKeys(config.dkim, source, configFile);
+  return {
+    keys: loadDkimKeys(config.dkim, source, configFile),
+    ca: config.tls_ca.length ? loadCas(config, source) : undefined,
+    smarthost: config.smarthost.host ? smarthostPeer(config, source, configFile) : undefined,
+    spoolDir: config.spool_dir ? configPath(source, config.spool_dir) : undefined,
+  };
+}
+
+export async function main(args: string[], io: Io): Promise<number> {
+  const usage = '$0 [options] RECIPIENT... < message\n$0 --dkim-record DOMAIN';
+  const s = await start({ name: 'smtp-send', role: 'server', usage, schema, options, check }, args, io);
+  if (typeof s === 'number') return s;
+  const { argv, config, log } = s;
+  const { keys, ca, smarthost, spoolDir } = s.prepared;
   if (argv.dkimRecord !== undefined) return printRecords(keys, String(argv.dkimRecord), io);
   const recipients = argv._.map((a) => parseArg(String(a), 'recipient'));
   if (recipients.length === 0) throw usageError('give at least one RECIPIENT');
   const from = argv.from === undefined ? undefined : argv.from === '' ? null : parseArg(argv.from, '--from');
   const sendOpts: SendOptions = {
     helo: config.helo || hostname(),
-    ca: config.tls_ca.length ? loadCas(config, source) : undefined,
+    ca,
     timeouts: config.timeouts,
     dns: new Dns(config.dns_servers),
     log,
   };
-  const smarthost = config.smarthost.host ? smarthostPeer(config, source, configFile) : undefined;
-  const store = new SpoolStore({ dir: config.spool_dir ? configPath(source, config.spool_dir) : undefined });
+  const store = new SpoolStore({ dir: spoolDir });
   let mime: Spool | undefined;
   try {
-    const prepared = await prepare(await openInput(argv.file, io), store, config);
+    const prepared = await prepare(await openInput(argv.file, io), store, config.max_message_bytes, spoolDir);
     mime = prepared.spool;
     const sender = from === undefined ? senderOf(prepared.headers) : from;
     const author = authorDomain(prepared.headers) ?? sender?.asciiDomain;
@@ -129,7 +142,7 @@ function printRecords(keys: DkimKey[], domain: string, io: Io): number {
   return EXIT.OK;
 }
 
-function loadCas(config: Config, source: { dir: string; file?: string }): Buffer[] {
+function loadCas(config: Config, source: Located): Buffer[] {
   const paths = config.tls_ca.map((f) => configPath(source, f));
   return paths.map((p, i) => {
     try {
@@ -140,7 +153,7 @@ function loadCas(config: Config, source: { dir: string; file?: string }): Buffer
   });
 }
 
-function smarthostPeer(config: Config, source: { dir: string; file?: string }, configFile: string): Peer {
+function smarthostPeer(config: Config, source: Located, configFile: string): Peer {
   const h = config.smarthost;
   const m = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.-]+))(?::(\d{1,5}))?$/.exec(h.host);
   if (!m || Number(m[3] ?? 1) > 65535) throw configError(configFile, 'smarthost.host', `expected HOST or HOST:PORT, not ${JSON.stringify(h.host)}`);
@@ -161,8 +174,8 @@ function smarthostPeer(config: Config, source: { dir: string; file?: string }, c
 }
 
 /** The IMA message, checked as every reader does, then its MIME form (CRLF, no bcc) spooled once. */
-async function prepare(input: Readable, store: SpoolStore, config: Config): Promise<{ headers: Headers; spool: Spool }> {
-  const limits = { ...DEFAULT_LIMITS, maxTotalBytes: config.max_message_bytes };
+async function prepare(input: Readable, store: SpoolStore, maxBytes: number, spoolDir: string | undefined): Promise<{ headers: Headers; spool: Spool }> {
+  const limits = { ...DEFAULT_LIMITS, maxTotalBytes: maxBytes };
   let parts;
   try {
     parts = await spoolIma(input, store, limits);
@@ -173,14 +186,11 @@ async function prepare(input: Readable, store: SpoolStore, config: Config): Prom
   if (!parts.headers) throw dataError('message: no headers entry');
   const pipe = new PassThrough();
   try {
-    const [spool] = await Promise.all([
-      Spool.from(pipe, { limit: config.max_message_bytes * 2, dir: config.spool_dir || undefined }),
-      writeMime(parts, pipe, { newline: 'crlf', keepBcc: false }),
-    ]);
+    const [spool] = await Promise.all([Spool.from(pipe, { limit: maxBytes * 2, dir: spoolDir }), writeMime(parts, pipe, { newline: 'crlf', keepBcc: false })]);
     return { headers: parts.headers, spool };
   } catch (e) {
     pipe.destroy();
-    if (e instanceof SpoolLimitError) throw dataError(`message: its MIME form is larger than ${config.max_message_bytes * 2} bytes`);
+    if (e instanceof SpoolLimitError) throw dataError(`message: its MIME form is larger than ${maxBytes * 2} bytes`);
     throw e;
   }
 }

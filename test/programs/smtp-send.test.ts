@@ -282,6 +282,10 @@ test('smtp-send: bad input is one clear line and the right exit code, nothing se
   r = await inProcess(['--config', bad, 'x@sink.test'], { input: await message(FIELDS) });
   assert.equal(r.code, 78);
   assert.match(r.stderr, /bad\.toml: dkim\[0\]\.key: .*missing\.key: no such file/);
+  // --check-config runs the same checks: a key that cannot be read is not "configuration OK".
+  r = await inProcess(['--config', bad, '--check-config']);
+  assert.equal(r.code, 78);
+  assert.match(r.stderr, /dkim\[0\]\.key: .*missing\.key: no such file/);
   writeFileSync(bad, `dns_servers = ["localhost"]\n`);
   r = await inProcess(['--config', bad, 'x@sink.test'], { input: await message(FIELDS) });
   assert.equal(r.code, 78);
