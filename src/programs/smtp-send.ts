@@ -9,20 +9,18 @@
 // header: each recipient's copy names only the to and cc recipients.
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
-import { PassThrough, Readable } from 'node:stream';
 import type { Argv } from 'yargs';
-import { type Address, AddressError, addressKey, asciiDomain, domainProblem, mailboxOf, parseAddressList, parseMailbox } from '../address.js';
+import { type Address, AddressError, addressKey, asciiDomain, domainProblem, mailboxOf, parseMailbox } from '../address.js';
 import { openInput, start } from '../cli.js';
 import { type Located, configPath, duration, integer, list, map, optional, size, string, table } from '../config.js';
-import { EXIT, Failure, configError, dataError, usageError } from '../failure.js';
+import { EXIT, configError, usageError } from '../failure.js';
 import type { Io } from '../io.js';
-import { DEFAULT_LIMITS, type Headers, MessageError } from '../message/index.js';
-import { spoolIma, writeMime } from '../mime/to-mime.js';
 import { Dns, dnsServerProblem } from '../net/dns.js';
 import { type Word, exitFor, formatResult } from '../results.js';
-import { type DkimKey, dkimRecord, dkimSignatures, keysFor, loadDkimKeys } from '../smtp/dkim.js';
-import { type Message, type Outcome, type Peer, type SendOptions, type TlsMode, asStream, deliver } from '../smtp/send.js';
-import { Spool, SpoolLimitError, SpoolStore } from '../spool.js';
+import { type DkimKey, dkimRecord, keysFor, loadDkimKeys } from '../smtp/dkim.js';
+import { type Outgoing, outgoing, senderOf } from '../smtp/outgoing.js';
+import { type Outcome, type Peer, type Route, type SendOptions, type TlsMode, deliverDomain } from '../smtp/send.js';
+import { SpoolStore } from '../spool.js';
 
 const schema = table({
   helo: optional(string({ check: (s) => (s === '' ? undefined : domainProblem(s)) }), ''),
@@ -95,26 +93,24 @@ export async function main(args: string[], io: Io): Promise<number> {
     log,
   };
   const store = new SpoolStore({ dir: spoolDir });
-  let mime: Spool | undefined;
+  let out: Outgoing | undefined;
   try {
-    const prepared = await prepare(await openInput(argv.file, io), store, config.max_message_bytes, spoolDir);
-    mime = prepared.spool;
-    const sender = from === undefined ? senderOf(prepared.headers) : from;
-    const author = authorDomain(prepared.headers) ?? sender?.asciiDomain;
-    const signatures = Buffer.from(await dkimSignatures(author ? keysFor(keys, author) : [], asStream(mime.open())));
-    const spool = mime;
-    const message: Message = { size: signatures.length + spool.size, open: () => joined(signatures, spool) };
-    const envFrom = sender ? `${sender.local}@${sender.asciiDomain}` : '';
+    out = await outgoing(await openInput(argv.file, io), { store, maxBytes: config.max_message_bytes, spoolDir, keys });
+    const sender = from === undefined ? senderOf(out.headers) : from;
+    const envelopeFrom = sender ? `${sender.local}@${sender.asciiDomain}` : '';
+    const route = (domain: string): Route => ({ smarthost, mxPort: config.mx_port, tls: (config.domains[domain]?.tls || config.tls) as TlsMode });
     const outcomes = new Map<string, Outcome>();
+    const message = out.message;
     await Promise.all(
       groupByDomain(recipients).map(async ([domain, group]) => {
-        const results = await sendDomain(domain, group, envFrom, message, { config, smarthost, sendOpts });
-        group.forEach((a, i) => outcomes.set(addressKey(a), results[i]));
+        const rcpt = group.map((a) => addressKey(a));
+        const results = await deliverDomain(domain, { from: envelopeFrom, to: rcpt }, message, route(domain), sendOpts);
+        for (const r of rcpt) outcomes.set(r, results.get(r)!);
       }),
     );
     return report(recipients, outcomes, io);
   } finally {
-    await mime?.dispose();
+    await out?.dispose();
     await store.dispose();
   }
 }
@@ -173,62 +169,6 @@ function smarthostPeer(config: Config, source: Located, configFile: string): Pee
   return { host: m[1] ?? m[2], port, tls, auth };
 }
 
-/** The IMA message, checked as every reader does, then its MIME form (CRLF, no bcc) spooled once. */
-async function prepare(input: Readable, store: SpoolStore, maxBytes: number, spoolDir: string | undefined): Promise<{ headers: Headers; spool: Spool }> {
-  const limits = { ...DEFAULT_LIMITS, maxTotalBytes: maxBytes };
-  let parts;
-  try {
-    parts = await spoolIma(input, store, limits);
-  } catch (e) {
-    if (e instanceof MessageError) throw dataError(`message: ${e.message}`);
-    throw e;
-  }
-  if (!parts.headers) throw dataError('message: no headers entry');
-  const pipe = new PassThrough();
-  try {
-    const [spool] = await Promise.all([Spool.from(pipe, { limit: maxBytes * 2, dir: spoolDir }), writeMime(parts, pipe, { newline: 'crlf', keepBcc: false })]);
-    return { headers: parts.headers, spool };
-  } catch (e) {
-    pipe.destroy();
-    if (e instanceof SpoolLimitError) throw dataError(`message: its MIME form is larger than ${maxBytes * 2} bytes`);
-    throw e;
-  }
-}
-
-function firstAddress(headers: Headers, field: string): Address | undefined {
-  const value = headers.get(field);
-  if (!value) return undefined;
-  try {
-    return parseAddressList(value)[0];
-  } catch (e) {
-    if (e instanceof AddressError) throw dataError(`${field}: ${e.message}`);
-    throw e;
-  }
-}
-
-/** The envelope sender: the message's from. */
-function senderOf(headers: Headers): Address {
-  const from = firstAddress(headers, 'from');
-  if (!from) throw dataError('the message has no from: give --from ADDRESS (or --from "" for the null sender)');
-  return from;
-}
-
-/** The domain DKIM signs for: the author's (From header), which DMARC aligns with. */
-function authorDomain(headers: Headers): string | undefined {
-  return firstAddress(headers, 'from')?.asciiDomain;
-}
-
-function joined(head: Buffer, spool: Spool): Readable {
-  return Readable.from(
-    (async function* () {
-      if (head.length) yield head;
-      const rest = spool.open();
-      if (Buffer.isBuffer(rest)) yield rest;
-      else yield* rest as AsyncIterable<Buffer>;
-    })(),
-  );
-}
-
 function groupByDomain(recipients: Address[]): [string, Address[]][] {
   const groups = new Map<string, Address[]>();
   for (const a of recipients) {
@@ -237,32 +177,6 @@ function groupByDomain(recipients: Address[]): [string, Address[]][] {
     groups.set(a.asciiDomain, g);
   }
   return [...groups.entries()];
-}
-
-interface Route {
-  config: Config;
-  smarthost?: Peer;
-  sendOpts: SendOptions;
-}
-
-/** One domain: its hosts (smarthost, or MX), then the transaction; an outcome per recipient in order. */
-async function sendDomain(domain: string, group: Address[], from: string, message: Message, r: Route): Promise<Outcome[]> {
-  const rcpt = group.map((a) => `${a.local}@${a.asciiDomain}`);
-  let peers: Peer[];
-  if (r.smarthost) peers = [r.smarthost];
-  else {
-    try {
-      const tls = (r.config.domains[domain]?.tls || r.config.tls) as TlsMode;
-      const { hosts } = await r.sendOpts.dns.mx(domain);
-      peers = hosts.map((host) => ({ host, port: r.config.mx_port, tls }));
-    } catch (e) {
-      if (!(e instanceof Failure)) throw e;
-      const outcome: Outcome = { word: e.temporary ? 'TEMPFAIL' : 'FAIL', reason: `${e.status} ${e.message}` };
-      return group.map(() => outcome);
-    }
-  }
-  const results = await deliver(peers, { from, to: rcpt }, message, r.sendOpts);
-  return rcpt.map((x) => results.get(x) ?? { word: 'TEMPFAIL', reason: '4.0.0 no answer for this recipient' });
 }
 
 function report(recipients: Address[], outcomes: Map<string, Outcome>, io: Io): number {

@@ -6,6 +6,7 @@
 // recipient: 2xx OK, 4xx TEMPFAIL, 5xx FAIL, a broken connection TEMPFAIL.
 import { Readable } from 'node:stream';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
+import { Failure } from '../failure.js';
 import type { Log } from '../log.js';
 import type { Dns } from '../net/dns.js';
 
@@ -193,6 +194,33 @@ function quit(conn: SMTPConnection): void {
   } catch {
     conn.close();
   }
+}
+
+/** How one recipient domain is reached. */
+export interface Route {
+  /** Everything goes here when set; otherwise the domain's MX hosts. */
+  smarthost?: Peer;
+  mxPort: number;
+  tls: TlsMode;
+}
+
+/** One domain: its hosts (the smarthost, or MX in preference order), then the transaction; an outcome for every recipient. */
+export async function deliverDomain(domain: string, env: Envelope, msg: Message, route: Route, opts: SendOptions): Promise<Map<string, Outcome>> {
+  let peers: Peer[];
+  if (route.smarthost) peers = [route.smarthost];
+  else {
+    try {
+      const { hosts } = await opts.dns.mx(domain);
+      peers = hosts.map((host) => ({ host, port: route.mxPort, tls: route.tls }));
+    } catch (e) {
+      if (!(e instanceof Failure)) throw e;
+      const outcome: Outcome = { word: e.temporary ? 'TEMPFAIL' : 'FAIL', reason: `${e.status} ${e.message}` };
+      return new Map(env.to.map((r) => [r, outcome]));
+    }
+  }
+  const results = await deliver(peers, env, msg, opts);
+  for (const r of env.to) if (!results.has(r)) results.set(r, { word: 'TEMPFAIL', reason: '4.0.0 no answer for this recipient' });
+  return results;
 }
 
 /** A Spool-like source as a stream. */
