@@ -91,6 +91,7 @@ export async function main(args: string[], io: Io): Promise<number> {
     timeouts: config.timeouts,
     dns: new Dns(config.dns_servers),
     log,
+    signal: io.signal,
   };
   const store = new SpoolStore({ dir: spoolDir });
   let out: Outgoing | undefined;

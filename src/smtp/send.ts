@@ -52,6 +52,8 @@ export interface SendOptions {
   timeouts: { connect: number; command: number };
   dns: Dns;
   log: Log;
+  /** Aborted when the caller stops the run (a stage timeout, a shutdown): connections close, nothing more is tried. */
+  signal?: AbortSignal;
 }
 
 interface SmtpError extends Error {
@@ -65,6 +67,9 @@ interface SmtpError extends Error {
 
 /** The host could not take the transaction: try the next one. */
 class HostTrouble extends Error {}
+
+/** The caller aborted the run (io.signal): try nothing more. */
+class Stopped extends Error {}
 
 /** "5.1.1 mx.b.test said: 550 5.1.1 <bob@b.test>: ..." */
 function said(where: string, response: string, code: number): string {
@@ -88,6 +93,7 @@ function outcomeOf(where: string, e: SmtpError): Outcome {
 export async function deliver(peers: Peer[], env: Envelope, msg: Message, opts: SendOptions): Promise<Map<string, Outcome>> {
   const troubles: string[] = [];
   for (const peer of peers) {
+    if (opts.signal?.aborted) break;
     let addresses: string[];
     try {
       addresses = await opts.dns.addresses(peer.host);
@@ -97,16 +103,19 @@ export async function deliver(peers: Peer[], env: Envelope, msg: Message, opts: 
     }
     if (addresses.length === 0) troubles.push(`${peer.host}: no address (A/AAAA)`);
     for (const address of addresses) {
+      if (opts.signal?.aborted) break;
       const where = address === peer.host ? `${peer.host}:${peer.port}` : `${peer.host}[${address}]:${peer.port}`;
       try {
         return await attempt(peer, address, where, env, msg, opts);
       } catch (e) {
+        if (e instanceof Stopped) break;
         if (!(e instanceof HostTrouble)) throw e;
         opts.log.info(`${where}: ${e.message}; trying the next host`);
         troubles.push(`${where}: ${e.message}`);
       }
     }
   }
+  if (opts.signal?.aborted) troubles.push('stopped by the caller');
   const why = `4.4.1 no host took the message: ${troubles.join('; ') || 'no hosts'}`;
   return new Map(env.to.map((r) => [r, { word: 'TEMPFAIL', reason: why }]));
 }
@@ -141,6 +150,26 @@ async function attempt(peer: Peer, address: string, where: string, env: Envelope
   conn.on('error', (e: SmtpError) => {
     lastError = e;
   });
+  // close() makes the connection forget its callbacks, so the abort itself ends the wait.
+  let stop = () => {};
+  const aborted = new Promise<never>((_, reject) => {
+    stop = () => {
+      conn.close();
+      reject(new Stopped());
+    };
+  });
+  aborted.catch(() => {});
+  opts.signal?.addEventListener('abort', stop, { once: true });
+  try {
+    if (opts.signal?.aborted) throw new Stopped();
+    return await Promise.race([session(conn, peer, where, env, msg, opts), aborted]);
+  } finally {
+    opts.signal?.removeEventListener('abort', stop);
+    if (lastError) opts.log.debug(`${where}: ${lastError.message}`);
+  }
+}
+
+async function session(conn: SMTPConnection, peer: Peer, where: string, env: Envelope, msg: Message, opts: SendOptions): Promise<Map<string, Outcome>> {
   try {
     await new Promise<void>((res, rej) => {
       conn.once('error', rej);
@@ -162,7 +191,6 @@ async function attempt(peer: Peer, address: string, where: string, env: Envelope
     return await transaction(conn, where, env, msg);
   } finally {
     quit(conn);
-    if (lastError) opts.log.debug(`${where}: ${lastError.message}`);
   }
 }
 

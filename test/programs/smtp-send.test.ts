@@ -2,13 +2,14 @@ import assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { PassThrough, type Writable } from 'node:stream';
+import { PassThrough, Readable, type Writable } from 'node:stream';
 import { after, before, test } from 'node:test';
 import { reportFailure } from '../../src/failure.js';
 import { Headers, bufferPart, writeMessage } from '../../src/message/index.js';
 import { dkimRecordText, loadDkimKeys } from '../../src/smtp/dkim.js';
 import { type DnsServer, type Zone, startDns } from '../dns-fixture.js';
-import { type Result, runBin, runCommand, runMain, tempDir } from '../helpers.js';
+import { loadProgram } from '../../src/programs/index.js';
+import { type Result, runBin, runCommand, runMain, tempDir, testEnv } from '../helpers.js';
 import { Pki } from '../pki.js';
 import { type Postfix, postfixUnavailable, startPostfix } from '../postfix-fixture.js';
 import { type Sink, smtpSinkMissing, startSink } from '../smtp-sink.js';
@@ -338,3 +339,27 @@ test('smtp-send: a smarthost with AUTH over verified STARTTLS (smtp-server as th
     await new Promise<void>((res) => server.close(() => res()));
   }
 });
+
+test(
+  'smtp-send in-process stops when io.signal aborts (a stage timeout): TEMPFAIL at once, not after the server answers',
+  { skip: smtpSinkMissing },
+  async () => {
+    const slow = await sink(['-w', '60']); // answers DATA after a minute
+    const main = await loadProgram('smtp-send');
+    const stdout = new PassThrough();
+    let text = '';
+    stdout.on('data', (c: Buffer) => (text += c));
+    const started = Date.now();
+    const code = await main(['--config', config(slow.port), 'x@sink.test'], {
+      stdin: Readable.from([await message(FIELDS)]),
+      stdout,
+      stderr: new PassThrough().resume(),
+      env: testEnv(),
+      cwd: dir,
+      signal: AbortSignal.timeout(1000),
+    });
+    assert.equal(code, 75);
+    assert.match(text, /^TEMPFAIL x@sink\.test 4\.4\.1 no host took the message: stopped by the caller/);
+    assert.ok(Date.now() - started < 15_000, `took ${Date.now() - started} ms`);
+  },
+);
