@@ -14,9 +14,11 @@ import type { Dns } from '../net/dns.js';
  * How a connection is protected. may: STARTTLS when offered, certificate not
  * checked (RFC 7435 opportunistic, as Postfix's "may"); verify: STARTTLS
  * required and the certificate must chain to the CAs and name the host;
- * implicit: TLS from the first byte (port 465), verified the same way.
+ * implicit: TLS from the first byte (port 465), verified the same way;
+ * none: plaintext even when STARTTLS is offered (only as the second try
+ * after a failed opportunistic handshake, as Postfix does).
  */
-export type TlsMode = 'may' | 'verify' | 'implicit';
+export type TlsMode = 'may' | 'verify' | 'implicit' | 'none';
 
 export interface Peer {
   /** Host name: where to connect, and what a verified certificate must name. */
@@ -66,7 +68,15 @@ interface SmtpError extends Error {
 }
 
 /** The host could not take the transaction: try the next one. */
-class HostTrouble extends Error {}
+class HostTrouble extends Error {
+  constructor(
+    message: string,
+    /** It was the TLS handshake (or the STARTTLS command) that failed. */
+    readonly tls = false,
+  ) {
+    super(message);
+  }
+}
 
 /** The caller aborted the run (io.signal): try nothing more. */
 class Stopped extends Error {}
@@ -106,7 +116,7 @@ export async function deliver(peers: Peer[], env: Envelope, msg: Message, opts: 
       if (opts.signal?.aborted) break;
       const where = address === peer.host ? `${peer.host}:${peer.port}` : `${peer.host}[${address}]:${peer.port}`;
       try {
-        return await attempt(peer, address, where, env, msg, opts);
+        return await attemptWithFallback(peer, address, where, env, msg, opts);
       } catch (e) {
         if (e instanceof Stopped) break;
         if (!(e instanceof HostTrouble)) throw e;
@@ -120,14 +130,26 @@ export async function deliver(peers: Peer[], env: Envelope, msg: Message, opts: 
   return new Map(env.to.map((r) => [r, { word: 'TEMPFAIL', reason: why }]));
 }
 
+/** Opportunistic TLS that fails is no reason to hold mail: once more in plaintext (RFC 7435, Postfix's "may"). */
+async function attemptWithFallback(peer: Peer, address: string, where: string, env: Envelope, msg: Message, opts: SendOptions): Promise<Map<string, Outcome>> {
+  try {
+    return await attempt(peer, address, where, env, msg, opts);
+  } catch (e) {
+    if (!(e instanceof HostTrouble && e.tls && peer.tls === 'may')) throw e;
+    opts.log.info(`${where}: ${e.message}; once more without TLS, as opportunistic TLS allows`);
+    return attempt({ ...peer, tls: 'none' }, address, where, env, msg, opts);
+  }
+}
+
 function connectionOptions(peer: Peer, address: string, opts: SendOptions): SMTPConnection.Options {
-  const verify = peer.tls !== 'may';
+  const verify = peer.tls === 'verify' || peer.tls === 'implicit';
   return {
     host: address,
     port: peer.port,
     name: opts.helo,
     secure: peer.tls === 'implicit',
     requireTLS: peer.tls === 'verify',
+    ignoreTLS: peer.tls === 'none',
     servername: /^[\d.:]+$/.test(peer.host) ? undefined : peer.host,
     connectionTimeout: opts.timeouts.connect,
     greetingTimeout: opts.timeouts.connect,
@@ -175,7 +197,7 @@ async function session(conn: SMTPConnection, peer: Peer, where: string, env: Env
       conn.once('error', rej);
       conn.connect((e) => (e ? rej(e) : res()));
     });
-    if (peer.tls !== 'may' && !conn.secure) throw new HostTrouble('no TLS, and this host requires it');
+    if ((peer.tls === 'verify' || peer.tls === 'implicit') && !conn.secure) throw new HostTrouble('no TLS, and this host requires it');
     if (peer.auth) {
       await new Promise<void>((res, rej) => conn.login(peer.auth!, (e) => (e ? rej(e) : res())));
     }
@@ -184,7 +206,8 @@ async function session(conn: SMTPConnection, peer: Peer, where: string, env: Env
     if (e instanceof HostTrouble) throw e;
     const err = e as SmtpError;
     const what = err.command && err.command !== 'CONN' ? `${err.command}: ` : '';
-    throw new HostTrouble(err.response ? `${what}${err.response.replace(/\s+/g, ' ')}` : `${what}${err.message}${err.code ? ` (${err.code})` : ''}`);
+    const tls = conn.upgrading === true || err.code === 'ETLS' || err.command === 'STARTTLS';
+    throw new HostTrouble(err.response ? `${what}${err.response.replace(/\s+/g, ' ')}` : `${what}${err.message}${err.code ? ` (${err.code})` : ''}`, tls);
   }
   opts.log.debug(`${where}: connected${conn.secure ? ' with TLS' : ''}`);
   try {

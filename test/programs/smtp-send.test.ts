@@ -363,3 +363,44 @@ test(
     assert.ok(Date.now() - started < 15_000, `took ${Date.now() - started} ms`);
   },
 );
+
+test('smtp-send: a server whose STARTTLS handshake fails gets the message in plaintext (opportunistic TLS), never held for it', async () => {
+  const { SMTPServer } = await import('smtp-server');
+  const { readFileSync } = await import('node:fs');
+  const got: boolean[] = [];
+  // It offers STARTTLS but speaks only TLS 1.1, which smtp-send (TLS 1.2 at least) will not.
+  const server = new SMTPServer({
+    key: readFileSync(mxCert.key),
+    cert: readFileSync(mxCert.cert),
+    maxVersion: 'TLSv1.1',
+    minVersion: 'TLSv1',
+    authOptional: true,
+    logger: false,
+    onData(stream, session, cb) {
+      stream.on('end', () => {
+        got.push(session.secure);
+        cb();
+      });
+      stream.resume();
+    },
+  });
+  const handshakeErrors: Error[] = [];
+  server.on('error', (e) => handshakeErrors.push(e)); // the failed handshake, as the server sees it
+  await new Promise<void>((res) => server.listen(0, '127.0.0.1', () => res()));
+  const port = (server.server.address() as { port: number }).port;
+  try {
+    const r = await runMain('smtp-send', ['--config', config(port), 'x@sink.test'], { input: await message(FIELDS) });
+    assert.match(String(handshakeErrors[0]), /unsupported protocol/);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(lines(r.stdout), ['OK x@sink.test']);
+    assert.match(r.stderr, /mx\.sink\.test\[127\.0\.0\.1\]:\d+: .*once more without TLS/);
+    assert.deepEqual(got, [false]);
+    // A domain that requires verified TLS is not sent in plaintext.
+    const strict = config(port, `[domains."sink.test"]\ntls = "verify"`);
+    const r2 = await runMain('smtp-send', ['--config', strict, 'x@sink.test'], { input: await message(FIELDS) });
+    assert.equal(r2.code, 75, r2.stderr);
+    assert.equal(got.length, 1);
+  } finally {
+    await new Promise<void>((res) => server.close(() => res()));
+  }
+});
