@@ -126,7 +126,7 @@ export async function startPostfix(o: PostfixOptions): Promise<Postfix> {
     dir,
     maildir,
     log,
-    waitFor(user, n, ms = 20_000) {
+    waitFor(user, n, ms = 30_000) {
       return new Promise((res, rej) => {
         const check = () => {
           const got = maildir(user);

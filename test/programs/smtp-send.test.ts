@@ -158,21 +158,24 @@ test(
     const file = join(dir, 'signed.eml');
     writeFileSync(file, signed);
     const verify = `
-import sys, dkim, dns.resolver
+import sys, logging, dkim, dns.resolver
+logging.basicConfig(stream=sys.stderr, level=logging.DEBUG)
 r = dns.resolver.Resolver(configure=False)
 r.nameservers = ['127.0.0.1']
 r.port = ${dns.port}
+r.timeout = 5
+r.lifetime = 30
 def dnsfunc(name, timeout=5):
     name = name.decode() if isinstance(name, bytes) else name
     return b''.join(b''.join(rd.strings) for rd in r.resolve(name, 'TXT'))
 msg = open(sys.argv[1], 'rb').read()
-d = dkim.DKIM(msg)
+d = dkim.DKIM(msg, logger=logging.getLogger('dkim'))
 for i in range(2):
     print(d.verify(idx=i, dnsfunc=dnsfunc), d.signature_fields.get(b'a').decode())
 `;
     const py = await runCommand('/usr/bin/python3', ['-c', verify, file]);
     assert.equal(py.code, 0, py.stderr);
-    assert.deepEqual(py.stdout.toString().trim().split('\n').sort(), ['True ed25519-sha256', 'True rsa-sha256']);
+    assert.deepEqual(py.stdout.toString().trim().split('\n').sort(), ['True ed25519-sha256', 'True rsa-sha256'], `dkimpy said:\n${py.stderr}\nof:\n${signed}`);
     // The records to publish are what the test published, and say what each key is.
     const rec = await inProcess(['--config', cfg, '--dkim-record', 'a.test']);
     assert.equal(rec.code, 0, rec.stderr);
