@@ -29,7 +29,7 @@ export interface DnsServer {
 }
 
 /** A free UDP port on 127.0.0.1 (dnsmasq also needs TCP on it; a clash is retried). */
-async function freePort(): Promise<number> {
+async function freeUdpPort(): Promise<number> {
   const s = createSocket('udp4');
   s.bind(0, '127.0.0.1');
   await once(s, 'listening');
@@ -101,7 +101,7 @@ export async function startDns(zone: Zone): Promise<DnsServer> {
   if (!DNSMASQ) throw new Error('dnsmasq not installed (Debian: dnsmasq-base)');
   let last = '';
   for (let attempt = 0; attempt < 5; attempt++) {
-    const port = await freePort();
+    const port = await freeUdpPort();
     const { proc, ok, log } = await startOn(port, zone);
     if (ok) {
       return {

@@ -6,7 +6,7 @@
 import { execFileSync } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, readdirSync, watch, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { freeTcpPort, runCommand, tempDir } from './helpers.js';
+import { freePort, runCommand, tempDir } from './helpers.js';
 import type { CertFiles } from './pki.js';
 
 export const POSTFIX = '/usr/sbin/postfix';
@@ -106,7 +106,7 @@ export async function startPostfix(o: PostfixOptions): Promise<Postfix> {
   let started = false;
   let last = '';
   for (let attempt = 0; attempt < 3 && !started; attempt++) {
-    port = await freeTcpPort();
+    port = await freePort();
     writeFileSync(join(dir, 'main.cf'), mainCf(dir, o));
     writeFileSync(join(dir, 'master.cf'), masterCf(port));
     const r = await runCommand(POSTFIX, ['-c', dir, 'start']);

@@ -5,7 +5,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync } from 'node:fs';
 import { connect } from 'node:net';
-import { freeTcpPort } from './helpers.js';
+import { freePort } from './helpers.js';
 
 export const SMTP_SINK = '/usr/sbin/smtp-sink';
 export const smtpSinkMissing = existsSync(SMTP_SINK) ? undefined : 'smtp-sink is not installed (Debian: postfix)';
@@ -30,7 +30,7 @@ function accepts(port: number): Promise<boolean> {
 
 /** Start smtp-sink with `flags` (e.g. ['-f', 'rcpt']); it stops when the test calls stop(). */
 export async function startSink(flags: string[] = []): Promise<Sink> {
-  const port = await freeTcpPort();
+  const port = await freePort();
   const uid = process.getuid?.() === 0 ? ['-u', 'nobody'] : [];
   const proc = spawn(SMTP_SINK, [...uid, '-h', 'sink.test', ...flags, `127.0.0.1:${port}`, '16'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';

@@ -146,7 +146,11 @@ export function parseTarget(s: string): { host: string; port: number } {
   return { host: m[1] ?? m[2], port: m[3] ? Number(m[3]) : IMDP_PORT };
 }
 
-/** The server of a domain: the config table, then DNS SRV _imdp._tcp, then the domain itself on the IMDP port. Superseded by routeDomain (fall-back, legacy = "auto"); kept until callers written before it move over. */
+/**
+ * The server of a domain: the config table, then DNS SRV _imdp._tcp, then the
+ * domain itself on the IMDP port. Superseded by routeDomain (fall-back,
+ * legacy = "auto"); kept until callers written before it move over.
+ */
 export async function findServer(domain: string, table: Record<string, string>, useSrv: boolean): Promise<Target> {
   const configured = table[domain];
   if (configured) return { ...parseTarget(configured), via: 'config' };

@@ -7,7 +7,7 @@ import { readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { type DnsServer, startDns } from '../dns-fixture.js';
-import { freeTcpPort, runBin, runMain } from '../helpers.js';
+import { freePort, runBin, runMain } from '../helpers.js';
 import { HANDLER, type Server, certs, config, dir, message, outDir, pki, startServer } from '../imdp-fixture.js';
 import { type Sink, smtpSinkMissing, startSink } from '../smtp-sink.js';
 
@@ -27,7 +27,7 @@ async function server(domain: 'b.test' | 'c.test', o: string): Promise<Server> {
 before(async () => {
   let b2: Server, c1: Server, c2: Server;
   [b1, b2, c1, c2] = await Promise.all([server('b.test', out.b1), server('b.test', out.b2), server('c.test', out.c1), server('c.test', out.c2)]);
-  deadPort = await freeTcpPort();
+  deadPort = await freePort();
   if (!smtpSinkMissing) sink = await startSink([]);
   dns = await startDns({
     srv: [
