@@ -14,6 +14,7 @@ export const PROGRAMS = [
   'mime-to-ima',
   'ima-to-mime',
   'smtp-receive',
+  'smtp-send',
 ] as const;
 export type ProgramName = (typeof PROGRAMS)[number];
 
