@@ -75,14 +75,10 @@ export class Bench {
     return this.pkiMade;
   }
 
-  /**
-   * One line of the closing table. `higherIsBetter` says which way the ratio
-   * goes (figure/peer for rates, peer/figure for times); `target` is the
-   * goal in words.
-   */
-  row(measure: string, figure: number, unit: string, peer: { name: string; figure: number } | undefined, target: string, higherIsBetter = true): void {
+  /** One line of the closing table; the ratio is figure/peer, `target` the goal in words. */
+  row(measure: string, figure: number, unit: string, peer: { name: string; figure: number } | undefined, target: string): void {
     const fmt = (x: number) => (x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.toFixed(2));
-    const ratio = peer && peer.figure > 0 && figure > 0 ? (higherIsBetter ? figure / peer.figure : peer.figure / figure) : undefined;
+    const ratio = peer && peer.figure > 0 && figure > 0 ? figure / peer.figure : undefined;
     const r: Row = {
       measure,
       figure: `${fmt(figure)} ${unit}`,

@@ -96,9 +96,9 @@ export function rssWatcher(roots: () => number[]): { stop(): Map<string, number>
         // gone
       }
     }
-    for (let grew = true; grew; ) {
+    for (let grew = true; grew;) {
       grew = false;
-      for (const [pid, ppid] of parents) if (pids.has(ppid) && !pids.has(pid)) pids.add(pid), (grew = true);
+      for (const [pid, ppid] of parents) if (pids.has(ppid) && !pids.has(pid)) (pids.add(pid), (grew = true));
     }
     for (const pid of pids) {
       try {

@@ -83,7 +83,10 @@ smtpd_tls_session_cache_database = btree:${dir}/data/smtpd_scache
   // Debian's master.cf without chroot, smtpd moved to our port in wrapper mode.
   const master = readFileSync('/usr/share/postfix/master.cf.dist', 'utf8')
     .replace(/^([a-z]+ +(?:inet|unix|unix-dgram|fifo) +[-ny] +[-ny] +)y/gm, '$1n')
-    .replace(/^smtp {6}inet(.*)$/m, `127.0.0.1:${port} inet$1\n  -o smtpd_tls_wrappermode=yes\n127.0.0.1:${port + 1} inet$1\n  -o smtpd_tls_security_level=none -o smtpd_tls_req_ccert=no -o smtpd_tls_ask_ccert=no`);
+    .replace(
+      /^smtp {6}inet(.*)$/m,
+      `127.0.0.1:${port} inet$1\n  -o smtpd_tls_wrappermode=yes\n127.0.0.1:${port + 1} inet$1\n  -o smtpd_tls_security_level=none -o smtpd_tls_req_ccert=no -o smtpd_tls_ask_ccert=no`,
+    );
   writeFileSync(join(dir, 'master.cf'), master);
   try {
     must('postfix', ['-c', dir, 'start']);

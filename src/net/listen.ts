@@ -145,6 +145,9 @@ export async function serve(where: Where, initial: Settings, hooks: Hooks, opts:
 
   const server = tls.createServer(serverOptions());
   server.on('connection', (raw: net.Socket) => {
+    // Without this an answer written after the peer's data waits for the
+    // peer's delayed ACK (Nagle): about 40 ms per message on a reused connection.
+    raw.setNoDelay?.(true);
     const address = raw.remoteAddress ?? 'unknown';
     if (total >= settings.limits.maxConnections || (perAddress.get(address) ?? 0) >= settings.limits.maxPerAddress) {
       log.warn(
