@@ -98,7 +98,12 @@ export function rssWatcher(roots: () => number[]): { stop(): Map<string, number>
     }
     for (let grew = true; grew;) {
       grew = false;
-      for (const [pid, ppid] of parents) if (pids.has(ppid) && !pids.has(pid)) (pids.add(pid), (grew = true));
+      for (const [pid, ppid] of parents) {
+        if (pids.has(ppid) && !pids.has(pid)) {
+          pids.add(pid);
+          grew = true;
+        }
+      }
     }
     for (const pid of pids) {
       try {
