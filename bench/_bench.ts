@@ -41,7 +41,7 @@ export class Bench {
     /** Root of this run's fresh directories; deleted at the very end. */
     readonly root: string,
   ) {
-    const env: NodeJS.ProcessEnv = { ...process.env, PATH: `${BIN}:${process.env.PATH}`, IMA_CONFIG_DIR: '/nonexistent' };
+    const env: NodeJS.ProcessEnv = { ...process.env, PATH: `${BIN}:${process.env.PATH}`, IMA_CONFIG_DIR: '/nonexistent', IMA_ALLOW_ROOT: '1' };
     delete env.NODE_EXTRA_CA_CERTS;
     delete env.NODE_OPTIONS;
     this.env = env;

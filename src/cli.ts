@@ -13,6 +13,7 @@ import { EXIT, Failure, noInput } from './failure.js';
 import { type Field, type Located, type Role, deepFreeze, loadConfig, locateConfig, showConfig } from './config.js';
 import { type Log, createLog, oneLine } from './log.js';
 import type { Io } from './io.js';
+import { refuseRoot } from './privileges.js';
 
 export interface CommonFlags {
   config?: string;
@@ -28,30 +29,45 @@ function packageVersion(): string {
   return version;
 }
 
-export interface Started<A, C> {
+export interface Started<A, C, P = undefined> {
   argv: ArgumentsCamelCase<A> & CommonFlags;
   config: C;
   source: Located;
   log: Log;
+  /** What the spec's check made of the config (certificates loaded, routing table built). */
+  prepared: P;
 }
 
-export interface ProgramSpec<A, C> {
+export interface ProgramSpec<A, C, P = undefined> {
   name: string;
   role: Role;
   usage: string;
   schema: Field<C>;
   options: (y: Argv) => Argv<A>;
+  /** Refuse to run as root (exit 77) unless IMA_ALLOW_ROOT=1 or the config names a `user` to become. */
+  notAsRoot?: boolean;
+  /**
+   * Every check a start runs beyond the schema (files, certificates, commands,
+   * the routing table): run by --check-config and by every start alike, so
+   * "configuration OK" means the program would start. Throws a Failure.
+   */
+  check?: (config: C, source: Located, io: Io) => P;
 }
 
+/** What parsing the command line needs of a spec. */
+type FlagSpec<A> = Pick<ProgramSpec<A, unknown>, 'name' | 'usage' | 'options'>;
+
 /** Parse flags, load config, make the log. Returns a number when the program is already done (help, errors). */
-export async function start<A, C>(spec: ProgramSpec<A, C>, args: string[], io: Io): Promise<Started<A, C> | number> {
+export async function start<A, C, P = undefined>(spec: ProgramSpec<A, C, P>, args: string[], io: Io): Promise<Started<A, C, P> | number> {
   const parsed = await parseFlags(spec, args, io);
   if (typeof parsed === 'number') return parsed;
   const argv = parsed;
   let loaded;
+  let prepared: P;
   try {
     const where = locateConfig(spec.name, spec.role, argv.config, io.env, io.cwd);
     loaded = loadConfig(spec.schema, where.path, where.required);
+    prepared = checked(spec, loaded.config, loaded.source, io);
   } catch (e) {
     if (e instanceof Failure) {
       io.stderr.write(`${spec.name}: ${oneLine(e.message)}\n`);
@@ -65,14 +81,28 @@ export async function start<A, C>(spec: ProgramSpec<A, C>, args: string[], io: I
     io.stderr.write(`${spec.name}: configuration OK\n`);
     return EXIT.OK;
   }
-  return { argv, config: loaded.config, source: loaded.source, log };
+  if (spec.notAsRoot) refuseRoot(io.env, (loaded.config as { user?: string }).user);
+  return { argv, config: loaded.config, source: loaded.source, log, prepared };
+}
+
+// A parsed config is one frozen object while its file is unchanged, so an
+// in-process run per message checks it once, not once per message.
+const checks = new WeakMap<object, { cwd: string; prepared: unknown }>();
+
+function checked<A, C, P>(spec: ProgramSpec<A, C, P>, config: C, source: Located, io: Io): P {
+  if (!spec.check) return undefined as P;
+  const known = checks.get(config as object);
+  if (known && known.cwd === io.cwd) return known.prepared as P;
+  const prepared = spec.check(config, source, io);
+  checks.set(config as object, { cwd: io.cwd, prepared });
+  return prepared;
 }
 
 // Building a parser costs about a millisecond; a server running a program
 // in-process for every message reuses one (yargs resets between parses).
 const parsers = new Map<string, Argv<unknown>>();
 
-async function parserFor<A>(spec: ProgramSpec<A, unknown>, width: number): Promise<Argv<A>> {
+async function parserFor<A>(spec: FlagSpec<A>, width: number): Promise<Argv<A>> {
   const key = `${spec.name}\0${width}`;
   let y = parsers.get(key) as Argv<A> | undefined;
   if (!y) {
@@ -82,7 +112,7 @@ async function parserFor<A>(spec: ProgramSpec<A, unknown>, width: number): Promi
   return y;
 }
 
-function buildParser<A>(yargs: () => Argv, spec: ProgramSpec<A, unknown>, width: number): Argv<A> {
+function buildParser<A>(yargs: () => Argv, spec: FlagSpec<A>, width: number): Argv<A> {
   return spec
     .options(
       yargs()
@@ -106,12 +136,8 @@ function buildParser<A>(yargs: () => Argv, spec: ProgramSpec<A, unknown>, width:
 // each message): a successful parse is a pure function of them, kept frozen.
 const parsed = new Map<string, unknown>();
 
-export async function parseFlags<A>(
-  spec: ProgramSpec<A, unknown>,
-  args: string[],
-  io: Io,
-  quick = true,
-): Promise<(ArgumentsCamelCase<A> & CommonFlags) | number> {
+/** Parse a command line; `quick = false` skips the yargs-parser path (tests compare the two). */
+export async function parseFlags<A>(spec: FlagSpec<A>, args: string[], io: Io, quick = true): Promise<(ArgumentsCamelCase<A> & CommonFlags) | number> {
   const key = `${spec.name}\0${args.join('\0')}`;
   const known = parsed.get(key) ?? (quick ? quickParse(spec, args) : undefined);
   if (known) {
@@ -170,7 +196,7 @@ const COMMON: [string, OptionDef][] = [
 const recordings = new Map<string, Recorded>();
 
 /** The options a program declares, recorded by running its options() on a stand-in for yargs. */
-function record(spec: ProgramSpec<unknown, unknown>): Recorded {
+function record(spec: FlagSpec<unknown>): Recorded {
   let r = recordings.get(spec.name);
   if (r) return r;
   const rec: Recorded = { options: new Map(COMMON), conflicts: [], unknownUse: false };
@@ -192,7 +218,7 @@ function record(spec: ProgramSpec<unknown, unknown>): Recorded {
 const camel = (s: string) => s.replace(/-([a-z])/g, (_m, c: string) => c.toUpperCase());
 
 /** Parse with yargs-parser when the command line is plainly valid; undefined means "ask full yargs". */
-export function quickParse(spec: ProgramSpec<unknown, unknown>, args: string[]): (ArgumentsCamelCase<unknown> & CommonFlags) | undefined {
+export function quickParse(spec: FlagSpec<unknown>, args: string[]): (ArgumentsCamelCase<unknown> & CommonFlags) | undefined {
   const rec = record(spec);
   // '--' too: yargs turns numbers after it into numbers, yargs-parser does not.
   if (rec.unknownUse || args.some((a) => a === '--' || /^-(h|-help|-version)(=|$)/.test(a))) return undefined;

@@ -9,7 +9,7 @@ import type { Readable } from 'node:stream';
 import type { Argv } from 'yargs';
 import { type Address, AddressError, mailboxOf, parseAddress } from '../address.js';
 import { start } from '../cli.js';
-import { boolean, duration, integer, optional, size, string, table } from '../config.js';
+import { mailboxPathProblem, boolean, duration, integer, optional, size, string, table } from '../config.js';
 import { EXIT, Failure, asFailure, noInput, usageError } from '../failure.js';
 import { cleanTmp, deliverToMailbox } from '../mailbox.js';
 import { DEFAULT_LIMITS } from '../message/index.js';
@@ -17,7 +17,14 @@ import type { Io } from '../io.js';
 
 const schema = table({
   mailbox: optional(
-    string({ check: (s) => (s.includes('{') && !/\{(local|domain|address)\}/.test(s) ? 'unknown placeholder (use {local}, {domain}, {address})' : undefined) }),
+    string({
+      check: (s) =>
+        s === ''
+          ? undefined
+          : s.includes('{') && !/\{(local|domain|address)\}/.test(s)
+            ? 'unknown placeholder (use {local}, {domain}, {address})'
+            : mailboxPathProblem(s, true),
+    }),
     '',
   ),
   create: optional(boolean(), false),
@@ -51,7 +58,7 @@ function toAddress(text: string, what: string): Address {
 
 export async function main(args: string[], io: Io): Promise<number> {
   const s = await start(
-    { name: 'give-recipient', role: 'server', usage: '$0 [--address ADDRESS] MAILBOX [FILE]\n$0 ADDRESS [FILE]', schema, options },
+    { name: 'give-recipient', role: 'server', notAsRoot: true, usage: '$0 [--address ADDRESS] MAILBOX [FILE]\n$0 ADDRESS [FILE]', schema, options },
     args,
     io,
   );
