@@ -167,7 +167,9 @@ service imap-login {
 /** Start Dovecot once its Maildir is filled (files must belong to the mail user). */
 export function launchDovecot(dir: string): void {
   must('chown', ['-R', `${NOBODY}:${NOBODY}`, join(dir, 'mail')]);
-  must('dovecot', ['-c', join(dir, 'dovecot.conf')]);
+  // dovecot daemonizes keeping its stdout and stderr: give it none, or spawnSync waits for ever.
+  const r = spawnSync('dovecot', ['-c', join(dir, 'dovecot.conf')], { stdio: 'ignore' });
+  if (r.status !== 0) throw new Error(`bench: dovecot exited ${r.status}: see ${join(dir, 'dovecot.log')}`);
 }
 
 /** An mbsync config pulling bob's INBOX into `near` (a Maildir), over IMAPS, fsync on (its default). */
