@@ -50,7 +50,7 @@ const options = (y: Argv) =>
  */
 const SMALL = 4 * 1024 * 1024;
 const PARALLEL = 16;
-const HELD = 8 * 1024 * 1024;
+const HELD = 16 * 1024 * 1024;
 /** Ids per SEEN or DELETE line: 25 ids of 37 bytes fit ima(7)'s 1000-byte line. */
 const ACK_BATCH = 25;
 
