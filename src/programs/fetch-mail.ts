@@ -43,14 +43,9 @@ const options = (y: Argv) =>
     .option('keep', { type: 'boolean', describe: 'Mark fetched messages seen instead of deleting them on the server' })
     .option('progress', { type: 'boolean', describe: 'Show a progress bar (default: when stderr is a terminal)' });
 
-/**
- * Messages up to this size are read into memory and stored up to PARALLEL
- * at a time, HELD bytes at most, so their fsyncs overlap (a 1 MiB attachment
- * makes a message just over 1 MiB: it must count as small).
- */
-const SMALL = 4 * 1024 * 1024;
+/** Messages up to this size are read into memory and stored PARALLEL at a time. */
+const SMALL = 1024 * 1024;
 const PARALLEL = 16;
-const HELD = 16 * 1024 * 1024;
 /** Ids per SEEN or DELETE line: 25 ids of 37 bytes fit ima(7)'s 1000-byte line. */
 const ACK_BATCH = 25;
 
@@ -179,7 +174,6 @@ export async function main(args: string[], io: Io): Promise<number> {
     // Small messages are taken off the wire into memory and stored several at
     // a time, so their fsyncs overlap; a large one streams to disk alone.
     const inFlight = new Set<Promise<void>>();
-    let held = 0;
     let failure: unknown;
     const track = (p: Promise<void>) => {
       const t = p.catch((e) => void (failure ??= e)).finally(() => inFlight.delete(t));
@@ -191,11 +185,10 @@ export async function main(args: string[], io: Io): Promise<number> {
       const [id, size] = [m[1], Number(m[2])];
       if (failure) throw failure;
       if (size <= SMALL) {
-        while (inFlight.size >= PARALLEL || (inFlight.size > 0 && held + size > HELD)) await Promise.race(inFlight);
         const parts: Buffer[] = [];
         for await (const c of client.reader.readBytes(size)) parts.push(Buffer.from(c));
-        held += size;
-        track(store(id, size, Readable.from([Buffer.concat(parts)])).finally(() => (held -= size)));
+        while (inFlight.size >= PARALLEL) await Promise.race(inFlight);
+        track(store(id, size, Readable.from([Buffer.concat(parts)])));
         continue;
       }
       await Promise.all(inFlight);
