@@ -5,7 +5,7 @@
 // certificate was verified when one is required, and hands each
 // authenticated TLS socket to the protocol's session function.
 // SIGTERM: stop accepting, let sessions finish. SIGHUP: reload.
-import { X509Certificate } from 'node:crypto';
+import { X509Certificate, randomBytes } from 'node:crypto';
 import type { EventEmitter } from 'node:events';
 import net from 'node:net';
 import { Duplex, type Readable, type Writable } from 'node:stream';
@@ -265,6 +265,9 @@ export async function serve(where: Where, initial: Settings, hooks: Hooks, opts:
     try {
       const next = await hooks.reload();
       server.setSecureContext(next.tls);
+      // New ticket keys: a client must not resume a session made under the
+      // old certificate (a replaced, perhaps compromised, one).
+      server.setTicketKeys(randomBytes(48));
       settings = next;
       log.info('reloaded configuration and certificates');
     } catch (e) {
