@@ -1,6 +1,6 @@
 // The serving side of IMRP (ima(7)): one session on a TLS connection. A
 // user logs in by password (scrypt, constant-time, failures slowed and
-// counted per address) or by a client certificate mapped to them; then
+// counted per address and per user, login-guard.ts) or by a client certificate mapped to them; then
 // lists, fetches (FETCH NEW streams every new message back to back),
 // marks seen and deletes, only ever inside their own mailbox.
 import { randomBytes } from 'node:crypto';
@@ -16,6 +16,7 @@ import { LineError, LineReader } from '../net/lines.js';
 import type { Peer } from '../net/listen.js';
 import { fingerprint256 } from '../net/tls.js';
 import { verifyPassword } from '../password.js';
+import type { LoginGuard } from '../net/login-guard.js';
 import { type Command, ProtocolError, type Summary, parseCommand } from './wire.js';
 import * as wire from './wire.js';
 
@@ -29,11 +30,15 @@ export interface UserEntry {
 export interface ImrpConfig {
   name: string;
   users: Readonly<Record<string, UserEntry>>;
-  limits: { maxLine: number; maxErrors: number; maxLoginFailures: number };
-  timeouts: { idle: number; data: number; loginDelay: number };
+  limits: { maxLine: number; maxErrors: number };
+  timeouts: { idle: number; data: number };
   log: Log;
-  /** Failed logins per client address, shared by all sessions of the server. */
-  failures: Map<string, number>;
+  /** Failed logins per client address and per user, shared by all sessions of the server. */
+  guard: LoginGuard;
+  /** Checked against for an unknown user (password.ts dummyHash). */
+  dummyHash: string;
+  /** Told of every login attempt (metrics). */
+  onLogin?(method: 'password' | 'certificate', ok: boolean): void;
 }
 
 class Close extends Error {}
@@ -149,29 +154,29 @@ export class ImrpSession {
   private async login(user: string, password?: string): Promise<void> {
     if (this.user) return this.send(wire.no(`already logged in as ${this.user}`));
     const entry = Object.hasOwn(this.cfg.users, user) ? this.cfg.users[user] : undefined;
-    let ok: boolean;
-    let method: string;
-    if (password !== undefined) {
-      method = 'password';
-      ok = await verifyPassword(password, entry?.password);
-    } else {
-      method = 'certificate';
-      ok = !!entry && !!this.peer.cert && this.certificateFits(entry);
-    }
     const addr = this.peer.address;
-    this.cfg.log.info(`session=${this.id} login user=${user} address=${addr} method=${method} result=${ok ? 'ok' : 'failed'}`);
+    const { guard } = this.cfg;
+    const method = password !== undefined ? 'password' : 'certificate';
+    let ok: boolean;
+    let refused = false;
+    if (password !== undefined) {
+      // Over the limit, a password is not even tried: guesses beyond it learn nothing.
+      refused = guard.locked(addr, user);
+      ok = !refused && (await verifyPassword(password, entry?.password, this.cfg.dummyHash));
+    } else ok = !!entry && !!this.peer.cert && this.certificateFits(entry);
+    this.cfg.log.info(`session=${this.id} login user=${user} address=${addr} method=${method} result=${ok ? 'ok' : refused ? 'refused' : 'failed'}`);
+    this.cfg.onLogin?.(method, ok);
     if (ok) {
-      this.cfg.failures.delete(addr);
       this.user = user;
       this.view = new Mailbox(entry!.mailbox);
       return this.send(wire.ok(`logged in as ${user}`));
     }
-    const failures = (this.cfg.failures.get(addr) ?? 0) + 1;
-    this.cfg.failures.set(addr, failures);
-    await new Promise((r) => setTimeout(r, Math.min(failures, 10) * this.cfg.timeouts.loginDelay));
+    // A refused try is not counted again: the lock lifts after the decay however hard it is hammered.
+    const standing = refused ? guard.standing(addr, user) : guard.fail(addr, user);
+    await new Promise((r) => setTimeout(r, guard.delayFor(standing)));
     this.send(wire.no('login failed'));
     // The session ends after the BYE; the server then closes the connection gently, so the BYE arrives.
-    if (failures >= this.cfg.limits.maxLoginFailures) this.bye('too many failed logins');
+    if (guard.exhausted(standing)) this.bye('too many failed logins');
   }
 
   private certificateFits(entry: UserEntry): boolean {

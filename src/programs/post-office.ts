@@ -13,7 +13,8 @@ import { IMRP_PORT, MAX_LINE, bye } from '../imrp/wire.js';
 import { ImrpSession, type ImrpConfig } from '../imrp/server.js';
 import { type Settings, parseHostPort, serve, whereFrom } from '../net/listen.js';
 import type { Log } from '../log.js';
-import { hashPassword, hashProblem } from '../password.js';
+import { dummyHash, hashPassword, hashProblem } from '../password.js';
+import { type GuardLimits, LoginGuard } from '../net/login-guard.js';
 import { isTerminal, readSecret } from '../prompt.js';
 import type { Io } from '../io.js';
 import { contextOptions, tlsFromConfig, tlsSchema } from '../net/tls.js';
@@ -50,7 +51,8 @@ const schema = table({
     idle: optional(duration(), 300_000),
     data: optional(duration(), 120_000),
     shutdown: optional(duration(), 60_000),
-    login_delay: optional(duration(), 1000),
+    login_delay: optional(duration({ zero: 'no delay' }), 1000),
+    login_failure_decay: optional(duration(), 60_000),
   }),
 });
 type Config = ReturnType<typeof schema.parse>;
@@ -85,7 +87,19 @@ function settingsOf(config: Config, source: Located): Settings {
   };
 }
 
-function sessionOf(config: Config, source: Located, log: Log, failures: Map<string, number>): ImrpConfig {
+/** Most addresses, and most user names, the failed-login tables keep (the stalest are forgotten first). */
+const LOGIN_TABLE_ENTRIES = 10_000;
+
+function guardLimits(config: Config): GuardLimits {
+  return {
+    maxFailures: config.limits.max_login_failures,
+    decay: config.timeouts.login_failure_decay,
+    delay: config.timeouts.login_delay,
+    maxEntries: LOGIN_TABLE_ENTRIES,
+  };
+}
+
+function sessionOf(config: Config, source: Located, log: Log, guard: LoginGuard): ImrpConfig {
   const users = Object.fromEntries(Object.entries(config.users).map(([u, e]) => [u, { ...e, mailbox: configPath(source, e.mailbox) }]));
   for (const [u, e] of Object.entries(users)) {
     if (!e.password && !e.certificate_sha256.length && !e.certificate_name)
@@ -94,10 +108,11 @@ function sessionOf(config: Config, source: Located, log: Log, failures: Map<stri
   return {
     name: config.name,
     users,
-    limits: { maxLine: config.limits.max_line, maxErrors: config.limits.max_errors, maxLoginFailures: config.limits.max_login_failures },
-    timeouts: { idle: config.timeouts.idle, data: config.timeouts.data, loginDelay: config.timeouts.login_delay },
+    limits: { maxLine: config.limits.max_line, maxErrors: config.limits.max_errors },
+    timeouts: { idle: config.timeouts.idle, data: config.timeouts.data },
     log,
-    failures,
+    guard,
+    dummyHash: dummyHash(Object.values(users).map((e) => e.password)),
   };
 }
 
@@ -116,9 +131,9 @@ export async function main(args: string[], io: Io): Promise<number> {
   if (typeof s === 'number') return s;
   const { argv, log, source } = s;
   if (!source.file) throw configError(source.dir, '', 'post-office needs a config file (tls, users): see post-office.toml(5)');
-  const failures = new Map<string, number>();
+  const guard = new LoginGuard(guardLimits(s.config));
   let settings = settingsOf(s.config, source);
-  let session = sessionOf(s.config, source, log, failures);
+  let session = sessionOf(s.config, source, log, guard);
   const where = whereFrom(argv.listen, argv.inetd, io.env, { stdin: io.stdin, stdout: io.stdout }, process.pid) ?? {
     mode: 'listen' as const,
     ...parseHostPort(s.config.listen),
@@ -132,7 +147,8 @@ export async function main(args: string[], io: Io): Promise<number> {
       reload: async () => {
         const next = loadConfig(schema, source.file!, true).config;
         settings = settingsOf(next, source);
-        session = sessionOf(next, source, log, failures);
+        session = sessionOf(next, source, log, guard);
+        guard.setLimits(guardLimits(next));
         return settings;
       },
     },

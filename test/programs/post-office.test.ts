@@ -7,6 +7,7 @@ import { createServer } from 'node:tls';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import tls from 'node:tls';
+import net from 'node:net';
 import { X509Certificate } from 'node:crypto';
 import { fingerprint256 } from '../../src/net/tls.js';
 import { BIN, type Listening, runBin, startListening, tempDir, testEnv } from '../helpers.js';
@@ -50,10 +51,11 @@ const fetch = (cfg: string, args: string[], env: Record<string, string> = {}) =>
 const local = (d: string) => (existsSync(join(d, 'new')) ? readdirSync(join(d, 'new')).sort() : []);
 
 /** A raw IMRP conversation: send lines, collect what the server says until it closes or `until` matches. */
-async function converse(lines: string[], until: RegExp, cert?: { cert: string; key: string }, at = port): Promise<string> {
+async function converse(lines: string[], until: RegExp, cert?: { cert: string; key: string }, at = port, from?: string): Promise<string> {
   const s = tls.connect({
     host: '127.0.0.1',
     port: at,
+    socket: from ? net.connect({ host: '127.0.0.1', port: at, localAddress: from }) : undefined,
     servername: 'b.test',
     ca: readFileSync(pki.caFile),
     ...(cert ? { cert: readFileSync(cert.cert), key: readFileSync(cert.key) } : {}),
@@ -227,14 +229,47 @@ describe('post-office and fetch-mail', () => {
 });
 
 describe('post-office limits', () => {
-  it('counts failed logins per address: after the limit the connection is dropped, and a new one gets one try', async () => {
-    const first = await converse(['LOGIN bob wrong1', 'LOGIN bob wrong2', 'LOGIN bob wrong3', 'LOGIN bob sesame'], /^BYE/m, undefined, strict.port);
+  it('counts failed logins per address: after the limit the connection is dropped, and a new one is refused at once', async () => {
+    const first = await converse(['LOGIN mallory1 wrong1', 'LOGIN mallory2 wrong2', 'LOGIN mallory3 wrong3', 'LOGIN bob sesame'], /^BYE/m, undefined, strict.port);
     assert.equal((first.match(/^NO login failed$/gm) ?? []).length, 3);
     assert.match(first, /^BYE too many failed logins$/m);
     assert.doesNotMatch(first, /logged in/, 'the fourth try was never heard');
-    const again = await converse(['LOGIN bob wrong4', 'LOGIN bob sesame'], /^BYE/m, undefined, strict.port);
+    const again = await converse(['LOGIN bob sesame', 'LOGIN bob sesame'], /^BYE/m, undefined, strict.port);
     assert.match(again, /^NO login failed\nBYE too many failed logins$/m);
     assert.doesNotMatch(again, /logged in/);
+  });
+
+  it("never lets a login to the attacker's own account reset the failures of the address", async () => {
+    const from = '127.0.0.2';
+    const first = await converse(['LOGIN nobody1 x', 'LOGIN nobody2 x', 'LOGIN carol sesame', 'QUIT'], /^BYE/m, undefined, strict.port, from);
+    assert.match(first, /^OK logged in as carol$/m);
+    const next = await converse(['LOGIN nobody3 x', 'QUIT'], /^BYE/m, undefined, strict.port, from);
+    assert.match(next, /^NO login failed\nBYE too many failed logins$/m, 'the third failure from this address ends it');
+  });
+
+  it('counts failures per user too: guesses at one user from many addresses lock that user, and only password logins', async () => {
+    for (const from of ['127.0.0.3', '127.0.0.4', '127.0.0.5']) {
+      const got = await converse(['LOGIN carol wrong', 'QUIT'], /^BYE/m, undefined, strict.port, from);
+      assert.match(got, /^NO login failed$/m);
+    }
+    const right = await converse(['LOGIN carol sesame', 'QUIT'], /^BYE/m, undefined, strict.port, '127.0.0.6');
+    assert.match(right, /^NO login failed\nBYE too many failed logins$/m, 'even the right password is not tried');
+    assert.match(strict.log(), /login user=carol address=127\.0\.0\.6 method=password result=refused/);
+    const other = await converse(['LOGIN bob sesame', 'QUIT'], /^BYE/m, undefined, strict.port, '127.0.0.7');
+    assert.match(other, /^OK logged in as bob$/m, 'another user from a fresh address is not affected');
+  });
+
+  it('refuses a zero duration at config time, except login_delay where 0 means no delay', async () => {
+    const base = readFileSync(join(dir, 'post-office.toml'), 'utf8');
+    const zeroIdle = join(dir, 'po-zero-idle.toml');
+    writeFileSync(zeroIdle, base.replace('login_delay = "50ms"', 'idle = 0'));
+    const bad = await runBin('post-office', ['--config', zeroIdle, '--check-config']);
+    assert.equal(bad.code, 78);
+    assert.match(bad.stderr, /po-zero-idle\.toml: timeouts\.idle: must be more than 0/);
+    const zeroDelay = join(dir, 'po-zero-delay.toml');
+    writeFileSync(zeroDelay, base.replace('login_delay = "50ms"', 'login_delay = "0s"'));
+    const ok = await runBin('post-office', ['--config', zeroDelay, '--check-config']);
+    assert.equal(ok.code, 0, ok.stderr);
   });
 
   it('drops a client that says nothing within the idle timeout', async () => {
