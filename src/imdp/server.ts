@@ -22,6 +22,8 @@ import { certCoversDomain, fingerprint256 } from '../net/tls.js';
 export interface SessionLimits {
   maxMessageSize: number;
   maxHeaderBytes: number;
+  /** Entries in one message (limits.max_entries). */
+  maxEntries: number;
   maxLine: number;
   maxMessages: number;
   maxHops: number;
@@ -298,7 +300,7 @@ export class ImdpSession {
 
   /** Read the message, check it, add `received`, run the handler. */
   private async deliver(a: Announced, input: PassThrough): Promise<{ word: wire.Final | 'drop'; text?: string }> {
-    const limits = { maxHeaderBytes: this.cfg.limits.maxHeaderBytes, maxEntries: 1000, maxTotalBytes: this.cfg.limits.maxMessageSize, maxMetaBytes: 64 * 1024 };
+    const limits = { maxHeaderBytes: this.cfg.limits.maxHeaderBytes, maxEntries: this.cfg.limits.maxEntries, maxTotalBytes: this.cfg.limits.maxMessageSize, maxMetaBytes: 64 * 1024 };
     const entries = readMessage(input, limits);
     let headers: Headers;
     try {

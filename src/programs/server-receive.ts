@@ -16,6 +16,7 @@ import type { Log } from '../log.js';
 import type { Io } from '../io.js';
 import { contextOptions, tlsFromConfig, tlsSchema } from '../net/tls.js';
 import { asciiDomain, domainProblem } from '../address.js';
+import { DEFAULT_LIMITS } from '../message/index.js';
 
 const schema = table({
   domain: string({ check: domainProblem }),
@@ -30,6 +31,7 @@ const schema = table({
   limits: table({
     max_message_bytes: optional(size({ min: 1024 }), 100 * 1024 * 1024),
     max_header_bytes: optional(size({ min: 256, max: 1024 * 1024 }), 64 * 1024),
+    max_entries: optional(integer({ min: 1 }), DEFAULT_LIMITS.maxEntries),
     max_line: optional(integer({ min: 80, max: 65536 }), wire.MAX_LINE),
     max_connections: optional(integer({ min: 1 }), 100),
     max_connections_per_address: optional(integer({ min: 1 }), 10),
@@ -74,6 +76,7 @@ function sessionOf(config: Config, io: Io, log: Log): SessionConfig {
     limits: {
       maxMessageSize: limits.max_message_bytes,
       maxHeaderBytes: limits.max_header_bytes,
+      maxEntries: limits.max_entries,
       maxLine: limits.max_line,
       maxMessages: limits.max_messages_per_connection,
       maxHops: limits.max_hops,
