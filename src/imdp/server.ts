@@ -300,7 +300,8 @@ export class ImdpSession {
 
   /** Read the message, check it, add `received`, run the handler. */
   private async deliver(a: Announced, input: PassThrough): Promise<{ word: wire.Final | 'drop'; text?: string }> {
-    const limits = { maxHeaderBytes: this.cfg.limits.maxHeaderBytes, maxEntries: this.cfg.limits.maxEntries, maxTotalBytes: this.cfg.limits.maxMessageSize, maxMetaBytes: 64 * 1024 };
+    const { maxHeaderBytes, maxEntries, maxMessageSize } = this.cfg.limits;
+    const limits = { maxHeaderBytes, maxEntries, maxTotalBytes: maxMessageSize, maxMetaBytes: 64 * 1024 };
     const entries = readMessage(input, limits);
     let headers: Headers;
     try {

@@ -14,7 +14,7 @@ import { type Folder, Mailbox } from '../mailbox.js';
 import { type OutEntry, mtimeOf, parseHeaders, writeEntries } from '../message/index.js';
 import { LineError, LineReader } from '../net/lines.js';
 import type { Peer } from '../net/listen.js';
-import { fingerprint256 } from '../net/tls.js';
+import { fingerprint256, withinDates } from '../net/tls.js';
 import { verifyPassword } from '../password.js';
 import type { LoginGuard } from '../net/login-guard.js';
 import { type Command, ProtocolError, type Summary, parseCommand } from './wire.js';
@@ -181,7 +181,8 @@ export class ImrpSession {
 
   private certificateFits(entry: UserEntry): boolean {
     const cert = this.peer.cert!;
-    if (entry.certificate_sha256.includes(fingerprint256(cert))) return true;
+    // A pinned certificate need not chain to a CA, but its validity dates count.
+    if (entry.certificate_sha256.includes(fingerprint256(cert))) return withinDates(cert);
     if (!entry.certificate_name || !this.peer.authorized) return false;
     const cn = /(?:^|\n)CN=([^\n]*)/.exec(cert.subject)?.[1];
     return cn === entry.certificate_name;

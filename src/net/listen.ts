@@ -12,7 +12,7 @@ import { Duplex, type Readable, type Writable } from 'node:stream';
 import tls, { type SecureContextOptions, type TLSSocket } from 'node:tls';
 import { usageError } from '../failure.js';
 import type { Log } from '../log.js';
-import { explainCertError, peerX509 } from './tls.js';
+import { clientVerdict } from './tls.js';
 
 export type Where =
   { mode: 'listen'; host: string; port: number } | { mode: 'inetd'; stdin: Readable; stdout: Writable; remote?: string } | { mode: 'systemd'; fds: number[] };
@@ -112,10 +112,8 @@ export async function serve(where: Where, initial: Settings, hooks: Hooks, opts:
     perAddress.set(address, (perAddress.get(address) ?? 0) + 1);
     socket.on('error', (e) => log.debug(`${address}: ${e.message}`));
     const done = (async () => {
-      const cert = peerX509(socket);
-      const authorized = socket.authorized;
-      const peer: Peer = { address, cert, authorized, authError: authorized ? undefined : explainCertError(socket.authorizationError, cert !== undefined) };
-      if (!authorized && settings.clientCert === 'required') {
+      const peer: Peer = { address, ...clientVerdict(socket) };
+      if (!peer.authorized && settings.clientCert === 'required') {
         log.info(`${address}: refused: ${peer.authError}`);
         hooks.refuse(socket, peer.authError!);
         return;

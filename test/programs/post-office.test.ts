@@ -11,7 +11,7 @@ import net from 'node:net';
 import { X509Certificate } from 'node:crypto';
 import { fingerprint256 } from '../../src/net/tls.js';
 import { BIN, type Listening, runBin, startListening, tempDir, testEnv } from '../helpers.js';
-import { Pki } from '../pki.js';
+import { EXPIRED, Pki } from '../pki.js';
 import { END, HEADERS, entry, header, tarOf } from '../tarbuild.js';
 
 const dir = tempDir('ima-imrp-');
@@ -19,6 +19,8 @@ const pki = new Pki(dir);
 const server = pki.server('b.test');
 const bobCert = pki.user('bob');
 const malloryCert = pki.user('mallory');
+const bobExpired = pki.user('bob', { file: 'bob-expired', validity: EXPIRED });
+const bobFuture = pki.user('bob', { file: 'bob-future', validity: { notBefore: new Date(Date.now() + 86_400_000), days: 30 } });
 const boxes = join(dir, 'mail');
 const big = Buffer.alloc(20 * 1024 * 1024);
 for (let i = 0; i < big.length; i += 4) big.writeUInt32LE((i * 2654435761) >>> 0, i);
@@ -76,7 +78,7 @@ async function converse(lines: string[], until: RegExp, cert?: { cert: string; k
 before(async () => {
   const hash = (await runBin('post-office', ['--hash-password'], { input: 'sesame\n' })).stdout.toString().trim();
   assert.match(hash, /^scrypt\$16384\$8\$1\$/);
-  const bobFp = fingerprint256(new X509Certificate(readFileSync(bobCert.cert)));
+  const [bobFp, expiredFp, futureFp] = [bobCert, bobExpired, bobFuture].map((c) => fingerprint256(new X509Certificate(readFileSync(c.cert))));
   const cfg = join(dir, 'post-office.toml');
   writeFileSync(
     cfg,
@@ -88,7 +90,7 @@ ca = ["${pki.caFile}"]
 [users.bob]
 mailbox = "${join(boxes, 'bob')}"
 password = "${hash}"
-certificate_sha256 = ["${bobFp}"]
+certificate_sha256 = ["${bobFp}", "${expiredFp}", "${futureFp}"]
 [users.carol]
 mailbox = "${join(boxes, 'carol')}"
 password = "${hash}"
@@ -171,6 +173,14 @@ describe('post-office and fetch-mail', () => {
     assert.equal(c.code, 77);
   });
 
+  it('refuses a pinned certificate (certificate_sha256) outside its validity dates', async () => {
+    for (const cert of [bobExpired, bobFuture]) {
+      const got = await converse(['LOGIN bob', 'QUIT'], /^BYE/m, cert);
+      assert.match(got, /^NO login failed$/m, cert.cert);
+    }
+    assert.match(await converse(['LOGIN bob', 'QUIT'], /^BYE/m, bobCert), /^OK logged in as bob$/m);
+  });
+
   it("never reaches another user's mailbox, nor a path given as an id", async () => {
     const [carolId] = await deliver('carol', 1);
     const got = await converse(
@@ -230,7 +240,12 @@ describe('post-office and fetch-mail', () => {
 
 describe('post-office limits', () => {
   it('counts failed logins per address: after the limit the connection is dropped, and a new one is refused at once', async () => {
-    const first = await converse(['LOGIN mallory1 wrong1', 'LOGIN mallory2 wrong2', 'LOGIN mallory3 wrong3', 'LOGIN bob sesame'], /^BYE/m, undefined, strict.port);
+    const first = await converse(
+      ['LOGIN mallory1 wrong1', 'LOGIN mallory2 wrong2', 'LOGIN mallory3 wrong3', 'LOGIN bob sesame'],
+      /^BYE/m,
+      undefined,
+      strict.port,
+    );
     assert.equal((first.match(/^NO login failed$/gm) ?? []).length, 3);
     assert.match(first, /^BYE too many failed logins$/m);
     assert.doesNotMatch(first, /logged in/, 'the fourth try was never heard');
