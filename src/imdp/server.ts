@@ -57,11 +57,28 @@ interface Announced {
   raw: Buffer;
   headers?: Headers;
   senderDomain?: string;
+  /** Does from's domain equal senderDomain (the domain the certificate proved)? Not implied: see ima(7). */
+  aligned?: boolean;
   /** Set when the answer was REJECT: a DATA that follows anyway is discarded. */
   rejected?: { status: string; text: string };
 }
 
 class Drop extends Error {}
+
+/**
+ * Is the from address in the domain the certificate proved? The certificate
+ * proves only who sent (the mailer's domain); a server may send for
+ * addresses of other domains, so this is told to the handler, not enforced.
+ */
+function fromAligned(from: string | undefined, senderDomain: string): boolean {
+  if (!from) return false;
+  try {
+    return parseAddress(from).asciiDomain.toLowerCase() === senderDomain.toLowerCase();
+  } catch (e) {
+    if (e instanceof AddressError) return false;
+    throw e;
+  }
+}
 
 /** Count `received` lines: the hop count. */
 const hops = (h: Headers) => h.getAll('received').length;
@@ -216,6 +233,7 @@ export class ImdpSession {
       if (mailer) a.senderDomain = asciiDomain(mailer.trim());
       else if (from) a.senderDomain = parseAddress(from).asciiDomain;
       else throw new MessageError('headers: neither mailer nor from: no sender domain to check the certificate against');
+      a.aligned = fromAligned(from, a.senderDomain);
     } catch (e) {
       if (e instanceof MessageError || e instanceof AddressError) return this.rejectNow(a, '5.6.0', e.message);
       throw e;
@@ -242,6 +260,7 @@ export class ImdpSession {
       IMA_PEER_DOMAIN: a.senderDomain,
       IMA_PEER_CERT_SHA256: this.peer.cert ? fingerprint256(this.peer.cert) : undefined,
       IMA_PEER_ADDRESS: this.peer.address,
+      IMA_FROM_ALIGNED: a.aligned ? 'yes' : 'no',
       IMA_SESSION_ID: this.id,
     };
   }
@@ -312,7 +331,7 @@ export class ImdpSession {
       const fp = this.peer.cert ? fingerprint256(this.peer.cert) : 'none';
       const when = new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
       headers.addReceived(
-        `from ${a.senderDomain} (${this.peer.address}; cert sha256 ${fp.slice(0, 16)}) by ${this.cfg.domain} with IMDP id ${this.id}.${this.messages}; ${when}`,
+        `from ${a.senderDomain} (${this.peer.address}; cert sha256 ${fp.slice(0, 16)}; from ${a.aligned ? 'aligned' : 'not aligned'}) by ${this.cfg.domain} with IMDP id ${this.id}.${this.messages}; ${when}`,
       );
     } catch (e) {
       await entries.return(undefined).catch(() => {});
