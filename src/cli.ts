@@ -8,7 +8,7 @@ import type { Readable } from 'node:stream';
 import yargs, { type ArgumentsCamelCase, type Argv } from 'yargs';
 import { EXIT, Failure, noInput } from './failure.js';
 import { type Field, type Located, type Role, deepFreeze, loadConfig, locateConfig, showConfig } from './config.js';
-import { type Log, createLog, oneLine } from './log.js';
+import { LOG_FORMATS, type Log, type LogFormat, createLog, oneLine } from './log.js';
 import type { Io } from './io.js';
 
 export interface CommonFlags {
@@ -16,6 +16,7 @@ export interface CommonFlags {
   checkConfig?: boolean;
   verbose?: boolean;
   quiet?: boolean;
+  logFormat?: LogFormat;
   _: (string | number)[];
 }
 
@@ -45,18 +46,18 @@ export async function start<A, C>(spec: ProgramSpec<A, C>, args: string[], io: I
   const parsed = await parseFlags(spec, args, io);
   if (typeof parsed === 'number') return parsed;
   const argv = parsed;
+  const log = createLog(io.stderr, spec.name, argv.verbose ? 'debug' : argv.quiet ? 'error' : 'info', argv.logFormat);
   let loaded;
   try {
     const where = locateConfig(spec.name, spec.role, argv.config, io.env, io.cwd);
     loaded = loadConfig(spec.schema, where.path, where.required);
   } catch (e) {
     if (e instanceof Failure) {
-      io.stderr.write(`${spec.name}: ${oneLine(e.message)}\n`);
+      log.error(e.message);
       return e.exitCode;
     }
     throw e;
   }
-  const log = createLog(io.stderr, spec.name, argv.verbose ? 'debug' : argv.quiet ? 'error' : 'info');
   if (argv.checkConfig) {
     io.stdout.write(`# ${loaded.source.file ?? 'no config file: defaults'}\n${showConfig(loaded.config)}`);
     io.stderr.write(`${spec.name}: configuration OK\n`);
@@ -91,7 +92,8 @@ function buildParser<A>(spec: ProgramSpec<A, unknown>, width: number): Argv<A> {
         .option('config', { type: 'string', describe: 'Config file (default: see FILES in the man page)', requiresArg: true })
         .option('check-config', { type: 'boolean', describe: 'Print the effective config, check it, and exit' })
         .option('verbose', { type: 'boolean', describe: 'Log more (debug level)' })
-        .option('quiet', { type: 'boolean', describe: 'Log errors only' }),
+        .option('quiet', { type: 'boolean', describe: 'Log errors only' })
+        .option('log-format', { choices: LOG_FORMATS, describe: 'Diagnostics as text lines or one JSON object per line', requiresArg: true }),
     )
     .version(packageVersion())
     .help()

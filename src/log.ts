@@ -1,9 +1,14 @@
-// Diagnostics on stderr, one line per event: "program: message".
-// Never stdout: that belongs to the next stage of the pipeline.
+// Diagnostics on stderr, one line per event: "program: message", or with
+// --log-format json one JSON object per line with the same content (program,
+// level, msg) plus the time and every key=value pair of the message as its
+// own field, for log collectors. Never stdout: that belongs to the next
+// stage of the pipeline.
 import type { Writable } from 'node:stream';
 
 export type Level = 'error' | 'warn' | 'info' | 'debug';
 export const LEVELS: readonly Level[] = ['error', 'warn', 'info', 'debug'];
+export type LogFormat = 'text' | 'json';
+export const LOG_FORMATS: readonly LogFormat[] = ['text', 'json'];
 
 export interface Log {
   error(msg: string): void;
@@ -18,7 +23,19 @@ export function oneLine(s: string): string {
   return s.replace(/[\x00-\x1f\x7f]/g, (c) => (c === '\n' ? '\\n' : c === '\t' ? ' ' : '?'));
 }
 
-export function createLog(stderr: Writable, program: string, level: Level = 'warn'): Log {
+// Fields a key=value pair may not overwrite.
+const OWN = new Set(['time', 'program', 'level', 'msg']);
+
+/** One event as a JSON object: time, program, level, msg, and the message's key=value pairs (value <...> kept whole). */
+export function jsonRecord(program: string, level: Level, msg: string, now = new Date()): Record<string, string> {
+  const rec: Record<string, string> = { time: now.toISOString(), program, level, msg };
+  for (const m of msg.matchAll(/(?:^|[\s(])([a-z][a-z_]*)=(<[^>]*>|[^\s)]+)/g)) {
+    if (!OWN.has(m[1]) && !Object.hasOwn(rec, m[1])) rec[m[1]] = m[2].startsWith('<') ? m[2].slice(1, -1) : m[2];
+  }
+  return rec;
+}
+
+export function createLog(stderr: Writable, program: string, level: Level = 'warn', format: LogFormat = 'text'): Log {
   const rank = (l: Level) => LEVELS.indexOf(l);
   const log: Log = {
     level,
@@ -30,7 +47,9 @@ export function createLog(stderr: Writable, program: string, level: Level = 'war
   function write(l: Level, tag: string, msg: string) {
     if (rank(l) > rank(log.level)) return;
     if (!stderr.writable) return;
-    stderr.write(`${program}: ${tag}${oneLine(msg)}\n`);
+    // JSON.stringify escapes every control character: the record stays on one line.
+    if (format === 'json') stderr.write(`${JSON.stringify(jsonRecord(program, l, msg))}\n`);
+    else stderr.write(`${program}: ${tag}${oneLine(msg)}\n`);
   }
   return log;
 }

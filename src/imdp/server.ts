@@ -50,6 +50,17 @@ export interface SessionConfig {
   log: Log;
   /** The server's stderr, for handler diagnostics. */
   stderr: Writable;
+  /** Told of outcomes, for metrics. */
+  observe?: SessionObserver;
+}
+
+export interface SessionObserver {
+  /** A message whose DATA was read: its final status (or drop) and its size. */
+  message(result: string, bytes: number): void;
+  /** A MAIL answered REJECT. */
+  rejected(status: string): void;
+  /** The handler ran this long (seconds) and ended with this final status. */
+  handler(seconds: number, result: string): void;
 }
 
 interface Announced {
@@ -211,6 +222,7 @@ export class ImdpSession {
   }
 
   private rejectNow(a: Announced, status: string, text: string): void {
+    this.cfg.observe?.rejected(status);
     a.rejected = { status, text };
     this.pending = a;
     this.send(wire.reject(status, text));
@@ -302,7 +314,10 @@ export class ImdpSession {
     const { stream, done } = this.reader.pumpData(a.size);
     const status = await this.deliver(a, stream);
     await this.finishData({ stream, done });
-    if (status.word === 'drop') throw new Drop('handler said drop (exit 3)');
+    if (status.word === 'drop') {
+      this.cfg.observe?.message('drop', a.size);
+      throw new Drop('handler said drop (exit 3)');
+    }
     this.send(wire.final(status.word, status.text));
     this.logMessage(a, status.word, status.text);
   }
@@ -356,6 +371,7 @@ export class ImdpSession {
       toHandler.destroy();
     });
     const lines: string[] = [];
+    const started = performance.now();
     const code = await runStage({
       argv: this.cfg.handler,
       inProcess: this.cfg.inProcess,
@@ -370,6 +386,7 @@ export class ImdpSession {
       timeout: this.cfg.timeouts.handler,
       signal: stop.signal,
     });
+    this.cfg.observe?.handler((performance.now() - started) / 1000, finalFor(code));
     toHandler.resume();
     if (!messageProblem) {
       // The handler is done; if it left data unread, stop the writer and let the rest be discarded.
@@ -383,6 +400,7 @@ export class ImdpSession {
   }
 
   private logMessage(a: Announced, status: string, text?: string): void {
+    this.cfg.observe?.message(status, a.size);
     const h = a.headers;
     const rcpts = h ? ['to', 'cc', 'bcc'].flatMap((n) => h.getAll(n)).join(', ') : '';
     this.cfg.log.info(

@@ -37,8 +37,10 @@ export interface ImrpConfig {
   guard: LoginGuard;
   /** Checked against for an unknown user (password.ts dummyHash). */
   dummyHash: string;
-  /** Told of every login attempt (metrics). */
-  onLogin?(method: 'password' | 'certificate', ok: boolean): void;
+  /** Told of every login attempt (metrics): result ok, failed or refused (over the failure limit). */
+  onLogin?(method: 'password' | 'certificate', result: 'ok' | 'failed' | 'refused'): void;
+  /** Told of every message sent by FETCH, or cut off while being sent (metrics). */
+  onFetch?(result: 'sent' | 'failed', bytes: number): void;
 }
 
 class Close extends Error {}
@@ -165,7 +167,7 @@ export class ImrpSession {
       ok = !refused && (await verifyPassword(password, entry?.password, this.cfg.dummyHash));
     } else ok = !!entry && !!this.peer.cert && this.certificateFits(entry);
     this.cfg.log.info(`session=${this.id} login user=${user} address=${addr} method=${method} result=${ok ? 'ok' : refused ? 'refused' : 'failed'}`);
-    this.cfg.onLogin?.(method, ok);
+    this.cfg.onLogin?.(method, ok ? 'ok' : refused ? 'refused' : 'failed');
     if (ok) {
       this.user = user;
       this.view = new Mailbox(entry!.mailbox);
@@ -263,10 +265,12 @@ export class ImrpSession {
         await writeEntries(this.socketSink(), m.entries, m.mtime);
       } catch (e) {
         this.cfg.log.error(`session=${this.id} user=${this.user}: ${m.id}: failed while sending: ${(e as Error).message}`);
+        this.cfg.onFetch?.('failed', m.size);
         throw new Close();
       }
       n++;
       bytes += m.size;
+      this.cfg.onFetch?.('sent', m.size);
     }
     this.cfg.log.info(`session=${this.id} fetch user=${this.user} messages=${n} bytes=${bytes}`);
     if (which === 'NEW') this.send(wire.ok(String(n)));

@@ -59,6 +59,8 @@ export interface ServeOptions {
   signals?: EventEmitter;
   /** Aborting it is the same as SIGTERM. */
   signal?: AbortSignal;
+  /** Told of each connection event (metrics.ts): open, close, accepted, refused, limited, handshake_failed. */
+  observe?(event: 'open' | 'close' | 'accepted' | 'refused' | 'limited' | 'handshake_failed'): void;
   /** Told the bound address once listening (tests, the demo). */
   onListening?(address: net.AddressInfo): void;
 }
@@ -111,13 +113,16 @@ export async function serve(where: Where, initial: Settings, hooks: Hooks, opts:
     total++;
     perAddress.set(address, (perAddress.get(address) ?? 0) + 1);
     socket.on('error', (e) => log.debug(`${address}: ${e.message}`));
+    opts.observe?.('open');
     const done = (async () => {
       const peer: Peer = { address, ...clientVerdict(socket) };
       if (!peer.authorized && settings.clientCert === 'required') {
         log.info(`${address}: refused: ${peer.authError}`);
+        opts.observe?.('refused');
         hooks.refuse(socket, peer.authError!);
         return;
       }
+      opts.observe?.('accepted');
       await hooks.session(socket, peer, stopping.signal);
     })()
       .catch((e) => log.error(`${address}: session failed: ${(e as Error).message}`))
@@ -128,6 +133,7 @@ export async function serve(where: Where, initial: Settings, hooks: Hooks, opts:
         else perAddress.delete(address);
         closeGently(socket);
         sessions.delete(done);
+        opts.observe?.('close');
       });
     sessions.add(done);
   };
@@ -148,12 +154,14 @@ export async function serve(where: Where, initial: Settings, hooks: Hooks, opts:
       log.warn(
         `${address}: connection dropped: ${total >= settings.limits.maxConnections ? 'too many connections' : 'too many connections from this address'}`,
       );
+      opts.observe?.('limited');
       raw.destroy();
     }
   });
   server.on('secureConnection', (socket: TLSSocket) => handle(socket, socket.remoteAddress ?? 'unknown'));
   server.on('tlsClientError', (e: Error & { code?: string }, socket: TLSSocket) => {
     log.info(`${socket.remoteAddress ?? 'unknown'}: TLS handshake failed: ${e.code ?? e.message}`);
+    opts.observe?.('handshake_failed');
     socket.destroy(); // Node does not close the socket on ERR_TLS_HANDSHAKE_TIMEOUT by itself
   });
 

@@ -18,10 +18,12 @@ import { type GuardLimits, LoginGuard } from '../net/login-guard.js';
 import { isTerminal, readSecret } from '../prompt.js';
 import type { Io } from '../io.js';
 import { contextOptions, tlsFromConfig, tlsSchema } from '../net/tls.js';
+import { Registry, connectionMetrics, metricsAddressProblem, serveMetrics } from '../net/metrics.js';
 
 const schema = table({
   name: optional(string({ nonEmpty: true }), hostname()),
   listen: optional(string({ check: (s) => (/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]*):\d{1,5}$/.test(s) ? undefined : 'must be ADDRESS:PORT') }), `[::]:${IMRP_PORT}`),
+  metrics: optional(string({ check: metricsAddressProblem }), undefined as string | undefined),
   tls: tlsSchema(),
   users: map(
     table({
@@ -99,7 +101,30 @@ function guardLimits(config: Config): GuardLimits {
   };
 }
 
-function sessionOf(config: Config, source: Located, log: Log, guard: LoginGuard): ImrpConfig {
+type Hooks = Pick<ImrpConfig, 'onLogin' | 'onFetch'>;
+
+/** The server's metrics (post-office(1) METRICS): connections, logins and login failures, messages and bytes fetched. */
+function metricsOf(r: Registry): { hooks: Hooks; connection: (event: string) => void } {
+  const logins = r.counter('ima_logins_total', 'Login attempts by method (password, certificate) and result (ok, failed, refused).');
+  const failures = r.counter('ima_login_failures_total', 'Failed or refused logins.');
+  const messages = r.counter('ima_messages_total', 'Messages sent by FETCH, by result (sent, failed: cut off while sending).');
+  const bytes = r.counter('ima_message_bytes_total', 'Bytes of those messages, by result.');
+  return {
+    hooks: {
+      onLogin: (method, result) => {
+        logins.inc({ method, result });
+        if (result !== 'ok') failures.inc();
+      },
+      onFetch: (result, n) => {
+        messages.inc({ result });
+        bytes.inc({ result }, n);
+      },
+    },
+    connection: connectionMetrics(r).observe,
+  };
+}
+
+function sessionOf(config: Config, source: Located, log: Log, guard: LoginGuard, hooks: Hooks = {}): ImrpConfig {
   const users = Object.fromEntries(Object.entries(config.users).map(([u, e]) => [u, { ...e, mailbox: configPath(source, e.mailbox) }]));
   for (const [u, e] of Object.entries(users)) {
     if (!e.password && !e.certificate_sha256.length && !e.certificate_name)
@@ -113,6 +138,7 @@ function sessionOf(config: Config, source: Located, log: Log, guard: LoginGuard)
     log,
     guard,
     dummyHash: dummyHash(Object.values(users).map((e) => e.password)),
+    ...hooks,
   };
 }
 
@@ -132,27 +158,35 @@ export async function main(args: string[], io: Io): Promise<number> {
   const { argv, log, source } = s;
   if (!source.file) throw configError(source.dir, '', 'post-office needs a config file (tls, users): see post-office.toml(5)');
   const guard = new LoginGuard(guardLimits(s.config));
+  const registry = s.config.metrics === undefined ? undefined : new Registry();
+  const metrics = registry && metricsOf(registry);
   let settings = settingsOf(s.config, source);
-  let session = sessionOf(s.config, source, log, guard);
+  let session = sessionOf(s.config, source, log, guard, metrics?.hooks);
   const where = whereFrom(argv.listen, argv.inetd, io.env, { stdin: io.stdin, stdout: io.stdout }, process.pid) ?? {
     mode: 'listen' as const,
     ...parseHostPort(s.config.listen),
   };
-  await serve(
-    where,
-    settings,
-    {
-      session: (socket, peer, stopping) => new ImrpSession(socket, peer, session).run(stopping),
-      refuse: (socket, reason) => socket.write(bye(reason)),
-      reload: async () => {
-        const next = loadConfig(schema, source.file!, true).config;
-        settings = settingsOf(next, source);
-        session = sessionOf(next, source, log, guard);
-        guard.setLimits(guardLimits(next));
-        return settings;
+  // One connection under inetd has nothing worth scraping.
+  const endpoint = registry && where.mode !== 'inetd' ? await serveMetrics(s.config.metrics!, registry, log, source.file) : undefined;
+  try {
+    await serve(
+      where,
+      settings,
+      {
+        session: (socket, peer, stopping) => new ImrpSession(socket, peer, session).run(stopping),
+        refuse: (socket, reason) => socket.write(bye(reason)),
+        reload: async () => {
+          const next = loadConfig(schema, source.file!, true).config;
+          settings = settingsOf(next, source);
+          session = sessionOf(next, source, log, guard, metrics?.hooks);
+          guard.setLimits(guardLimits(next));
+          return settings;
+        },
       },
-    },
-    { log, signals: io.signals, signal: io.signal },
-  );
+      { log, signals: io.signals, signal: io.signal, observe: metrics?.connection },
+    );
+  } finally {
+    await endpoint?.close();
+  }
   return EXIT.OK;
 }
