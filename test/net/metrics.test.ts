@@ -79,7 +79,10 @@ test('metrics endpoint: GET /metrics answers the text format; anything else 404 
     assert.match(ok.body, /^ima_messages_total\{result="OK"\} 2$/m);
     assert.equal((await fetchText('/')).status, 404);
     assert.equal((await fetchText('/metrics', 'POST')).status, 405);
-    await assert.rejects(serveMetrics(`127.0.0.1:${m.address.port}`, new Registry(), log, 'x.toml'), /x\.toml: metrics: cannot listen on 127\.0\.0\.1:\d+: EADDRINUSE/);
+    await assert.rejects(
+      serveMetrics(`127.0.0.1:${m.address.port}`, new Registry(), log, 'x.toml'),
+      /x\.toml: metrics: cannot listen on 127\.0\.0\.1:\d+: EADDRINUSE/,
+    );
   } finally {
     await m.close();
   }
