@@ -12,6 +12,7 @@ import { X509Certificate } from 'node:crypto';
 import { fingerprint256 } from '../../src/net/tls.js';
 import { BIN, type Listening, runBin, startListening, tempDir, testEnv } from '../helpers.js';
 import { EXPIRED, Pki } from '../pki.js';
+import { scrape, startJsonServer } from '../metrics-scrape.js';
 import { END, HEADERS, entry, header, tarOf } from '../tarbuild.js';
 
 const dir = tempDir('ima-imrp-');
@@ -290,6 +291,39 @@ describe('post-office limits', () => {
   it('drops a client that says nothing within the idle timeout', async () => {
     const silent = await converse([], /^BYE/m, undefined, strict.port);
     assert.match(silent, /^IMRP 1 b\.test\nBYE no command for 1 s$/m);
+  });
+});
+
+describe('post-office for its operator', () => {
+  it('--log-format json and metrics: logins, login failures, messages and bytes fetched, as scraped after real sessions', async () => {
+    const file = join(dir, 'po-metrics.toml');
+    writeFileSync(file, `metrics = "127.0.0.1:0"\n${readFileSync(join(dir, 'post-office.toml'), 'utf8')}`);
+    const s = await startJsonServer('post-office', ['--config', file, '--listen', '127.0.0.1:0']);
+    try {
+      await deliver('bob', 3);
+      const waiting = readdirSync(join(boxes, 'bob', 'new')).length;
+      const failed = await converse(['LOGIN bob wrong', 'LOGIN nobody wrong', 'QUIT'], /^BYE/m, undefined, s.port, '127.0.0.9');
+      assert.equal((failed.match(/^NO login failed$/gm) ?? []).length, 2);
+      const cfg = join(dir, 'bob-metrics.toml');
+      writeFileSync(cfg, `server = "127.0.0.1"\nserver_name = "b.test"\nport = ${s.port}\nca = ["${pki.caFile}"]\nuser = "bob"\n`);
+      const r = await fetch(cfg, [join(dir, 'bob-metrics'), '--verbose'], { IMA_PASSWORD: 'sesame' });
+      assert.equal(r.code, 0, r.stderr);
+      const bytes = Number(/fetched \d+ messages? \((\d+) bytes\)/.exec(r.stderr)?.[1]);
+      const m = await scrape(s.metricsPort);
+      assert.equal(m.get('ima_logins_total{method="password",result="failed"}'), 2);
+      assert.equal(m.get('ima_login_failures_total'), 2);
+      assert.equal(m.get('ima_logins_total{method="password",result="ok"}'), 1);
+      assert.equal(m.get('ima_messages_total{result="sent"}'), waiting);
+      assert.equal(m.get('ima_message_bytes_total{result="sent"}'), bytes);
+      assert.equal(m.get('ima_connections_total{result="accepted"}'), 2);
+      const login = s.records().find((x) => x.result === 'failed');
+      assert.equal(login?.program, 'post-office');
+      assert.equal(login?.user, 'bob');
+      assert.equal(login?.address, '127.0.0.9');
+      assert.equal(login?.method, 'password');
+    } finally {
+      await s.stop();
+    }
   });
 });
 
