@@ -23,6 +23,13 @@ export function oneLine(s: string): string {
   return s.replace(/[\x00-\x1f\x7f]/g, (c) => (c === '\n' ? '\\n' : c === '\t' ? ' ' : '?'));
 }
 
+/** The --log-format a command line asks for, for reports made outside a program's log (run.ts). */
+export function logFormatIn(args: readonly string[]): LogFormat {
+  const i = args.indexOf('--log-format');
+  const v = i === -1 ? args.find((a) => a.startsWith('--log-format='))?.slice('--log-format='.length) : args[i + 1];
+  return v === 'json' ? 'json' : 'text';
+}
+
 // Fields a key=value pair may not overwrite.
 const OWN = new Set(['time', 'program', 'level', 'msg']);
 

@@ -2,6 +2,7 @@
 // calls launch(); servers run programs in-process through stage.ts.
 import { EXIT, reportFailure } from './failure.js';
 import type { Io } from './io.js';
+import { logFormatIn } from './log.js';
 import { type ProgramName, loadProgram } from './programs/index.js';
 
 /** The Io of the real process. */
@@ -12,6 +13,7 @@ export function processIo(): Io {
 /** Run a toolkit program as this process, with the exit code semantics of DESIGN.md 2. */
 export function launch(program: ProgramName): void {
   const io = processIo();
+  const format = logFormatIn(process.argv);
   // A closed stdout (| head) is the reader's choice, not our failure.
   process.stdout.on('error', (e: NodeJS.ErrnoException) => {
     if (e.code !== 'EPIPE') throw e;
@@ -23,11 +25,11 @@ export function launch(program: ProgramName): void {
         process.exitCode = code;
       },
       (err) => {
-        process.exitCode = reportFailure(io, program, err);
+        process.exitCode = reportFailure(io, program, err, format);
       },
     );
   process.on('uncaughtException', (err) => {
-    reportFailure(io, program, err);
+    reportFailure(io, program, err, format);
     process.exit(EXIT.TEMPFAIL);
   });
 }

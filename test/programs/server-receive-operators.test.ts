@@ -1,11 +1,14 @@
 // server-receive for its operator: limits from the config, what the handler
 // and the received line say about the sender, JSON logs and metrics.
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { readFileSync, writeFileSync } from 'node:fs';
+import { type AddressInfo, createServer } from 'node:net';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { HANDLER, type Server, basicFields, config, connect, headersOf, message, outDir, pki, startServer } from '../imdp-fixture.js';
 import { scrape, startJsonServer } from '../metrics-scrape.js';
+import { runBin } from '../helpers.js';
 
 const servers: Server[] = [];
 after(async () => Promise.all(servers.map((s) => s.stop())));
@@ -114,5 +117,24 @@ test('server-receive --log-format json and metrics: one JSON object per line, an
     assert.match(delivered[0].msg, /^session=[0-9a-f]{12} msg=1 peer=a\.test .* status=OK$/, 'msg is the text line without the program');
   } finally {
     await s.stop();
+  }
+});
+
+test('server-receive: a metrics port in use is exit 78 naming the key, as a JSON record under --log-format json', async () => {
+  const busy = createServer();
+  busy.listen(0, '127.0.0.1');
+  await once(busy, 'listening');
+  try {
+    const out = outDir();
+    const file = join(out, 'busy.toml');
+    writeFileSync(file, `metrics = "127.0.0.1:${(busy.address() as AddressInfo).port}"\n${config()}`);
+    const r = await runBin('server-receive', ['--config', file, '--listen', '127.0.0.1:0', '--log-format', 'json']);
+    assert.equal(r.code, 78, r.stderr);
+    const last = JSON.parse(r.stderr.trim().split('\n').at(-1)!) as Record<string, string>;
+    assert.equal(last.level, 'error');
+    assert.equal(last.program, 'server-receive');
+    assert.match(last.msg, /busy\.toml: metrics: cannot listen on 127\.0\.0\.1:\d+: EADDRINUSE/);
+  } finally {
+    busy.close();
   }
 });
