@@ -4,6 +4,7 @@
 // It does not deliver mail (give-recipient does), never shows one user's
 // mailbox to another, never stores a password (only scrypt hashes), and
 // never reads a message id as a path.
+import { dropAfterBinding, lookUpUser } from '../privileges.js';
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import type { Argv } from 'yargs';
@@ -25,6 +26,7 @@ const schema = table({
   name: optional(string({ nonEmpty: true }), hostname()),
   listen: optional(string({ check: (s) => (/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]*):\d{1,5}$/.test(s) ? undefined : 'must be ADDRESS:PORT') }), `[::]:${IMRP_PORT}`),
   metrics: optional(string({ check: metricsAddressProblem }), undefined as string | undefined),
+  user: optional(string(), ''),
   tls: tlsSchema(),
   users: map(
     table({
@@ -96,6 +98,7 @@ function checkUsers(config: Config, source: Located): void {
 function check(config: Config, source: Located): Settings {
   if (!source.file) throw configError(source.dir, '', 'post-office needs a config file (tls, users): see post-office.toml(5)');
   checkUsers(config, source);
+  if (config.user) lookUpUser(config.user, source.file);
   return settingsOf(config, source);
 }
 
@@ -169,7 +172,15 @@ export async function main(args: string[], io: Io): Promise<number> {
     return EXIT.OK;
   }
   const s = await start(
-    { name: 'post-office', role: 'server', usage: '$0 [--listen ADDRESS:PORT | --inetd] [options]\n$0 --hash-password', schema, options, check },
+    {
+      name: 'post-office',
+      role: 'server',
+      notAsRoot: true,
+      usage: '$0 [--listen ADDRESS:PORT | --inetd] [options]\n$0 --hash-password',
+      schema,
+      options,
+      check,
+    },
     args,
     io,
   );
@@ -187,6 +198,8 @@ export async function main(args: string[], io: Io): Promise<number> {
   // One connection under inetd has nothing worth scraping.
   const endpoint = registry && where.mode !== 'inetd' ? await serveMetrics(s.config.metrics!, registry, log, source.file!) : undefined;
   try {
+    const drop = dropAfterBinding(s.config.user, source.file!, log);
+    if (where.mode !== 'listen') drop(); // the socket is inherited: nothing to bind
     await serve(
       where,
       settings,
@@ -201,7 +214,7 @@ export async function main(args: string[], io: Io): Promise<number> {
           return settings;
         },
       },
-      { log, signals: io.signals, signal: io.signal, observe: metrics?.connection },
+      { log, signals: io.signals, signal: io.signal, observe: metrics?.connection, onListening: drop },
     );
   } finally {
     await endpoint?.close();

@@ -18,6 +18,7 @@ import { contextOptions, tlsFromConfig, tlsSchema } from '../net/tls.js';
 import { Registry, connectionMetrics, metricsAddressProblem, serveMetrics } from '../net/metrics.js';
 import { asciiDomain, domainProblem } from '../address.js';
 import { DEFAULT_LIMITS } from '../message/index.js';
+import { dropAfterBinding, lookUpUser } from '../privileges.js';
 import { commandProblem } from '../stage.js';
 
 const schema = table({
@@ -30,6 +31,7 @@ const schema = table({
   handler: optional(command(), ['handle-incoming-mail']),
   check: optional(list(string({ nonEmpty: true })), [] as string[]),
   in_process: optional(boolean(), true),
+  user: optional(string(), ''),
   tls: tlsSchema(),
   limits: table({
     max_message_bytes: optional(size({ min: 1024 }), 100 * 1024 * 1024),
@@ -123,11 +125,16 @@ function check(config: Config, source: Located, io: Io): Settings {
     const problem = config[key].length ? commandProblem(config[key], io.env, io.cwd) : undefined;
     if (problem) throw configError(source.file, key, problem);
   }
+  if (config.user) lookUpUser(config.user, source.file);
   return settingsOf(config, source);
 }
 
 export async function main(args: string[], io: Io): Promise<number> {
-  const s = await start({ name: 'server-receive', role: 'server', usage: '$0 [--listen ADDRESS:PORT | --inetd] [options]', schema, options, check }, args, io);
+  const s = await start(
+    { name: 'server-receive', role: 'server', notAsRoot: true, usage: '$0 [--listen ADDRESS:PORT | --inetd] [options]', schema, options, check },
+    args,
+    io,
+  );
   if (typeof s === 'number') return s;
   const { argv, log, source } = s;
   let config = s.config;
@@ -143,6 +150,8 @@ export async function main(args: string[], io: Io): Promise<number> {
   // One connection under inetd has nothing worth scraping.
   const endpoint = registry && where.mode !== 'inetd' ? await serveMetrics(config.metrics!, registry, log, source.file!) : undefined;
   try {
+    const drop = dropAfterBinding(config.user, source.file!, log);
+    if (where.mode !== 'listen') drop(); // the socket is inherited: nothing to bind
     await serve(
       where,
       settings,
@@ -157,7 +166,7 @@ export async function main(args: string[], io: Io): Promise<number> {
           return settings;
         },
       },
-      { log, signals: io.signals, signal: io.signal, observe: metrics?.connection, onListening: () => {} },
+      { log, signals: io.signals, signal: io.signal, observe: metrics?.connection, onListening: drop },
     );
   } finally {
     await endpoint?.close();
