@@ -8,7 +8,7 @@ import type { Readable } from 'node:stream';
 import yargs, { type ArgumentsCamelCase, type Argv } from 'yargs';
 import { EXIT, Failure, noInput } from './failure.js';
 import { type Field, type Located, type Role, deepFreeze, loadConfig, locateConfig, showConfig } from './config.js';
-import { LOG_FORMATS, type Log, type LogFormat, createLog, oneLine } from './log.js';
+import { LOG_FORMATS, type Log, type LogFormat, createLog, logLine, oneLine } from './log.js';
 import type { Io } from './io.js';
 import { refuseRoot } from './privileges.js';
 
@@ -69,7 +69,7 @@ export async function start<A, C, P = undefined>(spec: ProgramSpec<A, C, P>, arg
     prepared = checked(spec, loaded.config, loaded.source, io);
   } catch (e) {
     if (e instanceof Failure) {
-      log.error(e.message);
+      io.stderr.write(logLine(spec.name, 'error', e.message, argv.logFormat));
       return e.exitCode;
     }
     throw e;

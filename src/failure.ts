@@ -1,5 +1,5 @@
 import type { Writable } from 'node:stream';
-import { type LogFormat, createLog } from './log.js';
+import { type LogFormat, logLine } from './log.js';
 
 // The one catalog of named failures and the one exit-code table.
 // Every program throws these; only run.ts turns them into exit codes, and
@@ -105,6 +105,6 @@ export function describe(err: unknown): string {
 export function reportFailure(io: { stderr: Writable }, program: string, err: unknown, format: LogFormat = 'text'): number {
   const f = asFailure(err);
   const internal = !(err instanceof Failure) && !(err as NodeJS.ErrnoException)?.code;
-  createLog(io.stderr, program, 'error', format).error(`${internal ? 'internal error: ' : ''}${f.message}`);
+  io.stderr.write(logLine(program, 'error', `${internal ? 'internal error: ' : ''}${f.message}`, format));
   return f.exitCode;
 }

@@ -42,21 +42,28 @@ export function jsonRecord(program: string, level: Level, msg: string, now = new
   return rec;
 }
 
+const TAGS: Record<Level, string> = { error: '', warn: 'warning: ', info: '', debug: 'debug: ' };
+
+/** One event as the line written for it, LF included. */
+export function logLine(program: string, level: Level, msg: string, format: LogFormat = 'text'): string {
+  // JSON.stringify escapes every control character: the record stays on one line.
+  if (format === 'json') return `${JSON.stringify(jsonRecord(program, level, msg))}\n`;
+  return `${program}: ${TAGS[level]}${oneLine(msg)}\n`;
+}
+
 export function createLog(stderr: Writable, program: string, level: Level = 'warn', format: LogFormat = 'text'): Log {
   const rank = (l: Level) => LEVELS.indexOf(l);
   const log: Log = {
     level,
-    error: (m) => write('error', '', m),
-    warn: (m) => write('warn', 'warning: ', m),
-    info: (m) => write('info', '', m),
-    debug: (m) => write('debug', 'debug: ', m),
+    error: (m) => write('error', m),
+    warn: (m) => write('warn', m),
+    info: (m) => write('info', m),
+    debug: (m) => write('debug', m),
   };
-  function write(l: Level, tag: string, msg: string) {
+  function write(l: Level, msg: string) {
     if (rank(l) > rank(log.level)) return;
     if (!stderr.writable) return;
-    // JSON.stringify escapes every control character: the record stays on one line.
-    if (format === 'json') stderr.write(`${JSON.stringify(jsonRecord(program, l, msg))}\n`);
-    else stderr.write(`${program}: ${tag}${oneLine(msg)}\n`);
+    stderr.write(logLine(program, l, msg, format));
   }
   return log;
 }
