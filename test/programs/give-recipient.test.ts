@@ -5,7 +5,7 @@ import { mkdirSync, readFileSync, readdirSync, rmSync, utimesSync, writeFileSync
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { BIN, runBin, tempDir, testEnv } from '../helpers.js';
-import { END, HEADERS, entry, header, tarOf } from '../tarbuild.js';
+import { END, HEADERS, entry, entryOffsets, header, tarOf } from '../tarbuild.js';
 
 const dir = tempDir();
 const big = Buffer.alloc(300 * 1024, 7);
@@ -47,6 +47,38 @@ describe('give-recipient', () => {
       const r = await runBin('give-recipient', [box], { input: msg });
       assert.equal(r.code, 0, r.stderr);
     }
+    assert.equal(stored(box).length, 1);
+  });
+
+  it('refuses a message cut off at an entry boundary (no end-of-archive blocks), and stores the whole retry', async () => {
+    const box = mailbox('cut');
+    const msg = await makeMessage(['-a', 'big.bin', 'bob@b.test']);
+    const [, body, attachment, end] = entryOffsets(msg);
+    assert.ok(body < attachment && attachment < end, 'headers, body, attachment');
+    for (const at of [attachment, end]) {
+      const r = await runBin('give-recipient', ['--address', 'bob@b.test', box], { input: msg.subarray(0, at) });
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stdout.toString(), /^FAIL bob@b\.test 5\.6\.0 tar: truncated archive \(no end-of-archive blocks\)\n$/);
+      assert.deepEqual(stored(box), []);
+      assert.deepEqual(readdirSync(join(box, 'tmp')), []);
+    }
+    const whole = await runBin('give-recipient', ['--address', 'bob@b.test', box], { input: msg });
+    assert.equal(whole.code, 0, whole.stderr);
+    const [id] = stored(box);
+    assert.deepEqual(readFileSync(join(box, 'new', id, 'attachments', 'big.bin')), big, 'the retry is stored whole');
+  });
+
+  it('refuses an entry hidden after the end-of-archive blocks, and anything but zeros there', async () => {
+    const box = mailbox('hidden');
+    const msg = await makeMessage(['bob@b.test']);
+    for (const tail of [tarOf(entry('attachments/hidden.exe', 'MZ')), Buffer.from('x')]) {
+      const r = await runBin('give-recipient', ['--address', 'bob@b.test', box], { input: Buffer.concat([msg, tail]) });
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stdout.toString(), /^FAIL bob@b\.test 5\.6\.0 tar: data after the end-of-archive blocks\n$/);
+      assert.deepEqual(stored(box), []);
+    }
+    const padded = await runBin('give-recipient', ['--address', 'bob@b.test', box], { input: Buffer.concat([msg, Buffer.alloc(20 * 512)]) });
+    assert.equal(padded.code, 0, padded.stderr);
     assert.equal(stored(box).length, 1);
   });
 

@@ -3,6 +3,7 @@ import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { runBin, runMain, tempDir } from '../helpers.js';
+import { entryOffsets } from '../tarbuild.js';
 
 const dir = tempDir();
 const boxes = join(dir, 'mail');
@@ -140,5 +141,22 @@ describe('handle-incoming-mail', () => {
     assert.equal(r.code, 1);
     assert.match(r.stdout.toString(), /^FAIL - 5\.6\.0 /);
     assert.equal(count('bob'), before);
+  });
+
+  it('refuses a message cut off at an entry boundary (in-process give-recipient), stores nothing, and stores the whole retry', async () => {
+    const msg = await message('carol@b.test');
+    const [, body, end] = entryOffsets(msg);
+    const before = count('carol');
+    for (const at of [body, end]) {
+      const r = await runMain('handle-incoming-mail', ['--config', cfg], { input: msg.subarray(0, at) });
+      assert.equal(r.code, 1, r.stderr);
+      assert.equal(r.stdout.toString(), 'FAIL carol@b.test 5.6.0 tar: truncated archive (no end-of-archive blocks)\n');
+      assert.equal(count('carol'), before);
+    }
+    const whole = await runMain('handle-incoming-mail', ['--config', cfg], { input: msg });
+    assert.equal(whole.code, 0, whole.stderr);
+    assert.equal(count('carol'), before + 1);
+    const id = /message-id: urn:uuid:(\S+)/.exec(msg.toString('latin1'))![1];
+    assert.equal(readFileSync(join(boxes, 'carol', 'new', id, 'body'), 'utf8'), 'hi', 'the retry is stored whole');
   });
 });
