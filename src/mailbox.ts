@@ -66,13 +66,25 @@ export function privateHeaders(headers: Headers, recipient?: Address): Headers {
   return h;
 }
 
+/**
+ * write(2) may write less than asked (a file size limit, a full disk): go on
+ * with the rest until all is written or the system says why it cannot.
+ */
+async function writeAll(fh: FileHandle, data: Buffer): Promise<void> {
+  for (let off = 0; off < data.length; ) {
+    const { bytesWritten } = await fh.write(data, off, data.length - off);
+    if (bytesWritten === 0) throw tempFail(`cannot write: no byte written (disk full or a file size limit)`, '4.3.1');
+    off += bytesWritten;
+  }
+}
+
 /** Create a file exclusively and write all of data into it; the caller syncs and closes it. */
 async function createAndWrite(path: string, data: Buffer | AsyncIterable<unknown>): Promise<FileHandle> {
   // O_EXCL: never follow or replace an existing name (a planted symlink included).
   const fh = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
   try {
-    if (Buffer.isBuffer(data)) await fh.write(data);
-    else for await (const chunk of data) await fh.write(chunk as Buffer);
+    if (Buffer.isBuffer(data)) await writeAll(fh, data);
+    else for await (const chunk of data) await writeAll(fh, chunk as Buffer);
     return fh;
   } catch (e) {
     await fh.close();

@@ -4,7 +4,7 @@ import { once } from 'node:events';
 import { mkdirSync, readFileSync, readdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { BIN, runBin, tempDir, testEnv } from '../helpers.js';
+import { BIN, runBin, runCommand, tempDir, testEnv } from '../helpers.js';
 import { END, HEADERS, entry, entryOffsets, header, tarOf } from '../tarbuild.js';
 
 const dir = tempDir();
@@ -166,6 +166,18 @@ describe('give-recipient', () => {
     } finally {
       spawnSync('umount', [mnt]);
     }
+  });
+
+  it('never answers OK for a file cut short by a short write (RLIMIT_FSIZE inside the last chunk): TEMPFAIL, nothing stored', async (t) => {
+    if (spawnSync('prlimit', ['--version']).status !== 0) return t.skip('prlimit (util-linux) is not installed');
+    const box = mailbox('fsize');
+    const msg = await makeMessage(['-a', 'big.bin', 'bob@b.test']);
+    // Node ignores SIGXFSZ: the write that crosses the limit is short, the next one fails with EFBIG.
+    const r = await runCommand('prlimit', [`--fsize=${big.length - 100}`, join(BIN, 'give-recipient'), '--address', 'bob@b.test', box], { input: msg, env: testEnv() });
+    assert.equal(r.code, 75, `${r.stdout}${r.stderr}`);
+    assert.match(r.stdout.toString(), /^TEMPFAIL bob@b\.test 4\.\d\.\d .*EFBIG|file too large/i);
+    assert.deepEqual(stored(box), []);
+    assert.deepEqual(readdirSync(join(box, 'tmp')), []);
   });
 
   it('killed with SIGKILL at many points, leaves no message or a whole one in new/', async () => {
