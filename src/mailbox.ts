@@ -3,12 +3,13 @@
 // tmp/, fsyncs every file and directory, renames into new/ and fsyncs new/:
 // a crash leaves no message or a whole one, never part of one.
 import { constants, createReadStream, lstatSync, statSync } from 'node:fs';
-import { type FileHandle, lstat, mkdir, open, readdir, rename, rm } from 'node:fs/promises';
+import { type FileHandle, lstat, mkdir, open, readFile, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { type Address, addressKey, formatAddress, parseAddressList } from './address.js';
 import { asFailure, permFail, tempFail } from './failure.js';
 import { fsyncDir, uniqueName } from './files.js';
+import { ContentDigest, DIGEST_FILE, conflictName } from './mailbox/digest.js';
 import { DEFAULT_LIMITS, type Headers, type MessageLimits, MessageError, type OutEntry, checkAttachmentName, readMessage } from './message/index.js';
 
 export const FOLDERS = ['tmp', 'new', 'cur'] as const;
@@ -71,7 +72,7 @@ export function privateHeaders(headers: Headers, recipient?: Address): Headers {
  * with the rest until all is written or the system says why it cannot.
  */
 async function writeAll(fh: FileHandle, data: Buffer): Promise<void> {
-  for (let off = 0; off < data.length; ) {
+  for (let off = 0; off < data.length;) {
     const { bytesWritten } = await fh.write(data, off, data.length - off);
     if (bytesWritten === 0) throw tempFail(`cannot write: no byte written (disk full or a file size limit)`, '4.3.1');
     off += bytesWritten;
@@ -121,13 +122,19 @@ export interface DeliverOptions {
   recipient?: Address;
   /** Create a missing mailbox (tmp/ new/ cur/). */
   create?: boolean;
+  /** The name a sender gave the message (fetch-mail: the server's id): refused before it is stored unless it is this message's. */
+  expectName?: string;
 }
 
 export interface Delivered {
-  /** The message's directory name (its UUID). */
+  /** The message's directory name: the UUID of its message-id, or its conflict name. */
   id: string;
-  /** Already there: stored once, nothing written. */
+  /** The UUID of its message-id. */
+  messageId: string;
+  /** Already there with the same content: stored once, nothing more kept. */
   duplicate: boolean;
+  /** Its message-id was taken by other content: stored under a name of its own. */
+  conflict: boolean;
 }
 
 /** Store a message durably into a mailbox. Throws a permanent Failure for a bad message, a temporary one for I/O trouble. */
@@ -139,12 +146,14 @@ export async function deliverToMailbox(dir: string, input: Readable, opts: Deliv
   // together instead of one by one); all are done before the rename.
   const syncs = new PendingSyncs();
   try {
+    const digest = new ContentDigest();
     let id: string | undefined;
     let attachmentsDir = false;
+    // Written whole into tmp/ even when the id is stored already: only the whole content tells a retry from another message.
     for await (const e of readMessage(input, opts.limits ?? DEFAULT_LIMITS)) {
       if (e.kind === 'headers') {
         id = messageName(e.headers);
-        if (exists(join(dir, 'new', id)) || exists(join(dir, 'cur', id))) return { id, duplicate: true };
+        digest.headers(e.headers);
         await mkdir(work, { mode: 0o700 });
         made = true;
         await syncs.add(await createAndWrite(join(work, 'headers'), privateHeaders(e.headers, opts.recipient).serialize()));
@@ -154,31 +163,70 @@ export async function deliverToMailbox(dir: string, input: Readable, opts: Deliv
         await mkdir(join(work, 'attachments'), { mode: 0o700 });
         attachmentsDir = true;
       }
-      await syncs.add(await createAndWrite(join(work, e.path), e.stream));
+      await syncs.add(await createAndWrite(join(work, e.path), digest.entry(e.path, e.stream)));
     }
+    const sum = digest.finish();
+    if (opts.expectName !== undefined && opts.expectName !== id && opts.expectName !== conflictName(id!, sum))
+      throw new MessageError(`message ${id} was sent as ${opts.expectName}`);
+    await syncs.add(await createAndWrite(join(work, DIGEST_FILE), Buffer.from(`${sum}\n`)));
     await syncs.all();
     if (attachmentsDir) await fsyncDir(join(work, 'attachments'));
     await fsyncDir(work);
-    try {
-      // rename(2) of a directory replaces an empty target silently; ours are never empty (headers).
-      await rename(work, join(dir, 'new', id!));
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code === 'ENOTEMPTY' || code === 'EEXIST') {
-        await rm(work, { recursive: true, force: true });
-        return { id: id!, duplicate: true };
-      }
-      throw e;
-    }
+    const placed = await place(dir, work, id!, sum);
     made = false;
-    await fsyncDir(join(dir, 'new'));
-    return { id: id!, duplicate: false };
+    return { ...placed, messageId: id! };
   } catch (e) {
     await syncs.all().catch(() => {});
     if (made) await rm(work, { recursive: true, force: true }).catch(() => {});
     if (e instanceof MessageError) throw permFail(e.message, e.status);
     throw asFailure(e, dir);
   }
+}
+
+/** The digest of the message stored under name, 'none' for one stored without a digest, undefined when there is none. */
+async function storedDigest(dir: string, name: string): Promise<string | undefined> {
+  for (const folder of ['new', 'cur']) {
+    const path = join(dir, folder, name);
+    if (!exists(path)) continue;
+    try {
+      return (await readFile(join(path, DIGEST_FILE), 'utf8')).trim();
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return 'none';
+      throw e;
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Move a written message from tmp/ into new/: under its id, or, when the id
+ * holds other content, under its conflict name; the same content already
+ * there makes it a duplicate. A stored copy without a digest (written before
+ * digests were kept, possibly cut short) is never taken for the same.
+ */
+async function place(dir: string, work: string, id: string, sum: string): Promise<Omit<Delivered, 'messageId'>> {
+  for (const name of [id, conflictName(id, sum)]) {
+    // Twice: a delivery of the same id may rename into new/ between our look and our rename.
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const there = await storedDigest(dir, name);
+      if (there === sum) {
+        await rm(work, { recursive: true, force: true });
+        return { id: name, duplicate: true, conflict: name !== id };
+      }
+      if (there !== undefined) break;
+      try {
+        // rename(2) of a directory replaces an empty target silently; ours are never empty (headers).
+        await rename(work, join(dir, 'new', name));
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code === 'ENOTEMPTY' || code === 'EEXIST') continue;
+        throw e;
+      }
+      await fsyncDir(join(dir, 'new'));
+      return { id: name, duplicate: false, conflict: name !== id };
+    }
+  }
+  throw tempFail(`message-id ${id}: both its name and its conflict name ${conflictName(id, sum)} hold other content`, '4.2.0');
 }
 
 /**

@@ -81,7 +81,14 @@ export function entryOffsets(tar: Buffer): number[] {
   let off = 0;
   while (off + BLOCK <= tar.length && tar.subarray(off, off + BLOCK).some((b) => b !== 0)) {
     out.push(off);
-    const size = parseInt(tar.subarray(off + 124, off + 136).toString('latin1').replace(/\0.*$/s, '').trim() || '0', 8);
+    const size = parseInt(
+      tar
+        .subarray(off + 124, off + 136)
+        .toString('latin1')
+        .replace(/\0.*$/s, '')
+        .trim() || '0',
+      8,
+    );
     off += BLOCK + Math.ceil(size / BLOCK) * BLOCK;
   }
   out.push(off);

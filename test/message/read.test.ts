@@ -76,7 +76,8 @@ describe('readMessage rejects the end of the archive', () => {
     tail[8000] = 1;
     return rejects(Buffer.concat([tarOf(H, B), tail]), /data after the end-of-archive blocks/);
   });
-  it('padding after the end beyond the limit', () => rejects(Buffer.concat([tarOf(H, B), Buffer.alloc(1024 * 1024 + 1)]), /more than 1048576 bytes of padding/));
+  it('padding after the end beyond the limit', () =>
+    rejects(Buffer.concat([tarOf(H, B), Buffer.alloc(1024 * 1024 + 1)]), /more than 1048576 bytes of padding/));
 });
 
 describe('readMessage rejects', () => {

@@ -82,6 +82,69 @@ describe('give-recipient', () => {
     assert.equal(stored(box).length, 1);
   });
 
+  describe('dedupe by message-id and content', () => {
+    const id = /message-id: urn:uuid:(\S+)/.exec(HEADERS)![1];
+    const one = tarOf(entry('headers', HEADERS), entry('body', 'one\n'));
+    const two = tarOf(entry('headers', HEADERS), entry('body', 'two\n'));
+    const give = async (box: string, msg: Buffer) => {
+      const r = await runBin('give-recipient', ['--address', 'bob@b.test', box], { input: msg });
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stdout.toString(), 'OK bob@b.test\n');
+      return r;
+    };
+    const bodies = (box: string) =>
+      stored(box)
+        .map((n) => readFileSync(join(box, 'new', n, 'body'), 'utf8'))
+        .sort();
+
+    it('stores a different message that reuses a stored id as its own message, logs it, and dedupes its retry', async () => {
+      const box = mailbox('reused-id');
+      await give(box, one);
+      const r = await give(box, two);
+      assert.match(r.stderr, new RegExp(`message-id ${id} is already stored with other content: stored as [0-9a-f-]{36}`));
+      assert.deepEqual(bodies(box), ['one\n', 'two\n'], 'never dropped as a duplicate');
+      const other = stored(box).find((n) => n !== id)!;
+      assert.match(readFileSync(join(box, 'new', other, 'headers'), 'utf8'), new RegExp(`message-id: urn:uuid:${id}`), 'the message itself is unchanged');
+      await give(box, two);
+      await give(box, one);
+      assert.deepEqual(bodies(box), ['one\n', 'two\n'], 'a retry of either is a duplicate');
+      assert.match(readFileSync(join(box, 'new', id, '.digest'), 'utf8'), /^sha256:[0-9a-f]{64}\n$/);
+    });
+
+    it('takes a retry that differs only in received lines and in bcc for the same message', async () => {
+      const box = mailbox('retry-hops');
+      const h = HEADERS + 'bcc: bob@b.test, eve@b.test\n';
+      await give(box, tarOf(entry('headers', `received: from a.test by b.test; 2026-01-02T03:04:06Z\n${h}`), entry('body', 'one\n')));
+      await give(
+        box,
+        tarOf(entry('headers', `received: from a.test by b.test; 2026-01-02T04:00:00Z\n${h.replace(', eve@b.test', '')}`), entry('body', 'one\n')),
+      );
+      assert.deepEqual(stored(box), [id]);
+    });
+
+    it('never answers a retry OK for a stored copy that differs from it (one cut short before this fix)', async () => {
+      const box = mailbox('incomplete');
+      mkdirSync(join(box, 'new', id));
+      writeFileSync(join(box, 'new', id, 'headers'), HEADERS);
+      await give(box, one);
+      const names = stored(box);
+      assert.equal(names.length, 2);
+      assert.equal(
+        readFileSync(
+          join(
+            box,
+            'new',
+            names.find((n) => n !== id)!,
+            'body',
+          ),
+          'utf8',
+        ),
+        'one\n',
+        'the whole message is stored',
+      );
+    });
+  });
+
   it('finds the mailbox of an address through its template, and creates it only when told', async () => {
     const cfg = join(dir, 'gr.toml');
     writeFileSync(cfg, `mailbox = ${JSON.stringify(join(dir, 'tpl', '{domain}', '{local}'))}\n`);
@@ -173,7 +236,10 @@ describe('give-recipient', () => {
     const box = mailbox('fsize');
     const msg = await makeMessage(['-a', 'big.bin', 'bob@b.test']);
     // Node ignores SIGXFSZ: the write that crosses the limit is short, the next one fails with EFBIG.
-    const r = await runCommand('prlimit', [`--fsize=${big.length - 100}`, join(BIN, 'give-recipient'), '--address', 'bob@b.test', box], { input: msg, env: testEnv() });
+    const r = await runCommand('prlimit', [`--fsize=${big.length - 100}`, join(BIN, 'give-recipient'), '--address', 'bob@b.test', box], {
+      input: msg,
+      env: testEnv(),
+    });
     assert.equal(r.code, 75, `${r.stdout}${r.stderr}`);
     assert.match(r.stdout.toString(), /^TEMPFAIL bob@b\.test 4\.\d\.\d .*EFBIG|file too large/i);
     assert.deepEqual(stored(box), []);
