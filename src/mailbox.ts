@@ -122,6 +122,8 @@ export interface DeliverOptions {
   recipient?: Address;
   /** Create a missing mailbox (tmp/ new/ cur/). */
   create?: boolean;
+  /** Keep the headers as they come, bcc included (fetch-mail: the server already kept bcc private to this user). */
+  headersAsSent?: boolean;
   /** The name a sender gave the message (fetch-mail: the server's id): refused before it is stored unless it is this message's. */
   expectName?: string;
 }
@@ -156,7 +158,8 @@ export async function deliverToMailbox(dir: string, input: Readable, opts: Deliv
         digest.headers(e.headers);
         await mkdir(work, { mode: 0o700 });
         made = true;
-        await syncs.add(await createAndWrite(join(work, 'headers'), privateHeaders(e.headers, opts.recipient).serialize()));
+        const kept = opts.headersAsSent ? e.headers : privateHeaders(e.headers, opts.recipient);
+        await syncs.add(await createAndWrite(join(work, 'headers'), kept.serialize()));
         continue;
       }
       if (e.kind === 'attachment' && !attachmentsDir) {
