@@ -80,7 +80,7 @@ function drainedOrClosed(s: TLSSocket): Promise<void> {
 const sending =
   (msgs: [string, Buffer][]) =>
   (s: TLSSocket): boolean => {
-    for (const [id, tar] of msgs) (s.write(`MESSAGE ${id} ${tar.length}\n`), s.write(tar));
+    for (const [id, tar] of msgs) s.write(Buffer.concat([Buffer.from(`MESSAGE ${id} ${tar.length}\n`), tar]));
     return true;
   };
 
