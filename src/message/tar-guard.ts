@@ -92,6 +92,15 @@ export class TarGuard extends Transform {
     }
   }
 
+  /**
+   * Check a chunk without passing it on: for a program that spools a message
+   * before reading it, so that a bomb of entries is stopped while it streams
+   * in. Throws a MessageError at the first broken rule or limit.
+   */
+  inspect(chunk: Buffer): void {
+    this.walk(chunk);
+  }
+
   override _flush(cb: TransformCallback): void {
     // A writer killed between two entries leaves a well-formed prefix: only the end blocks tell it from a whole message.
     if (this.state.at !== 'end') return cb(new MessageError('tar: truncated archive (no end-of-archive blocks)'));

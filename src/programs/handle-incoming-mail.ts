@@ -13,7 +13,7 @@ import { boolean, command, duration, integer, list, map, optional, size, string,
 import { EXIT, configError, dataError, usageError } from '../failure.js';
 import { type Word, exitFor, formatResult, parseResult } from '../results.js';
 import { runStage } from '../stage.js';
-import { DEFAULT_LIMITS, type Headers, MessageError, parseHeaders, readMessage } from '../message/index.js';
+import { DEFAULT_LIMITS, type Headers, MessageError, TarGuard, parseHeaders, readMessage } from '../message/index.js';
 import { type Resolution, Router } from '../routing.js';
 import type { Io } from '../io.js';
 import { Spool, SpoolLimitError } from '../spool.js';
@@ -33,6 +33,7 @@ const schema = table({
   in_process: optional(boolean(), true),
   max_message_bytes: optional(size({ min: 1024 }), 1024 ** 3),
   max_header_bytes: optional(size({ min: 256 }), DEFAULT_LIMITS.maxHeaderBytes),
+  max_entries: optional(integer({ min: 1 }), DEFAULT_LIMITS.maxEntries),
   spool_dir: optional(string(), ''),
 });
 
@@ -147,15 +148,38 @@ export async function main(args: string[], io: Io): Promise<number> {
 
   if (positional.length > 1) throw usageError('at most one FILE');
   const input: Readable = positional[0] ? (await import('node:fs')).createReadStream(positional[0]) : io.stdin;
+  // The tar structure is walked while it spools (entries counted, types
+  // checked), so a bomb of entries is refused before it is read whole; the
+  // first bytes are kept to name the recipients if the spool itself fails.
+  const guard = new TarGuard({
+    ...DEFAULT_LIMITS,
+    maxEntries: config.max_entries,
+    maxHeaderBytes: config.max_header_bytes,
+    maxTotalBytes: config.max_message_bytes,
+  });
+  const head: Buffer[] = [];
+  let headBytes = 0;
   let spool: Spool;
   try {
-    spool = await Spool.from(input, { limit: config.max_message_bytes, dir: config.spool_dir || undefined });
+    spool = await Spool.from(input, {
+      limit: config.max_message_bytes,
+      dir: config.spool_dir || undefined,
+      inspect: (chunk) => {
+        if (headBytes < HEAD_BYTES) (head.push(chunk), (headBytes += chunk.length));
+        guard.inspect(chunk);
+      },
+    });
   } catch (e) {
     if (e instanceof SpoolLimitError) {
       out(`FAIL - 5.3.4 message larger than the limit of ${config.max_message_bytes} bytes`);
       return EXIT.FAIL;
     }
-    throw e;
+    if (e instanceof MessageError) {
+      out(`FAIL - ${e.status} ${e.message}`);
+      return EXIT.FAIL;
+    }
+    if (!(e as NodeJS.ErrnoException).code) throw e;
+    return spoolTrouble(Buffer.concat(head), `4.3.0 cannot spool the message: ${(e as Error).message}`, envelope, config, router, io, log);
   }
   try {
     return await deliver(spool, envelope, config, router, io, log);
@@ -164,19 +188,18 @@ export async function main(args: string[], io: Io): Promise<number> {
   }
 }
 
-async function deliver(
-  spool: Spool,
-  envelope: string[],
-  config: { max_parallel: number; command_timeout: number; in_process: boolean; max_header_bytes: number },
-  router: Router,
-  io: Io,
-  log: { warn(m: string): void; info(m: string): void },
-): Promise<number> {
-  const out = (line: string) => io.stdout.write(`${line}\n`);
+/** Bytes kept from the start of a message: enough for the headers entry and the pax or long-name entry before it. */
+const HEAD_BYTES = DEFAULT_LIMITS.maxHeaderBytes + DEFAULT_LIMITS.maxMetaBytes + 4096;
+
+type Plans = Map<Address, Resolution>;
+type Log = { warn(m: string): void; info(m: string): void };
+type Out = (line: string) => void;
+
+/** Each local recipient and what the routing table makes of it; an exit code when there is nothing to deliver. */
+async function planFor(data: Readable | Buffer, envelope: string[], maxHeaderBytes: number, router: Router, out: Out, log: Log): Promise<Plans | number> {
   let recipients: Address[];
   try {
-    const data = spool.open();
-    const headers = await headersOnly(Buffer.isBuffer(data) ? Readable.from([data]) : data, config.max_header_bytes);
+    const headers = await headersOnly(Buffer.isBuffer(data) ? Readable.from([data]) : data, maxHeaderBytes);
     recipients = envelope.length ? unique(envelope.flatMap((t) => parseAddressList(t))) : unique(recipientsOf(headers));
   } catch (e) {
     if (e instanceof MessageError || e instanceof AddressError) {
@@ -190,20 +213,64 @@ async function deliver(
     log.warn('no recipient in a local domain: nothing delivered');
     return EXIT.FAIL;
   }
+  return new Map<Address, Resolution>(local.map((a) => [a, router.resolve(a)]));
+}
+
+/** One result line per recipient; the exit code of them all. */
+function report(plans: Plans, outcome: (r: Resolution) => Outcome, out: Out): number {
+  const words: Word[] = [];
+  for (const [a, r] of plans) {
+    const o = outcome(r);
+    words.push(o.word);
+    out(formatResult({ word: o.word, address: mailboxOf(a), reason: o.reason }));
+  }
+  return exitFor(words);
+}
+
+/** The spool failed (disk full, a file size limit): every recipient that would have been delivered to is told TEMPFAIL. */
+async function spoolTrouble(
+  head: Buffer,
+  reason: string,
+  envelope: string[],
+  config: { max_header_bytes: number },
+  router: Router,
+  io: Io,
+  log: Log,
+): Promise<number> {
+  const out = (line: string) => io.stdout.write(`${line}\n`);
+  let plans: Plans | number;
+  try {
+    plans = await planFor(head, envelope, config.max_header_bytes, router, () => {}, log);
+  } catch {
+    plans = EXIT.FAIL;
+  }
+  if (typeof plans === 'number') {
+    // Not even the headers were spooled: one line for the whole message.
+    out(`TEMPFAIL - ${reason}`);
+    return EXIT.TEMPFAIL;
+  }
+  log.warn(reason);
+  return report(plans, (r) => (r.kind === 'deliver' ? { word: 'TEMPFAIL', reason } : outcomeFor(r, new Map())), out);
+}
+
+async function deliver(
+  spool: Spool,
+  envelope: string[],
+  config: { max_parallel: number; command_timeout: number; in_process: boolean; max_header_bytes: number },
+  router: Router,
+  io: Io,
+  log: Log,
+): Promise<number> {
+  const out = (line: string) => io.stdout.write(`${line}\n`);
+  const plans = await planFor(spool.open(), envelope, config.max_header_bytes, router, out, log);
+  if (typeof plans === 'number') return plans;
   // Each distinct target runs once, even when several recipients (aliases) lead to it.
-  const plans = new Map<Address, Resolution>(local.map((a) => [a, router.resolve(a)]));
   const jobs = new Map<string, { address: Address; argv: string[]; outcome?: Outcome }>();
   for (const r of plans.values()) if (r.kind === 'deliver') for (const t of r.targets) jobs.set(addressKey(t.address), { ...t });
   await pool([...jobs.values()], config.max_parallel, async (job) => {
     job.outcome = await runRoute(job.argv, job.address, spool, config, io);
   });
-  const words: Word[] = [];
-  for (const [a, r] of plans) {
-    const o = outcomeFor(r, jobs);
-    words.push(o.word);
-    out(formatResult({ word: o.word, address: mailboxOf(a), reason: o.reason }));
-  }
-  return exitFor(words);
+  return report(plans, (r) => outcomeFor(r, jobs), out);
 }
 
 /** One recipient's result from its targets: any temporary failure wins (a retry is safe: mailboxes store a message once). */
