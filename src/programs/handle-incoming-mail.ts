@@ -165,7 +165,10 @@ export async function main(args: string[], io: Io): Promise<number> {
       limit: config.max_message_bytes,
       dir: config.spool_dir || undefined,
       inspect: (chunk) => {
-        if (headBytes < HEAD_BYTES) (head.push(chunk), (headBytes += chunk.length));
+        if (headBytes < HEAD_BYTES) {
+          head.push(chunk);
+          headBytes += chunk.length;
+        }
         guard.inspect(chunk);
       },
     });
