@@ -2,13 +2,14 @@
 // a directory named by the UUID of its message-id. Delivery writes into
 // tmp/, fsyncs every file and directory, renames into new/ and fsyncs new/:
 // a crash leaves no message or a whole one, never part of one.
-import { constants, createReadStream, lstatSync, statSync } from 'node:fs';
+import { constants, lstatSync, statSync } from 'node:fs';
 import { type FileHandle, lstat, mkdir, open, readFile, readdir, rename, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { isAbsolute, join, relative, sep } from 'node:path';
 import type { Readable } from 'node:stream';
 import { type Address, addressKey, formatAddress, parseAddressList } from './address.js';
 import { asFailure, permFail, tempFail } from './failure.js';
 import { fsyncDir, uniqueName } from './files.js';
+import { NotPlainError, listBelow, openBelow, readBelow, streamBelow } from './mailbox/below.js';
 import { ContentDigest, DIGEST_FILE, conflictName } from './mailbox/digest.js';
 import { DEFAULT_LIMITS, type Headers, type MessageLimits, MessageError, type OutEntry, checkAttachmentName, readMessage } from './message/index.js';
 
@@ -279,58 +280,91 @@ async function moved(from: string, to: string): Promise<boolean> {
 export class Mailbox {
   constructor(readonly dir: string) {}
 
-  /** Where a message is, or undefined: the id is checked before it touches a path. */
+  /**
+   * Where a message is, or undefined: the id is checked before it touches a
+   * path, and a link in place of the message or its folder is not a message.
+   */
   async locate(id: string): Promise<{ folder: Folder; path: string } | undefined> {
     if (!isMessageName(id)) return undefined;
     for (const folder of ['new', 'cur'] as const) {
-      const path = join(this.dir, folder, id);
       try {
-        if ((await lstat(path)).isDirectory()) return { folder, path };
-      } catch {
-        // not in this folder
+        const { fh } = await openBelow(this.dir, [folder, id], 'dir');
+        await fh.close();
+        return { folder, path: join(this.dir, folder, id) };
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT' && !(e instanceof NotPlainError)) throw e;
       }
     }
     return undefined;
   }
 
+  /** The message ids in a folder; a folder that is a link is refused (NotPlainError). */
   async ids(folder: Folder): Promise<string[]> {
     try {
-      return (await readdir(join(this.dir, folder))).filter(isMessageName).sort();
+      return (await listBelow(this.dir, [folder])).filter(isMessageName).sort();
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
       throw e;
     }
   }
 
-  /** The entries of a stored message, in canonical order, regular files only. */
+  /** The components of a path inside this mailbox. */
+  private below(path: string, ...more: string[]): string[] {
+    const rel = relative(this.dir, path);
+    if (rel === '' || rel.startsWith('..') || isAbsolute(rel)) throw new NotPlainError(`${path}: not inside the mailbox ${this.dir}`);
+    return [...rel.split(sep), ...more];
+  }
+
+  /**
+   * The entries of a stored message, in canonical order, regular files only.
+   * Nothing below the mailbox is followed if it is a link, now or when an
+   * entry is opened later (each open() walks down again with O_NOFOLLOW).
+   */
   async entries(path: string): Promise<OutEntry[]> {
-    const file = async (p: string, name: string): Promise<OutEntry | undefined> => {
-      let st;
+    const file = async (p: string): Promise<OutEntry | undefined> => {
+      const names = this.below(path, ...p.split('/'));
+      let size: number;
       try {
-        st = await lstat(join(path, p));
-      } catch {
-        return undefined;
+        const o = await openBelow(this.dir, names, 'file');
+        size = o.size;
+        await o.fh.close();
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+        throw e;
       }
-      if (!st.isFile()) throw new Error(`${name}: not a regular file`);
-      return { path: p, size: st.size, open: () => createReadStream(join(path, p), { highWaterMark: 256 * 1024 }) };
+      return { path: p, size, open: () => streamBelow(this.dir, names) };
     };
-    const listAttachments = () => readdir(join(path, 'attachments')).catch(() => [] as string[]);
-    const [texts, names] = await Promise.all([Promise.all(['headers', 'body', 'body.html'].map((p) => file(p, p))), listAttachments()]);
+    const listAttachments = () =>
+      listBelow(this.dir, this.below(path, 'attachments')).catch((e: NodeJS.ErrnoException) => {
+        if (e.code === 'ENOENT') return [] as string[];
+        throw e;
+      });
+    const [texts, names] = await Promise.all([Promise.all(['headers', 'body', 'body.html'].map((p) => file(p))), listAttachments()]);
     const out = texts.filter((e): e is OutEntry => e !== undefined);
     if (out[0]?.path !== 'headers') throw new Error('message without headers');
     const sorted = names.map((x) => checkAttachmentName(x)).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
-    for (const e of await Promise.all(sorted.map((n) => file(`attachments/${n}`, n)))) if (e) out.push(e);
+    for (const e of await Promise.all(sorted.map((n) => file(`attachments/${n}`)))) if (e) out.push(e);
     return out;
+  }
+
+  /** The whole of one file of a stored message (entry path such as "headers"), read without following links. */
+  async readEntry(path: string, entry: string): Promise<Buffer> {
+    return readBelow(this.dir, this.below(path, ...entry.split('/')));
   }
 
   /**
    * Move the messages in new/ to cur/ (seen), durably: every rename first,
-   * then one fsync per folder for the whole batch. Returns how many are seen.
+   * then one fsync per folder for the whole batch. Returns how many of ids
+   * are seen now, whichever session moved them.
    */
   async markSeen(ids: string[]): Promise<number> {
     const found = await this.locateAll(ids);
     let n = 0;
-    for (const at of found) if (at.folder === 'cur' || (await moved(at.path, join(this.dir, 'cur', at.id)))) n++;
+    for (const at of found) {
+      const to = join(this.dir, 'cur', at.id);
+      // Moved by another session of the same user meanwhile: seen all the same.
+      if (at.folder === 'cur' || (await moved(at.path, to)) || exists(to)) n++;
+    }
     if (found.some((at) => at.folder === 'new')) await Promise.all([fsyncDir(join(this.dir, 'cur')), fsyncDir(join(this.dir, 'new'))]);
     return n;
   }
