@@ -136,9 +136,15 @@ describe('fetch-mail against a scripted server', () => {
     const size = head.length + entries * 512 + 1024;
     let written = 0;
     let closed = false;
+    const good = '12345678-1234-4234-8234-00000000600d';
+    const goodTar = tarOf(entry('headers', withId(good)), entry('body', 'before the bomb\n'));
+    const acks: string[] = [];
     const port = await scripted({
+      acks,
       fetch: async (s) => {
         s.on('close', () => (closed = true));
+        s.write(`MESSAGE ${good} ${goodTar.length}\n`);
+        s.write(goodTar);
         s.write(`MESSAGE ${id} ${size}\n`);
         s.write(head);
         // Entries in batches, with backpressure: what was written is what fetch-mail read (give or take the socket buffers).
@@ -156,6 +162,7 @@ describe('fetch-mail against a scripted server', () => {
     assert.equal(r.code, 1, r.stderr);
     assert.match(r.stderr, new RegExp(`message ${id} refused and left on the server: message has more than 1000 entries`));
     assert.ok(written < 64 * 1024 * 1024, `read ${written} of ${size} bytes before refusing`);
-    assert.deepEqual(local(box), []);
+    assert.deepEqual(local(box), [good]);
+    assert.deepEqual(acks, [`DELETE ${good}`], 'the message stored before the bomb is deleted on the server, over a new connection');
   });
 });
