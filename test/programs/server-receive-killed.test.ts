@@ -17,7 +17,7 @@ const TEE = join(dir, 'tee-handler.mjs');
 writeFileSync(
   TEE,
   `import { spawn } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { renameSync, writeFileSync } from 'node:fs';
 const [mark, entries, ...cmd] = process.argv.slice(2);
 const child = spawn(cmd[0], cmd.slice(1), { stdio: ['pipe', 'ignore', 'ignore'] });
 child.stdin.on('error', () => {});
@@ -44,7 +44,9 @@ process.stdin.on('data', (c) => {
 });
 process.stdin.on('end', () => child.stdin.end());
 child.on('exit', (code) => {
-  writeFileSync(mark + '.done', String(code));
+  // Written aside, then renamed: the test sees the name only with its content.
+  writeFileSync(mark + '.done.tmp', String(code));
+  renameSync(mark + '.done.tmp', mark + '.done');
   process.exit(0);
 });
 `,
