@@ -8,7 +8,7 @@
 import { Readable } from 'node:stream';
 import type { Argv } from 'yargs';
 import { type Address, AddressError, addressKey, domainProblem, mailboxOf, parseAddressList } from '../address.js';
-import { start } from '../cli.js';
+import { openInput, start } from '../cli.js';
 import { type Located, boolean, command, duration, integer, list, map, optional, size, string, table } from '../config.js';
 import { EXIT, configError, dataError, usageError } from '../failure.js';
 import { type Word, exitFor, formatResult, parseResult } from '../results.js';
@@ -126,6 +126,7 @@ export async function main(args: string[], io: Io): Promise<number> {
     {
       name: 'handle-incoming-mail',
       role: 'server',
+      notAsRoot: true,
       usage: '$0 [--recipient ADDRESS]... [FILE] < message\n$0 --check [ADDRESS...] < headers',
       schema,
       options,
@@ -138,44 +139,67 @@ export async function main(args: string[], io: Io): Promise<number> {
   const { argv, config, log } = s;
   const router = s.prepared;
   const positional = argv._.map(String);
-  const envelope = [...(argv.recipient === undefined ? [] : ([] as string[]).concat(argv.recipient))];
-  const out = (line: string) => io.stdout.write(`${line}\n`);
+  const envelope = argv.recipient === undefined ? [] : ([] as string[]).concat(argv.recipient);
+  if (argv.check) return checkRecipients(parseRecipients([...envelope, ...positional]), router, config.max_header_bytes, io, log);
+  if (positional.length > 1) throw usageError('at most one FILE');
+  const spool = await spoolMessage(positional[0], envelope, config, router, io, log);
+  if (typeof spool === 'number') return spool;
+  try {
+    return await deliver(spool, envelope, config, router, io, log);
+  } finally {
+    await spool.dispose();
+  }
+}
 
-  const parse = (list: string[]) => {
+/** Addresses given on the command line, each once; a bad one is a usage error. */
+function parseRecipients(list: string[]): Address[] {
+  try {
+    return unique(list.flatMap((t) => parseAddressList(t)));
+  } catch (e) {
+    if (e instanceof AddressError) throw usageError(e.message);
+    throw e;
+  }
+}
+
+/** --check: say which recipients exist (given, else from the headers on stdin); deliver nothing. */
+async function checkRecipients(given: Address[], router: Router, maxHeaderBytes: number, io: Io, log: { warn(m: string): void }): Promise<number> {
+  let recipients = given;
+  if (recipients.length === 0) {
     try {
-      return unique(list.flatMap((t) => parseAddressList(t)));
+      recipients = unique(recipientsOf(await headersOnly(io.stdin, maxHeaderBytes)));
     } catch (e) {
-      if (e instanceof AddressError) throw usageError(e.message);
+      if (e instanceof MessageError) throw dataError(e.message);
       throw e;
     }
-  };
-
-  if (argv.check) {
-    let recipients = parse([...envelope, ...positional]);
-    if (recipients.length === 0) {
-      try {
-        recipients = unique(recipientsOf(await headersOnly(io.stdin, config.max_header_bytes)));
-      } catch (e) {
-        if (e instanceof MessageError) throw dataError(e.message);
-        throw e;
-      }
-    }
-    const words: Word[] = [];
-    for (const a of recipients.filter((r) => router.isLocal(r))) {
-      const r = router.resolve(a);
-      const word: Word = r.kind === 'deliver' ? 'OK' : r.kind === 'norecipient' ? 'NORECIPIENT' : 'FAIL';
-      words.push(word);
-      out(formatResult({ word, address: mailboxOf(a), reason: r.kind === 'fail' ? `5.3.5 ${r.reason}` : '' }));
-    }
-    if (!words.length) log.warn('no recipient in a local domain');
-    return exitFor(words);
   }
+  const words: Word[] = [];
+  for (const a of recipients.filter((r) => router.isLocal(r))) {
+    const r = router.resolve(a);
+    const word: Word = r.kind === 'deliver' ? 'OK' : r.kind === 'norecipient' ? 'NORECIPIENT' : 'FAIL';
+    words.push(word);
+    io.stdout.write(`${formatResult({ word, address: mailboxOf(a), reason: r.kind === 'fail' ? `5.3.5 ${r.reason}` : '' })}\n`);
+  }
+  if (!words.length) log.warn('no recipient in a local domain');
+  return exitFor(words);
+}
 
-  if (positional.length > 1) throw usageError('at most one FILE');
-  const input: Readable = positional[0] ? (await import('node:fs')).createReadStream(positional[0]) : io.stdin;
-  // The tar structure is walked while it spools (entries counted, types
-  // checked), so a bomb of entries is refused before it is read whole; the
-  // first bytes are kept to name the recipients if the spool itself fails.
+/**
+ * The message (FILE or stdin) spooled once for every route, or the exit
+ * code after its result lines. The tar structure is walked while it spools
+ * (entries counted, types checked), so a bomb of entries is refused before
+ * it is read whole; the first bytes are kept to name the recipients if the
+ * spool itself fails.
+ */
+async function spoolMessage(
+  file: string | undefined,
+  envelope: string[],
+  config: { max_message_bytes: number; max_header_bytes: number; max_entries: number; spool_dir: string },
+  router: Router,
+  io: Io,
+  log: Log,
+): Promise<Spool | number> {
+  const out = (line: string) => io.stdout.write(`${line}\n`);
+  const input = await openInput(file, io);
   const guard = new TarGuard({
     ...DEFAULT_LIMITS,
     maxEntries: config.max_entries,
@@ -184,9 +208,8 @@ export async function main(args: string[], io: Io): Promise<number> {
   });
   const head: Buffer[] = [];
   let headBytes = 0;
-  let spool: Spool;
   try {
-    spool = await Spool.from(input, {
+    return await Spool.from(input, {
       limit: config.max_message_bytes,
       dir: config.spool_dir || undefined,
       inspect: (chunk) => {
@@ -208,11 +231,6 @@ export async function main(args: string[], io: Io): Promise<number> {
     }
     if (!(e as NodeJS.ErrnoException).code) throw e;
     return spoolTrouble(Buffer.concat(head), `4.3.0 cannot spool the message: ${(e as Error).message}`, envelope, config, router, io, log);
-  }
-  try {
-    return await deliver(spool, envelope, config, router, io, log);
-  } finally {
-    await spool.dispose();
   }
 }
 
