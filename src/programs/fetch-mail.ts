@@ -34,6 +34,7 @@ const schema = table({
   mailbox: optional(string(), '~/Mail'),
   keep: optional(boolean(), false),
   timeout: optional(duration(), 60_000),
+  deadline: optional(duration(), 3_600_000),
   max_message_bytes: optional(size({ min: 1024 }), DEFAULT_LIMITS.maxTotalBytes),
   max_entries: optional(integer({ min: 1 }), DEFAULT_LIMITS.maxEntries),
   tmp_max_age: optional(duration(), 36 * 3600 * 1000),
@@ -122,14 +123,10 @@ export async function main(args: string[], io: Io): Promise<number> {
   const cleaned = await cleanTmp(dir, config.tmp_max_age);
   if (cleaned) log.info(`${dir}: removed ${cleaned} stale entries from tmp/`);
 
-  const connect = async (): Promise<ImrpClient> => {
-    const c = await ImrpClient.connect({
-      host: config.server,
-      port: config.port,
-      serverName: config.server_name || config.server,
-      tls: tlsOptions,
-      timeout: config.timeout,
-    });
+  const server = { host: config.server, port: config.port, serverName: config.server_name || config.server, tls: tlsOptions, timeout: config.timeout };
+  // Another connection, logged in, when the first had to be given up.
+  const reconnect = async (): Promise<ImrpClient> => {
+    const c = await ImrpClient.connect(server);
     try {
       await c.login(config.user, pw);
     } catch (e) {
@@ -138,14 +135,13 @@ export async function main(args: string[], io: Io): Promise<number> {
     }
     return c;
   };
-  let client: ImrpClient;
-  try {
-    client = await connect();
-  } catch (e) {
-    if (!(e instanceof LoginRefused)) throw e;
-    log.error(e.message);
-    return EXIT.NOPERM;
-  }
+  let client = await ImrpClient.connect(server);
+  // However the server trickles its bytes, the whole run ends by the deadline.
+  let late = false;
+  const deadline = setTimeout(() => {
+    late = true;
+    client.socket.destroy();
+  }, config.deadline);
   let fetched = 0;
   let bytes = 0;
   let invalid = 0;
@@ -161,6 +157,15 @@ export async function main(args: string[], io: Io): Promise<number> {
     told.push(line);
   };
   try {
+    try {
+      await client.login(config.user, pw);
+    } catch (e) {
+      if (e instanceof LoginRefused) {
+        log.error(e.message);
+        return EXIT.NOPERM;
+      }
+      throw e;
+    }
     // The progress bar's total comes from a list, sent in the same round trip; then every new message streamed.
     if (progress) client.send('LIST new');
     client.send('FETCH NEW');
@@ -229,21 +234,28 @@ export async function main(args: string[], io: Io): Promise<number> {
       }
     }
     await Promise.all(inFlight);
-    if (failure) throw failure;
     if (abandoned) {
       // What was told on the lost connection is told again on a new one: the server forgets nothing unconfirmed.
-      client = await connect();
+      client = await reconnect();
       for (const line of told) client.send(line);
       log.error('a refused message was not read to its end: fetch stopped; messages after it stay on the server');
     }
     if (durable.length) acknowledge();
+    if (failure) throw failure;
     while (told.length) {
       await client.ok(keep ? 'SEEN' : 'DELETE');
       told.shift();
     }
     client.send('FOLDERS');
     for (let l = await client.line(); !l.startsWith('OK'); l = await client.line()) left += Number(/^FOLDER \S+ (\d+)$/.exec(l)?.[1] ?? 0);
+  } catch (e) {
+    if (!late) throw e;
+    throw new Failure(
+      'temporary',
+      `${client.where}: not done within the deadline of ${config.deadline / 1000} s (deadline in ${source.file ?? 'fetch-mail.toml'})`,
+    );
   } finally {
+    clearTimeout(deadline);
     // Stored but not yet told (a failure cut the run short): tell the server before leaving.
     if (durable.length && !client.socket.destroyed) acknowledge();
     client.close();
