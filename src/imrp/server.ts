@@ -4,7 +4,6 @@
 // lists, fetches (FETCH NEW streams every new message back to back),
 // marks seen and deletes, only ever inside their own mailbox.
 import { randomBytes } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { TLSSocket } from 'node:tls';
 import { PassThrough } from 'node:stream';
@@ -55,7 +54,7 @@ const REPLY_BUFFER = 64 * 1024;
 async function summary(box: Mailbox, id: string, folder: Folder): Promise<Summary> {
   const path = join(box.dir, folder, id);
   const entries = await box.entries(path);
-  const h = parseHeaders(await readFile(join(path, 'headers')));
+  const h = parseHeaders(await box.readEntry(path, 'headers'));
   let from = '';
   try {
     const a = parseAddress(h.get('from') ?? '');
@@ -238,10 +237,10 @@ export class ImrpSession {
       let entries = await this.view!.entries(at.path);
       let mtime: Date;
       if (entries.reduce((n, e) => n + e.size, 0) <= PREFETCH_BYTES) {
-        const data = await Promise.all(entries.map((e) => readFile(join(at.path, e.path))));
+        const data = await Promise.all(entries.map((e) => this.view!.readEntry(at.path, e.path)));
         entries = entries.map((e, i) => ({ path: e.path, size: data[i].length, open: () => data[i] }));
         mtime = mtimeOf(parseHeaders(data[0]));
-      } else mtime = mtimeOf(parseHeaders(await readFile(join(at.path, 'headers'))));
+      } else mtime = mtimeOf(parseHeaders(await this.view!.readEntry(at.path, 'headers')));
       return { id, entries, mtime, size: await tarSize(entries, mtime) };
     } catch (e) {
       return { id, problem: (e as Error).message };

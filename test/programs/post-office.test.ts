@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, symlinkSync, watch, writeFileSync } from 'node:fs';
 import { createServer } from 'node:tls';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -182,23 +182,61 @@ describe('post-office and fetch-mail', () => {
     assert.match(before, /^NO log in first$/m);
   });
 
+  it("never serves another user's file through a link planted in one's own mailbox (attachments/ -> carol's)", async () => {
+    writeFileSync(join(dir, 'secret.txt'), "carol's secret\n");
+    writeFileSync(join(dir, 'mine.txt'), 'mine\n');
+    const [carolId] = await deliver('carol', 1, ['-a', 'secret.txt']);
+    const [bobId] = await deliver('bob', 1, ['-a', 'mine.txt']);
+    const planted = join(boxes, 'bob', 'new', bobId);
+    rmSync(join(planted, 'attachments'), { recursive: true });
+    symlinkSync(join(boxes, 'carol', 'new', carolId, 'attachments'), join(planted, 'attachments'));
+    try {
+      const got = await converse(['LOGIN bob sesame', `FETCH ${bobId}`, 'LIST new', 'FETCH NEW', 'QUIT'], /^BYE/m);
+      assert.match(got, /^NO message cannot be read$/m);
+      assert.doesNotMatch(got, /carol's secret/);
+      assert.doesNotMatch(got, new RegExp(`^(MSG|MESSAGE) ${bobId}`, 'm'), 'neither listed nor sent');
+      assert.match(po.log(), new RegExp(`${bobId}: cannot be sent: .*attachments: a symbolic link or not a plain file or directory \\(refused\\)`));
+    } finally {
+      rmSync(planted, { recursive: true });
+    }
+  });
+
+  it('draws a progress bar with --progress: one step per message, to the total from LIST', async () => {
+    await deliver('bob', 3);
+    const r = await fetch(fetchConfig('bob-progress', 'user = "bob"\n'), [join(dir, 'bob-progress'), '--progress'], { IMA_PASSWORD: 'sesame' });
+    assert.equal(r.code, 0, r.stderr);
+    const steps = r.stderr.split('\r').filter(Boolean);
+    assert.deepEqual(
+      steps.map((l) => /^\[[#.]{30}\] (\d+\/\d+) messages, \d+\.\d MB\n?$/.exec(l)?.[1]),
+      ['1/3', '2/3', '3/3'],
+    );
+    assert.match(steps[2], /^\[#{30}\] 3\/3 messages, 0\.0 MB\n$/);
+    const quiet = await fetch(fetchConfig('bob-progress', 'user = "bob"\n'), [join(dir, 'bob-progress')], { IMA_PASSWORD: 'sesame' });
+    assert.equal(quiet.stderr, '', 'no bar when stderr is not a terminal and --progress is not given');
+  });
+
   it('a fetch killed in the middle, run again, ends with every message exactly once', async () => {
     const ids = await deliver('bob', 12, ['-a', 'big.bin']);
     const cfg = fetchConfig('bob-kill', 'user = "bob"\n');
     const out = join(dir, 'bob-killed');
+    for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(out, f), { recursive: true });
+    // Killed on an event: the first message renamed into new/ (the rest, 11 x 20 MB, still to come).
+    const firstStored = new Promise<void>((res) => {
+      const w = watch(join(out, 'new'), () => {
+        if (local(out).length === 0) return;
+        w.close();
+        res();
+      });
+    });
     const child = spawn(join(BIN, 'fetch-mail'), ['--config', cfg, out], { env: testEnv({ IMA_PASSWORD: 'sesame' }), stdio: ['ignore', 'ignore', 'ignore'] });
     const exited = once(child, 'exit');
-    // Kill it once some messages are stored locally (an event on disk, not a guess at timing).
-    await new Promise<void>((res) => {
-      const t = setInterval(() => {
-        if (local(out).length >= 3 || child.exitCode !== null) {
-          clearInterval(t);
-          res();
-        }
-      }, 5);
-    });
+    await Promise.race([firstStored, exited]);
     child.kill('SIGKILL');
-    await exited;
+    const [code, signal] = await exited;
+    assert.equal(signal, 'SIGKILL', `fetch-mail was killed, not finished (exit ${code})`);
+    const atKill = local(out).length;
+    assert.ok(atKill >= 1 && atKill < ids.length, `killed with ${atKill} of ${ids.length} stored`);
+    assert.ok(readdirSync(join(boxes, 'bob', 'new')).length > 0, 'messages left on the server');
     const r = await fetch(cfg, [out, '--verbose'], { IMA_PASSWORD: 'sesame' });
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual(
