@@ -13,6 +13,9 @@ export const PROGRAMS = [
   'fetch-mail',
   'mime-to-ima',
   'ima-to-mime',
+  'queue-mail',
+  'run-queue',
+  'list-queue',
 ] as const;
 export type ProgramName = (typeof PROGRAMS)[number];
 

@@ -10,7 +10,7 @@ import { createReadStream } from 'node:fs';
 import { resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import type { Argv } from 'yargs';
-import { type Address, asciiDomain, domainProblem, mailboxOf } from '../address.js';
+import { type Address, AddressError, asciiDomain, domainProblem, mailboxOf, parseAddressList } from '../address.js';
 import { start } from '../cli.js';
 import { boolean, command, duration, list, map, optional, size, string, table } from '../config.js';
 import { EXIT, type Failure, asFailure, noInput, tempFail, usageError } from '../failure.js';
@@ -37,7 +37,8 @@ const schema = table({
   }),
 });
 
-const options = (y: Argv) => y;
+const options = (y: Argv) =>
+  y.option('recipient', { type: 'string', describe: 'Deliver to this address instead of the header recipients (an envelope); repeatable', requiresArg: true });
 
 /** Where one domain's delivery stands. */
 interface Leg {
@@ -55,7 +56,7 @@ interface Leg {
 }
 
 export async function main(args: string[], io: Io): Promise<number> {
-  const s = await start({ name: 'send-mail', role: 'user', usage: '$0 [options] [FILE] < message', schema, options }, args, io);
+  const s = await start({ name: 'send-mail', role: 'user', usage: '$0 [options] [--recipient ADDRESS]... [FILE] < message', schema, options }, args, io);
   if (typeof s === 'number') return s;
   const { argv, config, source, log } = s;
   if (argv._.length > 1) throw usageError('give at most one message file');
@@ -65,7 +66,7 @@ export async function main(args: string[], io: Io): Promise<number> {
   const mailer = asciiDomain(config.domain);
   const prepared = await prepare(input, mailer, { ...DEFAULT_LIMITS, maxTotalBytes: config.max_message_bytes });
   try {
-    const groups = groupRecipients(prepared.headers);
+    const groups = groupRecipients(prepared.headers, envelopeOf(argv.recipient));
     if (groups.length === 0) throw usageError('the message has no recipients (to, cc, bcc)');
     const legacy = new Set(config.legacy_domains.map((d) => asciiDomain(d)));
     const legs: Leg[] = groups.map((group) => ({ group }));
@@ -98,6 +99,17 @@ export async function main(args: string[], io: Io): Promise<number> {
     return report(legs, io);
   } finally {
     await prepared.spool.dispose();
+  }
+}
+
+/** The --recipient addresses, or undefined when none is given (the headers decide). */
+function envelopeOf(given: string | string[] | undefined): Address[] | undefined {
+  if (given === undefined) return undefined;
+  try {
+    return ([] as string[]).concat(given).flatMap((t) => parseAddressList(t));
+  } catch (e) {
+    if (e instanceof AddressError) throw usageError(`--recipient: ${e.message}`);
+    throw e;
   }
 }
 
