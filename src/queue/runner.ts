@@ -166,19 +166,23 @@ export class Runner {
     const byDomain = new Map<string, Recipient[]>();
     for (const r of dueRecipients(s, now)) byDomain.set(r.domain, [...(byDomain.get(r.domain) ?? []), r]);
     for (const [domain, recipients] of byDomain) {
-      const down = this.suspended.get(domain);
-      if (down && down.until > now) {
-        for (const r of recipients) {
-          r.last_reply = `TEMPFAIL delivery to ${domain} suspended until ${new Date(down.until).toISOString()}: ${down.reply}`;
-          defer(s, r, now, down.until - now, this.config.schedule);
-        }
-        continue;
-      }
+      if (this.deferSuspended(s, domain, recipients, now)) continue;
       w.units++;
       this.waiting.push({ work: w, domain, recipients });
     }
     if (w.units === 0) await this.finish(w);
     else this.dispatch();
+  }
+
+  /** A domain whose connection just failed: defer its recipients (not counted as attempts) without trying. */
+  private deferSuspended(s: MessageState, domain: string, recipients: Recipient[], now: number): boolean {
+    const down = this.suspended.get(domain);
+    if (!down || down.until <= now) return false;
+    for (const r of recipients) {
+      r.last_reply = `TEMPFAIL delivery to ${domain} suspended until ${new Date(down.until).toISOString()}: ${down.reply}`;
+      defer(s, r, now, down.until - now, this.config.schedule);
+    }
+    return true;
   }
 
   /** Start waiting units while the limits allow. */
@@ -207,6 +211,7 @@ export class Runner {
     const s = w.state;
     try {
       if (w.deleted || s.held || this.stopping) return;
+      if (this.deferSuspended(s, u.domain, u.recipients, this.e.now())) return await this.save(w);
       markAttempting(u.recipients, this.e.now());
       await this.save(w);
       const results = new Map<string, Result>();
