@@ -75,7 +75,7 @@ test('run-queue: a domain whose server is down is deferred as a whole, retried l
 
   const first = await runBin('run-queue', ['--once'], { env: q.env });
   assert.equal(first.code, 0, first.stderr);
-  let list = await listQueue(q.env);
+  const list = await listQueue(q.env);
   assert.deepEqual(list.map((m) => m.queue_id).sort(), [m1, m2].sort());
   assert.equal(recipient(list, 'bob@b.test')?.state, 'delivered');
   const carol = recipient(list, 'carol@c.test')!;
