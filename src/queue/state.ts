@@ -103,9 +103,10 @@ export function dueRecipients(s: MessageState, now: number): Recipient[] {
   return s.recipients.filter((r) => r.state === 'attempting' || (pending(r) && time(r.next_attempt) <= now));
 }
 
-/** The earliest time something of this message is due; Infinity when nothing is (done, or held). */
+/** The earliest time something of this message is due; Infinity when held. A message with nothing pending is due now: to notify and remove. */
 export function nextDue(s: MessageState): number {
   if (s.held) return Infinity;
+  if (!s.recipients.some(pending)) return 0;
   let t = Infinity;
   for (const r of s.recipients) if (pending(r)) t = Math.min(t, r.state === 'attempting' ? 0 : time(r.next_attempt));
   return t;
