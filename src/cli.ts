@@ -25,30 +25,43 @@ function packageVersion(): string {
   return version;
 }
 
-export interface Started<A, C> {
+export interface Started<A, C, P = undefined> {
   argv: ArgumentsCamelCase<A> & CommonFlags;
   config: C;
   source: Located;
   log: Log;
+  /** What the spec's check made of the config (certificates loaded, routing table built). */
+  prepared: P;
 }
 
-export interface ProgramSpec<A, C> {
+export interface ProgramSpec<A, C, P = undefined> {
   name: string;
   role: Role;
   usage: string;
   schema: Field<C>;
   options: (y: Argv) => Argv<A>;
+  /**
+   * Every check a start runs beyond the schema (files, certificates, commands,
+   * the routing table): run by --check-config and by every start alike, so
+   * "configuration OK" means the program would start. Throws a Failure.
+   */
+  check?: (config: C, source: Located, io: Io) => P;
 }
 
+/** What parsing the command line needs of a spec. */
+type FlagSpec<A> = Pick<ProgramSpec<A, unknown>, 'name' | 'usage' | 'options'>;
+
 /** Parse flags, load config, make the log. Returns a number when the program is already done (help, errors). */
-export async function start<A, C>(spec: ProgramSpec<A, C>, args: string[], io: Io): Promise<Started<A, C> | number> {
+export async function start<A, C, P = undefined>(spec: ProgramSpec<A, C, P>, args: string[], io: Io): Promise<Started<A, C, P> | number> {
   const parsed = await parseFlags(spec, args, io);
   if (typeof parsed === 'number') return parsed;
   const argv = parsed;
   let loaded;
+  let prepared: P;
   try {
     const where = locateConfig(spec.name, spec.role, argv.config, io.env, io.cwd);
     loaded = loadConfig(spec.schema, where.path, where.required);
+    prepared = checked(spec, loaded.config, loaded.source, io);
   } catch (e) {
     if (e instanceof Failure) {
       io.stderr.write(`${spec.name}: ${oneLine(e.message)}\n`);
@@ -62,14 +75,27 @@ export async function start<A, C>(spec: ProgramSpec<A, C>, args: string[], io: I
     io.stderr.write(`${spec.name}: configuration OK\n`);
     return EXIT.OK;
   }
-  return { argv, config: loaded.config, source: loaded.source, log };
+  return { argv, config: loaded.config, source: loaded.source, log, prepared };
+}
+
+// A parsed config is one frozen object while its file is unchanged, so an
+// in-process run per message checks it once, not once per message.
+const checks = new WeakMap<object, { cwd: string; prepared: unknown }>();
+
+function checked<A, C, P>(spec: ProgramSpec<A, C, P>, config: C, source: Located, io: Io): P {
+  if (!spec.check) return undefined as P;
+  const known = checks.get(config as object);
+  if (known && known.cwd === io.cwd) return known.prepared as P;
+  const prepared = spec.check(config, source, io);
+  checks.set(config as object, { cwd: io.cwd, prepared });
+  return prepared;
 }
 
 // Building a parser costs about a millisecond; a server running a program
 // in-process for every message reuses one (yargs resets between parses).
 const parsers = new Map<string, Argv<unknown>>();
 
-function parserFor<A>(spec: ProgramSpec<A, unknown>, width: number): Argv<A> {
+function parserFor<A>(spec: FlagSpec<A>, width: number): Argv<A> {
   const key = `${spec.name}\0${width}`;
   let y = parsers.get(key) as Argv<A> | undefined;
   if (!y) {
@@ -79,7 +105,7 @@ function parserFor<A>(spec: ProgramSpec<A, unknown>, width: number): Argv<A> {
   return y;
 }
 
-function buildParser<A>(spec: ProgramSpec<A, unknown>, width: number): Argv<A> {
+function buildParser<A>(spec: FlagSpec<A>, width: number): Argv<A> {
   return spec
     .options(
       yargs()
@@ -103,7 +129,7 @@ function buildParser<A>(spec: ProgramSpec<A, unknown>, width: number): Argv<A> {
 // each message): a successful parse is a pure function of them, kept frozen.
 const parsed = new Map<string, unknown>();
 
-async function parseFlags<A>(spec: ProgramSpec<A, unknown>, args: string[], io: Io): Promise<(ArgumentsCamelCase<A> & CommonFlags) | number> {
+async function parseFlags<A>(spec: FlagSpec<A>, args: string[], io: Io): Promise<(ArgumentsCamelCase<A> & CommonFlags) | number> {
   const key = `${spec.name}\0${args.join('\0')}`;
   const known = parsed.get(key);
   if (known) return known as ArgumentsCamelCase<A> & CommonFlags;

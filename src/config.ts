@@ -232,6 +232,18 @@ function parseWith<T>(schema: Field<T>, data: unknown, path: string): T {
   }
 }
 
+/**
+ * A mailbox path or template: no ".." component, so a template filled with a
+ * recipient's parts, or an edited entry, can never point outside the tree
+ * the operator meant. `absolute`: relative paths refused too (a server's
+ * working directory is nobody's choice).
+ */
+export function mailboxPathProblem(p: string, absolute: boolean): string | undefined {
+  if (p.split('/').includes('..')) return 'must not contain ".." (name the directory itself)';
+  if (absolute && !isAbsolute(p)) return 'must be an absolute path';
+  return undefined;
+}
+
 /** Resolve a path from the config relative to the config file's directory. */
 export function configPath(source: Located, p: string): string {
   return isAbsolute(p) ? p : resolve(source.dir, p);

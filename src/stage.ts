@@ -5,6 +5,8 @@
 // behind a fault barrier: whatever it throws becomes an exit code, the
 // server lives on.
 import { spawn } from 'node:child_process';
+import { accessSync, constants, statSync } from 'node:fs';
+import { join, resolve as resolvePath } from 'node:path';
 import { type Readable, Writable } from 'node:stream';
 import { EXIT, reportFailure } from './failure.js';
 import { lineText } from './net/lines.js';
@@ -124,4 +126,27 @@ function runSpawned(h: StageSpec, cmd: string, args: string[]): Promise<number> 
       stdout.end(() => resolve(killed || spawnError || code === null ? EXIT.TEMPFAIL : code));
     });
   });
+}
+
+/**
+ * Why a configured command could not run, or undefined when it can: a toolkit
+ * program, an executable path, or a name found on PATH. Checked at config
+ * time so a typo is a refused start, not a TEMPFAIL for every message.
+ */
+export function commandProblem(argv: readonly string[], env: Record<string, string | undefined>, cwd: string): string | undefined {
+  const cmd = argv[0];
+  if (cmd === undefined || cmd === '') return 'is empty';
+  if (isProgram(cmd)) return undefined;
+  if (cmd.includes('/')) return executable(resolvePath(cwd, cmd)) ? undefined : `${cmd}: no such executable file`;
+  const dirs = (env.PATH ?? '').split(':').filter((d) => d !== '');
+  return dirs.some((d) => executable(join(resolvePath(cwd, d), cmd))) ? undefined : `${cmd}: not found on PATH`;
+}
+
+function executable(file: string): boolean {
+  try {
+    accessSync(file, constants.X_OK);
+    return statSync(file).isFile();
+  } catch {
+    return false;
+  }
 }

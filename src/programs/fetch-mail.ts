@@ -11,7 +11,7 @@ import { resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import type { Argv } from 'yargs';
 import { start } from '../cli.js';
-import { boolean, configPath, duration, integer, list, optional, size, string, table } from '../config.js';
+import { type Located, boolean, configPath, duration, integer, list, optional, size, string, table } from '../config.js';
 import { EXIT, Failure, configError, usageError } from '../failure.js';
 import { ImrpClient, LoginRefused } from '../imrp/client.js';
 import { IMRP_PORT, parseMsgLine } from '../imrp/wire.js';
@@ -51,19 +51,50 @@ const ACK_BATCH = 25;
 
 const expand = (p: string, io: Io) => (p.startsWith('~/') ? resolve(io.env.HOME || homedir(), p.slice(2)) : resolve(io.cwd, p));
 
-/** The password: from a file, the environment, or a prompt without echo; never argv. */
-async function password(config: Config, io: Io, file: (p: string) => string): Promise<string> {
-  if (config.password_file) {
-    try {
-      return readFileSync(file(config.password_file), 'utf8').split('\n')[0];
-    } catch (e) {
-      throw configError('fetch-mail.toml', 'password_file', `cannot read ${config.password_file} (${(e as NodeJS.ErrnoException).code})`);
-    }
-  }
+/** The password: from a file (read by the config check), the environment, or a prompt without echo; never argv. */
+async function password(config: Config, io: Io, fromFile: string | undefined): Promise<string> {
+  if (fromFile !== undefined) return fromFile;
   const fromEnv = config.password_env ? io.env[config.password_env] : undefined;
   if (fromEnv) return fromEnv;
   if (!isTerminal(io)) throw usageError(`no password: set password_file or certificate in fetch-mail.toml, or ${config.password_env} in the environment`);
   return readSecret(io, `Password for ${config.user}@${config.server}: `);
+}
+
+interface Prepared {
+  tls: { cert?: string | Buffer; key?: string | Buffer; ca: (string | Buffer)[] };
+  /** The first line of password_file, when one is set and no certificate is. */
+  passwordFromFile?: string;
+}
+
+/** A path from the config: ~/ is the user's home, else relative to the config file. */
+const configFile = (p: string, source: Located, io: Io) => (p.startsWith('~/') ? expand(p, io) : configPath(source, p));
+
+/** Everything a start checks, for --check-config too: certificate and key, CA files, the password file. */
+function check(config: Config, source: Located, io: Io): Prepared {
+  const configName = source.file ?? 'fetch-mail.toml';
+  const file = (p: string) => configFile(p, source, io);
+  if (!!config.certificate !== !!config.key) throw configError(configName, config.certificate ? 'key' : 'certificate', 'certificate and key go together');
+  if (config.certificate) {
+    const { cert, key, ca } = loadTlsMaterial({
+      certificate: file(config.certificate),
+      key: file(config.key),
+      ca: config.ca.map(file),
+      configFile: configName,
+    });
+    return { tls: { cert, key, ca } };
+  }
+  const ca = config.ca.length ? config.ca.map((p) => readConfigFile(file(p), configName, 'ca')) : systemRoots();
+  if (!config.password_file) return { tls: { ca } };
+  return { tls: { ca }, passwordFromFile: readConfigFile(file(config.password_file), configName, 'password_file').toString('utf8').split('\n')[0] };
+}
+
+function readConfigFile(path: string, configName: string, key: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw configError(configName, key, `${path}: ${code === 'ENOENT' ? 'no such file' : `cannot read (${code})`}`);
+  }
 }
 
 function progressBar(io: Io, total: number, done: number, bytes: number): void {
@@ -73,30 +104,17 @@ function progressBar(io: Io, total: number, done: number, bytes: number): void {
 }
 
 export async function main(args: string[], io: Io): Promise<number> {
-  const s = await start({ name: 'fetch-mail', role: 'user', usage: '$0 [--keep] [DIR]', schema, options }, args, io);
+  const s = await start({ name: 'fetch-mail', role: 'user', usage: '$0 [--keep] [DIR]', schema, options, check }, args, io);
   if (typeof s === 'number') return s;
   const { argv, config, log, source } = s;
   const [dirArg, ...extra] = argv._.map(String);
   if (extra.length) throw usageError('at most one DIR');
-  const file = (p: string) => (p.startsWith('~/') ? expand(p, io) : configPath(source, p));
-  const dir = dirArg ? resolve(io.cwd, dirArg) : file(config.mailbox);
+  const dir = dirArg ? resolve(io.cwd, dirArg) : configFile(config.mailbox, source, io);
   const keep = argv.keep ?? config.keep;
   const tty = !!(io.stderr as NodeJS.WriteStream).isTTY;
   const progress = argv.progress ?? tty;
-  if (!!config.certificate !== !!config.key)
-    throw configError(source.file ?? 'fetch-mail.toml', config.certificate ? 'key' : 'certificate', 'certificate and key go together');
-
-  const tlsOptions = config.certificate
-    ? (({ cert, key, ca }) => ({ cert, key, ca }))(
-        loadTlsMaterial({
-          certificate: file(config.certificate),
-          key: file(config.key),
-          ca: config.ca.map(file),
-          configFile: source.file ?? 'fetch-mail.toml',
-        }),
-      )
-    : { ca: config.ca.length ? config.ca.map((p) => readFileSync(file(p))) : systemRoots() };
-  const pw = config.certificate ? undefined : await password(config, io, file);
+  const tlsOptions = s.prepared.tls;
+  const pw = config.certificate ? undefined : await password(config, io, s.prepared.passwordFromFile);
   await openMailbox(dir, true);
 
   const client = await ImrpClient.connect({

@@ -9,7 +9,7 @@ import type { Readable } from 'node:stream';
 import type { Argv } from 'yargs';
 import { type Address, AddressError, mailboxOf, parseAddress } from '../address.js';
 import { start } from '../cli.js';
-import { boolean, duration, integer, optional, size, string, table } from '../config.js';
+import { mailboxPathProblem, boolean, duration, integer, optional, size, string, table } from '../config.js';
 import { EXIT, Failure, asFailure, noInput, usageError } from '../failure.js';
 import { cleanTmp, deliverToMailbox } from '../mailbox.js';
 import { DEFAULT_LIMITS } from '../message/index.js';
@@ -17,7 +17,14 @@ import type { Io } from '../io.js';
 
 const schema = table({
   mailbox: optional(
-    string({ check: (s) => (s.includes('{') && !/\{(local|domain|address)\}/.test(s) ? 'unknown placeholder (use {local}, {domain}, {address})' : undefined) }),
+    string({
+      check: (s) =>
+        s === ''
+          ? undefined
+          : s.includes('{') && !/\{(local|domain|address)\}/.test(s)
+            ? 'unknown placeholder (use {local}, {domain}, {address})'
+            : mailboxPathProblem(s, true),
+    }),
     '',
   ),
   create: optional(boolean(), false),

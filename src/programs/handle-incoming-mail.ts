@@ -7,12 +7,12 @@
 // whose command did not exit 0.
 import { Readable } from 'node:stream';
 import type { Argv } from 'yargs';
-import { type Address, AddressError, addressKey, mailboxOf, parseAddressList } from '../address.js';
+import { type Address, AddressError, addressKey, domainProblem, mailboxOf, parseAddressList } from '../address.js';
 import { start } from '../cli.js';
-import { boolean, command, duration, integer, list, map, optional, size, string, table } from '../config.js';
+import { type Located, boolean, command, duration, integer, list, map, optional, size, string, table } from '../config.js';
 import { EXIT, configError, dataError, usageError } from '../failure.js';
 import { type Word, exitFor, formatResult, parseResult } from '../results.js';
-import { runStage } from '../stage.js';
+import { commandProblem, runStage } from '../stage.js';
 import { DEFAULT_LIMITS, type Headers, MessageError, parseHeaders, readMessage } from '../message/index.js';
 import { type Resolution, Router } from '../routing.js';
 import type { Io } from '../io.js';
@@ -35,6 +35,7 @@ const schema = table({
   max_header_bytes: optional(size({ min: 256 }), DEFAULT_LIMITS.maxHeaderBytes),
   spool_dir: optional(string(), ''),
 });
+type Config = ReturnType<typeof schema.parse>;
 
 const options = (y: Argv) =>
   y
@@ -97,20 +98,44 @@ async function pool<T>(items: T[], limit: number, each: (item: T) => Promise<voi
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }
 
+/** Everything a start checks, for --check-config too: domains, the routing table, every command. */
+function check(config: Config, source: Located, io: Io): Router {
+  const file = source.file ?? 'handle-incoming-mail.toml';
+  for (const d of Object.keys(config.domains)) {
+    const problem = domainProblem(d);
+    if (problem) throw configError(file, `domains."${d}"`, problem);
+  }
+  const commands: [string, readonly string[]][] = [
+    ...Object.entries(config.domains).map(([d, r]): [string, readonly string[]] => [`domains."${d}".command`, r.command]),
+    ...Object.entries(config.routes).map(([a, argv]): [string, readonly string[]] => [`routes."${a}"`, argv]),
+  ];
+  for (const [key, argv] of commands) {
+    const problem = argv.length && !argv[0].includes('{') ? commandProblem(argv, io.env, io.cwd) : undefined;
+    if (problem) throw configError(file, key, problem);
+  }
+  try {
+    return new Router(config);
+  } catch (e) {
+    throw configError(file, '', (e as Error).message);
+  }
+}
+
 export async function main(args: string[], io: Io): Promise<number> {
   const s = await start(
-    { name: 'handle-incoming-mail', role: 'server', usage: '$0 [--recipient ADDRESS]... [FILE] < message\n$0 --check [ADDRESS...] < headers', schema, options },
+    {
+      name: 'handle-incoming-mail',
+      role: 'server',
+      usage: '$0 [--recipient ADDRESS]... [FILE] < message\n$0 --check [ADDRESS...] < headers',
+      schema,
+      options,
+      check,
+    },
     args,
     io,
   );
   if (typeof s === 'number') return s;
-  const { argv, config, log, source } = s;
-  let router: Router;
-  try {
-    router = new Router(config);
-  } catch (e) {
-    throw configError(source.file ?? 'handle-incoming-mail.toml', '', (e as Error).message);
-  }
+  const { argv, config, log } = s;
+  const router = s.prepared;
   const positional = argv._.map(String);
   const envelope = [...(argv.recipient === undefined ? [] : ([] as string[]).concat(argv.recipient))];
   const out = (line: string) => io.stdout.write(`${line}\n`);

@@ -50,7 +50,15 @@ async function absent(path: string, force: boolean | undefined): Promise<void> {
   if (exists) throw cantCreate(path, 'already exists (use --force to replace it)');
 }
 
+/** The directory for keys: created when missing, readable by its owner only. */
+async function makeDir(dir: string): Promise<void> {
+  await mkdir(dir, { recursive: true, mode: 0o700 }).catch((e: NodeJS.ErrnoException) => {
+    throw cantCreate(dir, `cannot create (${e.code})`);
+  });
+}
+
 async function save(dir: string, base: string, issued: Issued, force: boolean | undefined): Promise<string[]> {
+  await makeDir(dir);
   const crt = join(dir, `${base}.crt`);
   const key = join(dir, `${base}.key`);
   await absent(crt, force);
@@ -90,9 +98,7 @@ export async function main(args: string[], io: Io): Promise<number> {
   if (what === 'ca') {
     if (rest.length !== 1) throw usageError('make-cert ca DIR: give exactly one directory');
     const dir = resolve(io.cwd, rest[0]);
-    await mkdir(dir, { recursive: true, mode: 0o700 }).catch((e: NodeJS.ErrnoException) => {
-      throw cantCreate(dir, `cannot create (${e.code})`);
-    });
+    await makeDir(dir);
     const ca = makeCa(
       argv.name ?? `${config.organization} CA`,
       config.organization,

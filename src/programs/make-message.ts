@@ -11,8 +11,8 @@ import { basename, resolve } from 'node:path';
 import type { ArgumentsCamelCase, Argv } from 'yargs';
 import { type Address, AddressError, addressKey, formatAddress, formatAddressList, parseAddress, parseAddressList } from '../address.js';
 import { start } from '../cli.js';
-import { list, map, optional, size, string, table } from '../config.js';
-import { EXIT, dataError, noInput, usageError } from '../failure.js';
+import { type Located, list, map, optional, size, string, table } from '../config.js';
+import { EXIT, configError, dataError, noInput, usageError } from '../failure.js';
 import { writeFileAtomic } from '../files.js';
 import { Headers, MessageError, type Part, checkAttachmentName, checkField, writeMessage } from '../message/index.js';
 import type { Io } from '../io.js';
@@ -24,6 +24,7 @@ const schema = table({
   headers: map(string()),
   max_body_bytes: optional(size({ min: 1 }), 64 * 1024 * 1024),
 });
+type Config = ReturnType<typeof schema.parse>;
 
 const options = (y: Argv) =>
   y
@@ -75,6 +76,32 @@ function now(): string {
   return new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
 }
 
+/** Fields the flags or the servers set, never --header or [headers]. */
+const OWN_FIELDS = ['from', 'to', 'cc', 'bcc', 'date', 'message-id', 'mailer', 'received'];
+
+/** The config's own values are checked as config (exit 78, file and key named), not blamed on flags that were never given. */
+function check(config: Config, source: Located): void {
+  const file = source.file ?? 'make-message.toml';
+  const addressProblem = (text: string) => {
+    try {
+      parseAddress(text);
+      return undefined;
+    } catch (e) {
+      return (e as Error).message;
+    }
+  };
+  const fromProblem = config.from === undefined ? undefined : addressProblem(config.from);
+  if (fromProblem) throw configError(file, 'from', fromProblem);
+  config.always_bcc.forEach((a, i) => {
+    const problem = addressProblem(a);
+    if (problem) throw configError(file, `always_bcc[${i}]`, problem);
+  });
+  for (const [name, value] of Object.entries(config.headers)) {
+    const problem = OWN_FIELDS.includes(name.toLowerCase()) ? 'is set by its own flag or by the servers' : checkField(name, value.trim());
+    if (problem) throw configError(file, `headers."${name}"`, problem);
+  }
+}
+
 export function buildHeaders(argv: Flags, config: { from?: string; always_bcc: string[]; headers: Record<string, string> }): Headers {
   const fromText = argv.from ?? config.from;
   if (!fromText) throw usageError('no sender: give --from or set "from" in make-message.toml');
@@ -104,7 +131,7 @@ export function buildHeaders(argv: Flags, config: { from?: string; always_bcc: s
   if (refs.length) setField(h, 'references', refs.join(' '), '--references');
   const extra: [string, string][] = [...Object.entries(config.headers), ...all(argv.header).map((kv) => splitPair(kv, '--header', 'NAME=VALUE'))];
   for (const [name, value] of extra) {
-    if (['from', 'to', 'cc', 'bcc', 'date', 'message-id', 'mailer', 'received'].includes(name)) {
+    if (OWN_FIELDS.includes(name)) {
       throw usageError(`--header: "${name}" is set by its own flag or by the servers, not with --header`);
     }
     if (h.has(name) && ['subject', 'in-reply-to', 'references'].includes(name)) h.remove(name);
@@ -177,7 +204,7 @@ async function spoolText(input: AsyncIterable<unknown>, what: string, limit: num
 }
 
 export async function main(args: string[], io: Io): Promise<number> {
-  const s = await start({ name: 'make-message', role: 'user', usage: '$0 [options] [recipient...] < text', schema, options }, args, io);
+  const s = await start({ name: 'make-message', role: 'user', usage: '$0 [options] [recipient...] < text', schema, options, check }, args, io);
   if (typeof s === 'number') return s;
   const { argv, config } = s;
   const limit = config.max_body_bytes;

@@ -5,9 +5,10 @@
 // mailbox to another, never stores a password (only scrypt hashes), and
 // never reads a message id as a path.
 import { hostname } from 'node:os';
+import { resolve } from 'node:path';
 import type { Argv } from 'yargs';
 import { start } from '../cli.js';
-import { type Located, configPath, duration, integer, list, loadConfig, map, optional, string, table } from '../config.js';
+import { type Located, boolean, configPath, mailboxPathProblem, duration, integer, list, loadConfig, map, optional, string, table } from '../config.js';
 import { EXIT, configError, usageError } from '../failure.js';
 import { IMRP_PORT, MAX_LINE, bye } from '../imrp/wire.js';
 import { ImrpSession, type ImrpConfig } from '../imrp/server.js';
@@ -24,7 +25,8 @@ const schema = table({
   tls: tlsSchema(),
   users: map(
     table({
-      mailbox: string({ nonEmpty: true }),
+      mailbox: string({ nonEmpty: true, check: (p) => mailboxPathProblem(p, false) }),
+      shared_mailbox: optional(boolean(), false),
       password: optional(string({ check: hashProblem }), undefined as string | undefined),
       certificate_sha256: optional(
         list(
@@ -72,6 +74,27 @@ async function readPassword(io: Io): Promise<string> {
   return text.split('\n')[0].replace(/\r$/, '');
 }
 
+/** Every user can log in somehow, and no two users see one mailbox unless both say they share it. */
+function checkUsers(config: Config, source: Located): void {
+  const owners = new Map<string, string>();
+  for (const [u, e] of Object.entries(config.users)) {
+    if (!e.password && !e.certificate_sha256.length && !e.certificate_name)
+      throw configError(source.file!, `users.${u}`, 'needs password, certificate_sha256 or certificate_name');
+    const mailbox = resolve(configPath(source, e.mailbox));
+    const other = owners.get(mailbox);
+    if (other !== undefined && !(e.shared_mailbox && config.users[other].shared_mailbox))
+      throw configError(source.file!, `users.${u}.mailbox`, `${mailbox} is also ${other}'s mailbox (set shared_mailbox = true for both to share it)`);
+    owners.set(mailbox, u);
+  }
+}
+
+/** Everything a start checks, for --check-config too: the file, the users, the certificates. */
+function check(config: Config, source: Located): Settings {
+  if (!source.file) throw configError(source.dir, '', 'post-office needs a config file (tls, users): see post-office.toml(5)');
+  checkUsers(config, source);
+  return settingsOf(config, source);
+}
+
 function settingsOf(config: Config, source: Located): Settings {
   return {
     tls: contextOptions(tlsFromConfig(config.tls, source, 'post-office')),
@@ -87,10 +110,6 @@ function settingsOf(config: Config, source: Located): Settings {
 
 function sessionOf(config: Config, source: Located, log: Log, failures: Map<string, number>): ImrpConfig {
   const users = Object.fromEntries(Object.entries(config.users).map(([u, e]) => [u, { ...e, mailbox: configPath(source, e.mailbox) }]));
-  for (const [u, e] of Object.entries(users)) {
-    if (!e.password && !e.certificate_sha256.length && !e.certificate_name)
-      throw configError(source.file!, `users.${u}`, 'needs password, certificate_sha256 or certificate_name');
-  }
   return {
     name: config.name,
     users,
@@ -109,15 +128,14 @@ export async function main(args: string[], io: Io): Promise<number> {
     return EXIT.OK;
   }
   const s = await start(
-    { name: 'post-office', role: 'server', usage: '$0 [--listen ADDRESS:PORT | --inetd] [options]\n$0 --hash-password', schema, options },
+    { name: 'post-office', role: 'server', usage: '$0 [--listen ADDRESS:PORT | --inetd] [options]\n$0 --hash-password', schema, options, check },
     args,
     io,
   );
   if (typeof s === 'number') return s;
   const { argv, log, source } = s;
-  if (!source.file) throw configError(source.dir, '', 'post-office needs a config file (tls, users): see post-office.toml(5)');
   const failures = new Map<string, number>();
-  let settings = settingsOf(s.config, source);
+  let settings = s.prepared;
   let session = sessionOf(s.config, source, log, failures);
   const where = whereFrom(argv.listen, argv.inetd, io.env, { stdin: io.stdin, stdout: io.stdout }, process.pid) ?? {
     mode: 'listen' as const,
@@ -131,7 +149,7 @@ export async function main(args: string[], io: Io): Promise<number> {
       refuse: (socket, reason) => socket.write(bye(reason)),
       reload: async () => {
         const next = loadConfig(schema, source.file!, true).config;
-        settings = settingsOf(next, source);
+        settings = check(next, source);
         session = sessionOf(next, source, log, failures);
         return settings;
       },

@@ -12,16 +12,16 @@ import { Readable } from 'node:stream';
 import type { Argv } from 'yargs';
 import { type Address, AddressError, asciiDomain, domainProblem, mailboxOf, parseAddressList } from '../address.js';
 import { start } from '../cli.js';
-import { boolean, command, duration, list, map, optional, size, string, table } from '../config.js';
-import { EXIT, type Failure, asFailure, noInput, tempFail, usageError } from '../failure.js';
+import { type Located, boolean, command, duration, list, map, optional, size, string, table } from '../config.js';
+import { EXIT, type Failure, asFailure, configError, noInput, tempFail, usageError } from '../failure.js';
 import { ImdpClient } from '../imdp/client.js';
 import { type Answer, isTemporary } from '../imdp/wire.js';
 import { DEFAULT_LIMITS } from '../message/index.js';
 import { type Group, type Prepared, copyFor, findServer, groupRecipients, prepare, relayedResult } from '../imdp/send.js';
 import type { Io } from '../io.js';
 import { type Word, exitFor, parseResult } from '../results.js';
-import { LineSplitter } from '../stage.js';
-import { contextOptions, tlsFromConfig, tlsSchema } from '../net/tls.js';
+import { LineSplitter, commandProblem } from '../stage.js';
+import { type TlsMaterial, contextOptions, tlsFromConfig, tlsSchema } from '../net/tls.js';
 
 const schema = table({
   domain: string({ check: domainProblem }),
@@ -36,6 +36,7 @@ const schema = table({
     result: optional(duration(), 600_000),
   }),
 });
+type Config = ReturnType<typeof schema.parse>;
 
 const options = (y: Argv) =>
   y.option('recipient', { type: 'string', describe: 'Deliver to this address instead of the header recipients (an envelope); repeatable', requiresArg: true });
@@ -55,12 +56,19 @@ interface Leg {
   legacyCode?: number;
 }
 
+/** Everything a start checks, for --check-config too: our certificate names our domain; the legacy command runs. */
+function check(config: Config, source: Located, io: Io): TlsMaterial {
+  const problem = config.legacy_domains.length ? commandProblem(config.legacy_command, io.env, io.cwd) : undefined;
+  if (problem) throw configError(source.file ?? 'send-mail.toml', 'legacy_command', problem);
+  return tlsFromConfig(config.tls, source, 'send-mail', config.domain);
+}
+
 export async function main(args: string[], io: Io): Promise<number> {
-  const s = await start({ name: 'send-mail', role: 'user', usage: '$0 [options] [--recipient ADDRESS]... [FILE] < message', schema, options }, args, io);
+  const s = await start({ name: 'send-mail', role: 'user', usage: '$0 [options] [--recipient ADDRESS]... [FILE] < message', schema, options, check }, args, io);
   if (typeof s === 'number') return s;
-  const { argv, config, source, log } = s;
+  const { argv, config, log } = s;
   if (argv._.length > 1) throw usageError('give at most one message file');
-  const material = tlsFromConfig(config.tls, source, 'send-mail', config.domain);
+  const material = s.prepared;
   const file = argv._[0] === undefined ? undefined : resolve(io.cwd, String(argv._[0]));
   const input = file ? await openFile(file) : io.stdin;
   const mailer = asciiDomain(config.domain);

@@ -16,6 +16,7 @@ import type { Log } from '../log.js';
 import type { Io } from '../io.js';
 import { contextOptions, tlsFromConfig, tlsSchema } from '../net/tls.js';
 import { asciiDomain, domainProblem } from '../address.js';
+import { commandProblem } from '../stage.js';
 
 const schema = table({
   domain: string({ check: domainProblem }),
@@ -90,13 +91,22 @@ function sessionOf(config: Config, io: Io, log: Log): SessionConfig {
   };
 }
 
+/** Everything a start checks, for --check-config too: the file, the certificates, the commands. */
+function check(config: Config, source: Located, io: Io): Settings {
+  if (!source.file) throw configError(source.dir, '', 'server-receive needs a config file (domain, tls.certificate, tls.key): see server-receive.toml(5)');
+  for (const key of ['handler', 'check'] as const) {
+    const problem = config[key].length ? commandProblem(config[key], io.env, io.cwd) : undefined;
+    if (problem) throw configError(source.file, key, problem);
+  }
+  return settingsOf(config, source);
+}
+
 export async function main(args: string[], io: Io): Promise<number> {
-  const s = await start({ name: 'server-receive', role: 'server', usage: '$0 [--listen ADDRESS:PORT | --inetd] [options]', schema, options }, args, io);
+  const s = await start({ name: 'server-receive', role: 'server', usage: '$0 [--listen ADDRESS:PORT | --inetd] [options]', schema, options, check }, args, io);
   if (typeof s === 'number') return s;
   const { argv, log, source } = s;
   let config = s.config;
-  if (!source.file) throw configError(source.dir, '', 'server-receive needs a config file (domain, tls.certificate, tls.key): see server-receive.toml(5)');
-  let settings = settingsOf(config, source);
+  let settings = s.prepared;
   let session = sessionOf(config, io, log);
   const where = whereFrom(argv.listen, argv.inetd, io.env, { stdin: io.stdin, stdout: io.stdout }, process.pid) ?? {
     mode: 'listen' as const,
@@ -111,7 +121,7 @@ export async function main(args: string[], io: Io): Promise<number> {
       refuse: (socket, reason) => socket.write(wire.bye(reason)),
       reload: async () => {
         const next = loadConfig(schema, source.file!, true).config;
-        settings = settingsOf(next, source);
+        settings = check(next, source, io);
         config = next;
         session = sessionOf(config, io, log);
         return settings;

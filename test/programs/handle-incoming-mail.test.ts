@@ -20,6 +20,9 @@ const perm = script('perm.sh', 'cat > /dev/null; echo "FAIL $1 5.2.2 mailbox ful
 const temp = script('temp.sh', 'cat > /dev/null; echo "TEMPFAIL $1 4.2.2 over quota"; exit 75');
 const weird = script('weird.sh', 'cat > /dev/null; echo "note: weird exit"; exit 2');
 const liar = script('liar.sh', 'cat > /dev/null; echo "OK $1"; exit 75');
+// It exists and is executable (the config check passes) but cannot start: its interpreter is gone.
+const broken = join(dir, 'broken.sh');
+writeFileSync(broken, '#!/nonexistent/interpreter\n', { mode: 0o755 });
 
 const cfg = join(dir, 'him.toml');
 writeFileSync(
@@ -38,7 +41,7 @@ catch_all = "post@c.test"
 "temp@b.test" = [${JSON.stringify(temp)}]
 "weird@b.test" = [${JSON.stringify(weird)}]
 "liar@b.test" = [${JSON.stringify(liar)}]
-"missing@b.test" = ["/nonexistent/deliver"]
+"missing@b.test" = [${JSON.stringify(broken)}]
 [aliases]
 "team@b.test" = ["bob@b.test", "carol@b.test"]
 "postmaster@b.test" = ["dave@b.test"]
@@ -79,7 +82,7 @@ describe('handle-incoming-mail', () => {
     ['a temporary refusal', 'temp@b.test', /^TEMPFAIL temp@b\.test 4\.2\.2 over quota$/, 75],
     ['an unknown exit code', 'weird@b.test', /^TEMPFAIL weird@b\.test 4\.3\.0 .*exited 2/, 75],
     ['a command that says OK but exits 75', 'liar@b.test', /^TEMPFAIL liar@b\.test /, 75],
-    ['a command that does not exist', 'missing@b.test', /^TEMPFAIL missing@b\.test /, 75],
+    ['a command that cannot be started', 'missing@b.test', /^TEMPFAIL missing@b\.test /, 75],
   ];
   for (const [what, rcpt, pattern, code] of failures) {
     it(`maps ${what} to ${code}, never OK`, async () => {

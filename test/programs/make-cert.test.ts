@@ -67,3 +67,14 @@ test('make-cert: bad input is a usage error naming it, and writes nothing', asyn
   r = await runBin('make-cert', ['user', '--ca', dir, '../evil']);
   assert.equal(r.code, 64);
 });
+
+test('make-cert: --out DIR that does not exist yet is created, readable by its owner only', async () => {
+  const dir = tempDir();
+  const ca = join(dir, 'ca');
+  assert.equal((await runBin('make-cert', ['ca', ca])).code, 0);
+  const out = join(dir, 'new', 'tls');
+  const r = await runBin('make-cert', ['user', '--ca', ca, '--out', out, 'bob']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout.toString(), `${join(out, 'bob.crt')}\n${join(out, 'bob.key')}\n`);
+  assert.equal(statSync(out).mode & 0o777, 0o700);
+});

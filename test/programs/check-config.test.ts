@@ -1,0 +1,253 @@
+// --check-config must refuse every config a real start refuses (issue 14.10),
+// and some things are refused at config time that used to pass (14.11): each
+// case is run both ways, as an operator would, with the real programs.
+import assert from 'node:assert/strict';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { before, describe, test } from 'node:test';
+import { Pki } from '../pki.js';
+import { type Result, runBin, tempDir, testEnv } from '../helpers.js';
+
+const dir = tempDir('ima-check-');
+let pki: Pki;
+let other: Pki;
+const f = (name: string) => join(dir, name);
+
+before(() => {
+  pki = new Pki(dir);
+  mkdirSync(join(dir, 'other'));
+  other = new Pki(join(dir, 'other'), 'other');
+  pki.server('b.test');
+  pki.server('a.test');
+  pki.user('bob');
+  other.server('b.test', { file: 'elsewhere' });
+  writeFileSync(f('garbage.crt'), 'not a certificate\n');
+});
+
+function conf(name: string, text: string): string {
+  const file = f(name);
+  writeFileSync(file, text);
+  return file;
+}
+
+const tlsOf = (cert: string, key: string, ca = 'test-ca.crt') => `[tls]\ncertificate = "${cert}"\nkey = "${key}"\nca = ["${ca}"]\n`;
+
+interface Case {
+  title: string;
+  program: string;
+  config: () => string;
+  /** What the error line must name. */
+  names: RegExp;
+  /** How a real start is run (args after --config FILE); absent: --check-config only. */
+  start?: string[];
+  input?: string;
+}
+
+const serverStart = ['--listen', '127.0.0.1:0'];
+const cases: Case[] = [
+  {
+    title: 'server-receive: a certificate file that does not exist',
+    program: 'server-receive',
+    config: () => conf('sr1.toml', `domain = "b.test"\n${tlsOf('missing.crt', 'b.test.key')}`),
+    names: /missing\.crt/,
+    start: serverStart,
+  },
+  {
+    title: "server-receive: a key that is not the certificate's",
+    program: 'server-receive',
+    config: () => conf('sr2.toml', `domain = "b.test"\n${tlsOf('b.test.crt', 'a.test.key')}`),
+    names: /key/,
+    start: serverStart,
+  },
+  {
+    title: 'server-receive: a CA file that is not a certificate',
+    program: 'server-receive',
+    config: () => conf('sr3.toml', `domain = "b.test"\n${tlsOf('b.test.crt', 'b.test.key', 'garbage.crt')}`),
+    names: /garbage\.crt/,
+    start: serverStart,
+  },
+  {
+    title: 'server-receive: a certificate that does not name the domain',
+    program: 'server-receive',
+    config: () => conf('sr4.toml', `domain = "b.test"\n${tlsOf('a.test.crt', 'a.test.key')}`),
+    names: /b\.test/,
+    start: serverStart,
+  },
+  {
+    title: 'server-receive: a handler command that does not exist',
+    program: 'server-receive',
+    config: () => conf('sr5.toml', `domain = "b.test"\nhandler = ["no-such-handler-xyz"]\n${tlsOf('b.test.crt', 'b.test.key')}`),
+    names: /handler.*no-such-handler-xyz/,
+    start: serverStart,
+  },
+  {
+    title: 'handle-incoming-mail: an alias loop',
+    program: 'handle-incoming-mail',
+    config: () =>
+      conf('him1.toml', `[domains."b.test"]\ncommand = ["give-recipient", "{address}"]\n[aliases]\n"x@b.test" = ["y@b.test"]\n"y@b.test" = ["x@b.test"]\n`),
+    names: /loop/,
+    start: ['--recipient', 'bob@b.test'],
+    input: '',
+  },
+  {
+    title: 'handle-incoming-mail: a catch_all outside the local domains',
+    program: 'handle-incoming-mail',
+    config: () => conf('him2.toml', `[domains."b.test"]\ncommand = ["give-recipient", "{address}"]\ncatch_all = "x@c.test"\n`),
+    names: /catch_all/,
+    start: ['--recipient', 'bob@b.test'],
+    input: '',
+  },
+  {
+    title: 'handle-incoming-mail: a route key that is not an address',
+    program: 'handle-incoming-mail',
+    config: () => conf('him3.toml', `[domains."b.test"]\ncommand = ["give-recipient", "{address}"]\n[routes]\n"not an address" = ["give-recipient"]\n`),
+    names: /routes/,
+    start: ['--recipient', 'bob@b.test'],
+    input: '',
+  },
+  {
+    title: 'handle-incoming-mail: a malformed domain',
+    program: 'handle-incoming-mail',
+    config: () => conf('him4.toml', `[domains."b..test"]\ncommand = ["give-recipient", "{address}"]\n`),
+    names: /b\.\.test/,
+    start: ['--recipient', 'bob@b.test'],
+    input: '',
+  },
+  {
+    title: 'handle-incoming-mail: a route command that does not exist',
+    program: 'handle-incoming-mail',
+    config: () => conf('him5.toml', `[domains."b.test"]\ncommand = ["no-such-command-xyz", "{address}"]\n`),
+    names: /no-such-command-xyz/,
+    start: ['--recipient', 'bob@b.test'],
+    input: '',
+  },
+  {
+    title: 'give-recipient: a mailbox template with ..',
+    program: 'give-recipient',
+    config: () => conf('gr1.toml', `mailbox = "/var/mail/{domain}/../{local}"\n`),
+    names: /mailbox/,
+    start: ['bob@b.test'],
+    input: '',
+  },
+  {
+    title: 'give-recipient: a relative mailbox template',
+    program: 'give-recipient',
+    config: () => conf('gr2.toml', `mailbox = "mail/{local}"\n`),
+    names: /mailbox/,
+    start: ['bob@b.test'],
+    input: '',
+  },
+  {
+    title: 'post-office: a user with neither password nor certificate',
+    program: 'post-office',
+    config: () => conf('po1.toml', `name = "b.test"\n${tlsOf('b.test.crt', 'b.test.key')}[users.bob]\nmailbox = "${f('mb-bob')}"\n`),
+    names: /users\.bob/,
+    start: serverStart,
+  },
+  {
+    title: 'post-office: a mailbox path with ..',
+    program: 'post-office',
+    config: () =>
+      conf('po2.toml', `name = "b.test"\n${tlsOf('b.test.crt', 'b.test.key')}[users.bob]\nmailbox = "${f('mail')}/../bob"\ncertificate_name = "bob"\n`),
+    names: /users\.bob.*mailbox/,
+    start: serverStart,
+  },
+  {
+    title: 'post-office: two users sharing one mailbox',
+    program: 'post-office',
+    config: () =>
+      conf(
+        'po3.toml',
+        `name = "b.test"\n${tlsOf('b.test.crt', 'b.test.key')}[users.bob]\nmailbox = "${f('mb')}"\ncertificate_name = "bob"\n[users.eve]\nmailbox = "${f('mb/')}"\ncertificate_name = "eve"\n`,
+      ),
+    names: /mailbox.*bob|bob.*mailbox/,
+    start: serverStart,
+  },
+  {
+    title: 'post-office: a certificate from another CA than its key',
+    program: 'post-office',
+    config: () =>
+      conf('po4.toml', `name = "b.test"\n${tlsOf('other/elsewhere.crt', 'b.test.key')}[users.bob]\nmailbox = "${f('mb-bob')}"\ncertificate_name = "bob"\n`),
+    names: /key/,
+    start: serverStart,
+  },
+  {
+    title: 'send-mail: a certificate for another domain than its own',
+    program: 'send-mail',
+    config: () => conf('sm1.toml', `domain = "a.test"\n${tlsOf('b.test.crt', 'b.test.key')}`),
+    names: /a\.test/,
+    start: [],
+    input: '',
+  },
+  {
+    title: 'send-mail: a legacy command that does not exist',
+    program: 'send-mail',
+    config: () =>
+      conf('sm2.toml', `domain = "a.test"\nlegacy_domains = ["legacy.test"]\nlegacy_command = ["no-such-legacy-xyz"]\n${tlsOf('a.test.crt', 'a.test.key')}`),
+    names: /legacy_command/,
+  },
+  {
+    title: 'fetch-mail: a password_file that does not exist',
+    program: 'fetch-mail',
+    config: () =>
+      conf('fm1.toml', `server = "127.0.0.1"\nport = 1\nuser = "bob"\nca = ["test-ca.crt"]\npassword_file = "no-such-password"\nmailbox = "${f('fetched')}"\n`),
+    names: /password_file/,
+    start: [f('fetched')],
+  },
+  {
+    title: 'fetch-mail: a CA file that does not exist',
+    program: 'fetch-mail',
+    config: () =>
+      conf('fm2.toml', `server = "127.0.0.1"\nport = 1\nuser = "bob"\nca = ["no-such-ca.crt"]\npassword_file = "pw"\nmailbox = "${f('fetched')}"\n`),
+    names: /no-such-ca\.crt/,
+    start: [f('fetched')],
+  },
+  {
+    title: 'make-message: a [headers] value that is not a valid header',
+    program: 'make-message',
+    config: () => conf('mm1.toml', `from = "alice@a.test"\n[headers]\n"x-bad" = "line\\nbreak"\n`),
+    names: /headers.*x-bad/,
+    start: ['--text', 'hi', 'bob@b.test'],
+  },
+];
+
+function expectRefused(r: Result, c: Case, file: string, how: string): void {
+  assert.equal(r.code, 78, `${how}: exit ${r.code}, stderr: ${r.stderr}`);
+  const lines = r.stderr.trim().split('\n');
+  assert.equal(lines.length, 1, `${how}: one line, got: ${r.stderr}`);
+  assert.match(lines[0], new RegExp(file.replace(/.*\//, '').replace('.', '\\.')), `${how}: names the config file`);
+  assert.match(lines[0], c.names, `${how}: names what is wrong`);
+  assert.doesNotMatch(r.stderr, /configuration OK/);
+}
+
+describe('--check-config runs every check a start runs', () => {
+  for (const c of cases) {
+    test(c.title, async () => {
+      mkdirSync(f('fetched'), { recursive: true });
+      writeFileSync(f('pw'), 'secret\n');
+      const file = c.config();
+      const env = testEnv({ IMA_ALLOW_ROOT: '1' });
+      const checked = await runBin(c.program, ['--config', file, '--check-config'], { env, cwd: dir });
+      expectRefused(checked, c, file, '--check-config');
+      if (c.start) {
+        const started = await runBin(c.program, ['--config', file, ...c.start], { env, cwd: dir, input: c.input ?? '' });
+        expectRefused(started, c, file, 'a real start');
+      }
+    });
+  }
+});
+
+test('--check-config still says OK for a good config, and prints it', async () => {
+  const file = conf('good.toml', `domain = "b.test"\n${tlsOf('b.test.crt', 'b.test.key')}`);
+  const r = await runBin('server-receive', ['--config', file, '--check-config'], { cwd: dir });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, /configuration OK/);
+  assert.match(r.stdout.toString(), /domain = "b\.test"/);
+});
+
+test('post-office: two users may share a mailbox when both say so', async () => {
+  const shared = `mailbox = "${f('team')}"\nshared_mailbox = true\ncertificate_name = `;
+  const file = conf('po-shared.toml', `name = "b.test"\n${tlsOf('b.test.crt', 'b.test.key')}[users.bob]\n${shared}"bob"\n[users.eve]\n${shared}"eve"\n`);
+  const r = await runBin('post-office', ['--config', file, '--check-config'], { cwd: dir });
+  assert.equal(r.code, 0, r.stderr);
+});
