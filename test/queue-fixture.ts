@@ -53,8 +53,8 @@ export interface QueueSetup {
   given(): { n: number; rcpts: string[]; ima: Buffer }[];
 }
 
-/** A queue directory and configs for queue-mail, run-queue and list-queue (in IMA_CONFIG_DIR). */
-export function queueSetup(opts: { sendMailConfig: string; runQueue?: string }): QueueSetup {
+/** A queue directory and configs for queue-mail, run-queue and list-queue (in IMA_CONFIG_DIR); `direct`: send-mail itself (in-process) is the stage. */
+export function queueSetup(opts: { sendMailConfig: string; runQueue?: string; direct?: boolean }): QueueSetup {
   const dir = tempDir('ima-queue-');
   const out = join(dir, 'out');
   const stage = writeStage(dir);
@@ -63,7 +63,7 @@ export function queueSetup(opts: { sendMailConfig: string; runQueue?: string }):
   writeFileSync(
     join(dir, 'run-queue.toml'),
     `queue_dir = "queue"
-command = ["node", "${stage}", "${out}", "${opts.sendMailConfig}"]
+command = ${JSON.stringify(opts.direct ? ['send-mail', '--config', opts.sendMailConfig] : ['node', stage, out, opts.sendMailConfig])}
 notice_command = ["queue-mail"]
 ${opts.runQueue ?? ''}
 `,

@@ -63,7 +63,7 @@ test('run-queue: a domain whose server is down is deferred as a whole, retried l
   const b = await server('b.test', outB);
   const c = await server('c.test', outC);
   const down = sendMailConfig({ 'b.test': `127.0.0.1:${b.port}`, 'c.test': `127.0.0.1:${await closedPort()}` });
-  const q = queueSetup({ sendMailConfig: down, runQueue: 'max_per_domain = 1\n' });
+  const q = queueSetup({ sendMailConfig: down, runQueue: 'max_per_domain = 1\n', direct: true });
   const m1 = await queue(q.env, [
     ['from', 'alice@a.test'],
     ['to', 'bob@b.test, carol@c.test'],
@@ -173,20 +173,38 @@ test('run-queue: mixed domains in one message; a permanent failure makes exactly
   assert.equal(given.filter((g) => g.rcpts.includes('bob@b.test')).length, 1);
 });
 
-test('run-queue: a recipient still deferred after max_lifetime fails, and the sender gets one notice', async () => {
-  const q = queueSetup({ sendMailConfig: sendMailConfig({}), runQueue: 'max_lifetime = "2h"\n' });
+test('run-queue: one delay warning after delay_warning; a recipient still deferred after max_lifetime fails, and the sender gets one notice', async () => {
+  const q = queueSetup({ sendMailConfig: sendMailConfig({}), runQueue: 'max_lifetime = "2h"\ndelay_warning = "1h"\n' });
   q.answer({ 'y.test': 'TEMPFAIL', 'a.test': 'SILENT' });
   await queue(q.env, [
     ['from', 'alice@a.test'],
     ['to', 'yan@y.test'],
   ]);
-  for (const minutes of [0, 30, 200]) assert.equal((await runBin('run-queue', ['--once', '--now', later(minutes)], { env: q.env })).code, 0);
-  const list = await listQueue(q.env);
+  const at = async (minutes: number) => assert.equal((await runBin('run-queue', ['--once', '--now', later(minutes)], { env: q.env })).code, 0);
+  await at(0);
+  await at(30);
+  assert.deepEqual(
+    (await listQueue(q.env)).map((m) => m.notice),
+    [''],
+  );
+  await at(70);
+  await at(100);
+  const warned = await listQueue(q.env);
+  assert.deepEqual(
+    warned.map((m) => m.notice),
+    ['', 'delay'],
+    'one delay warning, not one per run',
+  );
+  const warning = readFileSync(join(q.dir, 'queue', 'messages', `${warned[1].queue_id}.ima`)).toString('latin1');
+  assert.match(warning, /has not yet been delivered/);
+  // The delay warning itself is undeliverable (a.test is SILENT) and expires quietly with the rest.
+  await at(200);
+  const list = (await listQueue(q.env)).filter((m) => m.notice !== 'delay');
   assert.equal(list.length, 1, JSON.stringify(list));
   assert.equal(list[0].notice, 'failure');
   // The notice waits in the queue for the next run; it says why and when.
   const notice = readFileSync(join(q.dir, 'queue', 'messages', `${list[0].queue_id}.ima`)).toString('latin1');
-  assert.match(notice, /yan@y\.test: gave up after 2 attempts in 3 h: TEMPFAIL 4\.2\.1 try later/);
+  assert.match(notice, /yan@y\.test: gave up after 4 attempts in 3 h: TEMPFAIL 4\.2\.1 try later/);
   const r = await runBin('list-queue', [], { env: q.env });
   assert.match(r.stdout.toString(), /from <> \(failure notice\)/);
 });
