@@ -250,10 +250,10 @@ test('list-queue: hold, release, retry and delete take effect on a running run-q
   ]);
   const proc = spawn(join(BIN, 'run-queue'), ['--verbose'], { env: q.env as NodeJS.ProcessEnv, stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
+  proc.stderr.on('data', (d: Buffer) => (log += d));
   const seen = (re: RegExp) =>
     new Promise<void>((res, rej) => {
       const check = () => re.test(log) && (proc.stderr.off('data', check), res());
-      proc.stderr.on('data', (d: Buffer) => (log += d));
       proc.stderr.on('data', check);
       proc.once('exit', () => rej(new Error(`run-queue exited: ${log}`)));
       check();
@@ -288,6 +288,16 @@ test('list-queue: hold, release, retry and delete take effect on a running run-q
     await seen(/done/);
     assert.deepEqual(await listQueue(q.env), []);
     assert.equal(q.given().filter((g) => g.rcpts.includes('zoe@z.test')).length, 1, 'the deleted message was not tried again');
+    // SIGHUP with a broken config: reported, the old one kept, still serving.
+    writeFileSync(join(q.dir, 'run-queue.toml'), 'max_parallel = "many"\n');
+    proc.kill('SIGHUP');
+    await seen(/max_parallel: must be a whole number[^]*keeping the old one/);
+    q.answer({ 'y.test': 'OK' });
+    await queue(q.env, [
+      ['from', 'alice@a.test'],
+      ['to', 'yve@y.test'],
+    ]);
+    await seen(/yve@y\.test: delivered/);
   } finally {
     proc.kill('SIGTERM');
     if (proc.exitCode === null) await once(proc, 'exit');
