@@ -26,7 +26,7 @@ function setup(dir: string, inProcess: boolean): string {
   return cfg;
 }
 
-const env: NodeJS.ProcessEnv = { ...process.env, PATH: `${BIN}:${process.env.PATH}`, IMA_CONFIG_DIR: '/nonexistent' };
+const env: NodeJS.ProcessEnv = { ...process.env, PATH: `${BIN}:${process.env.PATH}`, IMA_CONFIG_DIR: '/nonexistent', IMA_ALLOW_ROOT: '1' };
 
 async function inProcessRate(cfg: string, rcpts: string[], n: number, concurrency: number): Promise<number> {
   const msgs = await Promise.all(Array.from({ length: n }, () => smallMessage(rcpts)));

@@ -17,7 +17,7 @@ import { patternFile, smallMessage } from './_measure.js';
 
 const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
 const BIN = join(ROOT, 'bin');
-const env = { PATH: `${BIN}:${process.env.PATH}`, HOME: '/nonexistent', IMA_CONFIG_DIR: '/nonexistent' };
+const env = { PATH: `${BIN}:${process.env.PATH}`, HOME: '/nonexistent', IMA_CONFIG_DIR: '/nonexistent', IMA_ALLOW_ROOT: '1' };
 
 interface Pki {
   caFile: string;

@@ -17,7 +17,13 @@ import { mb, measure, patternFile, peakRssMb, smallMessage } from './_measure.js
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const BIN = join(ROOT, 'bin');
-const env: NodeJS.ProcessEnv = { ...process.env, PATH: `${BIN}:${process.env.PATH}`, IMA_CONFIG_DIR: '/nonexistent', IMA_PASSWORD: 'bench' };
+const env: NodeJS.ProcessEnv = {
+  ...process.env,
+  PATH: `${BIN}:${process.env.PATH}`,
+  IMA_CONFIG_DIR: '/nonexistent',
+  IMA_PASSWORD: 'bench',
+  IMA_ALLOW_ROOT: '1',
+};
 
 export async function run(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'ima-bench-imrp-'));

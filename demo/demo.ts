@@ -12,7 +12,8 @@ import { fileURLToPath } from 'node:url';
 const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
 const BIN = join(ROOT, 'bin');
 const dir = mkdtempSync(join(tmpdir(), 'ima-demo-'));
-const env: Record<string, string | undefined> = { PATH: process.env.PATH, HOME: dir, IMA_CONFIG_DIR: join(dir, 'nowhere') };
+// IMA_ALLOW_ROOT: the demo may run as root (a container); the servers would refuse otherwise.
+const env: Record<string, string | undefined> = { PATH: process.env.PATH, HOME: dir, IMA_CONFIG_DIR: join(dir, 'nowhere'), IMA_ALLOW_ROOT: '1' };
 const show = (p: string) => relative(dir, p) || '.';
 
 function say(text: string): void {

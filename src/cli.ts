@@ -10,6 +10,7 @@ import { EXIT, Failure, noInput } from './failure.js';
 import { type Field, type Located, type Role, deepFreeze, loadConfig, locateConfig, showConfig } from './config.js';
 import { type Log, createLog, oneLine } from './log.js';
 import type { Io } from './io.js';
+import { refuseRoot } from './privileges.js';
 
 export interface CommonFlags {
   config?: string;
@@ -40,6 +41,8 @@ export interface ProgramSpec<A, C, P = undefined> {
   usage: string;
   schema: Field<C>;
   options: (y: Argv) => Argv<A>;
+  /** Refuse to run as root (exit 77) unless IMA_ALLOW_ROOT=1 or the config names a `user` to become. */
+  notAsRoot?: boolean;
   /**
    * Every check a start runs beyond the schema (files, certificates, commands,
    * the routing table): run by --check-config and by every start alike, so
@@ -75,6 +78,7 @@ export async function start<A, C, P = undefined>(spec: ProgramSpec<A, C, P>, arg
     io.stderr.write(`${spec.name}: configuration OK\n`);
     return EXIT.OK;
   }
+  if (spec.notAsRoot) refuseRoot(io.env, (loaded.config as { user?: string }).user);
   return { argv, config: loaded.config, source: loaded.source, log, prepared };
 }
 

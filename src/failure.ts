@@ -21,7 +21,7 @@ export const EXIT = {
   CONFIG: 78, // EX_CONFIG: bad configuration
 } as const;
 
-export type Kind = 'temporary' | 'permanent' | 'usage' | 'data' | 'config' | 'noinput' | 'cantcreat';
+export type Kind = 'temporary' | 'permanent' | 'usage' | 'data' | 'config' | 'noinput' | 'cantcreat' | 'noperm';
 
 const EXIT_FOR_KIND: Record<Kind, number> = {
   temporary: EXIT.TEMPFAIL,
@@ -31,6 +31,7 @@ const EXIT_FOR_KIND: Record<Kind, number> = {
   config: EXIT.CONFIG,
   noinput: EXIT.NOINPUT,
   cantcreat: EXIT.CANTCREAT,
+  noperm: EXIT.NOPERM,
 };
 
 /** A failure whose reason is fit to show a user, with its kind deciding the exit code. */
@@ -59,6 +60,7 @@ export const dataError = (reason: string) => new Failure('data', reason);
 export const configError = (file: string, key: string, problem: string) => new Failure('config', `${file}: ${key ? key + ': ' : ''}${problem}`);
 export const noInput = (file: string, problem: string) => new Failure('noinput', `${file}: ${problem}`);
 export const cantCreate = (file: string, problem: string) => new Failure('cantcreat', `${file}: ${problem}`);
+export const notPermitted = (reason: string) => new Failure('noperm', reason);
 
 /** errno codes that mean "the machine is in trouble now", not "this input is bad". */
 const TEMPORARY_ERRNO = new Set([

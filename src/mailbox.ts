@@ -92,7 +92,10 @@ async function syncAndClose(fh: FileHandle): Promise<void> {
 class PendingSyncs {
   private readonly pending: Promise<void>[] = [];
   async add(fh: FileHandle): Promise<void> {
-    this.pending.push(syncAndClose(fh));
+    const sync = syncAndClose(fh);
+    // Its failure is reported by all() (or the await below); until then it must not count as unhandled.
+    sync.catch(() => {});
+    this.pending.push(sync);
     if (this.pending.length >= 8) await this.pending.shift();
   }
   /** Every fsync done; throws the first failure. */

@@ -3,6 +3,7 @@
 import { EXIT, reportFailure } from './failure.js';
 import type { Io } from './io.js';
 import { type ProgramName, loadProgram } from './programs/index.js';
+import { claimStrayFault } from './stage.js';
 
 /** The Io of the real process. */
 export function processIo(): Io {
@@ -26,8 +27,13 @@ export function launch(program: ProgramName): void {
         process.exitCode = reportFailure(io, program, err);
       },
     );
-  process.on('uncaughtException', (err) => {
+  // A fault outside any promise chain: an in-process run's ends that run
+  // (stage.ts, the fault barrier); the process's own ends the process.
+  const fatal = (err: unknown) => {
+    if (claimStrayFault(err)) return;
     reportFailure(io, program, err);
     process.exit(EXIT.TEMPFAIL);
-  });
+  };
+  process.on('uncaughtException', fatal);
+  process.on('unhandledRejection', fatal);
 }

@@ -2,13 +2,17 @@
 // command): a message on stdin, the stage's stdout lines handed on one by one
 // as they are written, its exit code read through the one table (DESIGN.md 2). A toolkit program named as
 // the command may run in-process through its main(args, io) (DESIGN.md 7),
-// behind a fault barrier: whatever it throws becomes an exit code, the
-// server lives on.
-import { spawn } from 'node:child_process';
+// behind a fault barrier: whatever it throws, synchronously or from a timer
+// or a promise nobody handled, ends that run as TEMPFAIL; the server lives
+// on. A spawned stage runs in a process group of its own, so a timeout kills
+// whatever it left behind too.
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { accessSync, constants, statSync } from 'node:fs';
 import { join, resolve as resolvePath } from 'node:path';
 import { type Readable, Writable } from 'node:stream';
-import { EXIT, reportFailure } from './failure.js';
+import { EXIT, describe, reportFailure } from './failure.js';
+import { oneLine } from './log.js';
 import { lineText } from './net/lines.js';
 import { isProgram, loadProgram } from './programs/index.js';
 
@@ -69,37 +73,87 @@ export async function runStage(h: StageSpec): Promise<number> {
   return runSpawned(h, cmd, args);
 }
 
+/** An in-process run, as the fault barrier sees it. */
+interface InProcessRun {
+  /** A fault its code raised outside its promise chain (a timer's throw, a rejection nobody handled). */
+  fault(err: unknown): void;
+}
+
+// Every callback and promise a run creates carries the run with it, so a
+// stray exception or rejection can be laid at the door of the run that made it.
+const barrier = new AsyncLocalStorage<InProcessRun>();
+
+/**
+ * For the process's 'uncaughtException' and 'unhandledRejection' handlers
+ * (run.ts): true when the fault came from an in-process run, which then
+ * ends as TEMPFAIL while the process goes on; false when it is the
+ * process's own (and the process should die).
+ */
+export function claimStrayFault(err: unknown): boolean {
+  const run = barrier.getStore();
+  if (!run) return false;
+  run.fault(err);
+  return true;
+}
+
 async function runInProcess(h: StageSpec, name: string & Parameters<typeof loadProgram>[0], args: string[]): Promise<number> {
   const stdout = new LineSplitter(h.onLine);
+  // A program still writing after its run ended (timed out, faulted) writes into nothing.
+  stdout.on('error', () => {});
   const stderr = prefixed(h.stderr, `${name}: `);
+  stderr.on('error', () => {});
   const ac = new AbortController();
   const timer = setTimeout(() => ac.abort(new Error('handler timeout')), h.timeout);
   const stop = () => ac.abort(h.signal?.reason);
   h.signal?.addEventListener('abort', stop, { once: true });
+  let ended = false;
+  const run: InProcessRun = {
+    fault(err) {
+      h.stderr.write(`${name}: internal error${ended ? ' after the run ended' : ', run ended TEMPFAIL'}: ${oneLine(describe(err))}\n`);
+      if (!ended) ac.abort(err);
+    },
+  };
   const io = { stdin: h.input, stdout, stderr, env: h.env, cwd: h.cwd, signal: ac.signal };
+  const aborted = new Promise<number>((res) => ac.signal.addEventListener('abort', () => res(EXIT.TEMPFAIL), { once: true }));
   // Stderr lines of reportFailure carry the program name already; the prefix is for the server log.
   let code: number;
   try {
     const main = await loadProgram(name);
-    const run = main(args, io);
-    const aborted = new Promise<number>((res) => ac.signal.addEventListener('abort', () => res(EXIT.TEMPFAIL), { once: true }));
-    code = await Promise.race([run, aborted]);
-    run.catch(() => {});
+    const running = barrier.run(run, () => main(args, io));
+    running.catch(() => {}); // a rejection after an abort is the run's own business
+    code = await Promise.race([running, aborted]);
   } catch (e) {
     code = reportFailure(io, name, e);
   } finally {
+    ended = true;
     clearTimeout(timer);
     h.signal?.removeEventListener('abort', stop);
   }
+  // Aborted: the program may still be reading; its input goes away so it stops (io.signal says why).
+  if (ac.signal.aborted) h.input.destroy();
   await new Promise<void>((res) => stdout.end(res));
   stderr.end();
-  if (!h.input.readableEnded) h.input.resume();
+  if (!h.input.readableEnded && !h.input.destroyed) h.input.resume();
   return ac.signal.aborted ? EXIT.TEMPFAIL : code;
+}
+
+/** How long a stage that has exited may leave something of its own holding its pipes. */
+const LEFTOVER_GRACE = 1000;
+
+/** SIGKILL a stage's whole process group: the stage and whatever it started. */
+function killGroup(child: ChildProcess): void {
+  if (child.pid === undefined) return;
+  try {
+    process.kill(-child.pid, 'SIGKILL');
+  } catch {
+    // The group is gone already.
+  }
 }
 
 function runSpawned(h: StageSpec, cmd: string, args: string[]): Promise<number> {
   return new Promise((resolve) => {
-    const child = spawn(cmd, args, { env: h.env as NodeJS.ProcessEnv, cwd: h.cwd, stdio: ['pipe', 'pipe', 'pipe'] });
+    // detached: the stage leads a process group of its own (sh -c 'sleep 60 & ...' included), so a kill reaches all of it.
+    const child = spawn(cmd, args, { env: h.env as NodeJS.ProcessEnv, cwd: h.cwd, stdio: ['pipe', 'pipe', 'pipe'], detached: true });
     const stdout = new LineSplitter(h.onLine);
     child.stdout.pipe(stdout);
     child.stderr.pipe(prefixed(h.stderr, `${cmd}: `));
@@ -109,10 +163,15 @@ function runSpawned(h: StageSpec, cmd: string, args: string[]): Promise<number> 
     let killed = false;
     const kill = () => {
       killed = true;
-      child.kill('SIGKILL');
+      killGroup(child);
     };
     const timer = setTimeout(kill, h.timeout);
     h.signal?.addEventListener('abort', kill, { once: true });
+    // The stage said its word; something it left running must not hold the pipes (and us) for long.
+    let leftovers: NodeJS.Timeout | undefined;
+    child.on('exit', () => {
+      leftovers = setTimeout(() => killGroup(child), LEFTOVER_GRACE);
+    });
     let spawnError: Error | undefined;
     child.on('error', (e) => {
       spawnError = e;
@@ -120,6 +179,7 @@ function runSpawned(h: StageSpec, cmd: string, args: string[]): Promise<number> 
     });
     child.on('close', (code) => {
       clearTimeout(timer);
+      clearTimeout(leftovers);
       h.signal?.removeEventListener('abort', kill);
       h.input.unpipe(child.stdin);
       if (!h.input.readableEnded) h.input.resume();

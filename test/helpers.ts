@@ -2,7 +2,7 @@
 // as a real process through bin/NAME, and collect exit code and output.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
@@ -26,9 +26,12 @@ export interface RunOptions {
   cwd?: string;
 }
 
-/** An isolated environment: no user or system config is read unless the test gives one; the toolkit's bin/ is on PATH, as after npm install -g. */
+/**
+ * An isolated environment: no user or system config is read unless the test gives one; the toolkit's bin/ is on PATH, as after npm install -g.
+ * CI runs as root, which servers and delivery stages refuse: IMA_ALLOW_ROOT=1 lets them (privileges.test.ts checks the refusal itself).
+ */
 export function testEnv(extra: Record<string, string | undefined> = {}): Record<string, string | undefined> {
-  return { PATH: `${BIN}:${process.env.PATH}`, HOME: '/nonexistent', IMA_CONFIG_DIR: '/nonexistent', ...extra };
+  return { PATH: `${BIN}:${process.env.PATH}`, HOME: '/nonexistent', IMA_CONFIG_DIR: '/nonexistent', IMA_ALLOW_ROOT: '1', ...extra };
 }
 
 function collect(s: Readable): Promise<Buffer> {
@@ -103,8 +106,14 @@ export interface Listening {
  * wait for its "listening on ADDRESS:PORT" line (an event, not a delay).
  * Stderr lines matching `echo` are also passed on to ours.
  */
-export async function startListening(name: string, args: string[], opts: { env?: Record<string, string | undefined>; echo?: RegExp } = {}): Promise<Listening> {
-  const proc = spawn(join(BIN, name), args, { env: opts.env ?? testEnv(), stdio: ['ignore', 'ignore', 'pipe'] });
+export async function startListening(
+  name: string,
+  args: string[],
+  opts: { env?: Record<string, string | undefined>; echo?: RegExp; launcher?: string[] } = {},
+): Promise<Listening> {
+  // A launcher (node dist/test/faulty.js) runs the program in place of bin/NAME.
+  const [cmd, ...pre] = opts.launcher ? [...opts.launcher, name] : [join(BIN, name)];
+  const proc = spawn(cmd, [...pre, ...args], { env: opts.env ?? testEnv(), stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
   proc.stderr!.on('data', (d: Buffer) => {
     log += d;
@@ -131,4 +140,14 @@ export async function startListening(name: string, args: string[], opts: { env?:
       await once(proc, 'exit');
     },
   };
+}
+
+/** Is the process of the pid in FILE gone (or a zombie waiting for its reaper)? */
+export function processGone(pidFile: string): boolean {
+  const pid = Number(readFileSync(pidFile, 'utf8'));
+  try {
+    return /^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return true;
+  }
 }

@@ -57,10 +57,10 @@ ${opts.extra ?? ''}
 }
 
 let configs = 0;
-export async function startServer(configText: string): Promise<Server> {
+export async function startServer(configText: string, opts: Parameters<typeof startListening>[2] = {}): Promise<Server> {
   const file = join(dir, `server-receive-${configs++}.toml`);
   writeFileSync(file, configText);
-  const s = await startListening('server-receive', ['--config', file, '--listen', '127.0.0.1:0']);
+  const s = await startListening('server-receive', ['--config', file, '--listen', '127.0.0.1:0'], opts);
   return { ...s, stderr: s.log };
 }
 
@@ -104,4 +104,16 @@ export function clientTls(cert: CertFiles = certs.a) {
 
 export function connect(port: number, cert: CertFiles = certs.a, domain = 'b.test'): Promise<ImdpClient> {
   return ImdpClient.connect({ host: '127.0.0.1', port, domain, tls: clientTls(cert), timeout: 20_000 });
+}
+
+/** Announce and, when accepted, send a message; the answer to MAIL and the final result. */
+export async function deliver(c: ImdpClient, tar: Buffer, raw = headersOf(tar)) {
+  c.sendMail(raw, tar.length);
+  const a = await c.readAnswer();
+  if (a.word !== 'ACCEPT') {
+    c.sendAbort();
+    return { answer: a };
+  }
+  await c.sendData(tar, tar.length);
+  return { answer: a, result: await c.readResult() };
 }

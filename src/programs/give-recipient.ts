@@ -58,7 +58,7 @@ function toAddress(text: string, what: string): Address {
 
 export async function main(args: string[], io: Io): Promise<number> {
   const s = await start(
-    { name: 'give-recipient', role: 'server', usage: '$0 [--address ADDRESS] MAILBOX [FILE]\n$0 ADDRESS [FILE]', schema, options },
+    { name: 'give-recipient', role: 'server', notAsRoot: true, usage: '$0 [--address ADDRESS] MAILBOX [FILE]\n$0 ADDRESS [FILE]', schema, options },
     args,
     io,
   );

@@ -8,7 +8,7 @@
 import { Readable } from 'node:stream';
 import type { Argv } from 'yargs';
 import { type Address, AddressError, addressKey, domainProblem, mailboxOf, parseAddressList } from '../address.js';
-import { start } from '../cli.js';
+import { openInput, start } from '../cli.js';
 import { type Located, boolean, command, duration, integer, list, map, optional, size, string, table } from '../config.js';
 import { EXIT, configError, dataError, usageError } from '../failure.js';
 import { type Word, exitFor, formatResult, parseResult } from '../results.js';
@@ -125,6 +125,7 @@ export async function main(args: string[], io: Io): Promise<number> {
     {
       name: 'handle-incoming-mail',
       role: 'server',
+      notAsRoot: true,
       usage: '$0 [--recipient ADDRESS]... [FILE] < message\n$0 --check [ADDRESS...] < headers',
       schema,
       options,
@@ -137,55 +138,61 @@ export async function main(args: string[], io: Io): Promise<number> {
   const { argv, config, log } = s;
   const router = s.prepared;
   const positional = argv._.map(String);
-  const envelope = [...(argv.recipient === undefined ? [] : ([] as string[]).concat(argv.recipient))];
-  const out = (line: string) => io.stdout.write(`${line}\n`);
-
-  const parse = (list: string[]) => {
-    try {
-      return unique(list.flatMap((t) => parseAddressList(t)));
-    } catch (e) {
-      if (e instanceof AddressError) throw usageError(e.message);
-      throw e;
-    }
-  };
-
-  if (argv.check) {
-    let recipients = parse([...envelope, ...positional]);
-    if (recipients.length === 0) {
-      try {
-        recipients = unique(recipientsOf(await headersOnly(io.stdin, config.max_header_bytes)));
-      } catch (e) {
-        if (e instanceof MessageError) throw dataError(e.message);
-        throw e;
-      }
-    }
-    const words: Word[] = [];
-    for (const a of recipients.filter((r) => router.isLocal(r))) {
-      const r = router.resolve(a);
-      const word: Word = r.kind === 'deliver' ? 'OK' : r.kind === 'norecipient' ? 'NORECIPIENT' : 'FAIL';
-      words.push(word);
-      out(formatResult({ word, address: mailboxOf(a), reason: r.kind === 'fail' ? `5.3.5 ${r.reason}` : '' }));
-    }
-    if (!words.length) log.warn('no recipient in a local domain');
-    return exitFor(words);
-  }
-
+  const envelope = argv.recipient === undefined ? [] : ([] as string[]).concat(argv.recipient);
+  if (argv.check) return checkRecipients(parseRecipients([...envelope, ...positional]), router, config.max_header_bytes, io, log);
   if (positional.length > 1) throw usageError('at most one FILE');
-  const input: Readable = positional[0] ? (await import('node:fs')).createReadStream(positional[0]) : io.stdin;
-  let spool: Spool;
-  try {
-    spool = await Spool.from(input, { limit: config.max_message_bytes, dir: config.spool_dir || undefined });
-  } catch (e) {
-    if (e instanceof SpoolLimitError) {
-      out(`FAIL - 5.3.4 message larger than the limit of ${config.max_message_bytes} bytes`);
-      return EXIT.FAIL;
-    }
-    throw e;
-  }
+  const spool = await spoolMessage(positional[0], config, io);
+  if (spool === undefined) return EXIT.FAIL;
   try {
     return await deliver(spool, envelope, config, router, io, log);
   } finally {
     await spool.dispose();
+  }
+}
+
+/** Addresses given on the command line, each once; a bad one is a usage error. */
+function parseRecipients(list: string[]): Address[] {
+  try {
+    return unique(list.flatMap((t) => parseAddressList(t)));
+  } catch (e) {
+    if (e instanceof AddressError) throw usageError(e.message);
+    throw e;
+  }
+}
+
+/** --check: say which recipients exist (given, else from the headers on stdin); deliver nothing. */
+async function checkRecipients(given: Address[], router: Router, maxHeaderBytes: number, io: Io, log: { warn(m: string): void }): Promise<number> {
+  let recipients = given;
+  if (recipients.length === 0) {
+    try {
+      recipients = unique(recipientsOf(await headersOnly(io.stdin, maxHeaderBytes)));
+    } catch (e) {
+      if (e instanceof MessageError) throw dataError(e.message);
+      throw e;
+    }
+  }
+  const words: Word[] = [];
+  for (const a of recipients.filter((r) => router.isLocal(r))) {
+    const r = router.resolve(a);
+    const word: Word = r.kind === 'deliver' ? 'OK' : r.kind === 'norecipient' ? 'NORECIPIENT' : 'FAIL';
+    words.push(word);
+    io.stdout.write(`${formatResult({ word, address: mailboxOf(a), reason: r.kind === 'fail' ? `5.3.5 ${r.reason}` : '' })}\n`);
+  }
+  if (!words.length) log.warn('no recipient in a local domain');
+  return exitFor(words);
+}
+
+/** The message (FILE or stdin) spooled once for every route; undefined (after a FAIL line) when it is over the limit. */
+async function spoolMessage(file: string | undefined, config: { max_message_bytes: number; spool_dir: string }, io: Io): Promise<Spool | undefined> {
+  const input = await openInput(file, io);
+  try {
+    return await Spool.from(input, { limit: config.max_message_bytes, dir: config.spool_dir || undefined });
+  } catch (e) {
+    if (e instanceof SpoolLimitError) {
+      io.stdout.write(`FAIL - 5.3.4 message larger than the limit of ${config.max_message_bytes} bytes\n`);
+      return undefined;
+    }
+    throw e;
   }
 }
 

@@ -4,6 +4,7 @@
 // It does not deliver mail (give-recipient does), never shows one user's
 // mailbox to another, never stores a password (only scrypt hashes), and
 // never reads a message id as a path.
+import { dropAfterBinding, lookUpUser } from '../privileges.js';
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import type { Argv } from 'yargs';
@@ -22,6 +23,7 @@ import { contextOptions, tlsFromConfig, tlsSchema } from '../net/tls.js';
 const schema = table({
   name: optional(string({ nonEmpty: true }), hostname()),
   listen: optional(string({ check: (s) => (/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]*):\d{1,5}$/.test(s) ? undefined : 'must be ADDRESS:PORT') }), `[::]:${IMRP_PORT}`),
+  user: optional(string(), ''),
   tls: tlsSchema(),
   users: map(
     table({
@@ -92,6 +94,7 @@ function checkUsers(config: Config, source: Located): void {
 function check(config: Config, source: Located): Settings {
   if (!source.file) throw configError(source.dir, '', 'post-office needs a config file (tls, users): see post-office.toml(5)');
   checkUsers(config, source);
+  if (config.user) lookUpUser(config.user, source.file);
   return settingsOf(config, source);
 }
 
@@ -128,7 +131,15 @@ export async function main(args: string[], io: Io): Promise<number> {
     return EXIT.OK;
   }
   const s = await start(
-    { name: 'post-office', role: 'server', usage: '$0 [--listen ADDRESS:PORT | --inetd] [options]\n$0 --hash-password', schema, options, check },
+    {
+      name: 'post-office',
+      role: 'server',
+      notAsRoot: true,
+      usage: '$0 [--listen ADDRESS:PORT | --inetd] [options]\n$0 --hash-password',
+      schema,
+      options,
+      check,
+    },
     args,
     io,
   );
@@ -141,6 +152,8 @@ export async function main(args: string[], io: Io): Promise<number> {
     mode: 'listen' as const,
     ...parseHostPort(s.config.listen),
   };
+  const drop = dropAfterBinding(s.config.user, source.file!, log);
+  if (where.mode !== 'listen') drop(); // the socket is inherited: nothing to bind
   await serve(
     where,
     settings,
@@ -154,7 +167,7 @@ export async function main(args: string[], io: Io): Promise<number> {
         return settings;
       },
     },
-    { log, signals: io.signals, signal: io.signal },
+    { log, signals: io.signals, signal: io.signal, onListening: drop },
   );
   return EXIT.OK;
 }

@@ -5,7 +5,6 @@
 // It does not queue or retry (a failed run leaves the sender holding the
 // message, exit 75 or 1 says which), does not speak SMTP (legacy domains go
 // to the configured command), and never shows a domain another domain's bcc.
-import { spawn } from 'node:child_process';
 import { createReadStream } from 'node:fs';
 import { resolve } from 'node:path';
 import { Readable } from 'node:stream';
@@ -13,14 +12,14 @@ import type { Argv } from 'yargs';
 import { type Address, AddressError, asciiDomain, domainProblem, mailboxOf, parseAddressList } from '../address.js';
 import { start } from '../cli.js';
 import { type Located, boolean, command, duration, list, map, optional, size, string, table } from '../config.js';
-import { EXIT, type Failure, asFailure, configError, noInput, tempFail, usageError } from '../failure.js';
+import { type Failure, asFailure, configError, noInput, usageError } from '../failure.js';
 import { ImdpClient } from '../imdp/client.js';
 import { type Answer, isTemporary } from '../imdp/wire.js';
 import { DEFAULT_LIMITS } from '../message/index.js';
 import { type Group, type Prepared, copyFor, findServer, groupRecipients, prepare, relayedResult } from '../imdp/send.js';
 import type { Io } from '../io.js';
-import { type Word, exitFor, parseResult } from '../results.js';
-import { LineSplitter, commandProblem } from '../stage.js';
+import { type Word, exitFor, formatResult, parseResult } from '../results.js';
+import { commandProblem, runStage } from '../stage.js';
 import { type TlsMaterial, contextOptions, tlsFromConfig, tlsSchema } from '../net/tls.js';
 
 const schema = table({
@@ -34,6 +33,7 @@ const schema = table({
   timeouts: table({
     connect: optional(duration(), 30_000),
     result: optional(duration(), 600_000),
+    legacy: optional(duration(), 600_000),
   }),
 });
 type Config = ReturnType<typeof schema.parse>;
@@ -83,26 +83,11 @@ export async function main(args: string[], io: Io): Promise<number> {
     // Phase 1: connect and announce everywhere, in parallel.
     await Promise.all(imdp.map((leg) => announce(leg, prepared, tls, config)));
     const refused = imdp.filter((l) => l.refused);
-    if (refused.length) {
-      await Promise.all(
-        imdp.map(async (l) => {
-          if (l.client && !l.refused) l.client.sendAbort();
-          await l.client?.done().catch(() => {});
-        }),
-      );
-      const temporary = refused.every((l) => l.refused!.temporary);
-      const domains = refused.map((l) => l.group.domain).join(', ');
-      for (const l of legs) {
-        const why = l.refused?.reason ?? `not sent: ${domains} refused the message, and send-mail sends to all or none`;
-        for (const a of l.group.recipients) io.stdout.write(`${temporary ? 'TEMPFAIL' : 'FAIL'} ${mailboxOf(a)} ${why}\n`);
-      }
-      for (const l of refused) log.warn(`${l.group.domain}: ${l.refused!.reason}`);
-      return temporary ? EXIT.TEMPFAIL : EXIT.FAIL;
-    }
+    if (refused.length) return await notSent(imdp, legs, io, log);
     // Phase 2: data to every server (and the legacy command), in parallel.
     await Promise.all([
       ...imdp.map((leg) => sendData(leg, prepared, config.timeouts.result)),
-      ...legs.filter((l) => legacy.has(l.group.domain)).map((leg) => runLegacy(leg, prepared, config.legacy_command, io)),
+      ...legs.filter((l) => legacy.has(l.group.domain)).map((leg) => runLegacy(leg, prepared, config.legacy_command, config.timeouts.legacy, io)),
     ]);
     return report(legs, io);
   } finally {
@@ -119,6 +104,35 @@ function envelopeOf(given: string | string[] | undefined): Address[] | undefined
     if (e instanceof AddressError) throw usageError(`--recipient: ${e.message}`);
     throw e;
   }
+}
+
+/**
+ * Some domain refused before DATA, so no domain gets the data (ima(7)).
+ * Each recipient keeps its own class: a refused domain's recipients its
+ * refusal (FAIL or TEMPFAIL), every other recipient TEMPFAIL (not sent; a
+ * retry without the refused ones may go through). The exit code is the
+ * table's for those lines.
+ */
+async function notSent(imdp: Leg[], legs: Leg[], io: Io, log: { warn(m: string): void }): Promise<number> {
+  await Promise.all(
+    imdp.map(async (l) => {
+      if (l.client && !l.refused) l.client.sendAbort();
+      await l.client?.done().catch(() => {});
+    }),
+  );
+  const refused = imdp.filter((l) => l.refused);
+  const domains = refused.map((l) => l.group.domain).join(', ');
+  const words: Word[] = [];
+  for (const l of legs) {
+    const word: Word = l.refused && !l.refused.temporary ? 'FAIL' : 'TEMPFAIL';
+    const reason = l.refused?.reason ?? `not sent: ${domains} refused the message, and send-mail sends the data to every domain or to none`;
+    for (const a of l.group.recipients) {
+      words.push(word);
+      io.stdout.write(`${formatResult({ word, address: mailboxOf(a), reason })}\n`);
+    }
+  }
+  for (const l of refused) log.warn(`${l.group.domain}: ${l.refused!.reason}`);
+  return exitFor(words);
 }
 
 async function openFile(file: string): Promise<Readable> {
@@ -173,25 +187,20 @@ async function sendData(leg: Leg, p: Prepared, resultTimeout: number): Promise<v
   }
 }
 
-/** A legacy domain: the command gets this domain's copy on stdin and its recipients as arguments. */
-async function runLegacy(leg: Leg, p: Prepared, argv: readonly string[], io: Io): Promise<void> {
+/** A legacy domain: the command gets this domain's copy on stdin and its recipients as arguments; killed (with what it started) at the timeout. */
+async function runLegacy(leg: Leg, p: Prepared, argv: readonly string[], timeout: number, io: Io): Promise<void> {
   const copy = await copyFor(p, leg.group);
   const lines: string[] = [];
   leg.legacyLines = lines;
-  leg.legacyCode = await new Promise<number>((res) => {
-    const child = spawn(argv[0], [...argv.slice(1), ...leg.group.recipients.map(mailboxOf)], {
-      env: io.env as NodeJS.ProcessEnv,
-      cwd: io.cwd,
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
-    child.stdout.pipe(new LineSplitter((l) => lines.push(l)));
-    child.stderr.pipe(io.stderr, { end: false });
-    child.stdin.on('error', () => {});
-    Readable.from(copy.open()).pipe(child.stdin);
-    child.on('error', (e) => {
-      leg.failed = tempFail(`${argv[0]}: ${e.message}`);
-    });
-    child.on('close', (code) => res(code ?? EXIT.TEMPFAIL));
+  leg.legacyCode = await runStage({
+    argv: [...argv, ...leg.group.recipients.map(mailboxOf)],
+    inProcess: false,
+    env: io.env,
+    cwd: io.cwd,
+    input: Readable.from(copy.open()),
+    onLine: (l) => lines.push(l),
+    stderr: io.stderr,
+    timeout,
   });
 }
 
@@ -212,11 +221,16 @@ function lineFor(leg: Leg, a: Address): string {
   const addr = mailboxOf(a);
   if (leg.failed) return `TEMPFAIL ${addr} ${leg.failed.message}`;
   const replies = leg.legacyLines ?? leg.result?.replies ?? [];
-  const relayed = relayedResult(replies, a);
-  if (relayed) return relayed;
   const word = leg.legacyCode !== undefined ? (['OK', 'FAIL', 'PARTIAL'][leg.legacyCode] ?? 'TEMPFAIL') : leg.result!.word;
+  // A recipient's own line decides only where the final status leaves room
+  // (PARTIAL) or agrees; an "OK" line before a crash or a timeout is no OK.
+  const relayed = relayedResult(replies, a);
+  const said = relayed ? parseResult(relayed)!.word : undefined;
+  if (relayed && (word === 'PARTIAL' || said === word || (word === 'FAIL' && said === 'NORECIPIENT'))) return relayed;
   const lastReply = replies.length ? `: ${replies[replies.length - 1]}` : '';
-  const why = leg.result?.text || `${leg.group.domain} answered ${word}${lastReply}`;
+  const why =
+    leg.result?.text ||
+    (leg.legacyCode !== undefined ? `${leg.group.domain}: the legacy command exited ${leg.legacyCode}` : `${leg.group.domain} answered ${word}`) + lastReply;
   if (word === 'OK') return `OK ${addr}`;
   if (word === 'FAIL') return `FAIL ${addr} ${why}`;
   return `TEMPFAIL ${addr} ${word === 'PARTIAL' ? `${leg.group.domain} answered PARTIAL without a line for this recipient` : why}`;

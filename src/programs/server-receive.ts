@@ -16,6 +16,7 @@ import type { Log } from '../log.js';
 import type { Io } from '../io.js';
 import { contextOptions, tlsFromConfig, tlsSchema } from '../net/tls.js';
 import { asciiDomain, domainProblem } from '../address.js';
+import { dropAfterBinding, lookUpUser } from '../privileges.js';
 import { commandProblem } from '../stage.js';
 
 const schema = table({
@@ -27,6 +28,7 @@ const schema = table({
   handler: optional(command(), ['handle-incoming-mail']),
   check: optional(list(string({ nonEmpty: true })), [] as string[]),
   in_process: optional(boolean(), true),
+  user: optional(string(), ''),
   tls: tlsSchema(),
   limits: table({
     max_message_bytes: optional(size({ min: 1024 }), 100 * 1024 * 1024),
@@ -98,11 +100,16 @@ function check(config: Config, source: Located, io: Io): Settings {
     const problem = config[key].length ? commandProblem(config[key], io.env, io.cwd) : undefined;
     if (problem) throw configError(source.file, key, problem);
   }
+  if (config.user) lookUpUser(config.user, source.file);
   return settingsOf(config, source);
 }
 
 export async function main(args: string[], io: Io): Promise<number> {
-  const s = await start({ name: 'server-receive', role: 'server', usage: '$0 [--listen ADDRESS:PORT | --inetd] [options]', schema, options, check }, args, io);
+  const s = await start(
+    { name: 'server-receive', role: 'server', notAsRoot: true, usage: '$0 [--listen ADDRESS:PORT | --inetd] [options]', schema, options, check },
+    args,
+    io,
+  );
   if (typeof s === 'number') return s;
   const { argv, log, source } = s;
   let config = s.config;
@@ -113,6 +120,8 @@ export async function main(args: string[], io: Io): Promise<number> {
     ...parseHostPort(config.listen),
   };
   if (where.mode === 'inetd' && argv.listen) throw usageError('--inetd and --listen exclude each other');
+  const drop = dropAfterBinding(config.user, source.file!, log);
+  if (where.mode !== 'listen') drop(); // the socket is inherited: nothing to bind
   await serve(
     where,
     settings,
@@ -127,7 +136,7 @@ export async function main(args: string[], io: Io): Promise<number> {
         return settings;
       },
     },
-    { log, signals: io.signals, signal: io.signal, onListening: () => {} },
+    { log, signals: io.signals, signal: io.signal, onListening: drop },
   );
   return EXIT.OK;
 }

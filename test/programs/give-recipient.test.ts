@@ -4,7 +4,7 @@ import { once } from 'node:events';
 import { mkdirSync, readFileSync, readdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { BIN, runBin, tempDir, testEnv } from '../helpers.js';
+import { BIN, runBin, runCommand, tempDir, testEnv } from '../helpers.js';
 import { END, HEADERS, entry, header, tarOf } from '../tarbuild.js';
 
 const dir = tempDir();
@@ -25,8 +25,13 @@ function mailbox(name: string): string {
 
 const stored = (box: string) => readdirSync(join(box, 'new'));
 
+const strace = spawnSync('strace', ['-V']).status === 0;
+/** give-recipient under strace (following its threads: fsync runs on the thread pool). */
+const traced = (straceArgs: string[], args: string[], input: Buffer) =>
+  runCommand('strace', ['-f', '-qq', ...straceArgs, join(BIN, 'give-recipient'), ...args], { input, env: testEnv() });
+
 describe('give-recipient', () => {
-  it('stores headers, body and attachments as files, fsynced, and answers OK', async () => {
+  it('stores headers, body and attachments as files and answers OK', async () => {
     const box = mailbox('store');
     const msg = await makeMessage(['-a', 'big.bin', 'bob@b.test']);
     const r = await runBin('give-recipient', ['--address', 'bob@b.test', box], { input: msg });
@@ -38,6 +43,25 @@ describe('give-recipient', () => {
     assert.equal(readFileSync(join(box, 'new', id, 'body'), 'utf8'), 'Hello\n');
     assert.deepEqual(readFileSync(join(box, 'new', id, 'attachments', 'big.bin')), big);
     assert.deepEqual(readdirSync(join(box, 'tmp')), []);
+  });
+
+  it('fsyncs every file and directory of the message before the rename into new/, and new/ after it (strace)', async (t) => {
+    if (!strace) return t.skip('strace is not installed: the fsync order is not checked (apt-get install strace)');
+    const box = mailbox('fsync');
+    const msg = await makeMessage(['-a', 'big.bin', 'bob@b.test']);
+    const trace = join(dir, 'fsync.trace');
+    const r = await traced(['-o', trace, '-y', '-e', 'trace=fsync,fdatasync,rename,renameat,renameat2'], [box], msg);
+    assert.equal(r.code, 0, r.stderr);
+    const [id] = stored(box);
+    const lines = readFileSync(trace, 'utf8').split('\n');
+    const at = lines.findIndex((l) => /rename\w*\(.*\/tmp\/[^"]+", .*\/new\//.test(l));
+    assert.ok(at > 0, `a rename into new/ in:\n${lines.join('\n')}`);
+    const synced = (part: string[]) =>
+      part.flatMap((l) => /fs?d?a?t?a?sync\(\d+<([^>]+)>/.exec(l)?.[1] ?? []).map((p) => p.slice(box.length + 1).replace(/^tmp\/[^/]+/, 'MSG'));
+    assert.deepEqual(synced(lines.slice(0, at)).sort(), ['MSG', 'MSG/attachments', 'MSG/attachments/big.bin', 'MSG/body', 'MSG/headers']);
+    assert.deepEqual(synced(lines.slice(at)), ['new']);
+    assert.doesNotMatch(lines.join('\n'), /sync\(.*= -1/, 'every fsync succeeded');
+    assert.ok(id);
   });
 
   it('stores the same message-id once and answers OK again', async () => {
@@ -136,34 +160,47 @@ describe('give-recipient', () => {
     }
   });
 
-  it('killed with SIGKILL at many points, leaves no message or a whole one in new/', async () => {
+  it('killed with SIGKILL at many points, leaves no message or a whole one in new/', async (t) => {
     const msg = await makeMessage(['-a', 'big.bin', 'bob@b.test']);
-    const chunk = 16 * 1024;
-    const points = [0, 1, 2, 5, 10, 15, 19, 20, 21];
-    for (const [i, k] of [...points, ...points.map((p) => p + 100)].entries()) {
-      const box = mailbox(`kill-${i}`);
-      const child = spawn(join(BIN, 'give-recipient'), [box], { env: testEnv(), stdio: ['pipe', 'pipe', 'ignore'] });
-      child.stdin.on('error', () => {});
-      const exited = once(child, 'exit');
-      // Feed k chunks, then kill: while reading, while writing files, or (k past the end) around the rename and fsyncs.
-      for (let n = 0; n < Math.min(k, Math.ceil(msg.length / chunk)); n++) {
-        if (!child.stdin.write(msg.subarray(n * chunk, (n + 1) * chunk))) await once(child.stdin, 'drain');
-      }
-      if (k * chunk >= msg.length) {
-        child.stdin.end();
-        // Past the end of input: kill after a varying number of stdout polls, to land around the rename.
-        await new Promise((r) => setTimeout(r, (k - 100) * 3));
-      }
-      child.kill('SIGKILL');
-      await exited;
+    const check = (box: string, point: string) => {
       const found = stored(box);
       assert.ok(found.length <= 1);
       if (found.length === 1) {
         const m = join(box, 'new', found[0]);
-        assert.deepEqual(readFileSync(join(m, 'attachments', 'big.bin')), big, `kill point ${k}: partial attachment in new/`);
+        assert.deepEqual(readFileSync(join(m, 'attachments', 'big.bin')), big, `kill point ${point}: partial attachment in new/`);
         assert.equal(readFileSync(join(m, 'body'), 'utf8'), 'Hello\n');
       }
       rmSync(box, { recursive: true, force: true });
+    };
+    // While reading: killed after k chunks of input.
+    const chunk = 16 * 1024;
+    for (const k of [0, 1, 2, 5, 10, 15, 19]) {
+      const box = mailbox(`kill-${k}`);
+      const child = spawn(join(BIN, 'give-recipient'), [box], { env: testEnv(), stdio: ['pipe', 'pipe', 'ignore'] });
+      child.stdin.on('error', () => {});
+      const exited = once(child, 'exit');
+      for (let n = 0; n < Math.min(k, Math.ceil(msg.length / chunk)); n++) {
+        if (!child.stdin.write(msg.subarray(n * chunk, (n + 1) * chunk))) await once(child.stdin, 'drain');
+      }
+      child.kill('SIGKILL');
+      await exited;
+      check(box, `${k} chunks`);
+    }
+    // After the input, at exact system calls (strace kills it there): making the message's
+    // directory, the first fsync, the rename into new/, the fsync of new/.
+    if (!strace) return t.skip('strace is not installed: the kill points after the input are not checked (apt-get install strace)');
+    const points: [string, (box: string) => string[]][] = [
+      ['mkdir', () => ['-e', 'trace=mkdir', '-e', 'inject=mkdir:signal=KILL']],
+      ['first fsync', () => ['-e', 'trace=fsync', '-e', 'inject=fsync:signal=KILL:when=1']],
+      ['rename', () => ['-e', 'trace=rename,renameat,renameat2', '-e', 'inject=rename,renameat,renameat2:signal=KILL']],
+      ['fsync of new/', (box) => ['-P', join(box, 'new'), '-e', 'trace=fsync', '-e', 'inject=fsync:signal=KILL']],
+    ];
+    for (const [name, args] of points) {
+      const box = mailbox(`kill-${name.replace(/\W/g, '')}`);
+      const r = await traced(['-o', '/dev/null', ...args(box)], [box], msg);
+      // strace ends the way its tracee did: by SIGKILL.
+      assert.ok(r.signal === 'SIGKILL' || r.code === 137, `killed at ${name}: ${r.code} ${r.signal} ${r.stderr}`);
+      check(box, name);
     }
   });
 });

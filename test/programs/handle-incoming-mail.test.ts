@@ -110,15 +110,52 @@ describe('handle-incoming-mail', () => {
     assert.equal(count('bob'), before);
   });
 
-  it('gives the same results in-process as spawned', async () => {
-    const msg = await message('bob@b.test', 'nobody@b.test', 'perm@b.test');
-    const inproc = await runMain('handle-incoming-mail', ['--config', cfg], { input: msg });
-    const spawnCfg = join(dir, 'spawned.toml');
-    writeFileSync(spawnCfg, `in_process = false\n${readFileSync(cfg, 'utf8')}`);
-    const spawned = await runBin('handle-incoming-mail', ['--config', spawnCfg], { input: msg });
+  it('gives the same results and the same stored files in-process as spawned (fresh mailboxes each)', async () => {
+    const msg = await message('bob@b.test', 'team@b.test', 'x@c.test', 'nobody@b.test', 'perm@b.test');
+    const run = async (inProcess: boolean) => {
+      const root = tempDir();
+      for (const u of ['bob', 'carol', 'post']) for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(root, u, f), { recursive: true });
+      const file = join(root, 'him.toml');
+      writeFileSync(file, `in_process = ${inProcess}\n${readFileSync(cfg, 'utf8').replaceAll(boxes, root)}`);
+      const r = inProcess
+        ? await runMain('handle-incoming-mail', ['--config', file], { input: msg })
+        : await runBin('handle-incoming-mail', ['--config', file], { input: msg });
+      // Every stored file, by mailbox and path, with its bytes.
+      const files: Record<string, string> = {};
+      for (const u of ['bob', 'carol', 'post'])
+        for (const id of readdirSync(join(root, u, 'new')))
+          for (const name of readdirSync(join(root, u, 'new', id), { recursive: true, withFileTypes: true }))
+            if (name.isFile()) {
+              const path = join(name.parentPath, name.name);
+              files[path.slice(root.length)] = readFileSync(path, 'base64');
+            }
+      return { code: r.code, stdout: r.stdout.toString(), files };
+    };
+    const inproc = await run(true);
+    const spawned = await run(false);
     assert.equal(inproc.code, 2);
     assert.equal(spawned.code, inproc.code);
-    assert.equal(spawned.stdout.toString(), inproc.stdout.toString());
+    assert.equal(spawned.stdout, inproc.stdout);
+    assert.equal(Object.keys(inproc.files).filter((f) => f.endsWith('/headers')).length, 3, 'bob, carol and post stored it');
+    assert.deepEqual(spawned.files, inproc.files);
+  });
+
+  it('runs at most max_parallel route commands at once (real processes, observed)', async () => {
+    const running = join(tempDir(), 'running');
+    mkdirSync(running);
+    const seen = join(dir, 'parallel.log');
+    writeFileSync(seen, '');
+    // Each command notes how many are running with it, works a while, then leaves.
+    const work = script('work.sh', `cat > /dev/null; touch ${running}/$$; ls ${running} | wc -l >> ${seen}; sleep 1; rm ${running}/$$; echo "OK $1"`);
+    const file = join(dir, 'parallel.toml');
+    const users = ['p1', 'p2', 'p3', 'p4', 'p5'];
+    writeFileSync(file, `max_parallel = 2\n[domains."b.test"]\ncommand = [${JSON.stringify(work)}]\nusers = ${JSON.stringify(users)}\n`);
+    const r = await runBin('handle-incoming-mail', ['--config', file], { input: await message(...users.map((u) => `${u}@b.test`)) });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout.toString().trim().split('\n').length, 5);
+    const counts = readFileSync(seen, 'utf8').trim().split('\n').map(Number);
+    assert.equal(counts.length, 5);
+    assert.equal(Math.max(...counts), 2, `at most 2 at once, and 2 did run together: ${counts}`);
   });
 
   it('refuses a config with an alias loop or a foreign alias target (exit 78)', async () => {
@@ -135,6 +172,17 @@ describe('handle-incoming-mail', () => {
     const s = await runBin('handle-incoming-mail', ['--config', bad, '--check', 'a@b.test']);
     assert.equal(s.code, 78);
     assert.match(s.stderr, /routes\."a@b\.test": must be a list .* not a shell string/);
+  });
+
+  it('reads FILE relative to its working directory (in-process too); a missing FILE is 66 with one line', async () => {
+    writeFileSync(join(dir, 'file.ima'), await message('bob@b.test'));
+    const before = count('bob');
+    const r = await runMain('handle-incoming-mail', ['--config', cfg, 'file.ima'], { cwd: dir });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(count('bob'), before + 1);
+    const missing = await runBin('handle-incoming-mail', ['--config', cfg, join(dir, 'nonexistent.ima')]);
+    assert.equal(missing.code, 66);
+    assert.match(missing.stderr, /^handle-incoming-mail: .*nonexistent\.ima: no such file\n$/);
   });
 
   it('refuses a hostile message as FAIL with nothing stored', async () => {

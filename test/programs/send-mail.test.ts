@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { after, test } from 'node:test';
 import { readMessage } from '../../src/message/index.js';
-import { runBin, testEnv } from '../helpers.js';
+import { processGone, runBin, testEnv } from '../helpers.js';
 import { HANDLER, type Server, certs, config, dir, message, outDir, pki, startServer } from '../imdp-fixture.js';
 
 const servers: Server[] = [];
@@ -84,7 +84,7 @@ test('send-mail: two domains, each gets only its own bcc; mailer, date and messa
   assert.equal(atB.h.get('message-id'), atC.h.get('message-id'));
 });
 
-test('send-mail: all or nothing: one server refuses, so neither handler ever runs and every recipient is reported', async () => {
+test('send-mail: one domain refuses for good: its recipients FAIL, the others TEMPFAIL (not sent, retry may go), exit 75; no handler runs', async () => {
   const outB = outDir();
   const outC = outDir();
   const check = join(dir, 'refuse-all.mjs');
@@ -93,23 +93,25 @@ test('send-mail: all or nothing: one server refuses, so neither handler ever run
   const c = await server('c.test', outC, ['node', check]);
   const cfg = sendMailConfig({ 'b.test': `127.0.0.1:${b.port}`, 'c.test': `127.0.0.1:${c.port}` });
   const r = await runBin('send-mail', ['--config', cfg], { input: await message(fields()) });
-  assert.equal(r.code, 1, r.stderr);
+  assert.equal(r.code, 75, r.stderr);
   const lines = r.stdout.toString().trim().split('\n');
+  const line = (a: string) => lines.find((l) => l.split(' ')[1] === a) ?? '';
   assert.equal(lines.length, 4);
-  assert.ok(
-    lines.every((l) => l.startsWith('FAIL ')),
-    lines.join('\n'),
-  );
-  assert.match(
-    lines.find((l) => l.startsWith('FAIL carol@c.test'))!,
-    /REJECT 5\.1\.1.*NORECIPIENT carol@c\.test/,
-  );
-  assert.match(
-    lines.find((l) => l.startsWith('FAIL bob@b.test'))!,
-    /not sent: c\.test refused/,
-  );
+  for (const a of ['carol@c.test', 'erin@c.test']) assert.match(line(a), new RegExp(`^FAIL ${a} c\\.test: REJECT 5\\.1\\.1 .*NORECIPIENT carol@c\\.test`));
+  for (const a of ['bob@b.test', 'dave@b.test']) assert.match(line(a), new RegExp(`^TEMPFAIL ${a} not sent: c\\.test refused`));
   assert.deepEqual(readdirSync(outB), []);
   assert.deepEqual(readdirSync(outC), []);
+  // The other server unreachable (temporary) beside the refusal for good: each keeps its own class.
+  const net = await import('node:net');
+  const closed = net.createServer();
+  await new Promise<void>((res) => closed.listen(0, '127.0.0.1', () => res()));
+  const deadPort = (closed.address() as { port: number }).port;
+  closed.close();
+  const cfg2 = sendMailConfig({ 'b.test': `127.0.0.1:${deadPort}`, 'c.test': `127.0.0.1:${c.port}` });
+  const r2 = await runBin('send-mail', ['--config', cfg2], { input: await message(fields()) });
+  assert.equal(r2.code, 75, r2.stderr);
+  assert.match(r2.stdout.toString(), /^TEMPFAIL bob@b\.test .*ECONNREFUSED/m);
+  assert.match(r2.stdout.toString(), /^FAIL carol@c\.test c\.test: REJECT 5\.1\.1/m);
 });
 
 test('send-mail: an unreachable server or one whose certificate does not cover the domain is TEMPFAIL (75), nothing sent', async () => {
@@ -146,6 +148,32 @@ writeFileSync(${JSON.stringify(legacyOut)}, Buffer.concat(c)); for (const a of p
   assert.equal(r.code, 0, r.stderr);
   assert.deepEqual(r.stdout.toString().trim().split('\n').sort(), ['OK bob@b.test', 'OK carol@c.test', 'OK dave@b.test', 'OK erin@c.test']);
   assert.match(readFileSync(legacyOut).toString('latin1'), /bcc: erin@c\.test\n/);
+});
+
+test('send-mail: a legacy command that hangs is killed at timeouts.legacy with what it started; its recipients TEMPFAIL, whatever it said', async () => {
+  const outB = outDir();
+  const b = await server('b.test', outB);
+  const pidFile = join(outDir(), 'legacy.pid');
+  // It even says OK for both before it hangs: killed, that is no OK.
+  const script = `sleep 60 & echo $! > ${pidFile}; cat > /dev/null; for a in "$0" "$@"; do echo "OK $a"; done; wait`;
+  const cfg = sendMailConfig(
+    { 'b.test': `127.0.0.1:${b.port}` },
+    `legacy_domains = ["c.test"]\nlegacy_command = ["sh", "-c", ${JSON.stringify(script)}]\n[timeouts]\nlegacy = "1s"`,
+  );
+  const started = Date.now();
+  const r = await runBin('send-mail', ['--config', cfg], { input: await message(fields()) });
+  assert.ok(Date.now() - started < 30_000, 'ended at the timeout');
+  assert.equal(r.code, 2, r.stderr);
+  assert.deepEqual(
+    r.stdout
+      .toString()
+      .trim()
+      .split('\n')
+      .map((l) => l.split(' ').slice(0, 2).join(' '))
+      .sort(),
+    ['OK bob@b.test', 'OK dave@b.test', 'TEMPFAIL carol@c.test', 'TEMPFAIL erin@c.test'],
+  );
+  assert.ok(processGone(pidFile), 'the child the legacy command left is killed');
 });
 
 test('send-mail: bad input is refused with a clear line and the right code', async () => {

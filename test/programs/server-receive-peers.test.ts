@@ -27,10 +27,15 @@ async function activate(extraArgs: string[], serverArgs: string[], out: string):
   const file = join(dir, `activated-${extraArgs.join('')}.toml`);
   writeFileSync(file, config({ handler: ['node', HANDLER, 'ok', out] }));
   const port = await freePort();
-  const child = spawn('systemd-socket-activate', [`--listen=127.0.0.1:${port}`, ...extraArgs, join(BIN, 'server-receive'), '--config', file, ...serverArgs], {
-    env: testEnv(),
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
+  // It passes on only the variables it is told to: IMA_ALLOW_ROOT for a root CI (see testEnv).
+  const child = spawn(
+    'systemd-socket-activate',
+    [`--listen=127.0.0.1:${port}`, '--setenv=IMA_ALLOW_ROOT=1', ...extraArgs, join(BIN, 'server-receive'), '--config', file, ...serverArgs],
+    {
+      env: testEnv(),
+      stdio: ['ignore', 'ignore', 'pipe'],
+    },
+  );
   children.push(child);
   let err = '';
   await new Promise<void>((res, rej) => {

@@ -3,7 +3,7 @@ import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { readMessage } from '../../src/message/index.js';
-import { basicFields, config, connect, headersOf, message, outDir, startServer, HANDLER, type Server } from '../imdp-fixture.js';
+import { basicFields, config, connect, deliver, headersOf, message, outDir, startServer, HANDLER, type Server } from '../imdp-fixture.js';
 import { runBin } from '../helpers.js';
 
 const servers: Server[] = [];
@@ -44,17 +44,6 @@ test('server-receive: happy path, two messages on one connection, received line,
   assert.match(env.IMA_SESSION_ID, /^[0-9a-f]{12}$/);
   assert.match(s.stderr(), /session=\w+ msg=1 peer=a\.test address=127\.0\.0\.1 from=<alice@a\.test> to=<bob@b\.test> size=\d+ status=OK/);
 });
-
-async function deliver(c: Awaited<ReturnType<typeof connect>>, tar: Buffer, raw = headersOf(tar)) {
-  c.sendMail(raw, tar.length);
-  const a = await c.readAnswer();
-  if (a.word !== 'ACCEPT') {
-    c.sendAbort();
-    return { answer: a };
-  }
-  await c.sendData(tar, tar.length);
-  return { answer: a, result: await c.readResult() };
-}
 
 test('server-receive: certificate failures never get past the greeting', async () => {
   const s = await server();
@@ -301,7 +290,8 @@ const bad = /nobody@/.test(t); console.log(bad ? 'NORECIPIENT nobody@b.test' : '
   assert.equal(readdirSync(out).filter((f) => f.endsWith('.ima')).length, 1);
 });
 
-test('server-receive: a toolkit program as handler runs in-process behind a fault barrier', async () => {
+// Faults past a clean Failure (a throw from a timer, a leaked rejection, EIO on fsync): stage.test.ts.
+test('server-receive: a toolkit program as handler runs in-process; a Failure it throws is the final status, every time', async () => {
   const s = await server({ handler: ['make-cert', 'server', '--ca', '/nonexistent', 'x.test'] });
   const c = await connect(s.port);
   for (let i = 0; i < 2; i++) assert.equal((await deliver(c, await message(basicFields()))).result?.word, 'TEMPFAIL');

@@ -1,0 +1,126 @@
+// Running stages (stage.ts) inside a real server-receive: the fault barrier
+// of in-process runs, timeouts, and the process group of spawned ones.
+import assert from 'node:assert/strict';
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { ROOT, processGone, tempDir, testEnv } from './helpers.js';
+import { type Server, basicFields, config, connect, deliver, message, startServer } from './imdp-fixture.js';
+
+const servers: Server[] = [];
+after(async () => Promise.all(servers.map((s) => s.stop())));
+
+const dir = tempDir();
+const boxes = join(dir, 'mail');
+for (const u of ['bob', 'eio']) for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(boxes, u, f), { recursive: true });
+const pidFile = (name: string) => join(dir, `${name}.pid`);
+
+const him = join(dir, 'handle-incoming-mail.toml');
+writeFileSync(
+  him,
+  `command_timeout = "3s"
+[domains."b.test"]
+command = ["give-recipient", "--address", "{address}", ${JSON.stringify(join(boxes, '{local}'))}]
+users = ["bob", "eio"]
+[routes]
+"timer@b.test" = ["mime-to-ima", "timer", "{address}"]
+"leak@b.test" = ["mime-to-ima", "leak", "{address}"]
+"hang@b.test" = ["mime-to-ima", "hang", "{address}"]
+"orphan@b.test" = ["sh", "-c", ${JSON.stringify(`sleep 60 & echo $! > ${pidFile('orphan')}; cat > /dev/null; echo "OK $0"`)}]
+"stuck@b.test" = ["sh", "-c", ${JSON.stringify(`sleep 60 & echo $! > ${pidFile('stuck')}; cat > /dev/null; wait`)}]
+`,
+);
+
+/** server-receive through faulty.js: mime-to-ima is the broken test program, fsync under eio/ fails with EIO. */
+async function faultyServer(extra = ''): Promise<Server> {
+  const env = testEnv({ IMA_FAULT_PROGRAM: `mime-to-ima=${join(ROOT, 'dist/test/faulty-program.js')}`, IMA_FAULT_EIO: `${boxes}/eio/` });
+  const s = await startServer(config({ handler: ['handle-incoming-mail', '--config', him], extra }), {
+    env,
+    launcher: [process.execPath, join(ROOT, 'dist/test/faulty.js')],
+  });
+  servers.push(s);
+  return s;
+}
+
+const to = (address: string, body = 'Hello.\n') =>
+  message(
+    basicFields().map(([k, v]): [string, string] => [k, k === 'to' ? address : v]),
+    body,
+  );
+const stored = (user: string) => readdirSync(join(boxes, user, 'new')).length;
+
+test('stage: an in-process program that throws from a timer or leaks a rejection ends TEMPFAIL for that message; the server goes on', async () => {
+  const s = await faultyServer();
+  const c = await connect(s.port);
+  const before = stored('bob');
+  for (const mode of ['timer', 'leak']) {
+    const bad = await deliver(c, await to(`${mode}@b.test`));
+    assert.equal(bad.result?.word, 'TEMPFAIL', `${mode}: ${JSON.stringify(bad)}\n${s.stderr()}`);
+    assert.match(bad.result!.replies.join('\n'), new RegExp(`^TEMPFAIL ${mode}@b\\.test 4\\.3\\.0`, 'm'));
+    const good = await deliver(c, await to('bob@b.test'));
+    assert.equal(good.result?.word, 'OK', `after ${mode}: ${s.stderr()}`);
+  }
+  await c.done();
+  assert.equal(stored('bob'), before + 2);
+  assert.match(s.stderr(), /mime-to-ima: internal error, run ended TEMPFAIL: thrown in a timer/);
+  assert.match(s.stderr(), /mime-to-ima: internal error, run ended TEMPFAIL: a rejection nobody handled/);
+  assert.equal(s.proc.exitCode, null, 'server-receive is still running');
+});
+
+test('stage: EIO on fsync inside give-recipient run in-process: TEMPFAIL for that message, nothing in new/, the next one stored', async () => {
+  const s = await faultyServer();
+  const c = await connect(s.port);
+  const before = stored('bob');
+  // Several entries: the headers' fsync fails while the body is still being written.
+  const bad = await deliver(c, await to('eio@b.test', 'x'.repeat(300_000)));
+  assert.equal(bad.result?.word, 'TEMPFAIL', `${JSON.stringify(bad)}\n${s.stderr()}`);
+  assert.match(bad.result!.replies.join('\n'), /^TEMPFAIL eio@b\.test 4\.3\.0 .*EIO \(fsync\)/m);
+  assert.equal(stored('eio'), 0);
+  assert.deepEqual(readdirSync(join(boxes, 'eio', 'tmp')), [], 'the half-made message is removed');
+  assert.equal((await deliver(c, await to('bob@b.test'))).result?.word, 'OK', s.stderr());
+  await c.done();
+  assert.equal(stored('bob'), before + 1);
+  assert.equal(s.proc.exitCode, null, 'server-receive is still running');
+});
+
+test('stage: an in-process run that ignores io.signal is ended at the handler timeout (TEMPFAIL); the next message is stored', async () => {
+  const s = await faultyServer('[timeouts]\nhandler = "1s"\n');
+  const c = await connect(s.port);
+  const started = Date.now();
+  const r = await deliver(c, await to('hang@b.test'));
+  assert.equal(r.result?.word, 'TEMPFAIL', JSON.stringify(r));
+  assert.ok(Date.now() - started < 10_000, 'ended at the timeout, not later');
+  // The abort reaches through the in-process handle-incoming-mail to the command it spawned, before that command's own timeout (3s).
+  const stuck = await deliver(c, await to('stuck@b.test'));
+  assert.equal(stuck.result?.word, 'TEMPFAIL', JSON.stringify(stuck));
+  const deadline = Date.now() + 1000;
+  while (!processGone(pidFile('stuck')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  assert.ok(processGone(pidFile('stuck')), 'the route command and its child are killed at the handler timeout');
+  assert.equal((await deliver(c, await to('bob@b.test'))).result?.word, 'OK', s.stderr());
+  await c.done();
+});
+
+test('stage: a spawned handler that times out is TEMPFAIL, and what it started is killed with it (its process group)', async () => {
+  const script = `sleep 60 & echo $! > ${pidFile('handler')}; cat > /dev/null; wait`;
+  const s = await startServer(config({ handler: ['sh', '-c', script], extra: '[timeouts]\nhandler = "1s"\n' }));
+  servers.push(s);
+  const c = await connect(s.port);
+  const r = await deliver(c, await to('bob@b.test'));
+  assert.equal(r.result?.word, 'TEMPFAIL', JSON.stringify(r));
+  await c.done();
+  assert.ok(processGone(pidFile('handler')), 'the grandchild is killed');
+});
+
+test('stage: a route command leaving a child that holds its pipes: OK when it said so, TEMPFAIL at its timeout; the children are killed', async () => {
+  const s = await faultyServer();
+  const c = await connect(s.port);
+  const ok = await deliver(c, await to('orphan@b.test'));
+  assert.equal(ok.result?.word, 'OK', JSON.stringify(ok));
+  const stuck = await deliver(c, await to('stuck@b.test'));
+  assert.equal(stuck.result?.word, 'TEMPFAIL', JSON.stringify(stuck));
+  await c.done();
+  for (const name of ['orphan', 'stuck']) {
+    assert.ok(existsSync(pidFile(name)));
+    assert.ok(processGone(pidFile(name)), `${name}'s child is killed`);
+  }
+});
