@@ -38,7 +38,7 @@ const seconds = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e9;
 
 export async function run(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'ima-bench-queue-'));
-  const env = { PATH: `${BIN}:${process.env.PATH}`, HOME: '/nonexistent', IMA_CONFIG_DIR: dir };
+  const env = { PATH: `${BIN}:${process.env.PATH}`, HOME: '/nonexistent', IMA_CONFIG_DIR: dir, IMA_ALLOW_ROOT: '1' };
   try {
     const keys = pki(dir);
     const mailbox = join(dir, 'mail', 'bob');

@@ -58,7 +58,7 @@ function runnerConfig(c: Config): RunnerConfig {
 }
 
 export async function main(args: string[], io: Io): Promise<number> {
-  const s = await start({ name: 'run-queue', role: 'server', usage: '$0 [--once [--now TIME]]', schema, options }, args, io);
+  const s = await start({ name: 'run-queue', role: 'server', usage: '$0 [--once [--now TIME]]', schema, options, notAsRoot: true }, args, io);
   if (typeof s === 'number') return s;
   const { argv, config, source, log } = s;
   if (argv._.length) throw usageError('run-queue takes no arguments');

@@ -235,6 +235,11 @@ test('queue-mail: checks the message, takes recipients from the headers or --rec
   assert.equal(usage.code, 64);
   assert.equal((await listQueue(q.env)).length, 1);
   assert.deepEqual(readdirSync(join(q.dir, 'queue', 'tmp')), []);
+  if (process.getuid?.() === 0) {
+    const root = await runBin('run-queue', ['--once'], { env: { ...q.env, IMA_ALLOW_ROOT: undefined } });
+    assert.equal(root.code, 77, 'run-queue refuses to run as root');
+    assert.match(root.stderr, /refusing to run as root/);
+  }
 });
 
 test('list-queue: hold, release, retry and delete take effect on a running run-queue', async () => {
