@@ -5,8 +5,8 @@ import { join } from 'node:path';
 import { runBin, tempDir, testEnv } from './helpers.js';
 
 /**
- * A delivery stage: saves each message it is given to OUT/<n>.ima with the
- * recipients in OUT/<n>.rcpt, then, per recipient, answers what the file
+ * A delivery stage: saves each message it is given to OUT/<time-pid>.ima with
+ * the recipients in OUT/<time-pid>.rcpt, then, per recipient, answers what the file
  * OUT/answers.json says for its domain ("OK", "FAIL", "TEMPFAIL", "SILENT")
  * or runs send-mail with the remaining recipients (a real IMDP delivery).
  */
@@ -15,13 +15,14 @@ export function writeStage(dir: string): string {
   writeFileSync(
     file,
     `import { spawn } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 const [out, sendMailConfig, ...args] = process.argv.slice(2);
 const rcpts = [];
 for (let i = 0; i < args.length; i++) if (args[i] === '--recipient') rcpts.push(args[++i]);
 const chunks = [];
 for await (const c of process.stdin) chunks.push(c);
-const n = readdirSync(out).filter((f) => f.endsWith('.ima')).length;
+// Stage runs of one message's domains go at once: a name of its own for each.
+const n = Date.now() + '-' + process.pid;
 writeFileSync(out + '/' + n + '.rcpt', rcpts.join('\\n') + '\\n');
 writeFileSync(out + '/' + n + '.ima', Buffer.concat(chunks));
 const answers = existsSync(out + '/answers.json') ? JSON.parse(readFileSync(out + '/answers.json', 'utf8')) : {};
@@ -50,7 +51,7 @@ export interface QueueSetup {
   env: Record<string, string | undefined>;
   answer(answers: Record<string, string>): void;
   /** Messages the stage was given, with their recipients. */
-  given(): { n: number; rcpts: string[]; ima: Buffer }[];
+  given(): { n: string; rcpts: string[]; ima: Buffer }[];
 }
 
 /** A queue directory and configs for queue-mail, run-queue and list-queue (in IMA_CONFIG_DIR); `direct`: send-mail itself (in-process) is the stage. */
@@ -77,8 +78,8 @@ ${opts.runQueue ?? ''}
     given: () =>
       readdirSync(out)
         .filter((f) => f.endsWith('.ima'))
-        .map((f) => Number(f.slice(0, -4)))
-        .sort((a, b) => a - b)
+        .map((f) => f.slice(0, -4))
+        .sort()
         .map((n) => ({
           n,
           rcpts: readFileSync(join(out, `${n}.rcpt`), 'utf8')
