@@ -3,6 +3,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
@@ -97,6 +98,8 @@ export interface Listening {
   port: number;
   /** Everything it has written to stderr so far. */
   log(): string;
+  /** Wait until its stderr matches `re` (an event, with a deadline). */
+  waitLog(re: RegExp, deadline?: number): Promise<void>;
   /** SIGTERM, then wait for it to exit. */
   stop(): Promise<void>;
 }
@@ -134,12 +137,65 @@ export async function startListening(
     proc,
     port,
     log: () => log,
+    waitLog: (re, deadline = 20_000) =>
+      new Promise<void>((res, rej) => {
+        const check = () => {
+          if (!re.test(log)) return;
+          clearTimeout(timer);
+          proc.stderr!.off('data', check);
+          res();
+        };
+        const timer = setTimeout(() => {
+          proc.stderr!.off('data', check);
+          rej(new Error(`${name}: no ${re} on stderr within ${deadline} ms:\n${log}`));
+        }, deadline);
+        proc.stderr!.on('data', check);
+        check();
+      }),
     async stop() {
       if (proc.exitCode !== null || proc.signalCode !== null) return;
       proc.kill('SIGTERM');
       await once(proc, 'exit');
     },
   };
+}
+
+/** A port that was free a moment ago (for programs that must be told one, such as systemd-socket-activate). */
+export async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((res) => s.listen(0, '127.0.0.1', () => res()));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise<void>((res) => s.close(() => res()));
+  return port;
+}
+
+export interface Activated {
+  port: number;
+  child: ChildProcess;
+  err(): string;
+}
+
+/**
+ * Run bin/NAME under the real systemd-socket-activate on a free loopback
+ * port (its own flags first: --accept --inetd for inetd mode, none for
+ * LISTEN_FDS); resolves once it listens. The caller stops it (SIGTERM).
+ */
+export async function socketActivate(name: string, activateArgs: string[], args: string[]): Promise<Activated> {
+  const port = await freePort();
+  // It passes on only the variables it is told to: IMA_ALLOW_ROOT for a root CI (see testEnv).
+  const child = spawn('systemd-socket-activate', [`--listen=127.0.0.1:${port}`, '--setenv=IMA_ALLOW_ROOT=1', ...activateArgs, join(BIN, name), ...args], {
+    env: testEnv(),
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let err = '';
+  await new Promise<void>((res, rej) => {
+    child.stderr!.on('data', (d) => {
+      err += d;
+      if (/Listening on/.test(err)) res();
+    });
+    child.on('exit', (c) => rej(new Error(`systemd-socket-activate exited ${c}: ${err}`)));
+  });
+  return { port, child, err: () => err };
 }
 
 /** Is the process of the pid in FILE gone (or a zombie waiting for its reaper)? */

@@ -15,17 +15,14 @@ export const certs = { a: pki.server('a.test'), b: pki.server('b.test'), c: pki.
 
 /**
  * A handler: saves stdin to OUT/<n>.ima, prints a line per recipient-ish
- * argument, exits with CODE. Modes: "ok", "exit:N", "crash" (throws),
- * "noread" (exits 0 without reading), "slow" (waits forever).
+ * argument, exits with CODE. Modes: "ok", "exit:N", "crash" (killed after
+ * reading).
  */
 export const HANDLER = join(dir, 'handler.mjs');
 writeFileSync(
   HANDLER,
   `import { createWriteStream, readdirSync, writeFileSync } from 'node:fs';
 const [mode, out] = process.argv.slice(2);
-if (mode === 'noread') { console.log('OK ignored'); process.exit(0); }
-if (mode === 'slow') setInterval(() => {}, 1000);
-else {
 const chunks = [];
 for await (const c of process.stdin) chunks.push(c);
 const n = readdirSync(out).filter((f) => f.endsWith('.ima')).length;
@@ -35,7 +32,6 @@ if (mode === 'crash') { console.error('handler crashed'); process.kill(process.p
 console.log('OK bob@b.test');
 console.log('REPLY-LIKE second line');
 process.exit(mode.startsWith('exit:') ? Number(mode.slice(5)) : 0);
-}
 `,
 );
 

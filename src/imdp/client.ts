@@ -5,6 +5,7 @@ import type { SecureContextOptions, TLSSocket } from 'node:tls';
 import { tempFail } from '../failure.js';
 import { LineError, LineReader } from '../net/lines.js';
 import { connectTls } from '../net/tls.js';
+import { WriteError, closeGently, drained } from '../net/writes.js';
 import { type Answer, MAX_LINE, VERSION, lineText } from './wire.js';
 
 export interface ClientOptions {
@@ -32,7 +33,7 @@ export class ImdpClient {
   static async connect(opts: ClientOptions): Promise<ImdpClient> {
     const where = `${opts.domain} (${opts.host}:${opts.port})`;
     const socket = await connectTls({ host: opts.host, port: opts.port, name: opts.domain, tls: opts.tls, timeout: opts.timeout, where });
-    const reader = new LineReader(socket, { maxLine: MAX_LINE, idleTimeout: opts.timeout, dataTimeout: opts.timeout });
+    const reader = new LineReader(socket, { maxLine: MAX_LINE, idleTimeout: opts.timeout, dataTimeout: opts.timeout, lineName: 'answer' });
     let first: string | null;
     try {
       first = await reader.readLine();
@@ -84,21 +85,16 @@ export class ImdpClient {
     if (n !== size) throw tempFail(`message is ${n} bytes, not the ${size} announced`);
   }
 
+  /** Wait until the server has taken what we wrote: a close, an error or no progress within the timeout is temporary trouble. */
   private async drained(): Promise<void> {
-    const lost = () => tempFail(`${this.opts.domain}: connection lost while sending data`, '4.4.2');
-    if (this.socket.destroyed) throw lost();
-    await new Promise<void>((res, rej) => {
-      const done = (ok: boolean) => () => {
-        this.socket.off('drain', onDrain);
-        this.socket.off('close', onClose);
-        if (ok) res();
-        else rej(lost());
-      };
-      const onDrain = done(true);
-      const onClose = done(false);
-      this.socket.on('drain', onDrain);
-      this.socket.on('close', onClose);
-    });
+    try {
+      await drained(this.socket, this.opts.timeout);
+    } catch (e) {
+      this.socket.destroy();
+      if (!(e instanceof WriteError)) throw e;
+      const why = e.kind === 'timeout' ? e.message.replace(/^peer/, 'the server') : `connection lost while sending data (${e.message})`;
+      throw tempFail(`${this.opts.domain}: ${why}`, '4.4.2');
+    }
   }
 
   /** The next answer: REPLY lines, then one ACCEPT/REJECT/final/ERROR/BYE line. */
@@ -140,7 +136,7 @@ export class ImdpClient {
     if (this.socket.destroyed) return;
     this.write('DONE\n');
     await this.readAnswer().catch(() => undefined);
-    this.socket.end();
+    closeGently(this.socket, this.opts.timeout);
   }
 
   close(): void {

@@ -14,6 +14,7 @@ import { finalFor } from '../results.js';
 import { runStage } from '../stage.js';
 import * as wire from './wire.js';
 import { LineError, LineReader } from '../net/lines.js';
+import { WriteError, backpressure } from '../net/writes.js';
 import type { Peer } from '../net/listen.js';
 import type { Log } from '../log.js';
 import { type Headers, MessageError, type OutEntry, mtimeOf, parseHeaders, readMessage, writeEntries } from '../message/index.js';
@@ -26,10 +27,16 @@ export interface SessionLimits {
   maxMessages: number;
   maxHops: number;
   maxErrors: number;
+  /** Bytes per second DATA must average (after the command timeout); 0 = none. */
+  minDataRate: number;
 }
 
 export interface SessionTimeouts {
   idle: number;
+  /** How long a connection may go without its first MAIL. */
+  firstMessage: number;
+  /** How long one command (a line, or MAIL with its headers) may take once begun. */
+  command: number;
   data: number;
   handler: number;
 }
@@ -61,6 +68,9 @@ interface Announced {
 
 class Drop extends Error {}
 
+/** Bytes of answers the peer has not read yet before we stop reading its commands. */
+export const REPLY_BUFFER = 64 * 1024;
+
 /** Count `received` lines: the hop count. */
 const hops = (h: Headers) => h.getAll('received').length;
 
@@ -80,7 +90,14 @@ export class ImdpSession {
     private readonly cfg: SessionConfig,
   ) {
     const { limits, timeouts } = cfg;
-    this.reader = new LineReader(socket, { maxLine: limits.maxLine, idleTimeout: timeouts.idle, dataTimeout: timeouts.data });
+    this.reader = new LineReader(socket, {
+      maxLine: limits.maxLine,
+      idleTimeout: timeouts.idle,
+      dataTimeout: timeouts.data,
+      commandTimeout: timeouts.command,
+      minRate: limits.minDataRate,
+    });
+    this.reader.deadline('first', timeouts.firstMessage, `no message within ${timeouts.firstMessage / 1000} s`);
   }
 
   private send(s: string): void {
@@ -109,8 +126,11 @@ export class ImdpSession {
         }
         let line: string | null;
         try {
+          // A peer that sends commands but reads no answers is not read from until it does.
+          await backpressure(this.socket, REPLY_BUFFER, this.cfg.timeouts.data);
           line = await this.reader.readLine();
         } catch (e) {
+          if (e instanceof WriteError) throw new Drop(`answers not read: ${e.message}`);
           if (!(e instanceof LineError)) throw e;
           if (e.kind === 'not-utf8' || e.kind === 'control') {
             this.protocolError(e.message);
@@ -198,7 +218,11 @@ export class ImdpSession {
   }
 
   private async mail(size: number): Promise<void> {
-    const block = await this.readHeaderBlock();
+    this.reader.deadline('first', undefined);
+    const { command } = this.cfg.timeouts;
+    // The whole headers entry, however many lines, within one command's time.
+    this.reader.deadline('mail', command, `MAIL and its headers not complete within ${command / 1000} s`);
+    const block = await this.readHeaderBlock().finally(() => this.reader.deadline('mail', undefined));
     if (this.pending) return this.protocolError('MAIL while another message is pending: send DATA or ABORT first');
     const a: Announced = { size, raw: block.raw };
     const { limits } = this.cfg;

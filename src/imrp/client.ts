@@ -6,6 +6,7 @@ import { Failure, tempFail } from '../failure.js';
 import { MAX_LINE } from './wire.js';
 import { LineError, LineReader } from '../net/lines.js';
 import { connectTls } from '../net/tls.js';
+import { closeGently } from '../net/writes.js';
 
 export interface ConnectOptions {
   host: string;
@@ -27,14 +28,21 @@ export class ImrpClient {
     readonly socket: TLSSocket,
     readonly reader: LineReader,
     readonly where: string,
+    private readonly timeout: number,
   ) {}
 
   static async connect(o: ConnectOptions): Promise<ImrpClient> {
     const where = `${o.host}:${o.port}`;
     const socket = await connectTls({ host: o.host, port: o.port, name: o.serverName, tls: o.tls, timeout: o.timeout, where });
-    const c = new ImrpClient(socket, new LineReader(socket, { maxLine: MAX_LINE, idleTimeout: o.timeout, dataTimeout: o.timeout }), where);
-    const greeting = await c.line();
-    if (!/^IMRP 1( |$)/.test(greeting)) throw tempFail(`${where}: not an IMRP server: "${greeting.slice(0, 80)}"`);
+    const limits = { maxLine: MAX_LINE, idleTimeout: o.timeout, dataTimeout: o.timeout, commandTimeout: o.timeout, lineName: 'answer' };
+    const c = new ImrpClient(socket, new LineReader(socket, limits), where, o.timeout);
+    try {
+      const greeting = await c.line();
+      if (!/^IMRP 1( |$)/.test(greeting)) throw tempFail(`${where}: not an IMRP server: "${greeting.slice(0, 80)}"`);
+    } catch (e) {
+      socket.destroy(); // an open socket would keep the process waiting
+      throw e;
+    }
     return c;
   }
 
@@ -70,10 +78,8 @@ export class ImrpClient {
     throw new LoginRefused(`${this.where}: login as ${user} refused: ${l.replace(/^NO /, '')}`);
   }
 
+  /** QUIT and close; a server that takes nothing more is cut after the timeout instead of holding the process. */
   close(): void {
-    if (!this.socket.destroyed) {
-      this.socket.end('QUIT\n');
-      this.socket.destroySoon();
-    }
+    closeGently(this.socket, this.timeout, 'QUIT\n');
   }
 }

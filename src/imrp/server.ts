@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { TLSSocket } from 'node:tls';
-import { PassThrough, Writable } from 'node:stream';
+import { PassThrough } from 'node:stream';
 import { parseAddress } from '../address.js';
 import type { Log } from '../log.js';
 import { type Folder, Mailbox } from '../mailbox.js';
@@ -15,6 +15,7 @@ import { type OutEntry, mtimeOf, parseHeaders, writeEntries } from '../message/i
 import { LineError, LineReader } from '../net/lines.js';
 import type { Peer } from '../net/listen.js';
 import { fingerprint256 } from '../net/tls.js';
+import { WriteError, backpressure, socketSink } from '../net/writes.js';
 import { verifyPassword } from '../password.js';
 import { type Command, ProtocolError, type Summary, parseCommand } from './wire.js';
 import * as wire from './wire.js';
@@ -29,14 +30,19 @@ export interface UserEntry {
 export interface ImrpConfig {
   name: string;
   users: Readonly<Record<string, UserEntry>>;
-  limits: { maxLine: number; maxErrors: number; maxLoginFailures: number };
-  timeouts: { idle: number; data: number; loginDelay: number };
+  /** minDataRate: bytes per second a client must take a FETCH at (after the command timeout); 0 = none. */
+  limits: { maxLine: number; maxErrors: number; maxLoginFailures: number; minDataRate: number };
+  /** ms: idle between commands, to log in, for one command line, for data to move, the delay after a failed login. */
+  timeouts: { idle: number; login: number; command: number; data: number; loginDelay: number };
   log: Log;
   /** Failed logins per client address, shared by all sessions of the server. */
   failures: Map<string, number>;
 }
 
 class Close extends Error {}
+
+/** Bytes of answers the client has not read yet before we stop reading its commands. */
+const REPLY_BUFFER = 64 * 1024;
 
 /** A message's line in LIST: id, folder, content size, date, sender, subject. */
 async function summary(box: Mailbox, id: string, folder: Folder): Promise<Summary> {
@@ -88,7 +94,9 @@ export class ImrpSession {
     private readonly peer: Peer,
     private readonly cfg: ImrpConfig,
   ) {
-    this.reader = new LineReader(socket, { maxLine: cfg.limits.maxLine, idleTimeout: cfg.timeouts.idle, dataTimeout: cfg.timeouts.data });
+    const { idle, data, command, login } = cfg.timeouts;
+    this.reader = new LineReader(socket, { maxLine: cfg.limits.maxLine, idleTimeout: idle, dataTimeout: data, commandTimeout: command });
+    this.reader.deadline('login', login, `no login within ${login / 1000} s`);
   }
 
   private send(s: string): void {
@@ -107,8 +115,11 @@ export class ImrpSession {
         if (stopping.aborted) return this.bye('server shutting down, try again later');
         let line: string | null;
         try {
+          // A client that sends commands but reads no answers is not read from until it does.
+          await backpressure(this.socket, REPLY_BUFFER, this.cfg.timeouts.data);
           line = await this.reader.readLine();
         } catch (e) {
+          if (e instanceof WriteError) throw new Close();
           if (!(e instanceof LineError)) throw e;
           if (e.kind !== 'eof') this.bye(e.message);
           return;
@@ -163,6 +174,7 @@ export class ImrpSession {
     if (ok) {
       this.cfg.failures.delete(addr);
       this.user = user;
+      this.reader.deadline('login', undefined);
       this.view = new Mailbox(entry!.mailbox);
       return this.send(wire.ok(`logged in as ${user}`));
     }
@@ -254,7 +266,9 @@ export class ImrpSession {
       this.send(`MESSAGE ${m.id} ${m.size}\n`);
       // Once announced, the bytes must follow exactly; a failure now ends the connection.
       try {
-        await writeEntries(this.socketSink(), m.entries, m.mtime);
+        const { data, command } = this.cfg.timeouts;
+        const sink = socketSink(this.socket, { stall: data, minRate: this.cfg.limits.minDataRate, grace: command });
+        await writeEntries(sink, m.entries, m.mtime);
       } catch (e) {
         this.cfg.log.error(`session=${this.id} user=${this.user}: ${m.id}: failed while sending: ${(e as Error).message}`);
         throw new Close();
@@ -264,19 +278,6 @@ export class ImrpSession {
     }
     this.cfg.log.info(`session=${this.id} fetch user=${this.user} messages=${n} bytes=${bytes}`);
     if (which === 'NEW') this.send(wire.ok(String(n)));
-  }
-
-  /** A writable onto the socket that respects backpressure and does not end the socket. */
-  private socketSink(): Writable {
-    const socket = this.socket;
-    return new Writable({
-      highWaterMark: 256 * 1024,
-      write(chunk, _e, cb) {
-        if (socket.destroyed) return cb(new Error('connection closed'));
-        if (socket.write(chunk)) cb();
-        else socket.once('drain', () => cb());
-      },
-    });
   }
 
   private async each(ids: string[], act: (ids: string[]) => Promise<number>, what: string): Promise<void> {

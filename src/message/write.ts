@@ -68,7 +68,11 @@ async function writeEntry(pack: tar.Pack, e: OutEntry, mtime: Date): Promise<voi
         data.destroy();
         throw new MessageError(`${e.path}: more than the ${e.size} bytes announced (file changed while being read?)`);
       }
-      if (!sink.write(chunk)) await once(sink, 'drain');
+      if (!sink.write(chunk)) await Promise.race([once(sink, 'drain'), finished]);
+      if (sink.destroyed) {
+        data.destroy();
+        throw new Error(`${e.path}: the message stream closed while writing`);
+      }
     }
     if (n !== e.size) throw new MessageError(`${e.path}: ${n} bytes where ${e.size} were announced (file changed while being read?)`);
     (sink as unknown as { end(): void }).end();
@@ -95,7 +99,12 @@ export async function writeEntries(out: Writable, entries: Iterable<OutEntry> | 
     }
     out.end();
   })();
-  piping.catch(() => {});
+  // A failed destination (a peer gone or stalled) must also end the entry being written, which waits on the pack.
+  let outFailed: unknown;
+  piping.catch((e) => {
+    outFailed = e;
+    pack.destroy(e as Error);
+  });
   const seen = new Set<string>();
   try {
     for await (const e of entries) {
@@ -110,7 +119,7 @@ export async function writeEntries(out: Writable, entries: Iterable<OutEntry> | 
     await outDone;
   } catch (err) {
     pack.destroy(err as Error);
-    throw err;
+    throw outFailed ?? err;
   }
 }
 

@@ -36,6 +36,18 @@ export interface LineLimits {
   idleTimeout: number;
   /** How long data may stall, in ms. */
   dataTimeout: number;
+  /** How long one line may take from its first byte to its LF, in ms (a line dripped a byte at a time). */
+  commandTimeout?: number;
+  /** What the idle timeout's message calls a line: "command" (servers, the default) or "answer" (clients). */
+  lineName?: string;
+  /** Bytes per second that data must average, after a start of commandTimeout; 0 or absent = no minimum. */
+  minRate?: number;
+}
+
+/** An absolute time by which some reading must be done, and the words for when it is not. */
+interface Deadline {
+  at: number;
+  what: string;
 }
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
@@ -54,6 +66,28 @@ export class LineReader {
   }
 
   private filling?: Promise<boolean>;
+  private readonly deadlines = new Map<string, Deadline>();
+
+  /**
+   * Set (or with `ms` undefined, clear) a named deadline for every read until
+   * cleared: a session's "log in within", "the whole MAIL block within".
+   * `what` is the error's text, e.g. "no login within 30 s".
+   */
+  deadline(name: string, ms: number | undefined, what = ''): void {
+    if (ms === undefined) this.deadlines.delete(name);
+    else this.deadlines.set(name, { at: Date.now() + ms, what });
+  }
+
+  /** The wait allowed now: `timeout` or less if a deadline comes first, and the words for running out. */
+  private allowed(timeout: number, idle: string, extra?: Deadline): { ms: number; what: string } {
+    let ms = timeout;
+    let what = idle;
+    for (const d of extra ? [...this.deadlines.values(), extra] : this.deadlines.values()) {
+      const left = d.at - Date.now();
+      if (left < ms) [ms, what] = [left, d.what];
+    }
+    return { ms, what };
+  }
 
   private async fill(): Promise<boolean> {
     const r = await this.iterator.next();
@@ -66,18 +100,20 @@ export class LineReader {
   }
 
   /** Wait for more bytes; false at end of input. One read is in flight at a time, whoever waits for it. */
-  private async more(timeout: number, what: string): Promise<boolean> {
+  private async more(timeout: number, what: string, extra?: Deadline): Promise<boolean> {
     if (this.ended) return false;
+    const wait = this.allowed(timeout, `no ${what} for ${Math.round(timeout / 1000)} s`, extra);
+    if (wait.ms <= 0) throw new LineError('timeout', wait.what);
     this.filling ??= this.fill().finally(() => {
       this.filling = undefined;
     });
     let timer: NodeJS.Timeout | undefined;
     const expired = new Promise<'timeout'>((res) => {
-      timer = setTimeout(() => res('timeout'), timeout);
+      timer = setTimeout(() => res('timeout'), wait.ms);
     });
     try {
       const r = await Promise.race([this.filling, expired]);
-      if (r === 'timeout') throw new LineError('timeout', `no ${what} for ${Math.round(timeout / 1000)} s`);
+      if (r === 'timeout') throw new LineError('timeout', wait.what);
       return r;
     } finally {
       clearTimeout(timer);
@@ -92,7 +128,11 @@ export class LineReader {
   /** The next line without its LF, or null at a clean end of input. CR before LF is refused like any control character. */
   async readLine(maxLine = this.limits.maxLine): Promise<string | null> {
     let searched = 0;
+    // Once a line has begun it must end within the command timeout, however the bytes trickle in.
+    let line: Deadline | undefined;
+    const { commandTimeout } = this.limits;
     for (;;) {
+      if (!line && this.buffered.length && commandTimeout) line = { at: Date.now() + commandTimeout, what: `no line end within ${commandTimeout / 1000} s` };
       const lf = this.buffered.indexOf(0x0a, searched);
       if (lf !== -1) {
         if (lf > maxLine) throw new LineError('too-long', `line longer than ${maxLine} bytes`);
@@ -109,7 +149,7 @@ export class LineReader {
       }
       if (this.buffered.length > maxLine) throw new LineError('too-long', `line longer than ${maxLine} bytes`);
       searched = this.buffered.length;
-      if (!(await this.more(this.limits.idleTimeout, 'command'))) {
+      if (!(await this.more(this.limits.idleTimeout, this.limits.lineName ?? 'command', line))) {
         if (this.buffered.length === 0) return null;
         throw new LineError('eof', 'connection closed in the middle of a line');
       }
@@ -135,8 +175,13 @@ export class LineReader {
   /** Exactly `n` bytes, as they arrive; fails on end of input or a stall longer than the data timeout. */
   async *readBytes(n: number): AsyncGenerator<Buffer> {
     let left = n;
+    const { minRate, commandTimeout } = this.limits;
+    const start = Date.now() + (commandTimeout ?? 0);
+    // With a minimum rate, the bytes so far buy time: one second per minRate bytes after the start.
+    const rate = (): Deadline | undefined =>
+      minRate ? { at: start + ((n - left) / minRate) * 1000, what: `data slower than ${minRate} bytes/s (${n - left} of ${n} bytes)` } : undefined;
     while (left > 0) {
-      if (this.buffered.length === 0 && !(await this.more(this.limits.dataTimeout, 'data'))) {
+      if (this.buffered.length === 0 && !(await this.more(this.limits.dataTimeout, 'data', rate()))) {
         throw new LineError('eof', `connection closed with ${left} of ${n} data bytes still to come`);
       }
       const take = Math.min(left, this.buffered.length);

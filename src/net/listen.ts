@@ -13,6 +13,7 @@ import tls, { type SecureContextOptions, type TLSSocket } from 'node:tls';
 import { usageError } from '../failure.js';
 import type { Log } from '../log.js';
 import { explainCertError, peerX509 } from './tls.js';
+import { closeGently } from './writes.js';
 
 export type Where =
   { mode: 'listen'; host: string; port: number } | { mode: 'inetd'; stdin: Readable; stdout: Writable; remote?: string } | { mode: 'systemd'; fds: number[] };
@@ -89,13 +90,126 @@ export function parseHostPort(s: string): { host: string; port: number } {
   return { host: m[1] ?? (m[2] || '::'), port };
 }
 
-/** End a socket so that what was written reaches the peer; destroy it if the peer does not close in time. */
-export function closeGently(socket: TLSSocket, grace = 5000): void {
-  if (socket.destroyed) return;
-  socket.end();
-  const t = setTimeout(() => socket.destroy(), grace);
-  t.unref();
-  socket.once('close', () => clearTimeout(t));
+/**
+ * Connection slots, counted from the TCP accept on (before any TLS), in
+ * total and per address. The last quarter of the slots is kept for
+ * addresses that hold none yet, so a few greedy addresses cannot fill the
+ * server however many slots each may take.
+ */
+export class Slots {
+  private total = 0;
+  private readonly perAddress = new Map<string, number>();
+
+  /** Take a slot for `address`; the reason when it is refused. */
+  take(address: string, limits: ConnectionLimits): string | undefined {
+    const mine = this.perAddress.get(address) ?? 0;
+    if (this.total >= limits.maxConnections) return 'too many connections';
+    if (mine >= limits.maxPerAddress) return 'too many connections from this address';
+    if (mine > 0 && this.total >= limits.maxConnections - Math.floor(limits.maxConnections / 4))
+      return 'too many connections: the last slots are kept for other addresses';
+    this.total++;
+    this.perAddress.set(address, mine + 1);
+    return undefined;
+  }
+
+  release(address: string): void {
+    this.total--;
+    const left = (this.perAddress.get(address) ?? 1) - 1;
+    if (left) this.perAddress.set(address, left);
+    else this.perAddress.delete(address);
+  }
+}
+
+/** The peer as TLS saw it: its certificate and OpenSSL's verdict on it. */
+function peerOf(socket: TLSSocket, address: string): Peer {
+  const cert = peerX509(socket);
+  const authorized = socket.authorized;
+  return { address, cert, authorized, authError: authorized ? undefined : explainCertError(socket.authorizationError, cert !== undefined) };
+}
+
+/** Which TCP connection a socket rides on (a TLS socket has the same remote address and port as its raw socket). */
+const connectionKey = (s: net.Socket) => `${s.remoteAddress}:${s.remotePort}`;
+
+/**
+ * The TLS server: slots taken at the TCP accept, each verified connection
+ * handed to `handle`. A slot is given back when its connection closes, or
+ * earlier through `free` when its session is over (a socket may linger a
+ * little while its last bytes drain).
+ */
+function tlsServer(current: () => Settings, log: Log, handle: (socket: TLSSocket) => void, free: Map<string, () => void>): tls.Server {
+  const { tls: context, limits } = current();
+  const server = tls.createServer({
+    ...context,
+    requestCert: true,
+    // OpenSSL verifies (chain, dates, purpose); the verdict is enforced in
+    // the session runner so the peer gets a line saying why instead of a bare alert.
+    rejectUnauthorized: false,
+    handshakeTimeout: limits.handshakeTimeout,
+  });
+  const slots = new Slots();
+  server.on('connection', (raw: net.Socket) => {
+    const address = raw.remoteAddress ?? 'unknown';
+    const refused = slots.take(address, current().limits);
+    if (refused) {
+      log.warn(`${address}: connection dropped: ${refused}`);
+      raw.destroy();
+      return;
+    }
+    const key = connectionKey(raw);
+    let held = true;
+    const release = () => {
+      if (!held) return;
+      held = false;
+      slots.release(address);
+      if (free.get(key) === release) free.delete(key);
+    };
+    free.set(key, release);
+    raw.once('close', release);
+  });
+  server.on('secureConnection', handle);
+  server.on('tlsClientError', (e: Error & { code?: string }, socket: TLSSocket) => {
+    log.info(`${socket.remoteAddress ?? 'unknown'}: TLS handshake failed: ${e.code ?? e.message}`);
+    socket.destroy(); // Node does not close the socket on ERR_TLS_HANDSHAKE_TIMEOUT by itself
+  });
+  return server;
+}
+
+/** Serve the one connection on stdin/stdout (inetd, systemd Accept=yes); resolve when it is over. */
+async function serveInetd(server: tls.Server, where: Extract<Where, { mode: 'inetd' }>, sessions: Set<Promise<void>>): Promise<void> {
+  // A socket there gets a fresh read-write handle (Node opens stdin
+  // read-only); anything else (pipes) goes through a generic duplex. Either
+  // is handed to the same TLS server as an accepted connection.
+  const fd = (where.stdin as net.Socket & { _handle?: { fd?: number } })._handle?.fd;
+  const conn =
+    where.stdin instanceof net.Socket && fd !== undefined && fd >= 0
+      ? new net.Socket({ fd, readable: true, writable: true })
+      : Duplex.from({ readable: where.stdin, writable: where.stdout });
+  const closed = new Promise<void>((res) => conn.once('close', () => res()));
+  server.emit('connection', conn);
+  await closed;
+  await Promise.all([...sessions]);
+}
+
+/** Listen (an address or an inherited socket) and resolve once the server has closed and every session is over. */
+async function serveListening(server: tls.Server, where: Exclude<Where, { mode: 'inetd' }>, sessions: Set<Promise<void>>, opts: ServeOptions): Promise<void> {
+  const { log } = opts;
+  const listening = new Promise<void>((res, rej) => {
+    server.once('listening', res);
+    server.once('error', rej);
+  });
+  if (where.mode === 'listen') server.listen({ host: where.host, port: where.port });
+  else {
+    if (where.fds.length > 1) log.warn(`LISTEN_FDS=${where.fds.length}: serving the first socket only`);
+    server.listen({ fd: where.fds[0] });
+  }
+  await listening;
+  const a = server.address();
+  if (a && typeof a === 'object') {
+    log.info(`listening on ${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`);
+    opts.onListening?.(a);
+  } else log.info(`listening on inherited socket(s) ${where.mode === 'systemd' ? where.fds.join(', ') : ''}`);
+  await new Promise<void>((res) => server.once('close', res));
+  await Promise.all([...sessions]);
 }
 
 /** Run the server until it is told to stop and every session is over. */
@@ -104,18 +218,16 @@ export async function serve(where: Where, initial: Settings, hooks: Hooks, opts:
   const { log } = opts;
   const stopping = new AbortController();
   const sessions = new Set<Promise<void>>();
-  const perAddress = new Map<string, number>();
-  let total = 0;
+  const open = new Set<TLSSocket>();
 
-  const handle = (socket: TLSSocket, address: string) => {
-    total++;
-    perAddress.set(address, (perAddress.get(address) ?? 0) + 1);
+  const handle = (socket: TLSSocket) => {
+    const address = socket.remoteAddress ?? 'unknown';
+    open.add(socket);
+    socket.once('close', () => open.delete(socket));
     socket.on('error', (e) => log.debug(`${address}: ${e.message}`));
     const done = (async () => {
-      const cert = peerX509(socket);
-      const authorized = socket.authorized;
-      const peer: Peer = { address, cert, authorized, authError: authorized ? undefined : explainCertError(socket.authorizationError, cert !== undefined) };
-      if (!authorized && settings.clientCert === 'required') {
+      const peer = peerOf(socket, address);
+      if (!peer.authorized && settings.clientCert === 'required') {
         log.info(`${address}: refused: ${peer.authError}`);
         hooks.refuse(socket, peer.authError!);
         return;
@@ -124,57 +236,15 @@ export async function serve(where: Where, initial: Settings, hooks: Hooks, opts:
     })()
       .catch((e) => log.error(`${address}: session failed: ${(e as Error).message}`))
       .finally(() => {
-        total--;
-        const left = (perAddress.get(address) ?? 1) - 1;
-        if (left) perAddress.set(address, left);
-        else perAddress.delete(address);
+        free.get(connectionKey(socket))?.();
         closeGently(socket);
         sessions.delete(done);
       });
     sessions.add(done);
   };
-
-  const serverOptions = () => ({
-    ...settings.tls,
-    requestCert: true,
-    // OpenSSL verifies (chain, dates, purpose); the verdict is enforced in
-    // handle() so the peer gets a line saying why instead of a bare alert.
-    rejectUnauthorized: false,
-    handshakeTimeout: settings.limits.handshakeTimeout,
-  });
-
-  const server = tls.createServer(serverOptions());
-  server.on('connection', (raw: net.Socket) => {
-    const address = raw.remoteAddress ?? 'unknown';
-    if (total >= settings.limits.maxConnections || (perAddress.get(address) ?? 0) >= settings.limits.maxPerAddress) {
-      log.warn(
-        `${address}: connection dropped: ${total >= settings.limits.maxConnections ? 'too many connections' : 'too many connections from this address'}`,
-      );
-      raw.destroy();
-    }
-  });
-  server.on('secureConnection', (socket: TLSSocket) => handle(socket, socket.remoteAddress ?? 'unknown'));
-  server.on('tlsClientError', (e: Error & { code?: string }, socket: TLSSocket) => {
-    log.info(`${socket.remoteAddress ?? 'unknown'}: TLS handshake failed: ${e.code ?? e.message}`);
-    socket.destroy(); // Node does not close the socket on ERR_TLS_HANDSHAKE_TIMEOUT by itself
-  });
-
-  if (where.mode === 'inetd') {
-    // The connection is on stdin/stdout (inetd, systemd Accept=yes). A
-    // socket there gets a fresh read-write handle (Node opens stdin
-    // read-only); anything else (pipes) goes through a generic duplex. Either
-    // is handed to the same TLS server as an accepted connection.
-    const fd = (where.stdin as net.Socket & { _handle?: { fd?: number } })._handle?.fd;
-    const conn =
-      where.stdin instanceof net.Socket && fd !== undefined && fd >= 0
-        ? new net.Socket({ fd, readable: true, writable: true })
-        : Duplex.from({ readable: where.stdin, writable: where.stdout });
-    const closed = new Promise<void>((res) => conn.once('close', () => res()));
-    server.emit('connection', conn);
-    await closed;
-    await Promise.all([...sessions]);
-    return;
-  }
+  const free = new Map<string, () => void>();
+  const server = tlsServer(() => settings, log, handle, free);
+  if (where.mode === 'inetd') return serveInetd(server, where, sessions);
 
   const stop = () => {
     if (stopping.signal.aborted) return;
@@ -183,17 +253,9 @@ export async function serve(where: Where, initial: Settings, hooks: Hooks, opts:
     server.close();
     const cut = setTimeout(() => {
       log.warn(`stopping: ${sessions.size} session(s) still open after ${settings.limits.shutdownTimeout / 1000} s, cutting them`);
-      cutAll();
+      for (const s of open) s.destroy();
     }, settings.limits.shutdownTimeout);
     cut.unref();
-  };
-  const open = new Set<TLSSocket>();
-  server.on('secureConnection', (s: TLSSocket) => {
-    open.add(s);
-    s.once('close', () => open.delete(s));
-  });
-  const cutAll = () => {
-    for (const s of open) s.destroy();
   };
   const reload = async () => {
     if (!hooks.reload) return;
@@ -211,25 +273,8 @@ export async function serve(where: Where, initial: Settings, hooks: Hooks, opts:
   opts.signals?.on('SIGINT', stop);
   opts.signals?.on('SIGHUP', onHup);
   opts.signal?.addEventListener('abort', stop, { once: true });
-
   try {
-    const listening = new Promise<void>((res, rej) => {
-      server.once('listening', res);
-      server.once('error', rej);
-    });
-    if (where.mode === 'listen') server.listen({ host: where.host, port: where.port });
-    else {
-      if (where.fds.length > 1) log.warn(`LISTEN_FDS=${where.fds.length}: serving the first socket only`);
-      server.listen({ fd: where.fds[0] });
-    }
-    await listening;
-    const a = server.address();
-    if (a && typeof a === 'object') {
-      log.info(`listening on ${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`);
-      opts.onListening?.(a);
-    } else log.info(`listening on inherited socket(s) ${where.mode === 'systemd' ? where.fds.join(', ') : ''}`);
-    await new Promise<void>((res) => server.once('close', res));
-    await Promise.all([...sessions]);
+    await serveListening(server, where, sessions, opts);
   } finally {
     opts.signals?.off('SIGTERM', stop);
     opts.signals?.off('SIGINT', stop);

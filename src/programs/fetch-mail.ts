@@ -34,6 +34,7 @@ const schema = table({
   mailbox: optional(string(), '~/Mail'),
   keep: optional(boolean(), false),
   timeout: optional(duration(), 60_000),
+  deadline: optional(duration(), 3_600_000),
   max_message_bytes: optional(size({ min: 1024 }), DEFAULT_LIMITS.maxTotalBytes),
 });
 type Config = ReturnType<typeof schema.parse>;
@@ -124,6 +125,12 @@ export async function main(args: string[], io: Io): Promise<number> {
     tls: tlsOptions,
     timeout: config.timeout,
   });
+  // However the server trickles its bytes, the whole run ends by the deadline.
+  let late = false;
+  const deadline = setTimeout(() => {
+    late = true;
+    client.socket.destroy();
+  }, config.deadline);
   let fetched = 0;
   let bytes = 0;
   let invalid = 0;
@@ -206,7 +213,14 @@ export async function main(args: string[], io: Io): Promise<number> {
     for (; acks > 0; acks--) await client.ok(keep ? 'SEEN' : 'DELETE');
     client.send('FOLDERS');
     for (let l = await client.line(); !l.startsWith('OK'); l = await client.line()) left += Number(/^FOLDER \S+ (\d+)$/.exec(l)?.[1] ?? 0);
+  } catch (e) {
+    if (!late) throw e;
+    throw new Failure(
+      'temporary',
+      `${client.where}: not done within the deadline of ${config.deadline / 1000} s (deadline in ${source.file ?? 'fetch-mail.toml'})`,
+    );
   } finally {
+    clearTimeout(deadline);
     // Stored but not yet told (a failure cut the run short): tell the server before leaving.
     if (durable.length && !client.socket.destroyed) acknowledge();
     client.close();

@@ -9,7 +9,7 @@ import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import type { Argv } from 'yargs';
 import { start } from '../cli.js';
-import { type Located, boolean, configPath, mailboxPathProblem, duration, integer, list, loadConfig, map, optional, string, table } from '../config.js';
+import { type Located, boolean, configPath, mailboxPathProblem, duration, integer, list, loadConfig, map, optional, size, string, table } from '../config.js';
 import { EXIT, configError, usageError } from '../failure.js';
 import { IMRP_PORT, MAX_LINE, bye } from '../imrp/wire.js';
 import { ImrpSession, type ImrpConfig } from '../imrp/server.js';
@@ -48,10 +48,13 @@ const schema = table({
     max_connections_per_address: optional(integer({ min: 1 }), 10),
     max_login_failures: optional(integer({ min: 1 }), 5),
     max_errors: optional(integer({ min: 0 }), 10),
+    min_data_rate: optional(size({ min: 0 }), 1024),
   }),
   timeouts: table({
-    handshake: optional(duration(), 30_000),
+    handshake: optional(duration(), 10_000),
+    login: optional(duration(), 30_000),
     idle: optional(duration(), 300_000),
+    command: optional(duration(), 60_000),
     data: optional(duration(), 120_000),
     shutdown: optional(duration(), 60_000),
     login_delay: optional(duration(), 1000),
@@ -116,8 +119,19 @@ function sessionOf(config: Config, source: Located, log: Log, failures: Map<stri
   return {
     name: config.name,
     users,
-    limits: { maxLine: config.limits.max_line, maxErrors: config.limits.max_errors, maxLoginFailures: config.limits.max_login_failures },
-    timeouts: { idle: config.timeouts.idle, data: config.timeouts.data, loginDelay: config.timeouts.login_delay },
+    limits: {
+      maxLine: config.limits.max_line,
+      maxErrors: config.limits.max_errors,
+      maxLoginFailures: config.limits.max_login_failures,
+      minDataRate: config.limits.min_data_rate,
+    },
+    timeouts: {
+      idle: config.timeouts.idle,
+      login: config.timeouts.login,
+      command: config.timeouts.command,
+      data: config.timeouts.data,
+      loginDelay: config.timeouts.login_delay,
+    },
     log,
     failures,
   };

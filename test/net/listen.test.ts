@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import { once } from 'node:events';
+import net from 'node:net';
 import { PassThrough } from 'node:stream';
 import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
@@ -130,6 +132,53 @@ test('listen: connections over the per-address limit are dropped, others go on',
   assert.equal(d, 'ECHO ping\n');
   a.socket.end();
   b.socket.end();
+  s.stop.abort();
+  await s.done;
+});
+
+/** A raw TCP connection that never starts TLS; resolves once connected. */
+async function silent(port: number, localAddress = '127.0.0.1'): Promise<net.Socket> {
+  const s = net.connect({ port, host: '127.0.0.1', localAddress });
+  s.on('error', () => {});
+  await once(s, 'connect');
+  return s;
+}
+
+/** Resolves when the socket closes; rejects after `ms`. */
+function closedWithin(s: net.Socket, ms: number): Promise<void> {
+  if (s.destroyed && s.closed) return Promise.resolve();
+  return new Promise((res, rej) => {
+    const t = setTimeout(() => rej(new Error(`still open after ${ms} ms`)), ms);
+    s.once('close', () => {
+      clearTimeout(t);
+      res();
+    });
+  });
+}
+
+test('listen: silent TCP connections count from the accept: those beyond max_connections are closed at once, not after the handshake timeout', async () => {
+  const s = await start({ maxConnections: 3, maxPerAddress: 10, handshakeTimeout: 60_000 });
+  const held = [await silent(s.port, '127.0.0.2'), await silent(s.port, '127.0.0.3'), await silent(s.port, '127.0.0.4')];
+  const over = [await silent(s.port), await silent(s.port, '127.0.0.5')];
+  await Promise.all(over.map((o) => closedWithin(o, 5000)));
+  assert.ok(
+    held.every((h) => !h.destroyed),
+    'the first three are still open',
+  );
+  for (const h of held) h.destroy();
+  s.stop.abort();
+  await s.done;
+});
+
+test('listen: one greedy address cannot take the last quarter of the slots; a normal client still gets in', async () => {
+  const s = await start({ maxConnections: 8, maxPerAddress: 8, handshakeTimeout: 60_000 });
+  const greedy: net.Socket[] = [];
+  for (let i = 0; i < 8; i++) greedy.push(await silent(s.port, '127.0.0.2'));
+  await Promise.all(greedy.slice(6).map((g) => closedWithin(g, 5000)));
+  const { socket, first } = await connect(s.port, client);
+  assert.equal(first, 'HELLO a.test 64', 'the normal client from another address is served');
+  socket.end();
+  for (const g of greedy) g.destroy();
   s.stop.abort();
   await s.done;
 });

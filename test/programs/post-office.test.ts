@@ -9,16 +9,12 @@ import { after, before, describe, it } from 'node:test';
 import tls from 'node:tls';
 import { X509Certificate } from 'node:crypto';
 import { fingerprint256 } from '../../src/net/tls.js';
-import { BIN, type Listening, runBin, startListening, tempDir, testEnv } from '../helpers.js';
-import { Pki } from '../pki.js';
+import { BIN, type Listening, runBin, startListening, testEnv } from '../helpers.js';
+import { boxes, deliver, dir, pki, server } from '../imrp-fixture.js';
 import { END, HEADERS, entry, header, tarOf } from '../tarbuild.js';
 
-const dir = tempDir('ima-imrp-');
-const pki = new Pki(dir);
-const server = pki.server('b.test');
 const bobCert = pki.user('bob');
 const malloryCert = pki.user('mallory');
-const boxes = join(dir, 'mail');
 const big = Buffer.alloc(20 * 1024 * 1024);
 for (let i = 0; i < big.length; i += 4) big.writeUInt32LE((i * 2654435761) >>> 0, i);
 writeFileSync(join(dir, 'big.bin'), big);
@@ -26,19 +22,6 @@ writeFileSync(join(dir, 'big.bin'), big);
 let po: Listening;
 let strict: Listening;
 let port = 0;
-
-async function deliver(user: string, n: number, extra: string[] = []): Promise<string[]> {
-  for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(boxes, user, f), { recursive: true });
-  const ids: string[] = [];
-  for (let i = 0; i < n; i++) {
-    const m = await runBin('make-message', ['-r', 'alice@a.test', '-s', `message ${i}`, '--text', `hello ${i}\n`, ...extra, `${user}@b.test`], { cwd: dir });
-    assert.equal(m.code, 0, m.stderr);
-    const g = await runBin('give-recipient', [join(boxes, user)], { input: m.stdout });
-    assert.equal(g.code, 0, g.stderr);
-    ids.push(/message-id: urn:uuid:(\S+)/.exec(m.stdout.toString('latin1'))![1]);
-  }
-  return ids;
-}
 
 function fetchConfig(name: string, extra: string): string {
   const f = join(dir, `${name}.toml`);

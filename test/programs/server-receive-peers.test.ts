@@ -1,13 +1,12 @@
 // server-receive with real peers: systemd-socket-activate (inetd and
 // LISTEN_FDS modes) and openssl s_client.
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { readdirSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { BIN, runCommand, testEnv } from '../helpers.js';
+import { type Activated, runCommand, socketActivate } from '../helpers.js';
 import { HANDLER, certs, config, connect, dir, headersOf, message, basicFields, outDir, pki, startServer } from '../imdp-fixture.js';
 
 const children: ChildProcess[] = [];
@@ -15,37 +14,13 @@ after(() => {
   for (const c of children) if (c.exitCode === null) c.kill('SIGTERM');
 });
 
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((res) => s.listen(0, '127.0.0.1', () => res()));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((res) => s.close(() => res()));
-  return port;
-}
-
-async function activate(extraArgs: string[], serverArgs: string[], out: string): Promise<{ port: number; child: ChildProcess; err: () => string }> {
-  const file = join(dir, `activated-${extraArgs.join('')}.toml`);
+/** server-receive under systemd-socket-activate with a handler writing into `out`, stopped after the tests. */
+async function activate(activateArgs: string[], serverArgs: string[], out: string): Promise<Activated> {
+  const file = join(dir, `activated-${activateArgs.join('')}.toml`);
   writeFileSync(file, config({ handler: ['node', HANDLER, 'ok', out] }));
-  const port = await freePort();
-  // It passes on only the variables it is told to: IMA_ALLOW_ROOT for a root CI (see testEnv).
-  const child = spawn(
-    'systemd-socket-activate',
-    [`--listen=127.0.0.1:${port}`, '--setenv=IMA_ALLOW_ROOT=1', ...extraArgs, join(BIN, 'server-receive'), '--config', file, ...serverArgs],
-    {
-      env: testEnv(),
-      stdio: ['ignore', 'ignore', 'pipe'],
-    },
-  );
-  children.push(child);
-  let err = '';
-  await new Promise<void>((res, rej) => {
-    child.stderr!.on('data', (d) => {
-      err += d;
-      if (/Listening on/.test(err)) res();
-    });
-    child.on('exit', (c) => rej(new Error(`systemd-socket-activate exited ${c}: ${err}`)));
-  });
-  return { port, child, err: () => err };
+  const a = await socketActivate('server-receive', activateArgs, ['--config', file, ...serverArgs]);
+  children.push(a.child);
+  return a;
 }
 
 async function oneMessage(port: number): Promise<string> {

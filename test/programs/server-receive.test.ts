@@ -343,10 +343,7 @@ test('server-receive: SIGHUP re-reads the config and the certificate files', asy
   const configFile = /--config (\S+)/.exec(s.proc.spawnargs.join(' '))![1];
   writeFileSync(configFile, cfg({ cert: certFile, extra: '[limits]\nmax_message_bytes = 2048\n' }));
   s.proc.kill('SIGHUP');
-  await new Promise<void>((res) => {
-    const check = () => (/reloaded configuration and certificates/.test(s.stderr()) ? res() : setTimeout(check, 20));
-    check();
-  });
+  await s.waitLog(/reloaded configuration and certificates/);
   const after = await fingerprint();
   assert.notEqual(after, before);
   const c = await connect(s.port);
@@ -355,10 +352,7 @@ test('server-receive: SIGHUP re-reads the config and the certificate files', asy
   await c.done();
   writeFileSync(configFile, 'domain = 42\n');
   s.proc.kill('SIGHUP');
-  await new Promise<void>((res) => {
-    const check = () => (/reload failed, keeping the old configuration: .*domain: must be a string/.test(s.stderr()) ? res() : setTimeout(check, 20));
-    check();
-  });
+  await s.waitLog(/reload failed, keeping the old configuration: .*domain: must be a string/);
   assert.equal(await fingerprint(), after, 'still serving with the last good settings');
 });
 
