@@ -4,9 +4,10 @@
 // find each domain's server.
 import { randomUUID } from 'node:crypto';
 import { promises as dns } from 'node:dns';
+import { type Dns, type ImdpService, orderSrv } from '../net/dns.js';
 import { PassThrough, type Readable } from 'node:stream';
 import { type Address, AddressError, addressKey, asciiDomain, formatAddressList, mailboxOf, parseAddressList } from '../address.js';
-import { dataError } from '../failure.js';
+import { asFailure, dataError } from '../failure.js';
 import { IMDP_PORT } from './wire.js';
 import { type Headers, type MessageLimits, type OutEntry, mtimeOf, readMessage, writeEntries } from '../message/index.js';
 import { formatResult, parseResult } from '../results.js';
@@ -165,21 +166,64 @@ export function parseTarget(s: string): { host: string; port: number } {
   return { host: m[1] ?? m[2], port: m[3] ? Number(m[3]) : IMDP_PORT };
 }
 
-/** The server of a domain: the config table, then DNS SRV _imdp._tcp, then the domain itself on the IMDP port. */
+/**
+ * The server of a domain: the config table, then DNS SRV _imdp._tcp, then the
+ * domain itself on the IMDP port. Superseded by routeDomain (fall-back,
+ * legacy = "auto"); kept until callers written before it move over.
+ */
 export async function findServer(domain: string, table: Record<string, string>, useSrv: boolean): Promise<Target> {
   const configured = table[domain];
   if (configured) return { ...parseTarget(configured), via: 'config' };
   if (useSrv) {
     try {
       const records = await dns.resolveSrv(`_imdp._tcp.${domain}`);
-      records.sort((a, b) => a.priority - b.priority || b.weight - a.weight);
-      const best = records.find((r) => r.name && r.name !== '.');
+      const best = orderSrv(records).find((r) => r.name && r.name !== '.');
       if (best) return { host: best.name, port: best.port, via: 'srv' };
     } catch {
       // No SRV record (or no DNS): fall back to the domain itself.
     }
   }
   return { host: domain, port: IMDP_PORT, via: 'domain' };
+}
+
+/** Which way one domain goes: IMDP to these targets (in order), the legacy command, or nowhere (and why). */
+export type Route = { way: 'imdp'; targets: Target[] } | { way: 'legacy'; why: string } | { way: 'refused'; temporary: boolean; reason: string };
+
+export interface RouteConfig {
+  /** [servers]: domain -> "host[:port]". */
+  servers: Record<string, string>;
+  /** ASCII domains configured as legacy. */
+  legacyDomains: ReadonlySet<string>;
+  dnsSrv: boolean;
+  /** "auto": a domain without IMDP in DNS goes to SMTP; "never": to the domain itself on port 4690. */
+  legacy: 'auto' | 'never';
+  dns: Dns;
+}
+
+/**
+ * DESIGN.md 8: the config table first, then DNS SRV _imdp._tcp.DOMAIN (its
+ * targets in RFC 2782 order; a lone "." target says the domain has no IMDP),
+ * else SMTP when legacy = "auto". DNS trouble refuses the domain for now:
+ * guessing SMTP for an IMA domain whose DNS is down would send it the wrong way.
+ */
+export async function routeDomain(domain: string, c: RouteConfig): Promise<Route> {
+  if (c.legacyDomains.has(domain)) return { way: 'legacy', why: 'legacy_domains' };
+  const configured = c.servers[domain];
+  if (configured) return { way: 'imdp', targets: [{ ...parseTarget(configured), via: 'config' }] };
+  let srv: ImdpService = { kind: 'absent' };
+  if (c.dnsSrv) {
+    try {
+      srv = await c.dns.imdp(domain);
+    } catch (e) {
+      return { way: 'refused', temporary: true, reason: asFailure(e).message };
+    }
+  }
+  if (srv.kind === 'targets') return { way: 'imdp', targets: srv.targets.map((t) => ({ ...t, via: 'srv' as const })) };
+  if (c.legacy === 'auto') return { way: 'legacy', why: srv.kind === 'none' ? 'its SRV record says no IMDP' : 'no IMDP SRV record' };
+  if (srv.kind === 'none') {
+    return { way: 'refused', temporary: false, reason: `${domain}: its _imdp._tcp SRV record says it has no IMDP server, and legacy = "never" here` };
+  }
+  return { way: 'imdp', targets: [{ host: domain, port: IMDP_PORT, via: 'domain' }] };
 }
 
 /** Result lines a server relayed (REPLY) that name one of our recipients: "WORD address ...". */

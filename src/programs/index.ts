@@ -16,6 +16,7 @@ export const PROGRAMS = [
   'queue-mail',
   'run-queue',
   'list-queue',
+  'smtp-send',
 ] as const;
 export type ProgramName = (typeof PROGRAMS)[number];
 

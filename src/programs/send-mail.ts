@@ -2,6 +2,10 @@
 // (ima(7)): headers first to all of them, data only when every one said
 // ACCEPT, in parallel, from one spooled copy; one result line per recipient.
 //
+// Which way a domain goes: the config ([servers], legacy_domains), then DNS
+// SRV _imdp._tcp (IMDP, targets in RFC 2782 order, the next on connection
+// failure), else SMTP through legacy_command when legacy = "auto".
+//
 // It does not queue or retry (a failed run leaves the sender holding the
 // message, exit 75 or 1 says which), does not speak SMTP (legacy domains go
 // to the configured command), and never shows a domain another domain's bcc.
@@ -12,11 +16,12 @@ import type { Argv } from 'yargs';
 import { type Address, AddressError, asciiDomain, domainProblem, mailboxOf, parseAddressList } from '../address.js';
 import { start } from '../cli.js';
 import { type Located, boolean, command, duration, list, map, optional, size, string, table } from '../config.js';
-import { type Failure, asFailure, configError, noInput, usageError } from '../failure.js';
+import { type Failure, asFailure, configError, noInput, tempFail, usageError } from '../failure.js';
 import { ImdpClient } from '../imdp/client.js';
 import { type Answer, isTemporary } from '../imdp/wire.js';
 import { DEFAULT_LIMITS } from '../message/index.js';
-import { type Group, type Prepared, copyFor, findServer, groupRecipients, prepare, relayedResult } from '../imdp/send.js';
+import { type Group, type Prepared, type Route, type Target, copyFor, groupRecipients, prepare, relayedResult, routeDomain } from '../imdp/send.js';
+import { Dns, dnsServerProblem } from '../net/dns.js';
 import type { Io } from '../io.js';
 import { type Word, exitFor, formatResult, parseResult } from '../results.js';
 import { commandProblem, runStage } from '../stage.js';
@@ -27,6 +32,8 @@ const schema = table({
   tls: tlsSchema(),
   servers: map(string({ nonEmpty: true }), domainProblem),
   dns_srv: optional(boolean(), true),
+  dns_servers: optional(list(string({ check: dnsServerProblem })), [] as string[]),
+  legacy: optional(string({ oneOf: ['auto', 'never'] }), 'auto'),
   legacy_domains: optional(list(string({ check: domainProblem })), [] as string[]),
   legacy_command: optional(command(), ['smtp-send']),
   max_message_bytes: optional(size({ min: 1024 }), 100 * 1024 * 1024),
@@ -44,6 +51,7 @@ const options = (y: Argv) =>
 /** Where one domain's delivery stands. */
 interface Leg {
   group: Group;
+  route: Route;
   client?: ImdpClient;
   /** Refusal or failure before DATA. */
   refused?: { temporary: boolean; reason: string };
@@ -56,9 +64,9 @@ interface Leg {
   legacyCode?: number;
 }
 
-/** Everything a start checks, for --check-config too: our certificate names our domain; the legacy command runs. */
+/** Everything a start checks, for --check-config too: our certificate names our domain; the legacy command runs (if any domain may go there). */
 function check(config: Config, source: Located, io: Io): TlsMaterial {
-  const problem = config.legacy_domains.length ? commandProblem(config.legacy_command, io.env, io.cwd) : undefined;
+  const problem = config.legacy_domains.length || config.legacy === 'auto' ? commandProblem(config.legacy_command, io.env, io.cwd) : undefined;
   if (problem) throw configError(source.file ?? 'send-mail.toml', 'legacy_command', problem);
   return tlsFromConfig(config.tls, source, 'send-mail', config.domain);
 }
@@ -76,18 +84,18 @@ export async function main(args: string[], io: Io): Promise<number> {
   try {
     const groups = groupRecipients(prepared.headers, envelopeOf(argv.recipient));
     if (groups.length === 0) throw usageError('the message has no recipients (to, cc, bcc)');
-    const legacy = new Set(config.legacy_domains.map((d) => asciiDomain(d)));
-    const legs: Leg[] = groups.map((group) => ({ group }));
-    const imdp = legs.filter((l) => !legacy.has(l.group.domain));
+    const dns = new Dns(config.dns_servers);
+    const legs = await routeAll(groups, config, dns);
+    const imdp = legs.filter((l) => l.route.way === 'imdp');
     const tls = contextOptions(material);
     // Phase 1: connect and announce everywhere, in parallel.
-    await Promise.all(imdp.map((leg) => announce(leg, prepared, tls, config)));
-    const refused = imdp.filter((l) => l.refused);
+    await Promise.all(imdp.map((leg) => announce(leg, prepared, tls, config, dns)));
+    const refused = legs.filter((l) => l.refused);
     if (refused.length) return await notSent(imdp, legs, io, log);
     // Phase 2: data to every server (and the legacy command), in parallel.
     await Promise.all([
       ...imdp.map((leg) => sendData(leg, prepared, config.timeouts.result)),
-      ...legs.filter((l) => legacy.has(l.group.domain)).map((leg) => runLegacy(leg, prepared, config.legacy_command, config.timeouts.legacy, io)),
+      ...legs.filter((l) => l.route.way === 'legacy').map((leg) => runLegacy(leg, prepared, config.legacy_command, config.timeouts.legacy, io)),
     ]);
     return report(legs, io);
   } finally {
@@ -120,7 +128,7 @@ async function notSent(imdp: Leg[], legs: Leg[], io: Io, log: { warn(m: string):
       await l.client?.done().catch(() => {});
     }),
   );
-  const refused = imdp.filter((l) => l.refused);
+  const refused = legs.filter((l) => l.refused);
   const domains = refused.map((l) => l.group.domain).join(', ');
   const words: Word[] = [];
   for (const l of legs) {
@@ -144,23 +152,53 @@ async function openFile(file: string): Promise<Readable> {
   return stream;
 }
 
-async function announce(
-  leg: Leg,
-  p: Prepared,
-  tls: ReturnType<typeof contextOptions>,
-  config: { servers: Record<string, string>; dns_srv: boolean; timeouts: { connect: number; result: number } },
-): Promise<void> {
+/** Each domain's way (IMDP, legacy, or refused before a byte is sent), decided for all domains at once. */
+async function routeAll(groups: Group[], config: Config, dns: Dns): Promise<Leg[]> {
+  const rc = {
+    servers: config.servers,
+    legacyDomains: new Set(config.legacy_domains.map((d) => asciiDomain(d))),
+    dnsSrv: config.dns_srv,
+    legacy: config.legacy as 'auto' | 'never',
+    dns,
+  };
+  return Promise.all(
+    groups.map(async (group) => {
+      const route = await routeDomain(group.domain, rc);
+      const leg: Leg = { group, route };
+      if (route.way === 'refused') leg.refused = { temporary: route.temporary, reason: route.reason };
+      return leg;
+    }),
+  );
+}
+
+/** Connect to the first target that answers (RFC 2782: on failure, the next); the error of each when none does. */
+async function connectFirst(targets: Target[], domain: string, dns: Dns, tls: ReturnType<typeof contextOptions>, config: Config): Promise<ImdpClient> {
+  const errors: string[] = [];
+  for (const target of targets) {
+    let addresses: string[];
+    try {
+      addresses = await dns.addresses(target.host);
+    } catch (e) {
+      errors.push(asFailure(e).message);
+      continue;
+    }
+    if (addresses.length === 0) errors.push(`${target.host}: no address (A/AAAA)`);
+    for (const host of addresses) {
+      try {
+        return await ImdpClient.connect({ host, port: target.port, domain, tls, timeout: config.timeouts.connect, resultTimeout: config.timeouts.result });
+      } catch (e) {
+        errors.push(asFailure(e).message);
+      }
+    }
+  }
+  throw tempFail(errors.join('; '), '4.4.1');
+}
+
+async function announce(leg: Leg, p: Prepared, tls: ReturnType<typeof contextOptions>, config: Config, dns: Dns): Promise<void> {
   const { domain } = leg.group;
+  if (leg.route.way !== 'imdp') return;
   try {
-    const target = await findServer(domain, config.servers, config.dns_srv);
-    leg.client = await ImdpClient.connect({
-      host: target.host,
-      port: target.port,
-      domain,
-      tls,
-      timeout: config.timeouts.connect,
-      resultTimeout: config.timeouts.result,
-    });
+    leg.client = await connectFirst(leg.route.targets, domain, dns, tls, config);
     const copy = await copyFor(p, leg.group);
     leg.client.sendMail(copy.headersRaw, copy.size);
     const a = await leg.client.readAnswer();

@@ -1,0 +1,87 @@
+// The message smtp-send sends: the IMA message read and checked as every
+// reader does, its MIME form (ima-mime(7), CRLF, no bcc) spooled once, and
+// the DKIM signatures of the author domain's keys in front; a fresh stream of
+// it for every host tried. Memory stays flat: parts and MIME spool to files.
+import { PassThrough, Readable } from 'node:stream';
+import { type Address, AddressError, parseAddressList } from '../address.js';
+import { dataError } from '../failure.js';
+import { DEFAULT_LIMITS, type Headers, MessageError } from '../message/index.js';
+import { spoolIma, writeMime } from '../mime/to-mime.js';
+import { Spool, SpoolLimitError, type SpoolStore } from '../spool.js';
+import { type DkimKey, dkimSignatures, keysFor } from './dkim.js';
+import { type Message, asStream } from './send.js';
+
+export interface Outgoing {
+  headers: Headers;
+  message: Message;
+  dispose(): Promise<void>;
+}
+
+export interface OutgoingOptions {
+  /** Parts spool here. */
+  store: SpoolStore;
+  /** The largest IMA message; its MIME form may be twice that. */
+  maxBytes: number;
+  spoolDir?: string;
+  /** Every configured DKIM key; those of the from domain sign. */
+  keys: readonly DkimKey[];
+}
+
+export async function outgoing(input: Readable, o: OutgoingOptions): Promise<Outgoing> {
+  let parts;
+  try {
+    parts = await spoolIma(input, o.store, { ...DEFAULT_LIMITS, maxTotalBytes: o.maxBytes });
+  } catch (e) {
+    if (e instanceof MessageError) throw dataError(`message: ${e.message}`);
+    throw e;
+  }
+  if (!parts.headers) throw dataError('message: no headers entry');
+  const pipe = new PassThrough();
+  let spool: Spool;
+  try {
+    [spool] = await Promise.all([Spool.from(pipe, { limit: o.maxBytes * 2, dir: o.spoolDir }), writeMime(parts, pipe, { newline: 'crlf', keepBcc: false })]);
+  } catch (e) {
+    pipe.destroy();
+    if (e instanceof SpoolLimitError) throw dataError(`message: its MIME form is larger than ${o.maxBytes * 2} bytes`);
+    throw e;
+  }
+  try {
+    // DKIM signs for the author's domain (the From header), which DMARC aligns with.
+    const author = firstAddress(parts.headers, 'from')?.asciiDomain;
+    const signatures = Buffer.from(await dkimSignatures(author ? keysFor(o.keys, author) : [], asStream(spool.open())));
+    const message: Message = { size: signatures.length + spool.size, open: () => joined(signatures, spool) };
+    return { headers: parts.headers, message, dispose: () => spool.dispose() };
+  } catch (e) {
+    await spool.dispose();
+    throw e;
+  }
+}
+
+function firstAddress(headers: Headers, field: string): Address | undefined {
+  const value = headers.get(field);
+  if (!value) return undefined;
+  try {
+    return parseAddressList(value)[0];
+  } catch (e) {
+    if (e instanceof AddressError) throw dataError(`${field}: ${e.message}`);
+    throw e;
+  }
+}
+
+/** The envelope sender a message implies: its from. */
+export function senderOf(headers: Headers): Address {
+  const from = firstAddress(headers, 'from');
+  if (!from) throw dataError('the message has no from: give --from ADDRESS (or --from "" for the null sender)');
+  return from;
+}
+
+function joined(head: Buffer, spool: Spool): Readable {
+  return Readable.from(
+    (async function* () {
+      if (head.length) yield head;
+      const rest = spool.open();
+      if (Buffer.isBuffer(rest)) yield rest;
+      else yield* rest as AsyncIterable<Buffer>;
+    })(),
+  );
+}

@@ -1,0 +1,409 @@
+import assert from 'node:assert/strict';
+import { generateKeyPairSync } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { PassThrough, Readable, type Writable } from 'node:stream';
+import { after, before, test } from 'node:test';
+import { reportFailure } from '../../src/failure.js';
+import { Headers, bufferPart, writeMessage } from '../../src/message/index.js';
+import { dkimRecordText, loadDkimKeys } from '../../src/smtp/dkim.js';
+import { type DnsServer, type Zone, startDns } from '../dns-fixture.js';
+import { loadProgram } from '../../src/programs/index.js';
+import { type Result, runBin, runCommand, runMain, tempDir, testEnv } from '../helpers.js';
+import { Pki } from '../pki.js';
+import { type Postfix, postfixUnavailable, startPostfix } from '../postfix-fixture.js';
+import { type Sink, smtpSinkMissing, startSink } from '../smtp-sink.js';
+
+const dir = tempDir('ima-smtp-send-');
+const pki = new Pki(dir, 'smtp');
+const mxCert = pki.server('mx.b.test', { also: ['relay.b.test'] });
+
+// DKIM keys of a.test: one RSA, one Ed25519 (RFC 8463), published through dnsmasq.
+const rsaKey = join(dir, 'dkim-rsa.key');
+const edKey = join(dir, 'dkim-ed.key');
+writeFileSync(rsaKey, generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs8', format: 'pem' }));
+writeFileSync(edKey, generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', format: 'pem' }));
+const dkimToml = `[[dkim]]
+domain = "a.test"
+selector = "rsa2026"
+key = "${rsaKey}"
+[[dkim]]
+domain = "a.test"
+selector = "ed2026"
+key = "${edKey}"
+`;
+const dkimKeys = loadDkimKeys(
+  [
+    { domain: 'a.test', selector: 'rsa2026', key: rsaKey },
+    { domain: 'a.test', selector: 'ed2026', key: edKey },
+  ],
+  { dir },
+  'test',
+);
+
+const zone: Zone = {
+  mx: [
+    ['b.test', 'mx.b.test', 10],
+    ['sink.test', 'mx.sink.test', 10],
+    ['two.test', 'dead.two.test', 10],
+    ['two.test', 'live.two.test', 20],
+    ['null.test', '.', 0],
+  ],
+  hosts: [
+    ['mx.b.test', '127.0.0.1'],
+    ['relay.b.test', '127.0.0.1'],
+    ['mx.sink.test', '127.0.0.1'],
+    ['dead.two.test', '127.0.0.2'],
+    ['live.two.test', '127.0.0.1'],
+  ],
+  txt: dkimKeys.map((k) => [`${k.selector}._domainkey.a.test`, dkimRecordText(k)] as [string, string]),
+};
+
+let dns: DnsServer;
+let postfix: Postfix | undefined;
+const skipPostfix = postfixUnavailable();
+const sinks: Sink[] = [];
+
+before(async () => {
+  dns = await startDns(zone);
+  if (!skipPostfix) postfix = await startPostfix({ users: ['bob', 'carol'], tempfail: { 'busy@b.test': '451 4.2.1 mailbox busy' }, tls: mxCert });
+});
+after(async () => {
+  await Promise.all([dns?.stop(), postfix?.stop(), ...sinks.map((s) => s.stop())]);
+});
+
+let n = 0;
+function config(port: number, extra = ''): string {
+  const file = join(dir, `smtp-send-${n++}.toml`);
+  writeFileSync(file, `helo = "out.a.test"\ndns_servers = ["${dns.server}"]\nmx_port = ${port}\n${extra}\n[timeouts]\nconnect = "5s"\ncommand = "20s"\n`);
+  return file;
+}
+
+async function message(fields: [string, string][], body = 'Hello Bob.\n', attachments: Record<string, string> = {}): Promise<Buffer> {
+  const h = new Headers();
+  for (const [k, v] of fields) h.add(k, v);
+  const out = new PassThrough();
+  const parts: Buffer[] = [];
+  out.on('data', (c: Buffer) => parts.push(c));
+  await writeMessage(out, {
+    headers: h,
+    body: bufferPart(Buffer.from(body)),
+    attachments: Object.entries(attachments).map(([name, text]) => ({ name, ...bufferPart(Buffer.from(text)) })),
+  });
+  return Buffer.concat(parts);
+}
+
+const FIELDS: [string, string][] = [
+  ['from', 'Alice <alice@a.test>'],
+  ['to', 'bob@b.test'],
+  ['cc', 'carol@b.test'],
+  ['bcc', 'secret@b.test'],
+  ['subject', 'Quarterly report'],
+  ['date', '2026-11-23T10:00:00+01:00'],
+  ['message-id', 'urn:uuid:6f2b8a4e-1c3d-4e5f-8a9b-0c1d2e3f4a5b'],
+  ['mailer', 'a.test'],
+];
+
+const lines = (out: Buffer) => out.toString().trim().split('\n').sort();
+
+/** smtp-send in-process, a thrown failure reported as the launcher does (one line, its exit code). */
+async function inProcess(args: string[], opts: { input?: Buffer | string } = {}): Promise<Result> {
+  try {
+    return await runMain('smtp-send', args, opts);
+  } catch (e) {
+    let stderr = '';
+    const code = reportFailure({ stderr: { write: (s: string) => (stderr += s) } as unknown as Writable }, 'smtp-send', e);
+    return { code, stdout: Buffer.alloc(0), stderr };
+  }
+}
+
+test(
+  'smtp-send: to Postfix by MX over STARTTLS: OK, FAIL (5xx) and TEMPFAIL (4xx) per recipient, exit 2; the Maildir copy has no bcc',
+  { skip: skipPostfix },
+  async () => {
+    const cfg = config(postfix!.port);
+    const r = await runBin('smtp-send', ['--config', cfg, 'bob@b.test', 'carol@b.test', 'nobody@b.test', 'busy@b.test'], {
+      input: await message(FIELDS, 'Hello Bob.\n', { 'q3.txt': 'numbers\n' }),
+    });
+    assert.equal(r.code, 2, r.stderr);
+    const out = r.stdout.toString().trim().split('\n');
+    assert.deepEqual(out.slice(0, 2), ['OK bob@b.test', 'OK carol@b.test']);
+    assert.match(out[3], /^TEMPFAIL busy@b\.test 4\.2\.1 mx\.b\.test\[127\.0\.0\.1\]:\d+ said: 451 4\.2\.1 .*mailbox busy/);
+    assert.match(out[2], /^FAIL nobody@b\.test 5\.1\.1 mx\.b\.test\[127\.0\.0\.1\]:\d+ said: 550 5\.1\.1 <nobody@b\.test>/);
+    const [copy] = await postfix!.waitFor('bob', 1);
+    assert.match(copy, /^Received: from out\.a\.test .*\n\s+\(using TLSv1\.[23]/m);
+    assert.match(copy, /^Subject: Quarterly report\r?$/m);
+    assert.match(copy, /^From: Alice <alice@a\.test>\r?$/m);
+    assert.match(copy, /^Message-ID: <6f2b8a4e-1c3d-4e5f-8a9b-0c1d2e3f4a5b@/m);
+    assert.match(copy, /filename=q3\.txt/);
+    assert.match(copy, /Hello Bob\./);
+    assert.doesNotMatch(copy, /^Bcc:|secret@/im);
+    assert.equal((await postfix!.waitFor('carol', 1)).length, 1);
+  },
+);
+
+test(
+  'smtp-send: DKIM signatures (RSA and Ed25519) verified by dkimpy with the keys published in DNS; --dkim-record prints them',
+  { skip: skipPostfix },
+  async () => {
+    const cfg = config(postfix!.port, dkimToml);
+    const before = postfix!.maildir('bob').length;
+    const r = await inProcess(['--config', cfg, 'bob@b.test'], {
+      input: await message(FIELDS, 'Signed.\n\nWith an ä and a line\nstarting with From me.\n'),
+    });
+    assert.equal(r.code, 0, r.stderr);
+    const copies = await postfix!.waitFor('bob', before + 1);
+    const signed = copies.find((c) => c.includes('Signed.'))!;
+    assert.equal((signed.match(/^DKIM-Signature:/gm) ?? []).length, 2);
+    const file = join(dir, 'signed.eml');
+    writeFileSync(file, signed);
+    const verify = `
+import sys, logging, dkim, dns.resolver
+logging.basicConfig(stream=sys.stderr, level=logging.DEBUG)
+r = dns.resolver.Resolver(configure=False)
+r.nameservers = ['127.0.0.1']
+r.port = ${dns.port}
+r.timeout = 5
+r.lifetime = 30
+def dnsfunc(name, timeout=5):
+    name = name.decode() if isinstance(name, bytes) else name
+    return b''.join(b''.join(rd.strings) for rd in r.resolve(name, 'TXT'))
+msg = open(sys.argv[1], 'rb').read()
+d = dkim.DKIM(msg, logger=logging.getLogger('dkim'))
+for i in range(2):
+    print(d.verify(idx=i, dnsfunc=dnsfunc), d.signature_fields.get(b'a').decode())
+`;
+    const py = await runCommand('/usr/bin/python3', ['-c', verify, file]);
+    assert.equal(py.code, 0, py.stderr);
+    assert.deepEqual(py.stdout.toString().trim().split('\n').sort(), ['True ed25519-sha256', 'True rsa-sha256'], `dkimpy said:\n${py.stderr}\nof:\n${signed}`);
+    // The records to publish are what the test published, and say what each key is.
+    const rec = await inProcess(['--config', cfg, '--dkim-record', 'a.test']);
+    assert.equal(rec.code, 0, rec.stderr);
+    const text = rec.stdout.toString();
+    assert.match(text, /^rsa2026\._domainkey\.a\.test\. IN TXT \( "v=DKIM1; k=rsa; p=/m);
+    assert.match(text, /^ed2026\._domainkey\.a\.test\. IN TXT \( "v=DKIM1; k=ed25519; p=[A-Za-z0-9+/]{43}=" \)$/m);
+  },
+);
+
+test('smtp-send: a smarthost over STARTTLS, its certificate verified against tls_ca', { skip: skipPostfix }, async () => {
+  const before = postfix!.maildir('carol').length;
+  const cfg = config(1, `tls_ca = ["${pki.caFile}"]\n[smarthost]\nhost = "relay.b.test:${postfix!.port}"\ntls = "starttls"`);
+  const r = await runMain('smtp-send', ['--config', cfg, 'carol@b.test'], { input: await message(FIELDS) });
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(lines(r.stdout), ['OK carol@b.test']);
+  await postfix!.waitFor('carol', before + 1);
+  // The same smarthost without the CA that signed its certificate: not trusted, so nothing is sent.
+  const untrusted = config(1, `[smarthost]\nhost = "relay.b.test:${postfix!.port}"\ntls = "starttls"`);
+  const r2 = await runMain('smtp-send', ['--config', untrusted, 'carol@b.test'], { input: await message(FIELDS) });
+  assert.equal(r2.code, 75, r2.stderr);
+  assert.match(r2.stdout.toString(), /^TEMPFAIL carol@b\.test 4\.4\.1 no host took the message: relay\.b\.test\[127\.0\.0\.1\]:\d+: .*certificate/m);
+});
+
+async function sink(flags: string[]): Promise<Sink> {
+  const s = await startSink(flags);
+  sinks.push(s);
+  return s;
+}
+
+test(
+  'smtp-send: smtp-sink answering 5xx to RCPT is FAIL (exit 1), 4xx is TEMPFAIL (exit 75), a dropped connection TEMPFAIL',
+  { skip: smtpSinkMissing },
+  async () => {
+    const input = await message(FIELDS);
+    const hard = await sink(['-f', 'rcpt']);
+    let r = await inProcess(['--config', config(hard.port), 'x@sink.test', 'y@sink.test'], { input });
+    assert.equal(r.code, 1, r.stderr);
+    assert.deepEqual(
+      lines(r.stdout).map((l) => l.replace(/\[127.0.0.1\]:\d+/, '')),
+      [
+        'FAIL x@sink.test 5.3.0 mx.sink.test said: 500 5.3.0 Error: command failed',
+        'FAIL y@sink.test 5.3.0 mx.sink.test said: 500 5.3.0 Error: command failed',
+      ],
+    );
+    const soft = await sink(['-r', 'rcpt']);
+    r = await inProcess(['--config', config(soft.port), 'x@sink.test'], { input });
+    assert.equal(r.code, 75, r.stderr);
+    assert.match(r.stdout.toString(), /^TEMPFAIL x@sink\.test 4\.3\.0 mx\.sink\.test\[127\.0\.0\.1\]:\d+ said: 450 4\.3\.0/);
+    const drop = await sink(['-q', 'data']);
+    r = await inProcess(['--config', config(drop.port), 'x@sink.test'], { input });
+    assert.equal(r.code, 75, r.stderr);
+    assert.match(r.stdout.toString(), /^TEMPFAIL x@sink\.test 4\.4\.2 .*(closed|ECONNRESET)/i);
+    const hardData = await sink(['-f', 'data']);
+    r = await inProcess(['--config', config(hardData.port), 'x@sink.test'], { input });
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stdout.toString(), /^FAIL x@sink\.test 5\.3\.0 /);
+  },
+);
+
+test(
+  'smtp-send: the first MX refuses connections, the second takes the message; null MX and NXDOMAIN are FAIL; no DNS answer is TEMPFAIL',
+  { skip: smtpSinkMissing },
+  async () => {
+    const ok = await sink([]);
+    const input = await message(FIELDS);
+    let r = await inProcess(['--config', config(ok.port), '--verbose', 'x@two.test'], { input });
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(lines(r.stdout), ['OK x@two.test']);
+    assert.match(r.stderr, /dead\.two\.test\[127\.0\.0\.2\]:\d+: .*ECONNREFUSED.*trying the next host/);
+    r = await inProcess(['--config', config(ok.port), 'x@null.test', 'y@nowhere.test', 'z@two.test'], { input });
+    assert.equal(r.code, 2, r.stderr);
+    const out = lines(r.stdout);
+    assert.match(out[0], /^FAIL x@null\.test 5\.1\.10 null\.test: the domain accepts no mail \(null MX, RFC 7505\)$/);
+    assert.match(out[1], /^FAIL y@nowhere\.test 5\.1\.2 nowhere\.test: no such domain/);
+    assert.equal(out[2], 'OK z@two.test');
+    const silent = join(dir, 'silent.toml');
+    writeFileSync(silent, `dns_servers = ["127.0.0.1:9"]\n[timeouts]\nconnect = "2s"\n`);
+    r = await runMain('smtp-send', ['--config', silent, 'x@two.test'], { input });
+    assert.equal(r.code, 75, r.stderr);
+    assert.match(r.stdout.toString(), /^TEMPFAIL x@two\.test 4\.4\.3 two\.test: MX lookup failed/);
+  },
+);
+
+test('smtp-send: a domain configured tls = "verify" is not sent to a host without STARTTLS', { skip: smtpSinkMissing }, async () => {
+  const plain = await sink([]);
+  const cfg = config(plain.port, `[domains."sink.test"]\ntls = "verify"`);
+  const r = await runMain('smtp-send', ['--config', cfg, 'x@sink.test'], { input: await message(FIELDS) });
+  assert.equal(r.code, 75, r.stderr);
+  assert.match(r.stdout.toString(), /^TEMPFAIL x@sink\.test 4\.4\.1 no host took the message: mx\.sink\.test\[127\.0\.0\.1\]:\d+: STARTTLS: 500 5\.5\.1/m);
+});
+
+test('smtp-send: bad input is one clear line and the right exit code, nothing sent', async () => {
+  const cfg = config(1);
+  let r = await inProcess(['--config', cfg], { input: await message(FIELDS) });
+  assert.equal(r.code, 64);
+  assert.match(r.stderr, /give at least one RECIPIENT/);
+  r = await inProcess(['--config', cfg, 'not-an-address'], { input: await message(FIELDS) });
+  assert.equal(r.code, 64);
+  assert.match(r.stderr, /recipient: not-an-address: not an address/);
+  r = await inProcess(['--config', cfg, 'x@sink.test'], { input: 'not a tar archive at all' });
+  assert.equal(r.code, 65);
+  assert.match(r.stderr, /smtp-send: message: /);
+  r = await inProcess(['--config', cfg, 'x@sink.test'], { input: await message(FIELDS.filter(([k]) => k !== 'from')) });
+  assert.equal(r.code, 65);
+  assert.match(r.stderr, /no from: give --from/);
+  const bad = join(dir, 'bad.toml');
+  writeFileSync(bad, `mx_port = 25\n[[dkim]]\ndomain = "a.test"\nselector = "s"\nkey = "missing.key"\n`);
+  r = await inProcess(['--config', bad, 'x@sink.test'], { input: await message(FIELDS) });
+  assert.equal(r.code, 78);
+  assert.match(r.stderr, /bad\.toml: dkim\[0\]\.key: .*missing\.key: no such file/);
+  // --check-config runs the same checks: a key that cannot be read is not "configuration OK".
+  r = await inProcess(['--config', bad, '--check-config']);
+  assert.equal(r.code, 78);
+  assert.match(r.stderr, /dkim\[0\]\.key: .*missing\.key: no such file/);
+  writeFileSync(bad, `dns_servers = ["localhost"]\n`);
+  r = await inProcess(['--config', bad, 'x@sink.test'], { input: await message(FIELDS) });
+  assert.equal(r.code, 78);
+  assert.match(r.stderr, /dns_servers\[0\]: not an IP address/);
+});
+
+test('smtp-send: a smarthost with AUTH over verified STARTTLS (smtp-server as the peer); a wrong password is TEMPFAIL, nothing sent', async () => {
+  const { SMTPServer } = await import('smtp-server');
+  const { readFileSync } = await import('node:fs');
+  const got: { user?: string; data: string; secure: boolean }[] = [];
+  const server = new SMTPServer({
+    key: readFileSync(mxCert.key),
+    cert: readFileSync(mxCert.cert),
+    authMethods: ['PLAIN', 'LOGIN'],
+    logger: false,
+    onAuth(auth, _session, cb) {
+      if (auth.username === 'alice' && auth.password === 's3cret pass') cb(null, { user: 'alice' });
+      else cb(Object.assign(new Error('5.7.8 bad credentials'), { responseCode: 535 }));
+    },
+    onData(stream, session, cb) {
+      let data = '';
+      stream.on('data', (c: Buffer) => (data += c));
+      stream.on('end', () => {
+        got.push({ user: session.user as string | undefined, data, secure: session.secure });
+        cb();
+      });
+    },
+  });
+  await new Promise<void>((res) => server.listen(0, '127.0.0.1', () => res()));
+  const port = (server.server.address() as { port: number }).port;
+  try {
+    const pass = join(dir, 'smarthost.pass');
+    writeFileSync(pass, 's3cret pass\n', { mode: 0o600 });
+    const smarthost = (file: string) =>
+      config(1, `tls_ca = ["${pki.caFile}"]\n[smarthost]\nhost = "relay.b.test:${port}"\ntls = "starttls"\nuser = "alice"\npassword_file = "${file}"`);
+    const r = await runMain('smtp-send', ['--config', smarthost(pass), 'bob@example.org'], { input: await message(FIELDS) });
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(lines(r.stdout), ['OK bob@example.org']);
+    assert.equal(got.length, 1);
+    assert.equal(got[0].user, 'alice');
+    assert.equal(got[0].secure, true);
+    assert.match(got[0].data, /^Subject: Quarterly report\r$/m);
+    const wrong = join(dir, 'wrong.pass');
+    writeFileSync(wrong, 'guess\n');
+    const r2 = await runMain('smtp-send', ['--config', smarthost(wrong), 'bob@example.org'], { input: await message(FIELDS) });
+    assert.equal(r2.code, 75, r2.stderr);
+    assert.match(r2.stdout.toString(), /^TEMPFAIL bob@example\.org 4\.4\.1 no host took the message: relay\.b\.test\[127\.0\.0\.1\]:\d+: AUTH PLAIN: 535/m);
+    assert.equal(got.length, 1);
+  } finally {
+    await new Promise<void>((res) => server.close(() => res()));
+  }
+});
+
+test(
+  'smtp-send in-process stops when io.signal aborts (a stage timeout): TEMPFAIL at once, not after the server answers',
+  { skip: smtpSinkMissing },
+  async () => {
+    const slow = await sink(['-w', '60']); // answers DATA after a minute
+    const main = await loadProgram('smtp-send');
+    const stdout = new PassThrough();
+    let text = '';
+    stdout.on('data', (c: Buffer) => (text += c));
+    const started = Date.now();
+    const code = await main(['--config', config(slow.port), 'x@sink.test'], {
+      stdin: Readable.from([await message(FIELDS)]),
+      stdout,
+      stderr: new PassThrough().resume(),
+      env: testEnv(),
+      cwd: dir,
+      signal: AbortSignal.timeout(1000),
+    });
+    assert.equal(code, 75);
+    assert.match(text, /^TEMPFAIL x@sink\.test 4\.4\.1 no host took the message: stopped by the caller/);
+    assert.ok(Date.now() - started < 15_000, `took ${Date.now() - started} ms`);
+  },
+);
+
+test('smtp-send: a server whose STARTTLS handshake fails gets the message in plaintext (opportunistic TLS), never held for it', async () => {
+  const { SMTPServer } = await import('smtp-server');
+  const { readFileSync } = await import('node:fs');
+  const got: boolean[] = [];
+  // It offers STARTTLS but speaks only TLS 1.1, which smtp-send (TLS 1.2 at least) will not.
+  const server = new SMTPServer({
+    key: readFileSync(mxCert.key),
+    cert: readFileSync(mxCert.cert),
+    maxVersion: 'TLSv1.1',
+    minVersion: 'TLSv1',
+    authOptional: true,
+    logger: false,
+    onData(stream, session, cb) {
+      stream.on('end', () => {
+        got.push(session.secure);
+        cb();
+      });
+      stream.resume();
+    },
+  });
+  const handshakeErrors: Error[] = [];
+  server.on('error', (e) => handshakeErrors.push(e)); // the failed handshake, as the server sees it
+  await new Promise<void>((res) => server.listen(0, '127.0.0.1', () => res()));
+  const port = (server.server.address() as { port: number }).port;
+  try {
+    const r = await runMain('smtp-send', ['--config', config(port), 'x@sink.test'], { input: await message(FIELDS) });
+    assert.match(String(handshakeErrors[0]), /unsupported protocol/);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(lines(r.stdout), ['OK x@sink.test']);
+    assert.match(r.stderr, /mx\.sink\.test\[127\.0\.0\.1\]:\d+: .*once more without TLS/);
+    assert.deepEqual(got, [false]);
+    // A domain that requires verified TLS is not sent in plaintext.
+    const strict = config(port, `[domains."sink.test"]\ntls = "verify"`);
+    const r2 = await runMain('smtp-send', ['--config', strict, 'x@sink.test'], { input: await message(FIELDS) });
+    assert.equal(r2.code, 75, r2.stderr);
+    assert.equal(got.length, 1);
+  } finally {
+    await new Promise<void>((res) => server.close(() => res()));
+  }
+});
