@@ -2,7 +2,7 @@
 // /proc; make the inputs (a 4 KB message, a large file of a fixed pattern).
 import { spawn, spawnSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readdirSync, writeSync } from 'node:fs';
 import { PassThrough } from 'node:stream';
 import { Headers, bufferPart, writeMessage } from '../src/message/index.js';
 
@@ -81,4 +81,86 @@ export function patternFile(path: string, size: number): void {
   for (let i = 0; i < chunk.length; i += 4) chunk.writeUInt32LE((i * 2654435761) >>> 0, i);
   for (let left = size; left > 0; left -= chunk.length) writeSync(fd, chunk, 0, Math.min(left, chunk.length));
   closeSync(fd);
+}
+
+/** Peak RSS (VmHWM, MB) of processes and all their descendants, by command name, sampled every 50 ms until stop(). */
+export function rssWatcher(roots: () => number[]): { stop(): Map<string, number> } {
+  const peaks = new Map<string, number>();
+  const sample = () => {
+    const pids = new Set(roots());
+    const parents = new Map<number, number>();
+    for (const d of readdirSync('/proc').filter((f) => /^\d+$/.test(f))) {
+      try {
+        parents.set(Number(d), Number(/PPid:\s+(\d+)/.exec(readFileSync(`/proc/${d}/status`, 'utf8'))?.[1]));
+      } catch {
+        // gone
+      }
+    }
+    for (let grew = true; grew;) {
+      grew = false;
+      for (const [pid, ppid] of parents) {
+        if (pids.has(ppid) && !pids.has(pid)) {
+          pids.add(pid);
+          grew = true;
+        }
+      }
+    }
+    for (const pid of pids) {
+      try {
+        const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+        const name = cmd.map((c) => c.split('/').pop()).find((c) => c && !['node', 'env', 'sh'].includes(c) && !c.startsWith('-')) ?? String(pid);
+        peaks.set(name, Math.max(peaks.get(name) ?? 0, hwmKb(pid) / 1024));
+      } catch {
+        // gone
+      }
+    }
+  };
+  const timer = setInterval(sample, 50);
+  return {
+    stop() {
+      clearInterval(timer);
+      sample();
+      return peaks;
+    },
+  };
+}
+
+/** The fixed header fields of a bench message (RFC 3339 / urn:uuid for IMA). */
+function benchHeaders(to: string[], extra: [string, string][]): Headers {
+  const h = new Headers()
+    .add('from', 'alice@a.test')
+    .add('to', to.join(', '))
+    .add('subject', 'bench')
+    .add('date', '2026-11-23T00:00:00Z')
+    .add('message-id', `urn:uuid:${randomUUID()}`);
+  for (const [k, v] of extra) h.add(k, v);
+  return h;
+}
+
+/**
+ * An IMA message whose content (headers entry plus body) is exactly
+ * `contentBytes` bytes: "4 KB" is 4,096 bytes of content.
+ */
+export async function imaMessage(contentBytes: number, to: string[] = ['bob@b.test'], extra: [string, string][] = []): Promise<Buffer> {
+  const h = benchHeaders(to, extra);
+  const body = contentBytes - h.serialize().length;
+  if (body < 0) throw new Error(`bench: headers alone exceed ${contentBytes} bytes`);
+  const out = new PassThrough();
+  const parts: Buffer[] = [];
+  out.on('data', (c: Buffer) => parts.push(c));
+  await writeMessage(out, { headers: h, body: bufferPart(lineBody(body)) });
+  return Buffer.concat(parts);
+}
+
+/** `n` bytes of 76-character lines of text (CRLF ends), nothing to dot-stuff. */
+export function lineBody(n: number, eol = '\n'): Buffer {
+  const line = `${'x'.repeat(76 - eol.length)}${eol}`;
+  return Buffer.from(line.repeat(Math.ceil(n / line.length)).slice(0, n));
+}
+
+/** The same message as RFC 5322 text for SMTP (CRLF), exactly `contentBytes` bytes. */
+export function mimeMessage(contentBytes: number, seq: number): Buffer {
+  const head = `From: alice@a.test\r\nTo: bob@b.test\r\nSubject: bench\r\nDate: Mon, 23 Nov 2026 00:00:00 +0000\r\nMessage-ID: <${randomUUID()}-${seq}@a.test>\r\n\r\n`;
+  const body = lineBody(contentBytes - head.length - 2, '\r\n');
+  return Buffer.concat([Buffer.from(head), body, Buffer.from('\r\n')]);
 }

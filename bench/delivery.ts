@@ -1,37 +1,37 @@
-// Local delivery: messages/s through handle-incoming-mail into give-recipient
-// (every message fsync'ed), spawned and in-process, 1 and 5 recipients; a
-// 1 GiB message end to end; start-up time of each program.
+// Local delivery of 4 KB messages against a C program doing
+// write+fsync+rename+fsync(dir) per message (compiled here with cc):
+// - in-process: handle-incoming-mail -> give-recipient inside one process,
+//   8 at once, against the C loop; fsyncs per message counted by strace;
+// - spawned: a handle-incoming-mail process per message, give-recipient
+//   in-process inside it and as a process of its own, against the C program
+//   started per message.
 import { spawnSync } from 'node:child_process';
-import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { main as handleIncomingMail } from '../src/programs/handle-incoming-mail.js';
-import { mb, measure, patternFile, smallMessage, startupMs } from './_measure.js';
+import { BIN, type Bench, ROOT, since } from './_bench.js';
+import { imaMessage } from './_measure.js';
+import { compileDeliver, have } from './_peers.js';
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const BIN = join(ROOT, 'bin');
-const USERS = ['u1', 'u2', 'u3', 'u4', 'u5'];
-
+/** A mailbox root and a handle-incoming-mail config delivering b.test's users into it. */
 function setup(dir: string, inProcess: boolean): string {
-  for (const u of USERS) for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(dir, 'mail', u, f), { recursive: true });
-  const cfg = join(dir, `him-${inProcess}.toml`);
+  for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(dir, 'mail', 'bob', f), { recursive: true });
   writeFileSync(join(dir, 'give-recipient.toml'), 'max_message_bytes = "2G"\n');
-  // give-recipient by its name: found on PATH when spawned, in the registry when in-process.
+  const cfg = join(dir, 'handle-incoming-mail.toml');
   writeFileSync(
     cfg,
-    `in_process = ${inProcess}\nmax_parallel = 5\nmax_message_bytes = "2G"\n[domains."b.test"]\ncommand = ["give-recipient", "--address", "{address}", "${join(dir, 'mail', '{local}')}"]\n`,
+    `in_process = ${inProcess}\nmax_parallel = 8\nmax_message_bytes = "2G"\n[domains."b.test"]\ncommand = ["give-recipient", "--config", ${JSON.stringify(join(dir, 'give-recipient.toml'))}, "--address", "{address}", "${join(dir, 'mail', '{local}')}"]\n`,
   );
   return cfg;
 }
 
-const env: NodeJS.ProcessEnv = { ...process.env, PATH: `${BIN}:${process.env.PATH}`, IMA_CONFIG_DIR: '/nonexistent', IMA_ALLOW_ROOT: '1' };
-
-async function inProcessRate(cfg: string, rcpts: string[], n: number, concurrency: number): Promise<number> {
-  const msgs = await Promise.all(Array.from({ length: n }, () => smallMessage(rcpts)));
+/** n messages through handle-incoming-mail in this process, `concurrency` at once; messages/s. */
+async function inProcessRate(env: NodeJS.ProcessEnv, cfg: string, n: number, concurrency: number): Promise<number> {
+  const msgs = await Promise.all(Array.from({ length: n }, () => imaMessage(4096)));
   let next = 0;
-  const t0 = process.hrtime.bigint();
+  const t0 = performance.now();
   await Promise.all(
     Array.from({ length: concurrency }, async () => {
       while (next < n) {
@@ -47,52 +47,73 @@ async function inProcessRate(cfg: string, rcpts: string[], n: number, concurrenc
       }
     }),
   );
-  return n / (Number(process.hrtime.bigint() - t0) / 1e9);
+  return n / since(t0);
 }
 
-async function spawnedRate(cfg: string, rcpts: string[], n: number): Promise<number> {
-  const msgs = await Promise.all(Array.from({ length: n }, () => smallMessage(rcpts)));
-  const t0 = process.hrtime.bigint();
+function spawnedRate(argv: string[], env: NodeJS.ProcessEnv, msgs: Buffer[]): number {
+  const t0 = performance.now();
   for (const m of msgs) {
-    const r = spawnSync(join(BIN, 'handle-incoming-mail'), ['--config', cfg], { input: m, env });
-    if (r.status !== 0) throw new Error(`handle-incoming-mail exited ${r.status}: ${r.stderr}`);
+    const r = spawnSync(argv[0], argv.slice(1), { input: m, env });
+    if (r.status !== 0) throw new Error(`${argv[0]} exited ${r.status}: ${r.stderr}`);
   }
-  return n / (Number(process.hrtime.bigint() - t0) / 1e9);
+  return msgs.length / since(t0);
 }
 
-export async function run(): Promise<void> {
-  const dir = mkdtempSync(join(tmpdir(), 'ima-bench-delivery-'));
-  env.IMA_CONFIG_DIR = dir; // give-recipient.toml: room for a 1 GiB message
-  try {
-    const spawned = setup(dir, false);
-    const inproc = setup(dir, true);
-    for (const k of [1, 5]) {
-      const rcpts = USERS.slice(0, k).map((u) => `${u}@b.test`);
-      console.log(
-        `4 KB, ${k} recipient(s): spawned ${(await spawnedRate(spawned, rcpts, 30)).toFixed(1)} msg/s; in-process ${(await inProcessRate(inproc, rcpts, 500, 1)).toFixed(0)} msg/s sequential, ${(await inProcessRate(inproc, rcpts, 1000, 8)).toFixed(0)} msg/s with 8 at once`,
-      );
-    }
-    const size = Number(process.env.BENCH_BYTES ?? 1024 ** 3);
-    const big = join(dir, 'big.ima');
-    const att = join(dir, 'big.bin');
-    patternFile(att, size);
-    const out = openSync(big, 'w');
-    const mk = await measure([join(BIN, 'make-message'), '-r', 'a@a.test', '--no-body', '-a', att, 'u1@b.test'], { stdout: out });
-    closeSync(out);
-    rmSync(att);
-    if (mk.code !== 0) throw new Error(mk.stderr);
-    const input = openSync(big, 'r');
-    const r = await measure([join(BIN, 'handle-incoming-mail'), '--config', inproc], { stdin: input, env, stdout: 'inherit' });
-    closeSync(input);
-    if (r.code !== 0) throw new Error(`1 GiB delivery failed: ${r.stderr}`);
-    console.log(
-      `${mb(size).toFixed(0)} MiB message through handle-incoming-mail (give-recipient in-process): ${(mb(size) / r.seconds).toFixed(0)} MB/s, peak RSS ${r.peakRssMb.toFixed(1)} MB`,
+/** fsync(2)+fdatasync(2) calls per message of an in-process run of n, counted by strace in a child process. */
+function fsyncsPerMessage(b: Bench, n: number): number | undefined {
+  if (!have('strace')) return undefined;
+  const dir = b.fresh('fsyncs');
+  const cfg = setup(dir, true);
+  const r = spawnSync('strace', ['-f', '-c', '-e', 'trace=fsync,fdatasync', process.execPath, fileURLToPath(import.meta.url), 'child', cfg, String(n)], {
+    env: b.env,
+    encoding: 'utf8',
+  });
+  if (r.status !== 0) throw new Error(`strace child exited ${r.status}: ${r.stderr.slice(-1000)}`);
+  const calls = [...r.stderr.matchAll(/^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(fsync|fdatasync)$/gm)].reduce((a, m) => a + Number(m[1]), 0);
+  return calls / n;
+}
+
+export async function run(b: Bench): Promise<void> {
+  const dir = b.fresh('delivery');
+  const deliver = compileDeliver(dir);
+  const msg = await imaMessage(4096);
+  writeFileSync(join(dir, 'one.ima'), msg);
+
+  // In-process, 8 at once, against the C loop (sequential, as a delivery agent's loop).
+  const n = b.n(2000, 400);
+  const cBox = b.fresh('c-loop');
+  for (const f of ['tmp', 'new']) mkdirSync(join(cBox, f));
+  let t0 = performance.now();
+  const c = spawnSync(deliver, ['loop', String(n), join(dir, 'one.ima'), cBox]);
+  if (c.status !== 0) throw new Error(`C loop: ${c.stderr}`);
+  const cRate = n / since(t0);
+  const ours = await inProcessRate(b.env, setup(b.fresh('inproc'), true), n, 8);
+  b.row(`local delivery in-process, ${n} x 4 KB, 8 at once`, ours, 'msg/s', { name: 'C write+fsync+rename+fsync loop', figure: cRate }, '>= 0.6x');
+  const fsyncs = fsyncsPerMessage(b, b.n(500, 200));
+  if (fsyncs !== undefined) b.row('fsync calls per 4 KB message delivered in-process (strace -c)', fsyncs, 'per msg', { name: 'C loop', figure: 2 }, '<= 2.5');
+
+  // Spawned: a process per message.
+  const s = b.n(100, 30);
+  const msgs = await Promise.all(Array.from({ length: s }, () => imaMessage(4096)));
+  const cOne = b.fresh('c-one');
+  for (const f of ['tmp', 'new']) mkdirSync(join(cOne, f));
+  t0 = performance.now();
+  const cSpawned = spawnedRate([deliver, 'one', cOne], b.env, msgs);
+  for (const inProcess of [true, false]) {
+    const cfg = setup(b.fresh(`spawned-${inProcess}`), inProcess);
+    const rate = spawnedRate([join(BIN, 'handle-incoming-mail'), '--config', cfg], b.env, msgs);
+    b.row(
+      `spawned handle-incoming-mail per 4 KB message, give-recipient ${inProcess ? 'in-process' : 'spawned too'}`,
+      rate,
+      'msg/s',
+      { name: 'C program spawned per message', figure: cSpawned },
+      '>= 25 msg/s',
     );
-    const bare = startupMs([process.execPath, '-e', '0']);
-    const gr = startupMs([join(BIN, 'give-recipient'), '--version']);
-    const him = startupMs([join(BIN, 'handle-incoming-mail'), '--version']);
-    console.log(`start-up: node -e 0 ${bare.toFixed(0)} ms, give-recipient ${gr.toFixed(0)} ms, handle-incoming-mail ${him.toFixed(0)} ms (median of 10)`);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
   }
+}
+
+// The child strace watches: deliver n messages in-process, 8 at once.
+if (process.argv[1] === fileURLToPath(import.meta.url) && process.argv[2] === 'child') {
+  const [cfg, n] = process.argv.slice(3);
+  await inProcessRate(process.env, cfg, Number(n), 8);
 }

@@ -1,24 +1,17 @@
 // The legacy bridge's conversions: a 1 GiB base64 attachment each way (MB/s
-// of payload and peak RSS of a fresh process), then 10,000 small messages
-// each way in-process (messages/s). BENCH_BYTES sets the attachment size.
+// of payload and peak RSS of a fresh process; 256 MiB with --quick), then
+// 10,000 small messages each way in-process (messages/s).
 import { once } from 'node:events';
-import { closeSync, createReadStream, createWriteStream, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { closeSync, createReadStream, createWriteStream, openSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PassThrough, Readable, Writable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
 import { finished } from 'node:stream/promises';
-import { fileURLToPath } from 'node:url';
 import { readMime } from '../src/mime/to-ima.js';
 import { imaToMime } from '../src/mime/to-mime.js';
 import { writeMessage } from '../src/message/index.js';
+import { BIN, type Bench } from './_bench.js';
 import { mb, measure, patternFile } from './_measure.js';
-
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const BIN = join(ROOT, 'bin');
-const SIZE = Number(process.env.BENCH_BYTES ?? 1024 ** 3);
-const SMALL = Number(process.env.BENCH_SMALL ?? 10_000);
-const env: NodeJS.ProcessEnv = { ...process.env, IMA_CONFIG_DIR: '/nonexistent' };
 
 /** A MIME message carrying `file` as a base64 attachment in 76-character lines, as mailers write it. */
 async function base64Message(file: string, out: string): Promise<void> {
@@ -80,9 +73,12 @@ async function rate(n: number, one: (i: number) => Promise<void>): Promise<numbe
   return n / (Number(process.hrtime.bigint() - t0) / 1e9);
 }
 
-export async function run(): Promise<void> {
-  const dir = mkdtempSync(join(tmpdir(), 'ima-bench-mime-'));
-  try {
+export async function run(b: Bench): Promise<void> {
+  const SIZE = (b.quick ? 256 : 1024) * 1024 * 1024;
+  const SMALL = b.n(10_000, 2000);
+  const env = b.env;
+  const dir = b.fresh('mime');
+  {
     const payload = join(dir, 'big.bin');
     patternFile(payload, SIZE);
     const eml = join(dir, 'big.eml');
@@ -95,17 +91,21 @@ export async function run(): Promise<void> {
     const m2i = await measure([join(BIN, 'mime-to-ima'), ...cfg, eml], { stdout: fd, env });
     closeSync(fd);
     if (m2i.code !== 0) throw new Error(`mime-to-ima failed: ${m2i.stderr}`);
-    console.log(
-      `mime-to-ima ${mb(SIZE).toFixed(0)} MiB base64 attachment -> file: ${(mb(SIZE) / m2i.seconds).toFixed(0)} MB/s of payload, peak RSS ${m2i.peakRssMb.toFixed(1)} MB`,
-    );
+    b.row(`mime-to-ima, ${mb(SIZE).toFixed(0)} MiB base64 attachment -> file (MB/s of payload)`, SIZE / 1e6 / m2i.seconds, 'MB/s', undefined, '>= 100 MB/s');
+    b.row(`mime-to-ima ${mb(SIZE).toFixed(0)} MiB: peak RSS`, m2i.peakRssMb, 'MB', undefined, '< 100 MB');
 
     const devnull = openSync('/dev/null', 'w');
     const i2m = await measure([join(BIN, 'ima-to-mime'), ...cfg, ima], { stdout: devnull, env });
     closeSync(devnull);
     if (i2m.code !== 0) throw new Error(`ima-to-mime failed: ${i2m.stderr}`);
-    console.log(
-      `ima-to-mime ${mb(SIZE).toFixed(0)} MiB attachment (.ima file, spooled) -> /dev/null: ${(mb(SIZE) / i2m.seconds).toFixed(0)} MB/s of payload, peak RSS ${i2m.peakRssMb.toFixed(1)} MB`,
+    b.row(
+      `ima-to-mime, ${mb(SIZE).toFixed(0)} MiB attachment (.ima file) -> /dev/null (MB/s of payload)`,
+      SIZE / 1e6 / i2m.seconds,
+      'MB/s',
+      undefined,
+      '>= 100 MB/s',
     );
+    b.row(`ima-to-mime ${mb(SIZE).toFixed(0)} MiB: peak RSS`, i2m.peakRssMb, 'MB', undefined, '< 100 MB');
 
     const mimes = await Promise.all(Array.from({ length: SMALL }, (_, i) => smallMime(i)));
     const imas: Buffer[] = [];
@@ -118,10 +118,8 @@ export async function run(): Promise<void> {
       await m.dispose();
     });
     const toMimeRate = await rate(SMALL, (i) => imaToMime(Readable.from([imas[i]]), sink(), {}).then(() => undefined));
-    console.log(
-      `${SMALL} small messages (${(mimes[0].length / 1024).toFixed(1)} KB MIME) in-process: mime-to-ima ${toImaRate.toFixed(0)} msg/s, ima-to-mime ${toMimeRate.toFixed(0)} msg/s`,
-    );
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
+    const kb = (mimes[0].length / 1024).toFixed(1);
+    b.row(`mime-to-ima in-process, ${SMALL} small messages (${kb} KB)`, toImaRate, 'msg/s', undefined, '>= 1000 msg/s');
+    b.row(`ima-to-mime in-process, ${SMALL} small messages`, toMimeRate, 'msg/s', undefined, '>= 1000 msg/s');
   }
 }

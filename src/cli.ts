@@ -5,7 +5,10 @@
 import { createReadStream, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Readable } from 'node:stream';
-import yargs, { type ArgumentsCamelCase, type Argv } from 'yargs';
+import type { ArgumentsCamelCase, Argv } from 'yargs';
+// yargs' own lightweight parser (what yargs/helpers re-exports as Parser), imported
+// directly: yargs/helpers also loads cliui and y18n at start.
+import Parser from 'yargs-parser';
 import { EXIT, Failure, noInput } from './failure.js';
 import { type Field, type Located, type Role, deepFreeze, loadConfig, locateConfig, showConfig } from './config.js';
 import { type Log, createLog, oneLine } from './log.js';
@@ -99,17 +102,17 @@ function checked<A, C, P>(spec: ProgramSpec<A, C, P>, config: C, source: Located
 // in-process for every message reuses one (yargs resets between parses).
 const parsers = new Map<string, Argv<unknown>>();
 
-function parserFor<A>(spec: FlagSpec<A>, width: number): Argv<A> {
+async function parserFor<A>(spec: FlagSpec<A>, width: number): Promise<Argv<A>> {
   const key = `${spec.name}\0${width}`;
   let y = parsers.get(key) as Argv<A> | undefined;
   if (!y) {
-    y = buildParser(spec, width);
+    y = buildParser((await import('yargs')).default, spec, width);
     parsers.set(key, y as Argv<unknown>);
   }
   return y;
 }
 
-function buildParser<A>(spec: FlagSpec<A>, width: number): Argv<A> {
+function buildParser<A>(yargs: () => Argv, spec: FlagSpec<A>, width: number): Argv<A> {
   return spec
     .options(
       yargs()
@@ -133,11 +136,16 @@ function buildParser<A>(spec: FlagSpec<A>, width: number): Argv<A> {
 // each message): a successful parse is a pure function of them, kept frozen.
 const parsed = new Map<string, unknown>();
 
-async function parseFlags<A>(spec: FlagSpec<A>, args: string[], io: Io): Promise<(ArgumentsCamelCase<A> & CommonFlags) | number> {
+/** Parse a command line; `quick = false` skips the yargs-parser path (tests compare the two). */
+export async function parseFlags<A>(spec: FlagSpec<A>, args: string[], io: Io, quick = true): Promise<(ArgumentsCamelCase<A> & CommonFlags) | number> {
   const key = `${spec.name}\0${args.join('\0')}`;
-  const known = parsed.get(key);
-  if (known) return known as ArgumentsCamelCase<A> & CommonFlags;
-  const y = parserFor(spec, Math.min(100, (io.stdout as { columns?: number }).columns ?? 80));
+  const known = parsed.get(key) ?? (quick ? quickParse(spec, args) : undefined);
+  if (known) {
+    if (parsed.size >= 256) parsed.clear();
+    parsed.set(key, known);
+    return known as ArgumentsCamelCase<A> & CommonFlags;
+  }
+  const y = await parserFor(spec, Math.min(100, (io.stdout as { columns?: number }).columns ?? 80));
   return new Promise((resolveFlags, rejectFlags) => {
     // The answer comes through the callback; parse() also returns the parse (a promise only with async middleware, which we have none of).
     const result = y.parse(args, {}, (err, argv, output) => {
@@ -156,6 +164,90 @@ async function parseFlags<A>(spec: FlagSpec<A>, args: string[], io: Io): Promise
     });
     if (result instanceof Promise) result.catch(rejectFlags);
   });
+}
+
+// Start-up: loading full yargs (with cliui, its help and validation) is
+// about a third of a program's start. The usual command line (known flags,
+// no --help or --version, nothing wrong) is parsed by yargs-parser alone
+// (yargs/helpers) with the same options and configuration; anything else
+// goes to full yargs, so help, version and every error read as before.
+
+interface OptionDef {
+  alias?: string | string[];
+  type?: 'string' | 'boolean' | 'number';
+  default?: unknown;
+  requiresArg?: boolean;
+}
+
+interface Recorded {
+  options: Map<string, OptionDef>;
+  conflicts: [string, string][];
+  /** The program used a yargs feature the quick path does not know: always use full yargs. */
+  unknownUse: boolean;
+}
+
+const COMMON: [string, OptionDef][] = [
+  ['config', { type: 'string', requiresArg: true }],
+  ['check-config', { type: 'boolean' }],
+  ['verbose', { type: 'boolean' }],
+  ['quiet', { type: 'boolean' }],
+];
+
+const recordings = new Map<string, Recorded>();
+
+/** The options a program declares, recorded by running its options() on a stand-in for yargs. */
+function record(spec: FlagSpec<unknown>): Recorded {
+  let r = recordings.get(spec.name);
+  if (r) return r;
+  const rec: Recorded = { options: new Map(COMMON), conflicts: [], unknownUse: false };
+  const stand: Argv = new Proxy({} as Argv, {
+    get:
+      (_t, method) =>
+      (...a: unknown[]) => {
+        if (method === 'option' && typeof a[0] === 'string') rec.options.set(a[0], a[1] as OptionDef);
+        else if (method === 'conflicts' && typeof a[0] === 'string' && typeof a[1] === 'string') rec.conflicts.push([a[0], a[1]]);
+        else rec.unknownUse = true;
+        return stand;
+      },
+  });
+  spec.options(stand);
+  recordings.set(spec.name, (r = rec));
+  return r;
+}
+
+const camel = (s: string) => s.replace(/-([a-z])/g, (_m, c: string) => c.toUpperCase());
+
+/** Parse with yargs-parser when the command line is plainly valid; undefined means "ask full yargs". */
+export function quickParse(spec: FlagSpec<unknown>, args: string[]): (ArgumentsCamelCase<unknown> & CommonFlags) | undefined {
+  const rec = record(spec);
+  // '--' too: yargs turns numbers after it into numbers, yargs-parser does not.
+  if (rec.unknownUse || args.some((a) => a === '--' || /^-(h|-help|-version)(=|$)/.test(a))) return undefined;
+  const opts = [...rec.options];
+  const names = (t: string) => opts.filter(([, d]) => d.type === t).map(([n]) => n);
+  const alias = Object.fromEntries(opts.filter(([, d]) => d.alias !== undefined).map(([n, d]) => [n, ([] as string[]).concat(d.alias!)]));
+  const defaults = Object.fromEntries(opts.filter(([, d]) => d.default !== undefined).map(([n, d]) => [n, d.default]));
+  const out = Parser.detailed(args, {
+    boolean: names('boolean'),
+    string: names('string'),
+    number: names('number'),
+    alias,
+    default: defaults,
+    configuration: { 'camel-case-expansion': true, 'strip-dashed': true },
+  });
+  if (out.error) return undefined;
+  const argv = out.argv as Record<string, unknown> & CommonFlags;
+  const known = new Set(['_', '--']);
+  for (const [n, d] of opts) for (const k of [n, ...([] as string[]).concat(d.alias ?? [])]) known.add(k).add(camel(k));
+  for (const k of Object.keys(argv)) if (!known.has(k)) return undefined; // strictOptions: yargs names it
+  for (const [n, d] of opts) {
+    const v = argv[camel(n)];
+    // requiresArg: a flag without its value is yargs' error to word.
+    if (d.requiresArg && v !== undefined && [v].flat().some((x) => x === '' || x === undefined)) return undefined;
+    if (d.type === 'number' && v !== undefined && [v].flat().some((x) => typeof x !== 'number' || Number.isNaN(x))) return undefined;
+  }
+  const given = (n: string) => argv[camel(n)] !== undefined && !(n in defaults && argv[camel(n)] === defaults[n]);
+  if (rec.conflicts.some(([a, b]) => given(a) && given(b))) return undefined;
+  return deepFreeze({ ...argv, $0: spec.name }) as unknown as ArgumentsCamelCase<unknown> & CommonFlags;
 }
 
 /** A message to read: the file named on the command line (opened now, so a missing one fails before anything is written), or stdin. */

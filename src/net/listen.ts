@@ -5,7 +5,7 @@
 // certificate was verified when one is required, and hands each
 // authenticated TLS socket to the protocol's session function.
 // SIGTERM: stop accepting, let sessions finish. SIGHUP: reload.
-import { X509Certificate } from 'node:crypto';
+import { X509Certificate, randomBytes } from 'node:crypto';
 import type { EventEmitter } from 'node:events';
 import net from 'node:net';
 import { Duplex, type Readable, type Writable } from 'node:stream';
@@ -148,6 +148,9 @@ function tlsServer(current: () => Settings, log: Log, handle: (socket: TLSSocket
   });
   const slots = new Slots();
   server.on('connection', (raw: net.Socket) => {
+    // Without this an answer written after the peer's data waits for the
+    // peer's delayed ACK (Nagle): about 40 ms per message on a reused connection.
+    raw.setNoDelay?.(true);
     const address = raw.remoteAddress ?? 'unknown';
     const refused = slots.take(address, current().limits);
     if (refused) {
@@ -262,6 +265,9 @@ export async function serve(where: Where, initial: Settings, hooks: Hooks, opts:
     try {
       const next = await hooks.reload();
       server.setSecureContext(next.tls);
+      // New ticket keys: a client must not resume a session made under the
+      // old certificate (a replaced, perhaps compromised, one).
+      server.setTicketKeys(randomBytes(48));
       settings = next;
       log.info('reloaded configuration and certificates');
     } catch (e) {

@@ -2,7 +2,7 @@
 // tls and crypto.X509Certificate verify anything here: chains, dates and
 // purposes are OpenSSL's verdict (socket.authorized), names are
 // X509Certificate.checkHost on the ASCII form of a domain.
-import { X509Certificate, createPrivateKey } from 'node:crypto';
+import { X509Certificate, createHash, createPrivateKey } from 'node:crypto';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import tls, { type PeerCertificate, type SecureContextOptions, type TLSSocket } from 'node:tls';
@@ -173,8 +173,24 @@ export interface ConnectTo {
  * to our CAs and covers `name`. Every failure is temporary trouble with one
  * line a user can act on (4.7.5 for a certificate, 4.4.1 for the network).
  */
+/**
+ * TLS sessions (tickets) from earlier connections, by server and identity:
+ * a process that connects again (a queue run, a server relaying) resumes
+ * instead of paying a full handshake. The server still proved its
+ * certificate in the session resumed; the ticket is only offered to the
+ * same host, port and name with the same client certificate.
+ */
+const sessions = new Map<string, Buffer>();
+
+function sessionKey(o: ConnectTo): string {
+  const cert = [o.tls.cert ?? ''].flat().map(String).join('\n');
+  return `${o.host}\0${o.port}\0${o.name}\0${createHash('sha256').update(cert).digest('hex')}`;
+}
+
 export async function connectTls(o: ConnectTo): Promise<TLSSocket> {
+  const key = sessionKey(o);
   const socket = tls.connect({
+    session: sessions.get(key),
     ...o.tls,
     host: o.host,
     port: o.port,
@@ -187,6 +203,10 @@ export async function connectTls(o: ConnectTo): Promise<TLSSocket> {
         : Object.assign(new Error(`the server's certificate does not cover ${o.name}`), { code: 'ERR_TLS_CERT_ALTNAME_INVALID' }),
   });
   socket.setNoDelay(true);
+  socket.on('session', (ticket: Buffer) => {
+    if (sessions.size >= 100) sessions.clear();
+    sessions.set(key, ticket);
+  });
   const timer = setTimeout(() => socket.destroy(Object.assign(new Error(`no handshake within ${o.timeout / 1000} s`), { code: 'ETIMEDOUT' })), o.timeout);
   try {
     await once(socket, 'secureConnect');

@@ -331,12 +331,17 @@ test('server-receive: SIGHUP re-reads the config and the certificate files', asy
   copyFileSync(first.key, certFile.key);
   const s = await startServer(cfg({ cert: certFile }));
   servers.push(s);
-  const fingerprint = async () => {
-    const c = await connect(s.port);
-    const fp = c.socket.getPeerX509Certificate()!.fingerprint256;
-    await c.done();
-    return fp;
-  };
+  // A plain TLS connection each time: an IMDP client would resume its last
+  // session, and a resumed session carries no certificate to look at.
+  const { connect: tlsConnect } = await import('node:tls');
+  const fingerprint = () =>
+    new Promise<string>((res, rej) => {
+      const t = tlsConnect({ host: '127.0.0.1', port: s.port, servername: 'b.test', ca: readFileSync(pki.caFile) }, () => {
+        res(t.getPeerX509Certificate()!.fingerprint256);
+        t.destroy();
+      });
+      t.on('error', rej);
+    });
   const before = await fingerprint();
   copyFileSync(second.cert, certFile.cert);
   copyFileSync(second.key, certFile.key);
