@@ -2,13 +2,15 @@
 // a directory named by the UUID of its message-id. Delivery writes into
 // tmp/, fsyncs every file and directory, renames into new/ and fsyncs new/:
 // a crash leaves no message or a whole one, never part of one.
-import { constants, createReadStream, lstatSync, statSync } from 'node:fs';
-import { type FileHandle, lstat, mkdir, open, readdir, rename, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { constants, lstatSync, statSync } from 'node:fs';
+import { type FileHandle, lstat, mkdir, open, readFile, readdir, rename, rm } from 'node:fs/promises';
+import { isAbsolute, join, relative, sep } from 'node:path';
 import type { Readable } from 'node:stream';
 import { type Address, addressKey, formatAddress, parseAddressList } from './address.js';
 import { asFailure, permFail, tempFail } from './failure.js';
 import { fsyncDir, uniqueName } from './files.js';
+import { NotPlainError, listBelow, openBelow, readBelow, streamBelow } from './mailbox/below.js';
+import { ContentDigest, DIGEST_FILE, conflictName } from './mailbox/digest.js';
 import { DEFAULT_LIMITS, type Headers, type MessageLimits, MessageError, type OutEntry, checkAttachmentName, readMessage } from './message/index.js';
 
 export const FOLDERS = ['tmp', 'new', 'cur'] as const;
@@ -66,13 +68,25 @@ export function privateHeaders(headers: Headers, recipient?: Address): Headers {
   return h;
 }
 
+/**
+ * write(2) may write less than asked (a file size limit, a full disk): go on
+ * with the rest until all is written or the system says why it cannot.
+ */
+async function writeAll(fh: FileHandle, data: Buffer): Promise<void> {
+  for (let off = 0; off < data.length;) {
+    const { bytesWritten } = await fh.write(data, off, data.length - off);
+    if (bytesWritten === 0) throw tempFail(`cannot write: no byte written (disk full or a file size limit)`, '4.3.1');
+    off += bytesWritten;
+  }
+}
+
 /** Create a file exclusively and write all of data into it; the caller syncs and closes it. */
 async function createAndWrite(path: string, data: Buffer | AsyncIterable<unknown>): Promise<FileHandle> {
   // O_EXCL: never follow or replace an existing name (a planted symlink included).
   const fh = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
   try {
-    if (Buffer.isBuffer(data)) await fh.write(data);
-    else for await (const chunk of data) await fh.write(chunk as Buffer);
+    if (Buffer.isBuffer(data)) await writeAll(fh, data);
+    else for await (const chunk of data) await writeAll(fh, chunk as Buffer);
     return fh;
   } catch (e) {
     await fh.close();
@@ -112,13 +126,21 @@ export interface DeliverOptions {
   recipient?: Address;
   /** Create a missing mailbox (tmp/ new/ cur/). */
   create?: boolean;
+  /** Keep the headers as they come, bcc included (fetch-mail: the server already kept bcc private to this user). */
+  headersAsSent?: boolean;
+  /** The name a sender gave the message (fetch-mail: the server's id): refused before it is stored unless it is this message's. */
+  expectName?: string;
 }
 
 export interface Delivered {
-  /** The message's directory name (its UUID). */
+  /** The message's directory name: the UUID of its message-id, or its conflict name. */
   id: string;
-  /** Already there: stored once, nothing written. */
+  /** The UUID of its message-id. */
+  messageId: string;
+  /** Already there with the same content: stored once, nothing more kept. */
   duplicate: boolean;
+  /** Its message-id was taken by other content: stored under a name of its own. */
+  conflict: boolean;
 }
 
 /** Store a message durably into a mailbox. Throws a permanent Failure for a bad message, a temporary one for I/O trouble. */
@@ -130,46 +152,88 @@ export async function deliverToMailbox(dir: string, input: Readable, opts: Deliv
   // together instead of one by one); all are done before the rename.
   const syncs = new PendingSyncs();
   try {
+    const digest = new ContentDigest();
     let id: string | undefined;
     let attachmentsDir = false;
+    // Written whole into tmp/ even when the id is stored already: only the whole content tells a retry from another message.
     for await (const e of readMessage(input, opts.limits ?? DEFAULT_LIMITS)) {
       if (e.kind === 'headers') {
         id = messageName(e.headers);
-        if (exists(join(dir, 'new', id)) || exists(join(dir, 'cur', id))) return { id, duplicate: true };
+        digest.headers(e.headers);
         await mkdir(work, { mode: 0o700 });
         made = true;
-        await syncs.add(await createAndWrite(join(work, 'headers'), privateHeaders(e.headers, opts.recipient).serialize()));
+        const kept = opts.headersAsSent ? e.headers : privateHeaders(e.headers, opts.recipient);
+        await syncs.add(await createAndWrite(join(work, 'headers'), kept.serialize()));
         continue;
       }
       if (e.kind === 'attachment' && !attachmentsDir) {
         await mkdir(join(work, 'attachments'), { mode: 0o700 });
         attachmentsDir = true;
       }
-      await syncs.add(await createAndWrite(join(work, e.path), e.stream));
+      await syncs.add(await createAndWrite(join(work, e.path), digest.entry(e.path, e.stream)));
     }
+    const sum = digest.finish();
+    if (opts.expectName !== undefined && opts.expectName !== id && opts.expectName !== conflictName(id!, sum))
+      throw new MessageError(`message ${id} was sent as ${opts.expectName}`);
+    await syncs.add(await createAndWrite(join(work, DIGEST_FILE), Buffer.from(`${sum}\n`)));
     await syncs.all();
     if (attachmentsDir) await fsyncDir(join(work, 'attachments'));
     await fsyncDir(work);
-    try {
-      // rename(2) of a directory replaces an empty target silently; ours are never empty (headers).
-      await rename(work, join(dir, 'new', id!));
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code === 'ENOTEMPTY' || code === 'EEXIST') {
-        await rm(work, { recursive: true, force: true });
-        return { id: id!, duplicate: true };
-      }
-      throw e;
-    }
+    const placed = await place(dir, work, id!, sum);
     made = false;
-    await fsyncDir(join(dir, 'new'));
-    return { id: id!, duplicate: false };
+    return { ...placed, messageId: id! };
   } catch (e) {
     await syncs.all().catch(() => {});
     if (made) await rm(work, { recursive: true, force: true }).catch(() => {});
     if (e instanceof MessageError) throw permFail(e.message, e.status);
     throw asFailure(e, dir);
   }
+}
+
+/** The digest of the message stored under name, 'none' for one stored without a digest, undefined when there is none. */
+async function storedDigest(dir: string, name: string): Promise<string | undefined> {
+  for (const folder of ['new', 'cur']) {
+    const path = join(dir, folder, name);
+    if (!exists(path)) continue;
+    try {
+      return (await readFile(join(path, DIGEST_FILE), 'utf8')).trim();
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return 'none';
+      throw e;
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Move a written message from tmp/ into new/: under its id, or, when the id
+ * holds other content, under its conflict name; the same content already
+ * there makes it a duplicate. A stored copy without a digest (written before
+ * digests were kept, possibly cut short) is never taken for the same.
+ */
+async function place(dir: string, work: string, id: string, sum: string): Promise<Omit<Delivered, 'messageId'>> {
+  for (const name of [id, conflictName(id, sum)]) {
+    // Twice: a delivery of the same id may rename into new/ between our look and our rename.
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const there = await storedDigest(dir, name);
+      if (there === sum) {
+        await rm(work, { recursive: true, force: true });
+        return { id: name, duplicate: true, conflict: name !== id };
+      }
+      if (there !== undefined) break;
+      try {
+        // rename(2) of a directory replaces an empty target silently; ours are never empty (headers).
+        await rename(work, join(dir, 'new', name));
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code === 'ENOTEMPTY' || code === 'EEXIST') continue;
+        throw e;
+      }
+      await fsyncDir(join(dir, 'new'));
+      return { id: name, duplicate: false, conflict: name !== id };
+    }
+  }
+  throw tempFail(`message-id ${id}: both its name and its conflict name ${conflictName(id, sum)} hold other content`, '4.2.0');
 }
 
 /**
@@ -219,58 +283,91 @@ async function moved(from: string, to: string): Promise<boolean> {
 export class Mailbox {
   constructor(readonly dir: string) {}
 
-  /** Where a message is, or undefined: the id is checked before it touches a path. */
+  /**
+   * Where a message is, or undefined: the id is checked before it touches a
+   * path, and a link in place of the message or its folder is not a message.
+   */
   async locate(id: string): Promise<{ folder: Folder; path: string } | undefined> {
     if (!isMessageName(id)) return undefined;
     for (const folder of ['new', 'cur'] as const) {
-      const path = join(this.dir, folder, id);
       try {
-        if ((await lstat(path)).isDirectory()) return { folder, path };
-      } catch {
-        // not in this folder
+        const { fh } = await openBelow(this.dir, [folder, id], 'dir');
+        await fh.close();
+        return { folder, path: join(this.dir, folder, id) };
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT' && !(e instanceof NotPlainError)) throw e;
       }
     }
     return undefined;
   }
 
+  /** The message ids in a folder; a folder that is a link is refused (NotPlainError). */
   async ids(folder: Folder): Promise<string[]> {
     try {
-      return (await readdir(join(this.dir, folder))).filter(isMessageName).sort();
+      return (await listBelow(this.dir, [folder])).filter(isMessageName).sort();
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
       throw e;
     }
   }
 
-  /** The entries of a stored message, in canonical order, regular files only. */
+  /** The components of a path inside this mailbox. */
+  private below(path: string, ...more: string[]): string[] {
+    const rel = relative(this.dir, path);
+    if (rel === '' || rel.startsWith('..') || isAbsolute(rel)) throw new NotPlainError(`${path}: not inside the mailbox ${this.dir}`);
+    return [...rel.split(sep), ...more];
+  }
+
+  /**
+   * The entries of a stored message, in canonical order, regular files only.
+   * Nothing below the mailbox is followed if it is a link, now or when an
+   * entry is opened later (each open() walks down again with O_NOFOLLOW).
+   */
   async entries(path: string): Promise<OutEntry[]> {
-    const file = async (p: string, name: string): Promise<OutEntry | undefined> => {
-      let st;
+    const file = async (p: string): Promise<OutEntry | undefined> => {
+      const names = this.below(path, ...p.split('/'));
+      let size: number;
       try {
-        st = await lstat(join(path, p));
-      } catch {
-        return undefined;
+        const o = await openBelow(this.dir, names, 'file');
+        size = o.size;
+        await o.fh.close();
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+        throw e;
       }
-      if (!st.isFile()) throw new Error(`${name}: not a regular file`);
-      return { path: p, size: st.size, open: () => createReadStream(join(path, p), { highWaterMark: 256 * 1024 }) };
+      return { path: p, size, open: () => streamBelow(this.dir, names) };
     };
-    const listAttachments = () => readdir(join(path, 'attachments')).catch(() => [] as string[]);
-    const [texts, names] = await Promise.all([Promise.all(['headers', 'body', 'body.html'].map((p) => file(p, p))), listAttachments()]);
+    const listAttachments = () =>
+      listBelow(this.dir, this.below(path, 'attachments')).catch((e: NodeJS.ErrnoException) => {
+        if (e.code === 'ENOENT') return [] as string[];
+        throw e;
+      });
+    const [texts, names] = await Promise.all([Promise.all(['headers', 'body', 'body.html'].map((p) => file(p))), listAttachments()]);
     const out = texts.filter((e): e is OutEntry => e !== undefined);
     if (out[0]?.path !== 'headers') throw new Error('message without headers');
     const sorted = names.map((x) => checkAttachmentName(x)).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
-    for (const e of await Promise.all(sorted.map((n) => file(`attachments/${n}`, n)))) if (e) out.push(e);
+    for (const e of await Promise.all(sorted.map((n) => file(`attachments/${n}`)))) if (e) out.push(e);
     return out;
+  }
+
+  /** The whole of one file of a stored message (entry path such as "headers"), read without following links. */
+  async readEntry(path: string, entry: string): Promise<Buffer> {
+    return readBelow(this.dir, this.below(path, ...entry.split('/')));
   }
 
   /**
    * Move the messages in new/ to cur/ (seen), durably: every rename first,
-   * then one fsync per folder for the whole batch. Returns how many are seen.
+   * then one fsync per folder for the whole batch. Returns how many of ids
+   * are seen now, whichever session moved them.
    */
   async markSeen(ids: string[]): Promise<number> {
     const found = await this.locateAll(ids);
     let n = 0;
-    for (const at of found) if (at.folder === 'cur' || (await moved(at.path, join(this.dir, 'cur', at.id)))) n++;
+    for (const at of found) {
+      const to = join(this.dir, 'cur', at.id);
+      // Moved by another session of the same user meanwhile: seen all the same.
+      if (at.folder === 'cur' || (await moved(at.path, to)) || exists(to)) n++;
+    }
     if (found.some((at) => at.folder === 'new')) await Promise.all([fsyncDir(join(this.dir, 'cur')), fsyncDir(join(this.dir, 'new'))]);
     return n;
   }

@@ -74,3 +74,23 @@ export const HEADERS = 'from: a@a.test\nto: b@b.test\ndate: 2026-01-02T03:04:05Z
 export function tarOf(...parts: Buffer[]): Buffer {
   return Buffer.concat([...parts, END]);
 }
+
+/** Where each entry of a plain ustar archive (no pax or long names) starts, and where the end-of-archive blocks start. */
+export function entryOffsets(tar: Buffer): number[] {
+  const out: number[] = [];
+  let off = 0;
+  while (off + BLOCK <= tar.length && tar.subarray(off, off + BLOCK).some((b) => b !== 0)) {
+    out.push(off);
+    const size = parseInt(
+      tar
+        .subarray(off + 124, off + 136)
+        .toString('latin1')
+        .replace(/\0.*$/s, '')
+        .trim() || '0',
+      8,
+    );
+    off += BLOCK + Math.ceil(size / BLOCK) * BLOCK;
+  }
+  out.push(off);
+  return out;
+}

@@ -29,3 +29,9 @@ export const DEFAULT_LIMITS: Readonly<MessageLimits> = Object.freeze({
 
 /** Longest attachment name in bytes: what a file system takes as one name. */
 export const MAX_NAME_BYTES = 255;
+
+/**
+ * Zero padding allowed after the two end-of-archive blocks: tar writes whole
+ * records (10240 bytes by default, larger with a big blocking factor).
+ */
+export const MAX_PADDING_BYTES = 1024 * 1024;

@@ -70,9 +70,15 @@ export async function* readMessage(input: Readable, limits: MessageLimits = DEFA
   const guard = new TarGuard(limits);
   const extract = tar.extract();
   let failed: Error | undefined;
-  pipeline(input, guard, extract, (err) => {
-    if (err && !failed) failed = explain(err);
-  });
+  // The guard's verdict on the end of the input (end blocks, padding) may
+  // come after tar-stream's last entry: the message is whole only once the
+  // pipeline has finished.
+  const piped = new Promise<void>((res) =>
+    pipeline(input, guard, extract, (err) => {
+      if (err && !failed) failed = explain(err);
+      res();
+    }),
+  );
   const seenNames = new Set<string>();
   let index = 0;
   let sawAttachmentsDir = false;
@@ -118,8 +124,9 @@ export async function* readMessage(input: Readable, limits: MessageLimits = DEFA
       }
     }
     complete = true;
-    if (index === 0) throw new MessageError('empty archive: no "headers" entry');
+    await piped;
     if (failed) throw failed;
+    if (index === 0) throw new MessageError('empty archive: no "headers" entry');
   } catch (e) {
     // The guard's reason beats tar-stream's echo of it.
     throw failed ?? explain(e);

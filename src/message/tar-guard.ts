@@ -3,9 +3,12 @@
 // `size` record override the header, and accepts every entry type; this guard
 // bounds those buffers, allows only regular files (plus the pax and long-name
 // entries that describe them), counts entries and bytes, and records what it
-// saw so the reader can check that tar-stream saw the same.
+// saw so the reader can check that tar-stream saw the same. It also decides
+// where the archive ends: only at two zero blocks (an input that stops
+// anywhere else, even between entries, is truncated), followed by nothing
+// but zero padding.
 import { Transform, type TransformCallback } from 'node:stream';
-import { type MessageLimits, MessageError } from './limits.js';
+import { MAX_PADDING_BYTES, type MessageLimits, MessageError } from './limits.js';
 
 const BLOCK = 512;
 
@@ -14,7 +17,14 @@ export interface SeenEntry {
   size: number;
 }
 
-type State = { at: 'header' } | { at: 'meta'; type: 'x' | 'L'; size: number; got: Buffer[]; have: number } | { at: 'data'; left: number };
+type State =
+  | { at: 'header' }
+  | { at: 'meta'; type: 'x' | 'L'; size: number; got: Buffer[]; have: number }
+  | { at: 'data'; left: number }
+  /** One zero block seen: the next must be the second. */
+  | { at: 'zero' }
+  /** Both end-of-archive blocks seen: only zero padding may follow. */
+  | { at: 'end'; padding: number };
 
 function octal(block: Buffer, offset: number, length: number, what: string): number {
   const field = block.subarray(offset, offset + length);
@@ -58,6 +68,8 @@ function paxSize(buf: Buffer): number | undefined {
   return size;
 }
 
+const isZero = (block: Buffer) => block.every((b) => b === 0);
+
 export class TarGuard extends Transform {
   readonly seen: SeenEntry[] = [];
   private state: State = { at: 'header' };
@@ -80,8 +92,18 @@ export class TarGuard extends Transform {
     }
   }
 
+  /**
+   * Check a chunk without passing it on: for a program that spools a message
+   * before reading it, so that a bomb of entries is stopped while it streams
+   * in. Throws a MessageError at the first broken rule or limit.
+   */
+  inspect(chunk: Buffer): void {
+    this.walk(chunk);
+  }
+
   override _flush(cb: TransformCallback): void {
-    if (this.state.at !== 'header' || this.pending.length !== 0) return cb(new MessageError('tar: truncated archive'));
+    // A writer killed between two entries leaves a well-formed prefix: only the end blocks tell it from a whole message.
+    if (this.state.at !== 'end') return cb(new MessageError('tar: truncated archive (no end-of-archive blocks)'));
     cb();
   }
 
@@ -89,6 +111,7 @@ export class TarGuard extends Transform {
     let off = 0;
     while (off < chunk.length) {
       const st = this.state;
+      if (st.at === 'end') return this.padding(st, chunk.subarray(off));
       if (st.at === 'data') {
         const n = Math.min(st.left, chunk.length - off);
         st.left -= n;
@@ -104,14 +127,28 @@ export class TarGuard extends Transform {
       const block = this.pending;
       this.pending = Buffer.alloc(0);
       if (st.at === 'meta') this.metaBlock(st, block);
+      else if (st.at === 'zero') this.secondZero(block);
       else this.header(block);
     }
   }
 
+  /** After the end: zeros only (tar-stream would read entries hidden there), and not without bound. */
+  private padding(st: Extract<State, { at: 'end' }>, rest: Buffer): void {
+    if (rest.some((b) => b !== 0)) throw new MessageError('tar: data after the end-of-archive blocks');
+    st.padding += rest.length;
+    if (st.padding > MAX_PADDING_BYTES) throw new MessageError(`tar: more than ${MAX_PADDING_BYTES} bytes of padding after the end-of-archive blocks`);
+  }
+
+  private secondZero(block: Buffer): void {
+    if (!isZero(block)) throw new MessageError('tar: a zero block not followed by another (end of archive) or an entry header');
+    this.state = { at: 'end', padding: 0 };
+  }
+
   private header(block: Buffer): void {
-    if (block.every((b) => b === 0)) {
+    if (isZero(block)) {
       if (this.metaBefore) throw new MessageError('tar: extended header without an entry');
-      return; // end-of-archive marker; tar-stream reads on past it, and so do we
+      this.state = { at: 'zero' };
+      return;
     }
     const type = String.fromCharCode(block[156]);
     const size = octal(block, 124, 12, 'size');

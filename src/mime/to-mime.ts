@@ -3,8 +3,7 @@
 // files or spools, never read whole. The header section is ours: the
 // composer formats address and References headers its own way, and the
 // originals that mime-to-ima kept must come back exactly as they were.
-import { readFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { dirname } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Readable, Transform, type TransformCallback, type Writable } from 'node:stream';
 import MailComposer from 'nodemailer/lib/mail-composer';
@@ -194,8 +193,9 @@ export async function spoolIma(input: Readable, store: SpoolStore, limits: Messa
 /** A stored message directory (a mailbox's new/ID or cur/ID) as parts read from its files. */
 export async function messageDirParts(dir: string, limits: MessageLimits = DEFAULT_LIMITS): Promise<MessageParts> {
   let entries;
+  const box = new Mailbox(dirname(dir));
   try {
-    entries = await new Mailbox(dirname(dir)).entries(dir);
+    entries = await box.entries(dir);
   } catch (e) {
     if (e instanceof MessageError) throw dataError(`${dir}: ${e.message}`);
     if ((e as NodeJS.ErrnoException).code) throw e;
@@ -205,7 +205,7 @@ export async function messageDirParts(dir: string, limits: MessageLimits = DEFAU
   if (head.size > limits.maxHeaderBytes) throw dataError(`${dir}: headers of ${head.size} bytes exceed the limit of ${limits.maxHeaderBytes}`);
   let headers: Headers;
   try {
-    headers = parseHeaders(await readFile(join(dir, 'headers')));
+    headers = parseHeaders(await box.readEntry(dir, 'headers'));
   } catch (e) {
     if (e instanceof MessageError) throw dataError(`${dir}: ${e.message}`);
     throw e;

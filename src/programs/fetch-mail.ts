@@ -15,7 +15,7 @@ import { type Located, boolean, configPath, duration, integer, list, optional, s
 import { EXIT, Failure, configError, usageError } from '../failure.js';
 import { ImrpClient, LoginRefused } from '../imrp/client.js';
 import { IMRP_PORT, parseMsgLine } from '../imrp/wire.js';
-import { deliverToMailbox, openMailbox } from '../mailbox.js';
+import { cleanTmp, deliverToMailbox, openMailbox } from '../mailbox.js';
 import { DEFAULT_LIMITS } from '../message/index.js';
 import { isTerminal, readSecret } from '../prompt.js';
 import type { Io } from '../io.js';
@@ -36,6 +36,8 @@ const schema = table({
   timeout: optional(duration(), 60_000),
   deadline: optional(duration(), 3_600_000),
   max_message_bytes: optional(size({ min: 1024 }), DEFAULT_LIMITS.maxTotalBytes),
+  max_entries: optional(integer({ min: 1 }), DEFAULT_LIMITS.maxEntries),
+  tmp_max_age: optional(duration(), 36 * 3600 * 1000),
 });
 type Config = ReturnType<typeof schema.parse>;
 
@@ -117,14 +119,23 @@ export async function main(args: string[], io: Io): Promise<number> {
   const tlsOptions = s.prepared.tls;
   const pw = config.certificate ? undefined : await password(config, io, s.prepared.passwordFromFile);
   await openMailbox(dir, true);
+  // What killed runs left in tmp/ (a delivery in progress is seconds old).
+  const cleaned = await cleanTmp(dir, config.tmp_max_age);
+  if (cleaned) log.info(`${dir}: removed ${cleaned} stale entries from tmp/`);
 
-  const client = await ImrpClient.connect({
-    host: config.server,
-    port: config.port,
-    serverName: config.server_name || config.server,
-    tls: tlsOptions,
-    timeout: config.timeout,
-  });
+  const server = { host: config.server, port: config.port, serverName: config.server_name || config.server, tls: tlsOptions, timeout: config.timeout };
+  // Another connection, logged in, when the first had to be given up.
+  const reconnect = async (): Promise<ImrpClient> => {
+    const c = await ImrpClient.connect(server);
+    try {
+      await c.login(config.user, pw);
+    } catch (e) {
+      c.close();
+      throw e;
+    }
+    return c;
+  };
+  let client = await ImrpClient.connect(server);
   // However the server trickles its bytes, the whole run ends by the deadline.
   let late = false;
   const deadline = setTimeout(() => {
@@ -134,14 +145,16 @@ export async function main(args: string[], io: Io): Promise<number> {
   let fetched = 0;
   let bytes = 0;
   let invalid = 0;
-  let acks = 0;
   let left = 0;
   // Ids stored durably here, told to the server a line-full at a time
-  // (pipelined: the answers are read at the end).
+  // (pipelined: the answers are read at the end, and a line is forgotten
+  // only once answered).
   const durable: string[] = [];
+  const told: string[] = [];
   const acknowledge = () => {
-    client.send(`${keep ? 'SEEN' : 'DELETE'} ${durable.splice(0).join(' ')}`);
-    acks++;
+    const line = `${keep ? 'SEEN' : 'DELETE'} ${durable.splice(0).join(' ')}`;
+    client.send(line);
+    told.push(line);
   };
   try {
     try {
@@ -161,31 +174,35 @@ export async function main(args: string[], io: Io): Promise<number> {
       if (parseMsgLine(l)) total++;
       else throw new Failure('temporary', `${client.where}: unexpected answer to LIST: ${l.slice(0, 100)}`);
     }
-    const limits = { ...DEFAULT_LIMITS, maxTotalBytes: config.max_message_bytes };
-    // Store one message; only once it is durable may the server forget it.
-    const store = async (id: string, size: number, input: Readable) => {
+    const limits = { ...DEFAULT_LIMITS, maxTotalBytes: config.max_message_bytes, maxEntries: config.max_entries };
+    // Store one message; only once it is durable may the server forget it. False when it is refused.
+    const store = async (id: string, size: number, input: Readable): Promise<boolean> => {
+      let ok = false;
       try {
-        const stored = await deliverToMailbox(dir, input, { limits });
-        if (stored.id !== id) throw new Failure('permanent', `server sent message ${stored.id} as ${id}`);
+        // The server's id is checked before the message is stored: a message sent under another id is left there.
+        await deliverToMailbox(dir, input, { limits, expectName: id, headersAsSent: true });
         durable.push(id);
         if (durable.length >= ACK_BATCH) acknowledge();
         fetched++;
         bytes += size;
+        ok = true;
       } catch (e) {
         if (!(e instanceof Failure) || e.temporary) throw e;
         invalid++;
         log.error(`message ${id} refused and left on the server: ${e.message}`);
       }
       if (progress) progressBar(io, total, fetched + invalid, bytes);
+      return ok;
     };
     // Small messages are taken off the wire into memory and stored several at
     // a time, so their fsyncs overlap; a large one streams to disk alone.
-    const inFlight = new Set<Promise<void>>();
+    const inFlight = new Set<Promise<unknown>>();
     let failure: unknown;
-    const track = (p: Promise<void>) => {
+    const track = (p: Promise<unknown>) => {
       const t = p.catch((e) => void (failure ??= e)).finally(() => inFlight.delete(t));
       inFlight.add(t);
     };
+    let abandoned = false;
     for (let l = await client.line(); !l.startsWith('OK'); l = await client.line()) {
       const m = /^MESSAGE ([0-9a-f-]{36}) (\d{1,15})$/.exec(l);
       if (!m) throw new Failure('temporary', `${client.where}: unexpected answer to FETCH: ${l.slice(0, 100)}`);
@@ -200,17 +217,35 @@ export async function main(args: string[], io: Io): Promise<number> {
       }
       await Promise.all(inFlight);
       const { stream, done } = client.reader.pumpData(size);
+      let stored = false;
       try {
-        await store(id, size, stream);
+        stored = await store(id, size, stream);
       } finally {
-        stream.resume();
-        await done;
+        // A refused message's rest is not read: it may be a bomb of a gigabyte. This connection is given up.
+        if (stored) stream.resume();
+        else client.socket.destroy();
+        await done.catch((e) => {
+          if (stored) throw e;
+        });
+      }
+      if (!stored) {
+        abandoned = true;
+        break;
       }
     }
     await Promise.all(inFlight);
+    if (abandoned) {
+      // What was told on the lost connection is told again on a new one: the server forgets nothing unconfirmed.
+      client = await reconnect();
+      for (const line of told) client.send(line);
+      log.error('a refused message was not read to its end: fetch stopped; messages after it stay on the server');
+    }
     if (durable.length) acknowledge();
     if (failure) throw failure;
-    for (; acks > 0; acks--) await client.ok(keep ? 'SEEN' : 'DELETE');
+    while (told.length) {
+      await client.ok(keep ? 'SEEN' : 'DELETE');
+      told.shift();
+    }
     client.send('FOLDERS');
     for (let l = await client.line(); !l.startsWith('OK'); l = await client.line()) left += Number(/^FOLDER \S+ (\d+)$/.exec(l)?.[1] ?? 0);
   } catch (e) {

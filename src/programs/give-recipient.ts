@@ -97,6 +97,8 @@ export async function main(args: string[], io: Io): Promise<number> {
     const limits = { ...DEFAULT_LIMITS, maxTotalBytes: config.max_message_bytes, maxHeaderBytes: config.max_header_bytes, maxEntries: config.max_entries };
     const r = await deliverToMailbox(dir, input, { recipient, limits, create: argv.create ?? config.create });
     log.debug(`${who}: ${r.duplicate ? 'already stored' : 'stored'} as ${r.id}`);
+    // Someone reused an id (by accident, or to have a message dropped as a duplicate): kept, and said.
+    if (r.conflict && !r.duplicate) log.warn(`${who}: message-id ${r.messageId} is already stored with other content: stored as ${r.id}`);
     // Opportunistic clean-up, rarely, so a busy mailbox pays almost nothing for it.
     if (Math.random() < 0.01) await cleanTmp(dir, config.tmp_max_age).catch(() => 0);
     io.stdout.write(`OK ${who}\n`);

@@ -13,7 +13,7 @@ import { type Located, boolean, command, duration, integer, list, map, optional,
 import { EXIT, configError, dataError, usageError } from '../failure.js';
 import { type Word, exitFor, formatResult, parseResult } from '../results.js';
 import { commandProblem, runStage } from '../stage.js';
-import { DEFAULT_LIMITS, type Headers, MessageError, parseHeaders, readMessage } from '../message/index.js';
+import { DEFAULT_LIMITS, type Headers, MessageError, TarGuard, parseHeaders, readMessage } from '../message/index.js';
 import { type Resolution, Router } from '../routing.js';
 import type { Io } from '../io.js';
 import { Spool, SpoolLimitError } from '../spool.js';
@@ -33,6 +33,7 @@ const schema = table({
   in_process: optional(boolean(), true),
   max_message_bytes: optional(size({ min: 1024 }), 1024 ** 3),
   max_header_bytes: optional(size({ min: 256 }), DEFAULT_LIMITS.maxHeaderBytes),
+  max_entries: optional(integer({ min: 1 }), DEFAULT_LIMITS.maxEntries),
   spool_dir: optional(string(), ''),
 });
 type Config = ReturnType<typeof schema.parse>;
@@ -141,8 +142,8 @@ export async function main(args: string[], io: Io): Promise<number> {
   const envelope = argv.recipient === undefined ? [] : ([] as string[]).concat(argv.recipient);
   if (argv.check) return checkRecipients(parseRecipients([...envelope, ...positional]), router, config.max_header_bytes, io, log);
   if (positional.length > 1) throw usageError('at most one FILE');
-  const spool = await spoolMessage(positional[0], config, io);
-  if (spool === undefined) return EXIT.FAIL;
+  const spool = await spoolMessage(positional[0], envelope, config, router, io, log);
+  if (typeof spool === 'number') return spool;
   try {
     return await deliver(spool, envelope, config, router, io, log);
   } finally {
@@ -182,33 +183,69 @@ async function checkRecipients(given: Address[], router: Router, maxHeaderBytes:
   return exitFor(words);
 }
 
-/** The message (FILE or stdin) spooled once for every route; undefined (after a FAIL line) when it is over the limit. */
-async function spoolMessage(file: string | undefined, config: { max_message_bytes: number; spool_dir: string }, io: Io): Promise<Spool | undefined> {
+/**
+ * The message (FILE or stdin) spooled once for every route, or the exit
+ * code after its result lines. The tar structure is walked while it spools
+ * (entries counted, types checked), so a bomb of entries is refused before
+ * it is read whole; the first bytes are kept to name the recipients if the
+ * spool itself fails.
+ */
+async function spoolMessage(
+  file: string | undefined,
+  envelope: string[],
+  config: { max_message_bytes: number; max_header_bytes: number; max_entries: number; spool_dir: string },
+  router: Router,
+  io: Io,
+  log: Log,
+): Promise<Spool | number> {
+  const out = (line: string) => io.stdout.write(`${line}\n`);
   const input = await openInput(file, io);
+  const guard = new TarGuard({
+    ...DEFAULT_LIMITS,
+    maxEntries: config.max_entries,
+    maxHeaderBytes: config.max_header_bytes,
+    maxTotalBytes: config.max_message_bytes,
+  });
+  const head: Buffer[] = [];
+  let headBytes = 0;
   try {
-    return await Spool.from(input, { limit: config.max_message_bytes, dir: config.spool_dir || undefined });
+    return await Spool.from(input, {
+      limit: config.max_message_bytes,
+      dir: config.spool_dir || undefined,
+      inspect: (chunk) => {
+        if (headBytes < HEAD_BYTES) {
+          head.push(chunk);
+          headBytes += chunk.length;
+        }
+        guard.inspect(chunk);
+      },
+    });
   } catch (e) {
     if (e instanceof SpoolLimitError) {
-      io.stdout.write(`FAIL - 5.3.4 message larger than the limit of ${config.max_message_bytes} bytes\n`);
-      return undefined;
+      out(`FAIL - 5.3.4 message larger than the limit of ${config.max_message_bytes} bytes`);
+      return EXIT.FAIL;
     }
-    throw e;
+    if (e instanceof MessageError) {
+      out(`FAIL - ${e.status} ${e.message}`);
+      return EXIT.FAIL;
+    }
+    if (!(e as NodeJS.ErrnoException).code) throw e;
+    return spoolTrouble(Buffer.concat(head), `4.3.0 cannot spool the message: ${(e as Error).message}`, envelope, config, router, io, log);
   }
 }
 
-async function deliver(
-  spool: Spool,
-  envelope: string[],
-  config: { max_parallel: number; command_timeout: number; in_process: boolean; max_header_bytes: number },
-  router: Router,
-  io: Io,
-  log: { warn(m: string): void; info(m: string): void },
-): Promise<number> {
-  const out = (line: string) => io.stdout.write(`${line}\n`);
+/** Bytes kept from the start of a message: enough for the headers entry and the pax or long-name entry before it. */
+const HEAD_BYTES = DEFAULT_LIMITS.maxHeaderBytes + DEFAULT_LIMITS.maxMetaBytes + 4096;
+
+type Plans = Map<Address, Resolution>;
+type Log = { warn(m: string): void; info(m: string): void };
+type Out = (line: string) => void;
+
+/** Each local recipient and what the routing table makes of it; an exit code when there is nothing to deliver. */
+async function planFor(data: Readable | Buffer, envelope: string[], maxHeaderBytes: number, router: Router, out: Out, log: Log): Promise<Plans | number> {
   let recipients: Address[];
   try {
-    const data = spool.open();
-    const headers = await headersOnly(Buffer.isBuffer(data) ? Readable.from([data]) : data, config.max_header_bytes);
+    const headers = await headersOnly(Buffer.isBuffer(data) ? Readable.from([data]) : data, maxHeaderBytes);
     recipients = envelope.length ? unique(envelope.flatMap((t) => parseAddressList(t))) : unique(recipientsOf(headers));
   } catch (e) {
     if (e instanceof MessageError || e instanceof AddressError) {
@@ -222,20 +259,64 @@ async function deliver(
     log.warn('no recipient in a local domain: nothing delivered');
     return EXIT.FAIL;
   }
+  return new Map<Address, Resolution>(local.map((a) => [a, router.resolve(a)]));
+}
+
+/** One result line per recipient; the exit code of them all. */
+function report(plans: Plans, outcome: (r: Resolution) => Outcome, out: Out): number {
+  const words: Word[] = [];
+  for (const [a, r] of plans) {
+    const o = outcome(r);
+    words.push(o.word);
+    out(formatResult({ word: o.word, address: mailboxOf(a), reason: o.reason }));
+  }
+  return exitFor(words);
+}
+
+/** The spool failed (disk full, a file size limit): every recipient that would have been delivered to is told TEMPFAIL. */
+async function spoolTrouble(
+  head: Buffer,
+  reason: string,
+  envelope: string[],
+  config: { max_header_bytes: number },
+  router: Router,
+  io: Io,
+  log: Log,
+): Promise<number> {
+  const out = (line: string) => io.stdout.write(`${line}\n`);
+  let plans: Plans | number;
+  try {
+    plans = await planFor(head, envelope, config.max_header_bytes, router, () => {}, log);
+  } catch {
+    plans = EXIT.FAIL;
+  }
+  if (typeof plans === 'number') {
+    // Not even the headers were spooled: one line for the whole message.
+    out(`TEMPFAIL - ${reason}`);
+    return EXIT.TEMPFAIL;
+  }
+  log.warn(reason);
+  return report(plans, (r) => (r.kind === 'deliver' ? { word: 'TEMPFAIL', reason } : outcomeFor(r, new Map())), out);
+}
+
+async function deliver(
+  spool: Spool,
+  envelope: string[],
+  config: { max_parallel: number; command_timeout: number; in_process: boolean; max_header_bytes: number },
+  router: Router,
+  io: Io,
+  log: Log,
+): Promise<number> {
+  const out = (line: string) => io.stdout.write(`${line}\n`);
+  const plans = await planFor(spool.open(), envelope, config.max_header_bytes, router, out, log);
+  if (typeof plans === 'number') return plans;
   // Each distinct target runs once, even when several recipients (aliases) lead to it.
-  const plans = new Map<Address, Resolution>(local.map((a) => [a, router.resolve(a)]));
   const jobs = new Map<string, { address: Address; argv: string[]; outcome?: Outcome }>();
   for (const r of plans.values()) if (r.kind === 'deliver') for (const t of r.targets) jobs.set(addressKey(t.address), { ...t });
   await pool([...jobs.values()], config.max_parallel, async (job) => {
     job.outcome = await runRoute(job.argv, job.address, spool, config, io);
   });
-  const words: Word[] = [];
-  for (const [a, r] of plans) {
-    const o = outcomeFor(r, jobs);
-    words.push(o.word);
-    out(formatResult({ word: o.word, address: mailboxOf(a), reason: o.reason }));
-  }
-  return exitFor(words);
+  return report(plans, (r) => outcomeFor(r, jobs), out);
 }
 
 /** One recipient's result from its targets: any temporary failure wins (a retry is safe: mailboxes store a message once). */

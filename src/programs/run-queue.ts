@@ -28,11 +28,11 @@ const schema = table({
   stage_timeout: optional(duration(), 10 * 60_000),
   max_parallel: optional(integer({ min: 1, max: 1000 }), 10),
   max_per_domain: optional(integer({ min: 1, max: 1000 }), 4),
-  domain_defer: optional(duration(), 5 * 60_000),
-  min_backoff: optional(duration(), 5 * 60_000),
-  max_backoff: optional(duration(), 60 * 60_000),
+  domain_defer: optional(duration({ zero: 'never' }), 5 * 60_000),
+  min_backoff: optional(duration({ zero: 'retry at once' }), 5 * 60_000),
+  max_backoff: optional(duration({ zero: 'retry at once' }), 60 * 60_000),
   max_lifetime: optional(duration(), 120 * 3_600_000),
-  delay_warning: optional(duration(), 0),
+  delay_warning: optional(duration({ zero: 'never' }), 0),
   poll_interval: optional(duration(), 60_000),
 });
 type Config = ReturnType<typeof schema.parse>;

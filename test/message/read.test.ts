@@ -50,6 +50,34 @@ describe('readMessage accepts', () => {
     }
     assert.equal(n, 3);
   });
+  it('zero padding after the end-of-archive blocks (a tar record of 10240 bytes, as GNU tar writes)', async () => {
+    const tar = tarOf(entry('headers', HEADERS), entry('body', 'hi\n'));
+    const got = await read(Buffer.concat([tar, Buffer.alloc(10240 - tar.length)]));
+    assert.equal(got.body, 'hi\n');
+  });
+  it('the end-of-archive blocks split across reads, byte by byte', async () => {
+    const tar = tarOf(entry('headers', HEADERS), entry('body', 'hi\n'));
+    const out: string[] = [];
+    for await (const e of readMessage(Readable.from([...tar].map((b) => Buffer.from([b]))))) out.push(e.path);
+    assert.deepEqual(out, ['headers', 'body']);
+  });
+});
+
+describe('readMessage rejects the end of the archive', () => {
+  const H = entry('headers', HEADERS);
+  const B = entry('body', 'hello\n');
+  it('a message cut off exactly at an entry boundary (no end-of-archive blocks)', () => rejects(Buffer.concat([H, B]), /truncated archive.*end-of-archive/));
+  it('a message with one zero block of the two', () => rejects(Buffer.concat([H, B, Buffer.alloc(512)]), /truncated archive.*end-of-archive/));
+  it('a zero block followed by an entry', () => rejects(Buffer.concat([H, Buffer.alloc(512), tarOf(B)]), /zero block not followed by another/));
+  it('an entry after the end-of-archive blocks (what tar tvf does not list)', () =>
+    rejects(Buffer.concat([tarOf(H, B), tarOf(entry('attachments/hidden.exe', 'MZ'))]), /data after the end-of-archive blocks/));
+  it('a single non-zero byte far into the padding', () => {
+    const tail = Buffer.alloc(8192);
+    tail[8000] = 1;
+    return rejects(Buffer.concat([tarOf(H, B), tail]), /data after the end-of-archive blocks/);
+  });
+  it('padding after the end beyond the limit', () =>
+    rejects(Buffer.concat([tarOf(H, B), Buffer.alloc(1024 * 1024 + 1)]), /more than 1048576 bytes of padding/));
 });
 
 describe('readMessage rejects', () => {

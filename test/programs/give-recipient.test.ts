@@ -5,7 +5,7 @@ import { mkdirSync, readFileSync, readdirSync, rmSync, utimesSync, writeFileSync
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { BIN, runBin, runCommand, tempDir, testEnv } from '../helpers.js';
-import { END, HEADERS, entry, header, tarOf } from '../tarbuild.js';
+import { END, HEADERS, entry, entryOffsets, header, tarOf } from '../tarbuild.js';
 
 const dir = tempDir();
 const big = Buffer.alloc(300 * 1024, 7);
@@ -58,7 +58,7 @@ describe('give-recipient', () => {
     assert.ok(at > 0, `a rename into new/ in:\n${lines.join('\n')}`);
     const synced = (part: string[]) =>
       part.flatMap((l) => /fs?d?a?t?a?sync\(\d+<([^>]+)>/.exec(l)?.[1] ?? []).map((p) => p.slice(box.length + 1).replace(/^tmp\/[^/]+/, 'MSG'));
-    assert.deepEqual(synced(lines.slice(0, at)).sort(), ['MSG', 'MSG/attachments', 'MSG/attachments/big.bin', 'MSG/body', 'MSG/headers']);
+    assert.deepEqual(synced(lines.slice(0, at)).sort(), ['MSG', 'MSG/.digest', 'MSG/attachments', 'MSG/attachments/big.bin', 'MSG/body', 'MSG/headers']);
     assert.deepEqual(synced(lines.slice(at)), ['new']);
     assert.doesNotMatch(lines.join('\n'), /sync\(.*= -1/, 'every fsync succeeded');
     assert.ok(id);
@@ -72,6 +72,101 @@ describe('give-recipient', () => {
       assert.equal(r.code, 0, r.stderr);
     }
     assert.equal(stored(box).length, 1);
+  });
+
+  it('refuses a message cut off at an entry boundary (no end-of-archive blocks), and stores the whole retry', async () => {
+    const box = mailbox('cut');
+    const msg = await makeMessage(['-a', 'big.bin', 'bob@b.test']);
+    const [, body, attachment, end] = entryOffsets(msg);
+    assert.ok(body < attachment && attachment < end, 'headers, body, attachment');
+    for (const at of [attachment, end]) {
+      const r = await runBin('give-recipient', ['--address', 'bob@b.test', box], { input: msg.subarray(0, at) });
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stdout.toString(), /^FAIL bob@b\.test 5\.6\.0 tar: truncated archive \(no end-of-archive blocks\)\n$/);
+      assert.deepEqual(stored(box), []);
+      assert.deepEqual(readdirSync(join(box, 'tmp')), []);
+    }
+    const whole = await runBin('give-recipient', ['--address', 'bob@b.test', box], { input: msg });
+    assert.equal(whole.code, 0, whole.stderr);
+    const [id] = stored(box);
+    assert.deepEqual(readFileSync(join(box, 'new', id, 'attachments', 'big.bin')), big, 'the retry is stored whole');
+  });
+
+  it('refuses an entry hidden after the end-of-archive blocks, and anything but zeros there', async () => {
+    const box = mailbox('hidden');
+    const msg = await makeMessage(['bob@b.test']);
+    for (const tail of [tarOf(entry('attachments/hidden.exe', 'MZ')), Buffer.from('x')]) {
+      const r = await runBin('give-recipient', ['--address', 'bob@b.test', box], { input: Buffer.concat([msg, tail]) });
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stdout.toString(), /^FAIL bob@b\.test 5\.6\.0 tar: data after the end-of-archive blocks\n$/);
+      assert.deepEqual(stored(box), []);
+    }
+    const padded = await runBin('give-recipient', ['--address', 'bob@b.test', box], { input: Buffer.concat([msg, Buffer.alloc(20 * 512)]) });
+    assert.equal(padded.code, 0, padded.stderr);
+    assert.equal(stored(box).length, 1);
+  });
+
+  describe('dedupe by message-id and content', () => {
+    const id = /message-id: urn:uuid:(\S+)/.exec(HEADERS)![1];
+    const one = tarOf(entry('headers', HEADERS), entry('body', 'one\n'));
+    const two = tarOf(entry('headers', HEADERS), entry('body', 'two\n'));
+    const give = async (box: string, msg: Buffer) => {
+      const r = await runBin('give-recipient', ['--address', 'bob@b.test', box], { input: msg });
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stdout.toString(), 'OK bob@b.test\n');
+      return r;
+    };
+    const bodies = (box: string) =>
+      stored(box)
+        .map((n) => readFileSync(join(box, 'new', n, 'body'), 'utf8'))
+        .sort();
+
+    it('stores a different message that reuses a stored id as its own message, logs it, and dedupes its retry', async () => {
+      const box = mailbox('reused-id');
+      await give(box, one);
+      const r = await give(box, two);
+      assert.match(r.stderr, new RegExp(`message-id ${id} is already stored with other content: stored as [0-9a-f-]{36}`));
+      assert.deepEqual(bodies(box), ['one\n', 'two\n'], 'never dropped as a duplicate');
+      const other = stored(box).find((n) => n !== id)!;
+      assert.match(readFileSync(join(box, 'new', other, 'headers'), 'utf8'), new RegExp(`message-id: urn:uuid:${id}`), 'the message itself is unchanged');
+      await give(box, two);
+      await give(box, one);
+      assert.deepEqual(bodies(box), ['one\n', 'two\n'], 'a retry of either is a duplicate');
+      assert.match(readFileSync(join(box, 'new', id, '.digest'), 'utf8'), /^sha256:[0-9a-f]{64}\n$/);
+    });
+
+    it('takes a retry that differs only in received lines and in bcc for the same message', async () => {
+      const box = mailbox('retry-hops');
+      const h = HEADERS + 'bcc: bob@b.test, eve@b.test\n';
+      await give(box, tarOf(entry('headers', `received: from a.test by b.test; 2026-01-02T03:04:06Z\n${h}`), entry('body', 'one\n')));
+      await give(
+        box,
+        tarOf(entry('headers', `received: from a.test by b.test; 2026-01-02T04:00:00Z\n${h.replace(', eve@b.test', '')}`), entry('body', 'one\n')),
+      );
+      assert.deepEqual(stored(box), [id]);
+    });
+
+    it('never answers a retry OK for a stored copy that differs from it (one cut short before this fix)', async () => {
+      const box = mailbox('incomplete');
+      mkdirSync(join(box, 'new', id));
+      writeFileSync(join(box, 'new', id, 'headers'), HEADERS);
+      await give(box, one);
+      const names = stored(box);
+      assert.equal(names.length, 2);
+      assert.equal(
+        readFileSync(
+          join(
+            box,
+            'new',
+            names.find((n) => n !== id)!,
+            'body',
+          ),
+          'utf8',
+        ),
+        'one\n',
+        'the whole message is stored',
+      );
+    });
   });
 
   it('finds the mailbox of an address through its template, and creates it only when told', async () => {
@@ -158,6 +253,21 @@ describe('give-recipient', () => {
     } finally {
       spawnSync('umount', [mnt]);
     }
+  });
+
+  it('never answers OK for a file cut short by a short write (RLIMIT_FSIZE inside the last chunk): TEMPFAIL, nothing stored', async (t) => {
+    if (spawnSync('prlimit', ['--version']).status !== 0) return t.skip('prlimit (util-linux) is not installed');
+    const box = mailbox('fsize');
+    const msg = await makeMessage(['-a', 'big.bin', 'bob@b.test']);
+    // Node ignores SIGXFSZ: the write that crosses the limit is short, the next one fails with EFBIG.
+    const r = await runCommand('prlimit', [`--fsize=${big.length - 100}`, join(BIN, 'give-recipient'), '--address', 'bob@b.test', box], {
+      input: msg,
+      env: testEnv(),
+    });
+    assert.equal(r.code, 75, `${r.stdout}${r.stderr}`);
+    assert.match(r.stdout.toString(), /^TEMPFAIL bob@b\.test 4\.\d\.\d .*EFBIG|file too large/i);
+    assert.deepEqual(stored(box), []);
+    assert.deepEqual(readdirSync(join(box, 'tmp')), []);
   });
 
   it('killed with SIGKILL at many points, leaves no message or a whole one in new/', async (t) => {

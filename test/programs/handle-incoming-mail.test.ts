@@ -1,8 +1,11 @@
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { runBin, runMain, tempDir } from '../helpers.js';
+import { Readable } from 'node:stream';
+import { BIN, runBin, runCommand, runMain, tempDir, testEnv } from '../helpers.js';
+import { HEADERS, entry, entryOffsets } from '../tarbuild.js';
 
 const dir = tempDir();
 const boxes = join(dir, 'mail');
@@ -191,5 +194,60 @@ describe('handle-incoming-mail', () => {
     assert.equal(r.code, 1);
     assert.match(r.stdout.toString(), /^FAIL - 5\.6\.0 /);
     assert.equal(count('bob'), before);
+  });
+
+  it('refuses a message cut off at an entry boundary (in-process give-recipient), stores nothing, and stores the whole retry', async () => {
+    const msg = await message('carol@b.test');
+    const [, body, end] = entryOffsets(msg);
+    const before = count('carol');
+    for (const at of [body, end]) {
+      const r = await runMain('handle-incoming-mail', ['--config', cfg], { input: msg.subarray(0, at) });
+      assert.equal(r.code, 1, r.stderr);
+      assert.equal(r.stdout.toString(), 'FAIL carol@b.test 5.6.0 tar: truncated archive (no end-of-archive blocks)\n');
+      assert.equal(count('carol'), before);
+    }
+    const whole = await runMain('handle-incoming-mail', ['--config', cfg], { input: msg });
+    assert.equal(whole.code, 0, whole.stderr);
+    assert.equal(count('carol'), before + 1);
+    const id = /message-id: urn:uuid:(\S+)/.exec(msg.toString('latin1'))![1];
+    assert.equal(readFileSync(join(boxes, 'carol', 'new', id, 'body'), 'utf8'), 'hi', 'the retry is stored whole');
+  });
+
+  it('stops spooling a tar bomb (2 million empty entries) at max_entries, far before its end', async () => {
+    let produced = 0;
+    const bomb = Readable.from(
+      (function* () {
+        const head = entry('headers', HEADERS.replace('b@b.test', 'bob@b.test'));
+        produced += head.length;
+        yield head;
+        for (let n = 0; n < 2_000_000; n += 256) {
+          const batch = Buffer.concat(Array.from({ length: 256 }, (_, i) => entry(`attachments/${n + i}`, '')));
+          produced += batch.length;
+          yield batch;
+        }
+      })(),
+    );
+    const before = count('bob');
+    const r = await runMain('handle-incoming-mail', ['--config', cfg], { input: bomb });
+    assert.equal(r.code, 1, r.stderr);
+    assert.equal(r.stdout.toString(), 'FAIL - 5.6.0 message has more than 1000 entries\n');
+    assert.ok(produced < 4 * 1024 * 1024, `read ${produced} bytes of about 1 GB before refusing`);
+    assert.equal(count('bob'), before);
+  });
+
+  it('gives every recipient its TEMPFAIL line when the spool is full (RLIMIT_FSIZE), exit 75', async (t) => {
+    if (spawnSync('prlimit', ['--version']).status !== 0) return t.skip('prlimit (util-linux) is not installed');
+    const att = join(dir, 'two-mb.bin');
+    writeFileSync(att, Buffer.alloc(2 * 1024 * 1024, 1));
+    const msg = await message('-a', att, '--to', 'bob@b.test, carol@b.test', 'nobody@b.test');
+    const before = [count('bob'), count('carol')];
+    const r = await runCommand('prlimit', ['--fsize=262144', join(BIN, 'handle-incoming-mail'), '--config', cfg], { input: msg, env: testEnv() });
+    assert.equal(r.code, 75, `${r.stdout}${r.stderr}`);
+    assert.deepEqual(r.stdout.toString().trim().split('\n').sort(), [
+      'NORECIPIENT nobody@b.test',
+      'TEMPFAIL bob@b.test 4.3.0 cannot spool the message: EFBIG: file too large, write',
+      'TEMPFAIL carol@b.test 4.3.0 cannot spool the message: EFBIG: file too large, write',
+    ]);
+    assert.deepEqual([count('bob'), count('carol')], before);
   });
 });

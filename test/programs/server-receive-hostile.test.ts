@@ -39,7 +39,8 @@ test('server-receive: MAIL headers sent a line at a time must all come within ti
   const s = await server('[timeouts]\nidle = "2s"\ncommand = "1s"\n');
   const c = await connect(s.port);
   const stop = drip(c, Buffer.from(`MAIL 1000\n${'from: a@a.test\n'.repeat(100)}`), 5);
-  await assert.rejects(c.readAnswer(), /connection closed by the server/);
+  // The cut may reach the client as a close or, when its next byte meets the closed socket, as a reset.
+  await assert.rejects(c.readAnswer(), /connection closed by the server|ECONNRESET|EPIPE/);
   stop();
   await s.waitLog(/connection dropped: MAIL and its headers not complete within 1 s/);
 });
@@ -52,7 +53,7 @@ test('server-receive: DATA slower than limits.min_data_rate is cut, though bytes
   assert.equal((await c.readAnswer()).word, 'ACCEPT');
   c.socket.write('DATA\n');
   const stop = drip(c, tar, 100);
-  await assert.rejects(c.readResult(), /connection closed/);
+  await assert.rejects(c.readResult(), /connection closed|ECONNRESET|EPIPE/);
   stop();
   await s.waitLog(/connection dropped: data slower than 1024 bytes\/s/);
 });

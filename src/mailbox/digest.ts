@@ -1,0 +1,65 @@
+// The content digest of a stored message (ima-message(5), THE MAILBOX): what
+// tells a sender's retry of a stored message from a different message that
+// reuses its id. A retry may differ only in what each hop or recipient
+// changes: `received` lines (one per hop) and `bcc` (each recipient sees at
+// most their own address); everything else must be the same bytes.
+import { createHash } from 'node:crypto';
+import type { Headers } from '../message/index.js';
+
+/** The file beside a stored message's entries that holds its digest. */
+export const DIGEST_FILE = '.digest';
+
+/** Fields left out of the digest: they change from hop to hop and recipient to recipient. */
+const VARYING = ['received', 'bcc'];
+
+const sha256 = (data: Buffer | string) => createHash('sha256').update(data).digest('hex');
+
+/** Canonical order (ima-message(5) Writing): headers, body, body.html, then attachments by the bytes of their names. */
+const rank = (path: string) => ['headers', 'body', 'body.html'].indexOf(path) + 1 || 4;
+const canonical = (a: string, b: string) => rank(a) - rank(b) || Buffer.compare(Buffer.from(a), Buffer.from(b));
+
+/**
+ * The digest is the SHA-256 of a manifest: one line "PATH SIZE SHA256\n" per
+ * entry, in canonical order, where the headers entry is hashed without its
+ * `received` and `bcc` fields. Entries are hashed as they stream past.
+ */
+export class ContentDigest {
+  private readonly lines = new Map<string, string>();
+
+  headers(h: Headers): void {
+    const raw = VARYING.reduce((c, f) => c.remove(f), h.clone()).serialize();
+    this.lines.set('headers', `headers ${raw.length} ${sha256(raw)}\n`);
+  }
+
+  /** Pass an entry's data through, hashing it; the entry counts once its data has all gone by. */
+  async *entry(path: string, data: AsyncIterable<unknown>): AsyncGenerator<Buffer> {
+    const hash = createHash('sha256');
+    let size = 0;
+    for await (const c of data) {
+      const chunk = c as Buffer;
+      hash.update(chunk);
+      size += chunk.length;
+      yield chunk;
+    }
+    this.lines.set(path, `${path} ${size} ${hash.digest('hex')}\n`);
+  }
+
+  /** "sha256:HEX" of the manifest. */
+  finish(): string {
+    const paths = [...this.lines.keys()].sort(canonical);
+    return `sha256:${sha256(paths.map((p) => this.lines.get(p)!).join(''))}`;
+  }
+}
+
+/**
+ * The directory name of a message whose id is already taken by other
+ * content: a UUID (version 8) from the id and the digest, so that a retry of
+ * this message finds it again and a third message gets a name of its own.
+ */
+export function conflictName(id: string, digest: string): string {
+  const b = createHash('sha256').update(`${id} ${digest}`).digest().subarray(0, 16);
+  b[6] = (b[6] & 0x0f) | 0x80;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const h = b.toString('hex');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
