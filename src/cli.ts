@@ -11,7 +11,7 @@ import type { ArgumentsCamelCase, Argv } from 'yargs';
 import Parser from 'yargs-parser';
 import { EXIT, Failure, noInput } from './failure.js';
 import { type Field, type Located, type Role, deepFreeze, loadConfig, locateConfig, showConfig } from './config.js';
-import { type Log, createLog, oneLine } from './log.js';
+import { LOG_FORMATS, type Log, type LogFormat, createLog, logLine, oneLine } from './log.js';
 import type { Io } from './io.js';
 import { refuseRoot } from './privileges.js';
 
@@ -20,6 +20,7 @@ export interface CommonFlags {
   checkConfig?: boolean;
   verbose?: boolean;
   quiet?: boolean;
+  logFormat?: LogFormat;
   _: (string | number)[];
 }
 
@@ -62,6 +63,7 @@ export async function start<A, C, P = undefined>(spec: ProgramSpec<A, C, P>, arg
   const parsed = await parseFlags(spec, args, io);
   if (typeof parsed === 'number') return parsed;
   const argv = parsed;
+  const log = createLog(io.stderr, spec.name, argv.verbose ? 'debug' : argv.quiet ? 'error' : 'info', argv.logFormat);
   let loaded;
   let prepared: P;
   try {
@@ -70,12 +72,11 @@ export async function start<A, C, P = undefined>(spec: ProgramSpec<A, C, P>, arg
     prepared = checked(spec, loaded.config, loaded.source, io);
   } catch (e) {
     if (e instanceof Failure) {
-      io.stderr.write(`${spec.name}: ${oneLine(e.message)}\n`);
+      io.stderr.write(logLine(spec.name, 'error', e.message, argv.logFormat));
       return e.exitCode;
     }
     throw e;
   }
-  const log = createLog(io.stderr, spec.name, argv.verbose ? 'debug' : argv.quiet ? 'error' : 'info');
   if (argv.checkConfig) {
     io.stdout.write(`# ${loaded.source.file ?? 'no config file: defaults'}\n${showConfig(loaded.config)}`);
     io.stderr.write(`${spec.name}: configuration OK\n`);
@@ -124,7 +125,8 @@ function buildParser<A>(yargs: () => Argv, spec: FlagSpec<A>, width: number): Ar
         .option('config', { type: 'string', describe: 'Config file (default: see FILES in the man page)', requiresArg: true })
         .option('check-config', { type: 'boolean', describe: 'Print the effective config, check it, and exit' })
         .option('verbose', { type: 'boolean', describe: 'Log more (debug level)' })
-        .option('quiet', { type: 'boolean', describe: 'Log errors only' }),
+        .option('quiet', { type: 'boolean', describe: 'Log errors only' })
+        .option('log-format', { choices: LOG_FORMATS, describe: 'Diagnostics as text lines or one JSON object per line', requiresArg: true }),
     )
     .version(packageVersion())
     .help()

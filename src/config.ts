@@ -90,10 +90,15 @@ export function parseDuration(v: unknown): number | undefined {
   const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)$/.exec(v.trim());
   return m ? Math.round(Number(m[1]) * TIME_UNITS[m[2]]) : undefined;
 }
-export const duration = (): Field<number> => ({
+/**
+ * A duration field. 0 is refused (a zero timeout would fail everything at
+ * once) unless `zero` says what 0 means for this key ("no delay").
+ */
+export const duration = (opts: { zero?: string } = {}): Field<number> => ({
   parse(v, key) {
     const n = parseDuration(v);
     if (n === undefined) throw problem(key, `must be a duration such as 30 (seconds), "500ms", "30s" or "5m"`);
+    if (n === 0 && !opts.zero) throw problem(key, 'must be more than 0');
     return n;
   },
 });

@@ -1,5 +1,5 @@
 import type { Writable } from 'node:stream';
-import { oneLine } from './log.js';
+import { type LogFormat, logLine } from './log.js';
 
 // The one catalog of named failures and the one exit-code table.
 // Every program throws these; only run.ts turns them into exit codes, and
@@ -101,10 +101,10 @@ export function describe(err: unknown): string {
   return e?.message ?? String(err);
 }
 
-/** Write "program: reason" for a failure and return its exit code; unknown errors are temporary. */
-export function reportFailure(io: { stderr: Writable }, program: string, err: unknown): number {
+/** Write "program: reason" (or its JSON record) for a failure and return its exit code; unknown errors are temporary. */
+export function reportFailure(io: { stderr: Writable }, program: string, err: unknown, format: LogFormat = 'text'): number {
   const f = asFailure(err);
   const internal = !(err instanceof Failure) && !(err as NodeJS.ErrnoException)?.code;
-  io.stderr.write(`${program}: ${internal ? 'internal error: ' : ''}${oneLine(f.message)}\n`);
+  io.stderr.write(logLine(program, 'error', `${internal ? 'internal error: ' : ''}${f.message}`, format));
   return f.exitCode;
 }

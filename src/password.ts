@@ -27,12 +27,35 @@ export function hashProblem(stored: string): string | undefined {
   return undefined;
 }
 
-// Checked against when the user does not exist, so both answers take as long.
-const DUMMY = `scrypt$${DEFAULTS.N}$${DEFAULTS.r}$${DEFAULTS.p}$${Buffer.alloc(16).toString('base64')}$${Buffer.alloc(KEYLEN).toString('base64')}`;
+const dummyOf = (N: number | string, r: number | string, p: number | string) =>
+  `scrypt$${N}$${r}$${p}$${Buffer.alloc(16).toString('base64')}$${Buffer.alloc(KEYLEN).toString('base64')}`;
+const DUMMY = dummyOf(DEFAULTS.N, DEFAULTS.r, DEFAULTS.p);
 
-/** Does the password match the stored hash? With no hash (unknown user) it does the same work and says no. */
-export async function verifyPassword(password: string, stored: string | undefined): Promise<boolean> {
-  const m = FORMAT.exec(stored ?? DUMMY) ?? FORMAT.exec(DUMMY)!;
+/** The parameters N, r, p of a stored hash, as "N$r$p". */
+export function hashParameters(stored: string): string | undefined {
+  const m = FORMAT.exec(stored);
+  return m ? `${m[1]}$${m[2]}$${m[3]}` : undefined;
+}
+
+/**
+ * The hash checked against when a user does not exist: a fixed salt and key
+ * with the parameters most of the configured users' hashes have (the
+ * defaults when none has one), so an unknown user costs what a typical known
+ * one does and the two cannot be told apart by timing.
+ */
+export function dummyHash(configured: readonly (string | undefined)[]): string {
+  const seen = new Map<string, number>();
+  for (const h of configured) {
+    const p = h === undefined ? undefined : hashParameters(h);
+    if (p) seen.set(p, (seen.get(p) ?? 0) + 1);
+  }
+  const common = [...seen].sort((a, b) => b[1] - a[1])[0]?.[0];
+  return common ? dummyOf(...(common.split('$') as [string, string, string])) : DUMMY;
+}
+
+/** Does the password match the stored hash? With no hash (unknown user) it does the same work against `dummy` and says no. */
+export async function verifyPassword(password: string, stored: string | undefined, dummy = DUMMY): Promise<boolean> {
+  const m = FORMAT.exec(stored ?? dummy) ?? FORMAT.exec(DUMMY)!;
   const expected = Buffer.from(m[5], 'base64');
   const key = await derive(password, Buffer.from(m[4], 'base64'), Number(m[1]), Number(m[2]), Number(m[3]));
   const same = key.length === expected.length && timingSafeEqual(key, expected);

@@ -2,6 +2,7 @@
 // calls launch(); servers run programs in-process through stage.ts.
 import { EXIT, reportFailure } from './failure.js';
 import type { Io } from './io.js';
+import { logFormatIn } from './log.js';
 import { type ProgramName, loadProgram } from './programs/index.js';
 import { claimStrayFault } from './stage.js';
 
@@ -13,6 +14,7 @@ export function processIo(): Io {
 /** Run a toolkit program as this process, with the exit code semantics of DESIGN.md 2. */
 export function launch(program: ProgramName): void {
   const io = processIo();
+  const format = logFormatIn(process.argv);
   // A closed stdout (| head) is the reader's choice, not our failure.
   process.stdout.on('error', (e: NodeJS.ErrnoException) => {
     if (e.code !== 'EPIPE') throw e;
@@ -24,14 +26,14 @@ export function launch(program: ProgramName): void {
         process.exitCode = code;
       },
       (err) => {
-        process.exitCode = reportFailure(io, program, err);
+        process.exitCode = reportFailure(io, program, err, format);
       },
     );
   // A fault outside any promise chain: an in-process run's ends that run
   // (stage.ts, the fault barrier); the process's own ends the process.
   const fatal = (err: unknown) => {
     if (claimStrayFault(err)) return;
-    reportFailure(io, program, err);
+    reportFailure(io, program, err, format);
     process.exit(EXIT.TEMPFAIL);
   };
   process.on('uncaughtException', fatal);

@@ -23,6 +23,8 @@ import { certCoversDomain, fingerprint256 } from '../net/tls.js';
 export interface SessionLimits {
   maxMessageSize: number;
   maxHeaderBytes: number;
+  /** Entries in one message (limits.max_entries). */
+  maxEntries: number;
   maxLine: number;
   maxMessages: number;
   maxHops: number;
@@ -55,6 +57,17 @@ export interface SessionConfig {
   log: Log;
   /** The server's stderr, for handler diagnostics. */
   stderr: Writable;
+  /** Told of outcomes, for metrics. */
+  observe?: SessionObserver;
+}
+
+export interface SessionObserver {
+  /** A message whose DATA was read: its final status (or drop) and its size. */
+  message(result: string, bytes: number): void;
+  /** A MAIL answered REJECT. */
+  rejected(status: string): void;
+  /** The handler ran this long (seconds) and ended with this final status. */
+  handler(seconds: number, result: string): void;
 }
 
 interface Announced {
@@ -62,6 +75,8 @@ interface Announced {
   raw: Buffer;
   headers?: Headers;
   senderDomain?: string;
+  /** Does from's domain equal senderDomain (the domain the certificate proved)? Not implied: see ima(7). */
+  aligned?: boolean;
   /** Set when the answer was REJECT: a DATA that follows anyway is discarded. */
   rejected?: { status: string; text: string };
 }
@@ -70,6 +85,21 @@ class Drop extends Error {}
 
 /** Bytes of answers the peer has not read yet before we stop reading its commands. */
 export const REPLY_BUFFER = 64 * 1024;
+
+/**
+ * Is the from address in the domain the certificate proved? The certificate
+ * proves only who sent (the mailer's domain); a server may send for
+ * addresses of other domains, so this is told to the handler, not enforced.
+ */
+function fromAligned(from: string | undefined, senderDomain: string): boolean {
+  if (!from) return false;
+  try {
+    return parseAddress(from).asciiDomain.toLowerCase() === senderDomain.toLowerCase();
+  } catch (e) {
+    if (e instanceof AddressError) return false;
+    throw e;
+  }
+}
 
 /** Count `received` lines: the hop count. */
 const hops = (h: Headers) => h.getAll('received').length;
@@ -212,6 +242,7 @@ export class ImdpSession {
   }
 
   private rejectNow(a: Announced, status: string, text: string): void {
+    this.cfg.observe?.rejected(status);
     a.rejected = { status, text };
     this.pending = a;
     this.send(wire.reject(status, text));
@@ -238,6 +269,7 @@ export class ImdpSession {
       if (mailer) a.senderDomain = asciiDomain(mailer.trim());
       else if (from) a.senderDomain = parseAddress(from).asciiDomain;
       else throw new MessageError('headers: neither mailer nor from: no sender domain to check the certificate against');
+      a.aligned = fromAligned(from, a.senderDomain);
     } catch (e) {
       if (e instanceof MessageError || e instanceof AddressError) return this.rejectNow(a, '5.6.0', e.message);
       throw e;
@@ -264,6 +296,7 @@ export class ImdpSession {
       IMA_PEER_DOMAIN: a.senderDomain,
       IMA_PEER_CERT_SHA256: this.peer.cert ? fingerprint256(this.peer.cert) : undefined,
       IMA_PEER_ADDRESS: this.peer.address,
+      IMA_FROM_ALIGNED: a.aligned ? 'yes' : 'no',
       IMA_SESSION_ID: this.id,
     };
   }
@@ -305,7 +338,10 @@ export class ImdpSession {
     const { stream, done } = this.reader.pumpData(a.size);
     const status = await this.deliver(a, stream);
     await this.finishData({ stream, done });
-    if (status.word === 'drop') throw new Drop('handler said drop (exit 3)');
+    if (status.word === 'drop') {
+      this.cfg.observe?.message('drop', a.size);
+      throw new Drop('handler said drop (exit 3)');
+    }
     this.send(wire.final(status.word, status.text));
     this.logMessage(a, status.word, status.text);
   }
@@ -322,7 +358,8 @@ export class ImdpSession {
 
   /** Read the message, check it, add `received`, run the handler. */
   private async deliver(a: Announced, input: PassThrough): Promise<{ word: wire.Final | 'drop'; text?: string }> {
-    const limits = { maxHeaderBytes: this.cfg.limits.maxHeaderBytes, maxEntries: 1000, maxTotalBytes: this.cfg.limits.maxMessageSize, maxMetaBytes: 64 * 1024 };
+    const { maxHeaderBytes, maxEntries, maxMessageSize } = this.cfg.limits;
+    const limits = { maxHeaderBytes, maxEntries, maxTotalBytes: maxMessageSize, maxMetaBytes: 64 * 1024 };
     const entries = readMessage(input, limits);
     let headers: Headers;
     try {
@@ -333,7 +370,7 @@ export class ImdpSession {
       const fp = this.peer.cert ? fingerprint256(this.peer.cert) : 'none';
       const when = new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
       headers.addReceived(
-        `from ${a.senderDomain} (${this.peer.address}; cert sha256 ${fp.slice(0, 16)}) by ${this.cfg.domain} with IMDP id ${this.id}.${this.messages}; ${when}`,
+        `from ${a.senderDomain} (${this.peer.address}; cert sha256 ${fp.slice(0, 16)}; from ${a.aligned ? 'aligned' : 'not aligned'}) by ${this.cfg.domain} with IMDP id ${this.id}.${this.messages}; ${when}`,
       );
     } catch (e) {
       await entries.return(undefined).catch(() => {});
@@ -358,6 +395,7 @@ export class ImdpSession {
       toHandler.destroy();
     });
     const lines: string[] = [];
+    const started = performance.now();
     const code = await runStage({
       argv: this.cfg.handler,
       inProcess: this.cfg.inProcess,
@@ -372,6 +410,7 @@ export class ImdpSession {
       timeout: this.cfg.timeouts.handler,
       signal: stop.signal,
     });
+    this.cfg.observe?.handler((performance.now() - started) / 1000, finalFor(code));
     toHandler.resume();
     if (!messageProblem) {
       // The handler is done; if it left data unread, stop the writer and let the rest be discarded.
@@ -385,6 +424,7 @@ export class ImdpSession {
   }
 
   private logMessage(a: Announced, status: string, text?: string): void {
+    this.cfg.observe?.message(status, a.size);
     const h = a.headers;
     const rcpts = h ? ['to', 'cc', 'bcc'].flatMap((n) => h.getAll(n)).join(', ') : '';
     this.cfg.log.info(

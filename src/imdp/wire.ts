@@ -20,7 +20,8 @@ export type Final = (typeof FINAL)[number];
 export type Command =
   { verb: 'MAIL'; size: number } | { verb: 'DATA' } | { verb: 'ABORT' } | { verb: 'DONE' } | { verb: 'bad'; reason: string; mail?: boolean };
 
-const SIZE = /^(0|[1-9]\d{0,15})$/;
+// At most 15 digits (ima(7)'s grammar): every such number is exact in a double, so no size is rounded.
+const SIZE = /^(0|[1-9]\d{0,14})$/;
 
 /** Parse one client control line strictly: exact verbs, single spaces, decimal sizes. */
 export function parseCommand(line: string): Command {
@@ -29,8 +30,8 @@ export function parseCommand(line: string): Command {
   const arg = sp === -1 ? undefined : line.slice(sp + 1);
   switch (verb) {
     case 'MAIL':
-      if (arg === undefined || !SIZE.test(arg) || !Number.isSafeInteger(Number(arg))) {
-        return { verb: 'bad', reason: 'MAIL needs the message size in bytes: MAIL <size>', mail: true };
+      if (arg === undefined || !SIZE.test(arg)) {
+        return { verb: 'bad', reason: 'MAIL needs the message size in bytes, at most 15 digits: MAIL <size>', mail: true };
       }
       return { verb: 'MAIL', size: Number(arg) };
     case 'DATA':

@@ -1,6 +1,6 @@
 // The serving side of IMRP (ima(7)): one session on a TLS connection. A
 // user logs in by password (scrypt, constant-time, failures slowed and
-// counted per address) or by a client certificate mapped to them; then
+// counted per address and per user, login-guard.ts) or by a client certificate mapped to them; then
 // lists, fetches (FETCH NEW streams every new message back to back),
 // marks seen and deletes, only ever inside their own mailbox.
 import { randomBytes } from 'node:crypto';
@@ -13,9 +13,10 @@ import { type Folder, Mailbox } from '../mailbox.js';
 import { type OutEntry, mtimeOf, parseHeaders, writeEntries } from '../message/index.js';
 import { LineError, LineReader } from '../net/lines.js';
 import type { Peer } from '../net/listen.js';
-import { fingerprint256 } from '../net/tls.js';
+import { fingerprint256, withinDates } from '../net/tls.js';
 import { WriteError, backpressure, socketSink } from '../net/writes.js';
 import { verifyPassword } from '../password.js';
+import type { LoginGuard } from '../net/login-guard.js';
 import { type Command, ProtocolError, type Summary, parseCommand } from './wire.js';
 import * as wire from './wire.js';
 
@@ -30,12 +31,18 @@ export interface ImrpConfig {
   name: string;
   users: Readonly<Record<string, UserEntry>>;
   /** minDataRate: bytes per second a client must take a FETCH at (after the command timeout); 0 = none. */
-  limits: { maxLine: number; maxErrors: number; maxLoginFailures: number; minDataRate: number };
-  /** ms: idle between commands, to log in, for one command line, for data to move, the delay after a failed login. */
-  timeouts: { idle: number; login: number; command: number; data: number; loginDelay: number };
+  limits: { maxLine: number; maxErrors: number; minDataRate: number };
+  /** ms: idle between commands, to log in, for one command line, for data to move, (the delay after a failed login is the guard's). */
+  timeouts: { idle: number; login: number; command: number; data: number };
   log: Log;
-  /** Failed logins per client address, shared by all sessions of the server. */
-  failures: Map<string, number>;
+  /** Failed logins per client address and per user, shared by all sessions of the server. */
+  guard: LoginGuard;
+  /** Checked against for an unknown user (password.ts dummyHash). */
+  dummyHash: string;
+  /** Told of every login attempt (metrics): result ok, failed or refused (over the failure limit). */
+  onLogin?(method: 'password' | 'certificate', result: 'ok' | 'failed' | 'refused'): void;
+  /** Told of every message sent by FETCH, or cut off while being sent (metrics). */
+  onFetch?(result: 'sent' | 'failed', bytes: number): void;
 }
 
 class Close extends Error {}
@@ -159,35 +166,36 @@ export class ImrpSession {
   private async login(user: string, password?: string): Promise<void> {
     if (this.user) return this.send(wire.no(`already logged in as ${this.user}`));
     const entry = Object.hasOwn(this.cfg.users, user) ? this.cfg.users[user] : undefined;
-    let ok: boolean;
-    let method: string;
-    if (password !== undefined) {
-      method = 'password';
-      ok = await verifyPassword(password, entry?.password);
-    } else {
-      method = 'certificate';
-      ok = !!entry && !!this.peer.cert && this.certificateFits(entry);
-    }
     const addr = this.peer.address;
-    this.cfg.log.info(`session=${this.id} login user=${user} address=${addr} method=${method} result=${ok ? 'ok' : 'failed'}`);
+    const { guard } = this.cfg;
+    const method = password !== undefined ? 'password' : 'certificate';
+    let ok: boolean;
+    let refused = false;
+    if (password !== undefined) {
+      // Over the limit, a password is not even tried: guesses beyond it learn nothing.
+      refused = guard.locked(addr, user);
+      ok = !refused && (await verifyPassword(password, entry?.password, this.cfg.dummyHash));
+    } else ok = !!entry && !!this.peer.cert && this.certificateFits(entry);
+    this.cfg.log.info(`session=${this.id} login user=${user} address=${addr} method=${method} result=${ok ? 'ok' : refused ? 'refused' : 'failed'}`);
+    this.cfg.onLogin?.(method, ok ? 'ok' : refused ? 'refused' : 'failed');
     if (ok) {
-      this.cfg.failures.delete(addr);
       this.user = user;
       this.reader.deadline('login', undefined);
       this.view = new Mailbox(entry!.mailbox);
       return this.send(wire.ok(`logged in as ${user}`));
     }
-    const failures = (this.cfg.failures.get(addr) ?? 0) + 1;
-    this.cfg.failures.set(addr, failures);
-    await new Promise((r) => setTimeout(r, Math.min(failures, 10) * this.cfg.timeouts.loginDelay));
+    // A refused try is not counted again: the lock lifts after the decay however hard it is hammered.
+    const standing = refused ? guard.standing(addr, user) : guard.fail(addr, user);
+    await new Promise((r) => setTimeout(r, guard.delayFor(standing)));
     this.send(wire.no('login failed'));
     // The session ends after the BYE; the server then closes the connection gently, so the BYE arrives.
-    if (failures >= this.cfg.limits.maxLoginFailures) this.bye('too many failed logins');
+    if (guard.exhausted(standing)) this.bye('too many failed logins');
   }
 
   private certificateFits(entry: UserEntry): boolean {
     const cert = this.peer.cert!;
-    if (entry.certificate_sha256.includes(fingerprint256(cert))) return true;
+    // A pinned certificate need not chain to a CA, but its validity dates count.
+    if (entry.certificate_sha256.includes(fingerprint256(cert))) return withinDates(cert);
     if (!entry.certificate_name || !this.peer.authorized) return false;
     const cn = /(?:^|\n)CN=([^\n]*)/.exec(cert.subject)?.[1];
     return cn === entry.certificate_name;
@@ -270,10 +278,12 @@ export class ImrpSession {
         await writeEntries(sink, m.entries, m.mtime);
       } catch (e) {
         this.cfg.log.error(`session=${this.id} user=${this.user}: ${m.id}: failed while sending: ${(e as Error).message}`);
+        this.cfg.onFetch?.('failed', m.size);
         throw new Close();
       }
       n++;
       bytes += m.size;
+      this.cfg.onFetch?.('sent', m.size);
     }
     this.cfg.log.info(`session=${this.id} fetch user=${this.user} messages=${n} bytes=${bytes}`);
     if (which === 'NEW') this.send(wire.ok(String(n)));

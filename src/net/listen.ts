@@ -12,7 +12,7 @@ import { Duplex, type Readable, type Writable } from 'node:stream';
 import tls, { type SecureContextOptions, type TLSSocket } from 'node:tls';
 import { usageError } from '../failure.js';
 import type { Log } from '../log.js';
-import { explainCertError, peerX509 } from './tls.js';
+import { clientVerdict } from './tls.js';
 import { closeGently } from './writes.js';
 
 export type Where =
@@ -60,6 +60,8 @@ export interface ServeOptions {
   signals?: EventEmitter;
   /** Aborting it is the same as SIGTERM. */
   signal?: AbortSignal;
+  /** Told of each connection event (metrics.ts): open, close, accepted, refused, limited, handshake_failed. */
+  observe?(event: 'open' | 'close' | 'accepted' | 'refused' | 'limited' | 'handshake_failed'): void;
   /** Told the bound address once listening (tests, the demo). */
   onListening?(address: net.AddressInfo): void;
 }
@@ -120,11 +122,9 @@ export class Slots {
   }
 }
 
-/** The peer as TLS saw it: its certificate and OpenSSL's verdict on it. */
+/** The peer as TLS saw it: its certificate and the verdict on it (OpenSSL's, and ima(7)'s clientAuth rule: tls.ts clientVerdict). */
 function peerOf(socket: TLSSocket, address: string): Peer {
-  const cert = peerX509(socket);
-  const authorized = socket.authorized;
-  return { address, cert, authorized, authError: authorized ? undefined : explainCertError(socket.authorizationError, cert !== undefined) };
+  return { address, ...clientVerdict(socket) };
 }
 
 /** Which TCP connection a socket rides on (a TLS socket has the same remote address and port as its raw socket). */
@@ -136,7 +136,13 @@ const connectionKey = (s: net.Socket) => `${s.remoteAddress}:${s.remotePort}`;
  * earlier through `free` when its session is over (a socket may linger a
  * little while its last bytes drain).
  */
-function tlsServer(current: () => Settings, log: Log, handle: (socket: TLSSocket) => void, free: Map<string, () => void>): tls.Server {
+function tlsServer(
+  current: () => Settings,
+  log: Log,
+  handle: (socket: TLSSocket) => void,
+  free: Map<string, () => void>,
+  observe?: ServeOptions['observe'],
+): tls.Server {
   const { tls: context, limits } = current();
   const server = tls.createServer({
     ...context,
@@ -155,6 +161,7 @@ function tlsServer(current: () => Settings, log: Log, handle: (socket: TLSSocket
     const refused = slots.take(address, current().limits);
     if (refused) {
       log.warn(`${address}: connection dropped: ${refused}`);
+      observe?.('limited');
       raw.destroy();
       return;
     }
@@ -172,6 +179,7 @@ function tlsServer(current: () => Settings, log: Log, handle: (socket: TLSSocket
   server.on('secureConnection', handle);
   server.on('tlsClientError', (e: Error & { code?: string }, socket: TLSSocket) => {
     log.info(`${socket.remoteAddress ?? 'unknown'}: TLS handshake failed: ${e.code ?? e.message}`);
+    observe?.('handshake_failed');
     socket.destroy(); // Node does not close the socket on ERR_TLS_HANDSHAKE_TIMEOUT by itself
   });
   return server;
@@ -228,13 +236,16 @@ export async function serve(where: Where, initial: Settings, hooks: Hooks, opts:
     open.add(socket);
     socket.once('close', () => open.delete(socket));
     socket.on('error', (e) => log.debug(`${address}: ${e.message}`));
+    opts.observe?.('open');
     const done = (async () => {
       const peer = peerOf(socket, address);
       if (!peer.authorized && settings.clientCert === 'required') {
         log.info(`${address}: refused: ${peer.authError}`);
+        opts.observe?.('refused');
         hooks.refuse(socket, peer.authError!);
         return;
       }
+      opts.observe?.('accepted');
       await hooks.session(socket, peer, stopping.signal);
     })()
       .catch((e) => log.error(`${address}: session failed: ${(e as Error).message}`))
@@ -242,11 +253,12 @@ export async function serve(where: Where, initial: Settings, hooks: Hooks, opts:
         free.get(connectionKey(socket))?.();
         closeGently(socket);
         sessions.delete(done);
+        opts.observe?.('close');
       });
     sessions.add(done);
   };
   const free = new Map<string, () => void>();
-  const server = tlsServer(() => settings, log, handle, free);
+  const server = tlsServer(() => settings, log, handle, free, opts.observe);
   if (where.mode === 'inetd') return serveInetd(server, where, sessions);
 
   const stop = () => {

@@ -5,7 +5,7 @@
 import { X509Certificate, createHash, createPrivateKey } from 'node:crypto';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
-import tls, { type PeerCertificate, type SecureContextOptions, type TLSSocket } from 'node:tls';
+import tls, { type DetailedPeerCertificate, type PeerCertificate, type SecureContextOptions, type TLSSocket } from 'node:tls';
 import { AddressError, asciiDomain } from '../address.js';
 import { type Located, configPath, list, optional, string, table } from '../config.js';
 import { configError, tempFail } from '../failure.js';
@@ -137,6 +137,58 @@ export function peerX509(socket: TLSSocket): X509Certificate | undefined {
   if (getter) return getter.call(socket) ?? undefined;
   const pc = socket.getPeerCertificate() as PeerCertificate;
   return pc?.raw ? new X509Certificate(pc.raw) : undefined;
+}
+
+/** The certificates a peer sent after its own, nearest first. */
+export function peerChain(socket: TLSSocket): X509Certificate[] {
+  const chain: X509Certificate[] = [];
+  const seen = new Set<string>();
+  let c = socket.getPeerCertificate(true) as DetailedPeerCertificate | undefined;
+  while (c?.issuerCertificate && c.issuerCertificate !== c && c.issuerCertificate.raw && !seen.has(c.issuerCertificate.fingerprint256)) {
+    c = c.issuerCertificate;
+    seen.add(c.fingerprint256);
+    chain.push(new X509Certificate(c.raw));
+  }
+  return chain;
+}
+
+/** extendedKeyUsage clientAuth (RFC 5280 4.2.1.12). */
+const CLIENT_AUTH = '1.3.6.1.5.5.7.3.2';
+
+/**
+ * The verdict on a client certificate, for a server: OpenSSL's (chain, dates)
+ * plus what ima(7) asks beyond it: an extendedKeyUsage that names clientAuth
+ * (OpenSSL takes a certificate without the extension for any purpose), and
+ * the real reason when a chain fails at an issuer that is not a CA.
+ */
+export function clientVerdict(socket: TLSSocket): { cert?: X509Certificate; authorized: boolean; authError?: string } {
+  // The chain first: once Node has handed out the peer's X509Certificate, getPeerCertificate(true) comes back without the chain.
+  const chain = socket.authorized ? [] : peerChain(socket);
+  const cert = peerX509(socket);
+  if (!cert) return { authorized: false, authError: explainCertError(null, false) };
+  if (!socket.authorized) {
+    const notCa = chain.find((c) => !c.ca);
+    if (notCa && cert.checkIssued(notCa)) {
+      const who = notCa.subject.replace(/\n/g, ', ');
+      return {
+        cert,
+        authorized: false,
+        authError: `client certificate rejected: its issuer (${who}) is not a CA (basicConstraints CA:false), so it cannot vouch for another certificate; ${OWN_CA_NOTE}`,
+      };
+    }
+    return { cert, authorized: false, authError: explainCertError(socket.authorizationError, true) };
+  }
+  const eku = cert.keyUsage;
+  if (!eku?.includes(CLIENT_AUTH)) {
+    const what = eku ? 'its extendedKeyUsage lacks clientAuth' : 'it has no extendedKeyUsage, and ima(7) requires one naming clientAuth';
+    return { cert, authorized: false, authError: `client certificate rejected: ${what}; ${OWN_CA_NOTE}` };
+  }
+  return { cert, authorized: true };
+}
+
+/** Is the certificate within its validity dates now? A pinned certificate (certificate_sha256) must be. */
+export function withinDates(x509: X509Certificate, now = Date.now()): boolean {
+  return Date.parse(x509.validFrom) <= now && now <= Date.parse(x509.validTo);
 }
 
 /**

@@ -15,14 +15,17 @@ import { IMRP_PORT, MAX_LINE, bye } from '../imrp/wire.js';
 import { ImrpSession, type ImrpConfig } from '../imrp/server.js';
 import { type Settings, parseHostPort, serve, whereFrom } from '../net/listen.js';
 import type { Log } from '../log.js';
-import { hashPassword, hashProblem } from '../password.js';
+import { dummyHash, hashPassword, hashProblem } from '../password.js';
+import { type GuardLimits, LoginGuard } from '../net/login-guard.js';
 import { isTerminal, readSecret } from '../prompt.js';
 import type { Io } from '../io.js';
 import { contextOptions, tlsFromConfig, tlsSchema } from '../net/tls.js';
+import { Registry, connectionMetrics, metricsAddressProblem, serveMetrics } from '../net/metrics.js';
 
 const schema = table({
   name: optional(string({ nonEmpty: true }), hostname()),
   listen: optional(string({ check: (s) => (/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]*):\d{1,5}$/.test(s) ? undefined : 'must be ADDRESS:PORT') }), `[::]:${IMRP_PORT}`),
+  metrics: optional(string({ check: metricsAddressProblem }), undefined as string | undefined),
   user: optional(string(), ''),
   tls: tlsSchema(),
   users: map(
@@ -57,7 +60,8 @@ const schema = table({
     command: optional(duration(), 60_000),
     data: optional(duration(), 120_000),
     shutdown: optional(duration(), 60_000),
-    login_delay: optional(duration(), 1000),
+    login_delay: optional(duration({ zero: 'no delay' }), 1000),
+    login_failure_decay: optional(duration(), 60_000),
   }),
 });
 type Config = ReturnType<typeof schema.parse>;
@@ -114,7 +118,42 @@ function settingsOf(config: Config, source: Located): Settings {
   };
 }
 
-function sessionOf(config: Config, source: Located, log: Log, failures: Map<string, number>): ImrpConfig {
+/** Most addresses, and most user names, the failed-login tables keep (the stalest are forgotten first). */
+const LOGIN_TABLE_ENTRIES = 10_000;
+
+function guardLimits(config: Config): GuardLimits {
+  return {
+    maxFailures: config.limits.max_login_failures,
+    decay: config.timeouts.login_failure_decay,
+    delay: config.timeouts.login_delay,
+    maxEntries: LOGIN_TABLE_ENTRIES,
+  };
+}
+
+type Hooks = Pick<ImrpConfig, 'onLogin' | 'onFetch'>;
+
+/** The server's metrics (post-office(1) METRICS): connections, logins and login failures, messages and bytes fetched. */
+function metricsOf(r: Registry): { hooks: Hooks; connection: (event: string) => void } {
+  const logins = r.counter('ima_logins_total', 'Login attempts by method (password, certificate) and result (ok, failed, refused).');
+  const failures = r.counter('ima_login_failures_total', 'Failed or refused logins.');
+  const messages = r.counter('ima_messages_total', 'Messages sent by FETCH, by result (sent, failed: cut off while sending).');
+  const bytes = r.counter('ima_message_bytes_total', 'Bytes of those messages, by result.');
+  return {
+    hooks: {
+      onLogin: (method, result) => {
+        logins.inc({ method, result });
+        if (result !== 'ok') failures.inc();
+      },
+      onFetch: (result, n) => {
+        messages.inc({ result });
+        bytes.inc({ result }, n);
+      },
+    },
+    connection: connectionMetrics(r).observe,
+  };
+}
+
+function sessionOf(config: Config, source: Located, log: Log, guard: LoginGuard, hooks: Hooks = {}): ImrpConfig {
   const users = Object.fromEntries(Object.entries(config.users).map(([u, e]) => [u, { ...e, mailbox: configPath(source, e.mailbox) }]));
   return {
     name: config.name,
@@ -122,7 +161,6 @@ function sessionOf(config: Config, source: Located, log: Log, failures: Map<stri
     limits: {
       maxLine: config.limits.max_line,
       maxErrors: config.limits.max_errors,
-      maxLoginFailures: config.limits.max_login_failures,
       minDataRate: config.limits.min_data_rate,
     },
     timeouts: {
@@ -130,10 +168,11 @@ function sessionOf(config: Config, source: Located, log: Log, failures: Map<stri
       login: config.timeouts.login,
       command: config.timeouts.command,
       data: config.timeouts.data,
-      loginDelay: config.timeouts.login_delay,
     },
     log,
-    failures,
+    guard,
+    dummyHash: dummyHash(Object.values(users).map((e) => e.password)),
+    ...hooks,
   };
 }
 
@@ -159,29 +198,38 @@ export async function main(args: string[], io: Io): Promise<number> {
   );
   if (typeof s === 'number') return s;
   const { argv, log, source } = s;
-  const failures = new Map<string, number>();
+  const guard = new LoginGuard(guardLimits(s.config));
+  const registry = s.config.metrics === undefined ? undefined : new Registry();
+  const metrics = registry && metricsOf(registry);
   let settings = s.prepared;
-  let session = sessionOf(s.config, source, log, failures);
+  let session = sessionOf(s.config, source, log, guard, metrics?.hooks);
   const where = whereFrom(argv.listen, argv.inetd, io.env, { stdin: io.stdin, stdout: io.stdout }, process.pid) ?? {
     mode: 'listen' as const,
     ...parseHostPort(s.config.listen),
   };
-  const drop = dropAfterBinding(s.config.user, source.file!, log);
-  if (where.mode !== 'listen') drop(); // the socket is inherited: nothing to bind
-  await serve(
-    where,
-    settings,
-    {
-      session: (socket, peer, stopping) => new ImrpSession(socket, peer, session).run(stopping),
-      refuse: (socket, reason) => socket.write(bye(reason)),
-      reload: async () => {
-        const next = loadConfig(schema, source.file!, true).config;
-        settings = check(next, source);
-        session = sessionOf(next, source, log, failures);
-        return settings;
+  // One connection under inetd has nothing worth scraping.
+  const endpoint = registry && where.mode !== 'inetd' ? await serveMetrics(s.config.metrics!, registry, log, source.file!) : undefined;
+  try {
+    const drop = dropAfterBinding(s.config.user, source.file!, log);
+    if (where.mode !== 'listen') drop(); // the socket is inherited: nothing to bind
+    await serve(
+      where,
+      settings,
+      {
+        session: (socket, peer, stopping) => new ImrpSession(socket, peer, session).run(stopping),
+        refuse: (socket, reason) => socket.write(bye(reason)),
+        reload: async () => {
+          const next = loadConfig(schema, source.file!, true).config;
+          settings = check(next, source);
+          session = sessionOf(next, source, log, guard, metrics?.hooks);
+          guard.setLimits(guardLimits(next));
+          return settings;
+        },
       },
-    },
-    { log, signals: io.signals, signal: io.signal, onListening: drop },
-  );
+      { log, signals: io.signals, signal: io.signal, observe: metrics?.connection, onListening: drop },
+    );
+  } finally {
+    await endpoint?.close();
+  }
   return EXIT.OK;
 }

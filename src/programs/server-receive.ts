@@ -9,13 +9,15 @@ import type { Argv } from 'yargs';
 import { start } from '../cli.js';
 import { type Located, boolean, command, duration, integer, list, loadConfig, optional, size, string, table } from '../config.js';
 import { EXIT, configError, usageError } from '../failure.js';
-import { ImdpSession, type SessionConfig } from '../imdp/server.js';
+import { ImdpSession, type SessionConfig, type SessionObserver } from '../imdp/server.js';
 import * as wire from '../imdp/wire.js';
 import { type Settings, parseHostPort, serve, whereFrom } from '../net/listen.js';
 import type { Log } from '../log.js';
 import type { Io } from '../io.js';
 import { contextOptions, tlsFromConfig, tlsSchema } from '../net/tls.js';
+import { Registry, connectionMetrics, metricsAddressProblem, serveMetrics } from '../net/metrics.js';
 import { asciiDomain, domainProblem } from '../address.js';
+import { DEFAULT_LIMITS } from '../message/index.js';
 import { dropAfterBinding, lookUpUser } from '../privileges.js';
 import { commandProblem } from '../stage.js';
 
@@ -25,6 +27,7 @@ const schema = table({
     string({ check: (s) => (/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]*):\d{1,5}$/.test(s) ? undefined : 'must be ADDRESS:PORT') }),
     `[::]:${wire.IMDP_PORT}`,
   ),
+  metrics: optional(string({ check: metricsAddressProblem }), undefined as string | undefined),
   handler: optional(command(), ['handle-incoming-mail']),
   check: optional(list(string({ nonEmpty: true })), [] as string[]),
   in_process: optional(boolean(), true),
@@ -33,6 +36,7 @@ const schema = table({
   limits: table({
     max_message_bytes: optional(size({ min: 1024 }), 100 * 1024 * 1024),
     max_header_bytes: optional(size({ min: 256, max: 1024 * 1024 }), 64 * 1024),
+    max_entries: optional(integer({ min: 1 }), DEFAULT_LIMITS.maxEntries),
     max_line: optional(integer({ min: 80, max: 65536 }), wire.MAX_LINE),
     max_connections: optional(integer({ min: 1 }), 100),
     max_connections_per_address: optional(integer({ min: 1 }), 10),
@@ -73,13 +77,33 @@ function settingsOf(config: Config, source: Located): Settings {
   };
 }
 
-function sessionOf(config: Config, io: Io, log: Log): SessionConfig {
+/** The server's metrics (server-receive(1) METRICS): connections, messages and bytes by result, handler durations. */
+function metricsOf(r: Registry): { observe: SessionObserver; connection: (event: string) => void } {
+  const messages = r.counter('ima_messages_total', 'Messages whose data was read, by final status (OK, FAIL, PARTIAL, TEMPFAIL, drop).');
+  const bytes = r.counter('ima_message_bytes_total', 'Bytes of those messages, by final status.');
+  const rejected = r.counter('ima_mail_rejected_total', 'MAIL commands answered REJECT, by status.');
+  const handler = r.histogram('ima_handler_duration_seconds', 'Time the handler took per message, by its final status.');
+  return {
+    observe: {
+      message: (result, n) => {
+        messages.inc({ result });
+        bytes.inc({ result }, n);
+      },
+      rejected: (status) => rejected.inc({ status }),
+      handler: (seconds, result) => handler.observe({ result }, seconds),
+    },
+    connection: connectionMetrics(r).observe,
+  };
+}
+
+function sessionOf(config: Config, io: Io, log: Log, observe?: SessionObserver): SessionConfig {
   const { limits, timeouts } = config;
   return {
     domain: asciiDomain(config.domain),
     limits: {
       maxMessageSize: limits.max_message_bytes,
       maxHeaderBytes: limits.max_header_bytes,
+      maxEntries: limits.max_entries,
       maxLine: limits.max_line,
       maxMessages: limits.max_messages_per_connection,
       maxHops: limits.max_hops,
@@ -94,6 +118,7 @@ function sessionOf(config: Config, io: Io, log: Log): SessionConfig {
     cwd: io.cwd,
     log,
     stderr: io.stderr,
+    observe,
   };
 }
 
@@ -118,29 +143,37 @@ export async function main(args: string[], io: Io): Promise<number> {
   const { argv, log, source } = s;
   let config = s.config;
   let settings = s.prepared;
-  let session = sessionOf(config, io, log);
+  const registry = config.metrics === undefined ? undefined : new Registry();
+  const metrics = registry && metricsOf(registry);
+  let session = sessionOf(config, io, log, metrics?.observe);
   const where = whereFrom(argv.listen, argv.inetd, io.env, { stdin: io.stdin, stdout: io.stdout }, process.pid) ?? {
     mode: 'listen' as const,
     ...parseHostPort(config.listen),
   };
   if (where.mode === 'inetd' && argv.listen) throw usageError('--inetd and --listen exclude each other');
-  const drop = dropAfterBinding(config.user, source.file!, log);
-  if (where.mode !== 'listen') drop(); // the socket is inherited: nothing to bind
-  await serve(
-    where,
-    settings,
-    {
-      session: (socket, peer, stopping) => new ImdpSession(socket, peer, session).run(stopping),
-      refuse: (socket, reason) => socket.write(wire.bye(reason)),
-      reload: async () => {
-        const next = loadConfig(schema, source.file!, true).config;
-        settings = check(next, source, io);
-        config = next;
-        session = sessionOf(config, io, log);
-        return settings;
+  // One connection under inetd has nothing worth scraping.
+  const endpoint = registry && where.mode !== 'inetd' ? await serveMetrics(config.metrics!, registry, log, source.file!) : undefined;
+  try {
+    const drop = dropAfterBinding(config.user, source.file!, log);
+    if (where.mode !== 'listen') drop(); // the socket is inherited: nothing to bind
+    await serve(
+      where,
+      settings,
+      {
+        session: (socket, peer, stopping) => new ImdpSession(socket, peer, session).run(stopping),
+        refuse: (socket, reason) => socket.write(wire.bye(reason)),
+        reload: async () => {
+          const next = loadConfig(schema, source.file!, true).config;
+          settings = check(next, source, io);
+          config = next;
+          session = sessionOf(config, io, log, metrics?.observe);
+          return settings;
+        },
       },
-    },
-    { log, signals: io.signals, signal: io.signal, onListening: drop },
-  );
+      { log, signals: io.signals, signal: io.signal, observe: metrics?.connection, onListening: drop },
+    );
+  } finally {
+    await endpoint?.close();
+  }
   return EXIT.OK;
 }

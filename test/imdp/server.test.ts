@@ -14,7 +14,7 @@ import { certs, clientTls, pki } from '../imdp-fixture.js';
 const log = createLog(new PassThrough().resume(), 'test', 'info');
 const session: SessionConfig = {
   domain: 'b.test',
-  limits: { maxMessageSize: 1 << 20, maxHeaderBytes: 4096, maxLine: 1000, maxMessages: 10, maxHops: 30, maxErrors: 10, minDataRate: 0 },
+  limits: { maxMessageSize: 1 << 20, maxHeaderBytes: 4096, maxEntries: 1000, maxLine: 1000, maxMessages: 10, maxHops: 30, maxErrors: 10, minDataRate: 0 },
   timeouts: { idle: 20_000, firstMessage: 20_000, command: 20_000, data: 20_000, handler: 20_000 },
   handler: ['true'],
   check: [],

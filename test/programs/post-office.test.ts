@@ -7,14 +7,19 @@ import { createServer } from 'node:tls';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import tls from 'node:tls';
+import net from 'node:net';
 import { X509Certificate } from 'node:crypto';
 import { fingerprint256 } from '../../src/net/tls.js';
 import { BIN, type Listening, runBin, startListening, testEnv } from '../helpers.js';
 import { boxes, deliver, dir, pki, server } from '../imrp-fixture.js';
+import { EXPIRED } from '../pki.js';
+import { scrape, startJsonServer } from '../metrics-scrape.js';
 import { END, HEADERS, entry, header, tarOf } from '../tarbuild.js';
 
 const bobCert = pki.user('bob');
 const malloryCert = pki.user('mallory');
+const bobExpired = pki.user('bob', { file: 'bob-expired', validity: EXPIRED });
+const bobFuture = pki.user('bob', { file: 'bob-future', validity: { notBefore: new Date(Date.now() + 86_400_000), days: 30 } });
 const big = Buffer.alloc(20 * 1024 * 1024);
 for (let i = 0; i < big.length; i += 4) big.writeUInt32LE((i * 2654435761) >>> 0, i);
 writeFileSync(join(dir, 'big.bin'), big);
@@ -33,10 +38,11 @@ const fetch = (cfg: string, args: string[], env: Record<string, string> = {}) =>
 const local = (d: string) => (existsSync(join(d, 'new')) ? readdirSync(join(d, 'new')).sort() : []);
 
 /** A raw IMRP conversation: send lines, collect what the server says until it closes or `until` matches. */
-async function converse(lines: string[], until: RegExp, cert?: { cert: string; key: string }, at = port): Promise<string> {
+async function converse(lines: string[], until: RegExp, cert?: { cert: string; key: string }, at = port, from?: string): Promise<string> {
   const s = tls.connect({
     host: '127.0.0.1',
     port: at,
+    socket: from ? net.connect({ host: '127.0.0.1', port: at, localAddress: from }) : undefined,
     servername: 'b.test',
     ca: readFileSync(pki.caFile),
     ...(cert ? { cert: readFileSync(cert.cert), key: readFileSync(cert.key) } : {}),
@@ -57,7 +63,7 @@ async function converse(lines: string[], until: RegExp, cert?: { cert: string; k
 before(async () => {
   const hash = (await runBin('post-office', ['--hash-password'], { input: 'sesame\n' })).stdout.toString().trim();
   assert.match(hash, /^scrypt\$16384\$8\$1\$/);
-  const bobFp = fingerprint256(new X509Certificate(readFileSync(bobCert.cert)));
+  const [bobFp, expiredFp, futureFp] = [bobCert, bobExpired, bobFuture].map((c) => fingerprint256(new X509Certificate(readFileSync(c.cert))));
   const cfg = join(dir, 'post-office.toml');
   writeFileSync(
     cfg,
@@ -69,7 +75,7 @@ ca = ["${pki.caFile}"]
 [users.bob]
 mailbox = "${join(boxes, 'bob')}"
 password = "${hash}"
-certificate_sha256 = ["${bobFp}"]
+certificate_sha256 = ["${bobFp}", "${expiredFp}", "${futureFp}"]
 [users.carol]
 mailbox = "${join(boxes, 'carol')}"
 password = "${hash}"
@@ -150,6 +156,14 @@ describe('post-office and fetch-mail', () => {
     assert.equal(r.code, 77);
     const c = await fetch(fetchConfig('mallory-carol', `user = "carol"\ncertificate = "${malloryCert.cert}"\nkey = "${malloryCert.key}"\n`), [join(dir, 'm')]);
     assert.equal(c.code, 77);
+  });
+
+  it('refuses a pinned certificate (certificate_sha256) outside its validity dates', async () => {
+    for (const cert of [bobExpired, bobFuture]) {
+      const got = await converse(['LOGIN bob', 'QUIT'], /^BYE/m, cert);
+      assert.match(got, /^NO login failed$/m, cert.cert);
+    }
+    assert.match(await converse(['LOGIN bob', 'QUIT'], /^BYE/m, bobCert), /^OK logged in as bob$/m);
   });
 
   it("never reaches another user's mailbox, nor a path given as an id", async () => {
@@ -248,19 +262,90 @@ describe('post-office and fetch-mail', () => {
 });
 
 describe('post-office limits', () => {
-  it('counts failed logins per address: after the limit the connection is dropped, and a new one gets one try', async () => {
-    const first = await converse(['LOGIN bob wrong1', 'LOGIN bob wrong2', 'LOGIN bob wrong3', 'LOGIN bob sesame'], /^BYE/m, undefined, strict.port);
+  it('counts failed logins per address: after the limit the connection is dropped, and a new one is refused at once', async () => {
+    const first = await converse(
+      ['LOGIN mallory1 wrong1', 'LOGIN mallory2 wrong2', 'LOGIN mallory3 wrong3', 'LOGIN bob sesame'],
+      /^BYE/m,
+      undefined,
+      strict.port,
+    );
     assert.equal((first.match(/^NO login failed$/gm) ?? []).length, 3);
     assert.match(first, /^BYE too many failed logins$/m);
     assert.doesNotMatch(first, /logged in/, 'the fourth try was never heard');
-    const again = await converse(['LOGIN bob wrong4', 'LOGIN bob sesame'], /^BYE/m, undefined, strict.port);
+    const again = await converse(['LOGIN bob sesame', 'LOGIN bob sesame'], /^BYE/m, undefined, strict.port);
     assert.match(again, /^NO login failed\nBYE too many failed logins$/m);
     assert.doesNotMatch(again, /logged in/);
+  });
+
+  it("never lets a login to the attacker's own account reset the failures of the address", async () => {
+    const from = '127.0.0.2';
+    const first = await converse(['LOGIN nobody1 x', 'LOGIN nobody2 x', 'LOGIN carol sesame', 'QUIT'], /^BYE/m, undefined, strict.port, from);
+    assert.match(first, /^OK logged in as carol$/m);
+    const next = await converse(['LOGIN nobody3 x', 'QUIT'], /^BYE/m, undefined, strict.port, from);
+    assert.match(next, /^NO login failed\nBYE too many failed logins$/m, 'the third failure from this address ends it');
+  });
+
+  it('counts failures per user too: guesses at one user from many addresses lock that user, and only password logins', async () => {
+    for (const from of ['127.0.0.3', '127.0.0.4', '127.0.0.5']) {
+      const got = await converse(['LOGIN carol wrong', 'QUIT'], /^BYE/m, undefined, strict.port, from);
+      assert.match(got, /^NO login failed$/m);
+    }
+    const right = await converse(['LOGIN carol sesame', 'QUIT'], /^BYE/m, undefined, strict.port, '127.0.0.6');
+    assert.match(right, /^NO login failed\nBYE too many failed logins$/m, 'even the right password is not tried');
+    assert.match(strict.log(), /login user=carol address=127\.0\.0\.6 method=password result=refused/);
+    const other = await converse(['LOGIN bob sesame', 'QUIT'], /^BYE/m, undefined, strict.port, '127.0.0.7');
+    assert.match(other, /^OK logged in as bob$/m, 'another user from a fresh address is not affected');
+  });
+
+  it('refuses a zero duration at config time, except login_delay where 0 means no delay', async () => {
+    const base = readFileSync(join(dir, 'post-office.toml'), 'utf8');
+    const zeroIdle = join(dir, 'po-zero-idle.toml');
+    writeFileSync(zeroIdle, base.replace('login_delay = "50ms"', 'idle = 0'));
+    const bad = await runBin('post-office', ['--config', zeroIdle, '--check-config']);
+    assert.equal(bad.code, 78);
+    assert.match(bad.stderr, /po-zero-idle\.toml: timeouts\.idle: must be more than 0/);
+    const zeroDelay = join(dir, 'po-zero-delay.toml');
+    writeFileSync(zeroDelay, base.replace('login_delay = "50ms"', 'login_delay = "0s"'));
+    const ok = await runBin('post-office', ['--config', zeroDelay, '--check-config']);
+    assert.equal(ok.code, 0, ok.stderr);
   });
 
   it('drops a client that says nothing within the idle timeout', async () => {
     const silent = await converse([], /^BYE/m, undefined, strict.port);
     assert.match(silent, /^IMRP 1 b\.test\nBYE no command for 1 s$/m);
+  });
+});
+
+describe('post-office for its operator', () => {
+  it('--log-format json and metrics: logins, login failures, messages and bytes fetched, as scraped after real sessions', async () => {
+    const file = join(dir, 'po-metrics.toml');
+    writeFileSync(file, `metrics = "127.0.0.1:0"\n${readFileSync(join(dir, 'post-office.toml'), 'utf8')}`);
+    const s = await startJsonServer('post-office', ['--config', file, '--listen', '127.0.0.1:0']);
+    try {
+      await deliver('bob', 3);
+      const waiting = readdirSync(join(boxes, 'bob', 'new')).length;
+      const failed = await converse(['LOGIN bob wrong', 'LOGIN nobody wrong', 'QUIT'], /^BYE/m, undefined, s.port, '127.0.0.9');
+      assert.equal((failed.match(/^NO login failed$/gm) ?? []).length, 2);
+      const cfg = join(dir, 'bob-metrics.toml');
+      writeFileSync(cfg, `server = "127.0.0.1"\nserver_name = "b.test"\nport = ${s.port}\nca = ["${pki.caFile}"]\nuser = "bob"\n`);
+      const r = await fetch(cfg, [join(dir, 'bob-metrics'), '--verbose'], { IMA_PASSWORD: 'sesame' });
+      assert.equal(r.code, 0, r.stderr);
+      const bytes = Number(/fetched \d+ messages? \((\d+) bytes\)/.exec(r.stderr)?.[1]);
+      const m = await scrape(s.metricsPort);
+      assert.equal(m.get('ima_logins_total{method="password",result="failed"}'), 2);
+      assert.equal(m.get('ima_login_failures_total'), 2);
+      assert.equal(m.get('ima_logins_total{method="password",result="ok"}'), 1);
+      assert.equal(m.get('ima_messages_total{result="sent"}'), waiting);
+      assert.equal(m.get('ima_message_bytes_total{result="sent"}'), bytes);
+      assert.equal(m.get('ima_connections_total{result="accepted"}'), 2);
+      const login = s.records().find((x) => x.result === 'failed');
+      assert.equal(login?.program, 'post-office');
+      assert.equal(login?.user, 'bob');
+      assert.equal(login?.address, '127.0.0.9');
+      assert.equal(login?.method, 'password');
+    } finally {
+      await s.stop();
+    }
   });
 });
 

@@ -35,7 +35,7 @@ test('server-receive: happy path, two messages on one connection, received line,
   const first = await entries.next();
   assert.ok(!first.done && first.value.kind === 'headers');
   const h = first.value.headers;
-  assert.match(h.get('received')!, /^from a\.test \(127\.0\.0\.1; cert sha256 [0-9a-f]{16}\) by b\.test with IMDP id [0-9a-f]{12}\.1; \d{4}-/);
+  assert.match(h.get('received')!, /^from a\.test \(127\.0\.0\.1; cert sha256 [0-9a-f]{16}; from aligned\) by b\.test with IMDP id [0-9a-f]{12}\.1; \d{4}-/);
   assert.equal(h.get('subject'), 'hi');
   const env = JSON.parse(readFileSync(join(out, '1.env'), 'utf8'));
   assert.equal(env.IMA_PEER_DOMAIN, 'a.test');
