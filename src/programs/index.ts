@@ -13,6 +13,7 @@ export const PROGRAMS = [
   'fetch-mail',
   'mime-to-ima',
   'ima-to-mime',
+  'smtp-receive',
   'smtp-send',
 ] as const;
 export type ProgramName = (typeof PROGRAMS)[number];

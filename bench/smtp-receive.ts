@@ -1,0 +1,147 @@
+// SMTP benchmark: Postfix's load generator smtp-source against smtp-receive
+// -> handle-incoming-mail -> give-recipient (in-process, each message
+// fsync'ed into a mailbox before the 250), beside a private Postfix receiving
+// the same load into a Maildir (virtual delivery), in the same run. 2,000 x
+// 4 KB from 10 sessions, and 200 x 1 MB: messages/s, MB/s, peak RSS. The
+// Postfix figure counts until the last message is in the Maildir.
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { chownSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Pki } from '../test/pki.js';
+import { type Listening, startListening, testEnv } from '../test/helpers.js';
+import { postfixMissing, startPostfix } from '../test/smtp/postfix.js';
+import { peakRssMb } from './_measure.js';
+
+interface Load {
+  label: string;
+  messages: number;
+  sessions: number;
+  bytes: number;
+}
+const LOADS: Load[] = [
+  { label: '2000 x 4 KB, 10 sessions', messages: 2000, sessions: 10, bytes: 4096 },
+  { label: '200 x 1 MB, 10 sessions', messages: 200, sessions: 10, bytes: 1024 * 1024 },
+];
+
+/** smtp-source: `messages` messages over `sessions` parallel sessions, each session sending its share. */
+async function source(port: number, load: Load, rcpt: string): Promise<void> {
+  const perSession = Math.ceil(load.messages / load.sessions);
+  const argv = ['-s', String(load.sessions), '-m', String(load.messages), '-C', String(perSession), '-l', String(load.bytes)];
+  const p = spawn('/usr/sbin/smtp-source', [...argv, '-f', 'alice@a.test', '-t', rcpt, `127.0.0.1:${port}`], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  p.stderr.on('data', (d: Buffer) => (err += d));
+  const [code] = (await once(p, 'exit')) as [number];
+  if (code !== 0) throw new Error(`smtp-source exited ${code}: ${err}`);
+}
+
+const count = (dir: string) => (existsSync(dir) ? readdirSync(dir).length : 0);
+
+/** Wait until dir holds n entries (a deadline; the directory is looked at as it changes). */
+async function filled(dir: string, n: number, ms = 600_000): Promise<void> {
+  const t0 = Date.now();
+  while (count(dir) < n) {
+    if (Date.now() - t0 > ms) throw new Error(`${dir}: ${count(dir)} of ${n} after ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+const line = (who: string, load: Load, secs: number, rss: number) =>
+  console.log(
+    `smtp-receive bench: ${who}, ${load.label}: ${(load.messages / secs).toFixed(0)} messages/s, ${((load.messages * load.bytes) / secs / 1024 / 1024).toFixed(1)} MB/s, peak RSS ${rss.toFixed(0)} MB`,
+  );
+
+async function ours(dir: string): Promise<void> {
+  mkdirSync(dir, { recursive: true });
+  const pki = new Pki(dir);
+  const cert = pki.server('mx.b.test');
+  writeFileSync(
+    join(dir, 'handle-incoming-mail.toml'),
+    `[domains."b.test"]\ncommand = ["give-recipient", "--address", "{address}", ${JSON.stringify(join(dir, 'mail', '{local}'))}]\n`,
+  );
+  writeFileSync(
+    join(dir, 'smtp-receive.toml'),
+    `hostname = "mx.b.test"\n[tls]\ncertificate = "${cert.cert}"\nkey = "${cert.key}"\n[limits]\nmax_connections_per_address = 20\n[mx]\nverdicts = false\n`,
+  );
+  for (const load of LOADS) {
+    const user = `u${load.bytes}`;
+    for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(dir, 'mail', user, f), { recursive: true });
+    const srv: Listening = await startListening('smtp-receive', ['--config', join(dir, 'smtp-receive.toml'), '--listen', '127.0.0.1:0'], {
+      env: testEnv({ IMA_CONFIG_DIR: dir }),
+    });
+    try {
+      const t0 = process.hrtime.bigint();
+      await source(srv.port, load, `${user}@b.test`);
+      const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+      const got = count(join(dir, 'mail', user, 'new'));
+      if (got !== load.messages) throw new Error(`smtp-receive stored ${got} of ${load.messages}: ${srv.log().slice(-2000)}`);
+      line('smtp-receive (in-process chain, fsync per message)', load, secs, peakRssMb(srv.proc.pid!));
+    } finally {
+      await srv.stop();
+    }
+  }
+}
+
+/** Peak RSS of the largest Postfix process (smtpd, cleanup, qmgr, virtual...) of the instance. */
+function postfixPeakMb(queueDir: string): number {
+  let peak = 0;
+  for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+    try {
+      const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+      const env = readFileSync(`/proc/${pid}/environ`, 'utf8');
+      if (!cmd.includes('postfix') && !/smtpd|cleanup|qmgr|virtual|trivial-rewrite/.test(cmd)) continue;
+      if (!env.includes(queueDir) && !cmd.includes(queueDir)) continue;
+      peak = Math.max(peak, peakRssMb(Number(pid)));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return peak;
+}
+
+async function theirs(dir: string): Promise<void> {
+  const vmail = join(dir, 'vmail');
+  mkdirSync(vmail, { recursive: true });
+  chownSync(vmail, 65534, 65534);
+  const pf = await startPostfix(join(dir, 'postfix'), {
+    virtual_mailbox_domains: 'b.test',
+    virtual_mailbox_base: vmail,
+    virtual_mailbox_maps: 'static:bob/',
+    virtual_uid_maps: 'static:65534',
+    virtual_gid_maps: 'static:65534',
+    virtual_minimum_uid: '100',
+    smtpd_client_connection_count_limit: '0',
+    default_process_limit: '100',
+  });
+  try {
+    let delivered = 0;
+    for (const load of LOADS) {
+      const t0 = process.hrtime.bigint();
+      await source(pf.port, load, 'bob@b.test');
+      delivered += load.messages;
+      await filled(join(vmail, 'bob', 'new'), delivered);
+      const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+      line('Postfix 3.7 (smtpd -> virtual, Maildir)', load, secs, postfixPeakMb(join(dir, 'postfix')));
+    }
+  } finally {
+    await pf.stop();
+  }
+}
+
+export async function run(): Promise<void> {
+  if (!existsSync('/usr/sbin/smtp-source')) {
+    console.log('smtp-receive bench: skipped (smtp-source not installed: apt-get install postfix)');
+    return;
+  }
+  const dir = join(tmpdir(), `ima-bench-smtp-${process.pid}`);
+  mkdirSync(dir, { recursive: true });
+  try {
+    await ours(join(dir, 'ours'));
+    const missing = postfixMissing();
+    if (missing) console.log(`smtp-receive bench: Postfix side skipped (${missing})`);
+    else await theirs(join(dir, 'theirs'));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}

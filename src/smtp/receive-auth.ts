@@ -1,0 +1,68 @@
+// Submission logins and sender rules. Passwords are scrypt hashes compared
+// in constant time (password.ts, as post-office); failed logins are counted
+// per client address and each failure slows the next answer. Sender rules say
+// which addresses a user may put in MAIL FROM and From:.
+import { type Address, AddressError, addressKey, asciiDomain, parseMailbox } from '../address.js';
+import { verifyPassword } from '../password.js';
+
+export interface User {
+  /** scrypt$... as printed by post-office --hash-password. */
+  password: string;
+  /** Addresses ("alice@b.test"), domains ("@b.test") or patterns with * ("alice+*@b.test"). */
+  senders: readonly string[];
+}
+
+/** Failed logins per client address, shared by all sessions (a simple local table; see the report on src/net/login-guard.ts). */
+export class LoginFailures {
+  private readonly counts = new Map<string, number>();
+  constructor(private readonly maxEntries = 10_000) {}
+  count(address: string): number {
+    return this.counts.get(address) ?? 0;
+  }
+  failed(address: string): number {
+    const n = this.count(address) + 1;
+    this.counts.delete(address);
+    this.counts.set(address, n);
+    if (this.counts.size > this.maxEntries) this.counts.delete(this.counts.keys().next().value!);
+    return n;
+  }
+  succeeded(address: string): void {
+    this.counts.delete(address);
+  }
+}
+
+/** Check a login; unknown users cost the same scrypt work as known ones. */
+export async function checkLogin(users: ReadonlyMap<string, User>, username: string, password: string): Promise<boolean> {
+  return verifyPassword(password, users.get(username)?.password);
+}
+
+function globToRegExp(glob: string): RegExp {
+  const body = glob
+    .split('*')
+    .map((s) => s.replace(/[.+?^${}()|[\]\\]/g, '\\$&'))
+    .join('[^@]*');
+  return new RegExp(`^${body}$`);
+}
+
+/** A problem with one sender rule, for config validation. */
+export function senderRuleProblem(rule: string): string | undefined {
+  try {
+    if (rule.startsWith('@')) asciiDomain(rule.slice(1));
+    else if (!rule.includes('*')) parseMailbox(rule);
+    else if (!/^[^@\s]+@[^@\s]+$/.test(rule)) return `"${rule}": a pattern is local@domain with * for any characters`;
+  } catch (e) {
+    if (e instanceof AddressError) return `"${rule}": ${e.message}`;
+    throw e;
+  }
+  return undefined;
+}
+
+/** May this user send as this address? */
+export function senderAllowed(rules: readonly string[], address: Address): boolean {
+  const key = addressKey(address);
+  return rules.some((rule) => {
+    if (rule.startsWith('@')) return asciiDomain(rule.slice(1)) === address.asciiDomain;
+    if (rule.includes('*')) return globToRegExp(rule).test(key);
+    return addressKey(parseMailbox(rule)) === key;
+  });
+}

@@ -1,0 +1,242 @@
+// One message of an SMTP session, from the DATA stream to the reply: the
+// stream checked for bare LFs and counted against the size limit as it
+// comes, fed at once to the MIME -> IMA conversion (spooled, memory flat)
+// and, for the mx role, to the SPF/DKIM/DMARC checks; `received` and
+// `authentication-results` added; the handler run with the envelope
+// recipients (never the header ones) and its exit code turned into the reply.
+import { PassThrough, type Readable, Transform, type TransformCallback, type Writable } from 'node:stream';
+import type { DNSResolver } from 'mailauth';
+import { type Address, AddressError, addressKey, formatAddressList, parseAddress, parseAddressList } from '../address.js';
+import { EXIT, Failure, asFailure, permFail } from '../failure.js';
+import type { Log } from '../log.js';
+import { type MessageParts, writeMessage } from '../message/index.js';
+import { type ConvertedMessage, MIME_LIMITS, readMime } from '../mime/to-ima.js';
+import { parseResult } from '../results.js';
+import { runStage } from '../stage.js';
+import { BareLfGuard } from './bare-lf.js';
+import { SmtpReply } from './receive-server.js';
+import { verdicts } from './receive-verdicts.js';
+
+export interface Client {
+  sessionId: string;
+  ip: string;
+  helo: string;
+  /** "TLSv1.3 TLS_AES_256_GCM_SHA384", when the session is encrypted. */
+  tls?: string;
+  /** The authenticated user (submission). */
+  user?: string;
+}
+
+export interface Envelope {
+  from: string;
+  to: string[];
+}
+
+export interface MessageSettings {
+  role: 'mx' | 'submission';
+  hostname: string;
+  maxMessageBytes: number;
+  maxHeaderBytes: number;
+  spoolDir?: string;
+  /** The command the message goes to; with `envelopeFlag`, each envelope recipient is appended after it. */
+  command: readonly string[];
+  envelopeFlag: string;
+  inProcess: boolean;
+  handlerTimeout: number;
+  env: Record<string, string | undefined>;
+  cwd: string;
+  stderr: Writable;
+  log: Log;
+  /** mx: SPF/DKIM/DMARC through this resolver; refuse DMARC p=reject failures when enforce. */
+  verdicts?: { resolver: DNSResolver; enforceDmarcReject: boolean };
+  /** submission: a problem with the From: address (the user's sender rules), or undefined. */
+  fromProblem?(from: Address): string | undefined;
+}
+
+export interface Outcome {
+  code: number;
+  /** The reply text, led by its enhanced status code. */
+  text: string;
+  messageId?: string;
+  size: number;
+  /** Recipients the handler did not deliver to, with reasons (exit 2). */
+  failed: string[];
+  verdicts?: string;
+}
+
+/** Errors past `limit` bytes: 552 5.3.4 while the data streams, not after. */
+class SizeLimit extends Transform {
+  bytes = 0;
+  constructor(private readonly limit: number) {
+    super();
+  }
+  override _transform(chunk: Buffer, _e: BufferEncoding, cb: TransformCallback): void {
+    this.bytes += chunk.length;
+    if (this.bytes > this.limit) return cb(permFail(`message larger than the limit of ${this.limit} bytes`, '5.3.4'));
+    cb(null, chunk);
+  }
+}
+
+/** The reply for a failure: temporary 451, size 552, the rest 550 (RFC 3463 code from the failure). */
+export function replyOf(f: Failure): { code: number; text: string } {
+  if (f.temporary) return { code: 451, text: `${f.status.startsWith('4') ? f.status : '4.3.0'} ${f.message}` };
+  const status = f.status.startsWith('5') && f.status !== '5.0.0' ? f.status : f.kind === 'data' ? '5.6.0' : '5.0.0';
+  return { code: status === '5.3.4' ? 552 : 550, text: `${status} ${f.message}` };
+}
+
+/** Wait until a stream can take more, or is gone. */
+function drained(s: Writable): Promise<void> {
+  return new Promise((res) => {
+    const done = () => {
+      s.off('drain', done);
+      s.off('close', done);
+      res();
+    };
+    s.on('drain', done);
+    s.on('close', done);
+  });
+}
+
+/** Copy source into every output, as fast as the slowest takes it; outputs that went away are skipped. */
+async function feed(source: Readable, outs: PassThrough[]): Promise<void> {
+  try {
+    for await (const chunk of source) {
+      for (const o of outs) if (!o.destroyed && !o.write(chunk)) await drained(o);
+    }
+    for (const o of outs) o.end();
+  } catch (e) {
+    for (const o of outs) o.destroy(e as Error);
+    throw e;
+  }
+}
+
+const when = () => new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
+
+function receivedLine(c: Client, s: MessageSettings, n: number): string {
+  const proto = `ESMTP${c.tls ? 'S' : ''}${c.user ? 'A' : ''}`;
+  const helo = c.helo.replace(/[^\x21-\x7e]/g, '?').slice(0, 255) || 'unknown';
+  return `from ${helo} (${c.ip}) by ${s.hostname} with ${proto}${c.tls ? ` (${c.tls})` : ''} id ${c.sessionId}.${n}${c.user ? ` user ${c.user}` : ''}; ${when()}`;
+}
+
+const keysOf = (list: Address[]) => new Set(list.map(addressKey));
+
+/** submission with a command that reads the header recipients: make them say what the envelope says. */
+function envelopeIntoHeaders(m: ConvertedMessage, envelope: string[]): void {
+  const h = m.headers;
+  const inHeaders = ['to', 'cc', 'bcc'].flatMap((f) => h.getAll(f).flatMap((v) => parseAddressList(v)));
+  const wanted = keysOf(envelope.map((r) => parseAddress(r)));
+  const extra = inHeaders.filter((a) => !wanted.has(addressKey(a)));
+  if (extra.length) throw permFail(`the headers name recipients the envelope (RCPT TO) does not: ${formatAddressList(extra)}`, '5.7.1');
+  const known = keysOf(inHeaders);
+  const hidden = envelope.map((r) => parseAddress(r)).filter((a) => !known.has(addressKey(a)));
+  if (hidden.length) h.set('bcc', formatAddressList([...h.getAll('bcc').flatMap((v) => parseAddressList(v)), ...hidden]));
+}
+
+/** Read the DATA stream into a converted message, with verdicts for mx. Throws Failures. */
+type Verdicts = Awaited<ReturnType<typeof verdicts>>;
+
+async function take(stream: Readable, c: Client, env: Envelope, s: MessageSettings, sized: SizeLimit): Promise<{ m: ConvertedMessage; v?: Verdicts }> {
+  const guard = new BareLfGuard();
+  stream.pipe(guard).pipe(sized);
+  guard.on('error', (e) => sized.destroy(e));
+  const mimeIn = new PassThrough({ highWaterMark: 256 * 1024 });
+  const authIn = s.verdicts ? new PassThrough({ highWaterMark: 256 * 1024 }) : undefined;
+  const feeding = feed(sized, authIn ? [mimeIn, authIn] : [mimeIn]);
+  const asked = { ip: c.ip, helo: c.helo, sender: env.from, hostname: s.hostname };
+  const checking = s.verdicts ? verdicts(authIn!, { ...asked, resolver: s.verdicts.resolver }) : undefined;
+  checking?.catch(() => authIn!.destroy());
+  // Many sessions convert at once: each keeps at most 1 MB of parts in memory, the rest spooled to a file.
+  const limits = { ...MIME_LIMITS, maxMessageBytes: Infinity, maxHeaderBytes: s.maxHeaderBytes };
+  const converting = readMime(mimeIn, { limits, spoolDir: s.spoolDir, spoolMemory: 1024 * 1024 });
+  const [fed, m, v] = await Promise.allSettled([feeding, converting, checking]);
+  const problem = fed.status === 'rejected' ? fed.reason : m.status === 'rejected' ? m.reason : v.status === 'rejected' ? v.reason : undefined;
+  if (problem) {
+    if (m.status === 'fulfilled') await m.value.dispose();
+    throw asFailure(problem, 'receiving the message');
+  }
+  return { m: (m as PromiseFulfilledResult<ConvertedMessage>).value, v: (v as PromiseFulfilledResult<Verdicts | undefined>).value };
+}
+
+/** Run the command on the message; resolve with its exit code and its result lines. */
+async function hand(m: MessageParts, argv: string[], s: MessageSettings, c: Client): Promise<{ code: number; lines: string[] }> {
+  const toCmd = new PassThrough({ highWaterMark: 256 * 1024 });
+  const stop = new AbortController();
+  const writing = writeMessage(toCmd, m).catch((e: unknown) => {
+    if (!toCmd.destroyed) stop.abort(e);
+  });
+  const lines: string[] = [];
+  const code = await runStage({
+    argv,
+    inProcess: s.inProcess,
+    env: { ...s.env, IMA_SESSION_ID: c.sessionId, IMA_PEER_ADDRESS: c.ip, IMA_SMTP_USER: c.user },
+    cwd: s.cwd,
+    input: toCmd,
+    onLine: (l) => {
+      if (lines.length < 1000) lines.push(l);
+    },
+    stderr: s.stderr,
+    timeout: s.handlerTimeout,
+    signal: stop.signal,
+  });
+  toCmd.destroy(); // a command that exits without reading everything
+  await writing;
+  return { code, lines };
+}
+
+/** The reply for the handler's exit code (DESIGN.md 2): 0 and 2 accepted, 1 refused, 3 drop, anything else 451. */
+function replyForExit(code: number, lines: string[], id: string): { code: number; text: string; failed: string[] } {
+  const results = lines.map(parseResult).filter((r) => r !== undefined);
+  const failed = results.filter((r) => r.word !== 'OK').map((r) => `${r.address} ${r.word}${r.reason ? ` ${r.reason}` : ''}`);
+  const reason = (word: string, fallback: string) => {
+    const r = results.find((x) => x.word === word || (word === 'FAIL' && x.word === 'NORECIPIENT'));
+    if (!r) return fallback;
+    if (r.word === 'NORECIPIENT') return `5.1.1 ${r.address}: no such recipient`;
+    return /^[45]\.\d{1,3}\.\d{1,3} /.test(r.reason) ? r.reason : `${fallback.slice(0, 5)} ${r.address}: ${r.reason || r.word}`;
+  };
+  if (code === EXIT.OK || code === EXIT.PARTIAL) return { code: 250, text: `2.0.0 accepted as ${id}`, failed };
+  if (code === EXIT.FAIL) return { code: 550, text: reason('FAIL', '5.0.0 the message was refused'), failed };
+  if (code === EXIT.DROP) return { code: 421, text: '4.7.0 closing the connection', failed };
+  return { code: 451, text: reason('TEMPFAIL', `4.3.0 the message cannot be delivered now (handler exit ${code}); try again later`), failed };
+}
+
+/** The id the command printed (a queue id): its first stdout line that is not a result line. */
+function printedId(lines: string[]): string | undefined {
+  const l = lines.find((x) => !parseResult(x) && /^\S{1,200}$/.test(x.trim()));
+  return l?.trim();
+}
+
+/** Take one message and answer for it. Never throws: every failure is a reply. */
+export async function receiveMessage(stream: Readable, c: Client, env: Envelope, s: MessageSettings, n: number): Promise<Outcome> {
+  const sized = new SizeLimit(s.maxMessageBytes);
+  let m: ConvertedMessage | undefined;
+  let summary: string | undefined;
+  try {
+    const got = await take(stream, c, env, s, sized);
+    m = got.m;
+    summary = got.v?.summary;
+    if (got.v?.dmarcReject && s.verdicts?.enforceDmarcReject)
+      throw permFail(`DMARC policy of the From: domain is reject, and the message failed it (${summary})`, '5.7.1');
+    m.headers.addReceived(receivedLine(c, s, n));
+    if (got.v) m.headers.add('authentication-results', got.v.header);
+    if (s.fromProblem) {
+      const from = m.headers.get('from');
+      const problem = from ? s.fromProblem(parseAddress(from)) : 'the message has no From: header';
+      if (problem) throw permFail(problem, '5.7.1');
+    }
+    if (s.role === 'submission' && !s.envelopeFlag) envelopeIntoHeaders(m, env.to);
+    const id = m.headers.get('message-id') ?? '-';
+    const argv = [...s.command, ...(s.envelopeFlag ? env.to.flatMap((r) => [s.envelopeFlag, r]) : [])];
+    const ran = await hand(m, argv, s, c);
+    const r = replyForExit(ran.code, ran.lines, s.role === 'submission' ? (printedId(ran.lines) ?? id) : id);
+    return { ...r, messageId: id, size: sized.bytes, verdicts: summary };
+  } catch (e) {
+    if (!stream.readableEnded) {
+      stream.unpipe();
+      stream.resume();
+    }
+    const f = e instanceof AddressError ? permFail(e.message, '5.6.0') : e instanceof SmtpReply ? permFail(e.message) : asFailure(e);
+    return { ...replyOf(f), messageId: m?.headers.get('message-id'), size: sized.bytes, failed: [], verdicts: summary };
+  } finally {
+    await m?.dispose();
+  }
+}

@@ -1,0 +1,181 @@
+// smtp-server's hooks for one listener: who may connect, log in, send from
+// and to which address, and what happens to each message (receive-message.ts).
+// Settings are read through a function at each event, so a SIGHUP reload
+// applies to the next command of every session.
+import { Readable } from 'node:stream';
+import type { SMTPServerAddress, SMTPServerAuthentication, SMTPServerDataStream, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
+import { type Address, AddressError, mailboxOf, parseMailbox } from '../address.js';
+import { EXIT } from '../failure.js';
+import type { Log } from '../log.js';
+import { parseResult } from '../results.js';
+import { runStage } from '../stage.js';
+import { LoginFailures, type User, checkLogin, senderAllowed } from './receive-auth.js';
+import { type MessageSettings, receiveMessage } from './receive-message.js';
+import { PerAddress, reply } from './receive-server.js';
+
+export interface SessionSettings extends MessageSettings {
+  maxRecipients: number;
+  maxPerAddress: number;
+  /** mx: the RCPT check command (the address is appended): exit 0 exists, 1 does not, else try later. */
+  check: readonly string[];
+  users: ReadonlyMap<string, User>;
+  maxLoginFailures: number;
+  /** ms each failed login so far adds before the answer. */
+  loginDelay: number;
+}
+
+type Hooks = Required<Pick<SMTPServerOptions, 'onConnect' | 'onSecure' | 'onAuth' | 'onMailFrom' | 'onRcptTo' | 'onData' | 'onClose'>>;
+
+/** Shared state of all sessions of one server. */
+export class Sessions {
+  readonly perAddress = new PerAddress();
+  readonly failures = new LoginFailures();
+  private readonly inFlight = new Set<Promise<void>>();
+  private readonly counted = new Set<string>();
+  private readonly messages = new Map<string, number>();
+
+  constructor(
+    private readonly settings: () => SessionSettings,
+    private readonly log: Log,
+  ) {}
+
+  /** Resolves when every message taken so far is answered. */
+  async drained(): Promise<void> {
+    while (this.inFlight.size) await Promise.all([...this.inFlight]);
+  }
+
+  hooks(): Hooks {
+    return {
+      onConnect: (session, cb) => this.connect(session, cb),
+      onClose: (session) => this.close(session),
+      onSecure: (_socket, session, cb) => {
+        session.disabledCommands = []; // AUTH, now that the session is encrypted
+        cb();
+      },
+      onAuth: (auth, session, cb) => void this.auth(auth, session, cb),
+      onMailFrom: (address, session, cb) => this.mailFrom(address, session, cb),
+      onRcptTo: (address, session, cb) => void this.rcptTo(address, session, cb),
+      onData: (stream, session, cb) => this.data(stream, session, cb),
+    };
+  }
+
+  private connect(session: SMTPServerSession, cb: (e?: Error) => void): void {
+    this.counted.add(session.id);
+    if (!this.perAddress.enter(session.remoteAddress, this.settings().maxPerAddress)) {
+      this.log.info(`session=${session.id} client=${session.remoteAddress}: refused: too many connections from this address`);
+      return cb(reply(421, '4.7.0', 'too many connections from your address; try again later'));
+    }
+    // RFC 4954 section 4: no AUTH offered (nor taken) before TLS.
+    if (this.settings().role === 'submission' && !session.secure) session.disabledCommands = ['AUTH'];
+    cb();
+  }
+
+  private close(session: SMTPServerSession): void {
+    if (this.counted.delete(session.id)) this.perAddress.leave(session.remoteAddress);
+    this.messages.delete(session.id);
+  }
+
+  private async auth(
+    auth: SMTPServerAuthentication,
+    session: SMTPServerSession,
+    cb: (e: Error | null | undefined, r?: { user?: string }) => void,
+  ): Promise<void> {
+    const s = this.settings();
+    const addr = session.remoteAddress;
+    if (this.failures.count(addr) >= s.maxLoginFailures) {
+      this.log.info(`session=${session.id} client=${addr} login refused: too many failed logins`);
+      return cb(reply(421, '4.7.0', 'too many failed logins; try again later'));
+    }
+    const ok = await checkLogin(s.users, auth.username ?? '', auth.password ?? '');
+    this.log.info(`session=${session.id} client=${addr} login user=${auth.username} method=${auth.method} result=${ok ? 'ok' : 'failed'}`);
+    if (ok) {
+      this.failures.succeeded(addr);
+      return cb(null, { user: auth.username });
+    }
+    const n = this.failures.failed(addr);
+    await new Promise((r) => setTimeout(r, Math.min(n, 10) * s.loginDelay));
+    cb(reply(535, '5.7.8', 'authentication failed'));
+  }
+
+  private mailFrom(address: SMTPServerAddress, session: SMTPServerSession, cb: (e?: Error) => void): void {
+    const s = this.settings();
+    if (s.role !== 'submission') return cb();
+    if (!session.user) return cb(reply(530, '5.7.0', session.secure ? 'authentication required' : 'authentication required: STARTTLS first, then AUTH'));
+    const user = String(session.user);
+    const rules = s.users.get(user)?.senders ?? [];
+    let allowed = false;
+    try {
+      allowed = address.address !== '' && senderAllowed(rules, parseMailbox(address.address));
+    } catch (e) {
+      if (!(e instanceof AddressError)) throw e;
+      return cb(reply(553, '5.1.7', `bad sender address: ${e.message}`));
+    }
+    if (allowed) return cb();
+    this.log.info(`session=${session.id} user=${user}: sender <${address.address}> refused by submission.users.${user}.senders`);
+    cb(reply(550, '5.7.1', `user ${user} may not send as <${address.address}> (rule submission.users.${user}.senders = ${rules.join(', ') || 'none'})`));
+  }
+
+  private async rcptTo(address: SMTPServerAddress, session: SMTPServerSession, cb: (e?: Error) => void): Promise<void> {
+    const s = this.settings();
+    if (session.envelope.rcptTo.length >= s.maxRecipients) return cb(reply(452, '4.5.3', `too many recipients (at most ${s.maxRecipients} per message)`));
+    let rcpt: string;
+    try {
+      rcpt = mailboxOf(parseMailbox(address.address));
+    } catch (e) {
+      if (!(e instanceof AddressError)) throw e;
+      return cb(reply(553, '5.1.3', `bad recipient address: ${e.message}`));
+    }
+    if (s.role === 'submission' || !s.check.length) return cb();
+    cb(await this.check(rcpt, s));
+  }
+
+  /** The RCPT check: the handler's --check, in-process by default. */
+  private async check(rcpt: string, s: SessionSettings): Promise<Error | undefined> {
+    const lines: string[] = [];
+    const code = await runStage({
+      argv: [...s.check, rcpt],
+      inProcess: s.inProcess,
+      env: s.env,
+      cwd: s.cwd,
+      input: Readable.from([]),
+      onLine: (l) => lines.push(l),
+      stderr: s.stderr,
+      timeout: s.handlerTimeout,
+    });
+    const said = lines.map(parseResult).find((r) => r !== undefined);
+    if (code === EXIT.OK) return undefined;
+    if (code === EXIT.FAIL && !said) return reply(550, '5.7.1', `relaying denied: ${rcpt} is not in a domain we receive mail for`);
+    if (code === EXIT.FAIL && said?.word === 'NORECIPIENT') return reply(550, '5.1.1', `${rcpt}: no such recipient`);
+    if (code === EXIT.FAIL) return reply(550, /^5\.\d+\.\d+$/.test(said!.reason.split(' ')[0]) ? said!.reason.split(' ')[0] : '5.1.1', `${rcpt}: refused`);
+    return reply(451, '4.3.0', `${rcpt} cannot be checked now; try again later`);
+  }
+
+  private data(stream: SMTPServerDataStream, session: SMTPServerSession, cb: (e?: Error | null, message?: string) => void): void {
+    const s = this.settings();
+    const n = (this.messages.get(session.id) ?? 0) + 1;
+    this.messages.set(session.id, n);
+    const tls =
+      session.secure && session.tlsOptions ? `${(session.tlsOptions as { version?: string }).version ?? ''} ${session.tlsOptions.name}`.trim() : undefined;
+    const user = session.user ? String(session.user) : undefined;
+    const client = { sessionId: session.id, ip: session.remoteAddress, helo: session.hostNameAppearsAs || '', tls, user };
+    const envelope = { from: session.envelope.mailFrom ? session.envelope.mailFrom.address : '', to: session.envelope.rcptTo.map((r) => r.address) };
+    const rules = user ? (s.users.get(user)?.senders ?? []) : [];
+    const fromProblem = (a: Address) =>
+      senderAllowed(rules, a)
+        ? undefined
+        : `user ${user} may not send as From: ${mailboxOf(a)} (rule submission.users.${user}.senders = ${rules.join(', ') || 'none'})`;
+    const perMessage = s.role === 'submission' ? { ...s, fromProblem } : s;
+    const settled = receiveMessage(stream, client, envelope, perMessage, n).then((o) => {
+      const result = `${o.code} ${o.text}`;
+      this.log.info(
+        `session=${session.id} msg=${n} client=${client.ip} user=${user ?? '-'} from=<${envelope.from}> to=<${envelope.to.join(',')}> size=${o.size} id=${o.messageId ?? '-'}${o.verdicts ? ` ${o.verdicts}` : ''} result=${result}`,
+      );
+      if (o.failed.length)
+        this.log.warn(`session=${session.id} msg=${n}: not delivered to ${o.failed.join('; ')} (no delivery status notice is sent until the queue exists)`);
+      if (o.code === 250) cb(null, o.text);
+      else cb(reply(o.code, o.text.slice(0, o.text.indexOf(' ')), o.text.slice(o.text.indexOf(' ') + 1)));
+    });
+    this.inFlight.add(settled);
+    void settled.finally(() => this.inFlight.delete(settled));
+  }
+}

@@ -1,0 +1,187 @@
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import net from 'node:net';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import type { Listening } from '../helpers.js';
+import { MX_EXTRA, config, dir, headersOf, replies, startReceive, stored, swaks } from '../smtp/receive-fixture.js';
+
+/** A raw SMTP client: send bytes, read until a reply line matching `until` (with a deadline). */
+async function raw(port: number, steps: { send?: string; until: RegExp }[]): Promise<string> {
+  const s = net.connect(port, '127.0.0.1');
+  let got = '';
+  s.on('data', (d: Buffer) => (got += d));
+  s.on('error', () => {});
+  const closed = once(s, 'close');
+  const wait = (re: RegExp) =>
+    new Promise<void>((res, rej) => {
+      const t = setTimeout(() => rej(new Error(`no ${re} in ${JSON.stringify(got)}`)), 20_000);
+      const check = () => {
+        if (re.test(got)) {
+          clearTimeout(t);
+          s.off('data', check);
+          s.off('close', check);
+          res();
+        }
+      };
+      s.on('data', check);
+      s.on('close', check);
+      check();
+    });
+  for (const step of steps) {
+    if (step.send !== undefined) s.write(step.send);
+    await wait(step.until);
+  }
+  s.end();
+  await closed;
+  return got;
+}
+
+describe('smtp-receive mx', () => {
+  let mx: Listening;
+  before(async () => {
+    mx = await startReceive(config('mx', MX_EXTRA));
+  });
+  after(() => mx.stop());
+
+  it('delivers to the envelope recipient (not the To: header) with received and authentication-results', async () => {
+    const before = stored('carol').length;
+    const r = await swaks(mx.port, [
+      '--from',
+      'alice@a.test',
+      '--to',
+      'bob@b.test',
+      '--header',
+      'To: carol@b.test',
+      '--header',
+      'Subject: envelope',
+      '--body',
+      'Hello Bob.',
+    ]);
+    assert.equal(r.code, 0, r.out);
+    assert.match(replies(r.out).at(-2)!, /^250 2\.0\.0 accepted as urn:uuid:/);
+    const id = /accepted as urn:uuid:(\S+)/.exec(r.out)![1];
+    const h = headersOf('bob', id);
+    assert.match(h, /^to: carol@b\.test$/m); // the headers as written
+    assert.match(h, /^received: from client\.a\.test \(127\.0\.0\.1\) by mx\.b\.test with ESMTP id \S+\.1; /m);
+    assert.match(h, /^authentication-results: mx\.b\.test; dkim=none .*spf=temperror .*dmarc=temperror/m);
+    assert.equal(stored('carol').length, before, 'carol is only in the header');
+    assert.match(mx.log(), /session=\S+ msg=1 client=127\.0\.0\.1 user=- from=<alice@a\.test> to=<bob@b\.test> size=\d+ id=urn:uuid:\S+ .*result=250 2\.0\.0/);
+    assert.doesNotMatch(mx.log(), /Hello Bob/);
+  });
+
+  it('offers STARTTLS with its own certificate and records the TLS version and cipher', async () => {
+    const r = await swaks(mx.port, ['--tls', '--from', 'alice@a.test', '--to', 'bob@b.test', '--body', 'over TLS']);
+    assert.equal(r.code, 0, r.out);
+    assert.match(r.out, /250-STARTTLS/);
+    assert.match(r.out, /TLS started with cipher TLSv1\.3/);
+    const id = /accepted as urn:uuid:(\S+)/.exec(r.out)![1];
+    assert.match(headersOf('bob', id), /^received: from client\.a\.test \(127\.0\.0\.1\) by mx\.b\.test with ESMTPS \(TLSv1\.3 TLS_\w+\) id /m);
+  });
+
+  it('refuses unknown users and other domains at RCPT, AUTH altogether', async () => {
+    const r = await swaks(mx.port, ['--from', 'alice@a.test', '--to', 'nobody@b.test', '--quit-after', 'RCPT']);
+    assert.match(r.out, /550 5\.1\.1 nobody@b\.test: no such recipient/);
+    const relay = await swaks(mx.port, ['--from', 'alice@a.test', '--to', 'x@elsewhere.test', '--quit-after', 'RCPT']);
+    assert.match(relay.out, /550 5\.7\.1 relaying denied: x@elsewhere\.test/);
+    assert.doesNotMatch(r.out, /250-AUTH/);
+    const auth = await raw(mx.port, [
+      { until: /^220 /m },
+      { send: 'EHLO x\r\n', until: /^250 /m },
+      { send: 'AUTH PLAIN AGJvYgBzZWNyZXQ=\r\n', until: /^5\d\d /m },
+    ]);
+    assert.match(auth, /^50[02] 5\.5\.\d /m);
+  });
+
+  it('answers 552 5.3.4 to a message over the size limit, read to its end, and stores nothing', async () => {
+    const small = await startReceive(config('mx-small', `[limits]\nmax_message_bytes = "64K"\n${MX_EXTRA}`));
+    try {
+      const n = stored('bob').length;
+      const line = 'x'.repeat(70) + '\r\n';
+      const r = await raw(small.port, [
+        { until: /^220 /m },
+        { send: 'EHLO client.a.test\r\n', until: /^250 /m },
+        { send: 'MAIL FROM:<alice@a.test> SIZE=1000\r\nRCPT TO:<bob@b.test>\r\nDATA\r\n', until: /^354 /m },
+        { send: `Subject: big\r\n\r\n${line.repeat(2000)}.\r\n`, until: /^552 .*\r\n/m },
+        { send: 'NOOP\r\n', until: /^250 2\.0\.0 /m },
+      ]);
+      assert.match(r, /^250[- ]SIZE 65536\r$/m);
+      assert.match(r, /^552 5\.3\.4 /m);
+      assert.equal(stored('bob').length, n);
+    } finally {
+      await small.stop();
+    }
+  });
+
+  it('refuses a bare LF in DATA (SMTP smuggling) with 550 5.5.2, also split across chunks, and runs no smuggled command', async () => {
+    const n = stored('bob').length;
+    const r = await raw(mx.port, [
+      { until: /^220 /m },
+      { send: 'EHLO client.a.test\r\n', until: /^250 /m },
+      { send: 'MAIL FROM:<alice@a.test>\r\nRCPT TO:<bob@b.test>\r\nDATA\r\n', until: /^354 /m },
+      { send: 'Subject: smuggle\r\n\r\nfirst\r', until: /^354 /m },
+      { send: '\nsecond\n', until: /^354 /m },
+      { send: '.\nMAIL FROM:<mallory@evil.test>\r\nRCPT TO:<carol@b.test>\r\nDATA\r\nsmuggled\r\n.\r\n', until: /^550 .*\r\n/m },
+      { send: 'QUIT\r\n', until: /^221 /m },
+    ]);
+    assert.match(r, /^550 5\.5\.2 bare LF/m);
+    assert.equal(r.match(/^250 2\.1\.0 /gm)?.length, 1, 'the smuggled MAIL FROM was never a command');
+    assert.equal(stored('bob').length, n);
+    assert.match(mx.log(), /result=550 5\.5\.2/);
+  });
+
+  it('refuses a command ended by a bare LF with 550 5.5.2 and closes the connection', async () => {
+    const r = await raw(mx.port, [
+      { until: /^220 /m },
+      { send: 'EHLO client.a.test\r\n', until: /^250 /m },
+      { send: 'MAIL FROM:<alice@a.test>\nRCPT TO:<bob@b.test>\r\n', until: /^550 5\.5\.2 .*\r\n/m },
+    ]);
+    assert.doesNotMatch(r, /2\.1\.0/);
+  });
+
+  it('bare LF in swaks --data raw payload: refused', async () => {
+    const n = stored('bob').length;
+    const r = await swaks(mx.port, [
+      '--from',
+      'alice@a.test',
+      '--to',
+      'bob@b.test',
+      '--no-data-fixup',
+      '--data',
+      'Subject: raw\r\n\r\nline one\nline two\r\n.\r\n',
+    ]);
+    assert.match(r.out, /550 5\.5\.2 bare LF/);
+    assert.equal(stored('bob').length, n);
+  });
+
+  it('takes a pipelined transaction (swaks --pipeline) in one round trip', async () => {
+    const r = await swaks(mx.port, ['--pipeline', '--from', 'alice@a.test', '--to', 'bob@b.test,carol@b.test', '--body', 'pipelined']);
+    assert.equal(r.code, 0, r.out);
+    assert.match(r.out, /250-PIPELINING/);
+    assert.match(r.out, /250 2\.0\.0 accepted as urn:uuid:/);
+  });
+
+  it('answers 451 when the handler is killed; the retry stores the message once', async () => {
+    const flag = join(dir, 'killed-once');
+    const handler = join(dir, 'kill-once.sh');
+    writeFileSync(handler, `#!/bin/sh\nif [ ! -e ${flag} ]; then touch ${flag}; cat >/dev/null; kill -9 $$; fi\nexec handle-incoming-mail "$@"\n`, {
+      mode: 0o755,
+    });
+    const srv = await startReceive(config('mx-kill', `[mx]\ndns_servers = ["127.0.0.1:9"]\nhandler = [${JSON.stringify(handler)}]\n`));
+    try {
+      const n = stored('bob').length;
+      const send = () => swaks(srv.port, ['--from', 'alice@a.test', '--to', 'bob@b.test', '--header', 'Message-Id: <retry-1@a.test>', '--body', 'once']);
+      const first = await send();
+      assert.match(first.out, /^<\*\* +451 4\.3\.0 /m);
+      assert.equal(stored('bob').length, n);
+      const second = await send();
+      assert.match(second.out, /^<- +250 2\.0\.0 accepted as urn:uuid:/m);
+      const third = await send();
+      assert.match(third.out, /^<- +250 2\.0\.0 accepted as urn:uuid:/m);
+      assert.equal(stored('bob').length, n + 1, 'stored once');
+    } finally {
+      await srv.stop();
+    }
+  });
+});

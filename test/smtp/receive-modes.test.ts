@@ -1,0 +1,87 @@
+// smtp-receive's listening modes through systemd-socket-activate (inetd and
+// LISTEN_FDS), SIGTERM finishing cleanly, and SIGHUP reloading users while
+// a bad config is kept out.
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { BIN } from '../helpers.js';
+import { MX_EXTRA, arrival, config, env, hash, startReceive, stored, swaks } from './receive-fixture.js';
+import { freePort } from './postfix.js';
+
+const children: ChildProcess[] = [];
+after(() => {
+  for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
+});
+
+async function activate(extra: string[], serverArgs: string[]): Promise<{ port: number; child: ChildProcess; err: () => string }> {
+  const port = await freePort();
+  const file = config(`activated${extra.join('')}`, MX_EXTRA);
+  // systemd-socket-activate passes on only the variables named with -E.
+  const pass = Object.entries(env).flatMap(([k, v]) => (v === undefined ? [] : ['-E', `${k}=${v}`]));
+  const child = spawn(
+    'systemd-socket-activate',
+    [`--listen=127.0.0.1:${port}`, ...pass, ...extra, join(BIN, 'smtp-receive'), '--config', file, ...serverArgs],
+    {
+      env,
+      stdio: ['ignore', 'ignore', 'pipe'],
+    },
+  );
+  children.push(child);
+  let err = '';
+  await new Promise<void>((res, rej) => {
+    child.stderr!.on('data', (d) => {
+      err += d;
+      if (/Listening on/.test(err)) res();
+    });
+    child.on('exit', (c) => rej(new Error(`systemd-socket-activate exited ${c}: ${err}`)));
+  });
+  return { port, child, err: () => err };
+}
+
+const deliver = (port: number, body: string) => swaks(port, ['--from', 'alice@a.test', '--to', 'bob@b.test', '--body', body]);
+
+describe('smtp-receive modes and signals', () => {
+  it('runs once per connection under systemd-socket-activate --inetd', async () => {
+    const n = stored('bob').length;
+    const { port, child } = await activate(['--accept', '--inetd'], ['--inetd']);
+    assert.match((await deliver(port, 'inetd one')).out, /250 2\.0\.0 accepted/);
+    assert.match((await deliver(port, 'inetd two')).out, /250 2\.0\.0 accepted/);
+    await arrival('bob', n + 2);
+    child.kill('SIGTERM');
+    await once(child, 'exit');
+  });
+
+  it('serves the socket systemd hands it (LISTEN_FDS); SIGTERM stops it cleanly', async () => {
+    const { port, child, err } = await activate([], []);
+    assert.match((await deliver(port, 'socket activated')).out, /250 2\.0\.0 accepted/);
+    child.kill('SIGTERM');
+    const [code] = (await once(child, 'exit')) as [number];
+    assert.equal(code, 0, err());
+    assert.ok(err().includes(`smtp-receive: listening on 127.0.0.1:${port}\n`), err()); // the socket systemd made, not the config's
+  });
+
+  it('SIGHUP reloads the users; a bad config is logged and the old one kept', async () => {
+    const users = async (name: string) => `[submission.users.${name}]\npassword = "${await hash('pw')}"\nsenders = ["${name}@b.test"]\n`;
+    const file = config('hup', `[submission]\ncommand = ["send-mail"]\n${await users('alice')}`, 'role = "submission"');
+    const srv = await startReceive(file);
+    try {
+      const login = (user: string) => swaks(srv.port, ['--tls', '--auth', 'PLAIN', '--auth-user', user, '--auth-password', 'pw', '--quit-after', 'AUTH']);
+      assert.match((await login('carol')).out, /535 5\.7\.8/);
+      config('hup', `[submission]\ncommand = ["send-mail"]\n${await users('carol')}`, 'role = "submission"');
+      const reloaded = new Promise<void>((res) => srv.proc.stderr!.on('data', () => /reloaded configuration/.test(srv.log()) && res()));
+      srv.proc.kill('SIGHUP');
+      await reloaded;
+      assert.match((await login('carol')).out, /235 2\.7\.0/);
+      writeFileSync(file, 'hostname = 7\n');
+      const refused = new Promise<void>((res) => srv.proc.stderr!.on('data', () => /reload failed, keeping the old configuration/.test(srv.log()) && res()));
+      srv.proc.kill('SIGHUP');
+      await refused;
+      assert.match((await login('carol')).out, /235 2\.7\.0/);
+    } finally {
+      await srv.stop();
+    }
+  });
+});

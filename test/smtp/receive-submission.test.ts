@@ -1,0 +1,189 @@
+// The submission role: AUTH only over TLS (STARTTLS and implicit TLS),
+// scrypt passwords, sender rules on MAIL FROM and From:, the message handed
+// to the submission command with the reply carrying the id it printed.
+// Real clients: swaks and msmtp.
+import assert from 'node:assert/strict';
+import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { type Listening, runCommand } from '../helpers.js';
+import { config, dir, hash, pki, startReceive, swaks } from './receive-fixture.js';
+
+const out = join(dir, 'submitted');
+mkdirSync(out, { recursive: true });
+// Stands in for the queue: keeps the message and its arguments, prints a queue id.
+const queue = join(dir, 'fake-queue.sh');
+writeFileSync(queue, `#!/bin/sh\nid=q$$\ncat > ${out}/$id.ima\necho "$@" > ${out}/$id.args\necho $id\n`, { mode: 0o755 });
+
+const submitted = () => readdirSync(out).filter((f) => f.endsWith('.ima'));
+const tarHeaders = (file: string) => {
+  const b = readFileSync(join(out, file));
+  const size = parseInt(b.subarray(124, 136).toString().trim(), 8);
+  return b.subarray(512, 512 + size).toString();
+};
+const AUTH = ['--auth', 'PLAIN', '--auth-user', 'alice', '--auth-password', 'secret'];
+
+describe('smtp-receive submission', () => {
+  let sub: Listening;
+  let file: string;
+  before(async () => {
+    file = config(
+      'submission',
+      `[limits]
+max_login_failures = 3
+[timeouts]
+login_delay = "50ms"
+[submission]
+command = [${JSON.stringify(queue)}]
+[submission.users.alice]
+password = "${await hash('secret')}"
+senders = ["alice@b.test", "@sales.b.test", "alice+*@b.test"]
+`,
+      'role = "submission"\nin_process = false',
+    );
+    sub = await startReceive(file);
+  });
+  after(() => sub.stop());
+
+  it('takes a message from a logged-in user over STARTTLS; the reply carries the queue id; Bcc from the envelope', async () => {
+    const n = submitted().length;
+    const r = await swaks(sub.port, [
+      '--tls',
+      ...AUTH,
+      '--from',
+      'alice@b.test',
+      '--to',
+      'x@elsewhere.test,hidden@elsewhere.test',
+      '--header',
+      'From: Alice <alice+news@b.test>',
+      '--header',
+      'To: x@elsewhere.test',
+      '--body',
+      'hello',
+    ]);
+    assert.equal(r.code, 0, r.out);
+    assert.match(r.out, /^<~ +235 2\.7\.0 /m);
+    const m = /^<~ +250 2\.0\.0 accepted as (q\d+)\r?$/m.exec(r.out);
+    assert.ok(m, r.out);
+    assert.equal(submitted().length, n + 1);
+    const h = tarHeaders(`${m[1]}.ima`);
+    assert.match(h, /^from: Alice <alice\+news@b\.test>$/m);
+    assert.match(h, /^bcc: hidden@elsewhere\.test$/m);
+    assert.match(h, /^received: from client\.a\.test \(127\.0\.0\.1\) by mx\.b\.test with ESMTPSA \(TLSv1\.3 \S+\) id \S+ user alice; /m);
+    assert.doesNotMatch(h, /authentication-results/);
+    assert.match(sub.log(), /user=alice from=<alice@b\.test> to=<x@elsewhere\.test,hidden@elsewhere\.test> size=\d+ id=urn:uuid:\S+ result=250/);
+  });
+
+  it('offers no AUTH before TLS and refuses MAIL without a login', async () => {
+    const r = await swaks(sub.port, ['--from', 'alice@b.test', '--to', 'x@elsewhere.test', '--quit-after', 'MAIL']);
+    assert.doesNotMatch(r.out, /250-AUTH/);
+    assert.match(r.out, /^<\*\* +530 5\.7\.0 /m);
+  });
+
+  it('refuses a wrong password with 535 5.7.8, and closes after too many failures', async () => {
+    const r = await swaks(sub.port, [
+      '--tls',
+      '--auth',
+      'PLAIN',
+      '--auth-user',
+      'alice',
+      '--auth-password',
+      'wrong',
+      '--from',
+      'alice@b.test',
+      '--to',
+      'x@elsewhere.test',
+    ]);
+    assert.match(r.out, /535 5\.7\.8 authentication failed/);
+    assert.match(sub.log(), /login user=alice method=PLAIN result=failed/);
+    const nobody = await swaks(sub.port, [
+      '--tls',
+      '--auth',
+      'LOGIN',
+      '--auth-user',
+      'mallory',
+      '--auth-password',
+      'x',
+      '--from',
+      'alice@b.test',
+      '--to',
+      'x@e.test',
+    ]);
+    assert.match(nobody.out, /535 5\.7\.8/);
+    const third = await swaks(sub.port, [
+      ...AUTH.slice(0, 2),
+      '--tls',
+      '--auth-user',
+      'alice',
+      '--auth-password',
+      'nope',
+      '--from',
+      'a@b.test',
+      '--to',
+      'x@e.test',
+    ]);
+    assert.match(third.out, /535 5\.7\.8/);
+    const locked = await swaks(sub.port, ['--tls', ...AUTH, '--from', 'alice@b.test', '--to', 'x@e.test', '--quit-after', 'AUTH']);
+    assert.match(locked.out, /421 4\.7\.0 too many failed logins/);
+  });
+});
+
+describe('smtp-receive submission sender rules', () => {
+  let sub: Listening;
+  before(async () => {
+    const file = config(
+      'submission-rules',
+      `[submission]
+command = [${JSON.stringify(queue)}]
+envelope_flag = "--recipient"
+[submission.users.alice]
+password = "${await hash('secret')}"
+senders = ["alice@b.test", "@sales.b.test"]
+`,
+      'role = "submission"\nin_process = false',
+    );
+    sub = await startReceive(file, ['--implicit-tls']);
+  });
+  after(() => sub.stop());
+
+  it('refuses a MAIL FROM outside the user rules with 550 5.7.1 naming the rule', async () => {
+    const r = await swaks(sub.port, ['--tlsc', ...AUTH, '--from', 'bob@b.test', '--to', 'x@elsewhere.test', '--quit-after', 'MAIL']);
+    assert.match(r.out, /550 5\.7\.1 user alice may not send as <bob@b\.test> \(rule submission\.users\.alice\.senders = alice@b\.test, @sales\.b\.test\)/);
+  });
+
+  it('refuses a From: header outside the rules with 550 5.7.1, and hands nothing on', async () => {
+    const n = submitted().length;
+    const r = await swaks(sub.port, ['--tlsc', ...AUTH, '--from', 'team@sales.b.test', '--to', 'x@elsewhere.test', '--header', 'From: bob@b.test']);
+    assert.match(r.out, /550 5\.7\.1 user alice may not send as From: bob@b\.test \(rule submission\.users\.alice\.senders/);
+    assert.equal(submitted().length, n);
+  });
+
+  it('takes mail from msmtp (implicit TLS, certificate checked) and passes the envelope as --recipient', async () => {
+    const cfg = join(dir, 'msmtprc');
+    writeFileSync(
+      cfg,
+      `account default
+host 127.0.0.1
+port ${sub.port}
+tls on
+tls_starttls off
+tls_trust_file ${pki.caFile}
+tls_host_override mx.b.test
+auth plain
+user alice
+password secret
+from alice@b.test
+`,
+      { mode: 0o600 },
+    );
+    const n = submitted().length;
+    const r = await runCommand('msmtp', ['-C', cfg, '-d', 'x@elsewhere.test', 'y@elsewhere.test'], {
+      input: 'From: alice@b.test\r\nTo: x@elsewhere.test\r\nSubject: from msmtp\r\n\r\nHi.\r\n',
+    });
+    assert.equal(r.code, 0, r.stdout.toString() + r.stderr);
+    assert.equal(submitted().length, n + 1);
+    const id = /250 2\.0\.0 accepted as (q\d+)/.exec(r.stdout.toString() + r.stderr)![1];
+    assert.equal(readFileSync(join(out, `${id}.args`), 'utf8').trim(), '--recipient x@elsewhere.test --recipient y@elsewhere.test');
+    assert.match(tarHeaders(`${id}.ima`), /^subject: from msmtp$/m);
+  });
+});
