@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Bench } from './_bench.js';
 
-const ORDER = ['startup', 'delivery', 'receive', 'fetch', 'big', 'mime'];
+const ORDER = ['startup', 'delivery', 'receive', 'fetch', 'big', 'mime', 'smtp-receive'];
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
 const only = args.filter((a) => !a.startsWith('--'));

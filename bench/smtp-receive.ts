@@ -6,13 +6,13 @@
 // Postfix figure counts until the last message is in the Maildir.
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { chownSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chownSync, existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Pki } from '../test/pki.js';
 import { type Listening, startListening, testEnv } from '../test/helpers.js';
 import { postfixMissing, startPostfix } from '../test/smtp/postfix.js';
 import { peakRssMb } from './_measure.js';
+import type { Bench } from './_bench.js';
 
 interface Load {
   label: string;
@@ -20,10 +20,22 @@ interface Load {
   sessions: number;
   bytes: number;
 }
-const LOADS: Load[] = [
-  { label: '2000 x 4 KB, 10 sessions', messages: 2000, sessions: 10, bytes: 4096 },
-  { label: '200 x 1 MB, 10 sessions', messages: 200, sessions: 10, bytes: 1024 * 1024 },
-];
+function loads(bench: Bench): Load[] {
+  const small = bench.n(2000, 100);
+  const big = bench.n(200, 20);
+  return [
+    { label: `${small} x 4 KB, 10 sessions`, messages: small, sessions: 10, bytes: 4096 },
+    { label: `${big} x 1 MB, 10 sessions`, messages: big, sessions: 10, bytes: 1024 * 1024 },
+  ];
+}
+
+interface Figure {
+  perSecond: number;
+  mbPerSecond: number;
+  rss: number;
+}
+/** Figures by side ('ours', 'postfix') and load label, for the closing table. */
+const figures = new Map<string, Figure>();
 
 /** smtp-source: `messages` messages over `sessions` parallel sessions, each session sending its share. */
 async function source(port: number, load: Load, rcpt: string): Promise<void> {
@@ -47,12 +59,15 @@ async function filled(dir: string, n: number, ms = 600_000): Promise<void> {
   }
 }
 
-const line = (who: string, load: Load, secs: number, rss: number) =>
+function line(side: 'ours' | 'postfix', who: string, load: Load, secs: number, rss: number): void {
+  const f = { perSecond: load.messages / secs, mbPerSecond: (load.messages * load.bytes) / secs / 1024 / 1024, rss };
+  figures.set(`${side} ${load.label}`, f);
   console.log(
-    `smtp-receive bench: ${who}, ${load.label}: ${(load.messages / secs).toFixed(0)} messages/s, ${((load.messages * load.bytes) / secs / 1024 / 1024).toFixed(1)} MB/s, peak RSS ${rss.toFixed(0)} MB`,
+    `  smtp-receive bench: ${who}, ${load.label}: ${f.perSecond.toFixed(0)} messages/s, ${f.mbPerSecond.toFixed(1)} MB/s, peak RSS ${rss.toFixed(0)} MB`,
   );
+}
 
-async function ours(dir: string): Promise<void> {
+async function ours(dir: string, LOADS: Load[]): Promise<void> {
   mkdirSync(dir, { recursive: true });
   const pki = new Pki(dir);
   const cert = pki.server('mx.b.test');
@@ -76,7 +91,7 @@ async function ours(dir: string): Promise<void> {
       const secs = Number(process.hrtime.bigint() - t0) / 1e9;
       const got = count(join(dir, 'mail', user, 'new'));
       if (got !== load.messages) throw new Error(`smtp-receive stored ${got} of ${load.messages}: ${srv.log().slice(-2000)}`);
-      line('smtp-receive (in-process chain, fsync per message)', load, secs, peakRssMb(srv.proc.pid!));
+      line('ours', 'smtp-receive (in-process chain, fsync per message)', load, secs, peakRssMb(srv.proc.pid!));
     } finally {
       await srv.stop();
     }
@@ -100,7 +115,7 @@ function postfixPeakMb(queueDir: string): number {
   return peak;
 }
 
-async function theirs(dir: string): Promise<void> {
+async function theirs(dir: string, LOADS: Load[]): Promise<void> {
   const vmail = join(dir, 'vmail');
   mkdirSync(vmail, { recursive: true });
   chownSync(vmail, 65534, 65534);
@@ -122,26 +137,32 @@ async function theirs(dir: string): Promise<void> {
       delivered += load.messages;
       await filled(join(vmail, 'bob', 'new'), delivered);
       const secs = Number(process.hrtime.bigint() - t0) / 1e9;
-      line('Postfix 3.7 (smtpd -> virtual, Maildir)', load, secs, postfixPeakMb(join(dir, 'postfix')));
+      line('postfix', 'Postfix (smtpd -> virtual, Maildir)', load, secs, postfixPeakMb(join(dir, 'postfix')));
     }
   } finally {
     await pf.stop();
   }
 }
 
-export async function run(): Promise<void> {
+export async function run(bench: Bench): Promise<void> {
   if (!existsSync('/usr/sbin/smtp-source')) {
-    console.log('smtp-receive bench: skipped (smtp-source not installed: apt-get install postfix)');
+    console.log('  smtp-receive bench: skipped (smtp-source not installed: apt-get install postfix)');
     return;
   }
-  const dir = join(tmpdir(), `ima-bench-smtp-${process.pid}`);
-  mkdirSync(dir, { recursive: true });
-  try {
-    await ours(join(dir, 'ours'));
-    const missing = postfixMissing();
-    if (missing) console.log(`smtp-receive bench: Postfix side skipped (${missing})`);
-    else await theirs(join(dir, 'theirs'));
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
+  const dir = bench.fresh('smtp-receive');
+  const LOADS = loads(bench);
+  await ours(join(dir, 'ours'), LOADS);
+  const missing = postfixMissing();
+  if (missing) console.log(`  smtp-receive bench: Postfix side skipped (${missing})`);
+  else await theirs(join(dir, 'theirs'), LOADS);
+  for (const [i, load] of LOADS.entries()) {
+    const us = figures.get(`ours ${load.label}`);
+    const pf = figures.get(`postfix ${load.label}`);
+    if (!us) continue;
+    const small = i === 0;
+    const pick = (f: Figure) => (small ? f.perSecond : f.mbPerSecond);
+    const peer = pf && { name: 'Postfix', figure: pick(pf) };
+    bench.row(`smtp-receive ${load.label} (smtp-source)`, pick(us), small ? 'msg/s' : 'MB/s', peer, '>= 1.0x Postfix');
+    bench.row(`smtp-receive ${load.label}: peak RSS`, us.rss, 'MB', pf && { name: 'largest Postfix process', figure: pf.rss }, '< 100 MB');
   }
 }

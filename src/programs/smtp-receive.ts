@@ -52,7 +52,8 @@ const schema = table({
     idle: optional(duration(), 300_000),
     handler: optional(duration(), 600_000),
     shutdown: optional(duration(), 60_000),
-    login_delay: optional(duration(), 1000),
+    login_delay: optional(duration({ zero: 'no delay' }), 1000),
+    login_failure_decay: optional(duration(), 60_000),
   }),
   mx: table({
     handler: optional(command(), ['handle-incoming-mail']),
@@ -105,6 +106,7 @@ function settingsOf(config: Config, role: Role, source: Located, io: Io, log: Lo
     users: new Map(Object.entries(submission.users)),
     maxLoginFailures: limits.max_login_failures,
     loginDelay: timeouts.login_delay,
+    loginFailureDecay: timeouts.login_failure_decay,
     fromProblem: undefined,
   };
 }

@@ -1,6 +1,6 @@
 // Submission logins and sender rules. Passwords are scrypt hashes compared
 // in constant time (password.ts, as post-office); failed logins are counted
-// per client address and each failure slows the next answer. Sender rules say
+// per address and per user by net/login-guard.ts, as post-office does. Sender rules say
 // which addresses a user may put in MAIL FROM and From:.
 import { type Address, AddressError, addressKey, asciiDomain, parseMailbox } from '../address.js';
 import { verifyPassword } from '../password.js';
@@ -12,28 +12,9 @@ export interface User {
   senders: readonly string[];
 }
 
-/** Failed logins per client address, shared by all sessions (a simple local table; see the report on src/net/login-guard.ts). */
-export class LoginFailures {
-  private readonly counts = new Map<string, number>();
-  constructor(private readonly maxEntries = 10_000) {}
-  count(address: string): number {
-    return this.counts.get(address) ?? 0;
-  }
-  failed(address: string): number {
-    const n = this.count(address) + 1;
-    this.counts.delete(address);
-    this.counts.set(address, n);
-    if (this.counts.size > this.maxEntries) this.counts.delete(this.counts.keys().next().value!);
-    return n;
-  }
-  succeeded(address: string): void {
-    this.counts.delete(address);
-  }
-}
-
-/** Check a login; unknown users cost the same scrypt work as known ones. */
-export async function checkLogin(users: ReadonlyMap<string, User>, username: string, password: string): Promise<boolean> {
-  return verifyPassword(password, users.get(username)?.password);
+/** Check a login; unknown users cost the same scrypt work as known ones (against `dummy`, password.ts dummyHash). */
+export async function checkLogin(users: ReadonlyMap<string, User>, username: string, password: string, dummy: string): Promise<boolean> {
+  return verifyPassword(password, users.get(username)?.password, dummy);
 }
 
 function globToRegExp(glob: string): RegExp {

@@ -81,6 +81,8 @@ export class ReceiveServer extends SMTPServer {
     super(options);
   }
   override connect(socket: net.Socket, socketOptions: unknown): void {
+    // Without it each reply after "." waits for the client's delayed ACK (~40 ms): Nagle holds the small write.
+    socket.setNoDelay(true);
     (SMTPServer.prototype as unknown as { connect(s: net.Socket, o: unknown): void }).connect.call(this, socket, socketOptions);
     // connect() added the new connection last; no byte is read before the event loop turns.
     const conn = [...this.connections].at(-1) as Connection | undefined;

@@ -9,7 +9,9 @@ import { EXIT } from '../failure.js';
 import type { Log } from '../log.js';
 import { parseResult } from '../results.js';
 import { runStage } from '../stage.js';
-import { LoginFailures, type User, checkLogin, senderAllowed } from './receive-auth.js';
+import { type User, checkLogin, senderAllowed } from './receive-auth.js';
+import { type GuardLimits, LoginGuard } from '../net/login-guard.js';
+import { dummyHash } from '../password.js';
 import { type MessageSettings, receiveMessage } from './receive-message.js';
 import { PerAddress, reply } from './receive-server.js';
 
@@ -22,14 +24,23 @@ export interface SessionSettings extends MessageSettings {
   maxLoginFailures: number;
   /** ms each failed login so far adds before the answer. */
   loginDelay: number;
+  /** ms for a failure count to go down by one (login-guard.ts). */
+  loginFailureDecay: number;
 }
 
 type Hooks = Required<Pick<SMTPServerOptions, 'onConnect' | 'onSecure' | 'onAuth' | 'onMailFrom' | 'onRcptTo' | 'onData' | 'onClose'>>;
 
+function guardLimits(s: SessionSettings): GuardLimits {
+  return { maxFailures: s.maxLoginFailures, decay: s.loginFailureDecay, delay: s.loginDelay, maxEntries: 10_000 };
+}
+
 /** Shared state of all sessions of one server. */
 export class Sessions {
   readonly perAddress = new PerAddress();
-  readonly failures = new LoginFailures();
+  /** Failed logins per address and per user, shared with nothing else (login-guard.ts, as post-office). */
+  readonly guard: LoginGuard;
+  /** Checked against for an unknown user: the configured users' scrypt parameters (password.ts). */
+  private dummy: { users: ReadonlyMap<string, User>; hash: string } | undefined;
   private readonly inFlight = new Set<Promise<void>>();
   private readonly counted = new Set<string>();
   private readonly messages = new Map<string, number>();
@@ -37,7 +48,9 @@ export class Sessions {
   constructor(
     private readonly settings: () => SessionSettings,
     private readonly log: Log,
-  ) {}
+  ) {
+    this.guard = new LoginGuard(guardLimits(settings()));
+  }
 
   /** Resolves when every message taken so far is answered. */
   async drained(): Promise<void> {
@@ -70,6 +83,11 @@ export class Sessions {
     cb();
   }
 
+  private dummyFor(users: ReadonlyMap<string, User>): string {
+    if (this.dummy?.users !== users) this.dummy = { users, hash: dummyHash([...users.values()].map((u) => u.password)) };
+    return this.dummy.hash;
+  }
+
   private close(session: SMTPServerSession): void {
     if (this.counted.delete(session.id)) this.perAddress.leave(session.remoteAddress);
     this.messages.delete(session.id);
@@ -81,19 +99,19 @@ export class Sessions {
     cb: (e: Error | null | undefined, r?: { user?: string }) => void,
   ): Promise<void> {
     const s = this.settings();
+    this.guard.setLimits(guardLimits(s)); // SIGHUP may have changed them; the counts stay
     const addr = session.remoteAddress;
-    if (this.failures.count(addr) >= s.maxLoginFailures) {
-      this.log.info(`session=${session.id} client=${addr} login refused: too many failed logins`);
+    const user = auth.username ?? '';
+    if (this.guard.locked(addr, user)) {
+      this.log.info(`session=${session.id} client=${addr} login user=${user} refused: too many failed logins`);
       return cb(reply(421, '4.7.0', 'too many failed logins; try again later'));
     }
-    const ok = await checkLogin(s.users, auth.username ?? '', auth.password ?? '');
-    this.log.info(`session=${session.id} client=${addr} login user=${auth.username} method=${auth.method} result=${ok ? 'ok' : 'failed'}`);
-    if (ok) {
-      this.failures.succeeded(addr);
-      return cb(null, { user: auth.username });
-    }
-    const n = this.failures.failed(addr);
-    await new Promise((r) => setTimeout(r, Math.min(n, 10) * s.loginDelay));
+    const ok = await checkLogin(s.users, user, auth.password ?? '', this.dummyFor(s.users));
+    this.log.info(`session=${session.id} client=${addr} login user=${user} method=${auth.method} result=${ok ? 'ok' : 'failed'}`);
+    // A success clears nothing: a login to one's own account must not wipe the count of guesses at another.
+    if (ok) return cb(null, { user });
+    const standing = this.guard.fail(addr, user);
+    await new Promise((r) => setTimeout(r, this.guard.delayFor(standing)));
     cb(reply(535, '5.7.8', 'authentication failed'));
   }
 

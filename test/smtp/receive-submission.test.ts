@@ -80,7 +80,7 @@ senders = ["alice@b.test", "@sales.b.test", "alice+*@b.test"]
     assert.match(r.out, /^<\*\* +530 5\.7\.0 /m);
   });
 
-  it('refuses a wrong password with 535 5.7.8, and closes after too many failures', async () => {
+  it("refuses a wrong password with 535 5.7.8; after too many failures 421, a login to one's own account between them resetting nothing", async () => {
     const r = await swaks(sub.port, [
       '--tls',
       '--auth',
@@ -110,6 +110,9 @@ senders = ["alice@b.test", "@sales.b.test", "alice+*@b.test"]
       'x@e.test',
     ]);
     assert.match(nobody.out, /535 5\.7\.8/);
+    // A login to one's own account in between resets nothing (the guesses at others still count).
+    const own = await swaks(sub.port, ['--tls', ...AUTH, '--from', 'alice@b.test', '--to', 'x@e.test', '--quit-after', 'AUTH']);
+    assert.match(own.out, /235 /);
     const third = await swaks(sub.port, [
       ...AUTH.slice(0, 2),
       '--tls',
