@@ -82,8 +82,28 @@ export interface Group {
   bcc: Address[];
 }
 
-/** Recipients of to, cc and bcc grouped by ASCII domain, each address once. */
-export function groupRecipients(headers: Headers): Group[] {
+/**
+ * Recipients of to, cc and bcc grouped by ASCII domain, each address once.
+ * With an envelope (run-queue's recipients still to do), those addresses
+ * instead, grouped the same way; bcc lists stay as the headers say.
+ */
+export function groupRecipients(headers: Headers, envelope?: readonly Address[]): Group[] {
+  const groups = headerGroups(headers);
+  if (!envelope) return groups;
+  const byDomain = new Map(groups.map((g) => [g.domain, g]));
+  const out = new Map<string, Group>();
+  const seen = new Set<string>();
+  for (const a of envelope) {
+    if (seen.has(addressKey(a))) continue;
+    seen.add(addressKey(a));
+    const g = out.get(a.asciiDomain) ?? { domain: a.asciiDomain, recipients: [], bcc: byDomain.get(a.asciiDomain)?.bcc ?? [] };
+    out.set(a.asciiDomain, g);
+    g.recipients.push(a);
+  }
+  return [...out.values()];
+}
+
+function headerGroups(headers: Headers): Group[] {
   const groups = new Map<string, Group>();
   const seen = new Set<string>();
   for (const field of ['to', 'cc', 'bcc']) {

@@ -14,6 +14,9 @@ export const PROGRAMS = [
   'mime-to-ima',
   'ima-to-mime',
   'smtp-receive',
+  'queue-mail',
+  'run-queue',
+  'list-queue',
   'smtp-send',
 ] as const;
 export type ProgramName = (typeof PROGRAMS)[number];

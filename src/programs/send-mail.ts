@@ -13,7 +13,7 @@ import { createReadStream } from 'node:fs';
 import { resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import type { Argv } from 'yargs';
-import { type Address, asciiDomain, domainProblem, mailboxOf } from '../address.js';
+import { type Address, AddressError, asciiDomain, domainProblem, mailboxOf, parseAddressList } from '../address.js';
 import { start } from '../cli.js';
 import { type Located, boolean, command, duration, list, map, optional, size, string, table } from '../config.js';
 import { type Failure, asFailure, configError, noInput, tempFail, usageError } from '../failure.js';
@@ -45,7 +45,8 @@ const schema = table({
 });
 type Config = ReturnType<typeof schema.parse>;
 
-const options = (y: Argv) => y;
+const options = (y: Argv) =>
+  y.option('recipient', { type: 'string', describe: 'Deliver to this address instead of the header recipients (an envelope); repeatable', requiresArg: true });
 
 /** Where one domain's delivery stands. */
 interface Leg {
@@ -71,7 +72,7 @@ function check(config: Config, source: Located, io: Io): TlsMaterial {
 }
 
 export async function main(args: string[], io: Io): Promise<number> {
-  const s = await start({ name: 'send-mail', role: 'user', usage: '$0 [options] [FILE] < message', schema, options, check }, args, io);
+  const s = await start({ name: 'send-mail', role: 'user', usage: '$0 [options] [--recipient ADDRESS]... [FILE] < message', schema, options, check }, args, io);
   if (typeof s === 'number') return s;
   const { argv, config, log } = s;
   if (argv._.length > 1) throw usageError('give at most one message file');
@@ -81,7 +82,7 @@ export async function main(args: string[], io: Io): Promise<number> {
   const mailer = asciiDomain(config.domain);
   const prepared = await prepare(input, mailer, { ...DEFAULT_LIMITS, maxTotalBytes: config.max_message_bytes });
   try {
-    const groups = groupRecipients(prepared.headers);
+    const groups = groupRecipients(prepared.headers, envelopeOf(argv.recipient));
     if (groups.length === 0) throw usageError('the message has no recipients (to, cc, bcc)');
     const dns = new Dns(config.dns_servers);
     const legs = await routeAll(groups, config, dns);
@@ -99,6 +100,17 @@ export async function main(args: string[], io: Io): Promise<number> {
     return report(legs, io);
   } finally {
     await prepared.spool.dispose();
+  }
+}
+
+/** The --recipient addresses, or undefined when none is given (the headers decide). */
+function envelopeOf(given: string | string[] | undefined): Address[] | undefined {
+  if (given === undefined) return undefined;
+  try {
+    return ([] as string[]).concat(given).flatMap((t) => parseAddressList(t));
+  } catch (e) {
+    if (e instanceof AddressError) throw usageError(`--recipient: ${e.message}`);
+    throw e;
   }
 }
 

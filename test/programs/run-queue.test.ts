@@ -1,0 +1,310 @@
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { after, test } from 'node:test';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { readMessage } from '../../src/message/index.js';
+import { BIN, runBin } from '../helpers.js';
+import { HANDLER, type Server, certs, config, dir, message, outDir, pki, startServer } from '../imdp-fixture.js';
+import { listQueue, queueSetup, recipient } from '../queue-fixture.js';
+
+const servers: Server[] = [];
+after(async () => Promise.all(servers.map((s) => s.stop())));
+
+async function server(domain: 'b.test' | 'c.test', out: string) {
+  const s = await startServer(config({ domain, cert: certs[domain === 'b.test' ? 'b' : 'c'], handler: ['node', HANDLER, 'ok', out] }));
+  servers.push(s);
+  return s;
+}
+
+/** A port nothing listens on: connections to it are refused. */
+async function closedPort(): Promise<number> {
+  const srv = createServer();
+  await new Promise<void>((res) => srv.listen(0, '127.0.0.1', res));
+  const { port } = srv.address() as { port: number };
+  await new Promise<void>((res) => srv.close(() => res()));
+  return port;
+}
+
+let n = 0;
+function sendMailConfig(table: Record<string, string>): string {
+  const file = join(dir, `queue-send-mail-${n++}.toml`);
+  const servers = Object.entries(table).map(([d, t]) => `"${d}" = "${t}"`);
+  writeFileSync(
+    file,
+    `domain = "a.test"\ndns_srv = false\n[tls]\ncertificate = "${certs.a.cert}"\nkey = "${certs.a.key}"\nca = ["${pki.caFile}"]\n[servers]\n${servers.join('\n')}\n`,
+  );
+  return file;
+}
+
+async function queue(env: Record<string, string | undefined>, fields: [string, string][], args: string[] = []): Promise<string> {
+  const r = await runBin('queue-mail', args, { env, input: await message(fields) });
+  assert.equal(r.code, 0, r.stderr);
+  const id = r.stdout.toString().trim();
+  assert.match(id, /^\d{8}T\d{6}-[0-9a-f]{10}$/);
+  return id;
+}
+
+const imaFiles = (d: string) => readdirSync(d).filter((f) => f.endsWith('.ima'));
+const later = (minutes: number) => new Date(Date.now() + minutes * 60_000).toISOString();
+
+async function headersOf(ima: Buffer) {
+  const first = await readMessage(Readable.from([ima])).next();
+  if (first.done || first.value.kind !== 'headers') throw new Error('no headers');
+  return first.value.headers;
+}
+
+test('run-queue: a domain whose server is down is deferred as a whole, retried later and delivered once; the other domain is never sent twice', async () => {
+  const outB = outDir();
+  const outC = outDir();
+  const b = await server('b.test', outB);
+  const c = await server('c.test', outC);
+  const down = sendMailConfig({ 'b.test': `127.0.0.1:${b.port}`, 'c.test': `127.0.0.1:${await closedPort()}` });
+  const q = queueSetup({ sendMailConfig: down, runQueue: 'max_per_domain = 1\n', direct: true });
+  const m1 = await queue(q.env, [
+    ['from', 'alice@a.test'],
+    ['to', 'bob@b.test, carol@c.test'],
+  ]);
+  const m2 = await queue(q.env, [
+    ['from', 'alice@a.test'],
+    ['to', 'dave@c.test'],
+  ]);
+
+  const first = await runBin('run-queue', ['--once'], { env: q.env });
+  assert.equal(first.code, 0, first.stderr);
+  const list = await listQueue(q.env);
+  assert.deepEqual(list.map((m) => m.queue_id).sort(), [m1, m2].sort());
+  assert.equal(recipient(list, 'bob@b.test')?.state, 'delivered');
+  const carol = recipient(list, 'carol@c.test')!;
+  const dave = recipient(list, 'dave@c.test')!;
+  // One of the two c.test messages met the refused connection; the other was not even tried.
+  const [tried, suspended] = carol.attempts === 1 ? [carol, dave] : [dave, carol];
+  assert.equal(tried.state, 'deferred');
+  assert.match(tried.last_reply, /ECONNREFUSED/);
+  assert.equal(suspended.state, 'deferred');
+  assert.equal(suspended.attempts, 0);
+  assert.match(suspended.last_reply, /suspended until/);
+  // First retry about 5 minutes later (Postfix's default schedule).
+  const wait = Date.parse(tried.next_attempt) - Date.now();
+  assert.ok(wait > 4 * 60_000 && wait <= 5 * 60_000, `next attempt in ${wait} ms`);
+  assert.equal(imaFiles(outB).length, 1);
+  assert.equal(imaFiles(outC).length, 0);
+
+  // Not due yet: nothing happens.
+  const early = await runBin('run-queue', ['--once', '--now', later(1)], { env: q.env });
+  assert.equal(early.code, 0, early.stderr);
+  assert.equal(recipient(await listQueue(q.env), 'carol@c.test')?.attempts, carol.attempts);
+
+  // c.test is back; six minutes later both are due and delivered; bob is not sent again.
+  const up = sendMailConfig({ 'b.test': `127.0.0.1:${b.port}`, 'c.test': `127.0.0.1:${c.port}` });
+  writeFileSync(join(q.dir, 'run-queue.toml'), readFileSync(join(q.dir, 'run-queue.toml'), 'utf8').replace(down, up));
+  const second = await runBin('run-queue', ['--once', '--now', later(6)], { env: q.env });
+  assert.equal(second.code, 0, second.stderr);
+  assert.deepEqual(await listQueue(q.env), []);
+  assert.equal(imaFiles(outB).length, 1);
+  assert.equal(imaFiles(outC).length, 2);
+  assert.deepEqual(readdirSync(join(q.dir, 'queue', 'messages')), []);
+  const third = await runBin('run-queue', ['--once', '--now', later(60)], { env: q.env });
+  assert.equal(third.code, 0, third.stderr);
+  assert.equal(imaFiles(outC).length, 2);
+});
+
+test('run-queue: mixed domains in one message; a permanent failure makes exactly one notice, and a notice that fails makes none', async () => {
+  const outB = outDir();
+  const b = await server('b.test', outB);
+  const q = queueSetup({ sendMailConfig: sendMailConfig({ 'b.test': `127.0.0.1:${b.port}` }) });
+  q.answer({ 'x.test': 'FAIL', 'y.test': 'TEMPFAIL', 'a.test': 'FAIL' });
+  const id = await queue(q.env, [
+    ['from', 'Alice <alice@a.test>'],
+    ['to', 'bob@b.test, zed@x.test'],
+    ['cc', 'yan@y.test'],
+    ['subject', 'plans'],
+  ]);
+  const r = await runBin('run-queue', ['--once'], { env: q.env });
+  assert.equal(r.code, 0, r.stderr);
+  const list = await listQueue(q.env);
+  assert.equal(recipient(list, 'bob@b.test')?.state, 'delivered');
+  assert.equal(recipient(list, 'zed@x.test')?.state, 'failed');
+  assert.match(recipient(list, 'zed@x.test')!.last_reply, /^FAIL 5\.1\.1/);
+  assert.equal(recipient(list, 'yan@y.test')?.state, 'deferred');
+  assert.equal(imaFiles(outB).length, 1);
+  // Each domain had its own run of the stage with only its recipients.
+  assert.deepEqual(
+    q
+      .given()
+      .map((g) => g.rcpts.join(' '))
+      .sort(),
+    ['bob@b.test', 'yan@y.test', 'zed@x.test'],
+  );
+  const notices = list.filter((m) => m.notice === 'failure');
+  assert.equal(notices.length, 1);
+  assert.equal(notices[0].sender, '', 'a notice has no sender: nobody is told when it fails');
+  assert.deepEqual(
+    notices[0].recipients.map((x) => x.address),
+    ['alice@a.test'],
+  );
+
+  // The next runs: yan still deferred (no second notice for zed); the notice fails for good and makes no notice of its own.
+  for (const minutes of [6, 20]) {
+    const again = await runBin('run-queue', ['--once', '--now', later(minutes)], { env: q.env });
+    assert.equal(again.code, 0, again.stderr);
+  }
+  const given = q.given();
+  const noticeCopies = [];
+  for (const g of given) if ((await headersOf(g.ima)).get('notice')) noticeCopies.push(g);
+  assert.equal(noticeCopies.length, 1, 'exactly one notice went out');
+  const h = await headersOf(noticeCopies[0].ima);
+  assert.equal(h.get('to'), 'alice@a.test');
+  assert.equal(h.get('notice'), 'failure');
+  assert.match(h.get('subject')!, /plans/);
+  const tar = noticeCopies[0].ima.toString('latin1');
+  assert.match(tar, /zed@x\.test: FAIL 5\.1\.1 no such user here/);
+  assert.match(tar, /original-headers\.txt/);
+  assert.doesNotMatch(tar, /yan@y\.test: /, 'the notice names only the failed recipient');
+  const left = await listQueue(q.env);
+  assert.deepEqual(
+    left.map((m) => m.queue_id),
+    [id],
+  );
+  assert.equal(recipient(left, 'yan@y.test')?.attempts, 3);
+  assert.equal(given.filter((g) => g.rcpts.includes('bob@b.test')).length, 1);
+});
+
+test('run-queue: one delay warning after delay_warning; a recipient still deferred after max_lifetime fails, and the sender gets one notice', async () => {
+  const q = queueSetup({ sendMailConfig: sendMailConfig({}), runQueue: 'max_lifetime = "2h"\ndelay_warning = "1h"\n' });
+  q.answer({ 'y.test': 'TEMPFAIL', 'a.test': 'SILENT' });
+  await queue(q.env, [
+    ['from', 'alice@a.test'],
+    ['to', 'yan@y.test'],
+  ]);
+  const at = async (minutes: number) => assert.equal((await runBin('run-queue', ['--once', '--now', later(minutes)], { env: q.env })).code, 0);
+  await at(0);
+  await at(30);
+  assert.deepEqual(
+    (await listQueue(q.env)).map((m) => m.notice),
+    [''],
+  );
+  await at(70);
+  await at(100);
+  const warned = await listQueue(q.env);
+  // Ids sort by arrival to the second: the two may come in either order.
+  assert.deepEqual(warned.map((m) => m.notice).sort(), ['', 'delay'], 'one delay warning, not one per run');
+  const delay = warned.find((m) => m.notice === 'delay')!;
+  const warning = readFileSync(join(q.dir, 'queue', 'messages', `${delay.queue_id}.ima`)).toString('latin1');
+  assert.match(warning, /has not yet been delivered/);
+  // The delay warning itself is undeliverable (a.test is SILENT) and expires quietly with the rest.
+  await at(200);
+  const list = (await listQueue(q.env)).filter((m) => m.notice !== 'delay');
+  assert.equal(list.length, 1, JSON.stringify(list));
+  assert.equal(list[0].notice, 'failure');
+  // The notice waits in the queue for the next run; it says why and when.
+  const notice = readFileSync(join(q.dir, 'queue', 'messages', `${list[0].queue_id}.ima`)).toString('latin1');
+  assert.match(notice, /yan@y\.test: gave up after 4 attempts in 3 h: TEMPFAIL 4\.2\.1 try later/);
+  const r = await runBin('list-queue', [], { env: q.env });
+  assert.match(r.stdout.toString(), /from <> \(failure notice\)/);
+});
+
+test('queue-mail: checks the message, takes recipients from the headers or --recipient, and stores nothing for bad input', async () => {
+  const q = queueSetup({ sendMailConfig: sendMailConfig({}) });
+  const id = await queue(q.env, [['to', 'bob@b.test, carol@c.test']], ['--recipient', 'dave@d.test']);
+  const [m] = await listQueue(q.env);
+  assert.equal(m.queue_id, id);
+  assert.deepEqual(
+    m.recipients.map((r) => [r.address, r.state, r.attempts]),
+    [['dave@d.test', 'queued', 0]],
+  );
+  assert.equal(m.sender, '');
+  // The stored message is a message (tar) with a message-id and date set once.
+  const stored = readFileSync(join(q.dir, 'queue', 'messages', `${id}.ima`));
+  const h = await headersOf(stored);
+  assert.match(h.get('message-id')!, /^urn:uuid:/);
+  assert.ok(h.get('date'));
+
+  const bad = await runBin('queue-mail', [], { env: q.env, input: Buffer.from('not a tar archive at all\n'.repeat(40)) });
+  assert.equal(bad.code, 65, bad.stderr);
+  assert.match(bad.stderr, /^queue-mail: /);
+  const none = await runBin('queue-mail', [], { env: q.env, input: await message([['subject', 'nobody']]) });
+  assert.equal(none.code, 65);
+  assert.match(none.stderr, /no recipients/);
+  const usage = await runBin('queue-mail', ['--recipient', 'not an address'], { env: q.env, input: await message([['to', 'bob@b.test']]) });
+  assert.equal(usage.code, 64);
+  assert.equal((await listQueue(q.env)).length, 1);
+  assert.deepEqual(readdirSync(join(q.dir, 'queue', 'tmp')), []);
+  if (process.getuid?.() === 0) {
+    const root = await runBin('run-queue', ['--once'], { env: { ...q.env, IMA_ALLOW_ROOT: undefined } });
+    assert.equal(root.code, 77, 'run-queue refuses to run as root');
+    assert.match(root.stderr, /refusing to run as root/);
+  }
+});
+
+test('list-queue: hold, release, retry and delete take effect on a running run-queue', async () => {
+  const q = queueSetup({ sendMailConfig: sendMailConfig({}), runQueue: 'min_backoff = "1h"\n' });
+  q.answer({ 'y.test': 'TEMPFAIL', 'z.test': 'TEMPFAIL' });
+  const keep = await queue(q.env, [
+    ['from', 'alice@a.test'],
+    ['to', 'yan@y.test'],
+  ]);
+  const drop = await queue(q.env, [
+    ['from', 'alice@a.test'],
+    ['to', 'zoe@z.test'],
+  ]);
+  const proc = spawn(join(BIN, 'run-queue'), ['--verbose'], { env: q.env as NodeJS.ProcessEnv, stdio: ['ignore', 'ignore', 'pipe'] });
+  let log = '';
+  proc.stderr.on('data', (d: Buffer) => (log += d));
+  const seen = (re: RegExp) =>
+    new Promise<void>((res, rej) => {
+      const check = () => re.test(log) && (proc.stderr.off('data', check), res());
+      proc.stderr.on('data', check);
+      proc.once('exit', () => rej(new Error(`run-queue exited: ${log}`)));
+      check();
+    });
+  try {
+    await seen(/yan@y\.test: deferred[^]*zoe@z\.test: deferred|zoe@z\.test: deferred[^]*yan@y\.test: deferred/);
+    // A second run-queue is refused while this one runs.
+    const twice = await runBin('run-queue', ['--once'], { env: q.env });
+    assert.equal(twice.code, 75);
+    assert.match(twice.stderr, /run-queue is running \(pid \d+\)/);
+
+    const ok = async (args: string[]) => {
+      const r = await runBin('list-queue', args, { env: q.env });
+      assert.equal(r.code, 0, r.stderr);
+    };
+    await ok(['--hold', keep]);
+    assert.equal((await listQueue(q.env)).find((m) => m.queue_id === keep)?.held, true);
+    await ok(['--delete', drop]);
+    assert.deepEqual(
+      (await listQueue(q.env)).map((m) => m.queue_id),
+      [keep],
+    );
+    assert.equal(existsSync(join(q.dir, 'queue', 'messages', `${drop}.ima`)), false);
+    q.answer({ 'y.test': 'OK' });
+    const before = q.given().length;
+    await ok(['--retry', 'ALL']);
+    await ok(['--retry', '@y.test']); // applied after the pass that followed the first: a held message was not tried
+    assert.equal(q.given().length, before, 'a held message is not delivered');
+    await ok(['--release', keep]);
+    await ok(['--retry', keep]);
+    await seen(/yan@y\.test: delivered/);
+    await seen(/done/);
+    assert.deepEqual(await listQueue(q.env), []);
+    assert.equal(q.given().filter((g) => g.rcpts.includes('zoe@z.test')).length, 1, 'the deleted message was not tried again');
+    // SIGHUP with a broken config: reported, the old one kept, still serving.
+    writeFileSync(join(q.dir, 'run-queue.toml'), 'max_parallel = "many"\n');
+    proc.kill('SIGHUP');
+    await seen(/max_parallel: must be a whole number[^]*keeping the old one/);
+    q.answer({ 'y.test': 'OK' });
+    await queue(q.env, [
+      ['from', 'alice@a.test'],
+      ['to', 'yve@y.test'],
+    ]);
+    await seen(/yve@y\.test: delivered/);
+  } finally {
+    proc.kill('SIGTERM');
+    if (proc.exitCode === null) await once(proc, 'exit');
+  }
+  assert.equal(proc.exitCode, 0, log);
+  assert.match(log, /stopping/);
+});
