@@ -17,7 +17,7 @@ import { LineError, LineReader } from '../net/lines.js';
 import { WriteError, backpressure } from '../net/writes.js';
 import type { Peer } from '../net/listen.js';
 import type { Log } from '../log.js';
-import { type Headers, MessageError, type OutEntry, mtimeOf, parseHeaders, readMessage, writeEntries } from '../message/index.js';
+import { type Entry, type Headers, MessageError, type OutEntry, mtimeOf, parseHeaders, readMessage, writeEntries } from '../message/index.js';
 import { certCoversDomain, fingerprint256 } from '../net/tls.js';
 
 export interface SessionLimits {
@@ -359,68 +359,60 @@ export class ImdpSession {
   /** Read the message, check it, add `received`, run the handler. */
   private async deliver(a: Announced, input: PassThrough): Promise<{ word: wire.Final | 'drop'; text?: string }> {
     const { maxHeaderBytes, maxEntries, maxMessageSize } = this.cfg.limits;
-    const limits = { maxHeaderBytes, maxEntries, maxTotalBytes: maxMessageSize, maxMetaBytes: 64 * 1024 };
-    const entries = readMessage(input, limits);
+    const entries = readMessage(input, { maxHeaderBytes, maxEntries, maxTotalBytes: maxMessageSize, maxMetaBytes: 64 * 1024 });
     let headers: Headers;
     try {
-      const first = await entries.next();
-      if (first.done || first.value.kind !== 'headers') throw new MessageError('message has no headers entry');
-      if (!first.value.raw.equals(a.raw)) throw new MessageError('the headers entry differs from the one announced with MAIL');
-      headers = first.value.headers.clone();
-      const fp = this.peer.cert ? fingerprint256(this.peer.cert) : 'none';
-      const when = new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
-      headers.addReceived(
-        `from ${a.senderDomain} (${this.peer.address}; cert sha256 ${fp.slice(0, 16)}; from ${a.aligned ? 'aligned' : 'not aligned'}) by ${this.cfg.domain} with IMDP id ${this.id}.${this.messages}; ${when}`,
-      );
+      headers = await this.stampedHeaders(a, entries);
     } catch (e) {
       await entries.return(undefined).catch(() => {});
       if (e instanceof Failure) return { word: e.temporary ? 'TEMPFAIL' : 'FAIL', text: `${e.status} ${e.message}` };
       throw e;
     }
-    const toHandler = new PassThrough({ highWaterMark: 256 * 1024 });
-    const stop = new AbortController();
-    let messageProblem: Failure | undefined;
-    async function* rewritten(): AsyncGenerator<OutEntry> {
-      const raw = headers.serialize();
-      yield { path: 'headers', size: raw.length, open: () => raw };
-      for await (const e of entries) {
-        if (e.kind === 'headers') continue;
-        yield { path: e.path, size: e.size, open: () => e.stream };
-      }
+    const rewrite = rewriteFor(headers, entries);
+    const code = await this.runHandler(a, rewrite.output, rewrite.stop.signal);
+    rewrite.output.resume();
+    if (!rewrite.problem()) {
+      // The handler is done; if it left data unread, stop the writer and let the rest be discarded.
+      rewrite.output.destroy();
+      input.resume();
     }
-    const writing = writeEntries(toHandler, rewritten(), mtimeOf(headers)).catch((e) => {
-      if (e instanceof Failure && !e.temporary) messageProblem = e;
-      else if (!(e as NodeJS.ErrnoException).code?.startsWith('ERR_STREAM')) messageProblem = e instanceof Failure ? e : new Failure('temporary', describe(e));
-      stop.abort();
-      toHandler.destroy();
-    });
-    const lines: string[] = [];
+    await rewrite.done;
+    await entries.return(undefined).catch(() => {});
+    const problem = rewrite.problem();
+    if (problem) return { word: problem.temporary ? 'TEMPFAIL' : 'FAIL', text: `${problem.status} ${problem.message}` };
+    return { word: finalFor(code) };
+  }
+
+  /** The message's headers entry, checked against the one announced with MAIL, with our `received` line added. */
+  private async stampedHeaders(a: Announced, entries: AsyncGenerator<Entry>): Promise<Headers> {
+    const first = await entries.next();
+    if (first.done || first.value.kind !== 'headers') throw new MessageError('message has no headers entry');
+    if (!first.value.raw.equals(a.raw)) throw new MessageError('the headers entry differs from the one announced with MAIL');
+    const headers = first.value.headers.clone();
+    const fp = this.peer.cert ? fingerprint256(this.peer.cert) : 'none';
+    const when = new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
+    headers.addReceived(
+      `from ${a.senderDomain} (${this.peer.address}; cert sha256 ${fp.slice(0, 16)}; from ${a.aligned ? 'aligned' : 'not aligned'}) by ${this.cfg.domain} with IMDP id ${this.id}.${this.messages}; ${when}`,
+    );
+    return headers;
+  }
+
+  /** Run the handler on the rewritten message, its lines relayed to the peer as they come; its exit code. */
+  private async runHandler(a: Announced, input: PassThrough, signal: AbortSignal): Promise<number> {
     const started = performance.now();
     const code = await runStage({
       argv: this.cfg.handler,
       inProcess: this.cfg.inProcess,
       env: this.env(a),
       cwd: this.cfg.cwd,
-      input: toHandler,
-      onLine: (l) => {
-        if (lines.length < 1000) lines.push(l);
-        this.send(wire.reply(l));
-      },
+      input,
+      onLine: (l) => this.send(wire.reply(l)),
       stderr: this.cfg.stderr,
       timeout: this.cfg.timeouts.handler,
-      signal: stop.signal,
+      signal,
     });
     this.cfg.observe?.handler((performance.now() - started) / 1000, finalFor(code));
-    toHandler.resume();
-    if (!messageProblem) {
-      // The handler is done; if it left data unread, stop the writer and let the rest be discarded.
-      toHandler.destroy();
-      input.resume();
-    }
-    await writing;
-    await entries.return(undefined).catch(() => {});
-    if (messageProblem) return { word: messageProblem.temporary ? 'TEMPFAIL' : 'FAIL', text: `${messageProblem.status} ${messageProblem.message}` };
-    return { word: finalFor(code) };
+    return code;
   }
 
   private logMessage(a: Announced, status: string, text?: string): void {
@@ -431,4 +423,33 @@ export class ImdpSession {
       `session=${this.id} msg=${this.messages} peer=${a.senderDomain ?? '?'} address=${this.peer.address} from=<${h?.get('from') ?? ''}> to=<${rcpts}> size=${a.size} status=${status}${text ? ` (${text})` : ''}`,
     );
   }
+}
+
+/**
+ * The message as the handler gets it: our headers entry, then the other
+ * entries as they stream in. A bad message found on the way aborts the
+ * handler (`stop`) and is kept as the problem that decides the answer.
+ */
+function rewriteFor(
+  headers: Headers,
+  entries: AsyncGenerator<Entry>,
+): { output: PassThrough; stop: AbortController; done: Promise<void>; problem(): Failure | undefined } {
+  const output = new PassThrough({ highWaterMark: 256 * 1024 });
+  const stop = new AbortController();
+  let problem: Failure | undefined;
+  async function* rewritten(): AsyncGenerator<OutEntry> {
+    const raw = headers.serialize();
+    yield { path: 'headers', size: raw.length, open: () => raw };
+    for await (const e of entries) {
+      if (e.kind === 'headers') continue;
+      yield { path: e.path, size: e.size, open: () => e.stream };
+    }
+  }
+  const done = writeEntries(output, rewritten(), mtimeOf(headers)).catch((e) => {
+    if (e instanceof Failure && !e.temporary) problem = e;
+    else if (!(e as NodeJS.ErrnoException).code?.startsWith('ERR_STREAM')) problem = e instanceof Failure ? e : new Failure('temporary', describe(e));
+    stop.abort();
+    output.destroy();
+  });
+  return { output, stop, done, problem: () => problem };
 }

@@ -46,6 +46,18 @@ export class ImrpClient {
     return c;
   }
 
+  /** Connect and log in; the connection is closed when the login fails. */
+  static async connectAndLogin(o: ConnectOptions, user: string, password?: string): Promise<ImrpClient> {
+    const c = await ImrpClient.connect(o);
+    try {
+      await c.login(user, password);
+    } catch (e) {
+      c.close();
+      throw e;
+    }
+    return c;
+  }
+
   send(line: string): void {
     this.socket.write(`${line}\n`);
   }

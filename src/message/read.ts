@@ -8,7 +8,7 @@ import tar from 'tar-stream';
 import { Failure } from '../failure.js';
 import { type Headers, parseHeaders } from './headers.js';
 import { DEFAULT_LIMITS, type MessageLimits, MessageError } from './limits.js';
-import { ATTACHMENTS, classifyPath } from './names.js';
+import { ATTACHMENTS, type EntryKind, classifyPath } from './names.js';
 import { TarGuard } from './tar-guard.js';
 
 export type Entry =
@@ -61,6 +61,62 @@ function explain(err: unknown): Error {
   return new MessageError(`tar: ${m}`);
 }
 
+/** What the reader remembers across entries to check their order and names. */
+interface Seen {
+  /** Entries so far, this one included: 1 is the first. */
+  index: number;
+  names: Set<string>;
+  attachmentsDir: boolean;
+}
+
+interface Checked {
+  kind: EntryKind;
+  name: string;
+  path: string;
+  size: number;
+}
+
+/**
+ * Check one tar entry's header against what the guard saw on the wire and
+ * against ima-message(5)'s rules for names and order. Undefined for the
+ * attachments directory, which is skipped.
+ */
+function checkEntry(h: tar.Header, guard: TarGuard, seen: Seen, limits: MessageLimits): Checked | undefined {
+  const expected = guard.seen[seen.index];
+  seen.index++;
+  if (!expected || expected.size !== h.size || (expected.type === 'directory') !== (h.type === 'directory')) {
+    throw new MessageError('tar: inconsistent entry header');
+  }
+  if (h.type === 'directory') {
+    // GNU tar adds the directory when told to archive "attachments": harmless, skipped once.
+    if (h.name !== ATTACHMENTS || seen.attachmentsDir || seen.index === 1)
+      throw new MessageError(`entry ${JSON.stringify(h.name)}: directories are not allowed`);
+    seen.attachmentsDir = true;
+    return undefined;
+  }
+  if (h.type !== 'file') throw new MessageError(`entry ${JSON.stringify(h.name)}: only regular files are allowed`);
+  if (h.name.includes('\uFFFD')) throw new MessageError(`entry ${JSON.stringify(h.name)}: name is not valid UTF-8`);
+  const { kind, name } = classifyPath(h.name);
+  const path = kind === 'attachment' ? ATTACHMENTS + name : kind;
+  if (seen.index === 1 && kind !== 'headers') throw new MessageError('the first entry must be "headers"');
+  if (seen.names.has(path)) throw new MessageError(`entry ${JSON.stringify(path)} appears twice`);
+  seen.names.add(path);
+  const size = h.size ?? 0;
+  if (kind === 'headers') {
+    if (seen.index !== 1) throw new MessageError('"headers" must be the first entry');
+    if (size > limits.maxHeaderBytes) throw new MessageError(`headers of ${size} bytes exceed the limit of ${limits.maxHeaderBytes}`);
+  }
+  return { kind, name, path, size };
+}
+
+/** After the caller is done with an entry's stream: read what it left, so the next entry can come. */
+async function drainEntry(stream: Readable, path: string, failed: Error | undefined): Promise<void> {
+  if (stream.readableEnded) return;
+  if (stream.destroyed) throw failed ?? new MessageError(`${path}: entry stream was abandoned`);
+  stream.resume();
+  await once(stream, 'end');
+}
+
 /**
  * Read a message entry by entry. The first entry is always the parsed
  * headers. The caller must consume or ignore each entry's stream before
@@ -79,36 +135,17 @@ export async function* readMessage(input: Readable, limits: MessageLimits = DEFA
       res();
     }),
   );
-  const seenNames = new Set<string>();
-  let index = 0;
-  let sawAttachmentsDir = false;
+  const seen: Seen = { index: 0, names: new Set(), attachmentsDir: false };
   let complete = false;
   try {
     for await (const entry of extract) {
-      const h = entry.header;
-      const expected = guard.seen[index];
-      index++;
-      if (!expected || expected.size !== h.size || (expected.type === 'directory') !== (h.type === 'directory')) {
-        throw new MessageError('tar: inconsistent entry header');
-      }
-      if (h.type === 'directory') {
-        // GNU tar adds the directory when told to archive "attachments": harmless, skipped once.
-        if (h.name !== ATTACHMENTS || sawAttachmentsDir || index === 1) throw new MessageError(`entry ${JSON.stringify(h.name)}: directories are not allowed`);
-        sawAttachmentsDir = true;
+      const checked = checkEntry(entry.header, guard, seen, limits);
+      if (!checked) {
         entry.resume();
         continue;
       }
-      if (h.type !== 'file') throw new MessageError(`entry ${JSON.stringify(h.name)}: only regular files are allowed`);
-      if (h.name.includes('\uFFFD')) throw new MessageError(`entry ${JSON.stringify(h.name)}: name is not valid UTF-8`);
-      const { kind, name } = classifyPath(h.name);
-      const path = kind === 'attachment' ? ATTACHMENTS + name : kind;
-      if (index === 1 && kind !== 'headers') throw new MessageError('the first entry must be "headers"');
-      if (seenNames.has(path)) throw new MessageError(`entry ${JSON.stringify(path)} appears twice`);
-      seenNames.add(path);
-      const size = h.size ?? 0;
+      const { kind, name, path, size } = checked;
       if (kind === 'headers') {
-        if (index !== 1) throw new MessageError('"headers" must be the first entry');
-        if (size > limits.maxHeaderBytes) throw new MessageError(`headers of ${size} bytes exceed the limit of ${limits.maxHeaderBytes}`);
         const raw = await readAll(entry, limits.maxHeaderBytes, 'headers');
         yield { kind, path: 'headers', headers: parseHeaders(raw), raw, size };
         continue;
@@ -117,16 +154,12 @@ export async function* readMessage(input: Readable, limits: MessageLimits = DEFA
       const stream: Readable = entry.pipe(kind === 'attachment' ? new PassThrough() : new Utf8Check(path));
       entry.on('error', (e: Error) => stream.destroy(failed ?? explain(e)));
       yield { kind, path, name, size, stream };
-      if (!stream.readableEnded) {
-        if (stream.destroyed) throw failed ?? new MessageError(`${path}: entry stream was abandoned`);
-        stream.resume();
-        await once(stream, 'end');
-      }
+      await drainEntry(stream, path, failed);
     }
     complete = true;
     await piped;
     if (failed) throw failed;
-    if (index === 0) throw new MessageError('empty archive: no "headers" entry');
+    if (seen.index === 0) throw new MessageError('empty archive: no "headers" entry');
   } catch (e) {
     // The guard's reason beats tar-stream's echo of it.
     throw failed ?? explain(e);

@@ -8,17 +8,18 @@
 import { readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { resolve } from 'node:path';
-import { Readable } from 'node:stream';
 import type { Argv } from 'yargs';
-import { start } from '../cli.js';
+import { type Started, start } from '../cli.js';
 import { type Located, boolean, configPath, duration, integer, list, optional, size, string, table } from '../config.js';
 import { EXIT, Failure, configError, usageError } from '../failure.js';
-import { ImrpClient, LoginRefused } from '../imrp/client.js';
-import { IMRP_PORT, parseMsgLine } from '../imrp/wire.js';
+import { type ConnectOptions, ImrpClient, LoginRefused } from '../imrp/client.js';
+import { Acknowledgements, type Store, countLeft, receiveNew, requestNew } from '../imrp/fetch.js';
+import { IMRP_PORT } from '../imrp/wire.js';
 import { cleanTmp, deliverToMailbox, openMailbox } from '../mailbox.js';
 import { DEFAULT_LIMITS } from '../message/index.js';
 import { isTerminal, readSecret } from '../prompt.js';
 import type { Io } from '../io.js';
+import type { Log } from '../log.js';
 import { loadTlsMaterial, systemRoots } from '../net/tls.js';
 
 const schema = table({
@@ -45,12 +46,6 @@ const options = (y: Argv) =>
   y
     .option('keep', { type: 'boolean', describe: 'Mark fetched messages seen instead of deleting them on the server' })
     .option('progress', { type: 'boolean', describe: 'Show a progress bar (default: when stderr is a terminal)' });
-
-/** Messages up to this size are read into memory and stored PARALLEL at a time. */
-const SMALL = 1024 * 1024;
-const PARALLEL = 16;
-/** Ids per SEEN or DELETE line: 25 ids of 37 bytes fit ima(7)'s 1000-byte line. */
-const ACK_BATCH = 25;
 
 const expand = (p: string, io: Io) => (p.startsWith('~/') ? resolve(io.env.HOME || homedir(), p.slice(2)) : resolve(io.cwd, p));
 
@@ -109,159 +104,151 @@ function progressBar(io: Io, total: number, done: number, bytes: number): void {
 export async function main(args: string[], io: Io): Promise<number> {
   const s = await start({ name: 'fetch-mail', role: 'user', usage: '$0 [--keep] [DIR]', schema, options, check }, args, io);
   if (typeof s === 'number') return s;
+  const run = await settings(s, io);
+  await prepareMailbox(run);
+  const tally = await fetchAll(run);
+  if (typeof tally === 'number') return tally;
+  if (run.summary) summarize(run, tally);
+  return tally.invalid ? EXIT.FAIL : EXIT.OK;
+}
+
+/** What a run needs from the command line, the config and the user. */
+interface Run {
+  io: Io;
+  config: Config;
+  log: Log;
+  source: Located;
+  dir: string;
+  keep: boolean;
+  progress: boolean;
+  /** Say what was fetched at the end: on a terminal, or asked for with --verbose. */
+  summary: boolean;
+  server: ConnectOptions;
+  /** Undefined when a client certificate logs in. */
+  password?: string;
+}
+
+interface Tally {
+  fetched: number;
+  bytes: number;
+  invalid: number;
+  left: number;
+}
+
+/** The connection in use: a refused large message makes the run give it up for another. */
+interface Connection {
+  client: ImrpClient;
+}
+
+async function settings(s: Started<{ keep?: boolean; progress?: boolean }, Config, Prepared>, io: Io): Promise<Run> {
   const { argv, config, log, source } = s;
   const [dirArg, ...extra] = argv._.map(String);
   if (extra.length) throw usageError('at most one DIR');
   const dir = dirArg ? resolve(io.cwd, dirArg) : configFile(config.mailbox, source, io);
-  const keep = argv.keep ?? config.keep;
   const tty = !!(io.stderr as NodeJS.WriteStream).isTTY;
-  const progress = argv.progress ?? tty;
-  const tlsOptions = s.prepared.tls;
-  const pw = config.certificate ? undefined : await password(config, io, s.prepared.passwordFromFile);
+  const server = { host: config.server, port: config.port, serverName: config.server_name || config.server, tls: s.prepared.tls, timeout: config.timeout };
+  return {
+    io,
+    config,
+    log,
+    source,
+    dir,
+    keep: argv.keep ?? config.keep,
+    progress: argv.progress ?? tty,
+    summary: tty || !!argv.verbose,
+    server,
+    password: config.certificate ? undefined : await password(config, io, s.prepared.passwordFromFile),
+  };
+}
+
+async function prepareMailbox({ dir, config, log }: Run): Promise<void> {
   await openMailbox(dir, true);
   // What killed runs left in tmp/ (a delivery in progress is seconds old).
   const cleaned = await cleanTmp(dir, config.tmp_max_age);
   if (cleaned) log.info(`${dir}: removed ${cleaned} stale entries from tmp/`);
+}
 
-  const server = { host: config.server, port: config.port, serverName: config.server_name || config.server, tls: tlsOptions, timeout: config.timeout };
-  // Another connection, logged in, when the first had to be given up.
-  const reconnect = async (): Promise<ImrpClient> => {
-    const c = await ImrpClient.connect(server);
-    try {
-      await c.login(config.user, pw);
-    } catch (e) {
-      c.close();
-      throw e;
-    }
-    return c;
-  };
-  let client = await ImrpClient.connect(server);
+/** Log in, fetch and store every new message, acknowledge them, count what is left. A number is an exit code. */
+async function fetchAll(run: Run): Promise<Tally | number> {
+  const { config, io } = run;
+  const tally: Tally = { fetched: 0, bytes: 0, invalid: 0, left: 0 };
+  const acks = new Acknowledgements(run.keep ? 'SEEN' : 'DELETE');
+  const conn: Connection = { client: await ImrpClient.connect(run.server) };
   // However the server trickles its bytes, the whole run ends by the deadline.
   let late = false;
   const deadline = setTimeout(() => {
     late = true;
-    client.socket.destroy();
+    conn.client.socket.destroy();
   }, config.deadline);
-  let fetched = 0;
-  let bytes = 0;
-  let invalid = 0;
-  let left = 0;
-  // Ids stored durably here, told to the server a line-full at a time
-  // (pipelined: the answers are read at the end, and a line is forgotten
-  // only once answered).
-  const durable: string[] = [];
-  const told: string[] = [];
-  const acknowledge = () => {
-    const line = `${keep ? 'SEEN' : 'DELETE'} ${durable.splice(0).join(' ')}`;
-    client.send(line);
-    told.push(line);
-  };
   try {
-    try {
-      await client.login(config.user, pw);
-    } catch (e) {
-      if (e instanceof LoginRefused) {
-        log.error(e.message);
-        return EXIT.NOPERM;
-      }
-      throw e;
-    }
-    // The progress bar's total comes from a list, sent in the same round trip; then every new message streamed.
-    if (progress) client.send('LIST new');
-    client.send('FETCH NEW');
-    let total = 0;
-    for (let l = progress ? await client.line() : 'OK'; !l.startsWith('OK'); l = await client.line()) {
-      if (parseMsgLine(l)) total++;
-      else throw new Failure('temporary', `${client.where}: unexpected answer to LIST: ${l.slice(0, 100)}`);
-    }
-    const limits = { ...DEFAULT_LIMITS, maxTotalBytes: config.max_message_bytes, maxEntries: config.max_entries };
-    // Store one message; only once it is durable may the server forget it. False when it is refused.
-    const store = async (id: string, size: number, input: Readable): Promise<boolean> => {
-      let ok = false;
-      try {
-        // The server's id is checked before the message is stored: a message sent under another id is left there.
-        await deliverToMailbox(dir, input, { limits, expectName: id, headersAsSent: true });
-        durable.push(id);
-        if (durable.length >= ACK_BATCH) acknowledge();
-        fetched++;
-        bytes += size;
-        ok = true;
-      } catch (e) {
-        if (!(e instanceof Failure) || e.temporary) throw e;
-        invalid++;
-        log.error(`message ${id} refused and left on the server: ${e.message}`);
-      }
-      if (progress) progressBar(io, total, fetched + invalid, bytes);
-      return ok;
-    };
-    // Small messages are taken off the wire into memory and stored several at
-    // a time, so their fsyncs overlap; a large one streams to disk alone.
-    const inFlight = new Set<Promise<unknown>>();
-    let failure: unknown;
-    const track = (p: Promise<unknown>) => {
-      const t = p.catch((e) => void (failure ??= e)).finally(() => inFlight.delete(t));
-      inFlight.add(t);
-    };
-    let abandoned = false;
-    for (let l = await client.line(); !l.startsWith('OK'); l = await client.line()) {
-      const m = /^MESSAGE ([0-9a-f-]{36}) (\d{1,15})$/.exec(l);
-      if (!m) throw new Failure('temporary', `${client.where}: unexpected answer to FETCH: ${l.slice(0, 100)}`);
-      const [id, size] = [m[1], Number(m[2])];
-      if (failure) throw failure;
-      if (size <= SMALL) {
-        const parts: Buffer[] = [];
-        for await (const c of client.reader.readBytes(size)) parts.push(Buffer.from(c));
-        while (inFlight.size >= PARALLEL) await Promise.race(inFlight);
-        track(store(id, size, Readable.from([Buffer.concat(parts)])));
-        continue;
-      }
-      await Promise.all(inFlight);
-      const { stream, done } = client.reader.pumpData(size);
-      let stored = false;
-      try {
-        stored = await store(id, size, stream);
-      } finally {
-        // A refused message's rest is not read: it may be a bomb of a gigabyte. This connection is given up.
-        if (stored) stream.resume();
-        else client.socket.destroy();
-        await done.catch((e) => {
-          if (stored) throw e;
-        });
-      }
-      if (!stored) {
-        abandoned = true;
-        break;
-      }
-    }
-    await Promise.all(inFlight);
-    if (abandoned) {
-      // What was told on the lost connection is told again on a new one: the server forgets nothing unconfirmed.
-      client = await reconnect();
-      for (const line of told) client.send(line);
-      log.error('a refused message was not read to its end: fetch stopped; messages after it stay on the server');
-    }
-    if (durable.length) acknowledge();
-    if (failure) throw failure;
-    while (told.length) {
-      await client.ok(keep ? 'SEEN' : 'DELETE');
-      told.shift();
-    }
-    client.send('FOLDERS');
-    for (let l = await client.line(); !l.startsWith('OK'); l = await client.line()) left += Number(/^FOLDER \S+ (\d+)$/.exec(l)?.[1] ?? 0);
+    if (!(await login(conn.client, run))) return EXIT.NOPERM;
+    await fetchAndStore(run, conn, acks, tally);
+    tally.left = await countLeft(conn.client);
   } catch (e) {
     if (!late) throw e;
     throw new Failure(
       'temporary',
-      `${client.where}: not done within the deadline of ${config.deadline / 1000} s (deadline in ${source.file ?? 'fetch-mail.toml'})`,
+      `${conn.client.where}: not done within the deadline of ${config.deadline / 1000} s (deadline in ${run.source.file ?? 'fetch-mail.toml'})`,
     );
   } finally {
     clearTimeout(deadline);
     // Stored but not yet told (a failure cut the run short): tell the server before leaving.
-    if (durable.length && !client.socket.destroyed) acknowledge();
-    client.close();
-    if (progress && (fetched || invalid)) io.stderr.write('\n');
+    if (!conn.client.socket.destroyed) acks.flush(conn.client);
+    conn.client.close();
+    if (run.progress && (tally.fetched || tally.invalid)) io.stderr.write('\n');
   }
-  if (tty || argv.verbose)
-    io.stderr.write(`fetch-mail: fetched ${fetched} message${fetched === 1 ? '' : 's'} (${bytes} bytes) into ${dir}; ${left} left on the server\n`);
-  return invalid ? EXIT.FAIL : EXIT.OK;
+  return tally;
+}
+
+/** False when the server refuses the login (logged); other trouble is thrown. */
+async function login(client: ImrpClient, { config, password, log }: Run): Promise<boolean> {
+  try {
+    await client.login(config.user, password);
+    return true;
+  } catch (e) {
+    if (!(e instanceof LoginRefused)) throw e;
+    log.error(e.message);
+    return false;
+  }
+}
+
+/** Fetch every new message into the mailbox, then have the server forget (or mark seen) each one stored. */
+async function fetchAndStore(run: Run, conn: Connection, acks: Acknowledgements, tally: Tally): Promise<void> {
+  const total = await requestNew(conn.client, run.progress);
+  const { abandoned, failure } = await receiveNew(conn.client, storeMessage(run, conn, acks, tally, total));
+  if (abandoned) {
+    conn.client = await ImrpClient.connectAndLogin(run.server, run.config.user, run.password);
+    acks.retell(conn.client);
+    run.log.error('a refused message was not read to its end: fetch stopped; messages after it stay on the server');
+  }
+  acks.flush(conn.client);
+  if (failure) throw failure;
+  await acks.confirm(conn.client);
+}
+
+/** Store one message; only once it is durable may the server forget it. False when it is refused. */
+function storeMessage(run: Run, conn: Connection, acks: Acknowledgements, tally: Tally, total: number): Store {
+  const { config, dir, io, log } = run;
+  const limits = { ...DEFAULT_LIMITS, maxTotalBytes: config.max_message_bytes, maxEntries: config.max_entries };
+  return async (id, size, input) => {
+    let ok = false;
+    try {
+      // The server's id is checked before the message is stored: a message sent under another id is left there.
+      await deliverToMailbox(dir, input, { limits, expectName: id, headersAsSent: true });
+      acks.add(conn.client, id);
+      tally.fetched++;
+      tally.bytes += size;
+      ok = true;
+    } catch (e) {
+      if (!(e instanceof Failure) || e.temporary) throw e;
+      tally.invalid++;
+      log.error(`message ${id} refused and left on the server: ${e.message}`);
+    }
+    if (run.progress) progressBar(io, total, tally.fetched + tally.invalid, tally.bytes);
+    return ok;
+  };
+}
+
+function summarize({ io, dir }: Run, { fetched, bytes, left }: Tally): void {
+  io.stderr.write(`fetch-mail: fetched ${fetched} message${fetched === 1 ? '' : 's'} (${bytes} bytes) into ${dir}; ${left} left on the server\n`);
 }
