@@ -180,11 +180,12 @@ export interface Activated {
  * port (its own flags first: --accept --inetd for inetd mode, none for
  * LISTEN_FDS); resolves once it listens. The caller stops it (SIGTERM).
  */
-export async function socketActivate(name: string, activateArgs: string[], args: string[]): Promise<Activated> {
+export async function socketActivate(name: string, activateArgs: string[], args: string[], extraEnv: Record<string, string> = {}): Promise<Activated> {
   const port = await freePort();
-  // It passes on only the variables it is told to: IMA_ALLOW_ROOT for a root CI (see testEnv).
-  const child = spawn('systemd-socket-activate', [`--listen=127.0.0.1:${port}`, '--setenv=IMA_ALLOW_ROOT=1', ...activateArgs, join(BIN, name), ...args], {
-    env: testEnv(),
+  // It passes on only the variables it is told to: IMA_ALLOW_ROOT for a root CI (see testEnv), and the caller's.
+  const pass = Object.entries({ IMA_ALLOW_ROOT: '1', ...extraEnv }).map(([k, v]) => `--setenv=${k}=${v}`);
+  const child = spawn('systemd-socket-activate', [`--listen=127.0.0.1:${port}`, ...pass, ...activateArgs, join(BIN, name), ...args], {
+    env: testEnv(extraEnv),
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let err = '';

@@ -2,43 +2,23 @@
 // LISTEN_FDS), SIGTERM finishing cleanly, and SIGHUP reloading users while
 // a bad config is kept out.
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { BIN } from '../helpers.js';
-import { MX_EXTRA, arrival, config, env, hash, startReceive, stored, swaks } from './receive-fixture.js';
-import { freePort } from './postfix.js';
+import { type Activated, socketActivate } from '../helpers.js';
+import { MX_EXTRA, arrival, config, dir, hash, startReceive, stored, swaks } from './receive-fixture.js';
 
 const children: ChildProcess[] = [];
 after(() => {
   for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
 });
 
-async function activate(extra: string[], serverArgs: string[]): Promise<{ port: number; child: ChildProcess; err: () => string }> {
-  const port = await freePort();
+async function activate(extra: string[], serverArgs: string[]): Promise<Activated> {
   const file = config(`activated${extra.join('')}`, MX_EXTRA);
-  // systemd-socket-activate passes on only the variables named with -E.
-  const pass = Object.entries(env).flatMap(([k, v]) => (v === undefined ? [] : ['-E', `${k}=${v}`]));
-  const child = spawn(
-    'systemd-socket-activate',
-    [`--listen=127.0.0.1:${port}`, ...pass, ...extra, join(BIN, 'smtp-receive'), '--config', file, ...serverArgs],
-    {
-      env,
-      stdio: ['ignore', 'ignore', 'pipe'],
-    },
-  );
-  children.push(child);
-  let err = '';
-  await new Promise<void>((res, rej) => {
-    child.stderr!.on('data', (d) => {
-      err += d;
-      if (/Listening on/.test(err)) res();
-    });
-    child.on('exit', (c) => rej(new Error(`systemd-socket-activate exited ${c}: ${err}`)));
-  });
-  return { port, child, err: () => err };
+  const activated = await socketActivate('smtp-receive', extra, ['--config', file, ...serverArgs], { IMA_CONFIG_DIR: dir });
+  children.push(activated.child);
+  return activated;
 }
 
 const deliver = (port: number, body: string) => swaks(port, ['--from', 'alice@a.test', '--to', 'bob@b.test', '--body', body]);
