@@ -10,6 +10,7 @@ import { readMessage } from '../../src/message/index.js';
 import { BIN, runBin } from '../helpers.js';
 import { HANDLER, type Server, certs, config, dir, message, outDir, pki, startServer } from '../imdp-fixture.js';
 import { listQueue, queueSetup, recipient } from '../queue-fixture.js';
+import { smtpSinkMissing, startSink } from '../smtp-sink.js';
 
 const servers: Server[] = [];
 after(async () => Promise.all(servers.map((s) => s.stop())));
@@ -308,3 +309,29 @@ test('list-queue: hold, release, retry and delete take effect on a running run-q
   assert.equal(proc.exitCode, 0, log);
   assert.match(log, /stopping/);
 });
+
+test(
+  'run-queue: one queued message to an IMA domain and a legacy one: IMDP for the first, smtp-send (SMTP, to smtp-sink) for the other',
+  { skip: smtpSinkMissing },
+  async () => {
+    const sink = await startSink([]);
+    try {
+      const outB = outDir();
+      const b = await server('b.test', outB);
+      // dns_srv off and legacy = "auto": a domain outside [servers] goes to smtp-send, here by the smarthost.
+      const q = queueSetup({ sendMailConfig: sendMailConfig({ 'b.test': `127.0.0.1:${b.port}` }), direct: true });
+      writeFileSync(join(q.dir, 'smtp-send.toml'), `[smarthost]\nhost = "127.0.0.1:${sink.port}"\ntls = "may"\n`);
+      await queue(q.env, [
+        ['from', 'alice@a.test'],
+        ['to', 'bob@b.test, zoe@legacy.test'],
+      ]);
+      const r = await runBin('run-queue', ['--once'], { env: q.env });
+      assert.equal(r.code, 0, r.stderr);
+      assert.deepEqual(await listQueue(q.env), [], 'both recipients delivered, nothing left queued');
+      assert.equal(imaFiles(outB).length, 1);
+      assert.match(r.stderr, /zoe@legacy\.test/);
+    } finally {
+      await sink.stop();
+    }
+  },
+);
