@@ -60,13 +60,7 @@ export function startupMs(argv: string[], runs = 10): number {
 
 /** A small message (about 4 KB with the default body) from alice@a.test, with a fresh message-id. */
 export async function smallMessage(to: string[] = ['bob@b.test'], extra: [string, string][] = [], bodyBytes = 3800): Promise<Buffer> {
-  const h = new Headers()
-    .add('from', 'alice@a.test')
-    .add('to', to.join(', '))
-    .add('subject', 'bench')
-    .add('date', '2026-11-23T00:00:00Z')
-    .add('message-id', `urn:uuid:${randomUUID()}`);
-  for (const [k, v] of extra) h.add(k, v);
+  const h = benchHeaders(to, extra);
   const out = new PassThrough();
   const parts: Buffer[] = [];
   out.on('data', (c: Buffer) => parts.push(c));

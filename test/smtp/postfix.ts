@@ -4,20 +4,12 @@
 // startPostfix says why when it cannot run, and the caller skips.
 import { execFile } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, watch, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 
 const run = promisify(execFile);
 
-/** A free loopback port (the kernel's pick; released before use). */
-export async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((res) => s.listen(0, '127.0.0.1', res));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((res) => s.close(() => res()));
-  return port;
-}
+import { freePort } from '../helpers.js';
 
 const MASTER = `SMTPD inet n - n - - smtpd
 pickup    unix  n       -       n       60      1       pickup

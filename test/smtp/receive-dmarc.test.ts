@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import type { Listening } from '../helpers.js';
 import { config, headersOf, startReceive, stored, swaks } from './receive-fixture.js';
-import { freePort } from './postfix.js';
+import { freePort } from '../helpers.js';
 
 const DNSMASQ = '/usr/sbin/dnsmasq';
 
