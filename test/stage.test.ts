@@ -62,8 +62,8 @@ test('stage: an in-process program that throws from a timer or leaks a rejection
   }
   await c.done();
   assert.equal(stored('bob'), before + 2);
-  assert.match(s.stderr(), /mime-to-ima: internal error, run ended TEMPFAIL: thrown in a timer/);
-  assert.match(s.stderr(), /mime-to-ima: internal error, run ended TEMPFAIL: a rejection nobody handled/);
+  await s.waitLog(/mime-to-ima: internal error, run ended TEMPFAIL: thrown in a timer/);
+  await s.waitLog(/mime-to-ima: internal error, run ended TEMPFAIL: a rejection nobody handled/);
   assert.equal(s.proc.exitCode, null, 'server-receive is still running');
 });
 

@@ -112,8 +112,8 @@ describe('post-office and fetch-mail', () => {
     const again = await fetch(cfg, [out, '--verbose'], { BOB_PW: 'sesame' });
     assert.equal(again.code, 0);
     assert.match(again.stderr, /fetched 0 messages/);
-    assert.match(po.log(), /login user=bob address=127\.0\.0\.1 method=password result=ok/);
-    assert.match(po.log(), /fetch user=bob messages=5 bytes=\d+/);
+    await po.waitLog(/login user=bob address=127\.0\.0\.1 method=password result=ok/);
+    await po.waitLog(/fetch user=bob messages=5 bytes=\d+/);
   });
 
   it('logs in by client certificate; --keep marks seen and the next run fetches nothing', async () => {
@@ -127,7 +127,7 @@ describe('post-office and fetch-mail', () => {
     assert.match(r.stderr, /3 left on the server/);
     const again = await fetch(cfg, [out, '--keep', '--verbose']);
     assert.match(again.stderr, /fetched 0 messages/);
-    assert.match(po.log(), /method=certificate result=ok/);
+    await po.waitLog(/method=certificate result=ok/);
   });
 
   it('takes the password from password_file (relative to its config), never from the command line', async () => {
@@ -195,7 +195,7 @@ describe('post-office and fetch-mail', () => {
       assert.match(got, /^NO message cannot be read$/m);
       assert.doesNotMatch(got, /carol's secret/);
       assert.doesNotMatch(got, new RegExp(`^(MSG|MESSAGE) ${bobId}`, 'm'), 'neither listed nor sent');
-      assert.match(po.log(), new RegExp(`${bobId}: cannot be sent: .*attachments: a symbolic link or not a plain file or directory \\(refused\\)`));
+      await po.waitLog(new RegExp(`${bobId}: cannot be sent: .*attachments: a symbolic link or not a plain file or directory \\(refused\\)`));
     } finally {
       rmSync(planted, { recursive: true });
     }
@@ -292,7 +292,7 @@ describe('post-office limits', () => {
     }
     const right = await converse(['LOGIN carol sesame', 'QUIT'], /^BYE/m, undefined, strict.port, '127.0.0.6');
     assert.match(right, /^NO login failed\nBYE too many failed logins$/m, 'even the right password is not tried');
-    assert.match(strict.log(), /login user=carol address=127\.0\.0\.6 method=password result=refused/);
+    await strict.waitLog(/login user=carol address=127\.0\.0\.6 method=password result=refused/);
     const other = await converse(['LOGIN bob sesame', 'QUIT'], /^BYE/m, undefined, strict.port, '127.0.0.7');
     assert.match(other, /^OK logged in as bob$/m, 'another user from a fresh address is not affected');
   });

@@ -42,7 +42,7 @@ test('server-receive: happy path, two messages on one connection, received line,
   assert.equal(env.IMA_PEER_ADDRESS, '127.0.0.1');
   assert.match(env.IMA_PEER_CERT_SHA256, /^[0-9a-f]{64}$/);
   assert.match(env.IMA_SESSION_ID, /^[0-9a-f]{12}$/);
-  assert.match(s.stderr(), /session=\w+ msg=1 peer=a\.test address=127\.0\.0\.1 from=<alice@a\.test> to=<bob@b\.test> size=\d+ status=OK/);
+  await s.waitLog(/session=\w+ msg=1 peer=a\.test address=127\.0\.0\.1 from=<alice@a\.test> to=<bob@b\.test> size=\d+ status=OK/);
 });
 
 test('server-receive: certificate failures never get past the greeting', async () => {
@@ -129,7 +129,7 @@ test('server-receive: exit 3 drops the connection; a crashing handler is TEMPFAI
     assert.equal(r.result?.word, 'TEMPFAIL');
   }
   await c2.done();
-  assert.match(s2.stderr(), /handler crashed/);
+  await s2.waitLog(/handler crashed/);
 });
 
 test('server-receive: limits on size, header bytes, hops and messages per connection are REJECTs that keep the connection', async () => {
@@ -251,7 +251,7 @@ test('server-receive: a line over the limit, a silent peer and a stalled transfe
   await assert.rejects(stalled.readResult(), /connection closed/);
   await busy.done();
   assert.equal(readdirSync(out).filter((f) => f.endsWith('.ima')).length, 1, 'the stalled message was never stored');
-  assert.match(s.stderr(), /connection dropped: no data for 1 s/);
+  await s.waitLog(/connection dropped: no data for 1 s/);
 });
 
 test('server-receive: connections over the per-address limit are closed at once; a handshake that never comes times out', async () => {
@@ -259,11 +259,11 @@ test('server-receive: connections over the per-address limit are closed at once;
   const net = await import('node:net');
   const raw = net.connect(s.port, '127.0.0.1');
   await new Promise<void>((res) => raw.on('close', () => res()).on('error', () => {}));
-  assert.match(s.stderr(), /TLS handshake failed: ERR_TLS_HANDSHAKE_TIMEOUT/);
+  await s.waitLog(/TLS handshake failed: ERR_TLS_HANDSHAKE_TIMEOUT/);
   const one = await connect(s.port);
   const two = await connect(s.port);
   await assert.rejects(connect(s.port), /ECONNRESET|socket|closed|disconnected/i);
-  assert.match(s.stderr(), /connection dropped: too many connections from this address/);
+  await s.waitLog(/connection dropped: too many connections from this address/);
   await one.done();
   await two.done();
 });
@@ -296,7 +296,7 @@ test('server-receive: a toolkit program as handler runs in-process; a Failure it
   const c = await connect(s.port);
   for (let i = 0; i < 2; i++) assert.equal((await deliver(c, await message(basicFields()))).result?.word, 'TEMPFAIL');
   await c.done();
-  assert.match(s.stderr(), /make-cert: \/nonexistent\/ca\.crt: no such file/);
+  await s.waitLog(/make-cert: \/nonexistent\/ca\.crt: no such file/);
 });
 
 test('server-receive: SIGTERM lets the message in flight finish, then says BYE and exits 0', async () => {

@@ -73,7 +73,7 @@ senders = ["alice@b.test", "@sales.b.test", "alice+*@b.test"]
     assert.equal(readFileSync(join(out, `${m[1]}.args`), 'utf8').trim(), '--recipient x@elsewhere.test --recipient hidden@elsewhere.test');
     assert.match(h, /^received: from client\.a\.test \(127\.0\.0\.1\) by mx\.b\.test with ESMTPSA \(TLSv1\.3 \S+\) id \S+ user alice; /m);
     assert.doesNotMatch(h, /authentication-results/);
-    assert.match(sub.log(), /user=alice from=<alice@b\.test> to=<x@elsewhere\.test,hidden@elsewhere\.test> size=\d+ id=urn:uuid:\S+ result=250/);
+    await sub.waitLog(/user=alice from=<alice@b\.test> to=<x@elsewhere\.test,hidden@elsewhere\.test> size=\d+ id=urn:uuid:\S+ result=250/);
   });
 
   it('offers no AUTH before TLS and refuses MAIL without a login', async () => {
@@ -97,7 +97,7 @@ senders = ["alice@b.test", "@sales.b.test", "alice+*@b.test"]
       'x@elsewhere.test',
     ]);
     assert.match(r.out, /535 5\.7\.8 authentication failed/);
-    assert.match(sub.log(), /login user=alice method=PLAIN result=failed/);
+    await sub.waitLog(/login user=alice method=PLAIN result=failed/);
     const nobody = await swaks(sub.port, [
       '--tls',
       '--auth',
