@@ -6,9 +6,26 @@ import { logFormatIn } from './log.js';
 import { type ProgramName, loadProgram } from './programs/index.js';
 import { claimStrayFault } from './stage.js';
 
-/** The Io of the real process. */
+/**
+ * The Io of the real process. The standard streams are made on first use:
+ * Node builds process.stdin at the first touch (a couple of milliseconds at
+ * start-up), and many runs never read it.
+ */
 export function processIo(): Io {
-  return { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr, env: process.env, cwd: process.cwd(), signals: process };
+  return {
+    get stdin() {
+      return process.stdin;
+    },
+    get stdout() {
+      return process.stdout;
+    },
+    get stderr() {
+      return process.stderr;
+    },
+    env: process.env,
+    cwd: process.cwd(),
+    signals: process,
+  };
 }
 
 /** Run a toolkit program as this process, with the exit code semantics of DESIGN.md 2. */

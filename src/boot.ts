@@ -1,0 +1,129 @@
+// The launchers' loader (bin/NAME requires dist/bundle/boot.cjs, built from
+// this file). A profile of a spawned stage's start put most of its time in
+// Node's ESM loader and in compiling the bundle's chunks, every run anew.
+// So the bundle is two CommonJS files, compiled here with V8's code cache:
+//   ima.cjs     the toolkit's own code and the small packages the stages use;
+//   vendor.cjs  the big packages (yargs, mailauth, nodemailer, mailparser,
+//               node-forge, smtp-server, ...), read only when a program asks
+//               for one of them.
+// Each NAME.cjs may have NAME.cjs.cache beside it, written by the build
+// (scripts/bundle.mjs) and never at run time: its first line names the build
+// (the sha256 the bundle's own first line carries), the Node version and the
+// architecture it was made with; V8 itself checks its version, its flags and
+// the source length. A cache that does not match, or that V8 rejects, is
+// ignored and the file compiled from source, as Node would.
+import { readFileSync } from 'node:fs';
+import { createRequire, isBuiltin } from 'node:module';
+import { join } from 'node:path';
+import { Script } from 'node:vm';
+
+/** The first line of a bundle file: `//ima-build:` and the sha256 of the rest. */
+export const BUILD_MARK = '//ima-build:';
+const CACHE_MAGIC = 'ima-code-cache/1';
+
+// The bundle's code runs as a CommonJS module body; __imaUrl stands for import.meta.url.
+const HEAD = '(function (exports, require, module, __filename, __dirname, __imaUrl) {';
+const TAIL = '\n})';
+
+/** The build a bundle file's code says it is, or undefined for a file without the mark. */
+export function buildIdOf(code: string): string | undefined {
+  if (!code.startsWith(BUILD_MARK)) return undefined;
+  const end = code.indexOf('\n');
+  return end < 0 ? undefined : code.slice(BUILD_MARK.length, end);
+}
+
+/** The first line of a cache file made for `buildId` by this Node. */
+export function cacheHeader(buildId: string): string {
+  return `${CACHE_MAGIC} ${buildId} ${process.version} ${process.arch}\n`;
+}
+
+/** The code cache in `cacheFile` if it was made for this build and this Node, else undefined. */
+export function readCache(cacheFile: string, buildId: string | undefined): Buffer | undefined {
+  if (!buildId) return undefined;
+  let data: Buffer;
+  try {
+    data = readFileSync(cacheFile);
+  } catch {
+    return undefined; // no cache: compile from source
+  }
+  const header = cacheHeader(buildId);
+  if (data.length <= header.length || data.toString('latin1', 0, header.length) !== header) return undefined;
+  return data.subarray(header.length);
+}
+
+export interface Unit {
+  file: string;
+  buildId: string | undefined;
+  script: Script;
+  /** A cache was offered and V8 took it. */
+  cacheUsed: boolean;
+  exports: Record<string, unknown>;
+}
+
+/**
+ * Compile and run one bundle file. Latin-1 is exact here: esbuild writes
+ * ASCII (it escapes everything else), and a one-byte string is the cheapest
+ * V8 can compile.
+ */
+export function loadUnit(file: string, req: (id: string) => unknown, useCache = true): Unit {
+  const code = readFileSync(file, 'latin1');
+  const buildId = buildIdOf(code);
+  const cachedData = useCache ? readCache(`${file}.cache`, buildId) : undefined;
+  const script = new Script(HEAD + code + TAIL, { filename: file, cachedData });
+  const module = { exports: {} as Record<string, unknown> };
+  const body = script.runInThisContext() as (...a: unknown[]) => void;
+  body(module.exports, req, module, file, join(file, '..'), `file://${file}`);
+  return { file, buildId, script, cacheUsed: cachedData !== undefined && !script.cachedDataRejected, exports: module.exports };
+}
+
+// Node modules the toolkit's code imports at its top level that many runs
+// never use (child_process alone brings net and dgram): loaded at the first
+// touch of one of their exports. esbuild's CommonJS output reads an import's
+// exports at each use (import_x.name), so a stand-in that forwards every
+// access behaves as the module does.
+const LAZY_BUILTINS = new Set(['node:child_process', 'node:crypto', 'node:os', 'node:net', 'node:tls', 'node:dns', 'node:readline', 'node:zlib']);
+
+/** A stand-in for a module object that loads it when anything is asked of it. */
+export function lazyModule(load: () => object): object {
+  let real: object | undefined;
+  const it = () => (real ??= load());
+  return new Proxy(
+    {},
+    {
+      get: (_t, k) => Reflect.get(it(), k),
+      has: (_t, k) => Reflect.has(it(), k),
+      ownKeys: () => Reflect.ownKeys(it()),
+      getOwnPropertyDescriptor: (_t, k) => {
+        const d = Reflect.getOwnPropertyDescriptor(it(), k);
+        return d && { ...d, configurable: true };
+      },
+      set: (_t, k, v) => Reflect.set(it(), k, v),
+    },
+  );
+}
+
+/** The loaded bundle of a directory: ima.cjs now, vendor.cjs on first use. */
+export interface Bundle {
+  core: Unit;
+  vendor(): Unit | undefined;
+}
+
+export function loadBundle(dir: string, useCache = true): Bundle {
+  const nodeRequire = createRequire(join(dir, 'ima.cjs'));
+  let vendor: Unit | undefined;
+  const vendorUnit = () => (vendor ??= loadUnit(join(dir, 'vendor.cjs'), createRequire(join(dir, 'vendor.cjs')), useCache));
+  // ima.cjs requires Node's modules and the packages the build put in vendor.cjs.
+  const coreRequire = (id: string): unknown => {
+    if (isBuiltin(id)) return LAZY_BUILTINS.has(id) ? lazyModule(() => nodeRequire(id) as object) : nodeRequire(id);
+    const packages = vendorUnit().exports as Record<string, () => unknown>;
+    return Object.hasOwn(packages, id) ? packages[id]() : nodeRequire(id);
+  };
+  const core = loadUnit(join(dir, 'ima.cjs'), coreRequire, useCache);
+  return { core, vendor: () => vendor };
+}
+
+/** What bin/NAME calls: run the program as this process (run.ts launch()). */
+export function launch(program: string): void {
+  const { core } = loadBundle(__dirname);
+  (core.exports.launch as (p: string) => void)(program);
+}
