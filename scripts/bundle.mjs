@@ -21,7 +21,11 @@ const OUT = join(ROOT, 'dist', 'bundle');
 /** Packages ima.cjs carries: those give-recipient and handle-incoming-mail load at start. */
 const CORE = new Set(['yargs-parser', 'smol-toml', 'tar-stream']);
 
-const packageOf = (spec) => spec.split('/').slice(0, spec.startsWith('@') ? 2 : 1).join('/');
+const packageOf = (spec) =>
+  spec
+    .split('/')
+    .slice(0, spec.startsWith('@') ? 2 : 1)
+    .join('/');
 
 async function build() {
   const { build: esbuild } = await import('esbuild');
