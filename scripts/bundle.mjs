@@ -10,9 +10,11 @@
 // The caches are written here only, inside dist/, never at run time.
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { Readable, Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = resolve(fileURLToPath(new URL('..', import.meta.url)));
@@ -96,17 +98,50 @@ function mark(file) {
   writeFileSync(file, `//ima-build:${id}\n${code}`, 'latin1');
 }
 
-/** Compile both files, run every program module's top level, write what V8 compiled as the caches. */
+/**
+ * Compile both files, then run what a spawned stage runs (every program's
+ * module top level, a delivery, a routing), so that the functions a start
+ * calls are compiled; write what V8 compiled as the caches.
+ */
 async function train() {
   const boot = createRequire(import.meta.url)(join(OUT, 'boot.cjs'));
   const bundle = boot.loadBundle(OUT, false);
   const { PROGRAMS, loadProgram } = bundle.core.exports;
   for (const p of PROGRAMS) await loadProgram(p);
+  await exercise(loadProgram);
   for (const unit of [bundle.core, bundle.vendor()]) {
     if (!unit) continue;
     const file = `${unit.file}.cache`;
     writeFileSync(file, Buffer.concat([Buffer.from(boot.cacheHeader(unit.buildId), 'latin1'), unit.script.createCachedData()]));
     chmodSync(file, 0o444);
+  }
+  process.exit(0);
+}
+
+/** The stages' usual runs, in a scratch directory: give-recipient --clean and a delivery, handle-incoming-mail --check and a delivery. */
+async function exercise(loadProgram) {
+  const dir = mkdtempSync(join(tmpdir(), 'ima-train-'));
+  try {
+    const box = join(dir, 'bob');
+    for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(box, f), { recursive: true });
+    const cfg = join(dir, 'him.toml');
+    writeFileSync(cfg, `[domains."b.test"]\ncommand = ["give-recipient", "--address", "{address}", ${JSON.stringify(box)}]\nusers = ["bob"]\n`);
+    const run = async (name, args, input) => {
+      const out = [];
+      const stdout = new Writable({ write: (c, _e, cb) => (out.push(c), cb()) });
+      const stderr = new Writable({ write: (_c, _e, cb) => cb() });
+      const env = { IMA_CONFIG_DIR: '/nonexistent', IMA_ALLOW_ROOT: '1', HOME: '/nonexistent', PATH: process.env.PATH };
+      const code = await (await loadProgram(name))(args, { stdin: Readable.from(input ? [input] : []), stdout, stderr, env, cwd: dir });
+      if (code !== 0) throw new Error(`training run ${name} ${args.join(' ')} exited ${code}`);
+      return Buffer.concat(out);
+    };
+    const msg = await run('make-message', ['-r', 'alice@b.test', '--text', 'Hello\n', 'bob@b.test']);
+    await run('give-recipient', ['--clean', box]);
+    await run('give-recipient', ['--address', 'bob@b.test', box], msg);
+    await run('handle-incoming-mail', ['--config', cfg, '--check'], msg);
+    await run('handle-incoming-mail', ['--config', cfg], msg);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 }
 
