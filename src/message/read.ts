@@ -10,6 +10,7 @@ import { type Headers, parseHeaders } from './headers.js';
 import { DEFAULT_LIMITS, type MessageLimits, MessageError } from './limits.js';
 import { ATTACHMENTS, type EntryKind, classifyPath } from './names.js';
 import { TarGuard } from './tar-guard.js';
+import { Utf8Checker } from './utf8.js';
 
 export type Entry =
   | { kind: 'headers'; path: 'headers'; headers: Headers; raw: Buffer; size: number }
@@ -17,25 +18,17 @@ export type Entry =
 
 /** Fails the stream on bytes that are not UTF-8 (body and body.html are text). */
 class Utf8Check extends Transform {
-  private decoder = new TextDecoder('utf-8', { fatal: true });
+  private readonly utf8 = new Utf8Checker();
   constructor(private readonly path: string) {
     super();
   }
   override _transform(chunk: Buffer, _e: BufferEncoding, cb: TransformCallback) {
-    try {
-      this.decoder.decode(chunk, { stream: true });
-      cb(null, chunk);
-    } catch {
-      cb(new MessageError(`${this.path}: not valid UTF-8`));
-    }
+    if (this.utf8.check(chunk)) cb(null, chunk);
+    else cb(new MessageError(`${this.path}: not valid UTF-8`));
   }
   override _flush(cb: TransformCallback) {
-    try {
-      this.decoder.decode();
-      cb();
-    } catch {
-      cb(new MessageError(`${this.path}: not valid UTF-8 (truncated character)`));
-    }
+    if (this.utf8.end()) cb();
+    else cb(new MessageError(`${this.path}: not valid UTF-8 (truncated character)`));
   }
 }
 
