@@ -107,19 +107,20 @@ async function train() {
   const boot = createRequire(import.meta.url)(join(OUT, 'boot.cjs'));
   const bundle = boot.loadBundle(OUT, false);
   const { PROGRAMS, loadProgram } = bundle.core.exports;
-  for (const p of PROGRAMS) await loadProgram(p);
+  const save = (unit) => {
+    const file = `${unit.file}.cache`;
+    writeFileSync(file, Buffer.concat([Buffer.from(boot.cacheHeader(unit.buildId), 'latin1'), unit.script.createCachedData()]));
+    chmodSync(file, 0o444);
+  };
   try {
     await exercise(loadProgram);
   } catch (e) {
     // The caches then hold the module bodies only: slower starts, same behaviour.
     console.warn(`bundle: training runs failed, caches cover module loading only: ${e.message}`);
   }
-  for (const unit of [bundle.core, bundle.vendor()]) {
-    if (!unit) continue;
-    const file = `${unit.file}.cache`;
-    writeFileSync(file, Buffer.concat([Buffer.from(boot.cacheHeader(unit.buildId), 'latin1'), unit.script.createCachedData()]));
-    chmodSync(file, 0o444);
-  }
+  for (const p of PROGRAMS) await loadProgram(p);
+  save(bundle.core);
+  if (bundle.vendor()) save(bundle.vendor());
   process.exit(0);
 }
 
