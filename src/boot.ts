@@ -12,7 +12,7 @@
 // architecture it was made with; V8 itself checks its version, its flags and
 // the source length. A cache that does not match, or that V8 rejects, is
 // ignored and the file compiled from source, as Node would.
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { createRequire, isBuiltin } from 'node:module';
 import { join } from 'node:path';
 import { Script } from 'node:vm';
@@ -37,11 +37,18 @@ export function cacheHeader(buildId: string): string {
   return `${CACHE_MAGIC} ${buildId} ${process.version} ${process.arch}\n`;
 }
 
-/** The code cache in `cacheFile` if it was made for this build and this Node, else undefined. */
-export function readCache(cacheFile: string, buildId: string | undefined): Buffer | undefined {
+/**
+ * The code cache in `cacheFile` if it was made for this build and this Node,
+ * else undefined. A bundle file changed after its cache was written (edited
+ * by hand, keeping its first line) is newer than the cache: not used either.
+ * An install from a package gives both files the same time; a build writes
+ * the cache last.
+ */
+export function readCache(cacheFile: string, buildId: string | undefined, codeFile?: string): Buffer | undefined {
   if (!buildId) return undefined;
   let data: Buffer;
   try {
+    if (codeFile && statSync(codeFile).mtimeMs > statSync(cacheFile).mtimeMs) return undefined;
     data = readFileSync(cacheFile);
   } catch {
     return undefined; // no cache: compile from source
@@ -68,7 +75,7 @@ export interface Unit {
 export function loadUnit(file: string, req: (id: string) => unknown, useCache = true): Unit {
   const code = readFileSync(file, 'latin1');
   const buildId = buildIdOf(code);
-  const cachedData = useCache ? readCache(`${file}.cache`, buildId) : undefined;
+  const cachedData = useCache ? readCache(`${file}.cache`, buildId, file) : undefined;
   const script = new Script(HEAD + code + TAIL, { filename: file, cachedData });
   const module = { exports: {} as Record<string, unknown> };
   const body = script.runInThisContext() as (...a: unknown[]) => void;

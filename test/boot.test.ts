@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { cpSync, mkdirSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
@@ -62,8 +62,24 @@ describe('boot', () => {
     assert.notEqual(body, old.slice(old.indexOf('\n') + 1));
     const { createHash } = createRequire(import.meta.url)('node:crypto') as typeof import('node:crypto');
     writeFileSync(file, `//ima-build:${createHash('sha256').update(body, 'latin1').digest('hex')}\n${body}`, 'latin1');
+    // Older than the cache, as after an install from a package: only the build mark differs.
+    const cacheTime = statSync(`${file}.cache`).mtime;
+    utimesSync(file, cacheTime, new Date(cacheTime.getTime() - 1000));
     const got = await probe(root);
     assert.equal(got.core, false, 'the cache of the old build was used');
+    assert.match(await outcome(root, 'give-recipient', ['--check-config']), /configuration OX/);
+  });
+
+  it('a bundle file edited by hand after its cache was made (the same length and build mark) runs its new code', async () => {
+    const root = install();
+    const file = join(root, 'dist', 'bundle', 'ima.cjs');
+    const old = readFileSync(file, 'latin1');
+    const edited = old.replace('configuration OK', 'configuration OX');
+    assert.equal(edited.length, old.length);
+    writeFileSync(file, edited, 'latin1');
+    const later = new Date(statSync(`${file}.cache`).mtimeMs + 1000);
+    utimesSync(file, later, later);
+    assert.equal((await probe(root)).core, false, 'the cache of the unedited file was used');
     assert.match(await outcome(root, 'give-recipient', ['--check-config']), /configuration OX/);
   });
 
