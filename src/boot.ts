@@ -10,11 +10,13 @@
 // (scripts/bundle.mjs) and never at run time: its first line names the build
 // (the sha256 the bundle's own first line carries), the Node version and the
 // architecture it was made with; V8 itself checks its version, its flags and
-// the source length. A cache that does not match, or that V8 rejects, is
-// ignored and the file compiled from source, as Node would.
+// the source length. A cache that does not match, is older than its bundle
+// file, or that V8 rejects is ignored and the file compiled from source, as
+// Node would.
 import { readFileSync, statSync } from 'node:fs';
 import { createRequire, isBuiltin } from 'node:module';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { Script } from 'node:vm';
 
 /** The first line of a bundle file: `//ima-build:` and the sha256 of the rest. */
@@ -79,7 +81,7 @@ export function loadUnit(file: string, req: (id: string) => unknown, useCache = 
   const script = new Script(HEAD + code + TAIL, { filename: file, cachedData });
   const module = { exports: {} as Record<string, unknown> };
   const body = script.runInThisContext() as (...a: unknown[]) => void;
-  body(module.exports, req, module, file, join(file, '..'), `file://${file}`);
+  body(module.exports, req, module, file, join(file, '..'), pathToFileURL(file).href);
   return { file, buildId, script, cacheUsed: cachedData !== undefined && !script.cachedDataRejected, exports: module.exports };
 }
 
