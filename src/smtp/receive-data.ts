@@ -69,3 +69,83 @@ export class DataTap {
     });
   }
 }
+
+// smtp-server's data-mode parser, the part that finds the end of DATA and
+// removes escape dots. Its scan looks at every byte in JavaScript; under
+// 1 MB messages from 10 sessions that loop and its copy were 14% of the
+// server's CPU (cpu profile, handler off). This is the same function as
+// smtp-server 3.21's SMTPStream._feedDataStream, step for step, with the
+// byte loop replaced by a native search for the only bytes it acts on: a
+// dot right after a line feed. The differential test in
+// test/smtp/receive-data.test.ts holds it to the original for every split.
+const LF_DOT = Buffer.from('\n.');
+
+/** The fields of smtp-server's SMTPStream the data mode uses (not in its public types). */
+export interface DataParser {
+  _dataStream: Writable & { destroyed: boolean };
+  _lastBytes: Buffer | false;
+  _atDataStart: boolean;
+  _countDataBytes(len: number): void;
+  _endDataMode(chunk: Buffer | false, remainder: Buffer, done: (e?: Error) => void): void;
+  _feedDataStream(chunk: Buffer, done: (e?: Error) => void): void;
+}
+
+function feedDataStream(this: DataParser, chunk: Buffer, done: (e?: Error) => void): void {
+  const dataStream = this._dataStream;
+  if (this._lastBytes && this._lastBytes.length) {
+    chunk = Buffer.concat([this._lastBytes, chunk], this._lastBytes.length + chunk.length);
+    this._lastBytes = false;
+  }
+  let len = chunk.length;
+  // A first line of "." ends the data at once; "..": the escape dot goes, the dot after it is content.
+  if (this._atDataStart && len >= 3 && chunk[0] === 0x2e && chunk[1] === 0x0d && chunk[2] === 0x0a) {
+    this._endDataMode(false, chunk.subarray(3), done);
+    return;
+  }
+  if (this._atDataStart && len >= 2 && chunk[0] === 0x2e && chunk[1] === 0x2e) {
+    chunk = chunk.subarray(1);
+    len--;
+    this._atDataStart = false;
+  }
+  // Each dot at a line start, at i with 2 <= i < len - 2 (as the original's loop).
+  for (let lf = chunk.indexOf(LF_DOT, 1); lf !== -1 && lf + 1 < len - 2; lf = chunk.indexOf(LF_DOT, lf + 1)) {
+    const i = lf + 1;
+    if (chunk[i - 2] === 0x0d && chunk[i + 1] === 0x0d && chunk[i + 2] === 0x0a) {
+      // "\r\n.\r\n": the end of the data; the CRLF before the dot is the content's last line end.
+      const buf = chunk.subarray(0, i);
+      this._countDataBytes(buf.length);
+      this._endDataMode(buf, chunk.subarray(i + 3), done);
+      return;
+    }
+    if (chunk[i + 1] === 0x2e) {
+      // An escape dot: what comes before goes out, the rest goes on without the dot.
+      const buf = chunk.subarray(0, i);
+      this._lastBytes = false;
+      this._countDataBytes(buf.length);
+      if (dataStream.writable) dataStream.write(buf);
+      const rest = chunk.subarray(i + 1);
+      setImmediate(() => this._feedDataStream(rest, done));
+      return;
+    }
+  }
+  // The last 4 bytes wait for the next chunk (an end sequence may straddle the two).
+  this._lastBytes = chunk.length < 4 ? chunk : chunk.subarray(chunk.length - 4);
+  if (this._lastBytes.length >= chunk.length) return done();
+  const buf = chunk.subarray(0, chunk.length - this._lastBytes.length);
+  this._countDataBytes(buf.length);
+  if (!dataStream.writable) return done();
+  if (dataStream.write(buf) || dataStream.destroyed) return done();
+  // A stream the application destroys never drains, it only closes.
+  const onDrain = () => {
+    dataStream.removeListener('drain', onDrain);
+    dataStream.removeListener('close', onDrain);
+    done();
+  };
+  dataStream.once('drain', onDrain);
+  dataStream.once('close', onDrain);
+}
+
+/** Give one smtp-server parser the faster data-mode scan. */
+export function fastDataScan(parser: DataParser): void {
+  parser._feedDataStream = feedDataStream;
+}

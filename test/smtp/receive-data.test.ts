@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { PassThrough, Readable } from 'node:stream';
 import { describe, it } from 'node:test';
-import { DataTap } from '../../src/smtp/receive-data.js';
+import { type DataParser, DataTap, fastDataScan } from '../../src/smtp/receive-data.js';
 
 const within = <T>(p: Promise<T>, ms = 10_000) =>
   Promise.race([p, new Promise<never>((_r, rej) => setTimeout(() => rej(new Error(`no answer within ${ms} ms`)), ms).unref())]);
@@ -78,5 +78,54 @@ describe('DATA reader', () => {
     );
     assert.equal(err?.status, '5.5.2');
     await within(ended);
+  });
+});
+
+// smtp-server's own parser, as the reference the faster scan must match byte for byte.
+interface Stream {
+  startDataMode(max?: number): PassThrough;
+  write(chunk: Buffer): boolean;
+  continue(): void;
+  oncommand(line: Buffer, cb?: () => void): void;
+}
+const { SMTPStream } = (await import('smtp-server/lib/smtp-stream.js' as string)) as { SMTPStream: new () => Stream };
+
+/** Feed `chunks` after DATA; resolve with the data stream's bytes and the commands that follow the end of data. */
+async function parse(chunks: Buffer[], fast: boolean): Promise<string> {
+  const p = new SMTPStream();
+  if (fast) fastDataScan(p as unknown as DataParser);
+  const commands: string[] = [];
+  p.oncommand = (line, cb) => {
+    commands.push(line.toString('latin1'));
+    cb?.();
+  };
+  const data = p.startDataMode();
+  const body = collect(data);
+  void body.then(() => p.continue());
+  for (const c of chunks) if (!p.write(c)) await once(p as unknown as PassThrough, 'drain');
+  const got = await body;
+  await new Promise((r) => setImmediate(r));
+  return JSON.stringify([got.toString('latin1'), commands]);
+}
+
+describe('DATA end and escape dots, faster scan', () => {
+  it('matches smtp-server byte for byte at every split point of tricky input', async () => {
+    const messages = [
+      'Subject: x\r\n\r\n..one\r\n.\r\nQUIT\r\n',
+      '..\r\n.\r\n',
+      '.\r\nNOOP\r\n',
+      'a\r\n..b\r\n...\r\n.\r\n..\r\nx\r\n.\r\n',
+      'line\r\n.x\r\n\n.\r\n\r\n.\r\nRSET\r\n',
+      `${'y'.repeat(70)}\r\n`.repeat(3) + '..\r\n.\r\n',
+    ];
+    for (const m of messages) {
+      const whole = Buffer.from(m, 'latin1');
+      for (let a = 0; a <= whole.length; a++) {
+        for (const b of [a, Math.min(whole.length, a + 1), Math.min(whole.length, a + 3)]) {
+          const chunks = [whole.subarray(0, a), whole.subarray(a, b), whole.subarray(b)].filter((c) => c.length);
+          assert.equal(await within(parse(chunks, true)), await within(parse(chunks, false)), `${JSON.stringify(m)} split at ${a},${b}`);
+        }
+      }
+    }
   });
 });
