@@ -134,15 +134,14 @@ function pump(first: Readable, ...rest: Writable[]): Promise<void> {
     };
     for (const s of all) s.on('error', fail);
     let from: Readable = first;
-    for (const to of rest) from = from.pipe(to) as unknown as Readable;
-    const done = () => {
+    for (const to of rest.slice(0, -1)) from = from.pipe(to) as unknown as Readable;
+    // pipe() never ends process.stdout, so 'finish' would never come: the last one is ended here.
+    from.pipe(last, { end: false });
+    from.on('end', () => last.end());
+    last.on('finish', () => {
       settled = true;
       resolve();
-    };
-    last.on('finish', done);
-    // pipe() never ends process.stdout or stderr (Node keeps them open), so they never finish: there the
-    // message is out once the stream before them has ended and a write queued after its data is flushed.
-    if (last === process.stdout || last === process.stderr) all[all.length - 2].once('end', () => last.write('', done));
+    });
     last.on('close', () => fail(new Error('output closed before the message was written')));
   });
 }
