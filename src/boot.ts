@@ -27,6 +27,11 @@ const CACHE_MAGIC = 'ima-code-cache/1';
 const HEAD = '(function (exports, require, module, __filename, __dirname, __imaUrl) {';
 const TAIL = '\n})';
 
+/** A bundle file's code as the function boot.cjs compiles. */
+export function wrap(code: string): string {
+  return HEAD + code + TAIL;
+}
+
 /** The build a bundle file's code says it is, or undefined for a file without the mark. */
 export function buildIdOf(code: string): string | undefined {
   if (!code.startsWith(BUILD_MARK)) return undefined;
@@ -78,7 +83,7 @@ export function loadUnit(file: string, req: (id: string) => unknown, useCache = 
   const code = readFileSync(file, 'latin1');
   const buildId = buildIdOf(code);
   const cachedData = useCache ? readCache(`${file}.cache`, buildId, file) : undefined;
-  const script = new Script(HEAD + code + TAIL, { filename: file, cachedData });
+  const script = new Script(wrap(code), { filename: file, cachedData });
   const module = { exports: {} as Record<string, unknown> };
   const body = script.runInThisContext() as (...a: unknown[]) => void;
   body(module.exports, req, module, file, join(file, '..'), pathToFileURL(file).href);
