@@ -15,6 +15,8 @@ import { SpoolStore } from '../spool.js';
 import { CONTENT_IDS, type LegacyHeader, legacyHeaders, toImaHeaders } from './headers.js';
 import { imaIdOfDigest, messageIds } from './ids.js';
 import { AttachmentNames, formatContentIds } from './names.js';
+import { Base64Decoder } from './decode.js';
+import { fastBodies } from './split.js';
 import { CrlfToLf, Utf8Validator, charsetDecoder } from './text.js';
 
 export interface MimeLimits {
@@ -89,6 +91,28 @@ function explain(err: unknown, limits: MimeLimits): Failure {
   return dataError(`bad MIME: ${e?.message ?? String(err)}`);
 }
 
+/** mailsplit's MIME node, as far as the parser's createNode() reads it. */
+interface SplitNode {
+  encoding?: string;
+  getDecoder(): Transform;
+}
+
+/**
+ * The parser's hot loops, replaced by equivalents that work on large Buffers
+ * (split.ts, decode.ts; the same bytes out, tested against the library's):
+ * plain body lines pass the splitter as one slice, base64 is decoded natively.
+ */
+function useFastPaths(parser: MailParser): void {
+  const p = parser as unknown as { splitter: Transform; createNode(node: SplitNode): unknown };
+  fastBodies(p.splitter);
+  const createNode = p.createNode.bind(parser);
+  p.createNode = (node) => {
+    // createNode() asks the node for its decoder; the node's headers are parsed by then.
+    if (node.encoding === 'base64') node.getDecoder = () => new Base64Decoder();
+    return createNode(node);
+  };
+}
+
 const paramsOf = (a: AttachmentStream) => (a.headers.get('content-type') as StructuredHeader | undefined)?.params ?? {};
 
 /** Read a legacy message into a spooled IMA message. Throws a data Failure (exit 65) for a message it cannot convert. */
@@ -109,6 +133,7 @@ export async function readMime(input: Readable, opts: MimeToImaOptions = {}): Pr
   // mailparser buffers text parts whole and joins them into one text; with no
   // text types every leaf part comes out as a stream, and the choice of body is ours.
   (parser as unknown as { textTypes: string[] }).textTypes = [];
+  useFastPaths(parser);
   let legacy: LegacyHeader[] | undefined;
   parser.once('headerLines', (lines: ReadonlyArray<{ key: string; line: string }>) => {
     legacy = legacyHeaders(lines);
