@@ -35,7 +35,7 @@ function decodeSegments(text: string): Buffer {
   if (pad === -1 || !/[A-Za-z0-9+/\-_]/.test(text.slice(pad))) return Buffer.from(text, 'base64');
   const out = Buffer.alloc(Math.floor((text.length * 3) / 4));
   let length = 0;
-  for (let start = 0; start <= text.length; ) {
+  for (let start = 0; start <= text.length;) {
     let end = text.indexOf('=', start);
     if (end < 0) end = text.length;
     if (end > start) length += out.write(text.substring(start, end), length, 'base64');

@@ -28,7 +28,7 @@ const DASH = 0x2d;
  * The number of bytes at the start of `chunk` that are whole body lines no
  * delimiter can be among, keeping back the line before the first line that
  * could be one (its line end belongs to the delimiter) or before the
- * unfinished last line; 0 when there are none.
+ * unfinished last line, with the empty lines before it; 0 when there are none.
  */
 export function plainBodyLength(chunk: Buffer): number {
   if (chunk[0] === DASH || (chunk[0] === CR && chunk[1] === DASH)) return 0;
@@ -37,8 +37,14 @@ export function plainBodyLength(chunk: Buffer): number {
     const at = chunk.indexOf(start);
     if (at !== -1 && at + 1 < limit) limit = at + 1;
   }
-  if (limit < 2) return 0;
-  return chunk.lastIndexOf(LF, limit - 2) + 1;
+  // Keep back the line before that one, and any empty lines before it: mailsplit trims the line end
+  // before a delimiter from the body only when the body slice it holds has more than that line end.
+  let start = limit;
+  do {
+    if (start < 2) return 0;
+    start = chunk.lastIndexOf(LF, start - 2) + 1;
+  } while (start > 0 && (chunk[start] === LF || (chunk[start] === CR && chunk[start + 1] === LF)));
+  return start;
 }
 
 /**
