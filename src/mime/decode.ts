@@ -11,6 +11,7 @@ import { Transform, type TransformCallback } from 'node:stream';
 
 const LF = 0x0a;
 const CR = 0x0d;
+const PIECE = 64 * 1024;
 const NOT_BASE64 = /[^A-Za-z0-9+/=]/g;
 /** Bytes Node's decoder reads as base64 but libbase64 strips as garbage, and the padding that ends a segment. */
 const SPECIAL = [0x3d /* = */, 0x2d /* - */, 0x5f /* _ */];
@@ -50,8 +51,17 @@ export class Base64Decoder extends Transform {
   private carry = '';
 
   override _transform(chunk: Buffer, _e: BufferEncoding, cb: TransformCallback): void {
-    if (chunk.length) {
-      const out = this.fast(chunk) ?? this.slow(chunk);
+    // In pieces of at most 64 KiB: the latin1 string of each then dies young (larger ones live in V8's
+    // large-object space until a full collection), which keeps peak memory down. Groups of 4 decode
+    // the same apart as together, so only the slow path, which handles padding, gets the rest whole.
+    for (let at = 0; at < chunk.length;) {
+      const piece = chunk.subarray(at, at + PIECE);
+      let out = this.fast(piece);
+      if (out) at += piece.length;
+      else {
+        out = this.slow(chunk.subarray(at));
+        at = chunk.length;
+      }
       if (out.length) this.push(out);
     }
     cb();

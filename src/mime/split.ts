@@ -47,25 +47,38 @@ export function plainBodyLength(chunk: Buffer): number {
   return start;
 }
 
+/** Whether the start of a line (up to its line end) could be a delimiter line, as in plainBodyLength. */
+function couldBeDelimiter(line: Buffer): boolean {
+  return line[0] === DASH || (line[0] === CR && line[1] === DASH) || line.indexOf('\n-') !== -1 || line.indexOf('\n\r-') !== -1;
+}
+
 /**
  * Make `splitter` pass the plain body lines of a leaf part straight through
  * (the same output, far less work). The splitter keeps the end of every
  * chunk pending (an unfinished line, and the line end before it, which may
- * belong to a delimiter that follows); the pending bytes join the chunk, and
- * are taken from the splitter only when they go out with the plain lines.
+ * belong to a delimiter that follows); with the rest of its line it goes out
+ * first when that line cannot be a delimiter, and is taken from the splitter
+ * only then. Nothing is copied but that one line.
  */
 export function fastBodies(splitter: Transform): void {
   const s = splitter as Splitter;
   const original = s._transform;
   s._transform = function (this: Splitter, chunk: Buffer, encoding: BufferEncoding, cb: TransformCallback) {
     if (this.state === BODY && !this.node.multipart && !this.pendingLineTruncated && !this.hasFailed) {
-      const input = this.lineLength ? Buffer.concat([...this.lineChunks, chunk]) : chunk;
-      const plain = plainBodyLength(input);
+      let head: Buffer | undefined;
+      let rest = chunk;
+      if (this.lineLength) {
+        const end = chunk.indexOf(LF) + 1;
+        head = end ? Buffer.concat([...this.lineChunks, chunk.subarray(0, end)]) : undefined;
+        rest = chunk.subarray(end);
+      }
+      const plain = (!this.lineLength || (head && !couldBeDelimiter(head))) && rest.length ? plainBodyLength(rest) : 0;
       if (plain > 0) {
         this.lineChunks = [];
         this.lineLength = 0;
-        this.push({ node: this.node, type: 'body', value: input.subarray(0, plain) });
-        chunk = input.subarray(plain);
+        if (head) this.push({ node: this.node, type: 'body', value: head });
+        this.push({ node: this.node, type: 'body', value: rest.subarray(0, plain) });
+        chunk = rest.subarray(plain);
       }
     }
     original.call(this, chunk, encoding, cb);

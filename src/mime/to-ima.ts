@@ -91,6 +91,12 @@ function explain(err: unknown, limits: MimeLimits): Failure {
   return dataError(`bad MIME: ${e?.message ?? String(err)}`);
 }
 
+/** mailsplit's ChunkedPassthrough (lib/chunked-passthrough.js): what it holds, and the size it gathers to. */
+interface Rechunker extends Transform {
+  buffer: Buffer;
+  chunkSize: number;
+}
+
 /** mailsplit's MIME node, as far as the parser's createNode() reads it. */
 interface SplitNode {
   encoding?: string;
@@ -103,8 +109,17 @@ interface SplitNode {
  * plain body lines pass the splitter as one slice, base64 is decoded natively.
  */
 function useFastPaths(parser: MailParser): void {
-  const p = parser as unknown as { splitter: Transform; createNode(node: SplitNode): unknown };
+  const p = parser as unknown as { splitter: Transform; chunkedPassthrough: Rechunker; createNode(node: SplitNode): unknown };
   fastBodies(p.splitter);
+  // mailsplit's ChunkedPassthrough gathers small writes into 64 KiB, and copies a chunk that is large already: pass that on as it is.
+  const rechunk = p.chunkedPassthrough._transform;
+  p.chunkedPassthrough._transform = function (this: Rechunker, chunk: Buffer, encoding: BufferEncoding, cb: TransformCallback) {
+    if (this.buffer.length === 0 && chunk.length >= this.chunkSize) {
+      this.push(chunk);
+      return cb();
+    }
+    rechunk.call(this, chunk, encoding, cb);
+  };
   const createNode = p.createNode.bind(parser);
   p.createNode = (node) => {
     // createNode() asks the node for its decoder; the node's headers are parsed by then.

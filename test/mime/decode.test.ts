@@ -61,6 +61,17 @@ describe('Base64Decoder gives the bytes libbase64 gives', () => {
     });
   }
 
+  it('a large chunk clean at first and with padding, garbage and spaces far into it', async () => {
+    const clean = wrap(randomBytes(200_000).toString('base64'), 76, '\r\n');
+    for (const tail of ['ZA==\r\nZWZn\r\n', 'YW*J j\r\n', 'QQ\r\n']) {
+      for (const at of [70_000, 140_000, clean.length]) {
+        const input = Buffer.from(clean.slice(0, at) + tail + clean.slice(at));
+        const [fast, lib] = await both([input]);
+        assert.deepEqual(fast, lib, `${JSON.stringify(tail)} at ${at}`);
+      }
+    }
+  });
+
   it('well-formed base64 decodes to the original bytes whatever the chunking (the fast path, 1 MiB)', async () => {
     const data = randomBytes(1024 * 1024 + 7);
     const text = Buffer.from(wrap(data.toString('base64'), 76, '\r\n'));
