@@ -220,9 +220,9 @@ function pump(first: Readable, ...rest: Writable[]): Promise<void> {
 export async function writeMime(parts: MessageParts, out: Writable, opts: ImaToMimeOptions = {}): Promise<void> {
   const cids = parseContentIds(parts.headers.get(CONTENT_IDS));
   const newline = opts.newline ?? 'lf';
-  const marker = new EncodingMarker();
+  let marker: EncodingMarker | undefined; // made only for a message with such attachments: its randomness costs
   const nl = Buffer.from(newline === 'lf' ? '\n' : '\r\n');
-  const base64 = (a: Part) => ({ content: lazy(a, () => new Base64Lines(nl)), contentTransferEncoding: marker.marker });
+  const base64 = (a: Part) => ({ content: lazy(a, () => new Base64Lines(nl)), contentTransferEncoding: (marker ??= new EncodingMarker()).marker });
   const composer = new MailComposer({
     // Both are thrown away (our header section replaces the composer's); given, they spare it many small random reads.
     messageId: '<unused@localhost>',
@@ -244,8 +244,8 @@ export async function writeMime(parts: MessageParts, out: Writable, opts: ImaToM
   const own = new OwnHeaders(toMimeHeaderLines(parts.headers, { keepBcc: opts.keepBcc ?? false }));
   const mime = composer.compile().createReadStream();
   try {
-    if (newline === 'crlf') await pump(mime, own, marker, out);
-    else await pump(mime, own, marker, new CrlfToLf(), out);
+    const stages = [own, ...(marker ? [marker] : []), ...(newline === 'crlf' ? [] : [new CrlfToLf()]), out];
+    await pump(mime, ...stages);
   } catch (e) {
     throw e instanceof Failure ? e : asFailure(e);
   }
