@@ -2,15 +2,15 @@
 // a directory named by the UUID of its message-id. Delivery writes into
 // tmp/, fsyncs every file and directory, renames into new/ and fsyncs new/:
 // a crash leaves no message or a whole one, never part of one.
-import { constants, lstatSync, statSync } from 'node:fs';
-import { type FileHandle, lstat, mkdir, open, readFile, readdir, rename, rm } from 'node:fs/promises';
+import { close, constants, lstatSync, open, statSync, write } from 'node:fs';
+import { lstat, mkdir, readFile, readdir, rename, rm } from 'node:fs/promises';
 import { isAbsolute, join, relative, sep } from 'node:path';
 import type { Readable } from 'node:stream';
 import { type Address, addressKey, formatAddress, parseAddressList } from './address.js';
 import { asFailure, permFail, tempFail } from './failure.js';
-import { fsyncDir, uniqueName } from './files.js';
+import { fsyncDir, fsyncFd, uniqueName } from './files.js';
 import { NotPlainError, listBelow, openBelow, readBelow, streamBelow } from './mailbox/below.js';
-import { ContentDigest, DIGEST_FILE, conflictName } from './mailbox/digest.js';
+import { ContentDigest, LEGACY_DIGEST_FILE, conflictName, digestFileName, digestInNames } from './mailbox/digest.js';
 import { DEFAULT_LIMITS, type Headers, type MessageLimits, MessageError, type OutEntry, checkAttachmentName, readMessage } from './message/index.js';
 
 export const FOLDERS = ['tmp', 'new', 'cur'] as const;
@@ -68,45 +68,53 @@ export function privateHeaders(headers: Headers, recipient?: Address): Headers {
   return h;
 }
 
+// Delivery makes a few small files per message: they are made through the
+// callback forms of open(2), write(2) and close(2) on plain descriptors,
+// which cost far less per call than FileHandle objects.
+const NO_PROGRESS = () => tempFail(`cannot write: no byte written (disk full or a file size limit)`, '4.3.1');
+
 /**
  * write(2) may write less than asked (a file size limit, a full disk): go on
  * with the rest until all is written or the system says why it cannot.
  */
-async function writeAll(fh: FileHandle, data: Buffer): Promise<void> {
+async function writeAll(fd: number, data: Buffer): Promise<void> {
   for (let off = 0; off < data.length;) {
-    const { bytesWritten } = await fh.write(data, off, data.length - off);
-    if (bytesWritten === 0) throw tempFail(`cannot write: no byte written (disk full or a file size limit)`, '4.3.1');
-    off += bytesWritten;
+    const n = await new Promise<number>((res, rej) => write(fd, data, off, data.length - off, null, (e, written) => (e ? rej(e) : res(written))));
+    if (n === 0) throw NO_PROGRESS();
+    off += n;
   }
 }
 
-/** Create a file exclusively and write all of data into it; the caller syncs and closes it. */
-async function createAndWrite(path: string, data: Buffer | AsyncIterable<unknown>): Promise<FileHandle> {
+const openFd = (path: string, flags: number, mode: number) => new Promise<number>((res, rej) => open(path, flags, mode, (e, fd) => (e ? rej(e) : res(fd))));
+const closeFd = (fd: number) => new Promise<void>((res, rej) => close(fd, (e) => (e ? rej(e) : res())));
+
+/** Create a file exclusively and write all of data into it; its descriptor, which the caller syncs and closes. */
+async function createAndWrite(path: string, data: Buffer | AsyncIterable<unknown>): Promise<number> {
   // O_EXCL: never follow or replace an existing name (a planted symlink included).
-  const fh = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+  const fd = await openFd(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
   try {
-    if (Buffer.isBuffer(data)) await writeAll(fh, data);
-    else for await (const chunk of data) await writeAll(fh, chunk as Buffer);
-    return fh;
+    if (Buffer.isBuffer(data)) await writeAll(fd, data);
+    else for await (const chunk of data) await writeAll(fd, chunk as Buffer);
+    return fd;
   } catch (e) {
-    await fh.close();
+    await closeFd(fd).catch(() => {});
     throw e;
   }
 }
 
-async function syncAndClose(fh: FileHandle): Promise<void> {
+async function syncAndClose(fd: number): Promise<void> {
   try {
-    await fh.sync();
+    await fsyncFd(fd);
   } finally {
-    await fh.close();
+    await closeFd(fd);
   }
 }
 
 /** Files of one message waiting for their fsync, a few at a time so a message of many entries cannot exhaust descriptors. */
 class PendingSyncs {
   private readonly pending: Promise<void>[] = [];
-  async add(fh: FileHandle): Promise<void> {
-    const sync = syncAndClose(fh);
+  async add(fd: number): Promise<void> {
+    const sync = syncAndClose(fd);
     // Its failure is reported by all() (or the await below); until then it must not count as unhandled.
     sync.catch(() => {});
     this.pending.push(sync);
@@ -163,7 +171,8 @@ export async function deliverToMailbox(dir: string, input: Readable, opts: Deliv
         await mkdir(work, { mode: 0o700 });
         made = true;
         const kept = opts.headersAsSent ? e.headers : privateHeaders(e.headers, opts.recipient);
-        await syncs.add(await createAndWrite(join(work, 'headers'), kept.serialize()));
+        const raw = kept.serialize();
+        await syncs.add(await createAndWrite(join(work, 'headers'), raw));
         continue;
       }
       if (e.kind === 'attachment' && !attachmentsDir) {
@@ -175,7 +184,7 @@ export async function deliverToMailbox(dir: string, input: Readable, opts: Deliv
     const sum = digest.finish();
     if (opts.expectName !== undefined && opts.expectName !== id && opts.expectName !== conflictName(id!, sum))
       throw new MessageError(`message ${id} was sent as ${opts.expectName}`);
-    await syncs.add(await createAndWrite(join(work, DIGEST_FILE), Buffer.from(`${sum}\n`)));
+    await closeFd(await createAndWrite(join(work, digestFileName(sum)), Buffer.alloc(0)));
     await syncs.all();
     if (attachmentsDir) await fsyncDir(join(work, 'attachments'));
     await fsyncDir(work);
@@ -190,13 +199,15 @@ export async function deliverToMailbox(dir: string, input: Readable, opts: Deliv
   }
 }
 
-/** The digest of the message stored under name, 'none' for one stored without a digest, undefined when there is none. */
+/** The digest of the message stored under name, 'none' for one stored without a digest, undefined when there is no such message. */
 async function storedDigest(dir: string, name: string): Promise<string | undefined> {
   for (const folder of ['new', 'cur']) {
     const path = join(dir, folder, name);
     if (!exists(path)) continue;
+    const named = digestInNames(await readdir(path));
+    if (named) return named;
     try {
-      return (await readFile(join(path, DIGEST_FILE), 'utf8')).trim();
+      return (await readFile(join(path, LEGACY_DIGEST_FILE), 'utf8')).trim();
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') return 'none';
       throw e;

@@ -19,16 +19,26 @@ export function launch(program: ProgramName): void {
   process.stdout.on('error', (e: NodeJS.ErrnoException) => {
     if (e.code !== 'EPIPE') throw e;
   });
+  let answered = false;
   loadProgram(program)
     .then((main) => main(process.argv.slice(2), io))
     .then(
       (code) => {
+        answered = true;
         process.exitCode = code;
       },
       (err) => {
+        answered = true;
         process.exitCode = reportFailure(io, program, err, format);
       },
     );
+  // Node exits 0 when nothing is left to wait on, even if the program never
+  // answered (a promise no event will ever settle): that must not read as OK.
+  process.on('exit', () => {
+    if (answered || process.exitCode) return;
+    reportFailure(io, program, new Error('the program stopped without an answer (it waited on something that can never happen)'), format);
+    process.exitCode = EXIT.TEMPFAIL;
+  });
   // A fault outside any promise chain: an in-process run's ends that run
   // (stage.ts, the fault barrier); the process's own ends the process.
   const fatal = (err: unknown) => {

@@ -8,9 +8,9 @@
 //                                           (in-process), is that module instead
 //   IMA_FAULT_EIO=TEXT                      fsync of a file whose path contains TEXT
 //                                           fails with EIO, as a failing disk's does
-import { readlinkSync } from 'node:fs';
+import fs, { readlinkSync } from 'node:fs';
 import { open } from 'node:fs/promises';
-import { register } from 'node:module';
+import { register, syncBuiltinESMExports } from 'node:module';
 import { pathToFileURL } from 'node:url';
 import { isProgram } from '../src/programs/index.js';
 
@@ -34,12 +34,23 @@ if (eio) {
   const proto = Object.getPrototypeOf(probe) as { sync: (this: { fd: number }) => Promise<void> };
   await probe.close();
   const sync = proto.sync;
+  const failing = (fd: number) =>
+    readlinkSync(`/proc/self/fd/${fd}`).includes(eio)
+      ? Object.assign(new Error('EIO: i/o error, fsync'), { errno: -5, code: 'EIO', syscall: 'fsync' })
+      : undefined;
   proto.sync = async function (this: { fd: number }) {
-    if (readlinkSync(`/proc/self/fd/${this.fd}`).includes(eio)) {
-      throw Object.assign(new Error('EIO: i/o error, fsync'), { errno: -5, code: 'EIO', syscall: 'fsync' });
-    }
+    const e = failing(this.fd);
+    if (e) throw e;
     return sync.call(this);
   };
+  // The callback form too (the mailbox syncs plain descriptors with it).
+  const fsync = fs.fsync;
+  fs.fsync = ((fd: number, cb: (e: NodeJS.ErrnoException | null) => void) => {
+    const e = failing(fd);
+    if (e) return process.nextTick(cb, e);
+    fsync(fd, cb);
+  }) as typeof fs.fsync;
+  syncBuiltinESMExports();
 }
 
 process.argv.splice(2, 1);

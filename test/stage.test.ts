@@ -124,3 +124,12 @@ test('stage: a route command leaving a child that holds its pipes: OK when it sa
     assert.ok(processGone(pidFile(name)), `${name}'s child is killed`);
   }
 });
+
+test('run: a program process whose answer never comes (nothing left to wait on) exits 75 with a line, never 0', async () => {
+  const { spawnSync } = await import('node:child_process');
+  const env = testEnv({ IMA_FAULT_PROGRAM: `mime-to-ima=${join(ROOT, 'dist/test/faulty-program.js')}` });
+  const r = spawnSync(process.execPath, [join(ROOT, 'dist/test/faulty.js'), 'mime-to-ima', 'hang', 'x@b.test'], { env, input: '', timeout: 20_000 });
+  assert.equal(r.status, 75, String(r.stderr));
+  assert.match(String(r.stderr), /^mime-to-ima: internal error: the program stopped without an answer/m);
+  assert.equal(String(r.stdout), '', 'no OK line');
+});

@@ -85,6 +85,8 @@ class Drop extends Error {}
 
 /** Bytes of answers the peer has not read yet before we stop reading its commands. */
 export const REPLY_BUFFER = 64 * 1024;
+/** ms a handler's REPLY line may wait for the answer that usually follows it at once. */
+const REPLY_HOLD = 20;
 
 /**
  * Is the from address in the domain the certificate proved? The certificate
@@ -113,6 +115,8 @@ export class ImdpSession {
   private closed = false;
   /** Between reading a command and finishing it: a shutdown waits for this. */
   private busy = false;
+  /** REPLY lines corked, to be released by this timer at the latest. */
+  private held: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly socket: TLSSocket,
@@ -130,8 +134,27 @@ export class ImdpSession {
     this.reader.deadline('first', timeouts.firstMessage, `no message within ${timeouts.firstMessage / 1000} s`);
   }
 
-  private send(s: string): void {
-    if (!this.socket.destroyed && this.socket.writable) this.socket.write(s);
+  /**
+   * Write to the peer. A handler's REPLY line is held back (the socket
+   * corked) until the next answer or REPLY_HOLD, whichever comes first: the
+   * usual single line and the final answer right after it then go out in
+   * one TLS write instead of two.
+   */
+  private send(s: string, reply = false): void {
+    if (this.socket.destroyed || !this.socket.writable) return;
+    if (reply && !this.held) {
+      this.socket.cork();
+      this.held = setTimeout(() => this.release(), REPLY_HOLD);
+    }
+    this.socket.write(s);
+    if (!reply) this.release();
+  }
+
+  private release(): void {
+    if (!this.held) return;
+    clearTimeout(this.held);
+    this.held = undefined;
+    this.socket.uncork();
   }
 
   private bye(text: string): void {
@@ -177,8 +200,10 @@ export class ImdpSession {
     } catch (e) {
       if (!(e instanceof Drop)) throw e;
       this.cfg.log.info(`session=${this.id} ${this.peer.address}: connection dropped: ${e.message}`);
+      this.release(); // what the handler said still goes out before the connection is cut
       this.socket.destroy();
     } finally {
+      this.release();
       stopping.removeEventListener('abort', onStop);
     }
   }
@@ -312,7 +337,7 @@ export class ImdpSession {
       input: Readable.from([a.raw]),
       onLine: (l) => {
         lines.push(l);
-        this.send(wire.reply(l));
+        this.send(wire.reply(l), true);
       },
       stderr: this.cfg.stderr,
       timeout: this.cfg.timeouts.handler,
@@ -406,7 +431,7 @@ export class ImdpSession {
       env: this.env(a),
       cwd: this.cfg.cwd,
       input,
-      onLine: (l) => this.send(wire.reply(l)),
+      onLine: (l) => this.send(wire.reply(l), true),
       stderr: this.cfg.stderr,
       timeout: this.cfg.timeouts.handler,
       signal,

@@ -10,6 +10,12 @@ import { parseMsgLine } from './wire.js';
 /** Messages up to this size are read into memory and stored PARALLEL at a time. */
 const SMALL = 1024 * 1024;
 const PARALLEL = 16;
+/**
+ * Large messages whose data is all read off the wire while their store
+ * (the last writes, fsyncs, rename) still runs: the next one streams
+ * meanwhile. Each holds no more than its stream's buffer.
+ */
+const LARGE_PARALLEL = 4;
 /** Ids per SEEN or DELETE line: 25 ids of 37 bytes fit ima(7)'s 1000-byte line. */
 const ACK_BATCH = 25;
 
@@ -84,7 +90,8 @@ export interface Received {
 /**
  * Read the messages FETCH NEW sends until its OK. Small messages are taken
  * off the wire into memory and stored several at a time, so their fsyncs
- * overlap; a large one streams to disk alone.
+ * overlap; a large one streams to disk, and the next is read while it is
+ * synced.
  */
 export async function receiveNew(client: ImrpClient, store: Store): Promise<Received> {
   const inFlight = new Set<Promise<unknown>>();
@@ -105,8 +112,8 @@ export async function receiveNew(client: ImrpClient, store: Store): Promise<Rece
       track(store(id, size, Readable.from([message])));
       continue;
     }
-    await Promise.all(inFlight);
-    if (!(await streamLarge(client, id, size, store))) {
+    while (inFlight.size >= LARGE_PARALLEL) await Promise.race(inFlight);
+    if (!(await streamLarge(client, id, size, store, track))) {
       abandoned = true;
       break;
     }
@@ -121,21 +128,31 @@ async function readSmall(client: ImrpClient, size: number): Promise<Buffer> {
   return Buffer.concat(parts);
 }
 
-/** Stream one large message to the store; false when it was refused and the connection given up. */
-async function streamLarge(client: ImrpClient, id: string, size: number, store: Store): Promise<boolean> {
+/**
+ * Stream one large message to the store. Once its data is all read, the
+ * store is left to finish on its own (tracked) and true returned; false when
+ * it was refused before that and the connection given up.
+ */
+async function streamLarge(client: ImrpClient, id: string, size: number, store: Store, track: (p: Promise<unknown>) => void): Promise<boolean> {
   const { stream, done } = client.reader.pumpData(size);
-  let stored = false;
-  try {
-    stored = await store(id, size, stream);
-  } finally {
-    // A refused message's rest is not read: it may be a bomb of a gigabyte. This connection is given up.
-    if (stored) stream.resume();
-    else client.socket.destroy();
-    await done.catch((e) => {
-      if (stored) throw e;
-    });
+  const storing = store(id, size, stream);
+  const first = await Promise.race([done.then(() => 'read' as const), storing.then((ok) => ok)]).catch((e: unknown) => e);
+  if (first === 'read') {
+    // A refusal from now on leaves the message on the server; the connection is still in step.
+    track(storing);
+    return true;
   }
-  return stored;
+  if (first === true) {
+    stream.resume();
+    await done;
+    return true;
+  }
+  // Refused or failed before its end: the rest is not read (it may be a bomb of a gigabyte), and this connection is given up.
+  client.socket.destroy();
+  await done.catch(() => {});
+  await storing.catch(() => {});
+  if (first === false) return false;
+  throw first;
 }
 
 /** How many messages are left on the server, in all its folders. */

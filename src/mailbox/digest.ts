@@ -6,8 +6,26 @@
 import { createHash } from 'node:crypto';
 import type { Headers } from '../message/index.js';
 
-/** The file beside a stored message's entries that holds its digest. */
-export const DIGEST_FILE = '.digest';
+/**
+ * A stored message keeps its digest in the name of an empty file beside its
+ * entries, ".digest-sha256-HEX": a name is made durable by the fsync of the
+ * directory that delivery does anyway, where the contents of a file would
+ * cost an fsync of their own. Messages stored before kept it as the
+ * contents of the file ".digest" (LEGACY_DIGEST_FILE), still read.
+ */
+const DIGEST_PREFIX = '.digest-';
+export const LEGACY_DIGEST_FILE = '.digest';
+
+/** The name of the empty file that records digest ("sha256:HEX"). */
+export function digestFileName(digest: string): string {
+  return DIGEST_PREFIX + digest.replace(':', '-');
+}
+
+/** The digest a directory listing records, or undefined when none of the names is a digest. */
+export function digestInNames(names: readonly string[]): string | undefined {
+  const name = names.find((n) => n.startsWith(DIGEST_PREFIX));
+  return name && name.slice(DIGEST_PREFIX.length).replace('-', ':');
+}
 
 /** Fields left out of the digest: they change from hop to hop and recipient to recipient. */
 const VARYING = ['received', 'bcc'];

@@ -3,13 +3,14 @@
 // bounded whatever the message size: entry data is a stream the caller
 // consumes (or leaves, and the reader drains it).
 import { once } from 'node:events';
-import { PassThrough, type Readable, Transform, type TransformCallback, pipeline } from 'node:stream';
+import { PassThrough, type Readable, Transform, type TransformCallback, type Writable, finished } from 'node:stream';
 import tar from 'tar-stream';
 import { Failure } from '../failure.js';
 import { type Headers, parseHeaders } from './headers.js';
 import { DEFAULT_LIMITS, type MessageLimits, MessageError } from './limits.js';
 import { ATTACHMENTS, type EntryKind, classifyPath } from './names.js';
 import { TarGuard } from './tar-guard.js';
+import { Utf8Checker } from './utf8.js';
 
 export type Entry =
   | { kind: 'headers'; path: 'headers'; headers: Headers; raw: Buffer; size: number }
@@ -17,25 +18,17 @@ export type Entry =
 
 /** Fails the stream on bytes that are not UTF-8 (body and body.html are text). */
 class Utf8Check extends Transform {
-  private decoder = new TextDecoder('utf-8', { fatal: true });
+  private readonly utf8 = new Utf8Checker();
   constructor(private readonly path: string) {
     super();
   }
   override _transform(chunk: Buffer, _e: BufferEncoding, cb: TransformCallback) {
-    try {
-      this.decoder.decode(chunk, { stream: true });
-      cb(null, chunk);
-    } catch {
-      cb(new MessageError(`${this.path}: not valid UTF-8`));
-    }
+    if (this.utf8.check(chunk)) cb(null, chunk);
+    else cb(new MessageError(`${this.path}: not valid UTF-8`));
   }
   override _flush(cb: TransformCallback) {
-    try {
-      this.decoder.decode();
-      cb();
-    } catch {
-      cb(new MessageError(`${this.path}: not valid UTF-8 (truncated character)`));
-    }
+    if (this.utf8.end()) cb();
+    else cb(new MessageError(`${this.path}: not valid UTF-8 (truncated character)`));
   }
 }
 
@@ -118,6 +111,37 @@ async function drainEntry(stream: Readable, path: string, failed: Error | undefi
 }
 
 /**
+ * input -> guard -> extract, as stream.pipeline does it but without the
+ * AbortController pipeline makes and aborts on every call: that abort
+ * builds an exception with a stack trace, a cost paid several times for
+ * every message a server receives. done() once: with no error when all
+ * three are through, or with the first error or premature close, after
+ * every stream is destroyed.
+ */
+function connect(input: Readable, guard: Transform, extract: Writable, done: (err?: Error | null) => void): void {
+  let waiting = 3;
+  let settled = false;
+  const each = (err?: Error | null) => {
+    if (settled) return;
+    if (err) {
+      settled = true;
+      // With the error, as pipeline does: an entry stream being read then fails too, rather than wait forever.
+      for (const s of [input, guard, extract]) s.destroy(err);
+      // On the next tick, as pipeline does: an error the reader throws itself comes first.
+      return process.nextTick(done, err);
+    }
+    if (--waiting === 0) {
+      settled = true;
+      process.nextTick(done);
+    }
+  };
+  finished(input, { readable: true, writable: false }, each);
+  finished(guard, each);
+  finished(extract, { readable: false, writable: true }, each);
+  input.pipe(guard).pipe(extract);
+}
+
+/**
  * Read a message entry by entry. The first entry is always the parsed
  * headers. The caller must consume or ignore each entry's stream before
  * asking for the next; an ignored stream is drained here.
@@ -130,7 +154,7 @@ export async function* readMessage(input: Readable, limits: MessageLimits = DEFA
   // come after tar-stream's last entry: the message is whole only once the
   // pipeline has finished.
   const piped = new Promise<void>((res) =>
-    pipeline(input, guard, extract, (err) => {
+    connect(input, guard, extract as unknown as Writable, (err) => {
       if (err && !failed) failed = explain(err);
       res();
     }),

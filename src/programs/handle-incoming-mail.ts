@@ -6,6 +6,7 @@
 // (addresses there are left alone), and never answers OK for a recipient
 // whose command did not exit 0.
 import { Readable } from 'node:stream';
+import { finished } from 'node:stream/promises';
 import type { Argv } from 'yargs';
 import { type Address, AddressError, addressKey, domainProblem, mailboxOf, parseAddressList } from '../address.js';
 import { openInput, start } from '../cli.js';
@@ -142,10 +143,35 @@ export async function main(args: string[], io: Io): Promise<number> {
   const envelope = argv.recipient === undefined ? [] : ([] as string[]).concat(argv.recipient);
   if (argv.check) return checkRecipients(parseRecipients([...envelope, ...positional]), router, config.max_header_bytes, io, log);
   if (positional.length > 1) throw usageError('at most one FILE');
-  const spool = await spoolMessage(positional[0], envelope, config, router, io, log);
-  if (typeof spool === 'number') return spool;
+  const message = new CheckedInput(await openInput(positional[0], io), config);
+  const out = (line: string) => io.stdout.write(`${line}\n`);
+  let head: Buffer;
   try {
-    return await deliver(spool, envelope, config, router, io, log);
+    head = await message.head();
+  } catch (e) {
+    return refused(e, message, envelope, config, router, io, log);
+  }
+  // Quietly for now: should the rest of the message fail its checks, that verdict comes first.
+  const plans = await planFor(head, envelope, config.max_header_bytes, router, () => {}, { warn() {}, info() {} });
+  const jobs = typeof plans === 'number' ? new Map<string, Job>() : jobsOf(plans);
+  // One command to run: the message streams through to it as it arrives, checked on the way.
+  if (typeof plans !== 'number' && jobs.size === 1) return streamToOne(message, envelope, plans, jobs, config, router, io, log);
+  let spool: Spool;
+  try {
+    spool = await Spool.from(message.all(), { dir: config.spool_dir || undefined });
+  } catch (e) {
+    return refused(e, message, envelope, config, router, io, log);
+  }
+  try {
+    if (typeof plans === 'number') {
+      // Said now, once the whole message has passed its checks (their verdict comes first).
+      await planFor(head, envelope, config.max_header_bytes, router, out, log);
+      return plans;
+    }
+    await pool([...jobs.values()], config.max_parallel, async (job) => {
+      job.outcome = await runRoute(job.argv, job.address, spool.open(), config, io);
+    });
+    return report(plans, (r) => outcomeFor(r, jobs), out);
   } finally {
     await spool.dispose();
   }
@@ -184,58 +210,138 @@ async function checkRecipients(given: Address[], router: Router, maxHeaderBytes:
 }
 
 /**
- * The message (FILE or stdin) spooled once for every route, or the exit
- * code after its result lines. The tar structure is walked while it spools
- * (entries counted, types checked), so a bomb of entries is refused before
- * it is read whole; the first bytes are kept to name the recipients if the
- * spool itself fails.
+ * The message (FILE or stdin), read once: every chunk counted against the
+ * size limit and walked by the tar guard as it comes (entries counted,
+ * types checked), so a bomb of entries is refused before it is read whole.
+ * First its head, which holds the headers entry; then all of it, head first.
  */
-async function spoolMessage(
-  file: string | undefined,
-  envelope: string[],
-  config: { max_message_bytes: number; max_header_bytes: number; max_entries: number; spool_dir: string },
-  router: Router,
-  io: Io,
-  log: Log,
-): Promise<Spool | number> {
-  const out = (line: string) => io.stdout.write(`${line}\n`);
-  const input = await openInput(file, io);
-  const guard = new TarGuard({
-    ...DEFAULT_LIMITS,
-    maxEntries: config.max_entries,
-    maxHeaderBytes: config.max_header_bytes,
-    maxTotalBytes: config.max_message_bytes,
-  });
-  const head: Buffer[] = [];
-  let headBytes = 0;
-  try {
-    return await Spool.from(input, {
-      limit: config.max_message_bytes,
-      dir: config.spool_dir || undefined,
-      inspect: (chunk) => {
-        if (headBytes < HEAD_BYTES) {
-          head.push(chunk);
-          headBytes += chunk.length;
-        }
-        guard.inspect(chunk);
-      },
+class CheckedInput {
+  private readonly guard: TarGuard;
+  private readonly chunks: AsyncIterator<unknown>;
+  private size = 0;
+  private first: Buffer | undefined;
+
+  constructor(
+    input: Readable,
+    private readonly config: { max_message_bytes: number; max_header_bytes: number; max_entries: number },
+  ) {
+    this.guard = new TarGuard({
+      ...DEFAULT_LIMITS,
+      maxEntries: config.max_entries,
+      maxHeaderBytes: config.max_header_bytes,
+      maxTotalBytes: config.max_message_bytes,
     });
-  } catch (e) {
-    if (e instanceof SpoolLimitError) {
-      out(`FAIL - 5.3.4 message larger than the limit of ${config.max_message_bytes} bytes`);
-      return EXIT.FAIL;
+    this.chunks = input[Symbol.asyncIterator]();
+  }
+
+  /** The next chunk, checked; undefined at the end. */
+  private async next(): Promise<Buffer | undefined> {
+    const r = await this.chunks.next();
+    if (r.done) return undefined;
+    const chunk = typeof r.value === 'string' ? Buffer.from(r.value) : (r.value as Buffer);
+    this.size += chunk.length;
+    if (this.size > this.config.max_message_bytes) throw new SpoolLimitError(`more than ${this.config.max_message_bytes} bytes`);
+    this.guard.inspect(chunk);
+    return chunk;
+  }
+
+  /** The first bytes, enough for the headers entry and a pax or long-name entry before it (or the whole of a shorter message). */
+  async head(): Promise<Buffer> {
+    const want = this.config.max_header_bytes + DEFAULT_LIMITS.maxMetaBytes + 4096;
+    const parts: Buffer[] = [];
+    let n = 0;
+    for (let c = await this.next(); c; c = n < want ? await this.next() : undefined) {
+      parts.push(c);
+      n += c.length;
     }
-    if (e instanceof MessageError) {
-      out(`FAIL - ${e.status} ${e.message}`);
-      return EXIT.FAIL;
-    }
-    if (!(e as NodeJS.ErrnoException).code) throw e;
-    return spoolTrouble(Buffer.concat(head), `4.3.0 cannot spool the message: ${(e as Error).message}`, envelope, config, router, io, log);
+    this.first = Buffer.concat(parts);
+    return this.first;
+  }
+
+  /** What head() read, if it got that far. */
+  get headBytes(): Buffer {
+    return this.first ?? Buffer.alloc(0);
+  }
+
+  /** The whole message, the head first; throws at the first broken check or read error. */
+  async *all(): AsyncGenerator<Buffer> {
+    if (this.first?.length) yield this.first;
+    for (let c = await this.next(); c; c = await this.next()) yield c;
   }
 }
 
-/** Bytes kept from the start of a message: enough for the headers entry and the pax or long-name entry before it. */
-const HEAD_BYTES = DEFAULT_LIMITS.maxHeaderBytes + DEFAULT_LIMITS.maxMetaBytes + 4096;
+/** The message failed its checks or could not be read: its result lines and exit code. */
+function refused(
+  e: unknown,
+  message: CheckedInput,
+  envelope: string[],
+  config: { max_message_bytes: number; max_header_bytes: number },
+  router: Router,
+  io: Io,
+  log: Log,
+): Promise<number> | number {
+  const out = (line: string) => io.stdout.write(`${line}\n`);
+  if (e instanceof SpoolLimitError) {
+    out(`FAIL - 5.3.4 message larger than the limit of ${config.max_message_bytes} bytes`);
+    return EXIT.FAIL;
+  }
+  if (e instanceof MessageError) {
+    out(`FAIL - ${e.status} ${e.message}`);
+    return EXIT.FAIL;
+  }
+  if (!(e as NodeJS.ErrnoException).code) throw e;
+  return spoolTrouble(message.headBytes, `4.3.0 cannot spool the message: ${(e as Error).message}`, envelope, config, router, io, log);
+}
+
+/**
+ * The one command gets the message as it arrives. Should the rest fail its
+ * checks on the way, the command is stopped and the message refused as if
+ * it had been spooled first; its own answer then counts for nothing.
+ */
+async function streamToOne(
+  message: CheckedInput,
+  envelope: string[],
+  plans: Plans,
+  jobs: Map<string, Job>,
+  config: { command_timeout: number; in_process: boolean; max_message_bytes: number; max_header_bytes: number },
+  router: Router,
+  io: Io,
+  log: Log,
+): Promise<number> {
+  const stop = new AbortController();
+  const stopOnParent = () => stop.abort(io.signal?.reason);
+  io.signal?.addEventListener('abort', stopOnParent, { once: true });
+  let problem: unknown;
+  const input = Readable.from(
+    (async function* () {
+      try {
+        yield* message.all();
+      } catch (e) {
+        problem = e;
+        stop.abort(e);
+        throw e;
+      }
+    })(),
+    { objectMode: false },
+  );
+  input.on('error', () => {}); // the command sees it as its input ending badly; `problem` keeps it
+  const read = finished(input).catch(() => {});
+  try {
+    const [job] = jobs.values();
+    job.outcome = await runRoute(job.argv, job.address, input, config, { ...io, signal: stop.signal });
+    // The command may stop reading early (a refusal): the rest still passes the checks, so a bad message is told as one.
+    input.resume();
+    await read;
+  } finally {
+    io.signal?.removeEventListener('abort', stopOnParent);
+  }
+  if (problem !== undefined) return refused(problem, message, envelope, config, router, io, log);
+  return report(
+    plans,
+    (r) => outcomeFor(r, jobs),
+    (line) => io.stdout.write(`${line}\n`),
+  );
+}
 
 type Plans = Map<Address, Resolution>;
 type Log = { warn(m: string): void; info(m: string): void };
@@ -299,24 +405,17 @@ async function spoolTrouble(
   return report(plans, (r) => (r.kind === 'deliver' ? { word: 'TEMPFAIL', reason } : outcomeFor(r, new Map())), out);
 }
 
-async function deliver(
-  spool: Spool,
-  envelope: string[],
-  config: { max_parallel: number; command_timeout: number; in_process: boolean; max_header_bytes: number },
-  router: Router,
-  io: Io,
-  log: Log,
-): Promise<number> {
-  const out = (line: string) => io.stdout.write(`${line}\n`);
-  const plans = await planFor(spool.open(), envelope, config.max_header_bytes, router, out, log);
-  if (typeof plans === 'number') return plans;
-  // Each distinct target runs once, even when several recipients (aliases) lead to it.
-  const jobs = new Map<string, { address: Address; argv: string[]; outcome?: Outcome }>();
+/** A command to run for the message: each distinct target once, even when several recipients (aliases) lead to it. */
+interface Job {
+  address: Address;
+  argv: string[];
+  outcome?: Outcome;
+}
+
+function jobsOf(plans: Plans): Map<string, Job> {
+  const jobs = new Map<string, Job>();
   for (const r of plans.values()) if (r.kind === 'deliver') for (const t of r.targets) jobs.set(addressKey(t.address), { ...t });
-  await pool([...jobs.values()], config.max_parallel, async (job) => {
-    job.outcome = await runRoute(job.argv, job.address, spool, config, io);
-  });
-  return report(plans, (r) => outcomeFor(r, jobs), out);
+  return jobs;
 }
 
 /** One recipient's result from its targets: any temporary failure wins (a retry is safe: mailboxes store a message once). */
@@ -327,9 +426,14 @@ function outcomeFor(r: Resolution, jobs: Map<string, { outcome?: Outcome }>): Ou
   return outcomes.find((o) => o.word === 'TEMPFAIL') ?? outcomes.find((o) => o.word !== 'OK') ?? { word: 'OK', reason: '' };
 }
 
-async function runRoute(argv: string[], address: Address, spool: Spool, config: { command_timeout: number; in_process: boolean }, io: Io): Promise<Outcome> {
+async function runRoute(
+  argv: string[],
+  address: Address,
+  data: Readable | Buffer,
+  config: { command_timeout: number; in_process: boolean },
+  io: Io,
+): Promise<Outcome> {
   let said: Outcome | undefined;
-  const data = spool.open();
   const code = await runStage({
     argv,
     inProcess: config.in_process,

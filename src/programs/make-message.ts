@@ -17,6 +17,7 @@ import { writeFileAtomic } from '../files.js';
 import { Headers, MessageError, type Part, checkAttachmentName, checkField, writeMessage } from '../message/index.js';
 import type { Io } from '../io.js';
 import { Spool, SpoolLimitError } from '../spool.js';
+import { Utf8Checker } from '../message/utf8.js';
 
 const schema = table({
   from: optional(string(), undefined as string | undefined),
@@ -191,14 +192,19 @@ async function attachments(argv: Flags, cwd: string): Promise<(Part & { name: st
 
 /** Read text (stdin or a file) once, checking it is UTF-8, within the size limit. */
 async function spoolText(input: AsyncIterable<unknown>, what: string, limit: number): Promise<Spool> {
-  const decoder = new TextDecoder('utf-8', { fatal: true });
+  const utf8 = new Utf8Checker();
+  const notText = () => dataError(`${what}: not valid UTF-8 text`);
   try {
-    const spool = await Spool.from(input, { limit, inspect: (c) => void decoder.decode(c, { stream: true }) });
-    decoder.decode();
+    const spool = await Spool.from(input, {
+      limit,
+      inspect: (c) => {
+        if (!utf8.check(c)) throw notText();
+      },
+    });
+    if (!utf8.end()) throw notText();
     return spool;
   } catch (e) {
     if (e instanceof SpoolLimitError) throw dataError(`${what}: ${e.message} (max_body_bytes)`);
-    if (e instanceof TypeError) throw dataError(`${what}: not valid UTF-8 text`);
     throw e;
   }
 }

@@ -114,7 +114,10 @@ function sessionOf(config: Config, io: Io, log: Log, observe?: SessionObserver):
     handler: [...config.handler],
     check: [...config.check],
     inProcess: config.in_process,
-    env: io.env,
+    // A plain copy, made once: each message's handler gets it spread with its
+    // own variables, and spreading process.env itself costs a call into the
+    // runtime per variable.
+    env: { ...io.env },
     cwd: io.cwd,
     log,
     stderr: io.stderr,

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdirSync, readFileSync, readdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { BIN, runBin, runCommand, tempDir, testEnv } from '../helpers.js';
@@ -45,7 +45,7 @@ describe('give-recipient', () => {
     assert.deepEqual(readdirSync(join(box, 'tmp')), []);
   });
 
-  it('fsyncs every file and directory of the message before the rename into new/, and new/ after it (strace)', async (t) => {
+  it('fsyncs every file with data and every directory of the message before the rename into new/, and new/ after it (strace)', async (t) => {
     if (!strace) return t.skip('strace is not installed: the fsync order is not checked (apt-get install strace)');
     const box = mailbox('fsync');
     const msg = await makeMessage(['-a', 'big.bin', 'bob@b.test']);
@@ -58,7 +58,9 @@ describe('give-recipient', () => {
     assert.ok(at > 0, `a rename into new/ in:\n${lines.join('\n')}`);
     const synced = (part: string[]) =>
       part.flatMap((l) => /fs?d?a?t?a?sync\(\d+<([^>]+)>/.exec(l)?.[1] ?? []).map((p) => p.slice(box.length + 1).replace(/^tmp\/[^/]+/, 'MSG'));
-    assert.deepEqual(synced(lines.slice(0, at)).sort(), ['MSG', 'MSG/.digest', 'MSG/attachments', 'MSG/attachments/big.bin', 'MSG/body', 'MSG/headers']);
+    // The digest is the name of an empty file: the fsync of MSG makes it durable.
+    assert.deepEqual(synced(lines.slice(0, at)).sort(), ['MSG', 'MSG/attachments', 'MSG/attachments/big.bin', 'MSG/body', 'MSG/headers']);
+    assert.match(readdirSync(join(box, 'new', id)).join(' '), /(^| )\.digest-sha256-[0-9a-f]{64}( |$)/);
     assert.deepEqual(synced(lines.slice(at)), ['new']);
     assert.doesNotMatch(lines.join('\n'), /sync\(.*= -1/, 'every fsync succeeded');
     assert.ok(id);
@@ -132,7 +134,22 @@ describe('give-recipient', () => {
       await give(box, two);
       await give(box, one);
       assert.deepEqual(bodies(box), ['one\n', 'two\n'], 'a retry of either is a duplicate');
-      assert.match(readFileSync(join(box, 'new', id, '.digest'), 'utf8'), /^sha256:[0-9a-f]{64}\n$/);
+      const digests = readdirSync(join(box, 'new', id)).filter((n) => n.startsWith('.digest'));
+      assert.equal(digests.length, 1);
+      assert.match(digests[0], /^\.digest-sha256-[0-9a-f]{64}$/);
+      assert.equal(statSync(join(box, 'new', id, digests[0])).size, 0, 'the digest is in the name; the file is empty');
+    });
+
+    it('reads the digest of a message stored with a .digest file (before digests were names): its retry is a duplicate, other content is not', async () => {
+      const box = mailbox('legacy-digest');
+      await give(box, one);
+      const [name] = readdirSync(join(box, 'new', id)).filter((n) => n.startsWith('.digest-'));
+      renameSync(join(box, 'new', id, name), join(box, 'new', id, '.digest'));
+      writeFileSync(join(box, 'new', id, '.digest'), `${name.slice('.digest-'.length).replace('-', ':')}\n`);
+      await give(box, one);
+      assert.deepEqual(stored(box), [id], 'the retry is a duplicate');
+      await give(box, two);
+      assert.deepEqual(bodies(box), ['one\n', 'two\n']);
     });
 
     it('takes a retry that differs only in received lines and in bcc for the same message', async () => {

@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { Readable } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
 import { BIN, runBin, runCommand, runMain, tempDir, testEnv } from '../helpers.js';
 import { HEADERS, entry, entryOffsets } from '../tarbuild.js';
 
@@ -23,6 +23,9 @@ const perm = script('perm.sh', 'cat > /dev/null; echo "FAIL $1 5.2.2 mailbox ful
 const temp = script('temp.sh', 'cat > /dev/null; echo "TEMPFAIL $1 4.2.2 over quota"; exit 75');
 const weird = script('weird.sh', 'cat > /dev/null; echo "note: weird exit"; exit 2');
 const liar = script('liar.sh', 'cat > /dev/null; echo "OK $1"; exit 75');
+// Says when it starts, keeps what it reads.
+const streamed = join(dir, 'streamed');
+const stream = script('stream.sh', `echo started > ${streamed}.started; cat > ${streamed}; echo "OK $1"`);
 // It exists and is executable (the config check passes) but cannot start: its interpreter is gone.
 const broken = join(dir, 'broken.sh');
 writeFileSync(broken, '#!/nonexistent/interpreter\n', { mode: 0o755 });
@@ -45,6 +48,7 @@ catch_all = "post@c.test"
 "weird@b.test" = [${JSON.stringify(weird)}]
 "liar@b.test" = [${JSON.stringify(liar)}]
 "missing@b.test" = [${JSON.stringify(broken)}]
+"stream@b.test" = [${JSON.stringify(stream)}]
 [aliases]
 "team@b.test" = ["bob@b.test", "carol@b.test"]
 "postmaster@b.test" = ["dave@b.test"]
@@ -57,6 +61,14 @@ async function message(...rcpts: string[]): Promise<Buffer> {
   return r.stdout;
 }
 const count = (u: string) => readdirSync(join(boxes, u, 'new')).length;
+
+/** Wait for something to become true (checked on a short timer), failing after 20 s. */
+async function until(check: () => boolean, what: string): Promise<void> {
+  for (const t0 = Date.now(); !check();) {
+    if (Date.now() - t0 > 20_000) throw new Error(`waited 20 s for ${what}`);
+    await new Promise((res) => setTimeout(res, 20));
+  }
+}
 
 describe('handle-incoming-mail', () => {
   it('delivers to several local recipients, aliases and a catch-all, leaving foreign ones alone', async () => {
@@ -233,6 +245,34 @@ describe('handle-incoming-mail', () => {
     assert.equal(r.stdout.toString(), 'FAIL - 5.6.0 message has more than 1000 entries\n');
     assert.ok(produced < 4 * 1024 * 1024, `read ${produced} bytes of about 1 GB before refusing`);
     assert.equal(count('bob'), before);
+  });
+
+  it('streams a message with one command to run into it as it arrives: the command starts before the message has all come', async () => {
+    const att = join(dir, 'one-mb.bin');
+    writeFileSync(att, Buffer.alloc(1024 * 1024, 7));
+    const msg = await message('-a', att, 'stream@b.test');
+    const input = new PassThrough();
+    const run = runMain('handle-incoming-mail', ['--config', cfg], { input });
+    input.write(msg.subarray(0, 512 * 1024));
+    await until(() => existsSync(`${streamed}.started`), 'the route command to start');
+    assert.ok(!input.writableEnded);
+    input.end(msg.subarray(512 * 1024));
+    const r = await run;
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout.toString(), 'OK stream@b.test\n');
+    assert.deepEqual(readFileSync(streamed), msg, 'the command got every byte');
+  });
+
+  it('stops the one command a message streams into when the rest of the message breaks a limit, and answers FAIL', async () => {
+    const bomb = Readable.from(
+      (function* () {
+        yield entry('headers', HEADERS.replace('b@b.test', 'stream@b.test'));
+        for (let n = 0; n < 20_000; n += 256) yield Buffer.concat(Array.from({ length: 256 }, (_, i) => entry(`attachments/${n + i}`, '')));
+      })(),
+    );
+    const r = await runMain('handle-incoming-mail', ['--config', cfg], { input: bomb });
+    assert.equal(r.code, 1, r.stderr);
+    assert.equal(r.stdout.toString(), 'FAIL - 5.6.0 message has more than 1000 entries\n');
   });
 
   it('gives every recipient its TEMPFAIL line when the spool is full (RLIMIT_FSIZE), exit 75', async (t) => {
