@@ -207,7 +207,10 @@ function pump(first: Readable, ...rest: Writable[]): Promise<void> {
     };
     for (const s of all) s.on('error', fail);
     let from: Readable = first;
-    for (const to of rest) from = from.pipe(to) as unknown as Readable;
+    for (const to of rest.slice(0, -1)) from = from.pipe(to) as unknown as Readable;
+    // pipe() never ends process.stdout (Node leaves stdout and stderr open): end the output ourselves.
+    from.pipe(last, { end: false });
+    from.on('end', () => last.end());
     last.on('finish', () => {
       settled = true;
       resolve();
