@@ -59,11 +59,11 @@ async function filled(dir: string, n: number, ms = 600_000): Promise<void> {
   }
 }
 
-function line(side: 'ours' | 'postfix', who: string, load: Load, secs: number, rss: number): void {
+function line(side: 'ours' | 'postfix', who: string, load: Load, secs: number, rss: number, idle?: number): void {
   const f = { perSecond: load.messages / secs, mbPerSecond: (load.messages * load.bytes) / secs / 1024 / 1024, rss };
   figures.set(`${side} ${load.label}`, f);
   console.log(
-    `  smtp-receive bench: ${who}, ${load.label}: ${f.perSecond.toFixed(0)} messages/s, ${f.mbPerSecond.toFixed(1)} MB/s, peak RSS ${rss.toFixed(0)} MB`,
+    `  smtp-receive bench: ${who}, ${load.label}: ${f.perSecond.toFixed(0)} messages/s, ${f.mbPerSecond.toFixed(1)} MB/s, peak RSS ${rss.toFixed(0)} MB${idle === undefined ? '' : ` (idle before the load: ${idle.toFixed(0)} MB)`}`,
   );
 }
 
@@ -86,12 +86,13 @@ async function ours(dir: string, LOADS: Load[]): Promise<void> {
       env: testEnv({ IMA_CONFIG_DIR: dir }),
     });
     try {
+      const idle = peakRssMb(srv.proc.pid!); // listening, nothing received yet: what start-up and loaded code cost
       const t0 = process.hrtime.bigint();
       await source(srv.port, load, `${user}@b.test`);
       const secs = Number(process.hrtime.bigint() - t0) / 1e9;
       const got = count(join(dir, 'mail', user, 'new'));
       if (got !== load.messages) throw new Error(`smtp-receive stored ${got} of ${load.messages}: ${srv.log().slice(-2000)}`);
-      line('ours', 'smtp-receive (in-process chain, fsync per message)', load, secs, peakRssMb(srv.proc.pid!));
+      line('ours', 'smtp-receive (in-process chain, fsync per message)', load, secs, peakRssMb(srv.proc.pid!), idle);
     } finally {
       await srv.stop();
     }

@@ -208,7 +208,7 @@ function pump(first: Readable, ...rest: Writable[]): Promise<void> {
     for (const s of all) s.on('error', fail);
     let from: Readable = first;
     for (const to of rest.slice(0, -1)) from = from.pipe(to) as unknown as Readable;
-    // pipe() never ends process.stdout (Node leaves stdout and stderr open): end the output ourselves.
+    // pipe() never ends process.stdout, so 'finish' would never come: the last one is ended here.
     from.pipe(last, { end: false });
     from.on('end', () => last.end());
     last.on('finish', () => {

@@ -24,7 +24,7 @@ import { commandProblem } from '../stage.js';
 import { senderRuleProblem } from '../smtp/receive-auth.js';
 import { ReceiveServer, serveSmtp } from '../smtp/receive-server.js';
 import { type SessionSettings, Sessions } from '../smtp/receive-session.js';
-import { dnsResolver } from '../smtp/receive-verdicts.js';
+import { dnsResolver, loadMailauth } from '../smtp/receive-verdicts.js';
 
 const hostPort = string({ check: (s) => (s === '' || /^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]*):\d{1,5}$/.test(s) ? undefined : 'must be ADDRESS:PORT') });
 const checked = (problem: (s: string) => string | undefined) => string({ check: problem });
@@ -162,6 +162,7 @@ export async function main(args: string[], io: Io): Promise<number> {
   const role = (argv.role ?? config.role) as Role;
   const implicit = argv.implicitTls ?? config.implicit_tls;
   if (role === 'submission' && Object.keys(config.submission.users).length === 0) log.warn('role submission with no [submission.users]: nobody can log in');
+  if (role === 'mx' && config.mx.verdicts) await loadMailauth();
   let settings = settingsOf(config, role, source, io, log);
   const sessions = new Sessions(() => settings, log);
   const server = new ReceiveServer({ ...serverOptions(config, role, implicit, sessions), ...s.prepared }, log);

@@ -22,13 +22,23 @@ export function bareLfAt(chunk: Uint8Array, before: number): number {
 
 export const BARE_LF_REASON = 'bare LF (a line end without CR) refused: SMTP smuggling defence; send CRLF line ends';
 
+/** Scans a stream's chunks in order, the byte before each chunk carried over. The data starts after "DATA\r\n". */
+export class BareLfScanner {
+  private last = LF;
+  /** True when this chunk holds a bare LF. */
+  found(chunk: Uint8Array): boolean {
+    if (chunk.length === 0) return false;
+    if (bareLfAt(chunk, this.last) !== -1) return true;
+    this.last = chunk[chunk.length - 1];
+    return false;
+  }
+}
+
 /** Passes the data through; errors with 550 5.5.2 at the first bare LF. The data starts after "DATA\r\n". */
 export class BareLfGuard extends Transform {
-  private last = LF;
+  private readonly scanner = new BareLfScanner();
   override _transform(chunk: Buffer, _e: BufferEncoding, cb: TransformCallback): void {
-    if (chunk.length === 0) return cb(null, chunk);
-    if (bareLfAt(chunk, this.last) !== -1) return cb(permFail(BARE_LF_REASON, '5.5.2'));
-    this.last = chunk[chunk.length - 1];
+    if (this.scanner.found(chunk)) return cb(permFail(BARE_LF_REASON, '5.5.2'));
     cb(null, chunk);
   }
 }

@@ -5,8 +5,9 @@
 // (reload), connection limits per address. Two things smtp-server cannot do
 // are patched into each connection: the bare-LF refusal on the command
 // stream (bare-lf.ts) and replies whose text already starts with an
-// RFC 3463 code keep that code instead of smtp-server's guess. And the
-// greeting goes out at once, without smtp-server's 100 ms pause.
+// RFC 3463 code keep that code instead of smtp-server's guess. The
+// greeting goes out at once, without smtp-server's 100 ms pause, and the
+// end of DATA is searched for natively (receive-data.ts).
 import type { EventEmitter } from 'node:events';
 import net from 'node:net';
 import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
@@ -14,6 +15,7 @@ import { usageError } from '../failure.js';
 import type { Log } from '../log.js';
 import type { Where } from '../net/listen.js';
 import { BARE_LF_REASON, bareLfAt } from './bare-lf.js';
+import { type DataParser, fastDataScan } from './receive-data.js';
 
 /** An SMTP reply as an error smtp-server understands: its code, and the text led by the enhanced code. */
 export class SmtpReply extends Error {
@@ -49,8 +51,9 @@ interface Connection {
   close(): void;
 }
 
-/** Refuse a command line ended by a bare LF: 550 5.5.2, and the connection is closed (as Postfix does). */
+/** Refuse a command line ended by a bare LF: 550 5.5.2, and the connection is closed (as Postfix does). The data mode scans faster (receive-data.ts). */
 function guardParser(conn: Connection, parser: Parser, log: Log): Parser {
+  fastDataScan(parser as unknown as DataParser);
   const write = parser._write.bind(parser);
   parser._write = (chunk, enc, next) => {
     if (!parser._dataMode && !parser.isClosed) {

@@ -2,7 +2,7 @@
 // test key; DNS answered from a table through mailauth's resolver option.
 import assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
-import { Readable } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
 import { describe, it } from 'node:test';
 import { dkimSign } from 'mailauth';
 import { verdicts } from '../../src/smtp/receive-verdicts.js';
@@ -72,5 +72,16 @@ describe('smtp-receive verdicts (mailauth)', () => {
     });
     assert.equal(v.summary, 'spf=none dkim=none dmarc=none');
     assert.equal(v.dmarcReject, false);
+  });
+});
+
+describe('smtp-receive verdicts, a message refused before the checks start', () => {
+  it('ends with the refusal instead of waiting for data that never comes', async () => {
+    const input = new PassThrough();
+    input.on('error', () => {});
+    input.destroy(Object.assign(new Error('message larger than the limit'), { status: '5.3.4' }));
+    const deadline = new Promise<never>((_r, rej) => setTimeout(() => rej(new Error('verdicts still waiting after 10 s')), 10_000).unref());
+    const opts = { ip: '192.0.2.7', helo: 'c.test', sender: 'c@c.test', hostname: 'mx.b.test', resolver };
+    await assert.rejects(Promise.race([verdicts(input, opts), deadline]), /larger than the limit/);
   });
 });
