@@ -118,7 +118,7 @@ async function drainEntry(stream: Readable, path: string, failed: Error | undefi
  * three are through, or with the first error or premature close, after
  * every stream is destroyed.
  */
-function connect(input: Readable, guard: Transform, extract: Writable, done: (err?: Error | null) => void): void {
+function connect(input: Readable, guard: Transform, extract: Writable, done: (err?: Error | null) => void): () => void {
   let waiting = 3;
   let settled = false;
   const each = (err?: Error | null) => {
@@ -135,11 +135,21 @@ function connect(input: Readable, guard: Transform, extract: Writable, done: (er
       process.nextTick(done);
     }
   };
-  finished(input, { readable: true, writable: false }, each);
-  finished(guard, each);
-  finished(extract, { readable: false, writable: true }, each);
+  const watches = [
+    finished(input, { readable: true, writable: false }, each),
+    finished(guard, each),
+    finished(extract, { readable: false, writable: true }, each),
+  ];
   input.pipe(guard).pipe(extract);
+  // Stop watching (the reader is leaving early and destroys them itself): no premature-close errors are built for nobody.
+  return () => {
+    settled = true;
+    for (const unwatch of watches) unwatch();
+  };
 }
+
+/** Given to the parser when the reader leaves early: one error made once, not one with a stack trace per message. */
+const STOPPED = new Error('the reader stopped early');
 
 /**
  * Read a message entry by entry. The first entry is always the parsed
@@ -153,16 +163,20 @@ export async function* readMessage(input: Readable, limits: MessageLimits = DEFA
   // The guard's verdict on the end of the input (end blocks, padding) may
   // come after tar-stream's last entry: the message is whole only once the
   // pipeline has finished.
-  const piped = new Promise<void>((res) =>
-    connect(input, guard, extract as unknown as Writable, (err) => {
+  let unwatch = () => {};
+  const piped = new Promise<void>((res) => {
+    unwatch = connect(input, guard, extract as unknown as Writable, (err) => {
       if (err && !failed) failed = explain(err);
       res();
-    }),
-  );
+    });
+  });
   const seen: Seen = { index: 0, names: new Set(), attachmentsDir: false };
   let complete = false;
+  // Iterated by hand: leaving a for-await early would destroy the parser with a new error (and its stack trace) each time.
+  const entries = extract[Symbol.asyncIterator]();
   try {
-    for await (const entry of extract) {
+    for (let next = await entries.next(); !next.done; next = await entries.next()) {
+      const entry = next.value;
       const checked = checkEntry(entry.header, guard, seen, limits);
       if (!checked) {
         entry.resume();
@@ -190,8 +204,10 @@ export async function* readMessage(input: Readable, limits: MessageLimits = DEFA
   } finally {
     // Also when the caller stops early (it wanted only the headers): stop reading.
     if (!complete) {
+      unwatch();
       input.destroy();
-      extract.destroy();
+      extract.on('error', () => {});
+      extract.destroy(STOPPED);
     }
   }
 }
