@@ -18,7 +18,7 @@ export interface SpoolOptions {
   inspect?: (chunk: Buffer) => void;
 }
 
-const CHUNK = 64 * 1024;
+const CHUNK = 512 * 1024;
 
 /**
  * Reads a file handle by position, never closing it: readers of one spool
@@ -157,7 +157,7 @@ export class SpoolStore {
         }
         pending.push(chunk);
         pendingBytes += chunk.length;
-        if (pendingBytes >= CHUNK * 4) await flush();
+        if (pendingBytes >= CHUNK) await flush();
       }
       await flush();
     } finally {

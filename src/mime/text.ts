@@ -23,6 +23,8 @@ export class CrlfToLf extends Transform {
       this.heldCr = true;
       buf = buf.subarray(0, -1);
     }
+    // Most of a large message is base64 written with the right line ends already: nothing to do.
+    if (buf.indexOf(0x0d) === -1) return cb(null, buf);
     // A latin1 round trip keeps every byte, and V8's regex replace beats any byte loop in JS.
     const text = buf.toString('latin1');
     cb(null, Buffer.from(text.replace(this.opts.loneCr === 'lf' ? /\r\n?/g : /\r\n/g, '\n'), 'latin1'));

@@ -5,7 +5,7 @@
 // originals that mime-to-ima kept must come back exactly as they were.
 import { dirname } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { Readable, Transform, type TransformCallback, type Writable } from 'node:stream';
+import { Readable, Transform, type TransformCallback, type Writable, pipeline } from 'node:stream';
 import MailComposer from 'nodemailer/lib/mail-composer';
 import { detectMimeType } from 'nodemailer/lib/mime-funcs';
 import { Failure, asFailure, dataError } from '../failure.js';
@@ -26,19 +26,24 @@ export interface ImaToMimeOptions {
 /** Text up to this size is handed to the composer as a string, so plain ASCII goes out as 7bit; larger text is streamed. */
 const TEXT_IN_MEMORY = 1024 * 1024;
 
-/** A stream that opens its source only when first read: a message of many attachments holds one file open at a time. */
-function lazy(part: Part): Readable | Buffer {
+/**
+ * A stream that opens its source only when first read: a message of many
+ * attachments holds one file open at a time. `through` (an encoder) is put
+ * behind the source when it opens.
+ */
+function lazy(part: Part, through?: () => Transform): Readable {
   let source: Readable | undefined;
   return new Readable({
     read() {
       if (!source) {
-        const opened = part.open();
-        if (Buffer.isBuffer(opened)) {
+        let opened = part.open();
+        if (Buffer.isBuffer(opened) && !through) {
           this.push(opened);
           this.push(null);
           return;
         }
-        source = opened;
+        if (through) opened = pipeline(Buffer.isBuffer(opened) ? Readable.from([opened]) : opened, through(), () => {}) as unknown as Readable;
+        source = opened as Readable;
         source.on('data', (c: Buffer) => {
           if (!this.push(c)) source!.pause();
         });
@@ -56,7 +61,7 @@ function lazy(part: Part): Readable | Buffer {
 }
 
 async function textOf(part: Part): Promise<string | Readable> {
-  if (part.size > TEXT_IN_MEMORY) return lazy(part) as Readable;
+  if (part.size > TEXT_IN_MEMORY) return lazy(part);
   const data = part.open();
   if (Buffer.isBuffer(data)) return data.toString('utf8');
   const chunks: Buffer[] = [];
@@ -93,6 +98,74 @@ async function messageEncoding(part: Part, newline: 'lf' | 'crlf'): Promise<{ co
   if (prev === 0x0d) return { contentType: 'application/octet-stream' };
   return { contentTransferEncoding: eightBit ? '8bit' : '7bit' };
 }
+
+const LINE_BYTES = 57; // 76 base64 characters
+
+/**
+ * Base64 in lines of 76 characters joined by `newline`, no line end after
+ * the last: the bytes nodemailer's encoder writes (then CRLF-to-LF
+ * converted), made from large blocks, one native encoding per block. The
+ * composer's encoder plus the conversion of its 2.3 million CRLFs per 128 MiB
+ * back to LF were most of ima-to-mime's time for a large attachment.
+ */
+export class Base64Lines extends Transform {
+  private rest = Buffer.alloc(0);
+  private started = false;
+  constructor(private readonly newline: Buffer) {
+    super();
+  }
+  override _transform(chunk: Buffer, _e: BufferEncoding, cb: TransformCallback): void {
+    const data = this.rest.length ? Buffer.concat([this.rest, chunk]) : chunk;
+    const whole = data.length - (data.length % LINE_BYTES);
+    this.rest = Buffer.from(data.subarray(whole));
+    cb(null, whole ? this.lines(data.subarray(0, whole)) : undefined);
+  }
+  override _flush(cb: TransformCallback): void {
+    cb(null, this.rest.length ? this.lines(this.rest) : undefined);
+  }
+  private lines(block: Buffer): Buffer {
+    const text = Buffer.from(block.toString('base64'), 'latin1');
+    const nl = this.newline;
+    const out = Buffer.allocUnsafe(text.length + Math.ceil(text.length / 76) * nl.length);
+    let n = 0;
+    for (let from = 0; from < text.length; from += 76) {
+      if (this.started) n += nl.copy(out, n);
+      this.started = true;
+      n += text.copy(out, n, from, Math.min(from + 76, text.length));
+    }
+    return out.subarray(0, n);
+  }
+}
+
+/**
+ * The composer passes an attachment in a transfer encoding it does not know
+ * as it is: ours are given as base64 lines under a per-message marker, which
+ * this puts back to "base64" in the part's header. (The marker is random: no
+ * content can hold it.)
+ */
+class EncodingMarker extends Transform {
+  private held = Buffer.alloc(0);
+  readonly marker = `x-ima-base64-${randomBytes(12).toString('hex')}`;
+  private readonly bytes = Buffer.from(this.marker);
+  override _transform(chunk: Buffer, _e: BufferEncoding, cb: TransformCallback): void {
+    let data = this.held.length ? Buffer.concat([this.held, chunk]) : chunk;
+    const parts: Buffer[] = [];
+    for (let at = data.indexOf(this.bytes); at !== -1; at = data.indexOf(this.bytes)) {
+      parts.push(data.subarray(0, at), BASE64);
+      data = data.subarray(at + this.bytes.length);
+    }
+    // Hold back an end that could be the start of a marker cut by the chunk boundary.
+    let keep = Math.min(this.bytes.length - 1, data.length);
+    while (keep > 0 && !data.subarray(data.length - keep).equals(this.bytes.subarray(0, keep))) keep--;
+    this.held = Buffer.from(data.subarray(data.length - keep));
+    parts.push(data.subarray(0, data.length - keep));
+    cb(null, parts.length === 1 ? parts[0] : Buffer.concat(parts));
+  }
+  override _flush(cb: TransformCallback): void {
+    cb(null, this.held.length ? this.held : undefined);
+  }
+}
+const BASE64 = Buffer.from('base64');
 
 /** Replaces the composer's root header block by ours, keeping its MIME-Version and Content-* lines. */
 class OwnHeaders extends Transform {
@@ -149,6 +222,10 @@ function pump(first: Readable, ...rest: Writable[]): Promise<void> {
 /** Write an IMA message as MIME to `out`, which is ended afterwards. */
 export async function writeMime(parts: MessageParts, out: Writable, opts: ImaToMimeOptions = {}): Promise<void> {
   const cids = parseContentIds(parts.headers.get(CONTENT_IDS));
+  const newline = opts.newline ?? 'lf';
+  let marker: EncodingMarker | undefined; // made only for a message with such attachments: its randomness costs
+  const nl = Buffer.from(newline === 'lf' ? '\n' : '\r\n');
+  const base64 = (a: Part) => ({ content: lazy(a, () => new Base64Lines(nl)), contentTransferEncoding: (marker ??= new EncodingMarker()).marker });
   const composer = new MailComposer({
     // Both are thrown away (our header section replaces the composer's); given, they spare it many small random reads.
     messageId: '<unused@localhost>',
@@ -156,19 +233,22 @@ export async function writeMime(parts: MessageParts, out: Writable, opts: ImaToM
     text: parts.body ? await textOf(parts.body) : undefined,
     html: parts.bodyHtml ? await textOf(parts.bodyHtml) : undefined,
     attachments: await Promise.all(
-      (parts.attachments ?? []).map(async (a) => ({
-        filename: a.name,
-        content: lazy(a),
-        cid: cids.get(a.name),
-        ...(/^message\//i.test(detectMimeType(a.name)) ? await messageEncoding(a, opts.newline ?? 'lf') : {}),
-      })),
+      (parts.attachments ?? []).map(async (a) => {
+        const common = { filename: a.name, cid: cids.get(a.name) };
+        const type = detectMimeType(a.name);
+        // Text the composer writes quoted-printable, as before; everything else it would write as base64 is ours.
+        if (/^text\//i.test(type)) return { ...common, content: lazy(a) };
+        if (!/^message\//i.test(type)) return { ...common, ...base64(a) };
+        const asMessage = await messageEncoding(a, newline);
+        return 'contentTransferEncoding' in asMessage ? { ...common, ...asMessage, content: lazy(a) } : { ...common, ...asMessage, ...base64(a) };
+      }),
     ),
   });
   const own = new OwnHeaders(toMimeHeaderLines(parts.headers, { keepBcc: opts.keepBcc ?? false }));
   const mime = composer.compile().createReadStream();
   try {
-    if (opts.newline === 'crlf') await pump(mime, own, out);
-    else await pump(mime, own, new CrlfToLf(), out);
+    const stages = [own, ...(marker ? [marker] : []), ...(newline === 'crlf' ? [] : [new CrlfToLf()]), out];
+    await pump(mime, ...stages);
   } catch (e) {
     throw e instanceof Failure ? e : asFailure(e);
   }
