@@ -200,6 +200,19 @@ export async function socketActivate(name: string, activateArgs: string[], args:
 }
 
 /** Is the process of the pid in FILE gone (or a zombie waiting for its reaper)? */
+/**
+ * Wait until the process in pidFile is gone (or a zombie), for up to
+ * `deadline` ms: a SIGKILLed process takes a moment to die on a busy
+ * machine, and only /proc can tell for one that is not our child.
+ */
+export async function processGoneSoon(pidFile: string, deadline = 10_000): Promise<boolean> {
+  for (const t0 = Date.now(); !processGone(pidFile);) {
+    if (Date.now() - t0 > deadline) return false;
+    await new Promise((res) => setTimeout(res, 20));
+  }
+  return true;
+}
+
 export function processGone(pidFile: string): boolean {
   const pid = Number(readFileSync(pidFile, 'utf8'));
   try {

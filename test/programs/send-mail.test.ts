@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { after, test } from 'node:test';
 import { readMessage } from '../../src/message/index.js';
-import { processGone, runBin, testEnv } from '../helpers.js';
+import { processGoneSoon, runBin, testEnv } from '../helpers.js';
 import { HANDLER, type Server, certs, config, dir, message, outDir, pki, startServer } from '../imdp-fixture.js';
 
 const servers: Server[] = [];
@@ -173,7 +173,7 @@ test('send-mail: a legacy command that hangs is killed at timeouts.legacy with w
       .sort(),
     ['OK bob@b.test', 'OK dave@b.test', 'TEMPFAIL carol@c.test', 'TEMPFAIL erin@c.test'],
   );
-  assert.ok(processGone(pidFile), 'the child the legacy command left is killed');
+  assert.ok(await processGoneSoon(pidFile), 'the child the legacy command left is killed');
 });
 
 test('send-mail: bad input is refused with a clear line and the right code', async () => {
