@@ -4,6 +4,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
+import { after } from 'node:test';
 import { ImdpClient } from '../src/imdp/client.js';
 import { Headers, writeMessage } from '../src/message/index.js';
 import { type Listening, startListening, tempDir } from './helpers.js';
@@ -58,6 +59,20 @@ export async function startServer(configText: string, opts: Parameters<typeof st
   writeFileSync(file, configText);
   const s = await startListening('server-receive', ['--config', file, '--listen', '127.0.0.1:0'], opts);
   return { ...s, stderr: s.log };
+}
+
+/**
+ * A starter of server-receive processes for one test file (config(...) as
+ * its config): each one started is stopped after the file's tests.
+ */
+export function serverPool(): (...a: Parameters<typeof config>) => Promise<Server> {
+  const started: Server[] = [];
+  after(async () => Promise.all(started.map((s) => s.stop())));
+  return async (...a) => {
+    const s = await startServer(config(...a));
+    started.push(s);
+    return s;
+  };
 }
 
 /** A fresh output directory for the handler. */

@@ -8,7 +8,7 @@ import { after, describe, it } from 'node:test';
 import { type Server, type TLSSocket, createServer } from 'node:tls';
 import { runBin, tempDir, testEnv } from '../helpers.js';
 import { Pki } from '../pki.js';
-import { HEADERS, entry, tarOf } from '../tarbuild.js';
+import { HEADERS, entry, header, tarOf } from '../tarbuild.js';
 
 const dir = tempDir('ima-fetch-');
 const pki = new Pki(dir);
@@ -85,6 +85,26 @@ const sending =
   };
 
 describe('fetch-mail against a scripted server', () => {
+  it('writes nothing outside DIR for traversal names and links, and leaves those messages on the server', async () => {
+    const ids = ['123456789abc', '123456789abd', '123456789abe'].map((n) => `12345678-1234-4234-8234-${n}`);
+    const port = await scripted({
+      fetch: sending([
+        [ids[0], tarOf(entry('headers', withId(ids[0])), entry('attachments/../../../escape.txt', 'pwned'))],
+        [ids[1], tarOf(entry('headers', withId(ids[1])), header({ name: 'attachments/link', type: '2', linkname: '/etc/passwd' }))],
+        [ids[2], tarOf(entry('headers', withId(ids[2])), entry('../escape2.txt', 'pwned'))],
+      ]),
+    });
+    const root = join(dir, 'victim');
+    mkdirSync(root);
+    const r = await fetch(port, join(root, 'box'));
+    assert.equal(r.code, 1, r.stderr);
+    assert.equal((r.stderr.match(/refused and left on the server/g) ?? []).length, 3);
+    assert.deepEqual(readdirSync(root), ['box']);
+    assert.deepEqual(local(join(root, 'box')), []);
+    assert.equal(existsSync(join(dir, 'escape.txt')), false);
+    assert.equal(existsSync(join(root, 'escape2.txt')), false);
+  });
+
   it('refuses a message the server sends under another id before storing it, and leaves it on the server', async () => {
     const other = '12345678-1234-4234-8234-0000000000ff';
     const good = '12345678-1234-4234-8234-0000000000aa';

@@ -1,17 +1,12 @@
 // server-receive against peers that drip bytes or idle without sending
 // mail: each is cut at its deadline, however the bytes trickle in.
 import assert from 'node:assert/strict';
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import type { ImdpClient } from '../../src/imdp/client.js';
-import { basicFields, config, connect, headersOf, message, startServer, type Server } from '../imdp-fixture.js';
+import { basicFields, connect, headersOf, message, serverPool } from '../imdp-fixture.js';
 
-const servers: Server[] = [];
-after(async () => Promise.all(servers.map((s) => s.stop())));
-async function server(extra: string) {
-  const s = await startServer(config({ extra }));
-  servers.push(s);
-  return s;
-}
+const pool = serverPool();
+const server = (extra: string) => pool({ extra });
 
 /** Write `bytes` one at a time every `every` ms until the server closes; stops then. */
 function drip(c: ImdpClient, bytes: Buffer, every: number): () => void {

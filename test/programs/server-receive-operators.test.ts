@@ -5,29 +5,12 @@ import { once } from 'node:events';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { type AddressInfo, createServer } from 'node:net';
 import { join } from 'node:path';
-import { after, test } from 'node:test';
-import { HANDLER, type Server, basicFields, config, connect, headersOf, message, outDir, pki, startServer } from '../imdp-fixture.js';
+import { test } from 'node:test';
+import { HANDLER, basicFields, config, connect, deliver, message, outDir, pki, serverPool } from '../imdp-fixture.js';
 import { scrape, startJsonServer } from '../metrics-scrape.js';
 import { runBin } from '../helpers.js';
 
-const servers: Server[] = [];
-after(async () => Promise.all(servers.map((s) => s.stop())));
-async function server(...a: Parameters<typeof config>) {
-  const s = await startServer(config(...a));
-  servers.push(s);
-  return s;
-}
-
-async function deliver(c: Awaited<ReturnType<typeof connect>>, tar: Buffer) {
-  c.sendMail(headersOf(tar), tar.length);
-  const a = await c.readAnswer();
-  if (a.word !== 'ACCEPT') {
-    c.sendAbort();
-    return { answer: a };
-  }
-  await c.sendData(tar, tar.length);
-  return { answer: a, result: await c.readResult() };
-}
+const server = serverPool();
 
 test('server-receive: limits.max_entries bounds the entries of a message (FAIL 5.6.0)', async () => {
   const out = outDir();

@@ -1,18 +1,12 @@
 import assert from 'node:assert/strict';
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import { readMessage } from '../../src/message/index.js';
-import { basicFields, config, connect, deliver, headersOf, message, outDir, startServer, HANDLER, type Server } from '../imdp-fixture.js';
+import { basicFields, config, connect, deliver, headersOf, message, outDir, serverPool, HANDLER } from '../imdp-fixture.js';
 import { runBin } from '../helpers.js';
 
-const servers: Server[] = [];
-after(async () => Promise.all(servers.map((s) => s.stop())));
-async function server(...a: Parameters<typeof config>) {
-  const s = await startServer(config(...a));
-  servers.push(s);
-  return s;
-}
+const server = serverPool();
 
 test('server-receive: happy path, two messages on one connection, received line, env, REPLY lines relayed', async () => {
   const out = outDir();
@@ -322,15 +316,14 @@ test('server-receive: SIGTERM lets the message in flight finish, then says BYE a
 });
 
 test('server-receive: SIGHUP re-reads the config and the certificate files', async () => {
-  const { startServer, config: cfg, pki, dir } = await import('../imdp-fixture.js');
+  const { pki, dir } = await import('../imdp-fixture.js');
   const { copyFileSync, writeFileSync } = await import('node:fs');
   const certFile = { cert: join(dir, 'reload.crt'), key: join(dir, 'reload.key') };
   const first = pki.server('b.test', { file: 'reload-1' });
   const second = pki.server('b.test', { file: 'reload-2' });
   copyFileSync(first.cert, certFile.cert);
   copyFileSync(first.key, certFile.key);
-  const s = await startServer(cfg({ cert: certFile }));
-  servers.push(s);
+  const s = await server({ cert: certFile });
   // A plain TLS connection each time: an IMDP client would resume its last
   // session, and a resumed session carries no certificate to look at.
   const { connect: tlsConnect } = await import('node:tls');
@@ -346,7 +339,7 @@ test('server-receive: SIGHUP re-reads the config and the certificate files', asy
   copyFileSync(second.cert, certFile.cert);
   copyFileSync(second.key, certFile.key);
   const configFile = /--config (\S+)/.exec(s.proc.spawnargs.join(' '))![1];
-  writeFileSync(configFile, cfg({ cert: certFile, extra: '[limits]\nmax_message_bytes = 2048\n' }));
+  writeFileSync(configFile, config({ cert: certFile, extra: '[limits]\nmax_message_bytes = 2048\n' }));
   s.proc.kill('SIGHUP');
   await s.waitLog(/reloaded configuration and certificates/);
   const after = await fingerprint();
