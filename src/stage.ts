@@ -117,9 +117,10 @@ async function runInProcess(h: StageSpec, name: string & Parameters<typeof loadP
   const aborted = new Promise<number>((res) => ac.signal.addEventListener('abort', () => res(EXIT.TEMPFAIL), { once: true }));
   // Stderr lines of reportFailure carry the program name already; the prefix is for the server log.
   let code: number;
+  let running: Promise<number> | undefined;
   try {
     const main = await loadProgram(name);
-    const running = barrier.run(run, () => main(args, io));
+    running = barrier.run(run, () => main(args, io));
     running.catch(() => {}); // a rejection after an abort is the run's own business
     code = await Promise.race([running, aborted]);
   } catch (e) {
@@ -130,11 +131,30 @@ async function runInProcess(h: StageSpec, name: string & Parameters<typeof loadP
     h.signal?.removeEventListener('abort', stop);
   }
   // Aborted: the program may still be reading; its input goes away so it stops (io.signal says why).
-  if (ac.signal.aborted) h.input.destroy();
+  if (ac.signal.aborted) {
+    h.input.destroy();
+    // A moment to undo what it began (a half-written message in tmp/) before the answer goes out; one that ignores its signal is not waited for longer.
+    if (running) await settledWithin(running, ABORT_GRACE);
+  }
   await new Promise<void>((res) => stdout.end(res));
   stderr.end();
   if (!h.input.readableEnded && !h.input.destroyed) h.input.resume();
   return ac.signal.aborted ? EXIT.TEMPFAIL : code;
+}
+
+/** How long an aborted in-process run may take to clean up after itself before its TEMPFAIL is answered. */
+const ABORT_GRACE = 1000;
+
+/** Resolves when p settles or after ms, whichever comes first. */
+function settledWithin(p: Promise<unknown>, ms: number): Promise<void> {
+  return new Promise((res) => {
+    const t = setTimeout(res, ms);
+    const done = () => {
+      clearTimeout(t);
+      res();
+    };
+    p.then(done, done);
+  });
 }
 
 /** How long a stage that has exited may leave something of its own holding its pipes. */

@@ -275,6 +275,24 @@ describe('handle-incoming-mail', () => {
     assert.equal(r.stdout.toString(), 'FAIL - 5.6.0 message has more than 1000 entries\n');
   });
 
+  it('answers TEMPFAIL, storing nothing, when the input it streams into its one command breaks off (a read error)', async () => {
+    const att = join(dir, 'half-mb.bin');
+    writeFileSync(att, Buffer.alloc(512 * 1024, 3));
+    const msg = await message('-a', att, 'carol@b.test');
+    const before = count('carol');
+    const broken = Readable.from(
+      (async function* () {
+        yield msg.subarray(0, 300 * 1024);
+        throw Object.assign(new Error('ECONNRESET: connection reset by peer'), { code: 'ECONNRESET' });
+      })(),
+    );
+    const r = await runMain('handle-incoming-mail', ['--config', cfg], { input: broken });
+    assert.equal(r.code, 75, r.stderr);
+    assert.equal(r.stdout.toString(), 'TEMPFAIL carol@b.test 4.3.0 cannot spool the message: ECONNRESET: connection reset by peer\n');
+    assert.equal(count('carol'), before);
+    assert.deepEqual(readdirSync(join(boxes, 'carol', 'tmp')), []);
+  });
+
   it('gives every recipient its TEMPFAIL line when the spool is full (RLIMIT_FSIZE), exit 75', async (t) => {
     if (spawnSync('prlimit', ['--version']).status !== 0) return t.skip('prlimit (util-linux) is not installed');
     const att = join(dir, 'two-mb.bin');
