@@ -3,12 +3,13 @@
 // bounded whatever the message size: entry data is a stream the caller
 // consumes (or leaves, and the reader drains it).
 import { once } from 'node:events';
-import { PassThrough, type Readable, Transform, type TransformCallback, type Writable, finished } from 'node:stream';
+import { PassThrough, type Readable, Transform, type TransformCallback, type Writable } from 'node:stream';
 import tar from 'tar-stream';
 import { Failure } from '../failure.js';
 import { type Headers, parseHeaders } from './headers.js';
 import { DEFAULT_LIMITS, type MessageLimits, MessageError } from './limits.js';
 import { ATTACHMENTS, type EntryKind, classifyPath } from './names.js';
+import { joinStreams } from '../streams.js';
 import { TarGuard } from './tar-guard.js';
 import { Utf8Checker } from './utf8.js';
 
@@ -110,44 +111,6 @@ async function drainEntry(stream: Readable, path: string, failed: Error | undefi
   await once(stream, 'end');
 }
 
-/**
- * input -> guard -> extract, as stream.pipeline does it but without the
- * AbortController pipeline makes and aborts on every call: that abort
- * builds an exception with a stack trace, a cost paid several times for
- * every message a server receives. done() once: with no error when all
- * three are through, or with the first error or premature close, after
- * every stream is destroyed.
- */
-function connect(input: Readable, guard: Transform, extract: Writable, done: (err?: Error | null) => void): () => void {
-  let waiting = 3;
-  let settled = false;
-  const each = (err?: Error | null) => {
-    if (settled) return;
-    if (err) {
-      settled = true;
-      // With the error, as pipeline does: an entry stream being read then fails too, rather than wait forever.
-      for (const s of [input, guard, extract]) s.destroy(err);
-      // On the next tick, as pipeline does: an error the reader throws itself comes first.
-      return process.nextTick(done, err);
-    }
-    if (--waiting === 0) {
-      settled = true;
-      process.nextTick(done);
-    }
-  };
-  const watches = [
-    finished(input, { readable: true, writable: false }, each),
-    finished(guard, each),
-    finished(extract, { readable: false, writable: true }, each),
-  ];
-  input.pipe(guard).pipe(extract);
-  // Stop watching (the reader is leaving early and destroys them itself): no premature-close errors are built for nobody.
-  return () => {
-    settled = true;
-    for (const unwatch of watches) unwatch();
-  };
-}
-
 /** Given to the parser when the reader leaves early: one error made once, not one with a stack trace per message. */
 const STOPPED = new Error('the reader stopped early');
 
@@ -165,10 +128,13 @@ export async function* readMessage(input: Readable, limits: MessageLimits = DEFA
   // pipeline has finished.
   let unwatch = () => {};
   const piped = new Promise<void>((res) => {
-    unwatch = connect(input, guard, extract as unknown as Writable, (err) => {
-      if (err && !failed) failed = explain(err);
-      res();
-    });
+    unwatch = joinStreams([input, guard, extract as unknown as Writable], (err) =>
+      // On the next tick, as pipeline does: an error the reader throws itself comes first.
+      process.nextTick(() => {
+        if (err && !failed) failed = explain(err);
+        res();
+      }),
+    );
   });
   const seen: Seen = { index: 0, names: new Set(), attachmentsDir: false };
   let complete = false;

@@ -12,6 +12,7 @@ import { type AttachmentStream, MailParser, type StructuredHeader } from 'mailpa
 import { Failure, asFailure, dataError } from '../failure.js';
 import { type Headers, type MessageParts, type Part, writeMessage } from '../message/index.js';
 import { SpoolStore } from '../spool.js';
+import { joinStreams } from '../streams.js';
 import { CONTENT_IDS, type LegacyHeader, legacyHeaders, toImaHeaders } from './headers.js';
 import { imaIdOfDigest, messageIds } from './ids.js';
 import { AttachmentNames, formatContentIds } from './names.js';
@@ -145,28 +146,6 @@ function useFastPaths(parser: MailParser): void {
 
 const paramsOf = (a: AttachmentStream) => (a.headers.get('content-type') as StructuredHeader | undefined)?.params ?? {};
 
-/**
- * input | meter | parser, every stream destroyed with the first error, an
- * input closed before its end an error too: what stream.pipeline does,
- * without the AbortController it makes and aborts per call (the
- * DOMException that costs was 2 % of converting a small message).
- */
-function connect(input: Readable, meter: Transform, parser: MailParser, onError: (err: Error) => void): void {
-  const all = [input, meter, parser];
-  let failed = false;
-  const fail = (err: Error) => {
-    if (failed) return;
-    failed = true;
-    for (const s of all) s.destroy(err);
-    onError(err);
-  };
-  for (const s of all) s.on('error', fail);
-  input.on('close', () => {
-    if (!input.readableEnded) fail(Object.assign(new Error('Premature close'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }));
-  });
-  input.pipe(meter).pipe(parser);
-}
-
 /** Read a legacy message into a spooled IMA message. Throws a data Failure (exit 65) for a message it cannot convert. */
 export async function readMime(input: Readable, opts: MimeToImaOptions = {}): Promise<ConvertedMessage> {
   const limits = opts.limits ?? MIME_LIMITS;
@@ -194,7 +173,8 @@ export async function readMime(input: Readable, opts: MimeToImaOptions = {}): Pr
   });
   let failed: unknown;
   let reading: Readable | undefined;
-  connect(input, meter, parser, (err) => {
+  joinStreams([input, meter, parser], (err) => {
+    if (!err) return;
     failed ??= err;
     // An attachment stream being read when the parser fails would wait for bytes that never come.
     if (reading && !reading.readableEnded) reading.destroy(err);

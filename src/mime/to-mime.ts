@@ -192,7 +192,9 @@ class OwnHeaders extends Transform {
 /**
  * Pipe streams into the last one and wait for it to finish. (stream.pipeline
  * makes and aborts an AbortController each time, and the DOMException that
- * costs was a tenth of converting a small message.)
+ * costs was a tenth of converting a small message.) Not joinStreams: the
+ * last one may be process.stdout, which must be ended here (pipe() never
+ * does) and never destroyed with a conversion's error.
  */
 function pump(first: Readable, ...rest: Writable[]): Promise<void> {
   const all = [first, ...rest];
