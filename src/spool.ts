@@ -5,8 +5,9 @@
 import { randomBytes } from 'node:crypto';
 import { type FileHandle, open, unlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { finished } from 'node:stream/promises';
 import { join } from 'node:path';
-import { Readable } from 'node:stream';
+import { Readable, Writable } from 'node:stream';
 
 export interface SpoolOptions {
   /** Bytes kept in memory before spilling to a file. */
@@ -21,18 +22,73 @@ export interface SpoolOptions {
 const CHUNK = 512 * 1024;
 
 /**
+ * Buffers lent out and handed back when their last holder is done with
+ * them, for reuse. V8 frees a dead Buffer's memory only at a collection, and
+ * a stream that makes little other garbage (a spooled part read back and
+ * written out) triggers few: each chunk allocated afresh left up to 32 MB of
+ * dead ones between collections. Only the one who knows a chunk is no longer
+ * referenced anywhere may hand it back; a chunk never handed back is simply
+ * collected, as any other.
+ */
+export class BufferPool {
+  private readonly free: Buffer[] = [];
+  private readonly lent = new WeakSet<ArrayBufferLike>();
+  constructor(
+    readonly size: number,
+    private readonly keep = 8,
+  ) {}
+
+  take(): Buffer {
+    const b = this.free.pop() ?? Buffer.allocUnsafeSlow(this.size);
+    this.lent.add(b.buffer);
+    return b;
+  }
+
+  /** Hand back a chunk taken from here (or a view of one); anything else is ignored. */
+  handBack(chunk: Buffer): void {
+    const memory = chunk.buffer;
+    if (!this.lent.delete(memory)) return;
+    if (this.free.length < this.keep) this.free.push(Buffer.from(memory, 0, this.size));
+  }
+}
+
+/**
+ * `out`, written through a stream that hands each chunk back to `pool` once
+ * out's write of it is done. Only for a destination that holds no chunk
+ * after its write callback (a file, process.stdout), never one that passes
+ * chunks on to a reader (a PassThrough).
+ */
+export function handingBack(out: Writable, pool: BufferPool): Writable {
+  const w = new Writable({
+    write(chunk: Buffer, _e, cb) {
+      out.write(chunk, (err) => {
+        if (!err) pool.handBack(chunk);
+        cb(err ?? null);
+      });
+    },
+    final(cb) {
+      out.end();
+      finished(out).then(() => cb(), cb);
+    },
+  });
+  out.on('error', (e) => w.destroy(e));
+  return w;
+}
+
+/**
  * Reads a file handle by position, never closing it: readers of one spool
  * come and go (one may stop early), the handle stays open for the others.
  * (fs.ReadStream closes its fd when destroyed, whatever autoClose says.)
+ * Chunks come from `pool` when given.
  */
-function positionalReader(fh: FileHandle, start: number, size: number): Readable {
+function positionalReader(fh: FileHandle, start: number, size: number, pool?: BufferPool): Readable {
   let pos = start;
   return new Readable({
     highWaterMark: CHUNK,
     read() {
       if (pos >= size) return void this.push(null);
       const len = Math.min(CHUNK, size - pos);
-      fh.read(Buffer.allocUnsafe(len), 0, len, pos).then(
+      fh.read(pool && len === CHUNK ? pool.take() : Buffer.allocUnsafe(len), 0, len, pos).then(
         ({ bytesRead, buffer }) => {
           pos += bytesRead;
           this.push(bytesRead ? buffer.subarray(0, bytesRead) : null);
@@ -111,6 +167,9 @@ export class SpoolStore {
   private fileSize = 0;
   private memoryLeft: number;
 
+  /** Where readers of spooled parts take their chunks from: see handingBack(). */
+  readonly readBuffers = new BufferPool(CHUNK);
+
   constructor(private readonly opts: { memoryBudget?: number; dir?: string } = {}) {
     this.memoryLeft = opts.memoryBudget ?? 8 * 1024 * 1024;
   }
@@ -169,7 +228,7 @@ export class SpoolStore {
       return { size, open: () => buf };
     }
     const file = this.file!;
-    return { size, open: () => positionalReader(file, start, start + size) };
+    return { size, open: () => positionalReader(file, start, start + size, this.readBuffers) };
   }
 
   async dispose(): Promise<void> {

@@ -11,7 +11,7 @@ import { decode as decodeCharset } from 'libmime/lib/charset';
 import { type AttachmentStream, MailParser, type StructuredHeader } from 'mailparser';
 import { Failure, asFailure, dataError } from '../failure.js';
 import { type Headers, type MessageParts, type Part, writeMessage } from '../message/index.js';
-import { SpoolStore } from '../spool.js';
+import { type BufferPool, SpoolStore } from '../spool.js';
 import { joinStreams } from '../streams.js';
 import { CONTENT_IDS, type LegacyHeader, legacyHeaders, toImaHeaders } from './headers.js';
 import { imaIdOfDigest, messageIds } from './ids.js';
@@ -49,6 +49,8 @@ export interface MimeToImaOptions {
 /** An IMA message made from a legacy one: its parts are spooled; dispose() when done. */
 export interface ConvertedMessage extends MessageParts {
   headers: Headers;
+  /** Chunks of spooled parts come from here: write the message through handingBack() to a file or stdout. */
+  readBuffers: BufferPool;
   dispose(): Promise<void>;
 }
 
@@ -119,6 +121,10 @@ function useFastPaths(parser: MailParser): void {
     processHeaders(lines: { key: string }[] | undefined): unknown;
   };
   fastBodies(p.splitter);
+  // Both hand on objects (a body slice of up to a whole input chunk each), and a readable side in object mode
+  // queues 16 of them: megabytes held long enough to outlive a young-generation collection, freed only by a
+  // full one. One at a time keeps the chunks short-lived; the parser reads them one at a time anyway.
+  for (const s of [p.splitter, p.chunkedPassthrough]) (s as unknown as { _readableState: { highWaterMark: number } })._readableState.highWaterMark = 1;
   // mailparser decodes every header of every part (addresses, dates, encoded words); only these are read
   // (the part's type and parameters, disposition, content-id): the message's own headers are ours to map.
   const processHeaders = p.processHeaders;
@@ -224,7 +230,7 @@ export async function readMime(input: Readable, opts: MimeToImaOptions = {}): Pr
     if (contentIds.size) headers.fields.push({ name: CONTENT_IDS, value: formatContentIds(contentIds) });
     const size = headers.serialize().length;
     if (size > limits.maxHeaderBytes) throw dataError(`headers of ${size} bytes exceed the limit of ${limits.maxHeaderBytes} (max_header_bytes)`);
-    return { headers, body, bodyHtml, attachments, dispose: () => store.dispose() };
+    return { headers, body, bodyHtml, attachments, readBuffers: store.readBuffers, dispose: () => store.dispose() };
   } catch (e) {
     parser.destroy();
     input.destroy();

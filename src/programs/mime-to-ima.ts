@@ -3,7 +3,9 @@
 // It does not deliver or route anything (pipe it to handle-incoming-mail or
 // queue-mail), does not check signatures, and writes nothing unless the
 // whole message converted: a failure never leaves half a message.
+import { WriteStream } from 'node:fs';
 import { resolve } from 'node:path';
+import type { Writable } from 'node:stream';
 import type { Argv } from 'yargs';
 import { openInput, start } from '../cli.js';
 import { integer, optional, size, string, table } from '../config.js';
@@ -12,6 +14,7 @@ import { writeFileAtomic } from '../files.js';
 import type { Io } from '../io.js';
 import { MIME_LIMITS, readMime } from '../mime/to-ima.js';
 import { writeMessage } from '../message/index.js';
+import { handingBack } from '../spool.js';
 
 const schema = table({
   max_message_bytes: optional(size({ min: 1024 }), MIME_LIMITS.maxMessageBytes),
@@ -40,9 +43,11 @@ export async function main(args: string[], io: Io): Promise<number> {
     limits: { maxMessageBytes: config.max_message_bytes, maxHeaderBytes: config.max_header_bytes, maxParts: config.max_parts, maxDepth: config.max_depth },
     spoolDir: config.spool_dir ? resolve(source.dir, config.spool_dir) : undefined,
   });
+  // A file or the process's stdout is done with a chunk once written: the chunks of spooled parts are then reused.
+  const dest = (out: Writable) => (out === process.stdout || out instanceof WriteStream ? handingBack(out, message.readBuffers) : out);
   try {
-    if (argv.output) await writeFileAtomic(resolve(io.cwd, argv.output), (out) => writeMessage(out, message));
-    else await writeMessage(io.stdout, message);
+    if (argv.output) await writeFileAtomic(resolve(io.cwd, argv.output), (out) => writeMessage(dest(out), message));
+    else await writeMessage(dest(io.stdout), message);
   } finally {
     await message.dispose();
   }
