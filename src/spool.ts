@@ -20,6 +20,12 @@ export interface SpoolOptions {
 }
 
 const CHUNK = 512 * 1024;
+/**
+ * Bytes of one part a SpoolStore keeps in memory. A larger part goes to the
+ * file, and what was gathered of it in memory until then is garbage that
+ * has lived long enough to wait for a full collection: the less, the better.
+ */
+const PART_MEMORY = 1024 * 1024;
 
 /**
  * Buffers lent out and handed back when their last holder is done with
@@ -33,6 +39,7 @@ const CHUNK = 512 * 1024;
 export class BufferPool {
   private readonly free: Buffer[] = [];
   private readonly lent = new WeakSet<ArrayBufferLike>();
+  private readonly passed = new WeakSet<Buffer>();
   constructor(
     readonly size: number,
     private readonly keep = 8,
@@ -42,6 +49,21 @@ export class BufferPool {
     const b = this.free.pop() ?? Buffer.allocUnsafeSlow(this.size);
     this.lent.add(b.buffer);
     return b;
+  }
+
+  /** Mark `view` as the one reference to its buffer left: whoever consumes it hands the buffer back (consumed()). */
+  passOn(view: Buffer): void {
+    this.passed.add(view);
+  }
+
+  /** The consumer of `chunk` is done with it: its buffer is handed back if it was passed on as the one reference. */
+  consumed(chunk: Buffer): void {
+    if (this.passed.delete(chunk)) this.handBack(chunk);
+  }
+
+  /** Whether `chunk` is (a view of) a buffer lent from here and not yet handed back. */
+  lends(chunk: Buffer): boolean {
+    return this.lent.has(chunk.buffer);
   }
 
   /** Hand back a chunk taken from here (or a view of one); anything else is ignored. */
@@ -73,6 +95,30 @@ export function handingBack(out: Writable, pool: BufferPool): Writable {
   });
   out.on('error', (e) => w.destroy(e));
   return w;
+}
+
+/** A file or pipe read in sequence into buffers from `pool`; the handle is closed at the end or when destroyed. */
+export function pooledReader(fh: FileHandle, pool: BufferPool): Readable {
+  return new Readable({
+    highWaterMark: pool.size,
+    read() {
+      const buf = pool.take();
+      fh.read(buf, 0, buf.length, null).then(
+        ({ bytesRead }) => {
+          if (bytesRead) return void this.push(buf.subarray(0, bytesRead));
+          pool.handBack(buf);
+          this.push(null);
+        },
+        (e) => this.destroy(e),
+      );
+    },
+    destroy(err, cb) {
+      fh.close().then(
+        () => cb(err),
+        () => cb(err),
+      );
+    },
+  });
 }
 
 /**
@@ -174,8 +220,12 @@ export class SpoolStore {
     this.memoryLeft = opts.memoryBudget ?? 8 * 1024 * 1024;
   }
 
-  /** Read input to its end into the store; the part reads it back as often as asked. */
-  async add(input: AsyncIterable<unknown>): Promise<{ size: number; open(): Readable | Buffer }> {
+  /**
+   * Read input to its end into the store; the part reads it back as often as asked.
+   * Chunks of input taken from `lentFrom` are handed back to it once written
+   * (or copied, when kept in memory): the input's producer must hold none of them.
+   */
+  async add(input: AsyncIterable<unknown>, lentFrom?: BufferPool): Promise<{ size: number; open(): Readable | Buffer }> {
     const chunks: Buffer[] = [];
     let size = 0;
     let start = -1;
@@ -195,6 +245,7 @@ export class SpoolStore {
       writing = writing.then(async () => {
         await file.writev(data, at);
         queued--;
+        if (lentFrom) for (const c of data) lentFrom.handBack(c);
       });
       writing.catch(() => {}); // awaited below and in finally; this only keeps a failure from counting as unhandled meanwhile
       if (queued > 2) await writing;
@@ -204,8 +255,12 @@ export class SpoolStore {
         const chunk = typeof c === 'string' ? Buffer.from(c) : (c as Buffer);
         if (chunk.length === 0) continue;
         size += chunk.length;
-        if (start === -1 && size <= this.memoryLeft) {
-          chunks.push(chunk);
+        if (start === -1 && size <= Math.min(this.memoryLeft, PART_MEMORY)) {
+          // A pooled chunk is a view of a larger buffer that would stay held: keep a copy.
+          if (lentFrom?.lends(chunk)) {
+            chunks.push(Buffer.from(chunk));
+            lentFrom.handBack(chunk);
+          } else chunks.push(chunk);
           continue;
         }
         if (start === -1) {

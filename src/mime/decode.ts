@@ -8,10 +8,13 @@
 // spaces, garbage, base64url characters) takes libbase64's algorithm for that
 // chunk, so the bytes out are the same as the library's for every input.
 import { Transform, type TransformCallback } from 'node:stream';
+import type { BufferPool } from '../spool.js';
 
 const LF = 0x0a;
 const CR = 0x0d;
 const PIECE = 64 * 1024;
+/** The most bytes a chunk of `length` bytes of base64 decodes to (with up to 3 characters carried from the chunk before). */
+export const decodedSize = (length: number) => Math.floor((length + 3) / 4) * 3;
 const NOT_BASE64 = /[^A-Za-z0-9+/=]/g;
 /** Bytes Node's decoder reads as base64 but libbase64 strips as garbage, and the padding that ends a segment. */
 const SPECIAL = [0x3d /* = */, 0x2d /* - */, 0x5f /* _ */];
@@ -50,20 +53,43 @@ export class Base64Decoder extends Transform {
   /** Base64 characters (never more than 3) waiting for the rest of their group. */
   private carry = '';
 
+  /**
+   * With `pool`, the common body is decoded into its buffers (SpoolStore.add()
+   * hands them back once written); a chunk passed on from `input` is handed
+   * back as soon as it is decoded (fastBodies() in split.ts).
+   */
+  constructor(
+    private readonly pool?: BufferPool,
+    private readonly input?: BufferPool,
+  ) {
+    super();
+  }
+
   override _transform(chunk: Buffer, _e: BufferEncoding, cb: TransformCallback): void {
-    // In pieces of at most 64 KiB: the latin1 string of each then dies young (larger ones live in V8's
-    // large-object space until a full collection), which keeps peak memory down. Groups of 4 decode
-    // the same apart as together, so only the slow path, which handles padding, gets the rest whole.
-    for (let at = 0; at < chunk.length;) {
+    // Into one buffer per chunk: a reader's read() joins the buffers queued on a stream into a new one, and
+    // one leaves nothing to join. In pieces of at most 64 KiB: the latin1 string of each then dies young
+    // (larger ones live in V8's large-object space until a full collection), which keeps peak memory down.
+    // Groups of 4 decode the same apart as together, so only the slow path, which handles padding, gets
+    // the rest whole.
+    const most = decodedSize(chunk.length);
+    const pool = this.pool && most <= this.pool.size ? this.pool : undefined;
+    const out = pool ? pool.take() : Buffer.allocUnsafe(most);
+    let length = 0;
+    let at = 0;
+    while (at < chunk.length) {
       const piece = chunk.subarray(at, at + PIECE);
-      let out = this.fast(piece);
-      if (out) at += piece.length;
-      else {
-        out = this.slow(chunk.subarray(at));
-        at = chunk.length;
-      }
-      if (out.length) this.push(out);
+      const n = this.fast(piece, out, length);
+      if (n === undefined) break;
+      length += n;
+      at += piece.length;
     }
+    if (length) this.push(out.subarray(0, length));
+    else pool?.handBack(out);
+    if (at < chunk.length) {
+      const rest = this.slow(chunk.subarray(at));
+      if (rest.length) this.push(rest);
+    }
+    this.input?.consumed(chunk);
     cb();
   }
 
@@ -74,8 +100,8 @@ export class Base64Decoder extends Transform {
     cb();
   }
 
-  /** Lines of base64 characters and line ends only: decoded in one native call, or undefined to take the slow path. */
-  private fast(chunk: Buffer): Buffer | undefined {
+  /** Lines of base64 characters and line ends only: decoded in one native call into out at offset (the bytes written), or undefined to take the slow path. */
+  private fast(chunk: Buffer, out: Buffer, offset: number): number | undefined {
     for (const b of SPECIAL) if (chunk.indexOf(b) !== -1) return undefined;
     const chars = this.carry.length + chunk.length - lineEnds(chunk);
     if (chars < 4) return undefined;
@@ -90,11 +116,11 @@ export class Base64Decoder extends Transform {
       tail = String.fromCharCode(b) + tail;
       keep--;
     }
-    const out = Buffer.from(this.carry + chunk.toString('latin1', 0, cut), 'base64');
+    const bytes = ((chars - tail.length) / 4) * 3;
     // Node skips what is not base64 (spaces, garbage), so fewer bytes than the count promises means some was there.
-    if (out.length !== ((chars - tail.length) / 4) * 3) return undefined;
+    if (out.write(this.carry + chunk.toString('latin1', 0, cut), offset, bytes, 'base64') !== bytes) return undefined;
     this.carry = tail;
-    return out;
+    return bytes;
   }
 
   /** libbase64's Decoder, step for step: strip what is not base64, decode through the last padding, carry the partial group. */

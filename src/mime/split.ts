@@ -8,11 +8,12 @@
 // base64 attachment then costs two native searches per 64 KiB, not a
 // thousand lines.
 import type { Transform, TransformCallback } from 'node:stream';
+import type { BufferPool } from '../spool.js';
 
 /** What this needs of mailsplit's splitter (lib/message-splitter.js); its state constants are HEAD = 1, BODY = 2. */
 interface Splitter extends Transform {
   state: number;
-  node: { multipart?: unknown };
+  node: { multipart?: unknown; encoding?: string | false };
   lineChunks: Buffer[];
   lineLength: number;
   pendingLineTruncated: boolean;
@@ -59,8 +60,12 @@ function couldBeDelimiter(line: Buffer): boolean {
  * belong to a delimiter that follows); with the rest of its line it goes out
  * first when that line cannot be a delimiter, and is taken from the splitter
  * only then. Nothing is copied but that one line.
+ *
+ * An input chunk lent from `input` whose body slice goes to a base64 part
+ * (decoded at once by Base64Decoder, which then hands it back) is held by
+ * nothing else: the little the splitter keeps of it is copied.
  */
-export function fastBodies(splitter: Transform): void {
+export function fastBodies(splitter: Transform, input?: BufferPool): void {
   const s = splitter as Splitter;
   const original = s._transform;
   s._transform = function (this: Splitter, chunk: Buffer, encoding: BufferEncoding, cb: TransformCallback) {
@@ -77,8 +82,13 @@ export function fastBodies(splitter: Transform): void {
         this.lineChunks = [];
         this.lineLength = 0;
         if (head) this.push({ node: this.node, type: 'body', value: head });
-        this.push({ node: this.node, type: 'body', value: rest.subarray(0, plain) });
+        const slice = rest.subarray(0, plain);
         chunk = rest.subarray(plain);
+        if (input?.lends(slice) && this.node.encoding === 'base64') {
+          chunk = Buffer.from(chunk);
+          input.passOn(slice);
+        }
+        this.push({ node: this.node, type: 'body', value: slice });
       }
     }
     original.call(this, chunk, encoding, cb);

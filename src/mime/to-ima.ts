@@ -11,12 +11,12 @@ import { decode as decodeCharset } from 'libmime/lib/charset';
 import { type AttachmentStream, MailParser, type StructuredHeader } from 'mailparser';
 import { Failure, asFailure, dataError } from '../failure.js';
 import { type Headers, type MessageParts, type Part, writeMessage } from '../message/index.js';
-import { type BufferPool, SpoolStore } from '../spool.js';
+import { BufferPool, SpoolStore } from '../spool.js';
 import { joinStreams } from '../streams.js';
 import { CONTENT_IDS, type LegacyHeader, legacyHeaders, toImaHeaders } from './headers.js';
 import { imaIdOfDigest, messageIds } from './ids.js';
 import { AttachmentNames, formatContentIds } from './names.js';
-import { Base64Decoder } from './decode.js';
+import { Base64Decoder, decodedSize } from './decode.js';
 import { fastBodies } from './split.js';
 import { CrlfToLf, Utf8Validator, charsetDecoder } from './text.js';
 
@@ -31,6 +31,9 @@ export interface MimeLimits {
   maxDepth: number;
 }
 
+/** Bytes of the chunks a program best reads its input in (see MimeToImaOptions.inputChunks). */
+export const INPUT_CHUNK = 256 * 1024;
+
 export const MIME_LIMITS: Readonly<MimeLimits> = Object.freeze({
   maxMessageBytes: 2 * 1024 ** 3,
   maxHeaderBytes: 64 * 1024,
@@ -44,6 +47,8 @@ export interface MimeToImaOptions {
   spoolDir?: string;
   /** Bytes of parts kept in memory before spooling to a file. */
   spoolMemory?: number;
+  /** The pool the input's chunks are lent from (pooledReader()), to hand back those it is done with. */
+  inputChunks?: BufferPool;
 }
 
 /** An IMA message made from a legacy one: its parts are spooled; dispose() when done. */
@@ -113,14 +118,14 @@ interface SplitNode {
  * (split.ts, decode.ts; the same bytes out, tested against the library's):
  * plain body lines pass the splitter as one slice, base64 is decoded natively.
  */
-function useFastPaths(parser: MailParser): void {
+function useFastPaths(parser: MailParser, decoded: BufferPool, input: BufferPool | undefined): void {
   const p = parser as unknown as {
     splitter: Transform;
     chunkedPassthrough: Rechunker;
     createNode(node: SplitNode): unknown;
     processHeaders(lines: { key: string }[] | undefined): unknown;
   };
-  fastBodies(p.splitter);
+  fastBodies(p.splitter, input);
   // Both hand on objects (a body slice of up to a whole input chunk each), and a readable side in object mode
   // queues 16 of them: megabytes held long enough to outlive a young-generation collection, freed only by a
   // full one. One at a time keeps the chunks short-lived; the parser reads them one at a time anyway.
@@ -145,7 +150,7 @@ function useFastPaths(parser: MailParser): void {
   const createNode = p.createNode.bind(parser);
   p.createNode = (node) => {
     // createNode() asks the node for its decoder; the node's headers are parsed by then.
-    if (node.encoding === 'base64') node.getDecoder = () => new Base64Decoder();
+    if (node.encoding === 'base64') node.getDecoder = () => new Base64Decoder(decoded, input);
     return createNode(node);
   };
 }
@@ -170,7 +175,9 @@ export async function readMime(input: Readable, opts: MimeToImaOptions = {}): Pr
   // mailparser buffers text parts whole and joins them into one text; with no
   // text types every leaf part comes out as a stream, and the choice of body is ours.
   (parser as unknown as { textTypes: string[] }).textTypes = [];
-  useFastPaths(parser);
+  // Decoded base64 goes into buffers that the store hands back once it has written them; nothing else holds one.
+  const decoded = new BufferPool(decodedSize(INPUT_CHUNK), 64);
+  useFastPaths(parser, decoded, opts.inputChunks);
   let legacy: LegacyHeader[] | undefined;
   parser.once('headerLines', (lines: ReadonlyArray<{ key: string; line: string }>) => {
     legacy = legacyHeaders(lines);
@@ -197,7 +204,7 @@ export async function readMime(input: Readable, opts: MimeToImaOptions = {}): Pr
       const depth = item.partId ? item.partId.split('.').length : 0;
       if (depth > limits.maxDepth) throw dataError(`MIME parts nested deeper than ${limits.maxDepth} levels (max_depth)`);
       reading = item.content;
-      const raw = await store.add(item.content);
+      const raw = await store.add(item.content, decoded);
       reading = undefined;
       item.release?.();
       const type = (item.contentType ?? 'application/octet-stream').toLowerCase();

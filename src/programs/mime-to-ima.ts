@@ -4,17 +4,18 @@
 // queue-mail), does not check signatures, and writes nothing unless the
 // whole message converted: a failure never leaves half a message.
 import { WriteStream } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { resolve } from 'node:path';
-import type { Writable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
 import type { Argv } from 'yargs';
 import { openInput, start } from '../cli.js';
 import { integer, optional, size, string, table } from '../config.js';
-import { EXIT, usageError } from '../failure.js';
+import { EXIT, noInput, usageError } from '../failure.js';
 import { writeFileAtomic } from '../files.js';
 import type { Io } from '../io.js';
-import { MIME_LIMITS, readMime } from '../mime/to-ima.js';
+import { INPUT_CHUNK, MIME_LIMITS, readMime } from '../mime/to-ima.js';
 import { writeMessage } from '../message/index.js';
-import { handingBack } from '../spool.js';
+import { BufferPool, handingBack, pooledReader } from '../spool.js';
 
 const schema = table({
   max_message_bytes: optional(size({ min: 1024 }), MIME_LIMITS.maxMessageBytes),
@@ -29,6 +30,15 @@ const options = (y: Argv) =>
     .option('output', { alias: 'o', type: 'string', describe: 'Write to FILE (atomically) instead of stdout', requiresArg: true })
     .option('force', { type: 'boolean', describe: 'Write the binary message to a terminal anyway' });
 
+async function openFile(file: string, io: Io, pool: BufferPool): Promise<Readable> {
+  try {
+    return pooledReader(await open(resolve(io.cwd, file), 'r'), pool);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw noInput(file, code === 'ENOENT' ? 'no such file' : `cannot read (${code})`);
+  }
+}
+
 export async function main(args: string[], io: Io): Promise<number> {
   const s = await start({ name: 'mime-to-ima', role: 'user', usage: '$0 [options] [FILE]', schema, options }, args, io);
   if (typeof s === 'number') return s;
@@ -38,8 +48,11 @@ export async function main(args: string[], io: Io): Promise<number> {
   if (!argv.output && (io.stdout as { isTTY?: boolean }).isTTY && !argv.force) {
     throw usageError('refusing to write a binary message to a terminal: use --output FILE, a pipe, or --force');
   }
-  const input = await openInput(file, io);
+  // A FILE is read into buffers handed back as soon as the parser is done with them (see readMime's inputChunks).
+  const inputChunks = file ? new BufferPool(INPUT_CHUNK) : undefined;
+  const input = file ? await openFile(file, io, inputChunks!) : await openInput(undefined, io);
   const message = await readMime(input, {
+    inputChunks,
     limits: { maxMessageBytes: config.max_message_bytes, maxHeaderBytes: config.max_header_bytes, maxParts: config.max_parts, maxDepth: config.max_depth },
     spoolDir: config.spool_dir ? resolve(source.dir, config.spool_dir) : undefined,
   });

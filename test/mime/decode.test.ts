@@ -7,15 +7,32 @@ import { Readable, type Transform } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
 import { describe, it } from 'node:test';
 import { Decoder as LibDecoder } from 'libbase64';
-import { Base64Decoder } from '../../src/mime/decode.js';
+import { Base64Decoder, decodedSize } from '../../src/mime/decode.js';
+import { BufferPool } from '../../src/spool.js';
 
 async function run(decoder: Transform, chunks: Buffer[]): Promise<Buffer> {
   return buffer(Readable.from(chunks).pipe(decoder));
 }
 
-/** Both decoders on the same chunks. */
+/**
+ * The decoder with its buffers from a pool, each chunk out copied and
+ * handed back at once: a buffer reused while still held would show.
+ */
+async function pooled(chunks: Buffer[]): Promise<Buffer> {
+  const pool = new BufferPool(decodedSize(4096), 2);
+  const out: Buffer[] = [];
+  for await (const c of Readable.from(chunks).pipe(new Base64Decoder(pool))) {
+    out.push(Buffer.from(c as Buffer));
+    pool.handBack(c as Buffer);
+  }
+  return Buffer.concat(out);
+}
+
+/** Both decoders on the same chunks (and the fast one with pooled buffers, which must give the same). */
 async function both(chunks: Buffer[]): Promise<[Buffer, Buffer]> {
-  return [await run(new Base64Decoder(), chunks), await run(new LibDecoder() as unknown as Transform, chunks)];
+  const fast = await run(new Base64Decoder(), chunks);
+  assert.deepEqual(await pooled(chunks), fast, 'with pooled buffers');
+  return [fast, await run(new LibDecoder() as unknown as Transform, chunks)];
 }
 
 /** The input cut in two at every offset, and in three at pairs of offsets near its line ends. */
@@ -82,7 +99,22 @@ describe('Base64Decoder gives the bytes libbase64 gives', () => {
       const fast = await run(new Base64Decoder(), chunks);
       const lib = await run(new LibDecoder() as unknown as Transform, chunks);
       assert.deepEqual(fast, lib, `chunks of ${size}`);
+      assert.deepEqual(await pooled(chunks), fast, `chunks of ${size}, pooled`);
       if (size >= 4096) assert.deepEqual(fast, data, `chunks of ${size}`);
     }
+  });
+
+  it('an input chunk passed on to it is handed back once decoded, and only such a chunk', async () => {
+    const input = new BufferPool(1024);
+    const text = Buffer.from(wrap(randomBytes(300).toString('base64'), 76, '\r\n'));
+    const [passed, kept] = [input.take(), input.take()];
+    text.copy(passed);
+    text.copy(kept);
+    const view = passed.subarray(0, text.length);
+    input.passOn(view);
+    const out = run(new Base64Decoder(undefined, input), [view, kept.subarray(0, text.length)]);
+    assert.equal((await out).length, 600);
+    assert.equal(input.lends(passed), false);
+    assert.equal(input.lends(kept), true);
   });
 });

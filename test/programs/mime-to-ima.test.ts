@@ -30,6 +30,27 @@ describe('mime-to-ima', () => {
     assert.deepEqual(again.stdout, readFileSync(join(dir, 'out.ima')));
     assert.equal(one(await readIma(again.stdout), 'mime-message-id'), '<hi@a.test>');
   });
+  it('a large base64 attachment: a FILE to --output, a FILE to stdout and stdin to stdout give the same bytes, the attachment intact', async () => {
+    // Several MB: the input, decoded and spooled chunks are lent from pools and reused (a FILE, written to a file or stdout).
+    const dir = tempDir();
+    const data = Buffer.alloc(5 * 1024 * 1024 + 11);
+    for (let i = 0; i + 4 <= data.length; i += 4) data.writeUInt32LE((i * 2654435761) >>> 0, i);
+    const b64 = data.toString('base64').replace(/.{76}/g, '$&\r\n');
+    const eml =
+      'From: a@a.test\r\nSubject: big\r\nMessage-ID: <big@a.test>\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n' +
+      `--B\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--B\r\nContent-Type: application/octet-stream; name=big.bin\r\nContent-Transfer-Encoding: base64\r\n\r\n${b64}\r\n--B--\r\n`;
+    writeFileSync(join(dir, 'big.eml'), eml);
+    const toFile = await runBin('mime-to-ima', ['-o', join(dir, 'out.ima'), join(dir, 'big.eml')]);
+    assert.equal(toFile.code, 0, toFile.stderr);
+    const toStdout = await runBin('mime-to-ima', [join(dir, 'big.eml')]);
+    assert.equal(toStdout.code, 0, toStdout.stderr);
+    const fromStdin = await runMain('mime-to-ima', [], { input: eml });
+    assert.equal(fromStdin.code, 0, fromStdin.stderr);
+    assert.ok(readFileSync(join(dir, 'out.ima')).equals(fromStdin.stdout));
+    assert.ok(toStdout.stdout.equals(fromStdin.stdout));
+    const attachment = await runCommand('tar', ['xOf', join(dir, 'out.ima'), 'attachments/big.bin']);
+    assert.ok(attachment.stdout.equals(data));
+  });
   it('a message over a configured limit: one line naming the key, exit 65, nothing on stdout', async () => {
     const dir = tempDir();
     writeFileSync(join(dir, 'mime-to-ima.toml'), 'max_parts = 2\n');
