@@ -3,6 +3,7 @@
 // goes to a file that is unlinked as soon as it is created, so a crash never
 // leaves it behind.
 import { randomBytes } from 'node:crypto';
+import { WriteStream } from 'node:fs';
 import { type FileHandle, open, unlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { finished } from 'node:stream/promises';
@@ -32,9 +33,10 @@ const PART_MEMORY = 1024 * 1024;
  * them, for reuse. V8 frees a dead Buffer's memory only at a collection, and
  * a stream that makes little other garbage (a spooled part read back and
  * written out) triggers few: each chunk allocated afresh left up to 32 MB of
- * dead ones between collections. Only the one who knows a chunk is no longer
- * referenced anywhere may hand it back; a chunk never handed back is simply
- * collected, as any other.
+ * dead ones between collections. A taker passes a view of the buffer on as
+ * the one reference to it (passOn); only the receiver of that very object
+ * (not a slice or a copy made of it on the way) hands it back, when done
+ * with it (consumed). A chunk never handed back is simply collected.
  */
 export class BufferPool {
   private readonly free: Buffer[] = [];
@@ -51,40 +53,46 @@ export class BufferPool {
     return b;
   }
 
-  /** Mark `view` as the one reference to its buffer left: whoever consumes it hands the buffer back (consumed()). */
-  passOn(view: Buffer): void {
+  /** Pass `view` (of a buffer taken from here) on as the one reference to that buffer. */
+  passOn(view: Buffer): Buffer {
     this.passed.add(view);
+    return view;
   }
 
-  /** The consumer of `chunk` is done with it: its buffer is handed back if it was passed on as the one reference. */
+  /** Whether `chunk` is a view passed on and not yet consumed. */
+  passedOn(chunk: Buffer): boolean {
+    return this.passed.has(chunk);
+  }
+
+  /** The receiver of `from`, a view passed on, passes on `to` (a view of the same buffer) as the one reference left. */
+  transfer(from: Buffer, to: Buffer): void {
+    if (this.passed.delete(from)) this.passed.add(to);
+  }
+
+  /** The receiver of a view passed on is done with it: its buffer is handed back. Anything else is ignored. */
   consumed(chunk: Buffer): void {
     if (this.passed.delete(chunk)) this.handBack(chunk);
   }
 
-  /** Whether `chunk` is (a view of) a buffer lent from here and not yet handed back. */
-  lends(chunk: Buffer): boolean {
-    return this.lent.has(chunk.buffer);
-  }
-
-  /** Hand back a chunk taken from here (or a view of one); anything else is ignored. */
-  handBack(chunk: Buffer): void {
-    const memory = chunk.buffer;
+  /** A buffer taken from here and never passed on, handed back by its taker. */
+  handBack(buf: Buffer): void {
+    const memory = buf.buffer;
     if (!this.lent.delete(memory)) return;
     if (this.free.length < this.keep) this.free.push(Buffer.from(memory, 0, this.size));
   }
 }
 
 /**
- * `out`, written through a stream that hands each chunk back to `pool` once
- * out's write of it is done. Only for a destination that holds no chunk
- * after its write callback (a file, process.stdout), never one that passes
- * chunks on to a reader (a PassThrough).
+ * `out`, written through a stream that tells `pools` each chunk is consumed
+ * once out's write of it is done. Only for a destination that holds no
+ * chunk after its write callback (a file, process.stdout), never one that
+ * passes chunks on to a reader (a PassThrough).
  */
-export function handingBack(out: Writable, pool: BufferPool): Writable {
+export function handingBack(out: Writable, ...pools: BufferPool[]): Writable {
   const w = new Writable({
     write(chunk: Buffer, _e, cb) {
       out.write(chunk, (err) => {
-        if (!err) pool.handBack(chunk);
+        if (!err) for (const pool of pools) pool.consumed(chunk);
         cb(err ?? null);
       });
     },
@@ -97,6 +105,9 @@ export function handingBack(out: Writable, pool: BufferPool): Writable {
   return w;
 }
 
+/** Whether chunks written to `out` are done with once its write callback has run (see handingBack). */
+export const writesThrough = (out: Writable) => out === process.stdout || out instanceof WriteStream;
+
 /** A file or pipe read in sequence into buffers from `pool`; the handle is closed at the end or when destroyed. */
 export function pooledReader(fh: FileHandle, pool: BufferPool): Readable {
   return new Readable({
@@ -105,7 +116,7 @@ export function pooledReader(fh: FileHandle, pool: BufferPool): Readable {
       const buf = pool.take();
       fh.read(buf, 0, buf.length, null).then(
         ({ bytesRead }) => {
-          if (bytesRead) return void this.push(buf.subarray(0, bytesRead));
+          if (bytesRead) return void this.push(pool.passOn(buf.subarray(0, bytesRead)));
           pool.handBack(buf);
           this.push(null);
         },
@@ -134,10 +145,13 @@ function positionalReader(fh: FileHandle, start: number, size: number, pool?: Bu
     read() {
       if (pos >= size) return void this.push(null);
       const len = Math.min(CHUNK, size - pos);
-      fh.read(pool && len === CHUNK ? pool.take() : Buffer.allocUnsafe(len), 0, len, pos).then(
+      const pooled = pool && len <= pool.size ? pool : undefined;
+      fh.read(pooled ? pooled.take() : Buffer.allocUnsafe(len), 0, len, pos).then(
         ({ bytesRead, buffer }) => {
           pos += bytesRead;
-          this.push(bytesRead ? buffer.subarray(0, bytesRead) : null);
+          if (!bytesRead) pooled?.handBack(buffer);
+          const view = bytesRead ? buffer.subarray(0, bytesRead) : null;
+          this.push(view && pooled ? pooled.passOn(view) : view);
         },
         (e) => this.destroy(e),
       );
@@ -222,8 +236,8 @@ export class SpoolStore {
 
   /**
    * Read input to its end into the store; the part reads it back as often as asked.
-   * Chunks of input taken from `lentFrom` are handed back to it once written
-   * (or copied, when kept in memory): the input's producer must hold none of them.
+   * Chunks of input passed on from `lentFrom` are consumed once written (or
+   * copied, when kept in memory).
    */
   async add(input: AsyncIterable<unknown>, lentFrom?: BufferPool): Promise<{ size: number; open(): Readable | Buffer }> {
     const chunks: Buffer[] = [];
@@ -245,7 +259,7 @@ export class SpoolStore {
       writing = writing.then(async () => {
         await file.writev(data, at);
         queued--;
-        if (lentFrom) for (const c of data) lentFrom.handBack(c);
+        if (lentFrom) for (const c of data) lentFrom.consumed(c);
       });
       writing.catch(() => {}); // awaited below and in finally; this only keeps a failure from counting as unhandled meanwhile
       if (queued > 2) await writing;
@@ -257,9 +271,9 @@ export class SpoolStore {
         size += chunk.length;
         if (start === -1 && size <= Math.min(this.memoryLeft, PART_MEMORY)) {
           // A pooled chunk is a view of a larger buffer that would stay held: keep a copy.
-          if (lentFrom?.lends(chunk)) {
+          if (lentFrom?.passedOn(chunk)) {
             chunks.push(Buffer.from(chunk));
-            lentFrom.handBack(chunk);
+            lentFrom.consumed(chunk);
           } else chunks.push(chunk);
           continue;
         }

@@ -33,7 +33,7 @@ test('spool: the chunks of a spooled part are reused once handed back, and fresh
     for await (const c of part.open() as Readable) {
       memories.add((c as Buffer).buffer);
       got.push(Buffer.from(c as Buffer));
-      store.readBuffers.handBack(c as Buffer);
+      store.readBuffers.consumed(c as Buffer);
     }
     assert.equal(sha(Buffer.concat(got)), sha(data));
     assert.ok(memories.size <= 3, `${memories.size} buffers for 11 chunks handed back one by one`);

@@ -83,7 +83,7 @@ export class Base64Decoder extends Transform {
       length += n;
       at += piece.length;
     }
-    if (length) this.push(out.subarray(0, length));
+    if (length) this.push(pool ? pool.passOn(out.subarray(0, length)) : out.subarray(0, length));
     else pool?.handBack(out);
     if (at < chunk.length) {
       const rest = this.slow(chunk.subarray(at));

@@ -70,6 +70,7 @@ export function fastBodies(splitter: Transform, input?: BufferPool): void {
   const original = s._transform;
   s._transform = function (this: Splitter, chunk: Buffer, encoding: BufferEncoding, cb: TransformCallback) {
     if (this.state === BODY && !this.node.multipart && !this.pendingLineTruncated && !this.hasFailed) {
+      const received = chunk;
       let head: Buffer | undefined;
       let rest = chunk;
       if (this.lineLength) {
@@ -84,9 +85,9 @@ export function fastBodies(splitter: Transform, input?: BufferPool): void {
         if (head) this.push({ node: this.node, type: 'body', value: head });
         const slice = rest.subarray(0, plain);
         chunk = rest.subarray(plain);
-        if (input?.lends(slice) && this.node.encoding === 'base64') {
+        if (input?.passedOn(received) && this.node.encoding === 'base64') {
           chunk = Buffer.from(chunk);
-          input.passOn(slice);
+          input.transfer(received, slice);
         }
         this.push({ node: this.node, type: 'body', value: slice });
       }

@@ -3,7 +3,6 @@
 // It does not deliver or route anything (pipe it to handle-incoming-mail or
 // queue-mail), does not check signatures, and writes nothing unless the
 // whole message converted: a failure never leaves half a message.
-import { WriteStream } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
@@ -15,7 +14,7 @@ import { writeFileAtomic } from '../files.js';
 import type { Io } from '../io.js';
 import { INPUT_CHUNK, MIME_LIMITS, readMime } from '../mime/to-ima.js';
 import { writeMessage } from '../message/index.js';
-import { BufferPool, handingBack, pooledReader } from '../spool.js';
+import { BufferPool, handingBack, pooledReader, writesThrough } from '../spool.js';
 
 const schema = table({
   max_message_bytes: optional(size({ min: 1024 }), MIME_LIMITS.maxMessageBytes),
@@ -57,7 +56,7 @@ export async function main(args: string[], io: Io): Promise<number> {
     spoolDir: config.spool_dir ? resolve(source.dir, config.spool_dir) : undefined,
   });
   // A file or the process's stdout is done with a chunk once written: the chunks of spooled parts are then reused.
-  const dest = (out: Writable) => (out === process.stdout || out instanceof WriteStream ? handingBack(out, message.readBuffers) : out);
+  const dest = (out: Writable) => (writesThrough(out) ? handingBack(out, message.readBuffers) : out);
   try {
     if (argv.output) await writeFileAtomic(resolve(io.cwd, argv.output), (out) => writeMessage(dest(out), message));
     else await writeMessage(dest(io.stdout), message);
