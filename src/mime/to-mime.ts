@@ -11,12 +11,14 @@ import { detectMimeType } from 'nodemailer/lib/mime-funcs';
 import { Failure, asFailure, dataError } from '../failure.js';
 import { Mailbox } from '../mailbox.js';
 import { DEFAULT_LIMITS, type Headers, type MessageLimits, MessageError, type MessageParts, type Part, parseHeaders, readMessage } from '../message/index.js';
-import { SpoolStore } from '../spool.js';
+import { BufferPool, SpoolStore, handingBack, writesThrough } from '../spool.js';
 import { CONTENT_IDS, toMimeHeaderLines } from './headers.js';
 import { parseContentIds } from './names.js';
 import { CrlfToLf } from './text.js';
 
 export interface ImaToMimeOptions {
+  /** The pool the parts' chunks are passed on from (a SpoolStore's readBuffers): encoders consume them. */
+  readBuffers?: BufferPool;
   /** "crlf" for SMTP, "lf" (the default) for files, pipes and Maildir. */
   newline?: 'crlf' | 'lf';
   /** Write the bcc header (a mailbox copy: yes; a message going out over SMTP: never). */
@@ -100,6 +102,11 @@ async function messageEncoding(part: Part, newline: 'lf' | 'crlf'): Promise<{ co
 }
 
 const LINE_BYTES = 57; // 76 base64 characters
+/** Bytes encoded at a time: whole lines, and a string small enough to die young (not in V8's large-object space). */
+const PIECE_BYTES = LINE_BYTES * 1024;
+/** Input chunks up to this size are encoded into one pooled buffer (a spool's reader gives 512 KiB). */
+const POOLED_INPUT = 512 * 1024;
+const encodedSize = (bytes: number, newline: number) => Math.ceil(bytes / LINE_BYTES) * (76 + newline);
 
 /**
  * Base64 in lines of 76 characters joined by `newline`, no line end after
@@ -107,35 +114,69 @@ const LINE_BYTES = 57; // 76 base64 characters
  * converted), made from large blocks, one native encoding per block. The
  * composer's encoder plus the conversion of its 2.3 million CRLFs per 128 MiB
  * back to LF were most of ima-to-mime's time for a large attachment.
+ * With pools, input chunks passed on from `input` are consumed, and each
+ * chunk out is a view passed on from `output` (see BufferPool).
  */
 export class Base64Lines extends Transform {
   private rest = Buffer.alloc(0);
   private started = false;
-  constructor(private readonly newline: Buffer) {
+  private text = Buffer.alloc(0);
+  private readonly output: BufferPool | undefined;
+  constructor(
+    private readonly newline: Buffer,
+    private readonly pools: { input?: BufferPool; output?: BufferPool } = {},
+  ) {
     super();
+    this.output = pools.output;
   }
   override _transform(chunk: Buffer, _e: BufferEncoding, cb: TransformCallback): void {
-    const data = this.rest.length ? Buffer.concat([this.rest, chunk]) : chunk;
-    const whole = data.length - (data.length % LINE_BYTES);
-    this.rest = Buffer.from(data.subarray(whole));
-    cb(null, whole ? this.lines(data.subarray(0, whole)) : undefined);
+    const total = this.rest.length + chunk.length;
+    const whole = total - (total % LINE_BYTES);
+    if (!whole) {
+      this.rest = Buffer.concat([this.rest, chunk]);
+      this.pools.input?.consumed(chunk);
+      return cb();
+    }
+    const most = encodedSize(whole, this.newline.length);
+    const pool = this.output && most <= this.output.size ? this.output : undefined;
+    const out = pool ? pool.take() : Buffer.allocUnsafe(most);
+    let n = 0;
+    let from = 0;
+    // The line begun in the chunk before, completed from this one.
+    if (this.rest.length) {
+      from = LINE_BYTES - this.rest.length;
+      n = this.lines(Buffer.concat([this.rest, chunk.subarray(0, from)]), out, n);
+    }
+    const end = whole - this.rest.length;
+    for (let at = from; at < end; at += PIECE_BYTES) n = this.lines(chunk.subarray(at, Math.min(at + PIECE_BYTES, end)), out, n);
+    this.rest = Buffer.from(chunk.subarray(end));
+    this.pools.input?.consumed(chunk);
+    const view = out.subarray(0, n);
+    cb(null, pool ? pool.passOn(view) : view);
   }
   override _flush(cb: TransformCallback): void {
-    cb(null, this.rest.length ? this.lines(this.rest) : undefined);
+    if (!this.rest.length) return cb();
+    const out = Buffer.allocUnsafe(encodedSize(this.rest.length, this.newline.length));
+    cb(null, out.subarray(0, this.lines(this.rest, out, 0)));
   }
-  private lines(block: Buffer): Buffer {
-    const text = Buffer.from(block.toString('base64'), 'latin1');
+  /** Encode `block` (whole lines, but for the very last) into `out` at `n`; the new end. */
+  private lines(block: Buffer, out: Buffer, n: number): number {
+    const chars = Math.ceil(block.length / 3) * 4;
+    if (this.text.length < chars) this.text = Buffer.allocUnsafeSlow(Math.max(chars, Math.ceil(PIECE_BYTES / 3) * 4));
+    const text = this.text;
+    text.write(block.toString('base64'), 0, 'latin1');
     const nl = this.newline;
-    const out = Buffer.allocUnsafe(text.length + Math.ceil(text.length / 76) * nl.length);
-    let n = 0;
-    for (let from = 0; from < text.length; from += 76) {
+    for (let from = 0; from < chars; from += 76) {
       if (this.started) n += nl.copy(out, n);
       this.started = true;
-      n += text.copy(out, n, from, Math.min(from + 76, text.length));
+      n += text.copy(out, n, from, Math.min(from + 76, chars));
     }
-    return out.subarray(0, n);
+    return n;
   }
 }
+
+/** The pool Base64Lines takes its chunks out from, for an input pool of chunks up to POOLED_INPUT bytes. */
+export const encodedPool = (newline: 'lf' | 'crlf') => new BufferPool(encodedSize(POOLED_INPUT + LINE_BYTES, newline === 'lf' ? 1 : 2), 8);
 
 /**
  * The composer passes an attachment in a transfer encoding it does not know
@@ -157,6 +198,11 @@ class EncodingMarker extends Transform {
     // Hold back an end that could be the start of a marker cut by the chunk boundary.
     let keep = Math.min(this.bytes.length - 1, data.length);
     while (keep > 0 && !data.subarray(data.length - keep).equals(this.bytes.subarray(0, keep))) keep--;
+    // Nothing to change: the chunk itself goes on (a pooled one stays recognisable, see BufferPool).
+    if (data === chunk && !parts.length && !keep) {
+      this.held = EMPTY;
+      return cb(null, chunk);
+    }
     this.held = Buffer.from(data.subarray(data.length - keep));
     parts.push(data.subarray(0, data.length - keep));
     cb(null, parts.length === 1 ? parts[0] : Buffer.concat(parts));
@@ -166,6 +212,7 @@ class EncodingMarker extends Transform {
   }
 }
 const BASE64 = Buffer.from('base64');
+const EMPTY = Buffer.alloc(0);
 
 /** Replaces the composer's root header block by ours, keeping its MIME-Version and Content-* lines. */
 class OwnHeaders extends Transform {
@@ -227,7 +274,13 @@ export async function writeMime(parts: MessageParts, out: Writable, opts: ImaToM
   const newline = opts.newline ?? 'lf';
   let marker: EncodingMarker | undefined; // made only for a message with such attachments: its randomness costs
   const nl = Buffer.from(newline === 'lf' ? '\n' : '\r\n');
-  const base64 = (a: Part) => ({ content: lazy(a, () => new Base64Lines(nl)), contentTransferEncoding: (marker ??= new EncodingMarker()).marker });
+  // A file or stdout is done with a chunk once written: encoded chunks, and spooled ones passed through as they are, are then reused.
+  const encoded = writesThrough(out) ? encodedPool(newline) : undefined;
+  const pools = { input: opts.readBuffers, output: encoded };
+  const base64 = (a: Part) => ({
+    content: lazy(a, () => new Base64Lines(nl, pools)),
+    contentTransferEncoding: (marker ??= new EncodingMarker()).marker,
+  });
   const composer = new MailComposer({
     // Both are thrown away (our header section replaces the composer's); given, they spare it many small random reads.
     messageId: '<unused@localhost>',
@@ -249,7 +302,8 @@ export async function writeMime(parts: MessageParts, out: Writable, opts: ImaToM
   const own = new OwnHeaders(toMimeHeaderLines(parts.headers, { keepBcc: opts.keepBcc ?? false }));
   const mime = composer.compile().createReadStream();
   try {
-    const stages = [own, ...(marker ? [marker] : []), ...(newline === 'crlf' ? [] : [new CrlfToLf()]), out];
+    const last = encoded ? handingBack(out, encoded, ...(opts.readBuffers ? [opts.readBuffers] : [])) : out;
+    const stages = [own, ...(marker ? [marker] : []), ...(newline === 'crlf' ? [] : [new CrlfToLf()]), last];
     await pump(mime, ...stages);
   } catch (e) {
     throw e instanceof Failure ? e : asFailure(e);

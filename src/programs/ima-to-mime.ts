@@ -45,7 +45,7 @@ interface Job {
  * Convert one IMA message: a stored message directory (read from its files),
  * a .ima file or stdin (spooled: the tar order is not the MIME order).
  */
-async function convert(what: string | undefined, io: Io, job: Job, write: (parts: MessageParts) => Promise<void>): Promise<void> {
+async function convert(what: string | undefined, io: Io, job: Job, write: (parts: MessageParts, store: SpoolStore) => Promise<void>): Promise<void> {
   const store = new SpoolStore({ dir: job.spoolDir });
   try {
     let parts: MessageParts | undefined;
@@ -57,7 +57,7 @@ async function convert(what: string | undefined, io: Io, job: Job, write: (parts
       if (st.isDirectory()) parts = await messageDirParts(path, job.limits);
     }
     parts ??= await spoolIma(await openInput(what, io), store, job.limits);
-    await write(parts);
+    await write(parts, store);
   } catch (e) {
     // A message that breaks ima-message(5) is bad input here, not a refused delivery.
     if (e instanceof MessageError) throw dataError(`${what ?? 'stdin'}: ${e.message}`);
@@ -74,8 +74,10 @@ async function toMaildir(dir: string, inputs: (string | undefined)[], io: Io, jo
   for (const what of inputs) {
     const label = what ?? 'stdin';
     try {
-      await convert(what, io, job, async (parts) => {
-        const stored = await maildir.deliver(messageName(parts.headers), (out: Writable) => writeMime(parts, out, job.opts));
+      await convert(what, io, job, async (parts, store) => {
+        const stored = await maildir.deliver(messageName(parts.headers), (out: Writable) =>
+          writeMime(parts, out, { ...job.opts, readBuffers: store.readBuffers }),
+        );
         log.debug(`${label}: ${stored ? 'stored' : 'already in the Maildir'}`);
       });
     } catch (e) {
@@ -102,7 +104,7 @@ export async function main(args: string[], io: Io): Promise<number> {
   };
   if (dir) return toMaildir(resolve(io.cwd, dir), inputs.length ? inputs : [undefined], io, job, log);
   try {
-    await convert(inputs[0], io, job, (parts) => writeMime(parts, io.stdout, job.opts));
+    await convert(inputs[0], io, job, (parts, store) => writeMime(parts, io.stdout, { ...job.opts, readBuffers: store.readBuffers }));
   } catch (e) {
     // A reader that stops early (| head) is its choice, not our failure.
     if ((e as { message?: string }).message?.startsWith('EPIPE') || (e as NodeJS.ErrnoException).code === 'EPIPE') return EXIT.OK;

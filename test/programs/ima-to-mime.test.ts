@@ -76,6 +76,23 @@ describe('ima-to-mime', () => {
     assert.match(r.stderr, /bad\.ima/);
     assert.equal(readdirSync(join(md, 'new')).length, 2);
   });
+  it('a large attachment: MIME -> IMA -> MIME (a FILE to stdout, pooled buffers) -> IMA gives the same IMA message', async () => {
+    const dir = tempDir();
+    const data = Buffer.alloc(5 * 1024 * 1024 + 5);
+    for (let i = 0; i + 4 <= data.length; i += 4) data.writeUInt32LE((i * 2654435761) >>> 0, i);
+    const eml =
+      'From: a@a.test\r\nSubject: big\r\nMessage-ID: <big@a.test>\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n' +
+      `--B\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--B\r\nContent-Type: application/octet-stream; name=big.bin\r\nContent-Transfer-Encoding: base64\r\n\r\n` +
+      `${data.toString('base64').replace(/.{76}/g, '$&\r\n')}\r\n--B--\r\n`;
+    const ima = await runMain('mime-to-ima', [], { input: eml });
+    assert.equal(ima.code, 0, ima.stderr);
+    writeFileSync(join(dir, 'big.ima'), ima.stdout);
+    const back = await runBin('ima-to-mime', [join(dir, 'big.ima')]);
+    assert.equal(back.code, 0, back.stderr);
+    const again = await runMain('mime-to-ima', [], { input: back.stdout });
+    assert.equal(again.code, 0, again.stderr);
+    assert.ok(again.stdout.equals(ima.stdout));
+  });
   it('more than one MESSAGE without --maildir is a usage error (64)', async () => {
     assert.equal((await runBin('ima-to-mime', ['a.ima', 'b.ima'])).code, 64);
   });
