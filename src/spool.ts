@@ -108,13 +108,25 @@ export function handingBack(out: Writable, ...pools: BufferPool[]): Writable {
 /** Whether chunks written to `out` are done with once its write callback has run (see handingBack). */
 export const writesThrough = (out: Writable) => out === process.stdout || out instanceof WriteStream;
 
-/** A file or pipe read in sequence into buffers from `pool`; the handle is closed at the end or when destroyed. */
-export function pooledReader(fh: FileHandle, pool: BufferPool): Readable {
+/**
+ * A file or pipe read in sequence into buffers from `pool` (each chunk a view
+ * passed on, see BufferPool); a path is opened on the first read. The handle
+ * is closed at the end or when destroyed.
+ */
+export function pooledReader(file: FileHandle | string, pool: BufferPool): Readable {
+  let fh = typeof file === 'string' ? undefined : file;
   return new Readable({
     highWaterMark: pool.size,
+    construct(cb) {
+      if (fh) return cb();
+      open(file as string, 'r').then((h) => {
+        fh = h;
+        cb();
+      }, cb);
+    },
     read() {
       const buf = pool.take();
-      fh.read(buf, 0, buf.length, null).then(
+      fh!.read(buf, 0, buf.length, null).then(
         ({ bytesRead }) => {
           if (bytesRead) return void this.push(pool.passOn(buf.subarray(0, bytesRead)));
           pool.handBack(buf);
@@ -124,6 +136,7 @@ export function pooledReader(fh: FileHandle, pool: BufferPool): Readable {
       );
     },
     destroy(err, cb) {
+      if (!fh) return cb(err);
       fh.close().then(
         () => cb(err),
         () => cb(err),

@@ -8,6 +8,7 @@ import { randomUUID } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { access, constants, stat } from 'node:fs/promises';
 import { basename, resolve } from 'node:path';
+import type { Writable } from 'node:stream';
 import type { ArgumentsCamelCase, Argv } from 'yargs';
 import { type Address, AddressError, addressKey, formatAddress, formatAddressList, parseAddress, parseAddressList } from '../address.js';
 import { start } from '../cli.js';
@@ -16,7 +17,7 @@ import { EXIT, configError, dataError, noInput, usageError } from '../failure.js
 import { writeFileAtomic } from '../files.js';
 import { Headers, MessageError, type Part, checkAttachmentName, checkField, writeMessage } from '../message/index.js';
 import type { Io } from '../io.js';
-import { Spool, SpoolLimitError } from '../spool.js';
+import { BufferPool, Spool, SpoolLimitError, handingBack, pooledReader, writesThrough } from '../spool.js';
 import { Utf8Checker } from '../message/utf8.js';
 
 const schema = table({
@@ -148,7 +149,7 @@ function splitPair(kv: string, flag: string, form: string): [string, string] {
 }
 
 /** Check a file is a readable regular file now, so nothing is written if it is not. */
-async function filePart(path: string, cwd: string, flag: string): Promise<Part> {
+async function filePart(path: string, cwd: string, flag: string, pool?: BufferPool): Promise<Part> {
   const full = resolve(cwd, path);
   let st;
   try {
@@ -161,10 +162,10 @@ async function filePart(path: string, cwd: string, flag: string): Promise<Part> 
   await access(full, constants.R_OK).catch((e: NodeJS.ErrnoException) => {
     throw noInput(`${flag} ${path}`, `cannot read (${e.code})`);
   });
-  return { size: st.size, open: () => createReadStream(full) };
+  return { size: st.size, open: () => (pool ? pooledReader(full, pool) : createReadStream(full)) };
 }
 
-async function attachments(argv: Flags, cwd: string): Promise<(Part & { name: string })[]> {
+async function attachments(argv: Flags, cwd: string, pool: BufferPool): Promise<(Part & { name: string })[]> {
   const wanted = [
     ...all(argv.attach).map((f) => ({ file: f, name: basename(f), flag: '--attach' })),
     ...all(argv.attachAs).map((kv) => {
@@ -185,7 +186,7 @@ async function attachments(argv: Flags, cwd: string): Promise<(Part & { name: st
     }
     if (names.has(name)) throw usageError(`${w.flag} ${w.file}: a second attachment named "${name}" (use --attach-as NAME=FILE)`);
     names.add(name);
-    out.push({ name, ...(await filePart(w.file, cwd, w.flag)) });
+    out.push({ name, ...(await filePart(w.file, cwd, w.flag, pool)) });
   }
   return out;
 }
@@ -215,7 +216,9 @@ export async function main(args: string[], io: Io): Promise<number> {
   const { argv, config } = s;
   const limit = config.max_body_bytes;
   const headers = buildHeaders(argv, config);
-  const atts = await attachments(argv, io.cwd);
+  // Attachments are read into buffers that a file or stdout hands back once written (see BufferPool).
+  const pool = new BufferPool(256 * 1024);
+  const atts = await attachments(argv, io.cwd, pool);
   if (!argv.output && (io.stdout as { isTTY?: boolean }).isTTY && !argv.force) {
     throw usageError('refusing to write a binary message to a terminal: use --output FILE, a pipe, or --force');
   }
@@ -238,8 +241,9 @@ export async function main(args: string[], io: Io): Promise<number> {
       bodyHtml = spool;
     }
     const parts = { headers, body, bodyHtml, attachments: atts };
-    if (argv.output) await writeFileAtomic(resolve(io.cwd, argv.output), (out) => writeMessage(out, parts));
-    else await writeMessage(io.stdout, parts);
+    const dest = (out: Writable) => (writesThrough(out) ? handingBack(out, pool) : out);
+    if (argv.output) await writeFileAtomic(resolve(io.cwd, argv.output), (out) => writeMessage(dest(out), parts));
+    else await writeMessage(dest(io.stdout), parts);
   } finally {
     for (const sp of spools) await sp.dispose();
   }

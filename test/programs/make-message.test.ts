@@ -80,6 +80,29 @@ describe('make-message (real process)', () => {
     assert.deepEqual(list.stdout.toString().trim().split('\n'), ['headers', 'body', 'attachments/report.pdf']);
   });
 
+  it('large attachments (read into reused buffers) come out byte for byte, to --output and to stdout', async () => {
+    const big = (n: number, seed: number) => {
+      const b = Buffer.alloc(n);
+      for (let i = 0; i + 4 <= n; i += 4) b.writeUInt32LE(((i + seed) * 2654435761) >>> 0, i);
+      return b;
+    };
+    const files = { 'a.bin': big(3 * 1024 * 1024 + 3, 1), 'b.bin': big(2 * 1024 * 1024 + 1, 7) };
+    for (const [name, data] of Object.entries(files)) writeFileSync(join(dir, name), data);
+    const args = ['-r', 'a@a.test', '--no-body', '-a', 'a.bin', '-a', 'b.bin', 'b@b.test'];
+    const out = join(dir, 'big.ima');
+    const toFile = await runBin('make-message', [...args, '-o', out], { cwd: dir });
+    assert.equal(toFile.code, 0, toFile.stderr);
+    const toStdout = await runBin('make-message', args, { cwd: dir });
+    assert.equal(toStdout.code, 0, toStdout.stderr);
+    writeFileSync(join(dir, 'stdout.ima'), toStdout.stdout);
+    for (const ima of [out, join(dir, 'stdout.ima')]) {
+      for (const [name, data] of Object.entries(files)) {
+        const got = await runCommand('tar', ['xOf', ima, `attachments/${name}`]);
+        assert.ok(got.stdout.equals(data), `${ima}: ${name}`);
+      }
+    }
+  });
+
   const failures: [string, string[], number, RegExp, string?][] = [
     ['no sender', ['b@b.test'], 64, /no sender/],
     ['no recipients', ['-r', 'a@a.test'], 64, /no recipients/],
