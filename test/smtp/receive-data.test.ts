@@ -138,7 +138,7 @@ describe('DATA end and escape dots, faster scan', () => {
       const body = Array.from({ length: 40 }, () => lines[random(lines.length)]).join('\r\n');
       const whole = Buffer.from(`${body}\r\n.\r\nQUIT\r\n`, 'latin1');
       const chunks: Buffer[] = [];
-      for (let at = 0; at < whole.length; ) {
+      for (let at = 0; at < whole.length;) {
         const n = 1 + random(12);
         chunks.push(whole.subarray(at, at + n));
         at += n;
