@@ -146,6 +146,52 @@ export function pooledReader(file: FileHandle | string, pool: BufferPool): Reada
 }
 
 /**
+ * A file read in sequence into pooled buffers that go back to the pool once
+ * the caller says every byte before an offset is done with (release): for
+ * consumers that slice and copy chunks beyond recognition (a tar parser)
+ * but work through the input in order.
+ */
+export class InOrderReader {
+  readonly stream: Readable;
+  private readonly lent: { end: number; buf: Buffer }[] = [];
+  private bytes = 0;
+  constructor(
+    fh: FileHandle,
+    private readonly pool: BufferPool,
+  ) {
+    this.stream = new Readable({
+      highWaterMark: pool.size,
+      read: () => {
+        const buf = pool.take();
+        fh.read(buf, 0, buf.length, null).then(
+          ({ bytesRead }) => {
+            if (!bytesRead) {
+              pool.handBack(buf);
+              return void this.stream.push(null);
+            }
+            this.bytes += bytesRead;
+            this.lent.push({ end: this.bytes, buf });
+            this.stream.push(buf.subarray(0, bytesRead));
+          },
+          (e) => this.stream.destroy(e),
+        );
+      },
+      destroy(err, cb) {
+        fh.close().then(
+          () => cb(err),
+          () => cb(err),
+        );
+      },
+    });
+  }
+
+  /** No byte before `offset` is held anywhere any more: the buffers that held only such bytes go back to the pool. */
+  release(offset: number): void {
+    while (this.lent.length && this.lent[0].end <= offset) this.pool.handBack(this.lent.shift()!.buf);
+  }
+}
+
+/**
  * Reads a file handle by position, never closing it: readers of one spool
  * come and go (one may stop early), the handle stays open for the others.
  * (fs.ReadStream closes its fd when destroyed, whatever autoClose says.)
@@ -250,9 +296,11 @@ export class SpoolStore {
   /**
    * Read input to its end into the store; the part reads it back as often as asked.
    * Chunks of input passed on from `lentFrom` are consumed once written (or
-   * copied, when kept in memory).
+   * copied, when kept in memory). With `done`, chunks kept in memory are
+   * copied, and done(n) says the first n bytes are written or copied: the
+   * input holds none of them any more.
    */
-  async add(input: AsyncIterable<unknown>, lentFrom?: BufferPool): Promise<{ size: number; open(): Readable | Buffer }> {
+  async add(input: AsyncIterable<unknown>, lentFrom?: BufferPool, done?: (bytes: number) => void): Promise<{ size: number; open(): Readable | Buffer }> {
     const chunks: Buffer[] = [];
     let size = 0;
     let start = -1;
@@ -269,10 +317,12 @@ export class SpoolStore {
       pendingBytes = 0;
       queued++;
       const file = this.file!;
+      const end = this.fileSize - start; // bytes of this part written once this write is done
       writing = writing.then(async () => {
         await file.writev(data, at);
         queued--;
         if (lentFrom) for (const c of data) lentFrom.consumed(c);
+        done?.(end);
       });
       writing.catch(() => {}); // awaited below and in finally; this only keeps a failure from counting as unhandled meanwhile
       if (queued > 2) await writing;
@@ -287,7 +337,8 @@ export class SpoolStore {
           if (lentFrom?.passedOn(chunk)) {
             chunks.push(Buffer.from(chunk));
             lentFrom.consumed(chunk);
-          } else chunks.push(chunk);
+          } else chunks.push(done ? Buffer.from(chunk) : chunk);
+          done?.(size);
           continue;
         }
         if (start === -1) {

@@ -1,12 +1,13 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createReadStream, createWriteStream, writeFileSync } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { test } from 'node:test';
 import { Headers, writeMessage } from '../src/message/index.js';
-import { SpoolStore, handingBack } from '../src/spool.js';
+import { BufferPool, InOrderReader, SpoolStore, handingBack } from '../src/spool.js';
 import { tempDir } from './helpers.js';
 
 /** `n` bytes that differ from chunk to chunk, so a chunk reused too early shows in the output. */
@@ -72,4 +73,24 @@ test('spool: a message written through handingBack to a file is byte for byte th
   } finally {
     await store.dispose();
   }
+});
+
+test('spool: an InOrderReader lends its buffers again once released past them, and the bytes read are the file', async () => {
+  const data = pattern(3 * 1024 * 1024 + 17);
+  const dir = tempDir();
+  const path = join(dir, 'in.bin');
+  writeFileSync(path, data);
+  const pool = new BufferPool(256 * 1024);
+  const reader = new InOrderReader(await open(path, 'r'), pool);
+  const got: Buffer[] = [];
+  const memories = new Set<ArrayBufferLike>();
+  let offset = 0;
+  for await (const c of reader.stream) {
+    memories.add((c as Buffer).buffer);
+    got.push(Buffer.from(c as Buffer));
+    offset += (c as Buffer).length;
+    reader.release(offset);
+  }
+  assert.equal(sha(Buffer.concat(got)), sha(data));
+  assert.ok(memories.size <= 4, `${memories.size} buffers for 13 chunks released one by one`);
 });

@@ -15,7 +15,7 @@ import { Utf8Checker } from './utf8.js';
 
 export type Entry =
   | { kind: 'headers'; path: 'headers'; headers: Headers; raw: Buffer; size: number }
-  | { kind: 'body' | 'body.html' | 'attachment'; path: string; name: string; size: number; stream: Readable };
+  | { kind: 'body' | 'body.html' | 'attachment'; path: string; name: string; size: number; stream: Readable; offset: number };
 
 /** Fails the stream on bytes that are not UTF-8 (body and body.html are text). */
 class Utf8Check extends Transform {
@@ -157,7 +157,9 @@ export async function* readMessage(input: Readable, limits: MessageLimits = DEFA
       // tar-stream's entries are streamx streams; callers get a Node stream.
       const stream: Readable = entry.pipe(kind === 'attachment' ? new PassThrough() : new Utf8Check(path));
       entry.on('error', (e: Error) => stream.destroy(failed ?? explain(e)));
-      yield { kind, path, name, size, stream };
+      // Where the data starts in the input (after the entry's 512-byte header): a reader of a file can release what lies before.
+      const offset = (entry as unknown as { offset: number }).offset + 512;
+      yield { kind, path, name, size, stream, offset };
       await drainEntry(stream, path, failed);
     }
     complete = true;

@@ -310,8 +310,18 @@ export async function writeMime(parts: MessageParts, out: Writable, opts: ImaToM
   }
 }
 
-/** Read an IMA message (a tar stream) into spooled parts; the tar order is not the MIME order, so nothing streams straight through. */
-export async function spoolIma(input: Readable, store: SpoolStore, limits: MessageLimits = DEFAULT_LIMITS): Promise<MessageParts> {
+/**
+ * Read an IMA message (a tar stream) into spooled parts; the tar order is not
+ * the MIME order, so nothing streams straight through. `release(offset)` is
+ * told each time no byte of the input before offset is held any more (see
+ * InOrderReader).
+ */
+export async function spoolIma(
+  input: Readable,
+  store: SpoolStore,
+  limits: MessageLimits = DEFAULT_LIMITS,
+  release?: (offset: number) => void,
+): Promise<MessageParts> {
   let headers: Headers | undefined;
   let body: Part | undefined;
   let bodyHtml: Part | undefined;
@@ -321,7 +331,7 @@ export async function spoolIma(input: Readable, store: SpoolStore, limits: Messa
       headers = e.headers;
       continue;
     }
-    const part = await store.add(e.stream);
+    const part = await store.add(e.stream, undefined, release && ((n) => release(e.offset + n)));
     if (e.kind === 'body') body = part;
     else if (e.kind === 'body.html') bodyHtml = part;
     else attachments.push({ name: e.name, ...part });

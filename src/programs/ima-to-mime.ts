@@ -4,7 +4,7 @@
 // It does not send anything (smtp-send does), never changes its input, and
 // never stores a message twice in a Maildir: run it again over the same
 // messages and it adds only the new ones.
-import { lstat } from 'node:fs/promises';
+import { type FileHandle, lstat, open } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import type { Writable } from 'node:stream';
 import type { Argv } from 'yargs';
@@ -17,7 +17,7 @@ import { Maildir } from '../maildir.js';
 import { messageName } from '../mailbox.js';
 import { DEFAULT_LIMITS, type MessageLimits, MessageError, type MessageParts } from '../message/index.js';
 import { messageDirParts, spoolIma, writeMime } from '../mime/to-mime.js';
-import { SpoolStore } from '../spool.js';
+import { BufferPool, InOrderReader, SpoolStore } from '../spool.js';
 
 const schema = table({
   maildir: optional(string(), ''),
@@ -41,6 +41,16 @@ interface Job {
   opts: { newline: 'lf' | 'crlf'; keepBcc: boolean };
 }
 
+const INPUT_CHUNK = 256 * 1024;
+
+async function openFile(path: string, what: string): Promise<FileHandle> {
+  try {
+    return await open(path, 'r');
+  } catch (e) {
+    throw noInput(what, `cannot read (${(e as NodeJS.ErrnoException).code})`);
+  }
+}
+
 /**
  * Convert one IMA message: a stored message directory (read from its files),
  * a .ima file or stdin (spooled: the tar order is not the MIME order).
@@ -55,6 +65,13 @@ async function convert(what: string | undefined, io: Io, job: Job, write: (parts
         throw noInput(what, e.code === 'ENOENT' ? 'no such file or directory' : `cannot read (${e.code})`);
       });
       if (st.isDirectory()) parts = await messageDirParts(path, job.limits);
+      else if (st.isFile()) {
+        // Read into buffers that go back to the pool as the spooling gets past them: no trail of dead ones.
+        const reader = new InOrderReader(await openFile(path, what), new BufferPool(INPUT_CHUNK));
+        // readMessage reports the input's errors while it reads; it destroys the input with its own error when it stops early, after it stopped listening.
+        reader.stream.on('error', () => {});
+        parts = await spoolIma(reader.stream, store, job.limits, (offset) => reader.release(offset));
+      }
     }
     parts ??= await spoolIma(await openInput(what, io), store, job.limits);
     await write(parts, store);

@@ -31,7 +31,10 @@ const options = (y: Argv) =>
 
 async function openFile(file: string, io: Io, pool: BufferPool): Promise<Readable> {
   try {
-    return pooledReader(await open(resolve(io.cwd, file), 'r'), pool);
+    const input = pooledReader(await open(resolve(io.cwd, file), 'r'), pool);
+    // readMime reports the input's errors; the one it destroys the input with on a bad message comes back after.
+    input.on('error', () => {});
+    return input;
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     throw noInput(file, code === 'ENOENT' ? 'no such file' : `cannot read (${code})`);

@@ -62,6 +62,12 @@ describe('mime-to-ima', () => {
     assert.equal(r.code, 65);
     assert.equal(r.stdout.length, 0);
     assert.match(r.stderr, /^mime-to-ima: more than 2 MIME parts \(max_parts\)\n$/);
+    // The same from a FILE (read into pooled buffers): the same one line, nothing else.
+    writeFileSync(join(dir, 'parts.eml'), `From: a@a.test\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n${parts}--B--\r\n`);
+    const fromFile = await runBin('mime-to-ima', [join(dir, 'parts.eml')], { env: testEnv({ IMA_CONFIG_DIR: dir }) });
+    assert.equal(fromFile.code, 65);
+    assert.equal(fromFile.stdout.length, 0);
+    assert.match(fromFile.stderr, /^mime-to-ima: more than 2 MIME parts \(max_parts\)\n$/);
   });
   it('a missing FILE exits 66; a bad config names the key and exits 78; --check-config prints the effective config', async () => {
     assert.equal((await runBin('mime-to-ima', ['/nonexistent/m.eml'])).code, 66);
