@@ -8,7 +8,7 @@
 // base64 attachment then costs two native searches per 64 KiB, not a
 // thousand lines.
 import type { Transform, TransformCallback } from 'node:stream';
-import type { BufferPool } from '../spool.js';
+import { type BufferPool, ownCopy } from '../spool.js';
 
 /** What this needs of mailsplit's splitter (lib/message-splitter.js); its state constants are HEAD = 1, BODY = 2. */
 interface Splitter extends Transform {
@@ -86,7 +86,7 @@ export function fastBodies(splitter: Transform, input?: BufferPool): void {
         const slice = rest.subarray(0, plain);
         chunk = rest.subarray(plain);
         if (input?.passedOn(received) && this.node.encoding === 'base64') {
-          chunk = Buffer.from(chunk);
+          chunk = ownCopy(chunk);
           input.transfer(received, slice);
         }
         this.push({ node: this.node, type: 'body', value: slice });

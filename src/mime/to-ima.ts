@@ -176,7 +176,7 @@ export async function readMime(input: Readable, opts: MimeToImaOptions = {}): Pr
   // text types every leaf part comes out as a stream, and the choice of body is ours.
   (parser as unknown as { textTypes: string[] }).textTypes = [];
   // Decoded base64 goes into buffers that the store hands back once it has written them; nothing else holds one.
-  const decoded = new BufferPool(decodedSize(INPUT_CHUNK), 64);
+  const decoded = new BufferPool(decodedSize(INPUT_CHUNK));
   useFastPaths(parser, decoded, opts.inputChunks);
   let legacy: LegacyHeader[] | undefined;
   parser.once('headerLines', (lines: ReadonlyArray<{ key: string; line: string }>) => {

@@ -11,7 +11,7 @@ import { detectMimeType } from 'nodemailer/lib/mime-funcs';
 import { Failure, asFailure, dataError } from '../failure.js';
 import { Mailbox } from '../mailbox.js';
 import { DEFAULT_LIMITS, type Headers, type MessageLimits, MessageError, type MessageParts, type Part, parseHeaders, readMessage } from '../message/index.js';
-import { BufferPool, SpoolStore, handingBack, writesThrough } from '../spool.js';
+import { BufferPool, CHUNK as SPOOL_CHUNK, SpoolStore, handingBack, ownCopy, writesThrough } from '../spool.js';
 import { CONTENT_IDS, toMimeHeaderLines } from './headers.js';
 import { parseContentIds } from './names.js';
 import { CrlfToLf } from './text.js';
@@ -104,8 +104,8 @@ async function messageEncoding(part: Part, newline: 'lf' | 'crlf'): Promise<{ co
 const LINE_BYTES = 57; // 76 base64 characters
 /** Bytes encoded at a time: whole lines, and a string small enough to die young (not in V8's large-object space). */
 const PIECE_BYTES = LINE_BYTES * 1024;
-/** Input chunks up to this size are encoded into one pooled buffer (a spool's reader gives 512 KiB). */
-const POOLED_INPUT = 512 * 1024;
+/** Input chunks up to this size are encoded into one pooled buffer (what a spool's reader gives). */
+const POOLED_INPUT = SPOOL_CHUNK;
 const encodedSize = (bytes: number, newline: number) => Math.ceil(bytes / LINE_BYTES) * (76 + newline);
 
 /**
@@ -149,7 +149,7 @@ export class Base64Lines extends Transform {
     }
     const end = whole - this.rest.length;
     for (let at = from; at < end; at += PIECE_BYTES) n = this.lines(chunk.subarray(at, Math.min(at + PIECE_BYTES, end)), out, n);
-    this.rest = Buffer.from(chunk.subarray(end));
+    this.rest = ownCopy(chunk.subarray(end));
     this.pools.input?.consumed(chunk);
     const view = out.subarray(0, n);
     cb(null, pool ? pool.passOn(view) : view);
@@ -176,7 +176,7 @@ export class Base64Lines extends Transform {
 }
 
 /** The pool Base64Lines takes its chunks out from, for an input pool of chunks up to POOLED_INPUT bytes. */
-export const encodedPool = (newline: 'lf' | 'crlf') => new BufferPool(encodedSize(POOLED_INPUT + LINE_BYTES, newline === 'lf' ? 1 : 2), 8);
+export const encodedPool = (newline: 'lf' | 'crlf') => new BufferPool(encodedSize(POOLED_INPUT + LINE_BYTES, newline === 'lf' ? 1 : 2));
 
 /**
  * The composer passes an attachment in a transfer encoding it does not know

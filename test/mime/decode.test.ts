@@ -19,7 +19,7 @@ async function run(decoder: Transform, chunks: Buffer[]): Promise<Buffer> {
  * handed back at once: a buffer reused while still held would show.
  */
 async function pooled(chunks: Buffer[]): Promise<Buffer> {
-  const pool = new BufferPool(decodedSize(4096), 2);
+  const pool = new BufferPool(decodedSize(4096));
   const out: Buffer[] = [];
   for await (const c of Readable.from(chunks).pipe(new Base64Decoder(pool))) {
     out.push(Buffer.from(c as Buffer));
