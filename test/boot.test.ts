@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { cpSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { describe, it } from 'node:test';
 import { buildIdOf, cacheHeader, lazyModule, readCache } from '../src/boot.js';
 import { ROOT, runCommand, tempDir, testEnv } from './helpers.js';
@@ -19,19 +19,43 @@ function install(withCaches = true): string {
   return root;
 }
 
-/** In a fresh node: load `root`'s bundle as bin/NAME does, and say what was read and whether V8 took each cache. */
-async function probe(root: string, programs: string[] = []): Promise<{ core: boolean; vendor: boolean | null; buildId: string }> {
+interface Probe {
+  /** V8 took ima.cjs's cache. */
+  core: boolean;
+  /** Every chunk read, and whether V8 took its cache. */
+  units: Record<string, boolean>;
+  /** The packages (node_modules/NAME) the chunks read hold, as the build lists them at each chunk's top. */
+  packages: string[];
+  buildId: string;
+}
+
+/** In a fresh node: load `root`'s bundle as bin/NAME does, load `programs`, and say what was read and whether V8 took each cache. */
+async function probe(root: string, programs: string[] = []): Promise<Probe> {
   const script = `
     const { loadBundle } = require(${JSON.stringify(join(root, 'dist', 'bundle', 'boot.cjs'))});
+    const { readFileSync } = require('node:fs');
     const b = loadBundle(${JSON.stringify(join(root, 'dist', 'bundle'))});
     (async () => {
       for (const p of ${JSON.stringify(programs)}) await b.core.exports.loadProgram(p);
-      const v = b.vendor();
-      console.log(JSON.stringify({ core: b.core.cacheUsed, vendor: v ? v.cacheUsed : null, buildId: b.core.buildId }));
+      const units = {};
+      const packages = new Set();
+      for (const [name, u] of b.units) {
+        units[name] = u.cacheUsed;
+        for (const m of readFileSync(u.file, 'latin1').matchAll(/^[/][/] node_modules[/]((?:@[^/]+[/])?[^/]+)[/]/gm)) packages.add(m[1]);
+      }
+      console.log(JSON.stringify({ core: b.core.cacheUsed, units, packages: [...packages].sort(), buildId: b.core.buildId }));
     })();`;
   const r = await runCommand(process.execPath, ['-e', script], { env: testEnv() });
   assert.equal(r.code, 0, r.stderr);
-  return JSON.parse(r.stdout.toString()) as { core: boolean; vendor: boolean | null; buildId: string };
+  return JSON.parse(r.stdout.toString()) as Probe;
+}
+
+/** The bundle file of an installed copy that holds `text`. */
+function chunkWith(root: string, text: string): string {
+  const dir = join(root, 'dist', 'bundle');
+  const hits = readdirSync(dir).filter((f) => f.endsWith('.cjs') && readFileSync(join(dir, f), 'latin1').includes(text));
+  assert.equal(hits.length, 1, `${text} in ${hits.join(' ')}`);
+  return join(dir, hits[0]);
 }
 
 /** Exit code, stdout and stderr of bin/NAME in an installed copy. */
@@ -42,20 +66,41 @@ async function outcome(root: string, name: string, args: string[], input?: Buffe
 
 describe('boot', () => {
   it('the build leaves a code cache beside each bundle file, and V8 takes it', async () => {
-    const files = readdirSync(BUNDLE).sort();
-    assert.deepEqual(files, ['boot.cjs', 'ima.cjs', 'ima.cjs.cache', 'vendor.cjs', 'vendor.cjs.cache']);
-    const got = await probe(ROOT, ['smtp-receive']);
-    assert.deepEqual([got.core, got.vendor], [true, true]);
+    const files = readdirSync(BUNDLE);
+    const code = files.filter((f) => f.endsWith('.cjs') && f !== 'boot.cjs');
+    assert.ok(code.includes('ima.cjs'));
+    assert.deepEqual(files.filter((f) => f.endsWith('.cache')).sort(), code.map((f) => `${f}.cache`).sort());
+    const got = await probe(ROOT, ['smtp-receive', 'give-recipient']);
+    assert.ok(Object.keys(got.units).length > 2);
+    assert.deepEqual(
+      Object.entries(got.units).filter(([, used]) => !used),
+      [],
+    );
   });
 
-  it('give-recipient and handle-incoming-mail start without reading the big packages (vendor.cjs)', async () => {
+  // The big packages: each read only by a program that imports it (yargs: --help and usage errors only).
+  const BIG = ['yargs', 'mailauth', 'nodemailer', 'mailparser', '@zone-eu/mailsplit', 'iconv-lite', 'node-forge', 'smtp-server'];
+
+  it('give-recipient and handle-incoming-mail start without reading the big packages', async () => {
     const got = await probe(ROOT, ['give-recipient', 'handle-incoming-mail']);
-    assert.equal(got.vendor, null);
+    assert.deepEqual(
+      got.packages.filter((p) => BIG.includes(p)),
+      [],
+    );
+  });
+
+  it('a program reads only the packages it uses: mime-to-ima no certificate, SMTP or DKIM code; make-cert no MIME code', async () => {
+    const mime = await probe(ROOT, ['mime-to-ima']);
+    assert.ok(mime.packages.includes('mailparser'), mime.packages.join(' '));
+    for (const p of ['mailauth', 'node-forge', 'smtp-server', 'yargs']) assert.ok(!mime.packages.includes(p), `mime-to-ima reads ${p}`);
+    const cert = await probe(ROOT, ['make-cert']);
+    assert.ok(cert.packages.includes('node-forge'), cert.packages.join(' '));
+    for (const p of ['mailparser', 'mailauth', 'nodemailer', 'smtp-server']) assert.ok(!cert.packages.includes(p), `make-cert reads ${p}`);
   });
 
   it('a rebuilt bundle ignores the old cache and runs the new code', async () => {
     const root = install();
-    const file = join(root, 'dist', 'bundle', 'ima.cjs');
+    const file = chunkWith(root, 'configuration OK');
     const old = readFileSync(file, 'latin1');
     // The same length, so that only the build mark tells the two apart (V8 checks the length alone).
     const body = old.slice(old.indexOf('\n') + 1).replace('configuration OK', 'configuration OX');
@@ -65,21 +110,21 @@ describe('boot', () => {
     // Older than the cache, as after an install from a package: only the build mark differs.
     const cacheTime = statSync(`${file}.cache`).mtime;
     utimesSync(file, cacheTime, new Date(cacheTime.getTime() - 1000));
-    const got = await probe(root);
-    assert.equal(got.core, false, 'the cache of the old build was used');
+    const got = await probe(root, ['give-recipient']);
+    assert.equal(got.units[basename(file)], false, 'the cache of the old build was used');
     assert.match(await outcome(root, 'give-recipient', ['--check-config']), /configuration OX/);
   });
 
   it('a bundle file edited by hand after its cache was made (the same length and build mark) runs its new code', async () => {
     const root = install();
-    const file = join(root, 'dist', 'bundle', 'ima.cjs');
+    const file = chunkWith(root, 'configuration OK');
     const old = readFileSync(file, 'latin1');
     const edited = old.replace('configuration OK', 'configuration OX');
     assert.equal(edited.length, old.length);
     writeFileSync(file, edited, 'latin1');
     const later = new Date(statSync(`${file}.cache`).mtimeMs + 1000);
     utimesSync(file, later, later);
-    assert.equal((await probe(root)).core, false, 'the cache of the unedited file was used');
+    assert.equal((await probe(root, ['give-recipient'])).units[basename(file)], false, 'the cache of the unedited file was used');
     assert.match(await outcome(root, 'give-recipient', ['--check-config']), /configuration OX/);
   });
 
