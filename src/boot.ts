@@ -2,9 +2,10 @@
 // this file). A profile of a spawned stage's start put most of its time in
 // Node's ESM loader and in compiling the bundle's chunks, every run anew.
 // So the bundle is CommonJS files, compiled here with V8's code cache:
-// ima.cjs (the runner) and chunks (scripts/bundle.mjs), each read only when
-// the code a program runs first requires it: a program pays for its own code
-// and the packages it imports, not for every program's.
+// ima.cjs (the runner and what the spawned stages run) and chunks
+// (scripts/bundle.mjs), each read only when the code a program runs first
+// requires it: a program pays for its own code and the packages it imports,
+// not for every program's.
 // Each NAME.cjs may have NAME.cjs.cache beside it, written by the build
 // (scripts/bundle.mjs) and never at run time: its first line names the build
 // (the sha256 the bundle's own first line carries), the Node version and the
@@ -129,16 +130,25 @@ export function lazyModule(load: () => object): object {
 
 /** The loaded bundle of a directory: ima.cjs now, each chunk when code first requires it. */
 export interface Bundle {
+  /** The entry, main.cjs: the runner and the program registry. */
   core: Unit;
-  /** The chunks read so far, by file name. */
+  /** The chunks run so far, by name; a chunk from a pack has the pack's file, script and cache. */
   units: Map<string, Unit>;
   /** Load a chunk (by file name) if it is not yet. */
   unit(name: string): Unit;
 }
 
+type Body = (exports: object, require: (id: string) => unknown, module: { exports: object }, filename: string, dirname: string, url: string) => void;
+
+/**
+ * A bundle file is a chunk (a CommonJS body) or a pack: a file whose body
+ * sets module.exports.__imaPack to the bodies of several chunks, by name,
+ * each run when first required, as if it were its own file.
+ */
 export function loadBundle(dir: string, useCache = true): Bundle {
   const nodeRequire = createRequire(join(dir, 'ima.cjs'));
   const units = new Map<string, Unit>();
+  const packed = new Map<string, { body: Body; pack: Unit }>();
   // A chunk requires Node's modules, other chunks ("./NAME.cjs") and, for
   // what the build leaves outside (lazy.ts's real html-to-text), packages.
   const chunkRequire = (id: string): unknown => {
@@ -146,12 +156,29 @@ export function loadBundle(dir: string, useCache = true): Bundle {
     if (id.startsWith('./') && !id.includes('/', 2)) return unit(id.slice(2)).exports;
     return nodeRequire(id);
   };
-  const unit = (name: string): Unit =>
-    units.get(name) ??
-    loadUnit(join(dir, name), chunkRequire, useCache, (u) => {
-      units.set(name, u);
+  const fromPack = (name: string, { body, pack }: { body: Body; pack: Unit }): Unit => {
+    const module = { exports: {} as Record<string, unknown> };
+    const u: Unit = { ...pack, exports: module.exports };
+    Object.defineProperty(u, 'exports', { get: () => module.exports });
+    units.set(name, u);
+    const file = join(dir, name);
+    body(module.exports, chunkRequire, module, file, dir, pathToFileURL(file).href);
+    return u;
+  };
+  const unit = (name: string): Unit => {
+    const known = units.get(name);
+    if (known) return known;
+    const inPack = packed.get(name);
+    if (inPack) return fromPack(name, inPack);
+    const u = loadUnit(join(dir, name), chunkRequire, useCache, (v) => {
+      units.set(name, v);
     });
-  return { core: unit('ima.cjs'), units, unit };
+    const bodies = u.exports.__imaPack as Record<string, Body> | undefined;
+    for (const [n, body] of Object.entries(bodies ?? {})) packed.set(n, { body, pack: u });
+    return u;
+  };
+  unit('ima.cjs');
+  return { core: unit('main.cjs'), units, unit };
 }
 
 /** What bin/NAME calls: run the program as this process (run.ts launch()). */

@@ -24,6 +24,8 @@ interface Probe {
   core: boolean;
   /** Every chunk read, and whether V8 took its cache. */
   units: Record<string, boolean>;
+  /** The bundle files read. */
+  files: string[];
   /** The packages (node_modules/NAME) the chunks read hold, as the build lists them at each chunk's top. */
   packages: string[];
   buildId: string;
@@ -39,11 +41,13 @@ async function probe(root: string, programs: string[] = []): Promise<Probe> {
       for (const p of ${JSON.stringify(programs)}) await b.core.exports.loadProgram(p);
       const units = {};
       const packages = new Set();
+      const files = new Set();
       for (const [name, u] of b.units) {
+        files.add(require('node:path').basename(u.file));
         units[name] = u.cacheUsed;
         for (const m of readFileSync(u.file, 'latin1').matchAll(/^[/][/] node_modules[/]((?:@[^/]+[/])?[^/]+)[/]/gm)) packages.add(m[1]);
       }
-      console.log(JSON.stringify({ core: b.core.cacheUsed, units, packages: [...packages].sort(), buildId: b.core.buildId }));
+      console.log(JSON.stringify({ core: b.core.cacheUsed, units, files: [...files].sort(), packages: [...packages].sort(), buildId: b.core.buildId }));
     })();`;
   const r = await runCommand(process.execPath, ['-e', script], { env: testEnv() });
   assert.equal(r.code, 0, r.stderr);
@@ -81,8 +85,9 @@ describe('boot', () => {
   // The big packages: each read only by a program that imports it (yargs: --help and usage errors only).
   const BIG = ['yargs', 'mailauth', 'nodemailer', 'mailparser', '@zone-eu/mailsplit', 'iconv-lite', 'node-forge', 'smtp-server'];
 
-  it('give-recipient and handle-incoming-mail start without reading the big packages', async () => {
+  it('give-recipient and handle-incoming-mail start reading one bundle file, without the big packages', async () => {
     const got = await probe(ROOT, ['give-recipient', 'handle-incoming-mail']);
+    assert.deepEqual(got.files, ['ima.cjs']);
     assert.deepEqual(
       got.packages.filter((p) => BIG.includes(p)),
       [],
