@@ -34,6 +34,26 @@ const OUT = join(ROOT, 'dist', 'bundle');
 const PACK = 'ima.cjs';
 const PACKED_PROGRAMS = ['give-recipient', 'handle-incoming-mail'];
 
+/**
+ * Packages that ship an ES and a CommonJS build of the same code: the
+ * toolkit and mailparser import one, mailsplit requires the other, and the
+ * bundle carried both (two libmime, each with its MIME type tables built at
+ * load). Every import of them takes the CommonJS build.
+ */
+const ONE_COPY = /^(libmime|libqp|libbase64)(\/|$)/;
+const oneCopy = {
+  name: 'one-copy',
+  setup(b) {
+    b.onResolve({ filter: ONE_COPY }, async (a) => {
+      if (a.kind === 'require-call' || a.pluginData === 'one-copy') return undefined;
+      const r = await b.resolve(a.path, { kind: 'require-call', importer: a.importer, resolveDir: a.resolveDir, pluginData: 'one-copy' });
+      return r.errors.length ? undefined : { path: r.path };
+    });
+  },
+};
+
+const boot = () => createRequire(import.meta.url)(join(OUT, 'boot.cjs'));
+
 async function build() {
   const { build: esbuild, transform } = await import('esbuild');
   rmSync(OUT, { recursive: true, force: true });
@@ -64,8 +84,11 @@ async function build() {
     alias: { 'html-to-text': './dist/src/mime/lazy.js', 'linkify-it': './dist/src/mime/lazy.js' },
     // boot.cjs passes each file's URL as __imaUrl.
     define: { 'import.meta.url': '__imaUrl' },
+    plugins: [oneCopy],
   });
   rmSync(entry);
+  // What each chunk holds and imports, for whoever asks why a program loads what it loads.
+  writeFileSync(join(ROOT, 'dist', 'bundle-meta.json'), JSON.stringify(out.metafile));
   const chunks = new Map();
   for (const file of out.outputFiles) {
     const meta = out.metafile.outputs[relative(ROOT, file.path)];
@@ -91,8 +114,8 @@ async function build() {
   for (const [name] of chunks) if (name === 'main.cjs' || PACKED_PROGRAMS.some((p) => name.startsWith(`${p}-`))) reach(name);
   const bodies = [...packed].map((name) => `${JSON.stringify(name)}: function (exports, require, module, __filename, __dirname, __imaUrl) {\n${chunks.get(name).code}},\n`);
   const listing = (names) => [...new Set(names.flatMap((n) => chunks.get(n).modules))].map((m) => `// ${m}\n`).join('');
-  mark(join(OUT, PACK), `${listing([...packed])}module.exports.__imaPack = {\n${bodies.join('')}};\n`);
-  for (const [name, chunk] of chunks) if (!packed.has(name)) mark(join(OUT, name), `${listing([name])}${chunk.code}`);
+  mark(join(OUT, PACK), listing([...packed]), `module.exports.__imaPack = {\n${bodies.join('')}};\n`);
+  for (const [name, chunk] of chunks) if (!packed.has(name)) mark(join(OUT, name), listing([name]), chunk.code);
   // The training run: a fresh node, so that nothing of this one's state is in
   // the caches; its message made by make-message beforehand, in another node,
   // so that make-message's code does not go into the pack's cache.
@@ -102,8 +125,9 @@ async function build() {
   execFileSync(process.execPath, [fileURLToPath(import.meta.url), '--train'], { stdio: ['pipe', 'inherit', 'inherit'], input: msg });
 }
 
-/** Write a bundle file with its first line: the sha256 of its content. */
-function mark(file, code) {
+/** Write a bundle file: its first line the sha256 of the rest, then `listing` (comment lines), then the code wrapped as boot.cjs runs it. */
+function mark(file, listing, unwrapped) {
+  const code = `${listing}${boot().wrap(unwrapped)}`;
   if (/[^\x00-\x7f]/.test(code.replace(/\/\/[^\n]*|\/\*[\s\S]*?\*\//g, ''))) {
     // boot.cjs reads the files as Latin-1; esbuild escapes all but comments.
     console.warn(`bundle: ${file} has non-ASCII code outside comments; check boot.ts's reading`);
@@ -121,8 +145,8 @@ function mark(file, code) {
  * its cache holds at least its top level.
  */
 async function train() {
-  const boot = createRequire(import.meta.url)(join(OUT, 'boot.cjs'));
-  const bundle = boot.loadBundle(OUT, false);
+  const { loadBundle, cacheHeader } = boot();
+  const bundle = loadBundle(OUT, false);
   const { PROGRAMS, loadProgram } = bundle.core.exports;
   const msg = readFileSync(0);
   const saved = new Set();
@@ -130,7 +154,7 @@ async function train() {
     const file = `${unit.file}.cache`;
     if (saved.has(file)) return;
     saved.add(file);
-    writeFileSync(file, Buffer.concat([Buffer.from(boot.cacheHeader(unit.buildId), 'latin1'), unit.script.createCachedData()]));
+    writeFileSync(file, Buffer.concat([Buffer.from(cacheHeader(unit.buildId), 'latin1'), unit.script.createCachedData()]));
     chmodSync(file, 0o444);
   };
   try {
