@@ -172,6 +172,9 @@ export async function* readMessage(input: Readable, limits: MessageLimits = DEFA
     if (!complete) {
       unwatch();
       input.destroy();
+      // The input may have ended already and the guard be about to judge it: nobody listens now.
+      guard.on('error', () => {});
+      guard.destroy();
       extract.on('error', () => {});
       extract.destroy(STOPPED);
     }
