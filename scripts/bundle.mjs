@@ -119,9 +119,15 @@ async function build() {
   // The training run: a fresh node, so that nothing of this one's state is in
   // the caches; its message made by make-message beforehand, in another node,
   // so that make-message's code does not go into the pack's cache.
-  const msg = execFileSync(join(ROOT, 'bin', 'make-message'), ['-r', 'alice@b.test', '--text', 'Hello\n', 'bob@b.test'], {
-    env: { ...process.env, IMA_CONFIG_DIR: '/nonexistent', IMA_ALLOW_ROOT: '1' },
-  });
+  let msg = Buffer.alloc(0);
+  try {
+    msg = execFileSync(join(ROOT, 'bin', 'make-message'), ['-r', 'alice@b.test', '--text', 'Hello\n', 'bob@b.test'], {
+      env: { ...process.env, IMA_CONFIG_DIR: '/nonexistent', IMA_ALLOW_ROOT: '1' },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+  } catch (e) {
+    console.warn(`bundle: make-message for the training run failed (${e.message}); the caches cover module loading only`);
+  }
   execFileSync(process.execPath, [fileURLToPath(import.meta.url), '--train'], { stdio: ['pipe', 'inherit', 'inherit'], input: msg });
 }
 
@@ -158,6 +164,7 @@ async function train() {
     chmodSync(file, 0o444);
   };
   try {
+    if (msg.length === 0) throw new Error('no message to deliver');
     await exercise(loadProgram, msg, false);
     save(bundle.units.get(PACK));
     await exercise(loadProgram, msg, true);
