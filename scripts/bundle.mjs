@@ -52,6 +52,27 @@ const oneCopy = {
   },
 };
 
+/**
+ * Packages mailauth requires at its start for BIMI only (scripts/stand-ins.cjs
+ * says why): each import from mailauth's own code gets a stand-in that loads
+ * the real package at first use.
+ */
+const STAND_INS = { undici: 'undici', '@postalsys/vmc': 'vmc', 'fast-xml-parser': 'xml' };
+const standIns = {
+  name: 'bimi-stand-ins',
+  setup(b) {
+    b.onResolve({ filter: /^(undici|@postalsys\/vmc|fast-xml-parser)$/ }, (a) =>
+      /\/node_modules\/mailauth\/lib\//.test(a.importer) ? { path: a.path, namespace: 'stand-in' } : undefined,
+    );
+    // __filename: the chunk's path, from which the stand-in finds mailauth and its packages.
+    b.onLoad({ filter: /.*/, namespace: 'stand-in' }, (a) => ({
+      contents: `module.exports = require(${JSON.stringify(join(ROOT, 'scripts', 'stand-ins.cjs'))}).${STAND_INS[a.path]}(__filename);\n`,
+      loader: 'js',
+      resolveDir: ROOT,
+    }));
+  },
+};
+
 const boot = () => createRequire(import.meta.url)(join(OUT, 'boot.cjs'));
 
 async function build() {
@@ -84,7 +105,7 @@ async function build() {
     alias: { 'html-to-text': './dist/src/mime/lazy.js', 'linkify-it': './dist/src/mime/lazy.js' },
     // boot.cjs passes each file's URL as __imaUrl.
     define: { 'import.meta.url': '__imaUrl' },
-    plugins: [oneCopy],
+    plugins: [oneCopy, standIns],
   });
   rmSync(entry);
   // What each chunk holds and imports, for whoever asks why a program loads what it loads.

@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { cpSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
 import { createRequire } from 'node:module';
+import type { AddressInfo } from 'node:net';
 import { basename, join } from 'node:path';
 import { describe, it } from 'node:test';
 import { buildIdOf, cacheHeader, lazyModule, readCache } from '../src/boot.js';
@@ -31,14 +33,16 @@ interface Probe {
   buildId: string;
 }
 
-/** In a fresh node: load `root`'s bundle as bin/NAME does, load `programs`, and say what was read and whether V8 took each cache. */
-async function probe(root: string, programs: string[] = []): Promise<Probe> {
+/** In a fresh node: load `root`'s bundle as bin/NAME does, `programs` and the chunks `chunks`-HASH; say what was read and whether V8 took each cache. */
+async function probe(root: string, programs: string[] = [], chunks: string[] = []): Promise<Probe> {
   const script = `
     const { loadBundle } = require(${JSON.stringify(join(root, 'dist', 'bundle', 'boot.cjs'))});
     const { readFileSync } = require('node:fs');
     const b = loadBundle(${JSON.stringify(join(root, 'dist', 'bundle'))});
     (async () => {
       for (const p of ${JSON.stringify(programs)}) await b.core.exports.loadProgram(p);
+      const dir = ${JSON.stringify(join(root, 'dist', 'bundle'))};
+      for (const c of ${JSON.stringify(chunks)}) b.unit(require('node:fs').readdirSync(dir).find((f) => f.startsWith(c + '-') && f.endsWith('.cjs')));
       const units = {};
       const packages = new Set();
       const files = new Set();
@@ -186,6 +190,46 @@ describe('boot', () => {
       box(plain);
       assert.equal(await outcome(cached, name, args, input), await outcome(plain, name, args, input), `${name} ${args.join(' ')}`);
     }
+  });
+
+  it("mailauth's chunk carries stand-ins for its BIMI packages, not undici, @postalsys/vmc, asn1js or fast-xml-parser", async () => {
+    const got = await probe(ROOT, [], ['mailauth']);
+    assert.ok(got.packages.includes('mailauth'), got.packages.join(' '));
+    for (const p of ['undici', '@postalsys/vmc', 'asn1js', 'fast-xml-parser']) assert.ok(!got.packages.includes(p), `the mailauth chunk holds ${p}`);
+  });
+
+  it('the BIMI stand-ins answer as the real packages: a fetch through a stand-in Agent, an XML parse, a VMC check', async () => {
+    const standIns = createRequire(import.meta.url)(join(ROOT, 'scripts', 'stand-ins.cjs')) as Record<string, (from: string) => Record<string, unknown>>;
+    const from = join(ROOT, 'package.json');
+    const real = createRequire(createRequire(from).resolve('mailauth'));
+    // undici: over a real connection to a local server.
+    const server = createServer((_req, res) => res.writeHead(200, { connection: 'close' }).end('logo'));
+    await new Promise<void>((res) => server.listen(0, '127.0.0.1', res));
+    try {
+      const { fetch, Agent } = standIns.undici(from) as { fetch: typeof globalThis.fetch; Agent: new (o: object) => object };
+      const res = await fetch(`http://127.0.0.1:${(server.address() as AddressInfo).port}/`, {
+        dispatcher: new Agent({ connect: { timeout: 5000 } }),
+      } as RequestInit);
+      assert.equal(res.status, 200);
+      assert.equal(await res.text(), 'logo');
+    } finally {
+      server.closeAllConnections();
+      server.close();
+    }
+    // fast-xml-parser
+    const svg = '<svg version="1.2" baseProfile="tiny-ps"><title>x</title></svg>';
+    const { XMLParser } = standIns.xml(from) as { XMLParser: new (o: object) => { parse(x: string): unknown } };
+    const Real = (real('fast-xml-parser') as { XMLParser: new (o: object) => { parse(x: string): unknown } }).XMLParser;
+    assert.deepEqual(new XMLParser({ ignoreAttributes: false }).parse(svg), new Real({ ignoreAttributes: false }).parse(svg));
+    // @postalsys/vmc: the same answer to a certificate bundle that is none.
+    const { vmc } = standIns.vmc(from) as { vmc: (b: Buffer, o: object) => Promise<unknown> };
+    const realVmc = (real('@postalsys/vmc') as { vmc: (b: Buffer, o: object) => Promise<unknown> }).vmc;
+    const outcome = (p: Promise<unknown>) =>
+      p.then(
+        (v) => JSON.stringify(v),
+        (e: Error) => `error: ${e.message}`,
+      );
+    assert.equal(await outcome(vmc(Buffer.from('not a certificate'), {})), await outcome(realVmc(Buffer.from('not a certificate'), {})));
   });
 
   it('a lazy module stand-in answers as the module does, and loads it only when asked', () => {
