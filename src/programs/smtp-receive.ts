@@ -10,7 +10,7 @@
 // said the message is stored or handed on.
 import type { Argv } from 'yargs';
 import type { SMTPServerOptions } from 'smtp-server';
-import { domainProblem } from '../address.js';
+import { AddressError, domainProblem, parseMailbox } from '../address.js';
 import { start } from '../cli.js';
 import { type Located, boolean, command, configPath, duration, integer, list, loadConfig, map, optional, size, string, table } from '../config.js';
 import { EXIT, configError, usageError } from '../failure.js';
@@ -19,6 +19,7 @@ import type { Log } from '../log.js';
 import { parseHostPort, whereFrom } from '../net/listen.js';
 import { tlsFromConfig, tlsSchema } from '../net/tls.js';
 import { hashProblem } from '../password.js';
+import { dropAfterBinding, lookUpUser } from '../privileges.js';
 import { isProgram } from './index.js';
 import { commandProblem } from '../stage.js';
 import { senderRuleProblem } from '../smtp/receive-auth.js';
@@ -28,7 +29,16 @@ import { dnsResolver, loadMailauth } from '../smtp/receive-verdicts.js';
 
 const hostPort = string({ check: (s) => (s === '' || /^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]*):\d{1,5}$/.test(s) ? undefined : 'must be ADDRESS:PORT') });
 const checked = (problem: (s: string) => string | undefined) => string({ check: problem });
-// Until the queue exists accepted submissions go to send-mail, which reads the header recipients.
+function mailboxProblem(s: string): string | undefined {
+  try {
+    if (s !== '') parseMailbox(s);
+    return undefined;
+  } catch (e) {
+    if (e instanceof AddressError) return e.message;
+    throw e;
+  }
+}
+// Accepted submissions go to the queue; a toolkit built without it sends them with send-mail, which reads the header recipients.
 const QUEUE = isProgram('queue-mail');
 
 const schema = table({
@@ -37,7 +47,10 @@ const schema = table({
   listen: optional(hostPort, ''),
   implicit_tls: optional(boolean(), false),
   in_process: optional(boolean(), true),
+  user: optional(string(), ''),
   spool_dir: optional(string(), ''),
+  notice_command: optional(list(string({ nonEmpty: true })), ['queue-mail']),
+  notice_from: optional(checked(mailboxProblem), ''),
   tls: tlsSchema(),
   limits: table({
     max_message_bytes: optional(size({ min: 1024 }), 50 * 1024 * 1024),
@@ -108,6 +121,7 @@ function settingsOf(config: Config, role: Role, source: Located, io: Io, log: Lo
     loginDelay: timeouts.login_delay,
     loginFailureDecay: timeouts.login_failure_decay,
     fromProblem: undefined,
+    notice: config.notice_command.length ? { command: config.notice_command, from: config.notice_from || `mailer-daemon@${config.hostname}` } : undefined,
   };
 }
 
@@ -125,11 +139,13 @@ function check(config: Config, source: Located, io: Io): Tls {
     ['mx.handler', config.mx.handler],
     ['mx.check', config.mx.check],
     ['submission.command', config.submission.command],
+    ['notice_command', config.notice_command],
   ];
   for (const [key, argv] of commands) {
     const problem = argv.length ? commandProblem(argv, io.env, io.cwd) : undefined;
     if (problem) throw configError(source.file, key, problem);
   }
+  if (config.user) lookUpUser(config.user, source.file);
   return tlsOf(config, source);
 }
 
@@ -172,8 +188,12 @@ export async function main(args: string[], io: Io): Promise<number> {
     ...parseHostPort(fallback),
   };
   if (where.mode === 'inetd' && argv.listen) throw usageError('--inetd and --listen exclude each other');
+  // Port 25, 465 and 587 need root to bind: bound, the server becomes `user` before it takes a connection.
+  const drop = dropAfterBinding(config.user, source.file!, log);
+  if (where.mode !== 'listen') drop(); // the socket is inherited: nothing to bind
   await serveSmtp(where, server, {
     log,
+    onListening: drop,
     signals: io.signals,
     signal: io.signal,
     drained: () => sessions.drained(),
