@@ -232,6 +232,30 @@ describe('boot', () => {
     assert.equal(await outcome(vmc(Buffer.from('not a certificate'), {})), await outcome(realVmc(Buffer.from('not a certificate'), {})));
   });
 
+  it('libmime in the bundle builds no GBK code table at load, and mime-to-ima still decodes GB2312 and Latin-1', async () => {
+    const chunks = readdirSync(BUNDLE).filter((f) => f.endsWith('.cjs'));
+    const charset = chunks.filter((f) => readFileSync(join(BUNDLE, f), 'latin1').includes('// node_modules/libmime/dist/cjs/charset.js'));
+    assert.ok(charset.length > 0);
+    for (const f of charset) assert.doesNotMatch(readFileSync(join(BUNDLE, f), 'latin1'), /getCodec\(["']gbk["']\)/, f);
+    const mime = (charset: string, body: Buffer) =>
+      Buffer.concat([
+        Buffer.from(
+          `From: a@b.test\r\nTo: c@b.test\r\nSubject: x\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\nMessage-ID: <${charset}@b.test>\r\n` +
+            `MIME-Version: 1.0\r\nContent-Type: text/plain; charset=${charset}\r\nContent-Transfer-Encoding: 8bit\r\n\r\n`,
+        ),
+        body,
+        Buffer.from('\r\n'),
+      ]);
+    for (const [charset, body, text] of [
+      ['gb2312', Buffer.from([0xc4, 0xe3, 0xba, 0xc3]), '\u4f60\u597d'],
+      ['iso-8859-1', Buffer.from([0x47, 0x72, 0xfc, 0xdf, 0x65]), 'Gr\u00fc\u00dfe'],
+    ] as const) {
+      const r = await runCommand(join(ROOT, 'bin', 'mime-to-ima'), [], { env: testEnv(), input: mime(charset, body) });
+      assert.equal(r.code, 0, r.stderr);
+      assert.ok(r.stdout.toString('utf8').includes(text), `${charset}: ${text} not in the message`);
+    }
+  });
+
   it('a lazy module stand-in answers as the module does, and loads it only when asked', () => {
     let loads = 0;
     const real = createRequire(import.meta.url)('node:path') as typeof import('node:path');
