@@ -274,11 +274,11 @@ export class Spool {
     return new Spool(size, file ? undefined : Buffer.concat(chunks), file);
   }
 
-  /** A fresh reader of the content from byte `start` on (a Buffer when it is small). */
-  open(start = 0): Readable | Buffer {
+  /** A fresh reader of the content from byte `start` on (a Buffer when it is small); its chunks from `pool` when given (see BufferPool). */
+  open(start = 0, pool?: BufferPool): Readable | Buffer {
     if (this.memory) return start ? this.memory.subarray(start) : this.memory;
     if (start >= this.size) return Buffer.alloc(0);
-    return positionalReader(this.file!, start, this.size);
+    return positionalReader(this.file!, start, this.size, pool);
   }
 
   async dispose(): Promise<void> {

@@ -6,6 +6,7 @@ import { tempFail } from '../failure.js';
 import { LineError, LineReader } from '../net/lines.js';
 import { connectTls } from '../net/tls.js';
 import { WriteError, closeGently, drained } from '../net/writes.js';
+import type { BufferPool } from '../spool.js';
 import { chunksOf } from '../streams.js';
 import { type Answer, MAX_LINE, VERSION, lineText } from './wire.js';
 
@@ -69,8 +70,12 @@ export class ImdpClient {
     this.write('ABORT\n');
   }
 
-  /** DATA and exactly `size` bytes, with backpressure. */
-  async sendData(source: Buffer | Readable | AsyncIterable<Buffer>, size: number): Promise<void> {
+  /**
+   * DATA and exactly `size` bytes, with backpressure. Chunks lent from
+   * `pool` go back to it once the socket has taken them (TLS has encrypted
+   * them into its own records by then).
+   */
+  async sendData(source: Buffer | Readable | AsyncIterable<Buffer>, size: number, pool?: BufferPool): Promise<void> {
     this.write('DATA\n');
     if (Buffer.isBuffer(source)) {
       if (source.length !== size) throw tempFail(`message is ${source.length} bytes, not the ${size} announced`);
@@ -82,7 +87,8 @@ export class ImdpClient {
     for await (const chunk of chunks) {
       n += chunk.length;
       if (n > size) throw tempFail(`message longer than the ${size} bytes announced`);
-      if (!this.write(chunk)) await this.drained();
+      const written = pool ? this.socket.write(chunk, (e) => e || pool.consumed(chunk)) : this.write(chunk);
+      if (!written) await this.drained();
     }
     if (n !== size) throw tempFail(`message is ${n} bytes, not the ${size} announced`);
   }

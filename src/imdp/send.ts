@@ -11,7 +11,8 @@ import { asFailure, dataError } from '../failure.js';
 import { IMDP_PORT } from './wire.js';
 import { type Headers, type MessageLimits, type OutEntry, mtimeOf, readMessage, writeEntries } from '../message/index.js';
 import { formatResult, parseResult } from '../results.js';
-import { Spool, SpoolLimitError } from '../spool.js';
+import { type BufferPool, Spool, SpoolLimitError } from '../spool.js';
+import { chunksOf } from '../streams.js';
 
 export interface Prepared {
   headers: Headers;
@@ -135,8 +136,8 @@ export function headersFor(base: Headers, g: Group): Headers {
   return h;
 }
 
-/** One domain's copy: its own headers entry followed by the shared rest of the spool. */
-export async function copyFor(p: Prepared, g: Group): Promise<{ headersRaw: Buffer; size: number; open: () => AsyncIterable<Buffer> }> {
+/** One domain's copy: its own headers entry followed by the shared rest of the spool (its chunks lent from `pool` when given). */
+export async function copyFor(p: Prepared, g: Group, pool?: BufferPool): Promise<{ headersRaw: Buffer; size: number; open: () => AsyncIterable<Buffer> }> {
   const h = headersFor(p.headers, g);
   const first = await headersEntry(h, p.mtime);
   const restSize = p.spool.size - p.restOffset;
@@ -145,9 +146,9 @@ export async function copyFor(p: Prepared, g: Group): Promise<{ headersRaw: Buff
     size: first.length + restSize,
     open: async function* () {
       yield first;
-      const rest = p.spool.open(p.restOffset);
+      const rest = p.spool.open(p.restOffset, pool);
       if (Buffer.isBuffer(rest)) yield rest;
-      else yield* rest as AsyncIterable<Buffer>;
+      else yield* chunksOf(rest);
     },
   };
 }

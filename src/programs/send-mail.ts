@@ -24,6 +24,7 @@ import { type Group, type Prepared, type Route, type Target, copyFor, groupRecip
 import { Dns, dnsServerProblem } from '../net/dns.js';
 import type { Io } from '../io.js';
 import { type Word, exitFor, formatResult, parseResult } from '../results.js';
+import { BufferPool, CHUNK as SPOOL_CHUNK } from '../spool.js';
 import { commandProblem, runStage } from '../stage.js';
 import { type TlsMaterial, contextOptions, tlsFromConfig, tlsSchema } from '../net/tls.js';
 
@@ -93,8 +94,9 @@ export async function main(args: string[], io: Io): Promise<number> {
     const refused = legs.filter((l) => l.refused);
     if (refused.length) return await notSent(imdp, legs, io, log);
     // Phase 2: data to every server (and the legacy command), in parallel.
+    const readBuffers = new BufferPool(SPOOL_CHUNK);
     await Promise.all([
-      ...imdp.map((leg) => sendData(leg, prepared, config.timeouts.result)),
+      ...imdp.map((leg) => sendData(leg, prepared, config.timeouts.result, readBuffers)),
       ...legs.filter((l) => l.route.way === 'legacy').map((leg) => runLegacy(leg, prepared, config.legacy_command, config.timeouts.legacy, io)),
     ]);
     return report(legs, io);
@@ -212,11 +214,12 @@ async function announce(leg: Leg, p: Prepared, tls: ReturnType<typeof contextOpt
   }
 }
 
-async function sendData(leg: Leg, p: Prepared, resultTimeout: number): Promise<void> {
+async function sendData(leg: Leg, p: Prepared, resultTimeout: number, readBuffers: BufferPool): Promise<void> {
   const client = leg.client!;
   try {
-    const copy = await copyFor(p, leg.group);
-    await client.sendData(copy.open(), copy.size);
+    // The spool's chunks are lent from one pool and come back once the socket took them: no garbage per chunk.
+    const copy = await copyFor(p, leg.group, readBuffers);
+    await client.sendData(copy.open(), copy.size, readBuffers);
     leg.result = await client.readAnswer(resultTimeout);
     await client.done().catch(() => {});
   } catch (e) {

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -82,6 +83,22 @@ test('send-mail: two domains, each gets only its own bcc; mailer, date and messa
     assert.equal(m.body, 'Hi all.\n');
   }
   assert.equal(atB.h.get('message-id'), atC.h.get('message-id'));
+});
+
+test('send-mail: a 5 MiB message to two domains at once arrives byte for byte at both (the spool read through reused buffers)', async () => {
+  const outB = outDir();
+  const outC = outDir();
+  const b = await server('b.test', outB);
+  const c = await server('c.test', outC);
+  const cfg = sendMailConfig({ 'b.test': `127.0.0.1:${b.port}`, 'c.test': `127.0.0.1:${c.port}` });
+  // Random text: a chunk written from a buffer already refilled with later bytes could not go unnoticed.
+  const body = `${randomBytes(3_900_000).toString('base64').replace(/.{76}/g, '$&\n')}\n`;
+  const r = await runBin('send-mail', ['--config', cfg], { input: await message(fields(), body) });
+  assert.equal(r.code, 0, r.stderr);
+  const [atB] = await stored(outB);
+  const [atC] = await stored(outC);
+  assert.ok(atB.body === body, 'b.test got the body byte for byte');
+  assert.ok(atC.body === body, 'c.test got the body byte for byte');
 });
 
 test('send-mail: one domain refuses for good: its recipients FAIL, the others TEMPFAIL (not sent, retry may go), exit 75; no handler runs', async () => {
