@@ -119,7 +119,7 @@ async function runInProcess(h: StageSpec, name: string & Parameters<typeof loadP
   let code: number;
   let running: Promise<number> | undefined;
   try {
-    const main = await loadProgram(name);
+    const main = mains.get(name) ?? (await loadMain(name));
     running = barrier.run(run, () => main(args, io));
     running.catch(() => {}); // a rejection after an abort is the run's own business
     code = await Promise.race([running, aborted]);
@@ -140,6 +140,15 @@ async function runInProcess(h: StageSpec, name: string & Parameters<typeof loadP
   stderr.end();
   if (!h.input.readableEnded && !h.input.destroyed) h.input.resume();
   return ac.signal.aborted ? EXIT.TEMPFAIL : code;
+}
+
+// A program's main, once loaded: a dynamic import() resolves and links the module again on every call.
+const mains = new Map<string, Awaited<ReturnType<typeof loadProgram>>>();
+
+async function loadMain(name: Parameters<typeof loadProgram>[0]) {
+  const main = await loadProgram(name);
+  mains.set(name, main);
+  return main;
 }
 
 /** How long an aborted in-process run may take to clean up after itself before its TEMPFAIL is answered. */

@@ -111,6 +111,43 @@ async function drainEntry(stream: Readable, path: string, failed: Error | undefi
   await once(stream, 'end');
 }
 
+const BLOCK = 512;
+const USTAR = Buffer.from('ustar\x0000', 'latin1');
+const HEADERS_NAME = Buffer.from('headers\0', 'latin1');
+
+/** A tar header's checksum as tar-stream computes it: every byte, the checksum field counted as spaces. */
+function checksum(block: Buffer): number {
+  let sum = 8 * 32;
+  for (let i = 0; i < 148; i++) sum += block[i];
+  for (let i = 156; i < BLOCK; i++) sum += block[i];
+  return sum;
+}
+
+/** A plain octal field (digits, then NUL or space); undefined for anything else. */
+function plainOctal(block: Buffer, offset: number, length: number): number | undefined {
+  const text = block.toString('latin1', offset, offset + length).replace(/[\0 ]+$/, '');
+  return /^[0-7]{1,11}$/.test(text) ? parseInt(text, 8) : undefined;
+}
+
+/**
+ * The headers of a message from its first bytes, without a tar parser, when
+ * they are laid out as the canonical writer lays them out: a ustar header
+ * named "headers" (no pax or long-name entry, no prefix), a good checksum,
+ * the whole entry within `head`. Undefined for any other layout: then
+ * readMessage decides, with its checks and its words. Throws a
+ * MessageError for headers that break ima-message(5), as readMessage would.
+ */
+export function plainHeaders(head: Buffer, limits: MessageLimits = DEFAULT_LIMITS): Headers | undefined {
+  if (head.length < BLOCK) return undefined;
+  const block = head.subarray(0, BLOCK);
+  if (!block.subarray(0, HEADERS_NAME.length).equals(HEADERS_NAME) || block[156] !== 0x30) return undefined;
+  if (!block.subarray(257, 265).equals(USTAR) || block[345] !== 0) return undefined;
+  const size = plainOctal(block, 124, 12);
+  if (size === undefined || size > limits.maxHeaderBytes || BLOCK + size > head.length) return undefined;
+  if (plainOctal(block, 148, 8) !== checksum(block)) return undefined;
+  return parseHeaders(head.subarray(BLOCK, BLOCK + size));
+}
+
 /** Given to the parser when the reader leaves early: one error made once, not one with a stack trace per message. */
 const STOPPED = new Error('the reader stopped early');
 

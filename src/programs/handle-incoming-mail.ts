@@ -14,7 +14,7 @@ import { type Located, boolean, command, duration, integer, list, map, optional,
 import { EXIT, configError, dataError, usageError } from '../failure.js';
 import { type Word, exitFor, formatResult, parseResult } from '../results.js';
 import { commandProblem, runStage } from '../stage.js';
-import { DEFAULT_LIMITS, type Headers, MessageError, TarGuard, parseHeaders, readMessage } from '../message/index.js';
+import { DEFAULT_LIMITS, type Headers, MessageError, TarGuard, parseHeaders, plainHeaders, readMessage } from '../message/index.js';
 import { type Resolution, Router } from '../routing.js';
 import type { Io } from '../io.js';
 import { Spool, SpoolLimitError } from '../spool.js';
@@ -351,7 +351,9 @@ type Out = (line: string) => void;
 async function planFor(data: Readable | Buffer, envelope: string[], maxHeaderBytes: number, router: Router, out: Out, log: Log): Promise<Plans | number> {
   let recipients: Address[];
   try {
-    const headers = await headersOnly(Buffer.isBuffer(data) ? Readable.from([data]) : data, maxHeaderBytes);
+    // The usual head is read here directly; any other layout by the tar reader.
+    const plain = Buffer.isBuffer(data) ? plainHeaders(data, { ...DEFAULT_LIMITS, maxHeaderBytes }) : undefined;
+    const headers = plain ?? (await headersOnly(Buffer.isBuffer(data) ? Readable.from([data]) : data, maxHeaderBytes));
     recipients = envelope.length ? unique(envelope.flatMap((t) => parseAddressList(t))) : unique(recipientsOf(headers));
   } catch (e) {
     if (e instanceof MessageError || e instanceof AddressError) {

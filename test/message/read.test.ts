@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
 import { Readable } from 'node:stream';
 import { describe, it } from 'node:test';
-import { DEFAULT_LIMITS, type MessageLimits, readMessage } from '../../src/message/index.js';
+import { DEFAULT_LIMITS, type MessageLimits, plainHeaders, readMessage, writeMessage } from '../../src/message/index.js';
+import { parseHeaders } from '../../src/message/headers.js';
+import { PassThrough } from 'node:stream';
 import { END, HEADERS, entry, header, pad, pax, tarOf } from '../tarbuild.js';
 
 async function read(tar: Buffer, limits: Partial<MessageLimits> = {}) {
@@ -165,4 +167,41 @@ describe('headers entry rules', () => {
   for (const [what, text, pattern] of bad) {
     it(`rejects ${what}`, () => rejects(tarOf(entry('headers', Buffer.from(text, what === 'invalid UTF-8' ? 'latin1' : 'utf8'))), pattern));
   }
+});
+
+describe('plainHeaders (the headers of a head without a tar parser)', () => {
+  it('reads what the canonical writer writes, as readMessage does', async () => {
+    const out = new PassThrough();
+    const chunks: Buffer[] = [];
+    out.on('data', (c: Buffer) => chunks.push(c));
+    await writeMessage(out, { headers: parseHeaders(Buffer.from(HEADERS)), body: { size: 3, open: () => Buffer.from('hi\n') } });
+    const tar = Buffer.concat(chunks);
+    assert.equal(plainHeaders(tar)?.serialize().toString(), (await read(tar)).headers);
+    assert.equal(
+      plainHeaders(tarOf(entry('headers', HEADERS)))
+        ?.serialize()
+        .toString(),
+      HEADERS,
+    );
+  });
+  it('leaves every other layout to readMessage (undefined)', () => {
+    const plain = tarOf(entry('headers', HEADERS));
+    const badSum = Buffer.from(plain);
+    badSum[0x60] = 1; // inside the name field, after its NUL: only the checksum tells
+    const cases: [string, Buffer][] = [
+      ['a pax header first', tarOf(pax({ path: 'headers' }), entry('PaxHeader', HEADERS))],
+      ['a bad checksum', badSum],
+      ['the entry cut off', plain.subarray(0, 600)],
+      ['another first entry', tarOf(entry('body', 'hi\n'))],
+      ['a headers entry over the limit', plain],
+      ['less than a block', plain.subarray(0, 100)],
+    ];
+    for (const [what, tar] of cases)
+      assert.equal(plainHeaders(tar, what.includes('limit') ? { ...DEFAULT_LIMITS, maxHeaderBytes: 10 } : DEFAULT_LIMITS), undefined, what);
+  });
+  it("refuses bad headers with readMessage's words", async () => {
+    const tar = tarOf(entry('headers', 'From: a@a.test\n'));
+    assert.throws(() => plainHeaders(tar), /bad header name "From"/);
+    await rejects(tar, /bad header name "From"/);
+  });
 });
