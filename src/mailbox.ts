@@ -205,7 +205,8 @@ export async function deliverToMailbox(dir: string, input: Readable, opts: Deliv
         mkdirSync(join(work, 'attachments'), { mode: 0o700 });
         attachmentsDir = true;
       }
-      await syncs.add(await createAndWrite(join(work, e.path), digest.entry(e.path, e.stream)));
+      const data = e.data ? digest.bytes(e.path, e.data) : digest.entry(e.path, e.stream);
+      await syncs.add(await createAndWrite(join(work, e.path), data));
     }
     const sum = digest.finish();
     if (opts.expectName !== undefined && opts.expectName !== id && opts.expectName !== conflictName(id!, sum))

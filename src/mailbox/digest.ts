@@ -62,6 +62,12 @@ export class ContentDigest {
     this.lines.set(path, `${path} ${size} ${hash.digest('hex')}\n`);
   }
 
+  /** An entry whose data is all in hand. */
+  bytes(path: string, data: Buffer): Buffer {
+    this.lines.set(path, `${path} ${data.length} ${sha256(data)}\n`);
+    return data;
+  }
+
   /** "sha256:HEX" of the manifest. */
   finish(): string {
     const paths = [...this.lines.keys()].sort(canonical);

@@ -3,7 +3,7 @@
 // bounded whatever the message size: entry data is a stream the caller
 // consumes (or leaves, and the reader drains it).
 import { once } from 'node:events';
-import { PassThrough, type Readable, Transform, type TransformCallback, type Writable } from 'node:stream';
+import { PassThrough, Readable, Transform, type TransformCallback, type Writable } from 'node:stream';
 import tar from 'tar-stream';
 import { Failure } from '../failure.js';
 import { type Headers, parseHeaders } from './headers.js';
@@ -15,7 +15,15 @@ import { Utf8Checker } from './utf8.js';
 
 export type Entry =
   | { kind: 'headers'; path: 'headers'; headers: Headers; raw: Buffer; size: number }
-  | { kind: 'body' | 'body.html' | 'attachment'; path: string; name: string; size: number; stream: Readable };
+  | {
+      kind: 'body' | 'body.html' | 'attachment';
+      path: string;
+      name: string;
+      size: number;
+      stream: Readable;
+      /** All of the data, checked, when the reader has it in hand (a small message read whole): the stream gives the same bytes. */
+      data?: Buffer;
+    };
 
 /** Fails the stream on bytes that are not UTF-8 (body and body.html are text). */
 class Utf8Check extends Transform {
@@ -151,12 +159,8 @@ export function plainHeaders(head: Buffer, limits: MessageLimits = DEFAULT_LIMIT
 /** Given to the parser when the reader leaves early: one error made once, not one with a stack trace per message. */
 const STOPPED = new Error('the reader stopped early');
 
-/**
- * Read a message entry by entry. The first entry is always the parsed
- * headers. The caller must consume or ignore each entry's stream before
- * asking for the next; an ignored stream is drained here.
- */
-export async function* readMessage(input: Readable, limits: MessageLimits = DEFAULT_LIMITS): AsyncGenerator<Entry> {
+/** readMessage through tar-stream: any layout, any size, streamed. */
+async function* readStreamed(input: Readable, limits: MessageLimits): AsyncGenerator<Entry> {
   const guard = new TarGuard(limits);
   const extract = tar.extract();
   let failed: Error | undefined;
@@ -209,8 +213,147 @@ export async function* readMessage(input: Readable, limits: MessageLimits = DEFA
     if (!complete) {
       unwatch();
       input.destroy();
+      // Destroyed with the pipeline's error, which the reader has thrown already: no one else is to hear it.
+      guard.on('error', () => {});
       extract.on('error', () => {});
       extract.destroy(STOPPED);
     }
   }
+}
+
+/**
+ * Read a message entry by entry. The first entry is always the parsed
+ * headers. The caller must consume or ignore each entry's stream before
+ * asking for the next; an ignored stream is drained here.
+ *
+ * A message that comes whole in its first chunk, laid out as the canonical
+ * writer lays it out (ustar headers, no pax or long-name entries), is read
+ * from that chunk directly: the guard walks it and every entry passes the
+ * same checks, but no tar parser and no stream per entry is made (most of
+ * the CPU a small message cost). Anything else goes through tar-stream.
+ */
+export async function* readMessage(input: Readable, limits: MessageLimits = DEFAULT_LIMITS): AsyncGenerator<Entry> {
+  const chunks = input[Symbol.asyncIterator]();
+  let first: IteratorResult<unknown>;
+  try {
+    first = await chunks.next();
+  } catch (e) {
+    throw explain(e);
+  }
+  const head = first.done ? NO_BYTES : asBytes(first.value);
+  const guard = new TarGuard(limits);
+  let plain: PlainEntry[] | undefined;
+  try {
+    plain = !first.done && wholeAndPlain(head, guard) ? plainLayout(head) : undefined;
+  } catch (e) {
+    input.destroy();
+    throw e;
+  }
+  if (!plain) {
+    yield* readStreamed(first.done ? Readable.from([], { objectMode: false }) : replay(head, chunks, input), limits);
+    return;
+  }
+  let complete = false;
+  try {
+    const seen: Seen = { index: 0, names: new Set(), attachmentsDir: false };
+    for (const p of plain) {
+      const { kind, name, path, size } = checkEntry(p.header, guard, seen, limits)!;
+      if (kind === 'headers') {
+        yield { kind, path: 'headers', headers: parseHeaders(p.data), raw: p.data, size };
+        continue;
+      }
+      if (kind !== 'attachment') checkUtf8(path, p.data);
+      yield dataEntry(kind, path, name, p.data);
+    }
+    // What follows the end blocks (padding) still passes the guard, up to the input's end.
+    try {
+      for (let next = await chunks.next(); !next.done; next = await chunks.next()) guard.inspect(asBytes(next.value));
+    } catch (e) {
+      throw explain(e);
+    }
+    complete = true;
+    if (seen.index === 0) throw new MessageError('empty archive: no "headers" entry');
+  } finally {
+    // Also when the caller stops early (it wanted only the headers): stop reading.
+    if (!complete) input.destroy();
+  }
+}
+
+const NO_BYTES = Buffer.alloc(0);
+const asBytes = (chunk: unknown) => (typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer));
+
+/** The guard's walk of a first chunk, true when it holds the whole archive; a broken rule throws as the streamed reader would. */
+function wholeAndPlain(head: Buffer, guard: TarGuard): boolean {
+  guard.inspect(head);
+  return guard.ended;
+}
+
+/** The first chunk, then the rest of the input, as one stream (for tar-stream). */
+function replay(head: Buffer, chunks: AsyncIterator<unknown>, input: Readable): Readable {
+  const stream = Readable.from(
+    (async function* () {
+      try {
+        yield head;
+        for (let next = await chunks.next(); !next.done; next = await chunks.next()) yield asBytes(next.value);
+      } finally {
+        input.destroy();
+      }
+    })(),
+    { objectMode: false },
+  );
+  // Its errors reach the reader through the pipeline's watch; one re-raised by its destruction after the reader left is nobody's.
+  stream.on('error', () => {});
+  return stream;
+}
+
+interface PlainEntry {
+  header: tar.Header;
+  data: Buffer;
+}
+
+/**
+ * The entries of a whole archive in hand when every header is a plain ustar
+ * header of a regular file (no prefix, pax or long name, a good checksum, a
+ * plain octal size, a name not ending in "/"); undefined for anything else.
+ * The guard has walked the same bytes: sizes and the end are its.
+ */
+function plainLayout(tar: Buffer): PlainEntry[] | undefined {
+  const out: PlainEntry[] = [];
+  for (let off = 0; off + BLOCK <= tar.length; ) {
+    const block = tar.subarray(off, off + BLOCK);
+    if (block[0] === 0 && block.equals(ZERO_BLOCK)) return out;
+    if (block[156] !== 0x30 || !block.subarray(257, 265).equals(USTAR) || block[345] !== 0) return undefined;
+    const size = plainOctal(block, 124, 12);
+    if (size === undefined || plainOctal(block, 148, 8) !== checksum(block)) return undefined;
+    const end = block.indexOf(0);
+    const name = block.toString('utf8', 0, end === -1 || end > 100 ? 100 : end);
+    if (name.endsWith('/')) return undefined;
+    const at = off + BLOCK;
+    out.push({ header: { name, size, type: 'file' } as tar.Header, data: tar.subarray(at, at + size) });
+    off = at + Math.ceil(size / BLOCK) * BLOCK;
+  }
+  return undefined;
+}
+
+const ZERO_BLOCK = Buffer.alloc(BLOCK);
+
+function checkUtf8(path: string, data: Buffer): void {
+  const utf8 = new Utf8Checker();
+  if (!utf8.check(data)) throw new MessageError(`${path}: not valid UTF-8`);
+  if (!utf8.end()) throw new MessageError(`${path}: not valid UTF-8 (truncated character)`);
+}
+
+/** An entry whose data is in hand; its stream is made only for a caller that asks for one. */
+function dataEntry(kind: 'body' | 'body.html' | 'attachment', path: string, name: string, data: Buffer): Entry {
+  let stream: Readable | undefined;
+  return {
+    kind,
+    path,
+    name,
+    size: data.length,
+    data,
+    get stream() {
+      return (stream ??= Readable.from([data], { objectMode: false }));
+    },
+  };
 }

@@ -68,12 +68,14 @@ function paxSize(buf: Buffer): number | undefined {
   return size;
 }
 
-const isZero = (block: Buffer) => block.every((b) => b === 0);
+const ZERO_BLOCK = Buffer.alloc(BLOCK);
+const NO_BYTES = Buffer.alloc(0);
+const isZero = (block: Buffer) => block.equals(ZERO_BLOCK);
 
 export class TarGuard extends Transform {
   readonly seen: SeenEntry[] = [];
   private state: State = { at: 'header' };
-  private pending = Buffer.alloc(0);
+  private pending = NO_BYTES;
   private entries = 0;
   private total = 0;
   private paxSizeNext: number | undefined;
@@ -102,9 +104,23 @@ export class TarGuard extends Transform {
   }
 
   override _flush(cb: TransformCallback): void {
+    try {
+      this.finish();
+      cb();
+    } catch (e) {
+      cb(e as Error);
+    }
+  }
+
+  /** True once both end-of-archive blocks have gone by. */
+  get ended(): boolean {
+    return this.state.at === 'end';
+  }
+
+  /** The input ended: throws unless the archive did (inspect()'s counterpart of the end of a stream). */
+  finish(): void {
     // A writer killed between two entries leaves a well-formed prefix: only the end blocks tell it from a whole message.
-    if (this.state.at !== 'end') return cb(new MessageError('tar: truncated archive (no end-of-archive blocks)'));
-    cb();
+    if (this.state.at !== 'end') throw new MessageError('tar: truncated archive (no end-of-archive blocks)');
   }
 
   private walk(chunk: Buffer): void {
@@ -119,13 +135,19 @@ export class TarGuard extends Transform {
         if (st.left === 0) this.state = { at: 'header' };
         continue;
       }
-      const need = BLOCK - this.pending.length;
-      const take = chunk.subarray(off, off + need);
-      off += take.length;
-      this.pending = this.pending.length ? Buffer.concat([this.pending, take]) : Buffer.from(take);
-      if (this.pending.length < BLOCK) return;
-      const block = this.pending;
-      this.pending = Buffer.alloc(0);
+      let block: Buffer;
+      if (this.pending.length === 0 && chunk.length - off >= BLOCK) {
+        // A whole block in the chunk: looked at where it lies (a meta block is copied when kept).
+        block = chunk.subarray(off, off + BLOCK);
+        off += BLOCK;
+      } else {
+        const take = chunk.subarray(off, off + BLOCK - this.pending.length);
+        off += take.length;
+        this.pending = this.pending.length ? Buffer.concat([this.pending, take]) : Buffer.from(take);
+        if (this.pending.length < BLOCK) return;
+        block = this.pending;
+        this.pending = NO_BYTES;
+      }
       if (st.at === 'meta') this.metaBlock(st, block);
       else if (st.at === 'zero') this.secondZero(block);
       else this.header(block);
@@ -188,7 +210,7 @@ export class TarGuard extends Transform {
   }
 
   private metaBlock(st: Extract<State, { at: 'meta' }>, block: Buffer): void {
-    st.got.push(block);
+    st.got.push(Buffer.from(block));
     st.have += BLOCK;
     if (st.have < st.size) return;
     const data = Buffer.concat(st.got).subarray(0, st.size);

@@ -19,6 +19,26 @@ async function read(tar: Buffer, limits: Partial<MessageLimits> = {}) {
   return out;
 }
 
+/** What a read gives: the entries' contents (and whether each came in hand), or the error's words. */
+async function outcome(chunks: Buffer[], limits: Partial<MessageLimits> = {}): Promise<Record<string, string> | string> {
+  try {
+    const out: Record<string, string> = {};
+    for await (const e of readMessage(Readable.from(chunks, { objectMode: false }), { ...DEFAULT_LIMITS, ...limits })) {
+      if (e.kind === 'headers') out.headers = e.raw.toString();
+      else {
+        const parts: Buffer[] = [];
+        for await (const c of e.stream) parts.push(c as Buffer);
+        out[e.path] = Buffer.concat(parts).toString('latin1');
+      }
+    }
+    return out;
+  } catch (e) {
+    return (e as Error).message;
+  }
+}
+
+const pieces = (b: Buffer, n: number) => Array.from({ length: Math.ceil(b.length / n) }, (_, i) => b.subarray(i * n, (i + 1) * n));
+
 async function rejects(tar: Buffer, pattern: RegExp, limits: Partial<MessageLimits> = {}) {
   await assert.rejects(read(tar, limits), (e: Error) => {
     assert.match(e.message, pattern);
@@ -62,6 +82,33 @@ describe('readMessage accepts', () => {
     const out: string[] = [];
     for await (const e of readMessage(Readable.from([...tar].map((b) => Buffer.from([b]))))) out.push(e.path);
     assert.deepEqual(out, ['headers', 'body']);
+  });
+});
+
+describe('readMessage of a message in one chunk', () => {
+  const tar = tarOf(entry('headers', HEADERS), entry('body', 'hi\n'), entry('attachments/a.bin', Buffer.from([0, 1, 0xff])));
+  it("hands each entry's data over as it is (no tar parser, no stream unless asked)", async () => {
+    const kinds: [string, boolean][] = [];
+    for await (const e of readMessage(Readable.from([tar], { objectMode: false }))) kinds.push([e.path, e.kind !== 'headers' && e.data !== undefined]);
+    assert.deepEqual(kinds, [
+      ['headers', false],
+      ['body', true],
+      ['attachments/a.bin', true],
+    ]);
+  });
+  it('gives what a read in many chunks gives, padding after the end included', async () => {
+    for (const t of [tar, Buffer.concat([tar, Buffer.alloc(10240 - tar.length)])]) {
+      const whole = await outcome([t]);
+      assert.equal(typeof whole, 'object');
+      assert.deepEqual(whole, await outcome(pieces(t, 100)));
+      assert.deepEqual(await outcome([t, Buffer.alloc(512)]), whole, 'more padding in a chunk of its own');
+    }
+    assert.match(String(await outcome([tar, Buffer.from('x')])), /data after the end-of-archive blocks/);
+  });
+  it('stops reading its input when the caller leaves after the headers', async () => {
+    const input = Readable.from([tar, Buffer.alloc(512)], { objectMode: false });
+    for await (const e of readMessage(input)) if (e.kind === 'headers') break;
+    assert.equal(input.destroyed, true);
   });
 });
 
@@ -148,6 +195,9 @@ describe('readMessage rejects', () => {
     ],
   ];
   for (const [what, tar, pattern, limits] of cases) it(what, () => rejects(tar, pattern, limits));
+  it('with the same words whether the message comes in one chunk (read whole) or in many (through tar-stream)', async () => {
+    for (const [what, tar, , limits] of cases) assert.deepEqual(await outcome([tar], limits), await outcome(pieces(tar, 100), limits), what);
+  });
 });
 
 describe('headers entry rules', () => {
