@@ -3,7 +3,7 @@
 // reuses its id. A retry may differ only in what each hop or recipient
 // changes: `received` lines (one per hop) and `bcc` (each recipient sees at
 // most their own address); everything else must be the same bytes.
-import { createHash } from 'node:crypto';
+import { createHash, hash } from 'node:crypto';
 import type { Headers } from '../message/index.js';
 
 /**
@@ -30,7 +30,8 @@ export function digestInNames(names: readonly string[]): string | undefined {
 /** Fields left out of the digest: they change from hop to hop and recipient to recipient. */
 const VARYING = ['received', 'bcc'];
 
-const sha256 = (data: Buffer | string) => createHash('sha256').update(data).digest('hex');
+// The one-shot form: no Hash object per entry.
+const sha256 = (data: Buffer | string) => hash('sha256', data, 'hex');
 
 /** Canonical order (ima-message(5) Writing): headers, body, body.html, then attachments by the bytes of their names. */
 const rank = (path: string) => ['headers', 'body', 'body.html'].indexOf(path) + 1 || 4;

@@ -5,4 +5,4 @@ export { DEFAULT_LIMITS, MAX_NAME_BYTES, MessageError, type MessageLimits } from
 export { ATTACHMENTS, checkAttachmentName, classifyPath } from './names.js';
 export { plainHeaders, readMessage, type Entry } from './read.js';
 export { bufferPart, canonicalEntries, mtimeOf, writeEntries, writeMessage, type MessageParts, type OutEntry, type Part } from './write.js';
-export { TarGuard } from './tar-guard.js';
+export { TarGuard, TarWalker } from './tar-guard.js';

@@ -10,7 +10,7 @@ import { type Headers, parseHeaders } from './headers.js';
 import { DEFAULT_LIMITS, type MessageLimits, MessageError } from './limits.js';
 import { ATTACHMENTS, type EntryKind, classifyPath } from './names.js';
 import { joinStreams } from '../streams.js';
-import { TarGuard } from './tar-guard.js';
+import { type SeenEntry, TarGuard, TarWalker } from './tar-guard.js';
 import { Utf8Checker } from './utf8.js';
 
 export type Entry =
@@ -83,7 +83,7 @@ interface Checked {
  * against ima-message(5)'s rules for names and order. Undefined for the
  * attachments directory, which is skipped.
  */
-function checkEntry(h: tar.Header, guard: TarGuard, seen: Seen, limits: MessageLimits): Checked | undefined {
+function checkEntry(h: tar.Header, guard: { seen: SeenEntry[] }, seen: Seen, limits: MessageLimits): Checked | undefined {
   const expected = guard.seen[seen.index];
   seen.index++;
   if (!expected || expected.size !== h.size || (expected.type === 'directory') !== (h.type === 'directory')) {
@@ -241,7 +241,7 @@ export async function* readMessage(input: Readable, limits: MessageLimits = DEFA
     throw explain(e);
   }
   const head = first.done ? NO_BYTES : asBytes(first.value);
-  const guard = new TarGuard(limits);
+  const guard = new TarWalker(limits);
   let plain: PlainEntry[] | undefined;
   try {
     plain = !first.done && wholeAndPlain(head, guard) ? plainLayout(head) : undefined;
@@ -283,7 +283,7 @@ const NO_BYTES = Buffer.alloc(0);
 const asBytes = (chunk: unknown) => (typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer));
 
 /** The guard's walk of a first chunk, true when it holds the whole archive; a broken rule throws as the streamed reader would. */
-function wholeAndPlain(head: Buffer, guard: TarGuard): boolean {
+function wholeAndPlain(head: Buffer, guard: TarWalker): boolean {
   guard.inspect(head);
   return guard.ended;
 }

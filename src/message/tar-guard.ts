@@ -72,7 +72,48 @@ const ZERO_BLOCK = Buffer.alloc(BLOCK);
 const NO_BYTES = Buffer.alloc(0);
 const isZero = (block: Buffer) => block.equals(ZERO_BLOCK);
 
+/**
+ * The guard as a stream: chunks pass through once walked, and the end of
+ * the input must be the end of the archive.
+ */
 export class TarGuard extends Transform {
+  readonly walker: TarWalker;
+
+  constructor(limits: MessageLimits) {
+    super();
+    this.walker = new TarWalker(limits);
+  }
+
+  /** What the walk saw, entry by entry. */
+  get seen(): SeenEntry[] {
+    return this.walker.seen;
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    try {
+      this.walker.inspect(chunk);
+      cb(null, chunk);
+    } catch (e) {
+      cb(e as Error);
+    }
+  }
+
+  override _flush(cb: TransformCallback): void {
+    try {
+      this.walker.finish();
+      cb();
+    } catch (e) {
+      cb(e as Error);
+    }
+  }
+}
+
+/**
+ * The guard's walk without a stream: for a reader that has the bytes in hand
+ * or a program that spools a message before reading it, so that a bomb of
+ * entries is stopped while it streams in.
+ */
+export class TarWalker {
   readonly seen: SeenEntry[] = [];
   private state: State = { at: 'header' };
   private pending = NO_BYTES;
@@ -81,35 +122,11 @@ export class TarGuard extends Transform {
   private paxSizeNext: number | undefined;
   private metaBefore = false;
 
-  constructor(private readonly limits: MessageLimits) {
-    super();
-  }
+  constructor(private readonly limits: MessageLimits) {}
 
-  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
-    try {
-      this.walk(chunk);
-      cb(null, chunk);
-    } catch (e) {
-      cb(e as Error);
-    }
-  }
-
-  /**
-   * Check a chunk without passing it on: for a program that spools a message
-   * before reading it, so that a bomb of entries is stopped while it streams
-   * in. Throws a MessageError at the first broken rule or limit.
-   */
+  /** Walk a chunk; throws a MessageError at the first broken rule or limit. */
   inspect(chunk: Buffer): void {
     this.walk(chunk);
-  }
-
-  override _flush(cb: TransformCallback): void {
-    try {
-      this.finish();
-      cb();
-    } catch (e) {
-      cb(e as Error);
-    }
   }
 
   /** True once both end-of-archive blocks have gone by. */

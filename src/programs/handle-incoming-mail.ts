@@ -14,7 +14,7 @@ import { type Located, boolean, command, duration, integer, list, map, optional,
 import { EXIT, configError, dataError, usageError } from '../failure.js';
 import { type Word, exitFor, formatResult, parseResult } from '../results.js';
 import { commandProblem, runStage } from '../stage.js';
-import { DEFAULT_LIMITS, type Headers, MessageError, TarGuard, parseHeaders, plainHeaders, readMessage } from '../message/index.js';
+import { DEFAULT_LIMITS, type Headers, MessageError, TarWalker, parseHeaders, plainHeaders, readMessage } from '../message/index.js';
 import { type Resolution, Router } from '../routing.js';
 import type { Io } from '../io.js';
 import { Spool, SpoolLimitError } from '../spool.js';
@@ -216,7 +216,7 @@ async function checkRecipients(given: Address[], router: Router, maxHeaderBytes:
  * First its head, which holds the headers entry; then all of it, head first.
  */
 class CheckedInput {
-  private readonly guard: TarGuard;
+  private readonly guard: TarWalker;
   private readonly chunks: AsyncIterator<unknown>;
   private size = 0;
   private first: Buffer | undefined;
@@ -225,7 +225,7 @@ class CheckedInput {
     input: Readable,
     private readonly config: { max_message_bytes: number; max_header_bytes: number; max_entries: number },
   ) {
-    this.guard = new TarGuard({
+    this.guard = new TarWalker({
       ...DEFAULT_LIMITS,
       maxEntries: config.max_entries,
       maxHeaderBytes: config.max_header_bytes,
