@@ -319,7 +319,7 @@ interface PlainEntry {
  */
 function plainLayout(tar: Buffer): PlainEntry[] | undefined {
   const out: PlainEntry[] = [];
-  for (let off = 0; off + BLOCK <= tar.length; ) {
+  for (let off = 0; off + BLOCK <= tar.length;) {
     const block = tar.subarray(off, off + BLOCK);
     if (block[0] === 0 && block.equals(ZERO_BLOCK)) return out;
     if (block[156] !== 0x30 || !block.subarray(257, 265).equals(USTAR) || block[345] !== 0) return undefined;
