@@ -220,6 +220,8 @@ class CheckedInput {
   private readonly chunks: AsyncIterator<unknown>;
   private size = 0;
   private first: Buffer | undefined;
+  /** The input has ended: what head() read is the whole message, checked. */
+  ended = false;
 
   constructor(
     input: Readable,
@@ -237,7 +239,10 @@ class CheckedInput {
   /** The next chunk, checked; undefined at the end. */
   private async next(): Promise<Buffer | undefined> {
     const r = await this.chunks.next();
-    if (r.done) return undefined;
+    if (r.done) {
+      this.ended = true;
+      return undefined;
+    }
     const chunk = typeof r.value === 'string' ? Buffer.from(r.value) : (r.value as Buffer);
     this.size += chunk.length;
     if (this.size > this.config.max_message_bytes) throw new SpoolLimitError(`more than ${this.config.max_message_bytes} bytes`);
@@ -312,18 +317,21 @@ async function streamToOne(
   const stopOnParent = () => stop.abort(io.signal?.reason);
   io.signal?.addEventListener('abort', stopOnParent, { once: true });
   let problem: unknown;
-  const input = Readable.from(
-    (async function* () {
-      try {
-        yield* message.all();
-      } catch (e) {
-        problem = e;
-        stop.abort(e);
-        throw e;
-      }
-    })(),
-    { objectMode: false },
-  );
+  // A message no longer than its head has been read and checked whole already: handed on as it is.
+  const input = message.ended
+    ? Readable.from([message.headBytes], { objectMode: false })
+    : Readable.from(
+        (async function* () {
+          try {
+            yield* message.all();
+          } catch (e) {
+            problem = e;
+            stop.abort(e);
+            throw e;
+          }
+        })(),
+        { objectMode: false },
+      );
   input.on('error', () => {}); // the command sees it as its input ending badly; `problem` keeps it
   const read = finished(input).catch(() => {});
   try {
