@@ -38,3 +38,69 @@ export function joinStreams(streams: [Readable, ...Duplex[], Writable], done: (e
     for (const unwatch of watches) unwatch();
   };
 }
+
+const ignore = () => {};
+const prematureClose = () => Object.assign(new Error('Premature close'), { code: 'ERR_STREAM_PREMATURE_CLOSE' });
+
+/**
+ * The chunks of a byte stream one at a time, as they were written into it.
+ * Iterating a Readable itself (for await) calls read(), which joins every
+ * chunk waiting in its buffer into one new Buffer: a copy of the data each
+ * time the reader falls behind. In server-receive that was two copies of
+ * every 1 MiB message (one in handle-incoming-mail, one in the mailbox
+ * writer), most of the garbage that held its RSS up. Like for await, it
+ * throws at the stream's error or premature close and destroys the stream
+ * when the reader leaves before the end.
+ */
+export async function* chunksOf(stream: Readable): AsyncGenerator<Buffer> {
+  const queue: Buffer[] = [];
+  let ended = false;
+  let failure: Error | undefined;
+  let wake: (() => void) | undefined;
+  const poke = () => {
+    const w = wake;
+    wake = undefined;
+    w?.();
+  };
+  // A waiting reader takes the chunk at once; otherwise the stream holds the rest until it is asked.
+  const onData = (chunk: Buffer | string) => {
+    queue.push(typeof chunk === 'string' ? Buffer.from(chunk) : chunk);
+    if (wake) poke();
+    else stream.pause();
+  };
+  const onEnd = () => {
+    ended = true;
+    poke();
+  };
+  const onError = (e: Error) => {
+    failure ??= e;
+    poke();
+  };
+  const onClose = () => {
+    if (!ended) failure ??= prematureClose();
+    poke();
+  };
+  if (stream.readableEnded) return;
+  if (stream.destroyed) {
+    stream.on('error', ignore); // its error may still be on its way: this throw reports it
+    throw stream.errored ?? prematureClose();
+  }
+  stream.on('data', onData).on('end', onEnd).on('error', onError).on('close', onClose);
+  try {
+    for (;;) {
+      if (failure) throw failure;
+      const chunk = queue.shift();
+      if (chunk) {
+        yield chunk;
+        continue;
+      }
+      if (ended) return;
+      const more = new Promise<void>((res) => (wake = res));
+      stream.resume();
+      await more;
+    }
+  } finally {
+    stream.off('data', onData).off('end', onEnd).off('error', onError).off('close', onClose);
+    if (!ended) stream.on('error', ignore).destroy();
+  }
+}

@@ -1,11 +1,12 @@
 // The IMDP client (ima(7)): send-mail's side of a connection, also used by
 // the benchmarks and tests. Calls may be pipelined; answers come in order.
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import type { SecureContextOptions, TLSSocket } from 'node:tls';
 import { tempFail } from '../failure.js';
 import { LineError, LineReader } from '../net/lines.js';
 import { connectTls } from '../net/tls.js';
 import { WriteError, closeGently, drained } from '../net/writes.js';
+import { chunksOf } from '../streams.js';
 import { type Answer, MAX_LINE, VERSION, lineText } from './wire.js';
 
 export interface ClientOptions {
@@ -77,7 +78,8 @@ export class ImdpClient {
       return;
     }
     let n = 0;
-    for await (const chunk of source as AsyncIterable<Buffer>) {
+    const chunks = source instanceof Readable ? chunksOf(source) : source;
+    for await (const chunk of chunks) {
       n += chunk.length;
       if (n > size) throw tempFail(`message longer than the ${size} bytes announced`);
       if (!this.write(chunk)) await this.drained();

@@ -4,7 +4,9 @@
 // changes: `received` lines (one per hop) and `bcc` (each recipient sees at
 // most their own address); everything else must be the same bytes.
 import { createHash, hash } from 'node:crypto';
+import type { Readable } from 'node:stream';
 import type { Headers } from '../message/index.js';
+import { chunksOf } from '../streams.js';
 
 /**
  * A stored message keeps its digest in the name of an empty file beside its
@@ -51,11 +53,10 @@ export class ContentDigest {
   }
 
   /** Pass an entry's data through, hashing it; the entry counts once its data has all gone by. */
-  async *entry(path: string, data: AsyncIterable<unknown>): AsyncGenerator<Buffer> {
+  async *entry(path: string, data: Readable): AsyncGenerator<Buffer> {
     const hash = createHash('sha256');
     let size = 0;
-    for await (const c of data) {
-      const chunk = c as Buffer;
+    for await (const chunk of chunksOf(data)) {
       hash.update(chunk);
       size += chunk.length;
       yield chunk;

@@ -9,7 +9,7 @@ import { Failure } from '../failure.js';
 import { type Headers, parseHeaders } from './headers.js';
 import { DEFAULT_LIMITS, type MessageLimits, MessageError } from './limits.js';
 import { ATTACHMENTS, type EntryKind, classifyPath } from './names.js';
-import { joinStreams } from '../streams.js';
+import { chunksOf, joinStreams } from '../streams.js';
 import { type SeenEntry, TarGuard, TarWalker } from './tar-guard.js';
 import { Utf8Checker } from './utf8.js';
 
@@ -213,8 +213,9 @@ async function* readStreamed(input: Readable, limits: MessageLimits): AsyncGener
     if (!complete) {
       unwatch();
       input.destroy();
-      // Destroyed with the pipeline's error, which the reader has thrown already: no one else is to hear it.
+      // The input may have ended already and the guard be about to judge it: nobody listens now.
       guard.on('error', () => {});
+      guard.destroy();
       extract.on('error', () => {});
       extract.destroy(STOPPED);
     }
@@ -233,24 +234,24 @@ async function* readStreamed(input: Readable, limits: MessageLimits): AsyncGener
  * the CPU a small message cost). Anything else goes through tar-stream.
  */
 export async function* readMessage(input: Readable, limits: MessageLimits = DEFAULT_LIMITS): AsyncGenerator<Entry> {
-  const chunks = input[Symbol.asyncIterator]();
-  let first: IteratorResult<unknown>;
+  let head: Buffer | undefined;
   try {
-    first = await chunks.next();
+    head = await firstChunk(input);
   } catch (e) {
     throw explain(e);
   }
-  const head = first.done ? NO_BYTES : asBytes(first.value);
   const guard = new TarWalker(limits);
   let plain: PlainEntry[] | undefined;
   try {
-    plain = !first.done && wholeAndPlain(head, guard) ? plainLayout(head) : undefined;
+    plain = head && wholeAndPlain(head, guard) ? plainLayout(head) : undefined;
   } catch (e) {
     input.destroy();
     throw e;
   }
   if (!plain) {
-    yield* readStreamed(first.done ? Readable.from([], { objectMode: false }) : replay(head, chunks, input), limits);
+    // The first chunk goes back where it came from, for tar-stream to read it again.
+    if (head && !input.readableEnded) input.unshift(head);
+    yield* readStreamed(head && input.readableEnded ? Readable.from([head], { objectMode: false }) : input, limits);
     return;
   }
   let complete = false;
@@ -267,7 +268,7 @@ export async function* readMessage(input: Readable, limits: MessageLimits = DEFA
     }
     // What follows the end blocks (padding) still passes the guard, up to the input's end.
     try {
-      for (let next = await chunks.next(); !next.done; next = await chunks.next()) guard.inspect(asBytes(next.value));
+      for await (const chunk of chunksOf(input)) guard.inspect(chunk);
     } catch (e) {
       throw explain(e);
     }
@@ -279,31 +280,37 @@ export async function* readMessage(input: Readable, limits: MessageLimits = DEFA
   }
 }
 
-const NO_BYTES = Buffer.alloc(0);
-const asBytes = (chunk: unknown) => (typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer));
+const ignore = () => {};
+const prematureClose = () => Object.assign(new Error('Premature close'), { code: 'ERR_STREAM_PREMATURE_CLOSE' });
+
+/** The input's first chunk (the input paused after it), or undefined when it ends without one; rejects at its error or premature close. */
+function firstChunk(input: Readable): Promise<Buffer | undefined> {
+  if (input.readableEnded) return Promise.resolve(undefined);
+  if (input.destroyed) return Promise.reject(input.errored ?? prematureClose());
+  return new Promise((resolve, reject) => {
+    const settle = (then: () => void) => {
+      input.off('data', onData).off('end', onEnd).off('error', onError).off('close', onClose);
+      then();
+    };
+    const onData = (chunk: Buffer | string) => {
+      input.pause();
+      // From now on an error of the input is the reader's to report: while nothing else watches it (the caller busy
+      // with an entry) it stays in the stream (errored) for chunksOf to throw, and the streamed reader's pipeline,
+      // which destroys the input with its own error, may have stopped watching before that error is raised.
+      input.on('error', ignore);
+      settle(() => resolve(typeof chunk === 'string' ? Buffer.from(chunk) : chunk));
+    };
+    const onEnd = () => settle(() => resolve(undefined));
+    const onError = (e: Error) => settle(() => reject(e));
+    const onClose = () => settle(() => reject(prematureClose()));
+    input.on('data', onData).on('end', onEnd).on('error', onError).on('close', onClose);
+  });
+}
 
 /** The guard's walk of a first chunk, true when it holds the whole archive; a broken rule throws as the streamed reader would. */
 function wholeAndPlain(head: Buffer, guard: TarWalker): boolean {
   guard.inspect(head);
   return guard.ended;
-}
-
-/** The first chunk, then the rest of the input, as one stream (for tar-stream). */
-function replay(head: Buffer, chunks: AsyncIterator<unknown>, input: Readable): Readable {
-  const stream = Readable.from(
-    (async function* () {
-      try {
-        yield head;
-        for (let next = await chunks.next(); !next.done; next = await chunks.next()) yield asBytes(next.value);
-      } finally {
-        input.destroy();
-      }
-    })(),
-    { objectMode: false },
-  );
-  // Its errors reach the reader through the pipeline's watch; one re-raised by its destruction after the reader left is nobody's.
-  stream.on('error', () => {});
-  return stream;
 }
 
 interface PlainEntry {

@@ -6,6 +6,7 @@
 import { once } from 'node:events';
 import type { Readable, Writable } from 'node:stream';
 import tar from 'tar-stream';
+import { chunksOf } from '../streams.js';
 import type { Headers } from './headers.js';
 import { MessageError } from './limits.js';
 import { ATTACHMENTS, checkAttachmentName, classifyPath, compareNames } from './names.js';
@@ -62,7 +63,7 @@ async function writeEntry(pack: tar.Pack, e: OutEntry, mtime: Date): Promise<voi
     sink.end(data);
   } else {
     let n = 0;
-    for await (const chunk of data) {
+    for await (const chunk of chunksOf(data)) {
       n += chunk.length;
       if (n > e.size) {
         data.destroy();

@@ -5,6 +5,7 @@
 // for the next read. Nothing here knows any protocol verb.
 import { PassThrough, type Readable } from 'node:stream';
 import { oneLine } from '../log.js';
+import { chunksOf } from '../streams.js';
 
 /** Text that is safe inside one protocol line: no control characters, bounded. */
 export function lineText(s: string, max = 960): string {
@@ -62,7 +63,7 @@ export class LineReader {
     input: Readable,
     public limits: LineLimits,
   ) {
-    this.iterator = input[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+    this.iterator = chunksOf(input);
   }
 
   private filling?: Promise<boolean>;

@@ -18,6 +18,7 @@ import { DEFAULT_LIMITS, type Headers, MessageError, TarWalker, parseHeaders, pl
 import { type Resolution, Router } from '../routing.js';
 import type { Io } from '../io.js';
 import { Spool, SpoolLimitError } from '../spool.js';
+import { chunksOf } from '../streams.js';
 
 const schema = table({
   domains: map(
@@ -62,19 +63,21 @@ function unique(list: Address[]): Address[] {
 
 /** Read the headers of what is on stdin: a whole message (tar) or a bare headers entry. */
 async function headersOnly(input: Readable, maxBytes: number): Promise<Headers> {
-  const chunks: Buffer[] = [];
+  const chunks = chunksOf(input);
+  const first: Buffer[] = [];
   let n = 0;
-  for await (const c of input) {
-    chunks.push(c as Buffer);
-    n += (c as Buffer).length;
-    if (n >= 512) break;
+  while (n < 512) {
+    const r = await chunks.next();
+    if (r.done) break;
+    first.push(r.value);
+    n += r.value.length;
   }
-  const head = Buffer.concat(chunks);
+  const head = first.length === 1 ? first[0] : Buffer.concat(first);
   const isTar = head.length >= 512 && head.subarray(257, 262).toString('latin1') === 'ustar';
   const rest = Readable.from(
     (async function* () {
       yield head;
-      yield* input;
+      yield* chunks;
     })(),
   );
   if (isTar) {
@@ -145,7 +148,7 @@ export async function main(args: string[], io: Io): Promise<number> {
   if (positional.length > 1) throw usageError('at most one FILE');
   const message = new CheckedInput(await openInput(positional[0], io), config);
   const out = (line: string) => io.stdout.write(`${line}\n`);
-  let head: Buffer;
+  let head: Buffer[];
   try {
     head = await message.head();
   } catch (e) {
@@ -217,9 +220,9 @@ async function checkRecipients(given: Address[], router: Router, maxHeaderBytes:
  */
 class CheckedInput {
   private readonly guard: TarWalker;
-  private readonly chunks: AsyncIterator<unknown>;
+  private readonly chunks: AsyncIterator<Buffer>;
   private size = 0;
-  private first: Buffer | undefined;
+  private first: Buffer[] | undefined;
   /** The input has ended: what head() read is the whole message, checked. */
   ended = false;
 
@@ -233,7 +236,7 @@ class CheckedInput {
       maxHeaderBytes: config.max_header_bytes,
       maxTotalBytes: config.max_message_bytes,
     });
-    this.chunks = input[Symbol.asyncIterator]();
+    this.chunks = chunksOf(input);
   }
 
   /** The next chunk, checked; undefined at the end. */
@@ -243,7 +246,7 @@ class CheckedInput {
       this.ended = true;
       return undefined;
     }
-    const chunk = typeof r.value === 'string' ? Buffer.from(r.value) : (r.value as Buffer);
+    const chunk = r.value;
     this.size += chunk.length;
     if (this.size > this.config.max_message_bytes) throw new SpoolLimitError(`more than ${this.config.max_message_bytes} bytes`);
     this.guard.inspect(chunk);
@@ -251,7 +254,7 @@ class CheckedInput {
   }
 
   /** The first bytes, enough for the headers entry and a pax or long-name entry before it (or the whole of a shorter message). */
-  async head(): Promise<Buffer> {
+  async head(): Promise<Buffer[]> {
     const want = this.config.max_header_bytes + DEFAULT_LIMITS.maxMetaBytes + 4096;
     const parts: Buffer[] = [];
     let n = 0;
@@ -259,18 +262,19 @@ class CheckedInput {
       parts.push(c);
       n += c.length;
     }
-    this.first = Buffer.concat(parts);
-    return this.first;
+    // Kept as the chunks it came in: joining them would copy them.
+    this.first = parts;
+    return parts;
   }
 
   /** What head() read, if it got that far. */
-  get headBytes(): Buffer {
-    return this.first ?? Buffer.alloc(0);
+  get headBytes(): Buffer[] {
+    return this.first ?? [];
   }
 
   /** The whole message, the head first; throws at the first broken check or read error. */
   async *all(): AsyncGenerator<Buffer> {
-    if (this.first?.length) yield this.first;
+    if (this.first) yield* this.first;
     for (let c = await this.next(); c; c = await this.next()) yield c;
   }
 }
@@ -319,7 +323,7 @@ async function streamToOne(
   let problem: unknown;
   // A message no longer than its head has been read and checked whole already: handed on as it is.
   const input = message.ended
-    ? Readable.from([message.headBytes], { objectMode: false })
+    ? Readable.from(message.headBytes, { objectMode: false })
     : Readable.from(
         (async function* () {
           try {
@@ -356,12 +360,12 @@ type Log = { warn(m: string): void; info(m: string): void };
 type Out = (line: string) => void;
 
 /** Each local recipient and what the routing table makes of it; an exit code when there is nothing to deliver. */
-async function planFor(data: Readable | Buffer, envelope: string[], maxHeaderBytes: number, router: Router, out: Out, log: Log): Promise<Plans | number> {
+async function planFor(data: Readable | Buffer[], envelope: string[], maxHeaderBytes: number, router: Router, out: Out, log: Log): Promise<Plans | number> {
   let recipients: Address[];
   try {
     // The usual head is read here directly; any other layout by the tar reader.
-    const plain = Buffer.isBuffer(data) ? plainHeaders(data, { ...DEFAULT_LIMITS, maxHeaderBytes }) : undefined;
-    const headers = plain ?? (await headersOnly(Buffer.isBuffer(data) ? Readable.from([data]) : data, maxHeaderBytes));
+    const plain = Array.isArray(data) && data.length ? plainHeaders(data[0], { ...DEFAULT_LIMITS, maxHeaderBytes }) : undefined;
+    const headers = plain ?? (await headersOnly(Array.isArray(data) ? Readable.from(data) : data, maxHeaderBytes));
     recipients = envelope.length ? unique(envelope.flatMap((t) => parseAddressList(t))) : unique(recipientsOf(headers));
   } catch (e) {
     if (e instanceof MessageError || e instanceof AddressError) {
@@ -391,7 +395,7 @@ function report(plans: Plans, outcome: (r: Resolution) => Outcome, out: Out): nu
 
 /** The spool failed (disk full, a file size limit): every recipient that would have been delivered to is told TEMPFAIL. */
 async function spoolTrouble(
-  head: Buffer,
+  head: Buffer[],
   reason: string,
   envelope: string[],
   config: { max_header_bytes: number },

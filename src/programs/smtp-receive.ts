@@ -10,7 +10,7 @@
 // said the message is stored or handed on.
 import type { Argv } from 'yargs';
 import type { SMTPServerOptions } from 'smtp-server';
-import { domainProblem } from '../address.js';
+import { AddressError, domainProblem, parseMailbox } from '../address.js';
 import { start } from '../cli.js';
 import { type Located, boolean, command, configPath, duration, integer, list, loadConfig, map, optional, size, string, table } from '../config.js';
 import { EXIT, configError, usageError } from '../failure.js';
@@ -28,7 +28,16 @@ import { dnsResolver, loadMailauth } from '../smtp/receive-verdicts.js';
 
 const hostPort = string({ check: (s) => (s === '' || /^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]*):\d{1,5}$/.test(s) ? undefined : 'must be ADDRESS:PORT') });
 const checked = (problem: (s: string) => string | undefined) => string({ check: problem });
-// Until the queue exists accepted submissions go to send-mail, which reads the header recipients.
+function mailboxProblem(s: string): string | undefined {
+  try {
+    if (s !== '') parseMailbox(s);
+    return undefined;
+  } catch (e) {
+    if (e instanceof AddressError) return e.message;
+    throw e;
+  }
+}
+// Accepted submissions go to the queue; a toolkit built without it sends them with send-mail, which reads the header recipients.
 const QUEUE = isProgram('queue-mail');
 
 const schema = table({
@@ -38,6 +47,8 @@ const schema = table({
   implicit_tls: optional(boolean(), false),
   in_process: optional(boolean(), true),
   spool_dir: optional(string(), ''),
+  notice_command: optional(list(string({ nonEmpty: true })), ['queue-mail']),
+  notice_from: optional(checked(mailboxProblem), ''),
   tls: tlsSchema(),
   limits: table({
     max_message_bytes: optional(size({ min: 1024 }), 50 * 1024 * 1024),
@@ -108,6 +119,7 @@ function settingsOf(config: Config, role: Role, source: Located, io: Io, log: Lo
     loginDelay: timeouts.login_delay,
     loginFailureDecay: timeouts.login_failure_decay,
     fromProblem: undefined,
+    notice: config.notice_command.length ? { command: config.notice_command, from: config.notice_from || `mailer-daemon@${config.hostname}` } : undefined,
   };
 }
 
@@ -125,6 +137,7 @@ function check(config: Config, source: Located, io: Io): Tls {
     ['mx.handler', config.mx.handler],
     ['mx.check', config.mx.check],
     ['submission.command', config.submission.command],
+    ['notice_command', config.notice_command],
   ];
   for (const [key, argv] of commands) {
     const problem = argv.length ? commandProblem(argv, io.env, io.cwd) : undefined;

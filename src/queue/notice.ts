@@ -28,13 +28,16 @@ const clip = (s: string, n: number) => (s.length > n ? `${s.slice(0, n - 1)}…`
 
 export interface NoticeOptions {
   kind: NoticeKind;
-  state: MessageState;
-  recipients: Recipient[];
+  /** The message reported on: what run-queue's state says of it, or smtp-receive's account of a message it took. */
+  state: Pick<MessageState, 'id' | 'sender' | 'subject' | 'message_id' | 'arrival'>;
+  recipients: Pick<Recipient, 'address' | 'last_reply' | 'attempts'>[];
   headers: Buffer;
   from: string;
   now: number;
   /** When run-queue gives up (for a delay warning). */
   giveUpAt: number;
+  /** Where the message was (default: the queue, under its queue id). */
+  arrivalLine?: string;
 }
 
 export async function buildNotice(o: NoticeOptions): Promise<Buffer> {
@@ -72,8 +75,8 @@ function bodyText(o: NoticeOptions): string {
           `Your message has not yet been delivered to the recipients below. Delivery will be retried until ${new Date(o.giveUpAt).toISOString()};`,
           'you need not send it again.',
         ];
-  lines.push('', `Subject: ${s.subject || '(no subject)'}`, `Queued:  ${s.arrival} (queue id ${s.id})`, '');
-  for (const r of o.recipients) lines.push(`${r.address}: ${r.last_reply || '(no reply)'} (${r.attempts} attempts)`);
+  lines.push('', `Subject: ${s.subject || '(no subject)'}`, o.arrivalLine ?? `Queued:  ${s.arrival} (queue id ${s.id})`, '');
+  for (const r of o.recipients) lines.push(`${r.address}: ${r.last_reply || '(no reply)'} (${r.attempts} attempt${r.attempts === 1 ? '' : 's'})`);
   lines.push('', o.headers.length ? "The message's headers are attached." : "The message's headers could not be read.");
   return `${lines.join('\n')}\n`;
 }

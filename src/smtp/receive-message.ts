@@ -7,13 +7,14 @@
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import type { DNSResolver } from 'mailauth';
 import { type Address, AddressError, addressKey, formatAddressList, parseAddress, parseAddressList } from '../address.js';
-import { EXIT, Failure, asFailure, permFail } from '../failure.js';
+import { EXIT, Failure, asFailure, permFail, tempFail } from '../failure.js';
 import type { Log } from '../log.js';
 import { type MessageParts, writeMessage } from '../message/index.js';
 import { type ConvertedMessage, MIME_LIMITS, readMime } from '../mime/to-ima.js';
-import { parseResult } from '../results.js';
+import { type Result, isPermanent, parseResult } from '../results.js';
 import { runStage } from '../stage.js';
 import { DataTap } from './receive-data.js';
+import { type NoticeSettings, sendFailureNotice } from './receive-notice.js';
 import { SmtpReply } from './receive-server.js';
 import { verdicts } from './receive-verdicts.js';
 
@@ -51,6 +52,8 @@ export interface MessageSettings {
   verdicts?: { resolver: DNSResolver; enforceDmarcReject: boolean };
   /** submission: a problem with the From: address (the user's sender rules), or undefined. */
   fromProblem?(from: Address): string | undefined;
+  /** Where the notice of recipients that failed for good goes (handler exit 2); undefined: they are only logged. */
+  notice?: NoticeSettings;
 }
 
 export interface Outcome {
@@ -61,6 +64,8 @@ export interface Outcome {
   size: number;
   /** Recipients the handler did not deliver to, with reasons (exit 2). */
   failed: string[];
+  /** What became of their notice, for the log. */
+  notice?: string;
   verdicts?: string;
 }
 
@@ -158,6 +163,31 @@ function replyForExit(code: number, lines: string[], id: string): { code: number
   return { code: 451, text: reason('TEMPFAIL', `4.3.0 the message cannot be delivered now (handler exit ${code}); try again later`), failed };
 }
 
+/**
+ * Exit 2: the reply may be 250 only once every recipient not stored has
+ * failed for good and the sender has been told (or there is nobody to
+ * tell). A recipient that may still be delivered (TEMPFAIL), or failures
+ * the handler did not name, make it 451: the sender tries again, and what
+ * was stored is not stored twice. Resolves with what became of the notice.
+ */
+async function settlePartial(lines: string[], m: ConvertedMessage, env: Envelope, s: MessageSettings, c: Client, n: number): Promise<string> {
+  const results = lines.map(parseResult).filter((r): r is Result => r !== undefined);
+  const failed = results.filter((r) => isPermanent(r.word));
+  if (results.some((r) => r.word === 'TEMPFAIL'))
+    throw tempFail('delivered to some recipients, not yet to all; try again later (what was stored is not stored twice)', '4.3.0');
+  if (!failed.length) throw tempFail('the handler delivered to some recipients without saying which failed; try again later', '4.3.0');
+  if (!env.from) return 'none (null sender)';
+  if (!s.notice) return 'none (notice_command is empty)';
+  const run = { inProcess: s.inProcess, timeout: s.handlerTimeout, env: s.env, cwd: s.cwd, stderr: s.stderr };
+  const said = await sendFailureNotice(s.notice, run, {
+    headers: m.headers,
+    sender: env.from,
+    received: `${when()} by ${s.hostname} (id ${c.sessionId}.${n})`,
+    failed,
+  });
+  return `to <${env.from}>${said ? ` as ${said}` : ''}`;
+}
+
 /** The id the command printed (a queue id): its first stdout line that is not a result line. */
 function printedId(lines: string[]): string | undefined {
   const l = lines.find((x) => !parseResult(x) && /^\S{1,200}$/.test(x.trim()));
@@ -186,8 +216,9 @@ export async function receiveMessage(stream: Readable, c: Client, env: Envelope,
     const id = m.headers.get('message-id') ?? '-';
     const argv = [...s.command, ...(s.envelopeFlag ? env.to.flatMap((r) => [s.envelopeFlag, r]) : [])];
     const ran = await hand(m, argv, s, c);
+    const notice = ran.code === EXIT.PARTIAL ? await settlePartial(ran.lines, m, env, s, c, n) : undefined;
     const r = replyForExit(ran.code, ran.lines, s.role === 'submission' ? (printedId(ran.lines) ?? id) : id);
-    return { ...r, messageId: id, size: data.bytes, verdicts: summary };
+    return { ...r, notice, messageId: id, size: data.bytes, verdicts: summary };
   } catch (e) {
     if (!stream.readableEnded) stream.resume();
     const f = e instanceof AddressError ? permFail(e.message, '5.6.0') : e instanceof SmtpReply ? permFail(e.message) : asFailure(e);

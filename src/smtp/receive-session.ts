@@ -188,8 +188,7 @@ export class Sessions {
       this.log.info(
         `session=${session.id} msg=${n} client=${client.ip} user=${user ?? '-'} from=<${envelope.from}> to=<${envelope.to.join(',')}> size=${o.size} id=${o.messageId ?? '-'}${o.verdicts ? ` ${o.verdicts}` : ''} result=${result}`,
       );
-      if (o.failed.length)
-        this.log.warn(`session=${session.id} msg=${n}: not delivered to ${o.failed.join('; ')} (no delivery status notice is sent until the queue exists)`);
+      if (o.failed.length) this.log.warn(`session=${session.id} msg=${n}: not delivered to ${o.failed.join('; ')}${o.notice ? `; notice ${o.notice}` : ''}`);
       if (o.code === 250) cb(null, o.text);
       else cb(reply(o.code, o.text.slice(0, o.text.indexOf(' ')), o.text.slice(o.text.indexOf(' ') + 1)));
     });

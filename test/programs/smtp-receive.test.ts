@@ -1,8 +1,10 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import net from 'node:net';
-import { writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { readMessage } from '../../src/message/index.js';
 import { after, before, describe, it } from 'node:test';
 import type { Listening } from '../helpers.js';
 import { MX_EXTRA, config, dir, headersOf, replies, startReceive, stored, swaks } from '../smtp/receive-fixture.js';
@@ -185,5 +187,76 @@ describe('smtp-receive mx', () => {
     } finally {
       await srv.stop();
     }
+  });
+
+  describe('a message stored for some recipients and failed for good for others (handler exit 2)', () => {
+    // The handler says what the file `answers` holds, then exits 2.
+    const answers = join(dir, 'partial-answers');
+    const handler = join(dir, 'partial.sh');
+    writeFileSync(handler, `#!/bin/sh\ncat >/dev/null\ncat ${answers}\nexit 2\n`, { mode: 0o755 });
+    const queue = join(dir, 'notice-queue');
+    mkdirSync(queue);
+    const qm = join(dir, 'notice-queue-mail.toml');
+    writeFileSync(qm, `queue_dir = ${JSON.stringify(queue)}\n`);
+    const mx = `[mx]\ndns_servers = ["127.0.0.1:9"]\nhandler = [${JSON.stringify(handler)}]\n`;
+    let srv: Listening;
+    before(async () => {
+      srv = await startReceive(config('mx-partial', mx, `notice_command = ["queue-mail", "--config", ${JSON.stringify(qm)}]`));
+    });
+    after(() => srv.stop());
+    // queue-mail makes messages/ when it first queues.
+    const queued = () => (existsSync(join(queue, 'messages')) ? readdirSync(join(queue, 'messages')).filter((f) => f.endsWith('.ima')) : []);
+    const both = ['--to', 'bob@b.test,carol@b.test', '--header', 'Subject: partly'];
+
+    it('queues a notice to the envelope sender naming the failed recipient and its reason, then answers 250', async () => {
+      writeFileSync(answers, 'OK bob@b.test\nFAIL carol@b.test 5.2.2 mailbox full\n');
+      const before = queued().length;
+      const r = await swaks(srv.port, ['--from', 'alice@a.test', ...both, '--body', 'for two']);
+      assert.match(r.out, /^<- +250 2\.0\.0 accepted as urn:uuid:/m);
+      const fresh = queued().slice(before);
+      assert.equal(fresh.length, 1, 'one notice queued before the 250');
+      const entries = readMessage(Readable.from([readFileSync(join(queue, 'messages', fresh[0]))]));
+      let headers;
+      let body = '';
+      for await (const e of entries) {
+        if (e.kind === 'headers') headers = e.headers;
+        else if (e.path === 'body') for await (const c of e.stream) body += c;
+      }
+      assert.equal(headers!.get('to'), 'alice@a.test');
+      assert.equal(headers!.get('notice'), 'failure');
+      assert.equal(headers!.get('subject'), 'Undelivered: partly');
+      assert.match(headers!.get('from')!, /<mailer-daemon@mx\.b\.test>/);
+      assert.match(body, /carol@b\.test: 5\.2\.2 mailbox full \(1 attempt\)/);
+      assert.doesNotMatch(body, /bob@b\.test/, 'the delivered recipient is not reported');
+      await srv.waitLog(/not delivered to carol@b\.test FAIL 5\.2\.2 mailbox full; notice to <alice@a\.test> as \S+/);
+    });
+
+    it('answers 451 while a recipient may still be delivered (TEMPFAIL), and queues no notice', async () => {
+      writeFileSync(answers, 'OK bob@b.test\nTEMPFAIL carol@b.test 4.2.1 try later\n');
+      const before = queued().length;
+      const r = await swaks(srv.port, ['--from', 'alice@a.test', ...both, '--body', 'again']);
+      assert.match(r.out, /^<\*\* +451 4\.3\.0 delivered to some recipients, not yet to all/m);
+      assert.equal(queued().length, before);
+    });
+
+    it('sends no notice for a null sender (a bounce itself) and still answers 250', async () => {
+      writeFileSync(answers, 'OK bob@b.test\nNORECIPIENT carol@b.test\n');
+      const before = queued().length;
+      const r = await swaks(srv.port, ['--from', '<>', ...both, '--body', 'a bounce']);
+      assert.match(r.out, /^<- +250 2\.0\.0 accepted as urn:uuid:/m);
+      assert.equal(queued().length, before);
+      await srv.waitLog(/not delivered to carol@b\.test NORECIPIENT; notice none \(null sender\)/);
+    });
+
+    it('answers 451 when the notice cannot be handed on', async () => {
+      const failing = await startReceive(config('mx-partial-nonotice', mx, 'notice_command = ["false"]'));
+      try {
+        writeFileSync(answers, 'OK bob@b.test\nFAIL carol@b.test 5.2.2 mailbox full\n');
+        const r = await swaks(failing.port, ['--from', 'alice@a.test', ...both, '--body', 'no notice']);
+        assert.match(r.out, /^<\*\* +451 4\.3\.0 the notice to alice@a\.test of the recipients that failed was not taken \(false exited 1\)/m);
+      } finally {
+        await failing.stop();
+      }
+    });
   });
 });

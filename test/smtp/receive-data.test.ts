@@ -128,4 +128,22 @@ describe('DATA end and escape dots, faster scan', () => {
       }
     }
   });
+
+  it('matches smtp-server byte for byte when a message of many dotted lines comes in many chunks of any size', async () => {
+    // Escape dots, end-like lines and bare dots near every join of held bytes and the next chunk.
+    const lines = ['..a', '.', '...', 'x.', '.\r', 'plain text', '..', '. .', ''];
+    let seed = 7;
+    const random = (n: number) => (seed = (seed * 1103515245 + 12345) % 2 ** 31) % n;
+    for (let round = 0; round < 150; round++) {
+      const body = Array.from({ length: 40 }, () => lines[random(lines.length)]).join('\r\n');
+      const whole = Buffer.from(`${body}\r\n.\r\nQUIT\r\n`, 'latin1');
+      const chunks: Buffer[] = [];
+      for (let at = 0; at < whole.length;) {
+        const n = 1 + random(12);
+        chunks.push(whole.subarray(at, at + n));
+        at += n;
+      }
+      assert.equal(await within(parse(chunks, true)), await within(parse(chunks, false)), `round ${round}`);
+    }
+  });
 });
