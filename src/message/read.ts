@@ -304,6 +304,8 @@ function firstChunk(input: Readable): Promise<Buffer | undefined> {
     const onError = (e: Error) => settle(() => reject(e));
     const onClose = () => settle(() => reject(prematureClose()));
     input.on('data', onData).on('end', onEnd).on('error', onError).on('close', onClose);
+    // A stream paused before it came here flows too (as pipe() would make it).
+    input.resume();
   });
 }
 

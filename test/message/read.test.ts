@@ -105,6 +105,14 @@ describe('readMessage of a message in one chunk', () => {
     }
     assert.match(String(await outcome([tar, Buffer.from('x')])), /data after the end-of-archive blocks/);
   });
+  it('reads an input that was paused before it came', async () => {
+    const input = new PassThrough();
+    input.pause();
+    input.end(tar);
+    const paths: string[] = [];
+    for await (const e of readMessage(input)) paths.push(e.path);
+    assert.deepEqual(paths, ['headers', 'body', 'attachments/a.bin']);
+  });
   it('stops reading its input when the caller leaves after the headers', async () => {
     const input = Readable.from([tar, Buffer.alloc(512)], { objectMode: false });
     for await (const e of readMessage(input)) if (e.kind === 'headers') break;
