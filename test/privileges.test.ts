@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { createConnection } from 'node:net';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { type Listening, runBin, startListening, tempDir, testEnv } from './helpers.js';
@@ -63,6 +64,24 @@ test('privileges: server-receive with user = "nobody" binds as root, then runs a
   const r = await runBin('server-receive', ['--config', file, '--listen', '127.0.0.1:0'], { env: asRoot });
   assert.equal(r.code, 78, r.stderr);
   assert.match(r.stderr, /bad-user\.toml: user: no such user: no-such-user-here/);
+});
+
+test('privileges: smtp-receive with user = "nobody" binds as root, then runs as nobody and greets', { skip }, async () => {
+  const file = join(dir, 'smtp-user.toml');
+  writeFileSync(file, `user = "nobody"\nhostname = "b.test"\n[tls]\ncertificate = "${certs.b.cert}"\nkey = "${certs.b.key}"\n[mx]\nverdicts = false\n`);
+  const smtp = await startListening('smtp-receive', ['--config', file, '--listen', '127.0.0.1:0'], { env: asRoot });
+  servers.push(smtp);
+  await logged(smtp, /running as nobody \(uid 65534, gid 65534\)/);
+  const status = readFileSync(`/proc/${smtp.proc.pid}/status`, 'utf8');
+  assert.match(status, /^Uid:\t65534\t65534\t65534\t65534$/m);
+  const socket = createConnection(smtp.port, '127.0.0.1');
+  const [greeting] = (await once(socket, 'data')) as [Buffer];
+  socket.destroy();
+  assert.match(greeting.toString(), /^220 b\.test /);
+  writeFileSync(file, `user = "no-such-user-here"\nhostname = "b.test"\n[tls]\ncertificate = "${certs.b.cert}"\nkey = "${certs.b.key}"\n`);
+  const r = await runBin('smtp-receive', ['--config', file, '--listen', '127.0.0.1:0'], { env: asRoot });
+  assert.equal(r.code, 78, r.stderr);
+  assert.match(r.stderr, /smtp-user\.toml: user: no such user: no-such-user-here/);
 });
 
 test('privileges: post-office with user = "nobody" binds as root, then runs as nobody', { skip }, async () => {

@@ -19,6 +19,7 @@ import type { Log } from '../log.js';
 import { parseHostPort, whereFrom } from '../net/listen.js';
 import { tlsFromConfig, tlsSchema } from '../net/tls.js';
 import { hashProblem } from '../password.js';
+import { dropAfterBinding, lookUpUser } from '../privileges.js';
 import { isProgram } from './index.js';
 import { commandProblem } from '../stage.js';
 import { senderRuleProblem } from '../smtp/receive-auth.js';
@@ -46,6 +47,7 @@ const schema = table({
   listen: optional(hostPort, ''),
   implicit_tls: optional(boolean(), false),
   in_process: optional(boolean(), true),
+  user: optional(string(), ''),
   spool_dir: optional(string(), ''),
   notice_command: optional(list(string({ nonEmpty: true })), ['queue-mail']),
   notice_from: optional(checked(mailboxProblem), ''),
@@ -143,6 +145,7 @@ function check(config: Config, source: Located, io: Io): Tls {
     const problem = argv.length ? commandProblem(argv, io.env, io.cwd) : undefined;
     if (problem) throw configError(source.file, key, problem);
   }
+  if (config.user) lookUpUser(config.user, source.file);
   return tlsOf(config, source);
 }
 
@@ -185,8 +188,12 @@ export async function main(args: string[], io: Io): Promise<number> {
     ...parseHostPort(fallback),
   };
   if (where.mode === 'inetd' && argv.listen) throw usageError('--inetd and --listen exclude each other');
+  // Port 25, 465 and 587 need root to bind: bound, the server becomes `user` before it takes a connection.
+  const drop = dropAfterBinding(config.user, source.file!, log);
+  if (where.mode !== 'listen') drop(); // the socket is inherited: nothing to bind
   await serveSmtp(where, server, {
     log,
+    onListening: drop,
     signals: io.signals,
     signal: io.signal,
     drained: () => sessions.drained(),
