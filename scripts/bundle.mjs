@@ -1,138 +1,256 @@
 // Builds dist/bundle from tsc's output (dist/src), for the launchers in bin/:
-//   boot.cjs    the loader (src/boot.ts);
-//   ima.cjs     the toolkit's code and the few small packages the spawned
-//               stages need at start (CORE below);
-//   vendor.cjs  every other package, loaded on first use;
-//   *.cjs.cache V8 code caches of both, made here by a training run.
+//   boot.cjs          the loader (src/boot.ts);
+//   ima.cjs           a pack of chunks: the entry (main.cjs: the runner and
+//                     the program registry) and every chunk give-recipient
+//                     and handle-incoming-mail load;
+//   NAME-HASH.cjs     one chunk per program (loaded when it runs) and per
+//                     dynamically imported package (yargs for --help and
+//                     errors, mailauth for verdicts), and shared chunks,
+//                     one per set of entries that use the same code;
+//   *.cjs.cache       a V8 code cache of each, made here by a training run.
+// A profile of idle programs put a third of their RSS and most of their
+// start in code they never ran: the whole toolkit (570 KB, its cache 460 KB)
+// and, at the first package used, every package (5.8 MB) in one file. esbuild
+// splits by reachability: a program reads only the chunks its own imports
+// reach. esbuild splits ES modules only, so the chunks are built as ES
+// modules and each then turned into a CommonJS body (import -> require,
+// import() -> require in a promise), which boot.cjs compiles with its cache.
 // Each .cjs starts with `//ima-build:` and the sha256 of the rest; a cache's
 // first line repeats it with the Node version and architecture that made it,
 // and boot.cjs uses a cache only when all three match (and V8 accepts it).
 // The caches are written here only, inside dist/, never at run time.
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { basename, join, relative, resolve } from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
-import { Script } from 'node:vm';
 
 const ROOT = resolve(fileURLToPath(new URL('..', import.meta.url)));
 const OUT = join(ROOT, 'dist', 'bundle');
+/** The file holding the entry and the chunks of the programs started per message. */
+const PACK = 'ima.cjs';
+const PACKED_PROGRAMS = ['give-recipient', 'handle-incoming-mail'];
 
-/** Packages ima.cjs carries: those give-recipient and handle-incoming-mail load at start. */
-const CORE = new Set(['yargs-parser', 'smol-toml', 'tar-stream']);
+/**
+ * Packages that ship an ES and a CommonJS build of the same code: the
+ * toolkit and mailparser import one, mailsplit requires the other, and the
+ * bundle carried both (two libmime, each with its MIME type tables built at
+ * load). Every import of them takes the CommonJS build.
+ */
+const ONE_COPY = /^(libmime|libqp|libbase64)(\/|$)/;
+const oneCopy = {
+  name: 'one-copy',
+  setup(b) {
+    b.onResolve({ filter: ONE_COPY }, async (a) => {
+      if (a.kind === 'require-call' || a.pluginData === 'one-copy') return undefined;
+      const r = await b.resolve(a.path, { kind: 'require-call', importer: a.importer, resolveDir: a.resolveDir, pluginData: 'one-copy' });
+      return r.errors.length ? undefined : { path: r.path };
+    });
+  },
+};
 
-const packageOf = (spec) =>
-  spec
-    .split('/')
-    .slice(0, spec.startsWith('@') ? 2 : 1)
-    .join('/');
+/**
+ * Packages mailauth requires at its start for BIMI only (scripts/stand-ins.cjs
+ * says why): each import from mailauth's own code gets a stand-in that loads
+ * the real package at first use.
+ */
+const STAND_INS = { undici: 'undici', '@postalsys/vmc': 'vmc', 'fast-xml-parser': 'xml' };
+const standIns = {
+  name: 'bimi-stand-ins',
+  setup(b) {
+    b.onResolve({ filter: /^(undici|@postalsys\/vmc|fast-xml-parser)$/ }, (a) =>
+      /\/node_modules\/mailauth\/lib\//.test(a.importer) ? { path: a.path, namespace: 'stand-in' } : undefined,
+    );
+    // __filename: the chunk's path, from which the stand-in finds mailauth and its packages.
+    b.onLoad({ filter: /.*/, namespace: 'stand-in' }, (a) => ({
+      contents: `module.exports = require(${JSON.stringify(join(ROOT, 'scripts', 'stand-ins.cjs'))}).${STAND_INS[a.path]}(__filename);\n`,
+      loader: 'js',
+      resolveDir: ROOT,
+    }));
+  },
+};
+
+/**
+ * libmime builds iconv-lite's GBK codec (its whole code table) when it loads,
+ * only to have the decoder class all double-byte codecs share, which it
+ * compares a codec's decoder against: 5-10 ms and 240 KB of every start of a
+ * program that converts MIME (a CPU profile of mime-to-ima on a 300-byte
+ * message). The bundle takes the class from iconv-lite's DBCS module instead,
+ * the same function without the table. A libmime whose line differs is
+ * bundled as it is, with a warning.
+ */
+const DBCS_LINE = "const DBCS_DECODER = iconv_lite_1.default.getCodec('gbk').decoder;";
+const lazyDbcs = {
+  name: 'libmime-dbcs',
+  setup(b) {
+    b.onLoad({ filter: /[\\/]node_modules[\\/]libmime[\\/]dist[\\/]cjs[\\/]charset\.js$/ }, (a) => {
+      const code = readFileSync(a.path, 'utf8');
+      if (!code.includes(DBCS_LINE)) {
+        console.warn(`bundle: ${a.path} no longer has the line the bundle rewrites; bundled as it is`);
+        return undefined;
+      }
+      const line = "const DBCS_DECODER = require('iconv-lite/encodings/dbcs-codec.js')._dbcs.prototype.decoder;";
+      return { contents: code.replace(DBCS_LINE, line), loader: 'js' };
+    });
+  },
+};
+
+const boot = () => createRequire(import.meta.url)(join(OUT, 'boot.cjs'));
 
 async function build() {
-  const { build: esbuild } = await import('esbuild');
+  const { build: esbuild, transform } = await import('esbuild');
   rmSync(OUT, { recursive: true, force: true });
   mkdirSync(OUT, { recursive: true });
   const common = {
     bundle: true,
-    format: 'cjs',
     platform: 'node',
     target: 'node20',
     logLevel: 'warning',
     absWorkingDir: ROOT,
+  };
+  // The loader: node builtins only.
+  await esbuild({ ...common, format: 'cjs', entryPoints: ['dist/src/boot.js'], outfile: join(OUT, 'boot.cjs') });
+  const entry = join(ROOT, 'dist', 'main.js');
+  writeFileSync(entry, "export { launch } from './src/run.js';\nexport { PROGRAMS, loadProgram } from './src/programs/index.js';\n");
+  const out = await esbuild({
+    ...common,
+    entryPoints: [entry],
+    format: 'esm',
+    splitting: true,
+    outdir: OUT,
+    entryNames: '[name]',
+    chunkNames: '[name]-[hash]',
+    outExtension: { '.js': '.cjs' },
+    write: false,
+    metafile: true,
     // mailparser's html-to-text and linkify-it load on first use (src/mime/lazy.ts).
     alias: { 'html-to-text': './dist/src/mime/lazy.js', 'linkify-it': './dist/src/mime/lazy.js' },
     // boot.cjs passes each file's URL as __imaUrl.
     define: { 'import.meta.url': '__imaUrl' },
-  };
-  // The loader: node builtins only.
-  await esbuild({ ...common, entryPoints: ['dist/src/boot.js'], outfile: join(OUT, 'boot.cjs'), define: {} });
-  // The toolkit: a package outside CORE, imported by the toolkit's code, is left to vendor.cjs.
-  const vendored = new Set();
-  const split = {
-    name: 'vendor-split',
-    setup(b) {
-      b.onResolve({ filter: /^[^./]/ }, (a) => {
-        if (a.path.startsWith('node:') || a.importer.includes('/node_modules/') || CORE.has(packageOf(a.path))) return undefined;
-        vendored.add(a.path);
-        // import() of an external would stay import(), which a vm.Script cannot do: a stand-in module require()s it.
-        if (a.kind === 'dynamic-import') return { path: a.path, namespace: 'vendor-import' };
-        return { path: a.path, external: true };
-      });
-      b.onLoad({ filter: /.*/, namespace: 'vendor-import' }, (a) => ({
-        contents: `export * from ${JSON.stringify(a.path)};\nexport { default } from ${JSON.stringify(a.path)};\n`,
-        loader: 'js',
-      }));
-    },
-  };
-  await esbuild({
-    ...common,
-    stdin: {
-      contents: "export { launch } from './dist/src/run.js';\nexport { PROGRAMS, loadProgram } from './dist/src/programs/index.js';\n",
-      resolveDir: ROOT,
-      sourcefile: 'bundle-entry.js',
-    },
-    outfile: join(OUT, 'ima.cjs'),
-    plugins: [split],
+    plugins: [oneCopy, standIns, lazyDbcs],
   });
-  // The packages, each behind a function so that only what is asked for runs.
-  const entries = [...vendored].sort().map((id) => `  ${JSON.stringify(id)}: () => require(${JSON.stringify(id)}),`);
-  await esbuild({
-    ...common,
-    stdin: { contents: `module.exports = {\n${entries.join('\n')}\n};\n`, resolveDir: ROOT, sourcefile: 'vendor-entry.js' },
-    outfile: join(OUT, 'vendor.cjs'),
-  });
-  for (const name of ['ima.cjs', 'vendor.cjs']) mark(join(OUT, name));
-  // The training run: a fresh node, so that nothing of this one's state is in the caches.
-  execFileSync(process.execPath, [fileURLToPath(import.meta.url), '--train'], { stdio: 'inherit' });
+  rmSync(entry);
+  // What each chunk holds and imports, for whoever asks why a program loads what it loads.
+  writeFileSync(join(ROOT, 'dist', 'bundle-meta.json'), JSON.stringify(out.metafile));
+  const chunks = new Map();
+  for (const file of out.outputFiles) {
+    const meta = out.metafile.outputs[relative(ROOT, file.path)];
+    // An ES module's imports become require() of the loader boot.cjs gives each chunk;
+    // import() too: a vm.Script has no module loader for it.
+    const cjs = await transform(file.text, { format: 'cjs', platform: 'node', target: 'node20', supported: { 'dynamic-import': false }, logLevel: 'warning' });
+    chunks.set(basename(file.path), {
+      code: cjs.code,
+      // The transform drops esbuild's per-module comments: each file names its modules at the top instead.
+      modules: Object.keys(meta.inputs),
+      imports: meta.imports.filter((i) => i.kind === 'import-statement' && !i.external).map((i) => basename(i.path)),
+    });
+  }
+  // The spawned stages' chunks in one file (a pack): a start reads one file
+  // and deserializes one cache instead of a dozen (each costs a read, a
+  // stat and V8's checks, about a millisecond in all per ten files).
+  const packed = new Set();
+  const reach = (name) => {
+    if (packed.has(name)) return;
+    packed.add(name);
+    for (const i of chunks.get(name).imports) reach(i);
+  };
+  for (const [name] of chunks) if (name === 'main.cjs' || PACKED_PROGRAMS.some((p) => name.startsWith(`${p}-`))) reach(name);
+  const bodies = [...packed].map((name) => `${JSON.stringify(name)}: function (exports, require, module, __filename, __dirname, __imaUrl) {\n${chunks.get(name).code}},\n`);
+  const listing = (names) => [...new Set(names.flatMap((n) => chunks.get(n).modules))].map((m) => `// ${m}\n`).join('');
+  mark(join(OUT, PACK), listing([...packed]), `module.exports.__imaPack = {\n${bodies.join('')}};\n`);
+  for (const [name, chunk] of chunks) if (!packed.has(name)) mark(join(OUT, name), listing([name]), chunk.code);
+  // The training run: a fresh node, so that nothing of this one's state is in
+  // the caches; its message made by make-message beforehand, in another node,
+  // so that make-message's code does not go into the pack's cache.
+  let msg = Buffer.alloc(0);
+  try {
+    msg = execFileSync(join(ROOT, 'bin', 'make-message'), ['-r', 'alice@b.test', '--text', 'Hello\n', 'bob@b.test'], {
+      env: { ...process.env, IMA_CONFIG_DIR: '/nonexistent', IMA_ALLOW_ROOT: '1' },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+  } catch (e) {
+    console.warn(`bundle: make-message for the training run failed (${e.message}); the caches cover module loading only`);
+  }
+  execFileSync(process.execPath, [fileURLToPath(import.meta.url), '--train'], { stdio: ['pipe', 'inherit', 'inherit'], input: msg });
 }
 
-/** Give a bundle file its first line: the sha256 of its content. */
-function mark(file) {
-  const code = readFileSync(file, 'latin1');
+/** Write a bundle file: its first line the sha256 of the rest, then `listing` (comment lines), then the code wrapped as boot.cjs runs it. */
+function mark(file, listing, unwrapped) {
+  const code = `${listing}${boot().wrap(unwrapped)}`;
   if (/[^\x00-\x7f]/.test(code.replace(/\/\/[^\n]*|\/\*[\s\S]*?\*\//g, ''))) {
     // boot.cjs reads the files as Latin-1; esbuild escapes all but comments.
     console.warn(`bundle: ${file} has non-ASCII code outside comments; check boot.ts's reading`);
   }
-  const id = createHash('sha256').update(code, 'latin1').digest('hex');
-  writeFileSync(file, `//ima-build:${id}\n${code}`, 'latin1');
+  const bytes = Buffer.from(code, 'utf8');
+  const id = createHash('sha256').update(bytes).digest('hex');
+  writeFileSync(file, Buffer.concat([Buffer.from(`//ima-build:${id}\n`, 'latin1'), bytes]));
 }
 
 /**
- * Compile both files, then run what a spawned stage runs (every program's
- * module top level, a delivery, a routing), so that the functions a start
- * calls are compiled; write what V8 compiled as the caches.
+ * Load the entry, run what a spawned stage runs (a delivery, a routing), and
+ * write the pack's cache: what V8 compiled of it is what a stage's start
+ * calls. Then --help, every program and every chunk, and the other caches.
+ * A chunk no run touched (a package only some runs import) is loaded so that
+ * its cache holds at least its top level.
  */
 async function train() {
-  const boot = createRequire(import.meta.url)(join(OUT, 'boot.cjs'));
+  const { loadBundle, cacheHeader } = boot();
+  const bundle = loadBundle(OUT, false);
+  const { PROGRAMS, loadProgram } = bundle.core.exports;
+  const msg = readFileSync(0);
+  const saved = new Set();
   const save = (unit) => {
     const file = `${unit.file}.cache`;
-    writeFileSync(file, Buffer.concat([Buffer.from(boot.cacheHeader(unit.buildId), 'latin1'), unit.script.createCachedData()]));
+    if (saved.has(file)) return;
+    saved.add(file);
+    writeFileSync(file, Buffer.concat([Buffer.from(cacheHeader(unit.buildId), 'latin1'), unit.script.createCachedData()]));
     chmodSync(file, 0o444);
   };
-  // vendor.cjs's cache holds its compile only, none of the packages' code: a
-  // cache deserializes whole, and a program that never loads mailauth (an mx
-  // without verdicts) must not carry its compiled code (smtp-receive memory test).
-  const vendorFile = join(OUT, 'vendor.cjs');
-  const vendorCode = readFileSync(vendorFile, 'latin1');
-  const vendorScript = new Script(boot.wrap(vendorCode), { filename: vendorFile });
-  save({ file: vendorFile, buildId: boot.buildIdOf(vendorCode), script: vendorScript });
-  const bundle = boot.loadBundle(OUT, false);
-  const { PROGRAMS, loadProgram } = bundle.core.exports;
   try {
-    await exercise(loadProgram);
+    if (msg.length === 0) throw new Error('no message to deliver');
+    await exercise(loadProgram, msg, false);
+    save(bundle.units.get(PACK));
+    await exercise(loadProgram, msg, true);
   } catch (e) {
     // The caches then hold the module bodies only: slower starts, same behaviour.
     console.warn(`bundle: training runs failed, caches cover module loading only: ${e.message}`);
   }
   for (const p of PROGRAMS) await loadProgram(p);
-  save(bundle.core);
+  for (const f of readdirSync(OUT)) if (f.endsWith('.cjs') && f !== 'boot.cjs') bundle.unit(f);
+  for (const unit of bundle.units.values()) save(unit);
   process.exit(0);
 }
 
-/** The stages' usual runs, in a scratch directory: give-recipient --clean and a delivery, handle-incoming-mail --check and a delivery. */
-async function exercise(loadProgram) {
+/** A small MIME message for the training run's mime-to-ima. */
+const MIME_SAMPLE = [
+  'From: Alice <alice@b.test>',
+  'To: bob@b.test',
+  'Subject: Hello',
+  'Date: Mon, 23 Nov 2026 10:00:00 +0000',
+  'Message-ID: <training@b.test>',
+  'MIME-Version: 1.0',
+  'Content-Type: multipart/mixed; boundary="b"',
+  '',
+  '--b',
+  'Content-Type: text/plain; charset=iso-8859-1',
+  'Content-Transfer-Encoding: quoted-printable',
+  '',
+  'Gr=FC=DFe',
+  '--b',
+  'Content-Type: application/octet-stream; name="a.bin"',
+  'Content-Disposition: attachment; filename="a.bin"',
+  'Content-Transfer-Encoding: base64',
+  '',
+  'AAECAwQF',
+  '--b--',
+  '',
+].join('\r\n');
+
+/** The stages' usual runs, in a scratch directory: give-recipient --clean and a delivery, handle-incoming-mail --check and a delivery; or --help and a MIME conversion each way. */
+async function exercise(loadProgram, msg, help) {
   const dir = mkdtempSync(join(tmpdir(), 'ima-train-'));
   try {
     const box = join(dir, 'bob');
@@ -140,15 +258,19 @@ async function exercise(loadProgram) {
     const cfg = join(dir, 'him.toml');
     writeFileSync(cfg, `[domains."b.test"]\ncommand = ["give-recipient", "--address", "{address}", ${JSON.stringify(box)}]\nusers = ["bob"]\n`);
     const run = async (name, args, input) => {
-      const out = [];
-      const stdout = new Writable({ write: (c, _e, cb) => (out.push(c), cb()) });
+      const stdout = new Writable({ write: (_c, _e, cb) => cb() });
       const stderr = new Writable({ write: (_c, _e, cb) => cb() });
       const env = { IMA_CONFIG_DIR: '/nonexistent', IMA_ALLOW_ROOT: '1', HOME: '/nonexistent', PATH: process.env.PATH };
       const code = await (await loadProgram(name))(args, { stdin: Readable.from(input ? [input] : []), stdout, stderr, env, cwd: dir });
       if (code !== 0) throw new Error(`training run ${name} ${args.join(' ')} exited ${code}`);
-      return Buffer.concat(out);
     };
-    const msg = await run('make-message', ['-r', 'alice@b.test', '--text', 'Hello\n', 'bob@b.test']);
+    if (help) {
+      // The other programs' usual first steps: --help (yargs), a MIME conversion each way.
+      await run('give-recipient', ['--help']);
+      await run('mime-to-ima', [], Buffer.from(MIME_SAMPLE));
+      await run('ima-to-mime', [], msg);
+      return;
+    }
     await run('give-recipient', ['--clean', box]);
     await run('give-recipient', ['--address', 'bob@b.test', box], msg);
     await run('handle-incoming-mail', ['--config', cfg, '--check'], msg);

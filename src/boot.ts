@@ -1,11 +1,11 @@
 // The launchers' loader (bin/NAME requires dist/bundle/boot.cjs, built from
 // this file). A profile of a spawned stage's start put most of its time in
 // Node's ESM loader and in compiling the bundle's chunks, every run anew.
-// So the bundle is two CommonJS files, compiled here with V8's code cache:
-//   ima.cjs     the toolkit's own code and the small packages the stages use;
-//   vendor.cjs  the big packages (yargs, mailauth, nodemailer, mailparser,
-//               node-forge, smtp-server, ...), read only when a program asks
-//               for one of them.
+// So the bundle is CommonJS files, compiled here with V8's code cache:
+// ima.cjs (the runner and what the spawned stages run) and chunks
+// (scripts/bundle.mjs), each read only when the code a program runs first
+// requires it: a program pays for its own code and the packages it imports,
+// not for every program's.
 // Each NAME.cjs may have NAME.cjs.cache beside it, written by the build
 // (scripts/bundle.mjs) and never at run time: its first line names the build
 // (the sha256 the bundle's own first line carries), the Node version and the
@@ -27,16 +27,24 @@ const CACHE_MAGIC = 'ima-code-cache/1';
 const HEAD = '(function (exports, require, module, __filename, __dirname, __imaUrl) {';
 const TAIL = '\n})';
 
-/** A bundle file's code as the function boot.cjs compiles. */
+/**
+ * A chunk's code as the function a bundle file holds (the build writes it
+ * wrapped): the file's text is then the script's source as it is, one string,
+ * not a second copy joined at run time (a heap snapshot of mime-to-ima held
+ * each chunk's text twice, 1.9 MB).
+ */
 export function wrap(code: string): string {
   return HEAD + code + TAIL;
 }
 
-/** The build a bundle file's code says it is, or undefined for a file without the mark. */
+/**
+ * The build a bundle file's code says it is, or undefined for a file without
+ * the mark. A copy, not a slice: V8 keeps a slice's whole parent string alive.
+ */
 export function buildIdOf(code: string): string | undefined {
   if (!code.startsWith(BUILD_MARK)) return undefined;
   const end = code.indexOf('\n');
-  return end < 0 ? undefined : code.slice(BUILD_MARK.length, end);
+  return end < 0 ? undefined : Buffer.from(code.slice(BUILD_MARK.length, end), 'latin1').toString('latin1');
 }
 
 /** The first line of a cache file made for `buildId` by this Node. */
@@ -71,23 +79,35 @@ export interface Unit {
   script: Script;
   /** A cache was offered and V8 took it. */
   cacheUsed: boolean;
-  exports: Record<string, unknown>;
+  /** What the file's code assigned to module.exports (so far, while it runs). */
+  readonly exports: Record<string, unknown>;
 }
 
 /**
  * Compile and run one bundle file. Latin-1 is exact here: esbuild writes
  * ASCII (it escapes everything else), and a one-byte string is the cheapest
- * V8 can compile.
+ * V8 can compile. `loaded` is told of the unit before its code runs, so that
+ * a require() of it from inside sees the module, as Node's loader does.
  */
-export function loadUnit(file: string, req: (id: string) => unknown, useCache = true): Unit {
+export function loadUnit(file: string, req: (id: string) => unknown, useCache = true, loaded?: (u: Unit) => void): Unit {
   const code = readFileSync(file, 'latin1');
   const buildId = buildIdOf(code);
   const cachedData = useCache ? readCache(`${file}.cache`, buildId, file) : undefined;
-  const script = new Script(wrap(code), { filename: file, cachedData });
+  const script = new Script(code, { filename: file, cachedData });
   const module = { exports: {} as Record<string, unknown> };
+  const unit: Unit = {
+    file,
+    buildId,
+    script,
+    cacheUsed: cachedData !== undefined && !script.cachedDataRejected,
+    get exports() {
+      return module.exports;
+    },
+  };
+  loaded?.(unit);
   const body = script.runInThisContext() as (...a: unknown[]) => void;
   body(module.exports, req, module, file, join(file, '..'), pathToFileURL(file).href);
-  return { file, buildId, script, cacheUsed: cachedData !== undefined && !script.cachedDataRejected, exports: module.exports };
+  return unit;
 }
 
 // Node modules the toolkit's code imports at its top level that many runs
@@ -116,24 +136,57 @@ export function lazyModule(load: () => object): object {
   );
 }
 
-/** The loaded bundle of a directory: ima.cjs now, vendor.cjs on first use. */
+/** The loaded bundle of a directory: ima.cjs now, each chunk when code first requires it. */
 export interface Bundle {
+  /** The entry, main.cjs: the runner and the program registry. */
   core: Unit;
-  vendor(): Unit | undefined;
+  /** The chunks run so far, by name; a chunk from a pack has the pack's file, script and cache. */
+  units: Map<string, Unit>;
+  /** Load a chunk (by file name) if it is not yet. */
+  unit(name: string): Unit;
 }
 
+type Body = (exports: object, require: (id: string) => unknown, module: { exports: object }, filename: string, dirname: string, url: string) => void;
+
+/**
+ * A bundle file is a chunk (a CommonJS body) or a pack: a file whose body
+ * sets module.exports.__imaPack to the bodies of several chunks, by name,
+ * each run when first required, as if it were its own file.
+ */
 export function loadBundle(dir: string, useCache = true): Bundle {
   const nodeRequire = createRequire(join(dir, 'ima.cjs'));
-  let vendor: Unit | undefined;
-  const vendorUnit = () => (vendor ??= loadUnit(join(dir, 'vendor.cjs'), createRequire(join(dir, 'vendor.cjs')), useCache));
-  // ima.cjs requires Node's modules and the packages the build put in vendor.cjs.
-  const coreRequire = (id: string): unknown => {
+  const units = new Map<string, Unit>();
+  const packed = new Map<string, { body: Body; pack: Unit }>();
+  // A chunk requires Node's modules, other chunks ("./NAME.cjs") and, for
+  // what the build leaves outside (lazy.ts's real html-to-text), packages.
+  const chunkRequire = (id: string): unknown => {
     if (isBuiltin(id)) return LAZY_BUILTINS.has(id) ? lazyModule(() => nodeRequire(id) as object) : nodeRequire(id);
-    const packages = vendorUnit().exports as Record<string, () => unknown>;
-    return Object.hasOwn(packages, id) ? packages[id]() : nodeRequire(id);
+    if (id.startsWith('./') && !id.includes('/', 2)) return unit(id.slice(2)).exports;
+    return nodeRequire(id);
   };
-  const core = loadUnit(join(dir, 'ima.cjs'), coreRequire, useCache);
-  return { core, vendor: () => vendor };
+  const fromPack = (name: string, { body, pack }: { body: Body; pack: Unit }): Unit => {
+    const module = { exports: {} as Record<string, unknown> };
+    const u: Unit = { ...pack, exports: module.exports };
+    Object.defineProperty(u, 'exports', { get: () => module.exports });
+    units.set(name, u);
+    const file = join(dir, name);
+    body(module.exports, chunkRequire, module, file, dir, pathToFileURL(file).href);
+    return u;
+  };
+  const unit = (name: string): Unit => {
+    const known = units.get(name);
+    if (known) return known;
+    const inPack = packed.get(name);
+    if (inPack) return fromPack(name, inPack);
+    const u = loadUnit(join(dir, name), chunkRequire, useCache, (v) => {
+      units.set(name, v);
+    });
+    const bodies = u.exports.__imaPack as Record<string, Body> | undefined;
+    for (const [n, body] of Object.entries(bodies ?? {})) packed.set(n, { body, pack: u });
+    return u;
+  };
+  unit('ima.cjs');
+  return { core: unit('main.cjs'), units, unit };
 }
 
 /** What bin/NAME calls: run the program as this process (run.ts launch()). */
