@@ -81,13 +81,16 @@ export async function run(b: Bench): Promise<void> {
 
   // In-process, 8 at once, against the C loop (sequential, as a delivery agent's loop).
   const n = b.n(2000, 400);
+  // Written before the C loop runs, as a server's config is written long before mail comes (a config file
+  // younger than 250 ms is read again on every run, see config.ts).
+  const inProcessCfg = setup(b.fresh('inproc'), true);
   const cBox = b.fresh('c-loop');
   for (const f of ['tmp', 'new']) mkdirSync(join(cBox, f));
   let t0 = performance.now();
   const c = spawnSync(deliver, ['loop', String(n), join(dir, 'one.ima'), cBox]);
   if (c.status !== 0) throw new Error(`C loop: ${c.stderr}`);
   const cRate = n / since(t0);
-  const ours = await inProcessRate(b.env, setup(b.fresh('inproc'), true), n, 8);
+  const ours = await inProcessRate(b.env, inProcessCfg, n, 8);
   b.row(`local delivery in-process, ${n} x 4 KB, 8 at once`, ours, 'msg/s', { name: 'C write+fsync+rename+fsync loop', figure: cRate }, '>= 0.6x');
   const fsyncs = fsyncsPerMessage(b, b.n(500, 200));
   if (fsyncs !== undefined) b.row('fsync calls per 4 KB message delivered in-process (strace -c)', fsyncs, 'per msg', { name: 'C loop', figure: 2 }, '<= 2.5');

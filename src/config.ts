@@ -1,7 +1,7 @@
 // One config loader for every program: typed defaults, then the TOML file,
 // then command-line flags; validated once and frozen. A bad file names the
 // file, the key and the problem, and exits 78 (EX_CONFIG).
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
 import { parse as parseToml, stringify as stringifyToml } from 'smol-toml';
@@ -189,13 +189,31 @@ export function locateConfig(
   return { path: join(base, 'ima', `${program}.toml`), required: false };
 }
 
-// A server running a program in-process loads its config for every message:
-// the file is read each time (an edit is seen at the next run, as when
-// spawned), but the parsed, frozen result is reused while the text is the same.
-const loaded = new WeakMap<Field<unknown>, Map<string, { text: string; result: { config: unknown; source: Located } }>>();
+// A server running a program in-process loads its config for every message.
+// An edit is seen at the next run, as when spawned; but the parsed, frozen
+// result is reused while the file is unchanged: while its stat(2) (inode,
+// size, times) is the same, for a file that had not been touched for a while
+// when it was read: file times are coarse (a clock tick, 1-10 ms), so a file
+// edited twice within a tick at the same size keeps its stat; one younger
+// than SETTLED_MS is read each time, and its text compared.
+const loaded = new WeakMap<Field<unknown>, Map<string, { text: string; stamp?: string; result: { config: unknown; source: Located } }>>();
+
+/** How long a file must have been left alone before its stat alone vouches for its contents. */
+const SETTLED_MS = 250;
+
+function stampOf(path: string): { stamp: string; settled: boolean } | undefined {
+  const st = statSync(path, { throwIfNoEntry: false });
+  if (!st) return undefined;
+  const settled = Date.now() - Math.max(st.mtimeMs, st.ctimeMs) > SETTLED_MS;
+  return { stamp: `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`, settled };
+}
 
 /** Read, parse and validate a config file; a missing optional file gives the defaults. */
 export function loadConfig<T>(schema: Field<T>, path: string, required: boolean): { config: T; source: Located } {
+  let known = loaded.get(schema);
+  const hit = known?.get(path);
+  const stat = stampOf(path);
+  if (hit?.stamp !== undefined && hit.stamp === stat?.stamp) return hit.result as { config: T; source: Located };
   let text: string | undefined;
   try {
     text = readFileSync(path, 'utf8');
@@ -206,13 +224,16 @@ export function loadConfig<T>(schema: Field<T>, path: string, required: boolean)
     }
     throw configError(path, '', err.code === 'ENOENT' ? 'no such file' : `cannot read: ${err.code ?? err.message}`);
   }
-  let known = loaded.get(schema);
-  const hit = known?.get(path);
-  if (hit && hit.text === text) return hit.result as { config: T; source: Located };
+  // The stat taken before the read: a change after it shows in the next one.
+  const stamp = stat?.settled ? stat.stamp : undefined;
+  if (hit && hit.text === text) {
+    hit.stamp = stamp;
+    return hit.result as { config: T; source: Located };
+  }
   const result = parseConfig(schema, path, text);
   if (!known) loaded.set(schema, (known = new Map()));
   if (known.size >= 64) known.clear();
-  known.set(path, { text, result });
+  known.set(path, { text, stamp, result });
   return result;
 }
 

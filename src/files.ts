@@ -55,9 +55,14 @@ function startSync(dir: string): Promise<void> {
   return state.running;
 }
 
-/** A name no other writer will pick: time, pid and randomness. */
+// Randomness drawn once per process, then counted on: a name per delivered
+// message, and randomBytes costs more than the rest of making one.
+const SALT = randomBytes(6).toString('hex');
+let named = 0;
+
+/** A name no other writer will pick: time, pid, this process's randomness and a count. */
 export function uniqueName(prefix = ''): string {
-  return `${prefix}${Date.now()}.${process.pid}.${randomBytes(6).toString('hex')}`;
+  return `${prefix}${Date.now()}.${process.pid}.${SALT}${(++named).toString(36)}`;
 }
 
 /**

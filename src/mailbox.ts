@@ -2,7 +2,7 @@
 // a directory named by the UUID of its message-id. Delivery writes into
 // tmp/, fsyncs every file and directory, renames into new/ and fsyncs new/:
 // a crash leaves no message or a whole one, never part of one.
-import { close, constants, lstatSync, open, statSync, write } from 'node:fs';
+import { closeSync, constants, lstatSync, mkdirSync, openSync, renameSync, statSync, write, writeSync } from 'node:fs';
 import { lstat, mkdir, readFile, readdir, rename, rm } from 'node:fs/promises';
 import { isAbsolute, join, relative, sep } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -14,6 +14,7 @@ import { ContentDigest, LEGACY_DIGEST_FILE, conflictName, digestFileName, digest
 import { DEFAULT_LIMITS, type Headers, type MessageLimits, MessageError, type OutEntry, checkAttachmentName, readMessage } from './message/index.js';
 
 export const FOLDERS = ['tmp', 'new', 'cur'] as const;
+const EMPTY = Buffer.alloc(0);
 /** The folders that hold delivered messages: new/ (not yet seen) and cur/ (seen). */
 export type Folder = 'new' | 'cur';
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -68,9 +69,15 @@ export function privateHeaders(headers: Headers, recipient?: Address): Headers {
   return h;
 }
 
-// Delivery makes a few small files per message: they are made through the
-// callback forms of open(2), write(2) and close(2) on plain descriptors,
-// which cost far less per call than FileHandle objects.
+// Delivery makes a few small files per message. Only fsync(2) waits for the
+// disk: it goes to the thread pool. open(2), mkdir(2), rename(2), close(2)
+// and the first bytes written to each file (page cache, microseconds) are
+// made directly; each trip through the thread pool costs more than the call
+// itself (a handful of futex and epoll calls, a promise). Writes past
+// SMALL_FILE go to the thread pool, so a big message cannot hold up the
+// process's other work while the kernel throttles its writes.
+const SMALL_FILE = 64 * 1024;
+
 const NO_PROGRESS = () => tempFail(`cannot write: no byte written (disk full or a file size limit)`, '4.3.1');
 
 /**
@@ -85,20 +92,39 @@ async function writeAll(fd: number, data: Buffer): Promise<void> {
   }
 }
 
-const openFd = (path: string, flags: number, mode: number) => new Promise<number>((res, rej) => open(path, flags, mode, (e, fd) => (e ? rej(e) : res(fd))));
-const closeFd = (fd: number) => new Promise<void>((res, rej) => close(fd, (e) => (e ? rej(e) : res())));
+function writeAllSync(fd: number, data: Buffer): void {
+  for (let off = 0; off < data.length;) {
+    const n = writeSync(fd, data, off, data.length - off);
+    if (n === 0) throw NO_PROGRESS();
+    off += n;
+  }
+}
 
 /** Create a file exclusively and write all of data into it; its descriptor, which the caller syncs and closes. */
 async function createAndWrite(path: string, data: Buffer | AsyncIterable<unknown>): Promise<number> {
   // O_EXCL: never follow or replace an existing name (a planted symlink included).
-  const fd = await openFd(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+  const fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
   try {
-    if (Buffer.isBuffer(data)) await writeAll(fd, data);
-    else for await (const chunk of data) await writeAll(fd, chunk as Buffer);
+    let written = 0;
+    const put = async (chunk: Buffer) => {
+      if (written + chunk.length <= SMALL_FILE) writeAllSync(fd, chunk);
+      else await writeAll(fd, chunk);
+      written += chunk.length;
+    };
+    if (Buffer.isBuffer(data)) await put(data);
+    else for await (const chunk of data) await put(chunk as Buffer);
     return fd;
   } catch (e) {
-    await closeFd(fd).catch(() => {});
+    closeQuietly(fd);
     throw e;
+  }
+}
+
+function closeQuietly(fd: number): void {
+  try {
+    closeSync(fd);
+  } catch {
+    // Its error says nothing more than the one being reported.
   }
 }
 
@@ -106,7 +132,7 @@ async function syncAndClose(fd: number): Promise<void> {
   try {
     await fsyncFd(fd);
   } finally {
-    await closeFd(fd);
+    closeSync(fd);
   }
 }
 
@@ -168,7 +194,7 @@ export async function deliverToMailbox(dir: string, input: Readable, opts: Deliv
       if (e.kind === 'headers') {
         id = messageName(e.headers);
         digest.headers(e.headers);
-        await mkdir(work, { mode: 0o700 });
+        mkdirSync(work, { mode: 0o700 });
         made = true;
         const kept = opts.headersAsSent ? e.headers : privateHeaders(e.headers, opts.recipient);
         const raw = kept.serialize();
@@ -176,15 +202,16 @@ export async function deliverToMailbox(dir: string, input: Readable, opts: Deliv
         continue;
       }
       if (e.kind === 'attachment' && !attachmentsDir) {
-        await mkdir(join(work, 'attachments'), { mode: 0o700 });
+        mkdirSync(join(work, 'attachments'), { mode: 0o700 });
         attachmentsDir = true;
       }
-      await syncs.add(await createAndWrite(join(work, e.path), digest.entry(e.path, e.stream)));
+      const data = e.data ? digest.bytes(e.path, e.data) : digest.entry(e.path, e.stream);
+      await syncs.add(await createAndWrite(join(work, e.path), data));
     }
     const sum = digest.finish();
     if (opts.expectName !== undefined && opts.expectName !== id && opts.expectName !== conflictName(id!, sum))
       throw new MessageError(`message ${id} was sent as ${opts.expectName}`);
-    await closeFd(await createAndWrite(join(work, digestFileName(sum)), Buffer.alloc(0)));
+    closeSync(await createAndWrite(join(work, digestFileName(sum)), EMPTY));
     await syncs.all();
     if (attachmentsDir) await fsyncDir(join(work, 'attachments'));
     await fsyncDir(work);
@@ -199,21 +226,31 @@ export async function deliverToMailbox(dir: string, input: Readable, opts: Deliv
   }
 }
 
-/** The digest of the message stored under name, 'none' for one stored without a digest, undefined when there is no such message. */
-async function storedDigest(dir: string, name: string): Promise<string | undefined> {
-  for (const folder of ['new', 'cur']) {
-    const path = join(dir, folder, name);
-    if (!exists(path)) continue;
-    const named = digestInNames(await readdir(path));
-    if (named) return named;
-    try {
-      return (await readFile(join(path, LEGACY_DIGEST_FILE), 'utf8')).trim();
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return 'none';
-      throw e;
-    }
+/** The digest of the message stored under name in folder, 'none' for one stored without a digest, undefined when there is no such message. */
+async function storedDigest(dir: string, folder: Folder, name: string): Promise<string | undefined> {
+  const path = join(dir, folder, name);
+  if (!exists(path)) return undefined;
+  const named = digestInNames(await readdir(path));
+  if (named) return named;
+  try {
+    return (await readFile(join(path, LEGACY_DIGEST_FILE), 'utf8')).trim();
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return 'none';
+    throw e;
   }
-  return undefined;
+}
+
+/** rename(2) of the written message to new/NAME; false when NAME is taken there. */
+function renamedInto(work: string, target: string): boolean {
+  try {
+    // rename(2) of a directory replaces an empty target silently; ours are never empty (headers).
+    renameSync(work, target);
+    return true;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOTEMPTY' || code === 'EEXIST') return false;
+    throw e;
+  }
 }
 
 /**
@@ -223,25 +260,26 @@ async function storedDigest(dir: string, name: string): Promise<string | undefin
  * digests were kept, possibly cut short) is never taken for the same.
  */
 async function place(dir: string, work: string, id: string, sum: string): Promise<Omit<Delivered, 'messageId'>> {
-  for (const name of [id, conflictName(id, sum)]) {
+  for (const name of [id, undefined]) {
+    const as = name ?? conflictName(id, sum);
     // Twice: a delivery of the same id may rename into new/ between our look and our rename.
     for (let attempt = 0; attempt < 2; attempt++) {
-      const there = await storedDigest(dir, name);
+      // A name taken in new/ makes the rename fail, so only cur/ needs a look first.
+      let there = await storedDigest(dir, 'cur', as);
+      if (there === undefined) {
+        if (renamedInto(work, join(dir, 'new', as))) {
+          await fsyncDir(join(dir, 'new'));
+          return { id: as, duplicate: false, conflict: as !== id };
+        }
+        there = await storedDigest(dir, 'new', as);
+        // Gone again meanwhile (read and removed): try once more.
+        if (there === undefined) continue;
+      }
       if (there === sum) {
         await rm(work, { recursive: true, force: true });
-        return { id: name, duplicate: true, conflict: name !== id };
+        return { id: as, duplicate: true, conflict: as !== id };
       }
-      if (there !== undefined) break;
-      try {
-        // rename(2) of a directory replaces an empty target silently; ours are never empty (headers).
-        await rename(work, join(dir, 'new', name));
-      } catch (e) {
-        const code = (e as NodeJS.ErrnoException).code;
-        if (code === 'ENOTEMPTY' || code === 'EEXIST') continue;
-        throw e;
-      }
-      await fsyncDir(join(dir, 'new'));
-      return { id: name, duplicate: false, conflict: name !== id };
+      break;
     }
   }
   throw tempFail(`message-id ${id}: both its name and its conflict name ${conflictName(id, sum)} hold other content`, '4.2.0');

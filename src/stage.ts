@@ -33,18 +33,20 @@ export interface StageSpec {
   signal?: AbortSignal;
 }
 
-/** Splits written bytes into lines (bounded: an endless line is cut) and hands each on. */
+/** Splits what is written (bytes or text) into lines (bounded: an endless line is cut) and hands each on. */
 export class LineSplitter extends Writable {
   private partial = '';
-  private readonly decoder = new TextDecoder('utf-8');
+  // Made at the first write of bytes: an in-process program writes text, and most runs write one line.
+  private decoder: TextDecoder | undefined;
   constructor(
     private readonly each: (line: string) => void,
     private readonly max = 900,
   ) {
-    super();
+    super({ decodeStrings: false });
   }
-  override _write(chunk: Buffer, _e: BufferEncoding, cb: () => void) {
-    const text = this.partial + this.decoder.decode(chunk, { stream: true });
+  override _write(chunk: Buffer | string, _e: BufferEncoding, cb: () => void) {
+    const text =
+      this.partial + (typeof chunk === 'string' ? this.flushed() + chunk : (this.decoder ??= new TextDecoder('utf-8')).decode(chunk, { stream: true }));
     const lines = text.split('\n');
     this.partial = lines.pop()!;
     for (const l of lines) this.each(lineText(l, this.max));
@@ -55,9 +57,13 @@ export class LineSplitter extends Writable {
     cb();
   }
   override _final(cb: () => void) {
-    const rest = this.partial + this.decoder.decode();
+    const rest = this.partial + this.flushed();
     if (rest !== '') this.each(lineText(rest, this.max));
     cb();
+  }
+  /** What the decoder still holds of a character cut off by the last bytes written (as U+FFFD). */
+  private flushed(): string {
+    return this.decoder ? this.decoder.decode() : '';
   }
 }
 
@@ -119,7 +125,7 @@ async function runInProcess(h: StageSpec, name: string & Parameters<typeof loadP
   let code: number;
   let running: Promise<number> | undefined;
   try {
-    const main = await loadProgram(name);
+    const main = mains.get(name) ?? (await loadMain(name));
     running = barrier.run(run, () => main(args, io));
     running.catch(() => {}); // a rejection after an abort is the run's own business
     code = await Promise.race([running, aborted]);
@@ -140,6 +146,15 @@ async function runInProcess(h: StageSpec, name: string & Parameters<typeof loadP
   stderr.end();
   if (!h.input.readableEnded && !h.input.destroyed) h.input.resume();
   return ac.signal.aborted ? EXIT.TEMPFAIL : code;
+}
+
+// A program's main, once loaded: a dynamic import() resolves and links the module again on every call.
+const mains = new Map<string, Awaited<ReturnType<typeof loadProgram>>>();
+
+async function loadMain(name: Parameters<typeof loadProgram>[0]) {
+  const main = await loadProgram(name);
+  mains.set(name, main);
+  return main;
 }
 
 /** How long an aborted in-process run may take to clean up after itself before its TEMPFAIL is answered. */

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { rmSync, writeFileSync } from 'node:fs';
+import { rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { integer, loadConfig, optional, string, table } from '../src/config.js';
@@ -29,4 +29,21 @@ test("config: what a program is given is frozen, so one run cannot change the ne
     (config as { name: string }).name = 'changed';
   }, TypeError);
   assert.equal(loadConfig(schema, file, true).config.name, 'kept');
+});
+
+test('config: a file left alone is vouched for by its stat, and any edit after that is still seen', async () => {
+  const file = join(tempDir(), 'z.toml');
+  writeFileSync(file, 'name = "cccc"\n');
+  const old = new Date(Date.now() - 60_000);
+  utimesSync(file, old, old);
+  // ctime moved with utimes: wait (with a deadline) until the file counts as settled, as a config written long ago does.
+  const deadline = Date.now() + 5000;
+  while (Date.now() - statSync(file).ctimeMs <= 300 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  const first = loadConfig(schema, file, true).config;
+  assert.equal(first.name, 'cccc');
+  assert.equal(loadConfig(schema, file, true).config, first, 'the same frozen object');
+  writeFileSync(file, 'name = "dddd"\n');
+  assert.equal(loadConfig(schema, file, true).config.name, 'dddd');
+  writeFileSync(file, 'name = "eeee"\n');
+  assert.equal(loadConfig(schema, file, true).config.name, 'eeee', 'edited again within the same tick, same size');
 });

@@ -3,7 +3,7 @@
 // reuses its id. A retry may differ only in what each hop or recipient
 // changes: `received` lines (one per hop) and `bcc` (each recipient sees at
 // most their own address); everything else must be the same bytes.
-import { createHash } from 'node:crypto';
+import { createHash, hash } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import type { Headers } from '../message/index.js';
 import { chunksOf } from '../streams.js';
@@ -32,7 +32,8 @@ export function digestInNames(names: readonly string[]): string | undefined {
 /** Fields left out of the digest: they change from hop to hop and recipient to recipient. */
 const VARYING = ['received', 'bcc'];
 
-const sha256 = (data: Buffer | string) => createHash('sha256').update(data).digest('hex');
+// The one-shot form: no Hash object per entry.
+const sha256 = (data: Buffer | string) => hash('sha256', data, 'hex');
 
 /** Canonical order (ima-message(5) Writing): headers, body, body.html, then attachments by the bytes of their names. */
 const rank = (path: string) => ['headers', 'body', 'body.html'].indexOf(path) + 1 || 4;
@@ -47,7 +48,8 @@ export class ContentDigest {
   private readonly lines = new Map<string, string>();
 
   headers(h: Headers): void {
-    const raw = VARYING.reduce((c, f) => c.remove(f), h.clone()).serialize();
+    // A copy to take fields out of only when there are some (a message that has not travelled yet has none).
+    const raw = h.fields.some((f) => VARYING.includes(f.name)) ? VARYING.reduce((c, f) => c.remove(f), h.clone()).serialize() : h.serialize();
     this.lines.set('headers', `headers ${raw.length} ${sha256(raw)}\n`);
   }
 
@@ -61,6 +63,12 @@ export class ContentDigest {
       yield chunk;
     }
     this.lines.set(path, `${path} ${size} ${hash.digest('hex')}\n`);
+  }
+
+  /** An entry whose data is all in hand. */
+  bytes(path: string, data: Buffer): Buffer {
+    this.lines.set(path, `${path} ${data.length} ${sha256(data)}\n`);
+    return data;
   }
 
   /** "sha256:HEX" of the manifest. */

@@ -3,6 +3,6 @@
 export { Headers, parseHeaders, requireFields, checkField, type Field } from './headers.js';
 export { DEFAULT_LIMITS, MAX_NAME_BYTES, MessageError, type MessageLimits } from './limits.js';
 export { ATTACHMENTS, checkAttachmentName, classifyPath } from './names.js';
-export { readMessage, type Entry } from './read.js';
+export { plainHeaders, readMessage, type Entry } from './read.js';
 export { bufferPart, canonicalEntries, mtimeOf, writeEntries, writeMessage, type MessageParts, type OutEntry, type Part } from './write.js';
-export { TarGuard } from './tar-guard.js';
+export { TarGuard, TarWalker } from './tar-guard.js';

@@ -68,43 +68,76 @@ function paxSize(buf: Buffer): number | undefined {
   return size;
 }
 
-const isZero = (block: Buffer) => block.every((b) => b === 0);
+const ZERO_BLOCK = Buffer.alloc(BLOCK);
+const NO_BYTES = Buffer.alloc(0);
+const isZero = (block: Buffer) => block.equals(ZERO_BLOCK);
 
+/**
+ * The guard as a stream: chunks pass through once walked, and the end of
+ * the input must be the end of the archive.
+ */
 export class TarGuard extends Transform {
-  readonly seen: SeenEntry[] = [];
-  private state: State = { at: 'header' };
-  private pending = Buffer.alloc(0);
-  private entries = 0;
-  private total = 0;
-  private paxSizeNext: number | undefined;
-  private metaBefore = false;
+  readonly walker: TarWalker;
 
-  constructor(private readonly limits: MessageLimits) {
+  constructor(limits: MessageLimits) {
     super();
+    this.walker = new TarWalker(limits);
+  }
+
+  /** What the walk saw, entry by entry. */
+  get seen(): SeenEntry[] {
+    return this.walker.seen;
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
     try {
-      this.walk(chunk);
+      this.walker.inspect(chunk);
       cb(null, chunk);
     } catch (e) {
       cb(e as Error);
     }
   }
 
-  /**
-   * Check a chunk without passing it on: for a program that spools a message
-   * before reading it, so that a bomb of entries is stopped while it streams
-   * in. Throws a MessageError at the first broken rule or limit.
-   */
+  override _flush(cb: TransformCallback): void {
+    try {
+      this.walker.finish();
+      cb();
+    } catch (e) {
+      cb(e as Error);
+    }
+  }
+}
+
+/**
+ * The guard's walk without a stream: for a reader that has the bytes in hand
+ * or a program that spools a message before reading it, so that a bomb of
+ * entries is stopped while it streams in.
+ */
+export class TarWalker {
+  readonly seen: SeenEntry[] = [];
+  private state: State = { at: 'header' };
+  private pending = NO_BYTES;
+  private entries = 0;
+  private total = 0;
+  private paxSizeNext: number | undefined;
+  private metaBefore = false;
+
+  constructor(private readonly limits: MessageLimits) {}
+
+  /** Walk a chunk; throws a MessageError at the first broken rule or limit. */
   inspect(chunk: Buffer): void {
     this.walk(chunk);
   }
 
-  override _flush(cb: TransformCallback): void {
+  /** True once both end-of-archive blocks have gone by. */
+  get ended(): boolean {
+    return this.state.at === 'end';
+  }
+
+  /** The input ended: throws unless the archive did (inspect()'s counterpart of the end of a stream). */
+  finish(): void {
     // A writer killed between two entries leaves a well-formed prefix: only the end blocks tell it from a whole message.
-    if (this.state.at !== 'end') return cb(new MessageError('tar: truncated archive (no end-of-archive blocks)'));
-    cb();
+    if (this.state.at !== 'end') throw new MessageError('tar: truncated archive (no end-of-archive blocks)');
   }
 
   private walk(chunk: Buffer): void {
@@ -119,13 +152,19 @@ export class TarGuard extends Transform {
         if (st.left === 0) this.state = { at: 'header' };
         continue;
       }
-      const need = BLOCK - this.pending.length;
-      const take = chunk.subarray(off, off + need);
-      off += take.length;
-      this.pending = this.pending.length ? Buffer.concat([this.pending, take]) : Buffer.from(take);
-      if (this.pending.length < BLOCK) return;
-      const block = this.pending;
-      this.pending = Buffer.alloc(0);
+      let block: Buffer;
+      if (this.pending.length === 0 && chunk.length - off >= BLOCK) {
+        // A whole block in the chunk: looked at where it lies (a meta block is copied when kept).
+        block = chunk.subarray(off, off + BLOCK);
+        off += BLOCK;
+      } else {
+        const take = chunk.subarray(off, off + BLOCK - this.pending.length);
+        off += take.length;
+        this.pending = this.pending.length ? Buffer.concat([this.pending, take]) : Buffer.from(take);
+        if (this.pending.length < BLOCK) return;
+        block = this.pending;
+        this.pending = NO_BYTES;
+      }
       if (st.at === 'meta') this.metaBlock(st, block);
       else if (st.at === 'zero') this.secondZero(block);
       else this.header(block);
@@ -188,7 +227,7 @@ export class TarGuard extends Transform {
   }
 
   private metaBlock(st: Extract<State, { at: 'meta' }>, block: Buffer): void {
-    st.got.push(block);
+    st.got.push(Buffer.from(block));
     st.have += BLOCK;
     if (st.have < st.size) return;
     const data = Buffer.concat(st.got).subarray(0, st.size);

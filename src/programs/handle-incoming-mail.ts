@@ -14,7 +14,7 @@ import { type Located, boolean, command, duration, integer, list, map, optional,
 import { EXIT, configError, dataError, usageError } from '../failure.js';
 import { type Word, exitFor, formatResult, parseResult } from '../results.js';
 import { commandProblem, runStage } from '../stage.js';
-import { DEFAULT_LIMITS, type Headers, MessageError, TarGuard, parseHeaders, readMessage } from '../message/index.js';
+import { DEFAULT_LIMITS, type Headers, MessageError, TarWalker, parseHeaders, plainHeaders, readMessage } from '../message/index.js';
 import { type Resolution, Router } from '../routing.js';
 import type { Io } from '../io.js';
 import { Spool, SpoolLimitError } from '../spool.js';
@@ -219,16 +219,18 @@ async function checkRecipients(given: Address[], router: Router, maxHeaderBytes:
  * First its head, which holds the headers entry; then all of it, head first.
  */
 class CheckedInput {
-  private readonly guard: TarGuard;
+  private readonly guard: TarWalker;
   private readonly chunks: AsyncIterator<Buffer>;
   private size = 0;
   private first: Buffer[] | undefined;
+  /** The input has ended: what head() read is the whole message, checked. */
+  ended = false;
 
   constructor(
     input: Readable,
     private readonly config: { max_message_bytes: number; max_header_bytes: number; max_entries: number },
   ) {
-    this.guard = new TarGuard({
+    this.guard = new TarWalker({
       ...DEFAULT_LIMITS,
       maxEntries: config.max_entries,
       maxHeaderBytes: config.max_header_bytes,
@@ -240,7 +242,10 @@ class CheckedInput {
   /** The next chunk, checked; undefined at the end. */
   private async next(): Promise<Buffer | undefined> {
     const r = await this.chunks.next();
-    if (r.done) return undefined;
+    if (r.done) {
+      this.ended = true;
+      return undefined;
+    }
     const chunk = r.value;
     this.size += chunk.length;
     if (this.size > this.config.max_message_bytes) throw new SpoolLimitError(`more than ${this.config.max_message_bytes} bytes`);
@@ -316,18 +321,21 @@ async function streamToOne(
   const stopOnParent = () => stop.abort(io.signal?.reason);
   io.signal?.addEventListener('abort', stopOnParent, { once: true });
   let problem: unknown;
-  const input = Readable.from(
-    (async function* () {
-      try {
-        yield* message.all();
-      } catch (e) {
-        problem = e;
-        stop.abort(e);
-        throw e;
-      }
-    })(),
-    { objectMode: false },
-  );
+  // A message no longer than its head has been read and checked whole already: handed on as it is.
+  const input = message.ended
+    ? Readable.from(message.headBytes, { objectMode: false })
+    : Readable.from(
+        (async function* () {
+          try {
+            yield* message.all();
+          } catch (e) {
+            problem = e;
+            stop.abort(e);
+            throw e;
+          }
+        })(),
+        { objectMode: false },
+      );
   input.on('error', () => {}); // the command sees it as its input ending badly; `problem` keeps it
   const read = finished(input).catch(() => {});
   try {
@@ -355,7 +363,9 @@ type Out = (line: string) => void;
 async function planFor(data: Readable | Buffer[], envelope: string[], maxHeaderBytes: number, router: Router, out: Out, log: Log): Promise<Plans | number> {
   let recipients: Address[];
   try {
-    const headers = await headersOnly(Array.isArray(data) ? Readable.from(data) : data, maxHeaderBytes);
+    // The usual head is read here directly; any other layout by the tar reader.
+    const plain = Array.isArray(data) && data.length ? plainHeaders(data[0], { ...DEFAULT_LIMITS, maxHeaderBytes }) : undefined;
+    const headers = plain ?? (await headersOnly(Array.isArray(data) ? Readable.from(data) : data, maxHeaderBytes));
     recipients = envelope.length ? unique(envelope.flatMap((t) => parseAddressList(t))) : unique(recipientsOf(headers));
   } catch (e) {
     if (e instanceof MessageError || e instanceof AddressError) {

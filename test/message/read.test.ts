@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
 import { Readable } from 'node:stream';
 import { describe, it } from 'node:test';
-import { DEFAULT_LIMITS, type MessageLimits, readMessage } from '../../src/message/index.js';
+import { DEFAULT_LIMITS, type MessageLimits, plainHeaders, readMessage, writeMessage } from '../../src/message/index.js';
+import { parseHeaders } from '../../src/message/headers.js';
+import { PassThrough } from 'node:stream';
 import { END, HEADERS, entry, header, pad, pax, tarOf } from '../tarbuild.js';
 
 async function read(tar: Buffer, limits: Partial<MessageLimits> = {}) {
@@ -16,6 +18,26 @@ async function read(tar: Buffer, limits: Partial<MessageLimits> = {}) {
   }
   return out;
 }
+
+/** What a read gives: the entries' contents (and whether each came in hand), or the error's words. */
+async function outcome(chunks: Buffer[], limits: Partial<MessageLimits> = {}): Promise<Record<string, string> | string> {
+  try {
+    const out: Record<string, string> = {};
+    for await (const e of readMessage(Readable.from(chunks, { objectMode: false }), { ...DEFAULT_LIMITS, ...limits })) {
+      if (e.kind === 'headers') out.headers = e.raw.toString();
+      else {
+        const parts: Buffer[] = [];
+        for await (const c of e.stream) parts.push(c as Buffer);
+        out[e.path] = Buffer.concat(parts).toString('latin1');
+      }
+    }
+    return out;
+  } catch (e) {
+    return (e as Error).message;
+  }
+}
+
+const pieces = (b: Buffer, n: number) => Array.from({ length: Math.ceil(b.length / n) }, (_, i) => b.subarray(i * n, (i + 1) * n));
 
 async function rejects(tar: Buffer, pattern: RegExp, limits: Partial<MessageLimits> = {}) {
   await assert.rejects(read(tar, limits), (e: Error) => {
@@ -60,6 +82,41 @@ describe('readMessage accepts', () => {
     const out: string[] = [];
     for await (const e of readMessage(Readable.from([...tar].map((b) => Buffer.from([b]))))) out.push(e.path);
     assert.deepEqual(out, ['headers', 'body']);
+  });
+});
+
+describe('readMessage of a message in one chunk', () => {
+  const tar = tarOf(entry('headers', HEADERS), entry('body', 'hi\n'), entry('attachments/a.bin', Buffer.from([0, 1, 0xff])));
+  it("hands each entry's data over as it is (no tar parser, no stream unless asked)", async () => {
+    const kinds: [string, boolean][] = [];
+    for await (const e of readMessage(Readable.from([tar], { objectMode: false }))) kinds.push([e.path, e.kind !== 'headers' && e.data !== undefined]);
+    assert.deepEqual(kinds, [
+      ['headers', false],
+      ['body', true],
+      ['attachments/a.bin', true],
+    ]);
+  });
+  it('gives what a read in many chunks gives, padding after the end included', async () => {
+    for (const t of [tar, Buffer.concat([tar, Buffer.alloc(10240 - tar.length)])]) {
+      const whole = await outcome([t]);
+      assert.equal(typeof whole, 'object');
+      assert.deepEqual(whole, await outcome(pieces(t, 100)));
+      assert.deepEqual(await outcome([t, Buffer.alloc(512)]), whole, 'more padding in a chunk of its own');
+    }
+    assert.match(String(await outcome([tar, Buffer.from('x')])), /data after the end-of-archive blocks/);
+  });
+  it('reads an input that was paused before it came', async () => {
+    const input = new PassThrough();
+    input.pause();
+    input.end(tar);
+    const paths: string[] = [];
+    for await (const e of readMessage(input)) paths.push(e.path);
+    assert.deepEqual(paths, ['headers', 'body', 'attachments/a.bin']);
+  });
+  it('stops reading its input when the caller leaves after the headers', async () => {
+    const input = Readable.from([tar, Buffer.alloc(512)], { objectMode: false });
+    for await (const e of readMessage(input)) if (e.kind === 'headers') break;
+    assert.equal(input.destroyed, true);
   });
 });
 
@@ -146,6 +203,9 @@ describe('readMessage rejects', () => {
     ],
   ];
   for (const [what, tar, pattern, limits] of cases) it(what, () => rejects(tar, pattern, limits));
+  it('with the same words whether the message comes in one chunk (read whole) or in many (through tar-stream)', async () => {
+    for (const [what, tar, , limits] of cases) assert.deepEqual(await outcome([tar], limits), await outcome(pieces(tar, 100), limits), what);
+  });
 });
 
 describe('headers entry rules', () => {
@@ -165,4 +225,41 @@ describe('headers entry rules', () => {
   for (const [what, text, pattern] of bad) {
     it(`rejects ${what}`, () => rejects(tarOf(entry('headers', Buffer.from(text, what === 'invalid UTF-8' ? 'latin1' : 'utf8'))), pattern));
   }
+});
+
+describe('plainHeaders (the headers of a head without a tar parser)', () => {
+  it('reads what the canonical writer writes, as readMessage does', async () => {
+    const out = new PassThrough();
+    const chunks: Buffer[] = [];
+    out.on('data', (c: Buffer) => chunks.push(c));
+    await writeMessage(out, { headers: parseHeaders(Buffer.from(HEADERS)), body: { size: 3, open: () => Buffer.from('hi\n') } });
+    const tar = Buffer.concat(chunks);
+    assert.equal(plainHeaders(tar)?.serialize().toString(), (await read(tar)).headers);
+    assert.equal(
+      plainHeaders(tarOf(entry('headers', HEADERS)))
+        ?.serialize()
+        .toString(),
+      HEADERS,
+    );
+  });
+  it('leaves every other layout to readMessage (undefined)', () => {
+    const plain = tarOf(entry('headers', HEADERS));
+    const badSum = Buffer.from(plain);
+    badSum[0x60] = 1; // inside the name field, after its NUL: only the checksum tells
+    const cases: [string, Buffer][] = [
+      ['a pax header first', tarOf(pax({ path: 'headers' }), entry('PaxHeader', HEADERS))],
+      ['a bad checksum', badSum],
+      ['the entry cut off', plain.subarray(0, 600)],
+      ['another first entry', tarOf(entry('body', 'hi\n'))],
+      ['a headers entry over the limit', plain],
+      ['less than a block', plain.subarray(0, 100)],
+    ];
+    for (const [what, tar] of cases)
+      assert.equal(plainHeaders(tar, what.includes('limit') ? { ...DEFAULT_LIMITS, maxHeaderBytes: 10 } : DEFAULT_LIMITS), undefined, what);
+  });
+  it("refuses bad headers with readMessage's words", async () => {
+    const tar = tarOf(entry('headers', 'From: a@a.test\n'));
+    assert.throws(() => plainHeaders(tar), /bad header name "From"/);
+    await rejects(tar, /bad header name "From"/);
+  });
 });
