@@ -10,6 +10,8 @@ import { DecodeStream } from 'libmime/lib/charset';
  */
 export class CrlfToLf extends Transform {
   private heldCr = false;
+  /** The last byte passed on so far (-1: none), so a reader need not read the text again to learn how it ends. */
+  lastByte = -1;
   constructor(private readonly opts: { loneCr?: 'keep' | 'lf' } = {}) {
     super();
   }
@@ -17,20 +19,30 @@ export class CrlfToLf extends Transform {
     let buf = chunk;
     if (this.heldCr) {
       this.heldCr = false;
-      if (buf[0] !== 0x0a) this.push(this.loneCr());
+      if (buf[0] !== 0x0a) this.out(this.loneCr());
     }
     if (buf.length && buf[buf.length - 1] === 0x0d) {
       this.heldCr = true;
       buf = buf.subarray(0, -1);
     }
     // Most of a large message is base64 written with the right line ends already: nothing to do.
-    if (buf.indexOf(0x0d) === -1) return cb(null, buf);
+    if (buf.indexOf(0x0d) === -1) {
+      this.out(buf);
+      return cb();
+    }
     // A latin1 round trip keeps every byte, and V8's regex replace beats any byte loop in JS.
     const text = buf.toString('latin1');
-    cb(null, Buffer.from(text.replace(this.opts.loneCr === 'lf' ? /\r\n?/g : /\r\n/g, '\n'), 'latin1'));
+    this.out(Buffer.from(text.replace(this.opts.loneCr === 'lf' ? /\r\n?/g : /\r\n/g, '\n'), 'latin1'));
+    cb();
   }
   override _flush(cb: TransformCallback): void {
-    cb(null, this.heldCr ? this.loneCr() : undefined);
+    if (this.heldCr) this.out(this.loneCr());
+    cb();
+  }
+  private out(buf: Buffer): void {
+    if (!buf.length) return;
+    this.lastByte = buf[buf.length - 1];
+    this.push(buf);
   }
   private loneCr(): Buffer {
     return Buffer.from([this.opts.loneCr === 'lf' ? 0x0a : 0x0d]);

@@ -12,7 +12,7 @@ import { type AttachmentStream, MailParser, type StructuredHeader } from 'mailpa
 import { Failure, asFailure, dataError } from '../failure.js';
 import { type Headers, type MessageParts, type Part, writeMessage } from '../message/index.js';
 import { BufferPool, SpoolStore } from '../spool.js';
-import { joinStreams } from '../streams.js';
+import { chunksOf, joinStreams } from '../streams.js';
 import { CONTENT_IDS, type LegacyHeader, legacyHeaders, toImaHeaders } from './headers.js';
 import { imaIdOfDigest, messageIds } from './ids.js';
 import { AttachmentNames, formatContentIds } from './names.js';
@@ -198,6 +198,8 @@ export async function readMime(input: Readable, opts: MimeToImaOptions = {}): Pr
   const contentIds = new Map<string, string>();
   let body: Part | undefined;
   let bodyHtml: Part | undefined;
+  let bodyLast = -1;
+  let htmlLast = -1;
   try {
     for await (const item of parser as AsyncIterable<AttachmentStream | { type: 'text' }>) {
       if (item.type !== 'attachment') continue;
@@ -214,10 +216,12 @@ export async function readMime(input: Readable, opts: MimeToImaOptions = {}): Pr
       if (asBody && type === 'text/plain' && !body) {
         const text = await decodeBody(raw, item, store);
         body = text.part;
+        bodyLast = text.last;
         if (text.lossless) continue;
       } else if (asBody && type === 'text/html' && !bodyHtml) {
         const text = await decodeBody(raw, item, store);
         bodyHtml = text.part;
+        htmlLast = text.last;
         if (text.lossless) continue;
       }
       const name = names.name(item.filename, type);
@@ -229,8 +233,8 @@ export async function readMime(input: Readable, opts: MimeToImaOptions = {}): Pr
     // The text of a single-part message ends with a line end (SMTP data always does, and the composer
     // writes one): text alone, without one, gets it, or the way back would add it.
     if (attachments.length === 0 && (body === undefined) !== (bodyHtml === undefined)) {
-      if (body) body = await endWithNewline(body);
-      else bodyHtml = await endWithNewline(bodyHtml!);
+      if (body) body = endWithNewline(body, bodyLast);
+      else bodyHtml = endWithNewline(bodyHtml!, htmlLast);
     }
     if (!legacy) throw dataError('bad MIME: no header section');
     const headers = toImaHeaders(legacy, () => imaIdOfDigest(meter.digest()));
@@ -251,7 +255,14 @@ export async function readMime(input: Readable, opts: MimeToImaOptions = {}): Pr
  * Not lossless when the charset is unknown or the bytes are not what it
  * says: the caller keeps the original part as an attachment too.
  */
-async function decodeBody(raw: Part, part: AttachmentStream, store: SpoolStore): Promise<{ part: Part | undefined; lossless: boolean }> {
+/** A text part decoded to UTF-8 with LF line ends; `last` is its last byte (-1 when empty). */
+interface DecodedText {
+  part: Part | undefined;
+  lossless: boolean;
+  last: number;
+}
+
+async function decodeBody(raw: Part, part: AttachmentStream, store: SpoolStore): Promise<DecodedText> {
   const params = paramsOf(part);
   const flowed = part.contentType === 'text/plain' && params.format?.toLowerCase() === 'flowed';
   const source = raw.open();
@@ -265,13 +276,14 @@ async function decodeBody(raw: Part, part: AttachmentStream, store: SpoolStore):
   const stages: Transform[] = [];
   if (flowed) stages.push(new FlowedDecoder({ delSp: params.delsp?.toLowerCase() === 'yes' }) as unknown as Transform);
   if (decoder) stages.push(decoder);
-  stages.push(new CrlfToLf({ loneCr: 'lf' }));
+  const lineEnds = new CrlfToLf({ loneCr: 'lf' });
+  stages.push(lineEnds);
   const text = await store.add(chain(source, stages));
-  return { part: text.size > 0 ? text : undefined, lossless: known };
+  return { part: text.size > 0 ? text : undefined, lossless: known, last: lineEnds.lastByte };
 }
 
 /** The same for a part held in memory, without streams: most text parts are small, and a stream pipeline per part costs more than the decoding. */
-function decodeInMemory(raw: Buffer, charset: string | undefined): { part: Part | undefined; lossless: boolean } {
+function decodeInMemory(raw: Buffer, charset: string | undefined): DecodedText {
   const { decoder, known: declaredKnown } = charsetDecoder(charset);
   let known = declaredKnown;
   let text: string;
@@ -282,7 +294,7 @@ function decodeInMemory(raw: Buffer, charset: string | undefined): { part: Part 
     known = false;
   }
   const bytes = Buffer.from(text.replace(/\r\n?/g, '\n'));
-  return { part: bytes.length ? { size: bytes.length, open: () => bytes } : undefined, lossless: known };
+  return { part: bytes.length ? { size: bytes.length, open: () => bytes } : undefined, lossless: known, last: bytes.length ? bytes[bytes.length - 1] : -1 };
 }
 
 async function isUtf8Part(part: Part): Promise<boolean> {
@@ -291,11 +303,8 @@ async function isUtf8Part(part: Part): Promise<boolean> {
   return validator.valid;
 }
 
-async function endWithNewline(part: Part): Promise<Part> {
-  const data = part.open();
-  let last = -1;
-  if (Buffer.isBuffer(data)) last = data[data.length - 1];
-  else for await (const c of data) last = (c as Buffer)[(c as Buffer).length - 1];
+/** The part, or the part and an LF after it when `last`, its last byte (known from decoding it: no second read), is not one. */
+function endWithNewline(part: Part, last: number): Part {
   if (last === 0x0a) return part;
   const nl = Buffer.from('\n');
   return {
@@ -306,7 +315,7 @@ async function endWithNewline(part: Part): Promise<Part> {
         ? Buffer.concat([d, nl])
         : (Readable.from(
             (async function* () {
-              yield* d;
+              yield* chunksOf(d);
               yield nl;
             })(),
           ) as Readable);

@@ -46,6 +46,23 @@ describe('mime-to-ima maps headers (ima-mime(7))', () => {
     assert.equal(m.headers['content-type'], undefined);
     assert.equal(m.files.get('body')!.toString(), 'Hallo Wörld!\n');
   });
+  it('ends a text body with exactly one line end, small (in memory) or large (spooled), whatever the line ends came as', async () => {
+    const line = `${'z'.repeat(70)}\r\n`;
+    const big = line.repeat(Math.ceil((3 * 1024 * 1024) / line.length));
+    const cases: [string, string, string][] = [
+      ['small, no final line end', 'short text', 'short text\n'],
+      ['small, CRLF at the end', 'short text\r\n', 'short text\n'],
+      ['large, no final line end', `${big}last`, `${big.replace(/\r\n/g, '\n')}last\n`],
+      ['large, CRLF at the end', big, big.replace(/\r\n/g, '\n')],
+      ['large, a lone CR at the end', `${big}cr\r`, `${big.replace(/\r\n/g, '\n')}cr\n`],
+    ];
+    for (const [what, text, want] of cases) {
+      const m = await readIma(await toIma(mime(['From: a@a.test', 'Subject: ends', 'Content-Type: text/plain; charset=utf-8'], text)));
+      const got = m.files.get('body')!.toString();
+      assert.equal(got.length, want.length, what);
+      assert.ok(got === want, `${what}: the body as expected`);
+    }
+  });
   it('gives the same legacy message the same IMA id, whatever its line ends', async () => {
     const crlf = mime(BASIC, 'x\r\n');
     const lf = Buffer.from(crlf.toString().replace(/\r\n/g, '\n'));
