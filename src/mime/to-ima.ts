@@ -267,19 +267,22 @@ async function decodeBody(raw: Part, part: AttachmentStream, store: SpoolStore):
   const flowed = part.contentType === 'text/plain' && params.format?.toLowerCase() === 'flowed';
   const source = raw.open();
   if (Buffer.isBuffer(source) && !flowed) return decodeInMemory(source, params.charset);
-  let { decoder, known } = charsetDecoder(params.charset);
-  if (!decoder && !(await isUtf8Part(raw))) {
-    // Declared UTF-8 or ASCII but is not: most such legacy text is windows-1252.
-    ({ decoder } = charsetDecoder('windows-1252'));
-    known = false;
-  }
-  const stages: Transform[] = [];
-  if (flowed) stages.push(new FlowedDecoder({ delSp: params.delsp?.toLowerCase() === 'yes' }) as unknown as Transform);
-  if (decoder) stages.push(decoder);
+  const unflow = () => (flowed ? [new FlowedDecoder({ delSp: params.delsp?.toLowerCase() === 'yes' }) as unknown as Transform] : []);
+  const { decoder, known } = charsetDecoder(params.charset);
+  if (decoder) return decodeStream(source, [...unflow(), decoder], known, store);
+  // Declared UTF-8 or ASCII (or nothing): taken as it is while checked in the same pass. Text that turns
+  // out not to be UTF-8 is decoded again, as windows-1252 (most such legacy text is); the first try stays unused.
+  const check = new Utf8Validator();
+  const asIs = await decodeStream(source, [check, ...unflow()], known, store);
+  if (check.valid) return asIs;
+  return decodeStream(raw.open(), [...unflow(), charsetDecoder('windows-1252').decoder!], false, store);
+}
+
+/** Spool a text part through its decoding stages and CRLF -> LF. */
+async function decodeStream(source: Buffer | Readable, stages: Transform[], lossless: boolean, store: SpoolStore): Promise<DecodedText> {
   const lineEnds = new CrlfToLf({ loneCr: 'lf' });
-  stages.push(lineEnds);
-  const text = await store.add(chain(source, stages));
-  return { part: text.size > 0 ? text : undefined, lossless: known, last: lineEnds.lastByte };
+  const text = await store.add(chain(source, [...stages, lineEnds]));
+  return { part: text.size > 0 ? text : undefined, lossless, last: lineEnds.lastByte };
 }
 
 /** The same for a part held in memory, without streams: most text parts are small, and a stream pipeline per part costs more than the decoding. */
@@ -295,12 +298,6 @@ function decodeInMemory(raw: Buffer, charset: string | undefined): DecodedText {
   }
   const bytes = Buffer.from(text.replace(/\r\n?/g, '\n'));
   return { part: bytes.length ? { size: bytes.length, open: () => bytes } : undefined, lossless: known, last: bytes.length ? bytes[bytes.length - 1] : -1 };
-}
-
-async function isUtf8Part(part: Part): Promise<boolean> {
-  const validator = new Utf8Validator();
-  for await (const _ of chain(part.open(), [validator])) void _;
-  return validator.valid;
 }
 
 /** The part, or the part and an LF after it when `last`, its last byte (known from decoding it: no second read), is not one. */

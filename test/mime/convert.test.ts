@@ -259,6 +259,15 @@ describe('mime-to-ima maps parts', () => {
     assert.equal(m.files.get('body')!.toString(), 'café\n');
     assert.deepEqual(m.files.get('attachments/attachment-1.txt'), Buffer.from([0x63, 0x61, 0x66, 0xe9, 0x0d, 0x0a]));
   });
+  it('reads a large (spooled) text that says UTF-8 but is not as windows-1252 too, keeping the original byte for byte', async () => {
+    const line = `${'y'.repeat(70)}\r\n`;
+    const text = Buffer.concat([Buffer.from(line.repeat(45_000)), Buffer.from('caf'), Buffer.from([0xe9]), Buffer.from('\r\n')]);
+    const m = await readIma(await toIma(Buffer.concat([Buffer.from('From: a@a.test\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n'), text])));
+    const body = m.files.get('body')!.toString();
+    assert.equal(body.length, 45_000 * 71 + 5);
+    assert.ok(body.endsWith('y\ncafé\n'));
+    assert.ok(m.files.get('attachments/attachment-1.txt')!.equals(text), 'the original is kept, byte for byte');
+  });
   it('decodes format=flowed text', async () => {
     const m = await stable(mime(['From: a@a.test', 'Content-Type: text/plain; charset=utf-8; format=flowed'], 'one long \r\nline\r\n'));
     assert.equal(m.files.get('body')!.toString(), 'one long line\n');
