@@ -208,20 +208,35 @@ function stampOf(path: string): { stamp: string; settled: boolean } | undefined 
   return { stamp: `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`, settled };
 }
 
+/** The defaults of a schema, for a config file that is not there (made once per schema and path). */
+const absent = new WeakMap<Field<unknown>, Map<string, { config: unknown; source: Located }>>();
+
+function defaultsFor<T>(schema: Field<T>, path: string): { config: T; source: Located } {
+  let known = absent.get(schema);
+  if (!known) absent.set(schema, (known = new Map()));
+  let result = known.get(path);
+  if (!result) {
+    if (known.size >= 64) known.clear();
+    known.set(path, (result = { config: deepFreeze(parseWith(schema, {}, path)), source: Object.freeze({ dir: resolve(path, '..') }) }));
+  }
+  return result as { config: T; source: Located };
+}
+
 /** Read, parse and validate a config file; a missing optional file gives the defaults. */
 export function loadConfig<T>(schema: Field<T>, path: string, required: boolean): { config: T; source: Located } {
   let known = loaded.get(schema);
   const hit = known?.get(path);
   const stat = stampOf(path);
   if (hit?.stamp !== undefined && hit.stamp === stat?.stamp) return hit.result as { config: T; source: Located };
+  // No file where an optional one may be (give-recipient run by a server, most often): its stat said so,
+  // without a read that fails with an exception per message.
+  if (!stat && !required) return defaultsFor(schema, path);
   let text: string | undefined;
   try {
     text = readFileSync(path, 'utf8');
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
-    if (err.code === 'ENOENT' && !required) {
-      return { config: deepFreeze(parseWith(schema, {}, path)), source: { dir: resolve(path, '..') } };
-    }
+    if (err.code === 'ENOENT' && !required) return defaultsFor(schema, path);
     throw configError(path, '', err.code === 'ENOENT' ? 'no such file' : `cannot read: ${err.code ?? err.message}`);
   }
   // The stat taken before the read: a change after it shows in the next one.
