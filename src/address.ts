@@ -58,6 +58,17 @@ export function domainProblem(domain: string): string | undefined {
   }
 }
 
+/** What is wrong with a bare `local@domain`, or undefined: for config checks. */
+export function mailboxProblem(text: string): string | undefined {
+  try {
+    parseMailbox(text);
+    return undefined;
+  } catch (e) {
+    if (e instanceof AddressError) return e.message;
+    throw e;
+  }
+}
+
 /** Parse a bare `local@domain`. */
 export function parseMailbox(text: string): Address {
   const s = text.trim();

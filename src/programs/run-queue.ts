@@ -11,6 +11,7 @@
 // requests again.
 import type { Argv } from 'yargs';
 import { start } from '../cli.js';
+import { mailboxProblem } from '../address.js';
 import { boolean, command, configPath, duration, integer, optional, string, table } from '../config.js';
 import { EXIT, asFailure, usageError } from '../failure.js';
 import type { Io } from '../io.js';
@@ -23,7 +24,7 @@ const schema = table({
   queue_dir: optional(string({ nonEmpty: true }), '/var/spool/ima/queue'),
   command: optional(command(), ['send-mail']),
   notice_command: optional(command(), ['queue-mail']),
-  notice_from: optional(string(), ''),
+  notice_from: optional(string({ check: (s) => (s === '' ? undefined : mailboxProblem(s)) }), ''),
   in_process: optional(boolean(), true),
   stage_timeout: optional(duration(), 10 * 60_000),
   max_parallel: optional(integer({ min: 1, max: 1000 }), 10),

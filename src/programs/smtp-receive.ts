@@ -10,7 +10,7 @@
 // said the message is stored or handed on.
 import type { Argv } from 'yargs';
 import type { SMTPServerOptions } from 'smtp-server';
-import { AddressError, domainProblem, parseMailbox } from '../address.js';
+import { domainProblem, mailboxProblem } from '../address.js';
 import { start } from '../cli.js';
 import { type Located, boolean, command, configPath, duration, integer, list, loadConfig, map, optional, size, string, table } from '../config.js';
 import { EXIT, configError, usageError } from '../failure.js';
@@ -20,7 +20,6 @@ import { parseHostPort, whereFrom } from '../net/listen.js';
 import { tlsFromConfig, tlsSchema } from '../net/tls.js';
 import { hashProblem } from '../password.js';
 import { dropAfterBinding, lookUpUser } from '../privileges.js';
-import { isProgram } from './index.js';
 import { commandProblem } from '../stage.js';
 import { senderRuleProblem } from '../smtp/receive-auth.js';
 import { ReceiveServer, serveSmtp } from '../smtp/receive-server.js';
@@ -29,17 +28,6 @@ import { dnsResolver, loadMailauth } from '../smtp/receive-verdicts.js';
 
 const hostPort = string({ check: (s) => (s === '' || /^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]*):\d{1,5}$/.test(s) ? undefined : 'must be ADDRESS:PORT') });
 const checked = (problem: (s: string) => string | undefined) => string({ check: problem });
-function mailboxProblem(s: string): string | undefined {
-  try {
-    if (s !== '') parseMailbox(s);
-    return undefined;
-  } catch (e) {
-    if (e instanceof AddressError) return e.message;
-    throw e;
-  }
-}
-// Accepted submissions go to the queue; a toolkit built without it sends them with send-mail, which reads the header recipients.
-const QUEUE = isProgram('queue-mail');
 
 const schema = table({
   role: optional(string({ oneOf: ['mx', 'submission'] }), 'mx'),
@@ -50,7 +38,10 @@ const schema = table({
   user: optional(string(), ''),
   spool_dir: optional(string(), ''),
   notice_command: optional(list(string({ nonEmpty: true })), ['queue-mail']),
-  notice_from: optional(checked(mailboxProblem), ''),
+  notice_from: optional(
+    checked((s) => (s === '' ? undefined : mailboxProblem(s))),
+    '',
+  ),
   tls: tlsSchema(),
   limits: table({
     max_message_bytes: optional(size({ min: 1024 }), 50 * 1024 * 1024),
@@ -76,8 +67,8 @@ const schema = table({
     dmarc_reject: optional(boolean(), true),
   }),
   submission: table({
-    command: optional(command(), QUEUE ? ['queue-mail'] : ['send-mail']),
-    envelope_flag: optional(string(), QUEUE ? '--recipient' : ''),
+    command: optional(command(), ['queue-mail']),
+    envelope_flag: optional(string(), '--recipient'),
     users: map(
       table({
         password: checked((s) => hashProblem(s)),

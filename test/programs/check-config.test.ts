@@ -209,6 +209,27 @@ const cases: Case[] = [
     names: /headers.*x-bad/,
     start: ['--text', 'hi', 'bob@b.test'],
   },
+  {
+    title: 'smtp-receive: a notice_from that is not an address',
+    program: 'smtp-receive',
+    config: () => conf('smtp1.toml', `hostname = "b.test"\nnotice_from = "postmaster at b.test"\n${tlsOf('b.test.crt', 'b.test.key')}[mx]\nverdicts = false\n`),
+    names: /notice_from/,
+    start: serverStart,
+  },
+  {
+    title: 'smtp-receive: a notice_command that is not there',
+    program: 'smtp-receive',
+    config: () =>
+      conf('smtp2.toml', `hostname = "b.test"\nnotice_command = ["no-such-queue-mail"]\n${tlsOf('b.test.crt', 'b.test.key')}[mx]\nverdicts = false\n`),
+    names: /notice_command.*no-such-queue-mail/,
+    start: serverStart,
+  },
+  {
+    title: 'run-queue: a notice_from that is not an address',
+    program: 'run-queue',
+    config: () => conf('rq1.toml', `queue_dir = "${f('queue')}"\nnotice_from = "mailer-daemon"\n`),
+    names: /notice_from/,
+  },
 ];
 
 function expectRefused(r: Result, c: Case, file: string, how: string): void {
