@@ -3,12 +3,19 @@
 // a PKI, and the closing table (measure, figure, peer, ratio, target).
 import { randomUUID } from 'node:crypto';
 import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { makeCa, makeLeaf } from '../src/cert.js';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 export const BIN = join(ROOT, 'bin');
+
+/**
+ * The receivers' `workers` in the benchmarks: one per core, as Postfix runs
+ * an smtpd process per client (IMA_BENCH_WORKERS=1 measures one process).
+ */
+export const WORKERS = Math.max(1, Number(process.env.IMA_BENCH_WORKERS) || availableParallelism());
 
 export interface Row {
   measure: string;

@@ -25,6 +25,17 @@ function hwmKb(pid: number): number {
 /** Peak RSS so far of a running process, in MB (0 once it is gone). */
 export const peakRssMb = (pid: number) => hwmKb(pid) / 1024;
 
+/** The largest peak RSS among a process and its children (a server's workers), in MB. */
+export function largestPeakRssMb(pid: number): number {
+  let children: number[] = [];
+  try {
+    children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').split(' ').filter(Boolean).map(Number);
+  } catch {
+    // gone: its own figure is 0 as well
+  }
+  return Math.max(hwmKb(pid), ...children.map(hwmKb)) / 1024;
+}
+
 /** Run argv with stdout to a file descriptor or ignored; report wall time and peak RSS. */
 export function measure(
   argv: string[],

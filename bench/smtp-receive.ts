@@ -11,8 +11,8 @@ import { join } from 'node:path';
 import { Pki } from '../test/pki.js';
 import { type Listening, startListening, testEnv } from '../test/helpers.js';
 import { postfixMissing, startPostfix } from '../test/smtp/postfix.js';
-import { peakRssMb } from './_measure.js';
-import type { Bench } from './_bench.js';
+import { largestPeakRssMb, peakRssMb } from './_measure.js';
+import { type Bench, WORKERS } from './_bench.js';
 
 interface Load {
   label: string;
@@ -77,7 +77,7 @@ async function ours(dir: string, LOADS: Load[]): Promise<void> {
   );
   writeFileSync(
     join(dir, 'smtp-receive.toml'),
-    `hostname = "mx.b.test"\n[tls]\ncertificate = "${cert.cert}"\nkey = "${cert.key}"\n[limits]\nmax_connections_per_address = 20\n[mx]\nverdicts = false\n`,
+    `hostname = "mx.b.test"\nworkers = ${WORKERS}\n[tls]\ncertificate = "${cert.cert}"\nkey = "${cert.key}"\n[limits]\nmax_connections_per_address = 20\n[mx]\nverdicts = false\n`,
   );
   for (const load of LOADS) {
     const user = `u${load.bytes}`;
@@ -86,13 +86,13 @@ async function ours(dir: string, LOADS: Load[]): Promise<void> {
       env: testEnv({ IMA_CONFIG_DIR: dir }),
     });
     try {
-      const idle = peakRssMb(srv.proc.pid!); // listening, nothing received yet: what start-up and loaded code cost
+      const idle = largestPeakRssMb(srv.proc.pid!); // listening, nothing received yet: what start-up and loaded code cost
       const t0 = process.hrtime.bigint();
       await source(srv.port, load, `${user}@b.test`);
       const secs = Number(process.hrtime.bigint() - t0) / 1e9;
       const got = count(join(dir, 'mail', user, 'new'));
       if (got !== load.messages) throw new Error(`smtp-receive stored ${got} of ${load.messages}: ${srv.log().slice(-2000)}`);
-      line('ours', 'smtp-receive (in-process chain, fsync per message)', load, secs, peakRssMb(srv.proc.pid!), idle);
+      line('ours', `smtp-receive, ${WORKERS} worker(s) (in-process chain, fsync per message)`, load, secs, largestPeakRssMb(srv.proc.pid!), idle);
     } finally {
       await srv.stop();
     }

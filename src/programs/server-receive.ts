@@ -18,6 +18,7 @@ import { contextOptions, tlsFromConfig, tlsSchema } from '../net/tls.js';
 import { Registry, connectionMetrics, metricsAddressProblem, serveMetrics } from '../net/metrics.js';
 import { asciiDomain, domainProblem } from '../address.js';
 import { DEFAULT_LIMITS } from '../message/index.js';
+import { isWorker, leaveCluster, listenPid, runWorkers } from '../net/workers.js';
 import { dropAfterBinding, lookUpUser } from '../privileges.js';
 import { commandProblem } from '../stage.js';
 
@@ -32,6 +33,7 @@ const schema = table({
   check: optional(list(string({ nonEmpty: true })), [] as string[]),
   in_process: optional(boolean(), true),
   user: optional(string(), ''),
+  workers: optional(integer({ min: 1, max: 256 }), 1),
   tls: tlsSchema(),
   limits: table({
     max_message_bytes: optional(size({ min: 1024 }), 100 * 1024 * 1024),
@@ -133,10 +135,20 @@ function check(config: Config, source: Located, io: Io): Settings {
     if (problem) throw configError(source.file, key, problem);
   }
   if (config.user) lookUpUser(config.user, source.file);
+  if (config.workers > 1 && config.metrics !== undefined)
+    throw configError(source.file, 'workers', 'more than one worker and metrics exclude each other: each worker counts only its own connections and messages');
   return settingsOf(config, source);
 }
 
 export async function main(args: string[], io: Io): Promise<number> {
+  try {
+    return await serveConfigured(args, io);
+  } finally {
+    leaveCluster(); // a worker's server is over: its process may exit
+  }
+}
+
+async function serveConfigured(args: string[], io: Io): Promise<number> {
   const s = await start(
     { name: 'server-receive', role: 'server', notAsRoot: true, usage: '$0 [--listen ADDRESS:PORT | --inetd] [options]', schema, options, check },
     args,
@@ -146,14 +158,16 @@ export async function main(args: string[], io: Io): Promise<number> {
   const { argv, log, source } = s;
   let config = s.config;
   let settings = s.prepared;
-  const registry = config.metrics === undefined ? undefined : new Registry();
-  const metrics = registry && metricsOf(registry);
-  let session = sessionOf(config, io, log, metrics?.observe);
-  const where = whereFrom(argv.listen, argv.inetd, io.env, { stdin: io.stdin, stdout: io.stdout }, process.pid) ?? {
+  const where = whereFrom(argv.listen, argv.inetd, io.env, { stdin: io.stdin, stdout: io.stdout }, listenPid()) ?? {
     mode: 'listen' as const,
     ...parseHostPort(config.listen),
   };
   if (where.mode === 'inetd' && argv.listen) throw usageError('--inetd and --listen exclude each other');
+  if (config.workers > 1 && where.mode !== 'inetd' && io.signals && !isWorker())
+    return runWorkers(config.workers, { log, signals: io.signals, onListening: dropAfterBinding(config.user, source.file!, log) });
+  const registry = config.metrics === undefined ? undefined : new Registry();
+  const metrics = registry && metricsOf(registry);
+  let session = sessionOf(config, io, log, metrics?.observe);
   // One connection under inetd has nothing worth scraping.
   const endpoint = registry && where.mode !== 'inetd' ? await serveMetrics(config.metrics!, registry, log, source.file!) : undefined;
   try {

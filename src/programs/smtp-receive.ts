@@ -18,6 +18,7 @@ import type { Io } from '../io.js';
 import type { Log } from '../log.js';
 import { parseHostPort, whereFrom } from '../net/listen.js';
 import { tlsFromConfig, tlsSchema } from '../net/tls.js';
+import { isWorker, leaveCluster, listenPid, runWorkers } from '../net/workers.js';
 import { hashProblem } from '../password.js';
 import { dropAfterBinding, lookUpUser } from '../privileges.js';
 import { commandProblem } from '../stage.js';
@@ -36,6 +37,7 @@ const schema = table({
   implicit_tls: optional(boolean(), false),
   in_process: optional(boolean(), true),
   user: optional(string(), ''),
+  workers: optional(integer({ min: 1, max: 256 }), 1),
   spool_dir: optional(string(), ''),
   notice_command: optional(list(string({ nonEmpty: true })), ['queue-mail']),
   notice_from: optional(
@@ -162,23 +164,33 @@ function serverOptions(config: Config, role: Role, implicit: boolean, sessions: 
 }
 
 export async function main(args: string[], io: Io): Promise<number> {
+  try {
+    return await serveConfigured(args, io);
+  } finally {
+    leaveCluster(); // a worker's server is over: its process may exit
+  }
+}
+
+async function serveConfigured(args: string[], io: Io): Promise<number> {
   const usage = '$0 [--listen ADDRESS:PORT | --inetd] [--role mx|submission] [--implicit-tls] [options]';
   const s = await start({ name: 'smtp-receive', role: 'server', usage, schema, options, check, notAsRoot: true }, args, io);
   if (typeof s === 'number') return s;
   const { argv, log, source, config } = s;
   const role = (argv.role ?? config.role) as Role;
   const implicit = argv.implicitTls ?? config.implicit_tls;
+  const fallback = config.listen || (role === 'mx' ? '[::]:25' : implicit ? '[::]:465' : '[::]:587');
+  const where = whereFrom(argv.listen, argv.inetd, io.env, { stdin: io.stdin, stdout: io.stdout }, listenPid()) ?? {
+    mode: 'listen' as const,
+    ...parseHostPort(fallback),
+  };
+  if (where.mode === 'inetd' && argv.listen) throw usageError('--inetd and --listen exclude each other');
+  if (config.workers > 1 && where.mode !== 'inetd' && io.signals && !isWorker())
+    return runWorkers(config.workers, { log, signals: io.signals, onListening: dropAfterBinding(config.user, source.file!, log) });
   if (role === 'submission' && Object.keys(config.submission.users).length === 0) log.warn('role submission with no [submission.users]: nobody can log in');
   if (role === 'mx' && config.mx.verdicts) await loadMailauth();
   let settings = settingsOf(config, role, source, io, log);
   const sessions = new Sessions(() => settings, log);
   const server = new ReceiveServer({ ...serverOptions(config, role, implicit, sessions), ...s.prepared }, log);
-  const fallback = config.listen || (role === 'mx' ? '[::]:25' : implicit ? '[::]:465' : '[::]:587');
-  const where = whereFrom(argv.listen, argv.inetd, io.env, { stdin: io.stdin, stdout: io.stdout }, process.pid) ?? {
-    mode: 'listen' as const,
-    ...parseHostPort(fallback),
-  };
-  if (where.mode === 'inetd' && argv.listen) throw usageError('--inetd and --listen exclude each other');
   // Port 25, 465 and 587 need root to bind: bound, the server becomes `user` before it takes a connection.
   const drop = dropAfterBinding(config.user, source.file!, log);
   if (where.mode !== 'listen') drop(); // the socket is inherited: nothing to bind

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { after, describe, it } from 'node:test';
 import { type Activated, socketActivate } from '../helpers.js';
 import { MX_EXTRA, arrival, config, dir, hash, startReceive, stored, swaks } from './receive-fixture.js';
@@ -41,6 +41,27 @@ describe('smtp-receive modes and signals', () => {
     const [code] = (await once(child, 'exit')) as [number];
     assert.equal(code, 0, err());
     assert.ok(err().includes(`smtp-receive: listening on 127.0.0.1:${port}\n`), err()); // the socket systemd made, not the config's
+  });
+
+  it('workers = 2 on the socket systemd hands it: both worker processes serve it, SIGTERM stops them all (exit 0)', async () => {
+    const n = stored('bob').length;
+    const file = config('activated-workers', MX_EXTRA, 'workers = 2');
+    const { port, child, err } = await socketActivate('smtp-receive', [], ['--config', file], { IMA_CONFIG_DIR: dir });
+    children.push(child);
+    // It starts the server at the first connection: these six are what wake it.
+    const sent = await Promise.all(Array.from({ length: 6 }, (_, i) => deliver(port, `worker message ${i}`)));
+    for (const r of sent) assert.match(r.out, /250 2\.0\.0 accepted/);
+    const serving = () => /2 workers serving/.test(err());
+    await new Promise<void>((res) => (serving() ? res() : child.stderr!.on('data', () => serving() && res())));
+    assert.equal(err().split(`smtp-receive: listening on 127.0.0.1:${port}\n`).length - 1, 2, err()); // the socket systemd made
+    const workers = readFileSync(`/proc/${child.pid}/task/${child.pid}/children`, 'utf8').split(' ').filter(Boolean);
+    assert.equal(workers.length, 2, err());
+    await arrival('bob', n + 6);
+    child.kill('SIGTERM');
+    const [code] = (await once(child, 'exit')) as [number];
+    assert.equal(code, 0, err());
+    for (const pid of workers)
+      assert.ok(!existsSync(`/proc/${pid}/stat`) || readFileSync(`/proc/${pid}/stat`, 'utf8').includes(') Z'), `worker ${pid} left running`);
   });
 
   it('SIGHUP reloads the users; a bad config is logged and the old one kept', async () => {

@@ -1,0 +1,119 @@
+// `workers` (src/net/workers.ts), seen as an operator sees it: server-receive
+// as real processes, the primary and its workers in /proc, signals sent by
+// hand, messages delivered over real mutual TLS.
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { type AddressInfo, createServer } from 'node:net';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { basicFields, config, connect, deliver, dir, message, outDir, startServer } from '../imdp-fixture.js';
+import { runBin, startListening } from '../helpers.js';
+
+/** The pids of a process's children (its workers). */
+function childrenOf(pid: number): number[] {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').split(' ').filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+const alive = (pid: number) => {
+  try {
+    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
+  }
+};
+
+/** How often `re` occurs in `s`. */
+const times = (s: string, re: RegExp) => s.match(new RegExp(re.source, 'g'))?.length ?? 0;
+
+async function sendOne(port: number, body: string): Promise<string | undefined> {
+  const c = await connect(port);
+  const r = await deliver(c, await message(basicFields(), body));
+  await c.done();
+  return r.result?.word;
+}
+
+/** A handler chain into a real mailbox (bob@b.test): handle-incoming-mail -> give-recipient, in-process. */
+function mailboxHandler(): { handler: string[]; delivered: () => number } {
+  const out = outDir();
+  for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(out, 'bob', f), { recursive: true });
+  const him = join(out, 'handle-incoming-mail.toml');
+  writeFileSync(him, `[domains."b.test"]\ncommand = ["give-recipient", "--address", "{address}", ${JSON.stringify(join(out, '{local}'))}]\nusers = ["bob"]\n`);
+  return { handler: ['handle-incoming-mail', '--config', him], delivered: () => readdirSync(join(out, 'bob', 'new')).length };
+}
+
+test('server-receive with workers = 2: two processes serve one socket; SIGHUP reaches both, a killed one is replaced, SIGTERM stops all', async () => {
+  const box = mailboxHandler();
+  const s = await startServer(config({ handler: box.handler }).replace('[tls]', 'workers = 2\n[tls]'));
+  try {
+    await s.waitLog(/2 workers serving/);
+    const workers = childrenOf(s.proc.pid!);
+    assert.equal(workers.length, 2, s.log());
+
+    // Six connections at once: each is answered OK, whichever worker takes it.
+    const words = await Promise.all(Array.from({ length: 6 }, (_, i) => sendOne(s.port, `message ${i}\n`)));
+    assert.deepEqual(words, Array(6).fill('OK'));
+    assert.equal(box.delivered(), 6);
+
+    process.kill(s.proc.pid!, 'SIGHUP');
+    await s.waitLog(/(reloaded configuration[^\n]*\n[^]*){2}/);
+    assert.equal(times(s.log(), /reloaded configuration/), 2);
+
+    process.kill(workers[0], 'SIGKILL');
+    await s.waitLog(new RegExp(`worker ${workers[0]} died \\(signal SIGKILL\\): starting another`));
+    await s.waitLog(/(listening on [^\n]*\n[^]*){3}/); // the replacement listens on the same socket
+    const now = childrenOf(s.proc.pid!);
+    assert.equal(now.length, 2);
+    assert.ok(!now.includes(workers[0]));
+    assert.equal(await sendOne(s.port, 'after the replacement\n'), 'OK');
+    assert.equal(box.delivered(), 7);
+
+    s.proc.kill('SIGTERM');
+    const [code] = (await once(s.proc, 'exit')) as [number];
+    assert.equal(code, 0, s.log());
+    for (const pid of now) assert.ok(!alive(pid), `worker ${pid} still running after the primary exited`);
+  } finally {
+    await s.stop();
+  }
+});
+
+test('server-receive with workers: a worker that cannot start (port taken) stops the whole, with its exit code, and is not restarted', async () => {
+  const taken = createServer();
+  await new Promise<void>((res) => taken.listen(0, '127.0.0.1', res));
+  const port = (taken.address() as AddressInfo).port;
+  try {
+    const file = join(dir, 'workers-taken.toml');
+    writeFileSync(file, config().replace('[tls]', 'workers = 2\n[tls]'));
+    const r = await runBin('server-receive', ['--config', file, '--listen', `127.0.0.1:${port}`]);
+    assert.equal(r.code, 75, r.stderr);
+    assert.match(r.stderr, /EADDRINUSE/);
+    assert.match(r.stderr, /stopped before serving/);
+    assert.doesNotMatch(r.stderr, /starting another/);
+  } finally {
+    taken.close();
+  }
+});
+
+test('server-receive --check-config: workers > 1 with metrics is a config error naming the key', async () => {
+  const file = join(dir, 'workers-metrics.toml');
+  writeFileSync(file, `metrics = "127.0.0.1:0"\n${config().replace('[tls]', 'workers = 2\n[tls]')}`);
+  const r = await runBin('server-receive', ['--config', file, '--check-config']);
+  assert.equal(r.code, 78, r.stderr);
+  assert.match(r.stderr, /workers-metrics\.toml: workers: more than one worker and metrics exclude each other/);
+  assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+});
+
+test('server-receive with workers = 1 (the default) is one process', async () => {
+  const file = join(dir, 'workers-one.toml');
+  writeFileSync(file, config());
+  const s = await startListening('server-receive', ['--config', file, '--listen', '127.0.0.1:0']);
+  try {
+    assert.deepEqual(childrenOf(s.proc.pid!), []);
+  } finally {
+    await s.stop();
+  }
+});
