@@ -201,25 +201,57 @@ async function serveInetd(server: tls.Server, where: Extract<Where, { mode: 'ine
   await Promise.all([...sessions]);
 }
 
-/** Listen (an address or an inherited socket) and resolve once the server has closed and every session is over. */
-async function serveListening(server: tls.Server, where: Exclude<Where, { mode: 'inetd' }>, sessions: Set<Promise<void>>, opts: ServeOptions): Promise<void> {
-  const { log } = opts;
-  const listening = new Promise<void>((res, rej) => {
-    server.once('listening', res);
-    server.once('error', rej);
+/**
+ * Listen on an address or an inherited socket; false when told to stop
+ * before the socket was bound (a worker waits on its primary for it), and
+ * a socket that comes after that is closed at once.
+ */
+export function listenUnlessStopped(server: net.Server, where: Exclude<Where, { mode: 'inetd' }>, stopping: AbortSignal, log: Log): Promise<boolean> {
+  if (stopping.aborted) return Promise.resolve(false);
+  const bound = new Promise<boolean>((res, rej) => {
+    const stop = () => {
+      server.off('listening', listening).off('error', failed);
+      server.once('listening', () => server.close()).on('error', () => {});
+      res(false);
+    };
+    const listening = () => {
+      stopping.removeEventListener('abort', stop);
+      server.off('error', failed);
+      res(true);
+    };
+    const failed = (e: Error) => {
+      stopping.removeEventListener('abort', stop);
+      server.off('listening', listening);
+      rej(e);
+    };
+    stopping.addEventListener('abort', stop, { once: true });
+    server.once('listening', listening).once('error', failed);
   });
   if (where.mode === 'listen') server.listen({ host: where.host, port: where.port });
   else {
     if (where.fds.length > 1) log.warn(`LISTEN_FDS=${where.fds.length}: serving the first socket only`);
     server.listen({ fd: where.fds[0] });
   }
-  await listening;
+  return bound;
+}
+
+/** Listen (an address or an inherited socket) and resolve once the server has closed and every session is over. */
+async function serveListening(
+  server: tls.Server,
+  where: Exclude<Where, { mode: 'inetd' }>,
+  sessions: Set<Promise<void>>,
+  stopping: AbortSignal,
+  opts: ServeOptions,
+): Promise<void> {
+  const { log } = opts;
+  const closed = new Promise<void>((res) => server.once('close', res));
+  if (!(await listenUnlessStopped(server, where, stopping, log))) return;
   const a = server.address();
   if (a && typeof a === 'object') {
     log.info(`listening on ${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`);
     opts.onListening?.(a);
   } else log.info(`listening on inherited socket(s) ${where.mode === 'systemd' ? where.fds.join(', ') : ''}`);
-  await new Promise<void>((res) => server.once('close', res));
+  await closed;
   await Promise.all([...sessions]);
 }
 
@@ -292,7 +324,7 @@ export async function serve(where: Where, initial: Settings, hooks: Hooks, opts:
   opts.signals?.on('SIGHUP', onHup);
   opts.signal?.addEventListener('abort', stop, { once: true });
   try {
-    await serveListening(server, where, sessions, opts);
+    await serveListening(server, where, sessions, stopping.signal, opts);
   } finally {
     opts.signals?.off('SIGTERM', stop);
     opts.signals?.off('SIGINT', stop);

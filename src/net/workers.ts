@@ -78,6 +78,7 @@ export function runWorkers(count: number, opts: WorkerOptions): Promise<number> 
     const fork = () => {
       const w = cluster.fork();
       live.add(w);
+      // sendKeys(w);
       w.on('error', (e) => log.debug(`worker ${w.process.pid}: ${e.message}`));
       w.on('exit', (status: number | null, signal: string | null) => {
         live.delete(w);

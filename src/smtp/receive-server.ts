@@ -13,7 +13,7 @@ import net from 'node:net';
 import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
 import { usageError } from '../failure.js';
 import type { Log } from '../log.js';
-import type { Where } from '../net/listen.js';
+import { type Where, listenUnlessStopped } from '../net/listen.js';
 import { BARE_LF_REASON, bareLfAt } from './bare-lf.js';
 import { type DataParser, fastDataScan } from './receive-data.js';
 
@@ -171,7 +171,9 @@ export async function serveSmtp(where: Where, server: ReceiveServer, opts: Serve
   }
   let stopped!: () => void;
   const done = new Promise<void>((res) => (stopped = res));
+  const stopping = new AbortController();
   const stop = () => {
+    stopping.abort();
     log.info('stopping: no new connections; letting sessions finish');
     server.close(() => stopped());
   };
@@ -186,15 +188,7 @@ export async function serveSmtp(where: Where, server: ReceiveServer, opts: Serve
   opts.signals?.on('SIGHUP', onHup);
   opts.signal?.addEventListener('abort', stop, { once: true });
   try {
-    await new Promise<void>((res, rej) => {
-      server.server.once('listening', res);
-      server.server.once('error', rej);
-      if (where.mode === 'listen') server.server.listen({ host: where.host, port: where.port });
-      else {
-        if (where.fds.length > 1) log.warn(`LISTEN_FDS=${where.fds.length}: serving the first socket only`);
-        server.server.listen({ fd: where.fds[0] });
-      }
-    });
+    if (!(await listenUnlessStopped(server.server, where, stopping.signal, log))) return;
     const a = server.server.address();
     if (a && typeof a === 'object') {
       log.info(`listening on ${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`);

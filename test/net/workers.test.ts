@@ -81,6 +81,36 @@ test('server-receive with workers = 2: two processes serve one socket; SIGHUP re
   }
 });
 
+test('server-receive with workers = 2: a TLS session made with one worker resumes on the other', async () => {
+  const s = await startServer(config().replace('[tls]', 'workers = 2\n[tls]'));
+  try {
+    await s.waitLog(/2 workers serving/);
+    const resumedOnce = async () => {
+      // The greeting comes after the server's ticket (TLS 1.3 sends it after the handshake).
+      const c = await connect(s.port);
+      const reused = c.socket.isSessionReused();
+      await c.done();
+      return reused;
+    };
+    assert.equal(await resumedOnce(), false);
+    // Each worker in turn is the only one that can accept (the other stopped):
+    // the ticket a client holds comes from either, and must open on both.
+    const [x, y] = childrenOf(s.proc.pid!);
+    const resumed: boolean[] = [];
+    for (const stopped of [x, y, x]) {
+      process.kill(stopped, 'SIGSTOP');
+      try {
+        resumed.push(await resumedOnce());
+      } finally {
+        process.kill(stopped, 'SIGCONT');
+      }
+    }
+    assert.deepEqual(resumed, [true, true, true]);
+  } finally {
+    await s.stop();
+  }
+});
+
 test('server-receive with workers: a worker that cannot start (port taken) stops the whole, with its exit code, and is not restarted', async () => {
   const taken = createServer();
   await new Promise<void>((res) => taken.listen(0, '127.0.0.1', res));
