@@ -6,7 +6,7 @@
 import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Bench } from './_bench.js';
+import { Bench, WORKERS } from './_bench.js';
 
 const ORDER = ['startup', 'delivery', 'receive', 'fetch', 'big', 'mime', 'smtp-receive'];
 const args = process.argv.slice(2);
@@ -16,7 +16,7 @@ const root = mkdtempSync(join(tmpdir(), 'ima-bench-'));
 chmodSync(root, 0o755); // Postfix and Dovecot run as their own users
 const bench = new Bench(quick, root);
 console.log(
-  `bench: ${quick ? 'quick' : 'full'} run on a shared 2-core machine (expect noise); every spawned process gets the same environment, NODE_EXTRA_CA_CERTS and NODE_OPTIONS unset for all`,
+  `bench: ${quick ? 'quick' : 'full'} run on a shared 2-core machine (expect noise); every spawned process gets the same environment, NODE_EXTRA_CA_CERTS and NODE_OPTIONS unset for all; server-receive and smtp-receive run ${WORKERS} worker(s) (IMA_BENCH_WORKERS)`,
 );
 let failed = false;
 try {
