@@ -78,13 +78,12 @@ export function runWorkers(count: number, opts: WorkerOptions): Promise<number> 
     const fork = () => {
       const w = cluster.fork();
       live.add(w);
-      // sendKeys(w);
       w.on('error', (e) => log.debug(`worker ${w.process.pid}: ${e.message}`));
       w.on('exit', (status: number | null, signal: string | null) => {
         live.delete(w);
         const how = signal ? `signal ${signal}` : `exit code ${status}`;
         if (stopping) {
-          if (status !== EXIT.OK) code = status ?? EXIT.TEMPFAIL;
+          if (status !== EXIT.OK && code === EXIT.OK) code = status ?? EXIT.TEMPFAIL; // the first trouble is the one to report
           if (live.size === 0) finished();
         } else if (!served.has(w)) {
           // It never listened: a bad config, a port taken. Another would fail the same way.
