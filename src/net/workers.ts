@@ -85,11 +85,19 @@ export function runWorkers(count: number, opts: WorkerOptions): Promise<number> 
         if (stopping) {
           if (status !== EXIT.OK && code === EXIT.OK) code = status ?? EXIT.TEMPFAIL; // the first trouble is the one to report
           if (live.size === 0) finished();
-        } else if (!served.has(w)) {
-          // It never listened: a bad config, a port taken. Another would fail the same way.
+        } else if (!served.has(w) && listening < count) {
+          // One of the first never listened: a bad config, a port taken. Another would fail the same way.
           log.error(`worker ${w.process.pid} stopped before serving (${how}): stopping`);
           code = status || EXIT.TEMPFAIL;
           stop();
+        } else if (!served.has(w)) {
+          // A replacement that cannot start (the config or a file changed since, read now as `user`):
+          // the others go on; restarting it would fail the same way, once a second.
+          log.error(`worker ${w.process.pid} could not start (${how}): serving with ${live.size} worker(s)`);
+          if (live.size === 0) {
+            code = status || EXIT.TEMPFAIL;
+            finished();
+          }
         } else {
           log.error(`worker ${w.process.pid} died (${how}): starting another`);
           setTimeout(() => stopping || fork(), opts.restartDelay ?? 1000);

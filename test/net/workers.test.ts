@@ -111,6 +111,26 @@ test('server-receive with workers = 2: a TLS session made with one worker resume
   }
 });
 
+test('server-receive with workers: a replacement that cannot start (the config broken since) is not retried; the other worker goes on serving', async () => {
+  const box = mailboxHandler();
+  const file = join(dir, 'workers-broken-later.toml');
+  writeFileSync(file, config({ handler: box.handler }).replace('[tls]', 'workers = 2\n[tls]'));
+  const s = await startListening('server-receive', ['--config', file, '--listen', '127.0.0.1:0']);
+  try {
+    await s.waitLog(/2 workers serving/);
+    const [x] = childrenOf(s.proc.pid!);
+    writeFileSync(file, 'domain = 7\n');
+    process.kill(x, 'SIGKILL');
+    await s.waitLog(/could not start \(exit code 78\): serving with 1 worker\(s\)/);
+    assert.match(s.log(), /domain: /); // the replacement said what is wrong with the config
+    assert.equal(childrenOf(s.proc.pid!).length, 1);
+    assert.equal(await sendOne(s.port, 'to the one left\n'), 'OK');
+    assert.equal(box.delivered(), 1);
+  } finally {
+    await s.stop();
+  }
+});
+
 test('server-receive with workers: a worker that cannot start (port taken) stops the whole, with its exit code, and is not restarted', async () => {
   const taken = createServer();
   await new Promise<void>((res) => taken.listen(0, '127.0.0.1', res));
