@@ -1,9 +1,9 @@
 // The peers the toolkit is measured against, each started privately for the
-// run: Postfix (smtpd over mutual TLS, virtual(8) into a Maildir), Dovecot
-// (IMAPS on a high port) with mbsync (isync) as its client, and a C program
-// doing write+fsync+rename+fsync(dir) compiled here with cc.
+// run: Dovecot (IMAPS on a high port) with mbsync (isync) as its client, and
+// a C program doing write+fsync+rename+fsync(dir) compiled here with cc.
+// (Postfix, the receiving peer, is test/postfix-fixture.ts, shared with the tests.)
 import { spawnSync } from 'node:child_process';
-import { chownSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Pki } from './_bench.js';
 
@@ -21,87 +21,6 @@ export function have(cmd: string): boolean {
 }
 
 const NOBODY = 65534;
-
-export interface Postfix {
-  port: number;
-  /** The recipient's Maildir new/ (where delivered messages appear). */
-  maildirNew: string;
-  /** Pid of master(8): its descendants are the Postfix processes. */
-  masterPid(): number;
-  stop(): void;
-}
-
-/**
- * A private Postfix: smtpd on 127.0.0.1:port in wrapper-mode TLS requiring a
- * client certificate from the bench CA (mutual TLS, as IMDP), TLS session
- * tickets and cache on (Postfix's defaults), delivering bob@b.test through
- * virtual(8) into a Maildir (each message fsync'ed before 250).
- */
-export function startPostfix(dir: string, pki: Pki, port: number): Postfix {
-  for (const d of ['queue', 'data', 'vmail']) mkdirSync(join(dir, d), { recursive: true });
-  chownSync(join(dir, 'data'), Number(must('id', ['-u', 'postfix']).trim()), Number(must('id', ['-g', 'postfix']).trim()));
-  chownSync(join(dir, 'vmail'), NOBODY, NOBODY);
-  writeFileSync(
-    join(dir, 'main.cf'),
-    `compatibility_level = 3.6
-queue_directory = ${dir}/queue
-data_directory = ${dir}/data
-mail_owner = postfix
-setgid_group = postdrop
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-myhostname = b.test
-mydestination =
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject
-virtual_mailbox_domains = b.test
-virtual_mailbox_base = ${dir}/vmail
-virtual_mailbox_maps = texthash:${dir}/vmailbox
-virtual_uid_maps = static:${NOBODY}
-virtual_gid_maps = static:${NOBODY}
-virtual_destination_concurrency_limit = 20
-maillog_file_prefixes = ${dir}
-maillog_file = ${dir}/maillog
-alias_maps =
-alias_database =
-message_size_limit = 0
-mailbox_size_limit = 0
-virtual_mailbox_limit = 0
-smtpd_client_connection_count_limit = 0
-smtpd_client_connection_rate_limit = 0
-smtpd_client_message_rate_limit = 0
-smtpd_tls_cert_file = ${pki.b.cert}
-smtpd_tls_key_file = ${pki.b.key}
-smtpd_tls_CAfile = ${pki.caFile}
-smtpd_tls_security_level = encrypt
-smtpd_tls_ask_ccert = yes
-smtpd_tls_req_ccert = yes
-smtpd_tls_session_cache_database = btree:${dir}/data/smtpd_scache
-`,
-  );
-  writeFileSync(join(dir, 'vmailbox'), 'bob@b.test b.test/bob/\n');
-  // Debian's master.cf without chroot, smtpd moved to our port in wrapper mode.
-  const master = readFileSync('/usr/share/postfix/master.cf.dist', 'utf8')
-    .replace(/^([a-z]+ +(?:inet|unix|unix-dgram|fifo) +[-ny] +[-ny] +)y/gm, '$1n')
-    .replace(
-      /^smtp {6}inet(.*)$/m,
-      `127.0.0.1:${port} inet$1\n  -o smtpd_tls_wrappermode=yes\n127.0.0.1:${port + 1} inet$1\n  -o smtpd_tls_security_level=none -o smtpd_tls_req_ccert=no -o smtpd_tls_ask_ccert=no`,
-    );
-  writeFileSync(join(dir, 'master.cf'), master);
-  try {
-    must('postfix', ['-c', dir, 'start']);
-  } catch (e) {
-    // postfix(1) writes its reasons to the log, not to a non-terminal stderr.
-    throw new Error(`${(e as Error).message}${readFileSync(join(dir, 'maillog'), { encoding: 'utf8', flag: 'a+' }).slice(-1500)}`);
-  }
-  const pidFile = join(dir, 'queue', 'pid', 'master.pid');
-  return {
-    port,
-    maildirNew: join(dir, 'vmail', 'b.test', 'bob', 'new'),
-    masterPid: () => Number(readFileSync(pidFile, 'utf8').trim()),
-    stop: () => void spawnSync('postfix', ['-c', dir, 'stop'], { stdio: 'ignore' }),
-  };
-}
 
 export interface Dovecot {
   port: number;

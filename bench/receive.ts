@@ -15,9 +15,11 @@ import { ImdpClient } from '../src/imdp/client.js';
 import { type Listening, startListening } from '../test/helpers.js';
 import { type Bench, type Pki, WORKERS, since, until } from './_bench.js';
 import { imaMessage, mimeMessage, rssWatcher } from './_measure.js';
-import { type Postfix, have, must, startPostfix } from './_peers.js';
+import { type Postfix, postfixUnavailable, startPostfix } from '../test/postfix-fixture.js';
+import { have, must } from './_peers.js';
 
 const SMTP_PORT = 52000 + (process.pid % 1000);
+const BOB = 'bob@b.test';
 
 // ---- the SMTP side: a small client over TLS with a client certificate ----
 
@@ -111,7 +113,7 @@ const countIn = (dir: string) => {
 
 /** Postfix: n messages over `lanes` connections (or one connection per message); seconds until all are in the Maildir. */
 async function postfixRun(pf: Postfix, pki: Pki, msgs: Buffer[], lanes: number, mode: 'reuse' | 'pipelined' | 'per-message'): Promise<number> {
-  const before = countIn(pf.maildirNew);
+  const before = countIn(pf.maildirNew(BOB));
   const t0 = performance.now();
   await Promise.all(
     Array.from({ length: lanes }, async (_, lane) => {
@@ -120,8 +122,35 @@ async function postfixRun(pf: Postfix, pki: Pki, msgs: Buffer[], lanes: number, 
       else await smtpSend(pf.port, pki, mine, mode === 'pipelined');
     }),
   );
-  await until(() => countIn(pf.maildirNew) >= before + msgs.length, 600, 'Postfix delivery');
+  await until(() => countIn(pf.maildirNew(BOB)) >= before + msgs.length, 600, 'Postfix delivery');
   return since(t0);
+}
+
+/**
+ * The peer: smtpd on SMTP_PORT in wrapper-mode TLS requiring a client
+ * certificate from the bench CA (mutual TLS, as IMDP), without TLS on the
+ * next port (for smtp-source), TLS session tickets and cache on, delivering
+ * bob@b.test through virtual(8) into a Maildir (each message fsync'ed
+ * before 250); no size, rate or connection limits.
+ */
+function startReceivingPostfix(dir: string, pki: Pki): Promise<Postfix> {
+  return startPostfix({
+    dir,
+    hostname: 'b.test',
+    port: SMTP_PORT,
+    mailboxes: [BOB],
+    tls: { ...pki.b, clientCa: pki.caFile, wrapperMode: true, plainPort: SMTP_PORT + 1 },
+    main: {
+      virtual_destination_concurrency_limit: '20',
+      message_size_limit: '0',
+      mailbox_size_limit: '0',
+      virtual_mailbox_limit: '0',
+      smtpd_client_connection_count_limit: '0',
+      smtpd_client_connection_rate_limit: '0',
+      smtpd_client_message_rate_limit: '0',
+      smtpd_tls_session_cache_database: `btree:${dir}/data/smtpd_scache`,
+    },
+  });
 }
 
 // ---- the toolkit side ----
@@ -194,11 +223,11 @@ async function toolkitRun(port: number, pki: Pki, msgs: Buffer[], lanes: number,
 }
 
 export async function run(b: Bench): Promise<void> {
-  if (!have('postfix')) throw new Error('bench: postfix is not installed (apt-get install postfix)');
+  const why = postfixUnavailable();
+  if (why) throw new Error(`bench: ${why}`);
   const pki = b.pki();
-  const pf = startPostfix(b.fresh('postfix'), pki, SMTP_PORT);
+  const pf = await startReceivingPostfix(b.fresh('postfix'), pki);
   try {
-    await until(() => countIn(pf.maildirNew) >= 0, 1, 'nothing'); // (Postfix is up once `postfix start` returned)
     const small = b.n(2000, 200);
     const lanes = 10;
     // Warm both (TLS contexts, processes) with a few messages first.
@@ -209,7 +238,7 @@ export async function run(b: Bench): Promise<void> {
       lanes,
       'reuse',
     ).catch((e: Error) => {
-      throw new Error(`${e.message}\n${readFileSync(join(pf.maildirNew, '../../../../maillog'), 'utf8').slice(-2000)}`);
+      throw new Error(`${e.message}\n${pf.log().slice(-2000)}`);
     });
     const server = await startServerReceive(b, pki);
     try {
@@ -241,7 +270,7 @@ export async function run(b: Bench): Promise<void> {
       b.row(`receive ${hs} x 4 KB, TLS handshake per message`, ours, 'msg/s', { name: 'Postfix mTLS', figure: peer }, '>= 1.0x');
       if (have('/usr/sbin/smtp-source')) {
         // smtp-source has no TLS: Postfix's plain-text ceiling on its second port, for scale.
-        const before = countIn(pf.maildirNew);
+        const before = countIn(pf.maildirNew(BOB));
         const t0 = performance.now();
         must('/usr/sbin/smtp-source', [
           '-s',
@@ -256,7 +285,7 @@ export async function run(b: Bench): Promise<void> {
           'bob@b.test',
           `127.0.0.1:${pf.port + 1}`,
         ]);
-        await until(() => countIn(pf.maildirNew) >= before + small, 600, 'Postfix delivery');
+        await until(() => countIn(pf.maildirNew(BOB)) >= before + small, 600, 'Postfix delivery');
         console.log(`  (Postfix without TLS, smtp-source -s ${lanes}: ${(small / since(t0)).toFixed(0)} msg/s; not in the table: no TLS)`);
       }
     } finally {
@@ -288,6 +317,6 @@ export async function run(b: Bench): Promise<void> {
       await server2.stop();
     }
   } finally {
-    pf.stop();
+    await pf.stop();
   }
 }

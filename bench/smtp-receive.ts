@@ -6,12 +6,12 @@
 // Postfix figure counts until the last message is in the Maildir.
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { chownSync, existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Pki } from '../test/pki.js';
 import { type Listening, startListening, testEnv } from '../test/helpers.js';
-import { postfixMissing, startPostfix } from '../test/smtp/postfix.js';
-import { largestPeakRssMb, peakRssMb } from './_measure.js';
+import { postfixUnavailable, startPostfix } from '../test/postfix-fixture.js';
+import { largestPeakRssMb } from './_measure.js';
 import { type Bench, WORKERS } from './_bench.js';
 
 interface Load {
@@ -99,36 +99,12 @@ async function ours(dir: string, LOADS: Load[]): Promise<void> {
   }
 }
 
-/** Peak RSS of the largest Postfix process (smtpd, cleanup, qmgr, virtual...) of the instance. */
-function postfixPeakMb(queueDir: string): number {
-  let peak = 0;
-  for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
-    try {
-      const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-      const env = readFileSync(`/proc/${pid}/environ`, 'utf8');
-      if (!cmd.includes('postfix') && !/smtpd|cleanup|qmgr|virtual|trivial-rewrite/.test(cmd)) continue;
-      if (!env.includes(queueDir) && !cmd.includes(queueDir)) continue;
-      peak = Math.max(peak, peakRssMb(Number(pid)));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return peak;
-}
-
 async function theirs(dir: string, LOADS: Load[]): Promise<void> {
-  const vmail = join(dir, 'vmail');
-  mkdirSync(vmail, { recursive: true });
-  chownSync(vmail, 65534, 65534);
-  const pf = await startPostfix(join(dir, 'postfix'), {
-    virtual_mailbox_domains: 'b.test',
-    virtual_mailbox_base: vmail,
-    virtual_mailbox_maps: 'static:bob/',
-    virtual_uid_maps: 'static:65534',
-    virtual_gid_maps: 'static:65534',
-    virtual_minimum_uid: '100',
-    smtpd_client_connection_count_limit: '0',
-    default_process_limit: '100',
+  const pf = await startPostfix({
+    dir: join(dir, 'postfix'),
+    hostname: 'relay.a.test',
+    mailboxes: ['bob@b.test'],
+    main: { smtpd_client_connection_count_limit: '0', default_process_limit: '100' },
   });
   try {
     let delivered = 0;
@@ -136,9 +112,9 @@ async function theirs(dir: string, LOADS: Load[]): Promise<void> {
       const t0 = process.hrtime.bigint();
       await source(pf.port, load, 'bob@b.test');
       delivered += load.messages;
-      await filled(join(vmail, 'bob', 'new'), delivered);
+      await filled(pf.maildirNew('bob@b.test'), delivered);
       const secs = Number(process.hrtime.bigint() - t0) / 1e9;
-      line('postfix', 'Postfix (smtpd -> virtual, Maildir)', load, secs, postfixPeakMb(join(dir, 'postfix')));
+      line('postfix', 'Postfix (smtpd -> virtual, Maildir)', load, secs, largestPeakRssMb(pf.masterPid()));
     }
   } finally {
     await pf.stop();
@@ -153,7 +129,7 @@ export async function run(bench: Bench): Promise<void> {
   const dir = bench.fresh('smtp-receive');
   const LOADS = loads(bench);
   await ours(join(dir, 'ours'), LOADS);
-  const missing = postfixMissing();
+  const missing = postfixUnavailable();
   if (missing) console.log(`  smtp-receive bench: Postfix side skipped (${missing})`);
   else await theirs(join(dir, 'theirs'), LOADS);
   for (const [i, load] of LOADS.entries()) {

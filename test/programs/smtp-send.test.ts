@@ -66,7 +66,14 @@ const sinks: Sink[] = [];
 
 before(async () => {
   dns = await startDns(zone);
-  if (!skipPostfix) postfix = await startPostfix({ users: ['bob', 'carol'], tempfail: { 'busy@b.test': '451 4.2.1 mailbox busy' }, tls: mxCert });
+  if (!skipPostfix)
+    postfix = await startPostfix({
+      hostname: 'mx.b.test',
+      mailboxes: ['bob@b.test', 'carol@b.test'],
+      tempfail: { 'busy@b.test': '451 4.2.1 mailbox busy' },
+      tls: mxCert,
+      main: { smtpd_tls_received_header: 'yes' },
+    });
 });
 after(async () => {
   await Promise.all([dns?.stop(), postfix?.stop(), ...sinks.map((s) => s.stop())]);
@@ -130,7 +137,7 @@ test(
     assert.deepEqual(out.slice(0, 2), ['OK bob@b.test', 'OK carol@b.test']);
     assert.match(out[3], /^TEMPFAIL busy@b\.test 4\.2\.1 mx\.b\.test\[127\.0\.0\.1\]:\d+ said: 451 4\.2\.1 .*mailbox busy/);
     assert.match(out[2], /^FAIL nobody@b\.test 5\.1\.1 mx\.b\.test\[127\.0\.0\.1\]:\d+ said: 550 5\.1\.1 <nobody@b\.test>/);
-    const [copy] = await postfix!.waitFor('bob', 1);
+    const [copy] = await postfix!.waitFor('bob@b.test', 1);
     assert.match(copy, /^Received: from out\.a\.test .*\n\s+\(using TLSv1\.[23]/m);
     assert.match(copy, /^Subject: Quarterly report\r?$/m);
     assert.match(copy, /^From: Alice <alice@a\.test>\r?$/m);
@@ -138,7 +145,7 @@ test(
     assert.match(copy, /filename=q3\.txt/);
     assert.match(copy, /Hello Bob\./);
     assert.doesNotMatch(copy, /^Bcc:|secret@/im);
-    assert.equal((await postfix!.waitFor('carol', 1)).length, 1);
+    assert.equal((await postfix!.waitFor('carol@b.test', 1)).length, 1);
   },
 );
 
@@ -147,12 +154,12 @@ test(
   { skip: skipPostfix },
   async () => {
     const cfg = config(postfix!.port, dkimToml);
-    const before = postfix!.maildir('bob').length;
+    const before = postfix!.maildir('bob@b.test').length;
     const r = await inProcess(['--config', cfg, 'bob@b.test'], {
       input: await message(FIELDS, 'Signed.\n\nWith an ä and a line\nstarting with From me.\n'),
     });
     assert.equal(r.code, 0, r.stderr);
-    const copies = await postfix!.waitFor('bob', before + 1);
+    const copies = await postfix!.waitFor('bob@b.test', before + 1);
     const signed = copies.find((c) => c.includes('Signed.'))!;
     assert.equal((signed.match(/^DKIM-Signature:/gm) ?? []).length, 2);
     const file = join(dir, 'signed.eml');
@@ -186,12 +193,12 @@ for i in range(2):
 );
 
 test('smtp-send: a smarthost over STARTTLS, its certificate verified against tls_ca', { skip: skipPostfix }, async () => {
-  const before = postfix!.maildir('carol').length;
+  const before = postfix!.maildir('carol@b.test').length;
   const cfg = config(1, `tls_ca = ["${pki.caFile}"]\n[smarthost]\nhost = "relay.b.test:${postfix!.port}"\ntls = "starttls"`);
   const r = await runMain('smtp-send', ['--config', cfg, 'carol@b.test'], { input: await message(FIELDS) });
   assert.equal(r.code, 0, r.stderr);
   assert.deepEqual(lines(r.stdout), ['OK carol@b.test']);
-  await postfix!.waitFor('carol', before + 1);
+  await postfix!.waitFor('carol@b.test', before + 1);
   // The same smarthost without the CA that signed its certificate: not trusted, so nothing is sent.
   const untrusted = config(1, `[smarthost]\nhost = "relay.b.test:${postfix!.port}"\ntls = "starttls"`);
   const r2 = await runMain('smtp-send', ['--config', untrusted, 'carol@b.test'], { input: await message(FIELDS) });

@@ -2,18 +2,18 @@
 // (relayhost = [127.0.0.1]:PORT), over STARTTLS, with pipelining as Postfix does it.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { type Listening, tempDir } from '../helpers.js';
+import type { Listening } from '../helpers.js';
 import { MX_EXTRA, arrival, config, headersOf, startReceive, stored, swaks } from './receive-fixture.js';
-import { type Postfix, postfixMissing, startPostfix } from './postfix.js';
+import { type Postfix, postfixUnavailable, startPostfix } from '../postfix-fixture.js';
 
-const missing = postfixMissing();
+const missing = postfixUnavailable();
 
 describe('smtp-receive behind Postfix', { skip: missing ? `skipped: ${missing}` : false }, () => {
   let mx: Listening;
   let postfix: Postfix;
   before(async () => {
     mx = await startReceive(config('mx-postfix', MX_EXTRA));
-    postfix = await startPostfix(tempDir('ima-postfix-'), { relayhost: `[127.0.0.1]:${mx.port}`, smtp_tls_security_level: 'encrypt' });
+    postfix = await startPostfix({ hostname: 'relay.a.test', relayhost: `[127.0.0.1]:${mx.port}`, main: { smtp_tls_security_level: 'encrypt' } });
   });
   after(async () => {
     await postfix?.stop();
