@@ -10,11 +10,11 @@ import { PassThrough, Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { createServer } from 'node:net';
-import { chmodSync, chownSync, existsSync, readFileSync } from 'node:fs';
+import { chmodSync, existsSync } from 'node:fs';
 import { makeCa, makeLeaf } from '../src/cert.js';
 import { main as queueMail } from '../src/programs/queue-mail.js';
-import { startListening } from '../test/helpers.js';
+import { freePort, startListening } from '../test/helpers.js';
+import { type Postfix, postfixUnavailable, startPostfix } from '../test/postfix-fixture.js';
 import { smallMessage } from './_measure.js';
 
 const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
@@ -101,80 +101,49 @@ export async function run(): Promise<void> {
   }
 }
 
-/** A free port on loopback. */
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((res) => srv.listen(0, '127.0.0.1', res));
-  const { port } = srv.address() as { port: number };
-  await new Promise<void>((res) => srv.close(() => res()));
-  return port;
-}
-
 /**
- * The peer: a private Postfix (its own config, queue and log under `dir`)
- * relaying to smtp-sink; Postfix's sendmail spawned once per message, then
- * the time until its log says every message was sent. Needs root (Postfix's
- * daemons drop to the postfix user); skipped with a line otherwise.
+ * The peer: a private Postfix (test/postfix-fixture.ts: its own config, queue
+ * and log under `dir`) relaying to smtp-sink; Postfix's sendmail spawned once
+ * per message, then the time until its log says every message was sent.
+ * Needs root (Postfix's daemons drop to the postfix user); skipped with a
+ * line otherwise.
  */
 async function postfix(dir: string, n: number): Promise<void> {
-  if (process.getuid?.() !== 0 || !existsSync('/usr/sbin/postfix') || !existsSync('/usr/sbin/smtp-sink')) {
-    console.log('postfix: skipped (needs root, postfix and smtp-sink)');
+  const why = postfixUnavailable() ?? (existsSync('/usr/sbin/smtp-sink') ? undefined : 'smtp-sink is not installed (Debian: postfix)');
+  if (why) {
+    console.log(`postfix: skipped (${why})`);
     return;
   }
   chmodSync(dir, 0o755); // Postfix's daemons run as the postfix user
-  const pf = join(dir, 'postfix');
-  const conf = join(pf, 'conf');
-  for (const d of ['conf', 'queue', 'data']) mkdirSync(join(pf, d), { recursive: true });
-  chownSync(join(pf, 'data'), Number(spawnSync('id', ['-u', 'postfix'], { encoding: 'utf8' }).stdout.trim()), 0);
-  writeFileSync(join(conf, 'master.cf'), readFileSync('/etc/postfix/master.cf', 'utf8').replace(/^smtp(\s+inet)/gm, '#smtp$1'));
-  writeFileSync(join(conf, 'main.cf'), '');
   const port = await freePort();
-  const settings = {
-    queue_directory: join(pf, 'queue'),
-    data_directory: join(pf, 'data'),
-    maillog_file: join(pf, 'maillog'),
-    maillog_file_prefixes: pf,
-    inet_interfaces: '127.0.0.1',
-    inet_protocols: 'ipv4',
-    myhostname: 'bench.test',
-    mydestination: '',
-    relayhost: `[127.0.0.1]:${port}`,
-    compatibility_level: '3.6',
-    alias_maps: '',
-    alias_database: '',
-    smtp_tls_security_level: 'none',
-    default_destination_concurrency_limit: '16',
-    sendmail_path: '/usr/sbin/sendmail',
-    newaliases_path: '/usr/bin/newaliases',
-    mailq_path: '/usr/bin/mailq',
-    html_directory: 'no',
-    readme_directory: 'no',
-    manpage_directory: '/usr/share/man',
-    sample_directory: '/etc/postfix',
-  };
-  spawnSync('postconf', ['-c', conf, '-e', ...Object.entries(settings).map(([k, v]) => `${k}=${v}`)]);
   const sink = spawn('/usr/sbin/smtp-sink', ['-u', 'nobody', `127.0.0.1:${port}`, '256'], { stdio: 'ignore' });
-  const started = spawnSync('postfix', ['-c', conf, 'start'], { encoding: 'utf8' });
+  let pf: Postfix | undefined;
   try {
-    if (started.status !== 0) return console.log(`postfix: did not start (${started.stderr.trim() || started.status}); skipped`);
+    pf = await startPostfix({
+      dir: join(dir, 'postfix'),
+      hostname: 'bench.test',
+      relayhost: `[127.0.0.1]:${port}`,
+      main: { default_destination_concurrency_limit: '16', html_directory: 'no', readme_directory: 'no' },
+    }).catch((e: Error) => void console.log(`postfix: did not start (${e.message.trim()}); skipped`));
+    if (!pf) return;
+    const log = pf.log;
     const mime = Buffer.from(`From: alice@a.test\nTo: bob@b.test\nSubject: bench\n\n${'x'.repeat(76).concat('\n').repeat(50)}`);
     const t0 = process.hrtime.bigint();
     for (let i = 0; i < n; i++) {
-      const r = spawnSync('/usr/sbin/sendmail', ['-C', conf, '-t', '-f', 'alice@a.test'], { input: mime });
+      const r = spawnSync('/usr/sbin/sendmail', ['-C', pf.dir, '-t', '-f', 'alice@a.test'], { input: mime });
       if (r.status !== 0) throw new Error(`sendmail exited ${r.status}: ${r.stderr}`);
     }
     const submitted = seconds(t0);
     console.log(`postfix sendmail spawned: ${(n / submitted).toFixed(0)} calls/s (${n} x 4 KB)`);
     const deadline = Date.now() + 600_000;
-    const log = join(pf, 'maillog');
-    const sent = () => (existsSync(log) ? (readFileSync(log, 'utf8').match(/status=sent/g) ?? []).length : 0);
+    const sent = () => (log().match(/status=sent/g) ?? []).length;
     while (sent() < n && Date.now() < deadline) await new Promise((res) => setTimeout(res, 100)); // a bench, not a test: polling the peer's log
     const total = seconds(t0);
     console.log(
       `postfix end to end (sendmail -> queue -> SMTP relay to smtp-sink): ${(sent() / total).toFixed(0)} msgs/s (${sent()} of ${n} in ${total.toFixed(1)} s)`,
     );
   } finally {
-    spawnSync('postfix', ['-c', conf, 'stop']);
+    await pf?.stop();
     sink.kill();
     await once(sink, 'exit').catch(() => {});
   }
