@@ -17,6 +17,12 @@ export const BIN = join(ROOT, 'bin');
  */
 export const WORKERS = Math.max(1, Number(process.env.IMA_BENCH_WORKERS) || availableParallelism());
 
+/** A receiver started with startListening, once every worker serves (the first one's "listening on" is not all of them). */
+export async function serving<T extends { waitLog(re: RegExp): Promise<void> }>(server: T): Promise<T> {
+  if (WORKERS > 1) await server.waitLog(/\d+ workers serving/);
+  return server;
+}
+
 export interface Row {
   measure: string;
   figure: string;

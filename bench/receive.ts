@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import tls, { type TLSSocket } from 'node:tls';
 import { ImdpClient } from '../src/imdp/client.js';
 import { type Listening, startListening } from '../test/helpers.js';
-import { type Bench, type Pki, WORKERS, since, until } from './_bench.js';
+import { type Bench, type Pki, WORKERS, serving, since, until } from './_bench.js';
 import { imaMessage, mimeMessage, rssWatcher } from './_measure.js';
 import { type Postfix, postfixUnavailable, startPostfix } from '../test/postfix-fixture.js';
 import { have, must } from './_peers.js';
@@ -171,7 +171,7 @@ async function startServerReceive(b: Bench, pki: Pki): Promise<Listening> {
     cfg,
     `domain = "b.test"\nhandler = ["handle-incoming-mail", "--config", ${JSON.stringify(him)}]\nin_process = true\nworkers = ${WORKERS}\n[tls]\ncertificate = "${pki.b.cert}"\nkey = "${pki.b.key}"\nca = ["${pki.caFile}"]\n[limits]\nmax_message_bytes = "2G"\nmax_messages_per_connection = 1000000\nmax_connections_per_address = 50\n`,
   );
-  return startListening('server-receive', ['--config', cfg, '--listen', '127.0.0.1:0'], { env: b.env, echo: /TEMPFAIL|error|warning/ });
+  return serving(await startListening('server-receive', ['--config', cfg, '--listen', '127.0.0.1:0'], { env: b.env, echo: /TEMPFAIL|error|warning/ }));
 }
 
 const headersOf = (tar: Buffer) => tar.subarray(512, 512 + parseInt(tar.subarray(124, 136).toString().trim(), 8));

@@ -12,7 +12,7 @@ import { Pki } from '../test/pki.js';
 import { type Listening, startListening, testEnv } from '../test/helpers.js';
 import { postfixUnavailable, startPostfix } from '../test/postfix-fixture.js';
 import { largestPeakRssMb } from './_measure.js';
-import { type Bench, WORKERS } from './_bench.js';
+import { type Bench, WORKERS, serving } from './_bench.js';
 
 interface Load {
   label: string;
@@ -82,9 +82,9 @@ async function ours(dir: string, LOADS: Load[]): Promise<void> {
   for (const load of LOADS) {
     const user = `u${load.bytes}`;
     for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(dir, 'mail', user, f), { recursive: true });
-    const srv: Listening = await startListening('smtp-receive', ['--config', join(dir, 'smtp-receive.toml'), '--listen', '127.0.0.1:0'], {
-      env: testEnv({ IMA_CONFIG_DIR: dir }),
-    });
+    const srv: Listening = await serving(
+      await startListening('smtp-receive', ['--config', join(dir, 'smtp-receive.toml'), '--listen', '127.0.0.1:0'], { env: testEnv({ IMA_CONFIG_DIR: dir }) }),
+    );
     try {
       const idle = largestPeakRssMb(srv.proc.pid!); // listening, nothing received yet: what start-up and loaded code cost
       const t0 = process.hrtime.bigint();

@@ -111,6 +111,28 @@ test('server-receive with workers = 2: a TLS session made with one worker resume
   }
 });
 
+for (const workers of [1, 2]) {
+  test(`server-receive with workers = ${workers}: after SIGHUP a session made before is not resumed (new ticket keys: a replaced certificate is not trusted on)`, async () => {
+    const s = await startServer(config().replace('[tls]', `workers = ${workers}\n[tls]`));
+    try {
+      const resumedOnce = async () => {
+        const c = await connect(s.port);
+        const reused = c.socket.isSessionReused();
+        await c.done();
+        return reused;
+      };
+      await s.waitLog(/listening on/);
+      assert.equal(await resumedOnce(), false);
+      assert.equal(await resumedOnce(), true);
+      process.kill(s.proc.pid!, 'SIGHUP');
+      await s.waitLog(new RegExp(`(reloaded configuration[^]*){${workers}}`));
+      assert.equal(await resumedOnce(), false);
+    } finally {
+      await s.stop();
+    }
+  });
+}
+
 test('server-receive with workers: a replacement that cannot start (the config broken since) is not retried; the other worker goes on serving', async () => {
   const box = mailboxHandler();
   const file = join(dir, 'workers-broken-later.toml');
