@@ -16,7 +16,7 @@ const pki = new Pki(dir);
 const server = pki.server('b.test');
 const client = pki.server('a.test');
 
-test('tls: a second connection resumes the session (ticket) and the server still sees the verified client certificate', async () => {
+test('tls: a second connection resumes the session (ticket) and the server still sees the verified client certificate; a session is not resumed with other CAs', async () => {
   const stop = new AbortController();
   const m = loadTlsMaterial({ certificate: server.cert, key: server.key, ca: [pki.caFile], configFile: 'test.toml' });
   let port = 0;
@@ -41,12 +41,12 @@ test('tls: a second connection resumes the session (ticket) and the server still
       },
     );
   });
-  const greet = async () => {
+  const greet = async (ca = pki.caFile) => {
     const socket = await connectTls({
       host: '127.0.0.1',
       port,
       name: 'b.test',
-      tls: { cert: readFileSync(client.cert), key: readFileSync(client.key), ca: readFileSync(pki.caFile) },
+      tls: { cert: readFileSync(client.cert), key: readFileSync(client.key), ca: readFileSync(ca) },
       timeout: 10_000,
       where: 'test',
     });
@@ -60,6 +60,12 @@ test('tls: a second connection resumes the session (ticket) and the server still
   assert.deepEqual(first, { line: 'HELLO true a.test false', reused: false });
   const second = await greet();
   assert.deepEqual(second, { line: 'HELLO true a.test true', reused: true });
+  // The same client trusting other CAs only: the server's certificate is not
+  // trusted, and the session verified against our CA must not stand in for it.
+  const stranger = new Pki(tempDir());
+  await assert.rejects(greet(stranger.caFile), (e: Error & { status?: string }) => e.status === '4.7.5');
+  // Back to our CA: trusted again (the kept context and ticket were not replaced by the refused one).
+  assert.deepEqual(await greet(), { line: 'HELLO true a.test true', reused: true });
   stop.abort();
   await done;
 });
