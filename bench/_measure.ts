@@ -5,6 +5,7 @@ import { randomUUID } from 'node:crypto';
 import { closeSync, openSync, readFileSync, readdirSync, writeSync } from 'node:fs';
 import { PassThrough } from 'node:stream';
 import { Headers, bufferPart, writeMessage } from '../src/message/index.js';
+import { childrenOf } from '../test/helpers.js';
 
 export interface Measured {
   code: number | null;
@@ -27,13 +28,7 @@ export const peakRssMb = (pid: number) => hwmKb(pid) / 1024;
 
 /** The largest peak RSS among a process and its children (a server's workers), in MB. */
 export function largestPeakRssMb(pid: number): number {
-  let children: number[] = [];
-  try {
-    children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').split(' ').filter(Boolean).map(Number);
-  } catch {
-    // gone: its own figure is 0 as well
-  }
-  return Math.max(hwmKb(pid), ...children.map(hwmKb)) / 1024;
+  return Math.max(hwmKb(pid), ...childrenOf(pid).map(hwmKb)) / 1024;
 }
 
 /** Run argv with stdout to a file descriptor or ignored; report wall time and peak RSS. */

@@ -47,27 +47,24 @@ export function asciiDomain(domain: string, whole = domain): string {
   return ascii;
 }
 
+/** A parser's complaint as a config check: what is wrong with the text, or undefined. */
+const problemOf =
+  (parse: (text: string) => unknown) =>
+  (text: string): string | undefined => {
+    try {
+      parse(text);
+      return undefined;
+    } catch (e) {
+      if (e instanceof AddressError) return e.message;
+      throw e;
+    }
+  };
+
 /** What is wrong with a domain name, or undefined: for config checks. */
-export function domainProblem(domain: string): string | undefined {
-  try {
-    asciiDomain(domain);
-    return undefined;
-  } catch (e) {
-    if (e instanceof AddressError) return e.message;
-    throw e;
-  }
-}
+export const domainProblem = problemOf(asciiDomain);
 
 /** What is wrong with a bare `local@domain`, or undefined: for config checks. */
-export function mailboxProblem(text: string): string | undefined {
-  try {
-    parseMailbox(text);
-    return undefined;
-  } catch (e) {
-    if (e instanceof AddressError) return e.message;
-    throw e;
-  }
-}
+export const mailboxProblem = problemOf(parseMailbox);
 
 /** Parse a bare `local@domain`. */
 export function parseMailbox(text: string): Address {

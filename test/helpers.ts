@@ -137,27 +137,31 @@ export async function startListening(
     proc,
     port,
     log: () => log,
-    waitLog: (re, deadline = 20_000) =>
-      new Promise<void>((res, rej) => {
-        const check = () => {
-          if (!re.test(log)) return;
-          clearTimeout(timer);
-          proc.stderr!.off('data', check);
-          res();
-        };
-        const timer = setTimeout(() => {
-          proc.stderr!.off('data', check);
-          rej(new Error(`${name}: no ${re} on stderr within ${deadline} ms:\n${log}`));
-        }, deadline);
-        proc.stderr!.on('data', check);
-        check();
-      }),
+    waitLog: (re, deadline = 20_000) => stderrMatch(proc, () => log, re, deadline, name),
     async stop() {
       if (proc.exitCode !== null || proc.signalCode !== null) return;
       proc.kill('SIGTERM');
       await once(proc, 'exit');
     },
   };
+}
+
+/** Resolve once the text a child wrote to stderr so far (`text()`) matches `re`: checked at each write, with a deadline. */
+function stderrMatch(child: ChildProcess, text: () => string, re: RegExp, deadline: number, name: string): Promise<void> {
+  return new Promise<void>((res, rej) => {
+    const check = () => {
+      if (!re.test(text())) return;
+      clearTimeout(timer);
+      child.stderr!.off('data', check);
+      res();
+    };
+    const timer = setTimeout(() => {
+      child.stderr!.off('data', check);
+      rej(new Error(`${name}: no ${re} on stderr within ${deadline} ms:\n${text()}`));
+    }, deadline);
+    child.stderr!.on('data', check);
+    check();
+  });
 }
 
 /** A port that was free a moment ago (for programs that must be told one, such as systemd-socket-activate). */
@@ -173,6 +177,8 @@ export interface Activated {
   port: number;
   child: ChildProcess;
   err(): string;
+  /** Wait until its stderr (systemd-socket-activate's and the program's) matches `re` (an event, with a deadline). */
+  waitErr(re: RegExp, deadline?: number): Promise<void>;
 }
 
 /**
@@ -196,10 +202,9 @@ export async function socketActivate(name: string, activateArgs: string[], args:
     });
     child.on('exit', (c) => rej(new Error(`systemd-socket-activate exited ${c}: ${err}`)));
   });
-  return { port, child, err: () => err };
+  return { port, child, err: () => err, waitErr: (re, deadline = 20_000) => stderrMatch(child, () => err, re, deadline, name) };
 }
 
-/** Is the process of the pid in FILE gone (or a zombie waiting for its reaper)? */
 /**
  * Wait until the process in pidFile is gone (or a zombie), for up to
  * `deadline` ms: a SIGKILLed process takes a moment to die on a busy
@@ -213,11 +218,25 @@ export async function processGoneSoon(pidFile: string, deadline = 10_000): Promi
   return true;
 }
 
+/** Is the process of the pid in FILE gone (or a zombie waiting for its reaper)? */
 export function processGone(pidFile: string): boolean {
-  const pid = Number(readFileSync(pidFile, 'utf8'));
+  return pidGone(Number(readFileSync(pidFile, 'utf8')));
+}
+
+/** Is this process gone (or a zombie waiting for its reaper)? */
+export function pidGone(pid: number): boolean {
   try {
     return /^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
   } catch {
     return true;
+  }
+}
+
+/** The pids of a process's children (a server's workers); none once it is gone. */
+export function childrenOf(pid: number): number[] {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').split(' ').filter(Boolean).map(Number);
+  } catch {
+    return [];
   }
 }

@@ -233,7 +233,7 @@ function materialId(options: SecureContextOptions): string | undefined {
     if (name !== 'cert' && name !== 'key' && name !== 'ca') return undefined;
     for (const v of [value].flat()) {
       if (typeof v !== 'string' && !Buffer.isBuffer(v)) return undefined;
-      const bytes = Buffer.from(v);
+      const bytes = typeof v === 'string' ? Buffer.from(v) : v;
       h.update(`${name}:${bytes.length}:`).update(bytes);
     }
   }

@@ -13,10 +13,19 @@
 import cluster, { type Worker } from 'node:cluster';
 import type { EventEmitter } from 'node:events';
 import { EXIT } from '../failure.js';
+import type { Io } from '../io.js';
 import type { Log } from '../log.js';
+import type { Where } from './listen.js';
 
-/** Is this process a worker forked by runWorkers? */
-export const isWorker = (): boolean => cluster.isWorker;
+/**
+ * Should this process supervise workers rather than serve? With more than
+ * one asked for, as the process the operator started (not a worker, not
+ * in-process under a test), on a listening socket (under inetd one
+ * connection is one process).
+ */
+export function supervises(workers: number, where: Where, io: Io): boolean {
+  return workers > 1 && where.mode !== 'inetd' && io.signals !== undefined && !cluster.isWorker;
+}
 
 /** The pid a LISTEN_PID must name for the LISTEN_FDS sockets to be ours: in a worker, its primary's (it holds them). */
 export const listenPid = (): number => (cluster.isWorker ? process.ppid : process.pid);

@@ -18,7 +18,7 @@ import { contextOptions, tlsFromConfig, tlsSchema } from '../net/tls.js';
 import { Registry, connectionMetrics, metricsAddressProblem, serveMetrics } from '../net/metrics.js';
 import { asciiDomain, domainProblem } from '../address.js';
 import { DEFAULT_LIMITS } from '../message/index.js';
-import { isWorker, leaveCluster, listenPid, runWorkers } from '../net/workers.js';
+import { leaveCluster, listenPid, runWorkers, supervises } from '../net/workers.js';
 import { dropAfterBinding, lookUpUser } from '../privileges.js';
 import { commandProblem } from '../stage.js';
 
@@ -163,8 +163,8 @@ async function serveConfigured(args: string[], io: Io): Promise<number> {
     ...parseHostPort(config.listen),
   };
   if (where.mode === 'inetd' && argv.listen) throw usageError('--inetd and --listen exclude each other');
-  if (config.workers > 1 && where.mode !== 'inetd' && io.signals && !isWorker())
-    return runWorkers(config.workers, { log, signals: io.signals, onListening: dropAfterBinding(config.user, source.file!, log) });
+  if (supervises(config.workers, where, io))
+    return runWorkers(config.workers, { log, signals: io.signals!, onListening: dropAfterBinding(config.user, source.file!, log) });
   const registry = config.metrics === undefined ? undefined : new Registry();
   const metrics = registry && metricsOf(registry);
   let session = sessionOf(config, io, log, metrics?.observe);

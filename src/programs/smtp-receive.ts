@@ -18,7 +18,7 @@ import type { Io } from '../io.js';
 import type { Log } from '../log.js';
 import { parseHostPort, whereFrom } from '../net/listen.js';
 import { tlsFromConfig, tlsSchema } from '../net/tls.js';
-import { isWorker, leaveCluster, listenPid, runWorkers } from '../net/workers.js';
+import { leaveCluster, listenPid, runWorkers, supervises } from '../net/workers.js';
 import { hashProblem } from '../password.js';
 import { dropAfterBinding, lookUpUser } from '../privileges.js';
 import { commandProblem } from '../stage.js';
@@ -184,8 +184,8 @@ async function serveConfigured(args: string[], io: Io): Promise<number> {
     ...parseHostPort(fallback),
   };
   if (where.mode === 'inetd' && argv.listen) throw usageError('--inetd and --listen exclude each other');
-  if (config.workers > 1 && where.mode !== 'inetd' && io.signals && !isWorker())
-    return runWorkers(config.workers, { log, signals: io.signals, onListening: dropAfterBinding(config.user, source.file!, log) });
+  if (supervises(config.workers, where, io))
+    return runWorkers(config.workers, { log, signals: io.signals!, onListening: dropAfterBinding(config.user, source.file!, log) });
   if (role === 'submission' && Object.keys(config.submission.users).length === 0) log.warn('role submission with no [submission.users]: nobody can log in');
   if (role === 'mx' && config.mx.verdicts) await loadMailauth();
   let settings = settingsOf(config, role, source, io, log);

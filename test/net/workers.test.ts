@@ -3,29 +3,12 @@
 // hand, messages delivered over real mutual TLS.
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { type AddressInfo, createServer } from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { basicFields, config, connect, deliver, dir, message, outDir, startServer } from '../imdp-fixture.js';
-import { runBin, startListening } from '../helpers.js';
-
-/** The pids of a process's children (its workers). */
-function childrenOf(pid: number): number[] {
-  try {
-    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').split(' ').filter(Boolean).map(Number);
-  } catch {
-    return [];
-  }
-}
-
-const alive = (pid: number) => {
-  try {
-    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return false;
-  }
-};
+import { childrenOf, pidGone, runBin, startListening } from '../helpers.js';
 
 /** How often `re` occurs in `s`. */
 const times = (s: string, re: RegExp) => s.match(new RegExp(re.source, 'g'))?.length ?? 0;
@@ -75,7 +58,7 @@ test('server-receive with workers = 2: two processes serve one socket; SIGHUP re
     s.proc.kill('SIGTERM');
     const [code] = (await once(s.proc, 'exit')) as [number];
     assert.equal(code, 0, s.log());
-    for (const pid of now) assert.ok(!alive(pid), `worker ${pid} still running after the primary exited`);
+    for (const pid of now) assert.ok(pidGone(pid), `worker ${pid} still running after the primary exited`);
   } finally {
     await s.stop();
   }

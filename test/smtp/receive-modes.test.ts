@@ -4,9 +4,9 @@
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { after, describe, it } from 'node:test';
-import { type Activated, socketActivate } from '../helpers.js';
+import { type Activated, childrenOf, pidGone, socketActivate } from '../helpers.js';
 import { MX_EXTRA, arrival, config, dir, hash, startReceive, stored, swaks } from './receive-fixture.js';
 
 const children: ChildProcess[] = [];
@@ -46,22 +46,20 @@ describe('smtp-receive modes and signals', () => {
   it('workers = 2 on the socket systemd hands it: both worker processes serve it, SIGTERM stops them all (exit 0)', async () => {
     const n = stored('bob').length;
     const file = config('activated-workers', MX_EXTRA, 'workers = 2');
-    const { port, child, err } = await socketActivate('smtp-receive', [], ['--config', file], { IMA_CONFIG_DIR: dir });
+    const { port, child, err, waitErr } = await socketActivate('smtp-receive', [], ['--config', file], { IMA_CONFIG_DIR: dir });
     children.push(child);
     // It starts the server at the first connection: these six are what wake it.
     const sent = await Promise.all(Array.from({ length: 6 }, (_, i) => deliver(port, `worker message ${i}`)));
     for (const r of sent) assert.match(r.out, /250 2\.0\.0 accepted/);
-    const serving = () => /2 workers serving/.test(err());
-    await new Promise<void>((res) => (serving() ? res() : child.stderr!.on('data', () => serving() && res())));
+    await waitErr(/2 workers serving/);
     assert.equal(err().split(`smtp-receive: listening on 127.0.0.1:${port}\n`).length - 1, 2, err()); // the socket systemd made
-    const workers = readFileSync(`/proc/${child.pid}/task/${child.pid}/children`, 'utf8').split(' ').filter(Boolean);
+    const workers = childrenOf(child.pid!);
     assert.equal(workers.length, 2, err());
     await arrival('bob', n + 6);
     child.kill('SIGTERM');
     const [code] = (await once(child, 'exit')) as [number];
     assert.equal(code, 0, err());
-    for (const pid of workers)
-      assert.ok(!existsSync(`/proc/${pid}/stat`) || readFileSync(`/proc/${pid}/stat`, 'utf8').includes(') Z'), `worker ${pid} left running`);
+    for (const pid of workers) assert.ok(pidGone(pid), `worker ${pid} left running`);
   });
 
   it('SIGHUP reloads the users; a bad config is logged and the old one kept', async () => {
