@@ -136,6 +136,12 @@ async function syncAndClose(fd: number): Promise<void> {
   }
 }
 
+/** Wait for every one of them, then throw the first failure: nothing may still run when the caller cleans up. */
+async function allDone(work: Promise<void>[]): Promise<void> {
+  const failed = (await Promise.allSettled(work)).find((r) => r.status === 'rejected');
+  if (failed) throw (failed as PromiseRejectedResult).reason;
+}
+
 /** Files of one message waiting for their fsync, a few at a time so a message of many entries cannot exhaust descriptors. */
 class PendingSyncs {
   private readonly pending: Promise<void>[] = [];
@@ -148,9 +154,7 @@ class PendingSyncs {
   }
   /** Every fsync done; throws the first failure. */
   async all(): Promise<void> {
-    const results = await Promise.allSettled(this.pending.splice(0));
-    const failed = results.find((r) => r.status === 'rejected');
-    if (failed) throw (failed as PromiseRejectedResult).reason;
+    await allDone(this.pending.splice(0));
   }
 }
 
@@ -212,9 +216,11 @@ export async function deliverToMailbox(dir: string, input: Readable, opts: Deliv
     if (opts.expectName !== undefined && opts.expectName !== id && opts.expectName !== conflictName(id!, sum))
       throw new MessageError(`message ${id} was sent as ${opts.expectName}`);
     closeSync(await createAndWrite(join(work, digestFileName(sum)), EMPTY));
-    await syncs.all();
-    if (attachmentsDir) await fsyncDir(join(work, 'attachments'));
-    await fsyncDir(work);
+    // Every name is made now, so the directories' fsyncs run beside the
+    // files' instead of after them: each makes only its own part durable,
+    // and the rename into new/ waits for all of them. One wait for the disk
+    // before the rename instead of two (or three).
+    await allDone([syncs.all(), ...(attachmentsDir ? [fsyncDir(join(work, 'attachments'))] : []), fsyncDir(work)]);
     const placed = await place(dir, work, id!, sum);
     made = false;
     return { ...placed, messageId: id! };
