@@ -1,0 +1,66 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { Readable } from 'node:stream';
+import { CrlfToLf, Utf8Validator } from '../../src/mime/text.js';
+
+/** Everything a transform gives for input cut into the given pieces. */
+async function through(t: CrlfToLf | Utf8Validator, pieces: Buffer[]): Promise<Buffer> {
+  const out: Buffer[] = [];
+  for await (const c of Readable.from(pieces).pipe(t)) out.push(c as Buffer);
+  return Buffer.concat(out);
+}
+
+/** Every way of cutting b in two, and b cut after every byte. */
+function cuttings(b: Buffer): Buffer[][] {
+  const all: Buffer[][] = [[b], Array.from(b, (_, i) => b.subarray(i, i + 1))];
+  for (let i = 1; i < b.length; i++) all.push([b.subarray(0, i), b.subarray(i)]);
+  return all;
+}
+
+describe('CrlfToLf', () => {
+  const text = Buffer.from('one\r\ntwo\rthree\r\n\r\nfour\r\r\nfive\n\r', 'latin1');
+
+  it('makes each CRLF an LF and each lone CR an LF (loneCr: lf), however the text is cut', async () => {
+    for (const pieces of cuttings(text)) {
+      const t = new CrlfToLf({ loneCr: 'lf' });
+      assert.equal((await through(t, pieces)).toString('latin1'), 'one\ntwo\nthree\n\nfour\n\nfive\n\n', `cut ${pieces.map((p) => p.length)}`);
+      assert.equal(t.lastByte, 0x0a);
+    }
+  });
+
+  it('keeps a lone CR by default, however the text is cut', async () => {
+    for (const pieces of cuttings(text)) {
+      assert.equal((await through(new CrlfToLf(), pieces)).toString('latin1'), 'one\ntwo\rthree\n\nfour\r\nfive\n\r', `cut ${pieces.map((p) => p.length)}`);
+    }
+  });
+
+  it('passes text without CR through as it is, and every other byte unchanged', async () => {
+    const bytes = Buffer.from(Array.from({ length: 256 }, (_, i) => i).filter((i) => i !== 0x0d));
+    assert.deepEqual(await through(new CrlfToLf({ loneCr: 'lf' }), [bytes]), bytes);
+    const t = new CrlfToLf();
+    assert.deepEqual(await through(t, [Buffer.from('a\r\n\xff\r\n', 'latin1')]), Buffer.from('a\n\xff\n', 'latin1'));
+    assert.equal(t.lastByte, 0x0a);
+  });
+});
+
+describe('Utf8Validator', () => {
+  const good = Buffer.from('grüße, 日本, 🙂\n');
+
+  it('takes UTF-8 cut anywhere, a character split between chunks included, and passes the bytes on unchanged', async () => {
+    for (const pieces of cuttings(good)) {
+      const v = new Utf8Validator();
+      assert.deepEqual(await through(v, pieces), good);
+      assert.equal(v.valid, true, `cut ${pieces.map((p) => p.length)}`);
+    }
+  });
+
+  it('refuses Latin-1, a surrogate, an overlong form and text that ends inside a character', async () => {
+    for (const bad of [Buffer.from('grüße', 'latin1'), Buffer.from([0x61, 0xed, 0xa0, 0x80]), Buffer.from([0xc0, 0xaf]), good.subarray(0, good.length - 3)]) {
+      for (const pieces of cuttings(bad)) {
+        const v = new Utf8Validator();
+        assert.deepEqual(await through(v, pieces), bad);
+        assert.equal(v.valid, false, `${bad.toString('hex')} cut ${pieces.map((p) => p.length)}`);
+      }
+    }
+  });
+});
