@@ -80,7 +80,7 @@ export function privateHeaders(headers: Headers, recipient?: Address): Headers {
 // are read: a chunk off a TLS socket is 16 KiB, and a trip per chunk made
 // the writes of a 1 MiB message the largest part of the main thread's work.
 const SMALL_FILE = 64 * 1024;
-const GATHER = 256 * 1024;
+const GATHER = 128 * 1024;
 
 const NO_PROGRESS = () => tempFail(`cannot write: no byte written (disk full or a file size limit)`, '4.3.1');
 
