@@ -6,7 +6,8 @@
 // way, and a typical MX's: one message per connection from most senders)
 // and with each session's connection reused (-d, as an MTA's connection
 // cache does); 200 x 1 MB: messages/s, MB/s, peak RSS. The Postfix figure
-// counts until the last message is in the Maildir.
+// counts until the last message is in the Maildir. The two sides take each
+// load in turn.
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
@@ -76,7 +77,8 @@ function line(side: 'ours' | 'postfix', who: string, load: Load, secs: number, r
   );
 }
 
-async function ours(dir: string, LOADS: Load[]): Promise<void> {
+/** smtp-receive's side: its configs written once; each load gets a fresh server, so its peak RSS is that load's alone. */
+function ours(dir: string): (load: Load, i: number) => Promise<void> {
   mkdirSync(dir, { recursive: true });
   const pki = new Pki(dir);
   const cert = pki.server('mx.b.test');
@@ -88,7 +90,7 @@ async function ours(dir: string, LOADS: Load[]): Promise<void> {
     join(dir, 'smtp-receive.toml'),
     `hostname = "mx.b.test"\nworkers = ${WORKERS}\n[tls]\ncertificate = "${cert.cert}"\nkey = "${cert.key}"\n[limits]\nmax_connections_per_address = 20\n[mx]\nverdicts = false\n`,
   );
-  for (const [i, load] of LOADS.entries()) {
+  return async (load, i) => {
     const user = `u${i}`;
     for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(dir, 'mail', user, f), { recursive: true });
     const srv: Listening = await serving(
@@ -105,29 +107,29 @@ async function ours(dir: string, LOADS: Load[]): Promise<void> {
     } finally {
       await srv.stop();
     }
-  }
+  };
 }
 
-async function theirs(dir: string, LOADS: Load[]): Promise<void> {
+/** Postfix's side, started once; each load's figure runs until its last message is in the Maildir. */
+async function theirs(dir: string): Promise<{ run(load: Load): Promise<void>; stop(): Promise<void> }> {
   const pf = await startPostfix({
     dir: join(dir, 'postfix'),
     hostname: 'relay.a.test',
     mailboxes: ['bob@b.test'],
     main: { smtpd_client_connection_count_limit: '0', default_process_limit: '100' },
   });
-  try {
-    let delivered = 0;
-    for (const load of LOADS) {
+  let delivered = 0;
+  return {
+    async run(load) {
       const t0 = process.hrtime.bigint();
       await source(pf.port, load, 'bob@b.test');
       delivered += load.messages;
       await filled(pf.maildirNew('bob@b.test'), delivered);
       const secs = Number(process.hrtime.bigint() - t0) / 1e9;
       line('postfix', 'Postfix (smtpd -> virtual, Maildir)', load, secs, largestPeakRssMb(pf.masterPid()));
-    }
-  } finally {
-    await pf.stop();
-  }
+    },
+    stop: () => pf.stop(),
+  };
 }
 
 export async function run(bench: Bench): Promise<void> {
@@ -137,10 +139,19 @@ export async function run(bench: Bench): Promise<void> {
   }
   const dir = bench.fresh('smtp-receive');
   const LOADS = loads(bench);
-  await ours(join(dir, 'ours'), LOADS);
+  const ourLoad = ours(join(dir, 'ours'));
   const missing = postfixUnavailable();
   if (missing) console.log(`  smtp-receive bench: Postfix side skipped (${missing})`);
-  else await theirs(join(dir, 'theirs'), LOADS);
+  const postfix = missing ? undefined : await theirs(join(dir, 'theirs'));
+  try {
+    // Load by load, each side in turn: this machine's disk changes its pace within minutes.
+    for (const [i, load] of LOADS.entries()) {
+      await ourLoad(load, i);
+      await postfix?.run(load);
+    }
+  } finally {
+    await postfix?.stop();
+  }
   for (const load of LOADS) {
     const us = figures.get(`ours ${load.label}`);
     const pf = figures.get(`postfix ${load.label}`);
