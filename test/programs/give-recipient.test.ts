@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -10,6 +11,9 @@ import { END, HEADERS, entry, entryOffsets, header, tarOf } from '../tarbuild.js
 const dir = tempDir();
 const big = Buffer.alloc(300 * 1024, 7);
 writeFileSync(join(dir, 'big.bin'), big);
+// Random, so that bytes written out of order or twice cannot go unnoticed.
+const random = randomBytes(1536 * 1024);
+writeFileSync(join(dir, 'random.bin'), random);
 
 async function makeMessage(args: string[]): Promise<Buffer> {
   const r = await runBin('make-message', ['-r', 'alice@a.test', '--text', 'Hello\n', ...args], { cwd: dir });
@@ -42,6 +46,15 @@ describe('give-recipient', () => {
     assert.match(readFileSync(join(box, 'new', id, 'headers'), 'utf8'), new RegExp(`message-id: urn:uuid:${id}`));
     assert.equal(readFileSync(join(box, 'new', id, 'body'), 'utf8'), 'Hello\n');
     assert.deepEqual(readFileSync(join(box, 'new', id, 'attachments', 'big.bin')), big);
+    assert.deepEqual(readdirSync(join(box, 'tmp')), []);
+  });
+
+  it('stores a 1.5 MiB attachment of random bytes byte for byte (past its first 64 KiB, written in gathered writes)', async () => {
+    const box = mailbox('random');
+    const r = await runBin('give-recipient', [box], { input: await makeMessage(['-a', 'random.bin', 'bob@b.test']) });
+    assert.equal(r.code, 0, r.stderr);
+    const [id] = stored(box);
+    assert.ok(readFileSync(join(box, 'new', id, 'attachments', 'random.bin')).equals(random), 'the attachment byte for byte');
     assert.deepEqual(readdirSync(join(box, 'tmp')), []);
   });
 

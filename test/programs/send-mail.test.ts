@@ -61,12 +61,17 @@ async function stored(out: string) {
   );
 }
 
-test('send-mail: two domains, each gets only its own bcc; mailer, date and message-id are set; one line per recipient', async () => {
+/** A receiving server for b.test and one for c.test, each storing into a directory of its own, and a send-mail config routing to both. */
+async function twoDomains(): Promise<{ outB: string; outC: string; cfg: string }> {
   const outB = outDir();
   const outC = outDir();
   const b = await server('b.test', outB);
   const c = await server('c.test', outC);
-  const cfg = sendMailConfig({ 'b.test': `127.0.0.1:${b.port}`, 'c.test': `127.0.0.1:${c.port}` });
+  return { outB, outC, cfg: sendMailConfig({ 'b.test': `127.0.0.1:${b.port}`, 'c.test': `127.0.0.1:${c.port}` }) };
+}
+
+test('send-mail: two domains, each gets only its own bcc; mailer, date and message-id are set; one line per recipient', async () => {
+  const { outB, outC, cfg } = await twoDomains();
   const r = await runBin('send-mail', ['--config', cfg], { input: await message(fields(), 'Hi all.\n') });
   assert.equal(r.code, 0, r.stderr);
   assert.deepEqual(r.stdout.toString().trim().split('\n').sort(), ['OK bob@b.test', 'OK carol@c.test', 'OK dave@b.test', 'OK erin@c.test']);
@@ -86,11 +91,7 @@ test('send-mail: two domains, each gets only its own bcc; mailer, date and messa
 });
 
 test('send-mail: a 5 MiB message to two domains at once arrives byte for byte at both (the spool read through reused buffers)', async () => {
-  const outB = outDir();
-  const outC = outDir();
-  const b = await server('b.test', outB);
-  const c = await server('c.test', outC);
-  const cfg = sendMailConfig({ 'b.test': `127.0.0.1:${b.port}`, 'c.test': `127.0.0.1:${c.port}` });
+  const { outB, outC, cfg } = await twoDomains();
   // Random text: a chunk written from a buffer already refilled with later bytes could not go unnoticed.
   const body = `${randomBytes(3_900_000).toString('base64').replace(/.{76}/g, '$&\n')}\n`;
   const r = await runBin('send-mail', ['--config', cfg], { input: await message(fields(), body) });
