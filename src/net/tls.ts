@@ -14,7 +14,7 @@ import { configError, tempFail } from '../failure.js';
 export interface TlsPaths {
   certificate: string;
   key: string;
-  /** CA certificate files the peers must chain to; empty = the system store. */
+  /** CA certificate files the peers must chain to; empty = systemRoots(). */
   ca: string[];
   /** The config file and the keys, for error messages. */
   configFile: string;
@@ -24,7 +24,7 @@ export interface TlsPaths {
 export interface TlsMaterial {
   cert: Buffer;
   key: Buffer;
-  /** Trusted CA certificates (PEM); the system store when none was configured. */
+  /** Trusted CA certificates (PEM); systemRoots() when none was configured. */
   ca: (string | Buffer)[];
   /** Our own certificate, parsed. */
   x509: X509Certificate;
