@@ -1,11 +1,14 @@
 // Local delivery of 4 KB messages against a C program doing
 // write+fsync+rename+fsync(dir) per message (compiled here with cc):
 // - in-process: handle-incoming-mail -> give-recipient inside one process,
-//   8 at once, against the C loop; fsyncs per message counted by strace;
+//   8 at once, against the C loop (the issue's peer: one delivery at a time,
+//   so its rate is the disk's fsync latency) and against 8 C loops at once
+//   (the same concurrency as ours, so the disk's throughput for both);
+//   fsyncs per message counted by strace;
 // - spawned: a handle-incoming-mail process per message, give-recipient
 //   in-process inside it and as a process of its own, against the C program
 //   started per message.
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
@@ -50,6 +53,26 @@ async function inProcessRate(env: NodeJS.ProcessEnv, cfg: string, n: number, con
   return n / since(t0);
 }
 
+/** The C loop k times at once into one mailbox (names carry the pid), n messages in all; messages/s. */
+async function cLoopsRate(deliver: string, file: string, box: string, n: number, k: number): Promise<number> {
+  const each = Math.ceil(n / k);
+  const t0 = performance.now();
+  await Promise.all(
+    Array.from(
+      { length: k },
+      () =>
+        new Promise<void>((resolve, reject) => {
+          const p = spawn(deliver, ['loop', String(each), file, box], { stdio: ['ignore', 'ignore', 'pipe'] });
+          let err = '';
+          p.stderr.on('data', (d) => (err += d));
+          p.on('error', reject);
+          p.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`C loop exited ${code}: ${err}`))));
+        }),
+    ),
+  );
+  return (each * k) / since(t0);
+}
+
 function spawnedRate(argv: string[], env: NodeJS.ProcessEnv, msgs: Buffer[]): number {
   const t0 = performance.now();
   for (const m of msgs) {
@@ -92,6 +115,10 @@ export async function run(b: Bench): Promise<void> {
   const cRate = n / since(t0);
   const ours = await inProcessRate(b.env, inProcessCfg, n, 8);
   b.row(`local delivery in-process, ${n} x 4 KB, 8 at once`, ours, 'msg/s', { name: 'C write+fsync+rename+fsync loop', figure: cRate }, '>= 0.6x');
+  const c8Box = b.fresh('c-loops');
+  for (const f of ['tmp', 'new']) mkdirSync(join(c8Box, f));
+  const c8Rate = await cLoopsRate(deliver, join(dir, 'one.ima'), c8Box, n, 8);
+  b.row(`local delivery in-process, ${n} x 4 KB, 8 at once, peer at the same concurrency`, ours, 'msg/s', { name: '8 C loops at once', figure: c8Rate }, '-');
   const fsyncs = fsyncsPerMessage(b, b.n(500, 200));
   if (fsyncs !== undefined) b.row('fsync calls per 4 KB message delivered in-process (strace -c)', fsyncs, 'per msg', { name: 'C loop', figure: 2 }, '<= 2.5');
 
