@@ -83,8 +83,8 @@ function greetAtOnce(conn: Connection): void {
   conn.init = () =>
     conn._setListeners(() => {
       const max = conn._server.options.maxClients;
-      if (max && conn._server.connections.size > max)
-        return conn.send(421, `${conn._server.options.name} Too many connected clients, try again in a moment`, false);
+      // With an enhanced status code, as every reply (smtp-server's own text has none).
+      if (max && conn._server.connections.size > max) return conn.send(421, `4.7.0 ${conn._server.options.name} too many connections; try again later`, false);
       conn.connectionReady();
     });
 }

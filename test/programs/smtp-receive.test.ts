@@ -1,44 +1,11 @@
 import assert from 'node:assert/strict';
-import { once } from 'node:events';
-import net from 'node:net';
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { readMessage } from '../../src/message/index.js';
 import { after, before, describe, it } from 'node:test';
 import type { Listening } from '../helpers.js';
-import { MX_EXTRA, config, dir, headersOf, replies, startReceive, stored, swaks } from '../smtp/receive-fixture.js';
-
-/** A raw SMTP client: send bytes, read until a reply line matching `until` (with a deadline). */
-async function raw(port: number, steps: { send?: string; until: RegExp }[]): Promise<string> {
-  const s = net.connect(port, '127.0.0.1');
-  let got = '';
-  s.on('data', (d: Buffer) => (got += d));
-  s.on('error', () => {});
-  const closed = once(s, 'close');
-  const wait = (re: RegExp) =>
-    new Promise<void>((res, rej) => {
-      const t = setTimeout(() => rej(new Error(`no ${re} in ${JSON.stringify(got)}`)), 20_000);
-      const check = () => {
-        if (re.test(got)) {
-          clearTimeout(t);
-          s.off('data', check);
-          s.off('close', check);
-          res();
-        }
-      };
-      s.on('data', check);
-      s.on('close', check);
-      check();
-    });
-  for (const step of steps) {
-    if (step.send !== undefined) s.write(step.send);
-    await wait(step.until);
-  }
-  s.end();
-  await closed;
-  return got;
-}
+import { MX_EXTRA, config, dir, headersOf, raw, replies, startReceive, stored, swaks } from '../smtp/receive-fixture.js';
 
 describe('smtp-receive mx', () => {
   let mx: Listening;

@@ -2,6 +2,7 @@
 // mailboxes for bob and carol behind handle-incoming-mail and give-recipient,
 // configs written on demand, servers started as real processes, and swaks.
 import { mkdirSync, readFileSync, readdirSync, watch, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import { join } from 'node:path';
 import { type Listening, runCommand, startListening, tempDir, testEnv } from '../helpers.js';
 import { Pki } from '../pki.js';
@@ -86,4 +87,55 @@ export function arrival(user: string, n: number, ms = 30_000): Promise<void> {
     watcher.on('error', done);
     check();
   });
+}
+
+/** A raw SMTP connection (from `localAddress`, e.g. 127.0.0.2, to tell clients apart): write bytes, wait for replies. */
+export function smtpClient(port: number, localAddress = '127.0.0.1') {
+  const s = net.connect({ port, host: '127.0.0.1', localAddress });
+  let got = '';
+  s.on('data', (d: Buffer) => (got += d));
+  s.on('error', () => {});
+  // Not events.once: that rejects on 'error', and a test need not wait for the close.
+  const closed = new Promise<void>((res) => s.once('close', () => res()));
+  return {
+    /** Everything the server has said so far. */
+    got: () => got,
+    send: (data: string) => void s.write(data),
+    /** Resolve when what the server said matches re (or it closed and it does), else fail after 20 s. */
+    until: (re: RegExp) =>
+      new Promise<void>((res, rej) => {
+        const check = () => {
+          if (!re.test(got)) return;
+          clearTimeout(t);
+          s.off('data', check);
+          s.off('close', check);
+          res();
+        };
+        const t = setTimeout(() => {
+          s.off('data', check);
+          s.off('close', check);
+          rej(new Error(`no ${re} in ${JSON.stringify(got)}`));
+        }, 20_000);
+        s.on('data', check);
+        s.on('close', check);
+        check();
+      }),
+    /** Resolves when the server has closed the connection (or we did). */
+    closed: () => closed,
+    async end() {
+      s.end();
+      await closed;
+    },
+  };
+}
+
+/** A raw SMTP client: send bytes, read until a reply line matching `until` (with a deadline); the transcript. */
+export async function raw(port: number, steps: { send?: string; until: RegExp }[]): Promise<string> {
+  const c = smtpClient(port);
+  for (const step of steps) {
+    if (step.send !== undefined) c.send(step.send);
+    await c.until(step.until);
+  }
+  await c.end();
+  return c.got();
 }
