@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { execFileSync } from 'node:child_process';
 import { Readable } from 'node:stream';
 import { readMessage } from '../../src/message/index.js';
 import { after, before, describe, it } from 'node:test';
 import type { Listening } from '../helpers.js';
-import { MX_EXTRA, config, dir, headersOf, raw, replies, startReceive, stored, swaks } from '../smtp/receive-fixture.js';
+import { MX_EXTRA, config, dir, headersOf, raw, replies, smtpClient, startReceive, stored, swaks } from '../smtp/receive-fixture.js';
 
 describe('smtp-receive mx', () => {
   let mx: Listening;
@@ -154,6 +155,66 @@ describe('smtp-receive mx', () => {
     } finally {
       await srv.stop();
     }
+  });
+
+  it("answers 550 with the handler's reason when it exits 1, and 421 4.7.0 closing the connection when it exits 3; nothing stored", async () => {
+    // The handler reads the message, prints what `said` holds and exits with the code in `code`.
+    const said = join(dir, 'exit-said');
+    const code = join(dir, 'exit-code');
+    const handler = join(dir, 'exit-with.sh');
+    writeFileSync(handler, `#!/bin/sh\ncat >/dev/null\ncat ${said}\nexit $(cat ${code})\n`, { mode: 0o755 });
+    const srv = await startReceive(config('mx-exits', `[mx]\ndns_servers = ["127.0.0.1:9"]\nhandler = [${JSON.stringify(handler)}]\n`));
+    try {
+      const n = stored('bob').length;
+      writeFileSync(said, 'FAIL bob@b.test 5.7.1 bob takes no mail from a.test\n');
+      writeFileSync(code, '1');
+      const refused = await swaks(srv.port, ['--from', 'alice@a.test', '--to', 'bob@b.test', '--body', 'exit 1']);
+      assert.match(refused.out, /^<\*\* +550 5\.7\.1 bob takes no mail from a\.test/m);
+
+      writeFileSync(said, '');
+      writeFileSync(code, '3');
+      const dropped = await raw(srv.port, [
+        { until: /^220 /m },
+        { send: 'EHLO client.a.test\r\nMAIL FROM:<alice@a.test>\r\nRCPT TO:<bob@b.test>\r\nDATA\r\n', until: /^354 /m },
+        { send: 'From: alice@a.test\r\nSubject: exit 3\r\n\r\nHi.\r\n.\r\nNOOP\r\n', until: /^421 .*\r\n/m },
+      ]);
+      assert.match(dropped, /^421 4\.7\.0 closing the connection\r\n$/m);
+      // Closed: the NOOP sent behind the message got no answer.
+      assert.doesNotMatch(dropped.slice(dropped.indexOf('421 ')), /^250 /m);
+      assert.equal(stored('bob').length, n);
+    } finally {
+      await srv.stop();
+    }
+  });
+
+  it('SIGTERM: takes no new connection, lets the message in flight finish (250), answers the next command 421, exits 0', async () => {
+    // The handler says (on stderr, into the server's log) that it has the message, then waits for the test's word on a FIFO.
+    const go = join(dir, 'term-go');
+    execFileSync('mkfifo', [go]);
+    const handler = join(dir, 'term-wait.sh');
+    writeFileSync(handler, `#!/bin/sh\necho has the message >&2\nread word < ${go}\nexec handle-incoming-mail "$@"\n`, { mode: 0o755 });
+    const srv = await startReceive(config('mx-term', `[mx]\ndns_servers = ["127.0.0.1:9"]\nhandler = [${JSON.stringify(handler)}]\n`));
+    const exited = new Promise<number | null>((res) => srv.proc.once('exit', (code) => res(code)));
+    const n = stored('bob').length;
+    const c = smtpClient(srv.port);
+    await c.until(/^220 /m);
+    c.send('EHLO client.a.test\r\nMAIL FROM:<alice@a.test>\r\nRCPT TO:<bob@b.test>\r\nDATA\r\n');
+    await c.until(/^354 /m);
+    c.send('From: alice@a.test\r\nSubject: in flight\r\nMessage-ID: <term-1@a.test>\r\n\r\nHi.\r\n.\r\n');
+    await srv.waitLog(/has the message/);
+    srv.proc.kill('SIGTERM');
+    await srv.waitLog(/stopping: no new connections/);
+    const late = smtpClient(srv.port);
+    await late.closed();
+    assert.equal(late.got(), '', 'a connection after SIGTERM is not served');
+    writeFileSync(go, 'go\n');
+    await c.until(/^250 2\.0\.0 accepted as urn:uuid:/m);
+    // Then the session is over: its next command is answered 421 and the connection closed.
+    c.send('NOOP\r\n');
+    await c.until(/^421 4\.4\.2 .*\r\n/m);
+    await c.closed();
+    assert.equal(await exited, 0);
+    assert.equal(stored('bob').length, n + 1);
   });
 
   describe('a message stored for some recipients and failed for good for others (handler exit 2)', () => {

@@ -1,13 +1,15 @@
 // smtp-receive's listening modes through systemd-socket-activate (inetd and
-// LISTEN_FDS), SIGTERM finishing cleanly, and SIGHUP reloading users while
-// a bad config is kept out.
+// LISTEN_FDS), SIGTERM finishing cleanly, and SIGHUP reloading users and
+// certificates while a bad config is kept out.
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { writeFileSync } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
+import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { type Activated, childrenOf, pidGone, socketActivate } from '../helpers.js';
-import { MX_EXTRA, arrival, config, dir, hash, startReceive, stored, swaks } from './receive-fixture.js';
+import { type Activated, childrenOf, pidGone, runCommand, socketActivate } from '../helpers.js';
+import { MX_EXTRA, arrival, config, dir, hash, pki, startReceive, stored, swaks } from './receive-fixture.js';
 
 const children: ChildProcess[] = [];
 after(() => {
@@ -79,6 +81,37 @@ describe('smtp-receive modes and signals', () => {
       srv.proc.kill('SIGHUP');
       await refused;
       assert.match((await login('carol')).out, /235 2\.7\.0/);
+    } finally {
+      await srv.stop();
+    }
+  });
+
+  it('SIGHUP reads the certificate files again: STARTTLS then shows the new certificate (openssl s_client)', async () => {
+    const [first, second] = [pki.server('mx.b.test', { file: 'hup-cert-1' }), pki.server('mx.b.test', { file: 'hup-cert-2' })];
+    const certFile = join(dir, 'hup-live.crt');
+    const keyFile = join(dir, 'hup-live.key');
+    copyFileSync(first.cert, certFile);
+    copyFileSync(first.key, keyFile);
+    const file = join(dir, 'hup-cert.toml');
+    writeFileSync(file, `hostname = "mx.b.test"\n[tls]\ncertificate = ${JSON.stringify(certFile)}\nkey = ${JSON.stringify(keyFile)}\n${MX_EXTRA}`);
+    const srv = await startReceive(file);
+    try {
+      const shown = async () => {
+        const r = await runCommand('openssl', ['s_client', '-connect', `127.0.0.1:${srv.port}`, '-starttls', 'smtp', '-servername', 'mx.b.test'], {
+          input: '',
+        });
+        const pem = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/.exec(r.stdout.toString());
+        assert.ok(pem, `openssl s_client showed no certificate:\n${r.stdout}${r.stderr}`);
+        return new X509Certificate(pem[0]).fingerprint256;
+      };
+      const fingerprint = (f: string) => new X509Certificate(readFileSync(f)).fingerprint256;
+      assert.equal(await shown(), fingerprint(first.cert));
+      copyFileSync(second.cert, certFile);
+      copyFileSync(second.key, keyFile);
+      const reloaded = new Promise<void>((res) => srv.proc.stderr!.on('data', () => /reloaded configuration/.test(srv.log()) && res()));
+      srv.proc.kill('SIGHUP');
+      await reloaded;
+      assert.equal(await shown(), fingerprint(second.cert));
     } finally {
       await srv.stop();
     }
