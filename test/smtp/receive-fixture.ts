@@ -120,8 +120,15 @@ export function smtpClient(port: number, localAddress = '127.0.0.1') {
         s.on('close', check);
         check();
       }),
-    /** Resolves when the server has closed the connection (or we did). */
-    closed: () => closed,
+    /** Resolves when the connection is closed (by the server, or by end()); fails after 20 s. */
+    closed: () =>
+      new Promise<void>((res, rej) => {
+        const t = setTimeout(() => rej(new Error(`the connection is still open after 20 s; the server said ${JSON.stringify(got)}`)), 20_000);
+        void closed.then(() => {
+          clearTimeout(t);
+          res();
+        });
+      }),
     async end() {
       s.end();
       await closed;

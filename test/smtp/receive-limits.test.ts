@@ -107,6 +107,19 @@ describe('smtp-receive limits on a session', () => {
   });
 });
 
+it('with implicit TLS, a client that never starts the handshake is closed after the idle timeout', async () => {
+  const srv = await startReceive(config('limits-tls', `${MX_EXTRA}[timeouts]\nidle = "1s"\n`), ['--implicit-tls']);
+  try {
+    const c = smtpClient(srv.port);
+    const t0 = Date.now();
+    await c.closed();
+    assert.ok(Date.now() - t0 >= 900, `closed after ${Date.now() - t0} ms, before the 1 s idle timeout`);
+    assert.equal(c.got(), '', 'nothing in clear text');
+  } finally {
+    await srv.stop();
+  }
+});
+
 describe('smtp-receive limits on connections', () => {
   let mx: Listening;
   before(async () => {
