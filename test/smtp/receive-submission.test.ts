@@ -192,3 +192,29 @@ from alice@b.test
     assert.match(tarHeaders(`${id}.ima`), /^subject: from msmtp$/m);
   });
 });
+
+describe('smtp-receive submission, failed logins slowed', () => {
+  let sub: Listening;
+  before(async () => {
+    const file = config(
+      'submission-slow',
+      `[limits]\nmax_login_failures = 5\n[timeouts]\nlogin_delay = "400ms"\n[submission]\ncommand = [${JSON.stringify(queue)}]\n[submission.users.alice]\npassword = "${await hash('secret')}"\nsenders = ["alice@b.test"]\n`,
+      'role = "submission"\nin_process = false',
+    );
+    sub = await startReceive(file);
+  });
+  after(() => sub.stop());
+
+  it('answers each failed login later by login_delay for every failure before it', async () => {
+    const wrong = async () => {
+      const t0 = performance.now();
+      const r = await swaks(sub.port, ['--tls', '--auth', 'PLAIN', '--auth-user', 'alice', '--auth-password', 'wrong', '--quit-after', 'AUTH']);
+      assert.match(r.out, /535 5\.7\.8/);
+      return performance.now() - t0;
+    };
+    await wrong(); // none before it: answered at once
+    // Lower bounds only: a busy machine makes a run slower, never faster.
+    assert.ok((await wrong()) >= 400, 'the second failure waits 400 ms');
+    assert.ok((await wrong()) >= 800, 'the third waits 800 ms');
+  });
+});
