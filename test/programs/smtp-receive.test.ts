@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { Readable } from 'node:stream';
@@ -152,6 +152,21 @@ describe('smtp-receive mx', () => {
       const third = await send();
       assert.match(third.out, /^<- +250 2\.0\.0 accepted as urn:uuid:/m);
       assert.equal(stored('bob').length, n + 1, 'stored once');
+    } finally {
+      await srv.stop();
+    }
+  });
+
+  it('answers RCPT 451 4.3.0 when the check cannot run (its routing config unreadable), and takes the address once it can', async () => {
+    const routing = join(dir, 'check-routing.toml');
+    const srv = await startReceive(
+      config('mx-check-broken', `[mx]\ndns_servers = ["127.0.0.1:9"]\ncheck = ["handle-incoming-mail", "--config", ${JSON.stringify(routing)}, "--check"]\n`),
+    );
+    try {
+      const rcpt = async () => (await swaks(srv.port, ['--from', 'alice@a.test', '--to', 'bob@b.test', '--quit-after', 'RCPT'])).out;
+      assert.match(await rcpt(), /^<\*\* +451 4\.3\.0 bob@b\.test cannot be checked now; try again later/m);
+      copyFileSync(join(dir, 'handle-incoming-mail.toml'), routing);
+      assert.match(await rcpt(), /^<- +250 2\.1\.5 /m);
     } finally {
       await srv.stop();
     }

@@ -22,6 +22,21 @@ const tarHeaders = (file: string) => {
   return b.subarray(512, 512 + size).toString();
 };
 const AUTH = ['--auth', 'PLAIN', '--auth-user', 'alice', '--auth-password', 'secret'];
+/** alice's message to x (named in To:) and to hidden (in the envelope only), over STARTTLS (--tls) or implicit TLS (--tlsc). */
+const toXAndHidden = (port: number, tls: '--tls' | '--tlsc', headers: string[] = []) =>
+  swaks(port, [
+    tls,
+    ...AUTH,
+    '--from',
+    'alice@b.test',
+    '--to',
+    'x@elsewhere.test,hidden@elsewhere.test',
+    ...headers.flatMap((h) => ['--header', h]),
+    '--header',
+    'To: x@elsewhere.test',
+    '--body',
+    'hello',
+  ]);
 
 describe('smtp-receive submission', () => {
   let sub: Listening;
@@ -47,20 +62,7 @@ senders = ["alice@b.test", "@sales.b.test", "alice+*@b.test"]
 
   it('takes a message from a logged-in user over STARTTLS; the reply carries the queue id; the envelope goes to the queue as --recipient', async () => {
     const n = submitted().length;
-    const r = await swaks(sub.port, [
-      '--tls',
-      ...AUTH,
-      '--from',
-      'alice@b.test',
-      '--to',
-      'x@elsewhere.test,hidden@elsewhere.test',
-      '--header',
-      'From: Alice <alice+news@b.test>',
-      '--header',
-      'To: x@elsewhere.test',
-      '--body',
-      'hello',
-    ]);
+    const r = await toXAndHidden(sub.port, '--tls', ['From: Alice <alice+news@b.test>']);
     assert.equal(r.code, 0, r.out);
     assert.match(r.out, /^<~ +235 2\.7\.0 /m);
     const m = /^<~ +250 2\.0\.0 accepted as (q\d+)\r?$/m.exec(r.out);
@@ -216,5 +218,37 @@ describe('smtp-receive submission, failed logins slowed', () => {
     // Lower bounds only: a busy machine makes a run slower, never faster.
     assert.ok((await wrong()) >= 400, 'the second failure waits 400 ms');
     assert.ok((await wrong()) >= 800, 'the third waits 800 ms');
+  });
+});
+
+describe('smtp-receive submission to a command that reads the recipients from the headers (envelope_flag = "")', () => {
+  let sub: Listening;
+  before(async () => {
+    const file = config(
+      'submission-headers',
+      `[submission]\ncommand = [${JSON.stringify(queue)}]\nenvelope_flag = ""\n[submission.users.alice]\npassword = "${await hash('secret')}"\nsenders = ["alice@b.test"]\n`,
+      'role = "submission"\nin_process = false',
+    );
+    sub = await startReceive(file, ['--implicit-tls']);
+  });
+  after(() => sub.stop());
+
+  it('adds envelope recipients the headers do not name as bcc, and passes no recipient arguments', async () => {
+    const n = submitted().length;
+    const r = await toXAndHidden(sub.port, '--tlsc');
+    const id = /250 2\.0\.0 accepted as (q\d+)/.exec(r.out)?.[1];
+    assert.ok(id, r.out);
+    assert.equal(submitted().length, n + 1);
+    assert.equal(readFileSync(join(out, `${id}.args`), 'utf8').trim(), '');
+    const headers = tarHeaders(`${id}.ima`);
+    assert.match(headers, /^to: x@elsewhere\.test$/m);
+    assert.match(headers, /^bcc: hidden@elsewhere\.test$/m);
+  });
+
+  it('refuses with 550 5.7.1 a message whose headers name a recipient the envelope does not, and hands nothing on', async () => {
+    const n = submitted().length;
+    const r = await swaks(sub.port, ['--tlsc', ...AUTH, '--from', 'alice@b.test', '--to', 'x@elsewhere.test', '--header', 'Cc: extra@elsewhere.test']);
+    assert.match(r.out, /^<~\* +550 5\.7\.1 the headers name recipients the envelope \(RCPT TO\) does not: extra@elsewhere\.test/m);
+    assert.equal(submitted().length, n);
   });
 });
