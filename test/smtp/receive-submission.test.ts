@@ -252,3 +252,27 @@ describe('smtp-receive submission to a command that reads the recipients from th
     assert.equal(submitted().length, n);
   });
 });
+
+describe('smtp-receive submission, failed logins across a reload', () => {
+  let sub: Listening;
+  before(async () => {
+    const file = config(
+      'submission-hup',
+      `[limits]\nmax_login_failures = 2\n[timeouts]\nlogin_delay = 0\n[submission]\ncommand = [${JSON.stringify(queue)}]\n[submission.users.alice]\npassword = "${await hash('secret')}"\nsenders = ["alice@b.test"]\n`,
+      'role = "submission"\nin_process = false',
+    );
+    sub = await startReceive(file);
+  });
+  after(() => sub.stop());
+
+  it('keeps the failure counts across SIGHUP: a guess before and one after lock the address out', async () => {
+    const login = (password: string) =>
+      swaks(sub.port, ['--tls', '--auth', 'PLAIN', '--auth-user', 'alice', '--auth-password', password, '--quit-after', 'AUTH']);
+    assert.match((await login('wrong')).out, /535 5\.7\.8/);
+    const reloaded = new Promise<void>((res) => sub.proc.stderr!.on('data', () => /reloaded configuration/.test(sub.log()) && res()));
+    sub.proc.kill('SIGHUP');
+    await reloaded;
+    assert.match((await login('wrong again')).out, /535 5\.7\.8/);
+    assert.match((await login('secret')).out, /421 4\.7\.0 too many failed logins/);
+  });
+});
