@@ -60,6 +60,8 @@ const options = (y: Argv) =>
 /** What the config names, read and checked at start (and by --check-config): DKIM keys, CAs, the smarthost and its password. */
 interface Checked {
   keys: DkimKey[];
+  /** [domains] TLS policies by ASCII lowercase domain, as recipients' domains are looked up. */
+  domainTls: Map<string, TlsMode>;
   ca?: Buffer[];
   smarthost?: Peer;
   spoolDir?: string;
@@ -69,10 +71,29 @@ function check(config: Config, source: Located): Checked {
   const configFile = source.file ?? 'smtp-send.toml';
   return {
     keys: loadDkimKeys(config.dkim, source, configFile),
+    domainTls: domainPolicies(config, configFile),
     ca: config.tls_ca.length ? loadCas(config, source) : undefined,
     smarthost: config.smarthost.host ? smarthostPeer(config, source, configFile) : undefined,
     spoolDir: config.spool_dir ? configPath(source, config.spool_dir) : undefined,
   };
+}
+
+/**
+ * [domains] keyed the way recipients are grouped (ASCII, lowercase): "Bank.Example"
+ * or an IDN as written would otherwise never match, and its tls = "verify" would
+ * silently be the global policy. Two keys naming one domain are refused.
+ */
+function domainPolicies(config: Config, configFile: string): Map<string, TlsMode> {
+  const out = new Map<string, TlsMode>();
+  const written = new Map<string, string>();
+  for (const [d, rules] of Object.entries(config.domains)) {
+    const ascii = asciiDomain(d);
+    const other = written.get(ascii);
+    if (other !== undefined) throw configError(configFile, `domains."${d}"`, `names the same domain as domains."${other}" (${ascii})`);
+    written.set(ascii, d);
+    if (rules.tls) out.set(ascii, rules.tls as TlsMode);
+  }
+  return out;
 }
 
 export async function main(args: string[], io: Io): Promise<number> {
@@ -80,7 +101,7 @@ export async function main(args: string[], io: Io): Promise<number> {
   const s = await start({ name: 'smtp-send', role: 'server', usage, schema, options, check }, args, io);
   if (typeof s === 'number') return s;
   const { argv, config, log } = s;
-  const { keys, ca, smarthost, spoolDir } = s.prepared;
+  const { keys, domainTls, ca, smarthost, spoolDir } = s.prepared;
   if (argv.dkimRecord !== undefined) return printRecords(keys, String(argv.dkimRecord), io);
   const recipients = argv._.map((a) => parseArg(String(a), 'recipient'));
   if (recipients.length === 0) throw usageError('give at least one RECIPIENT');
@@ -99,7 +120,7 @@ export async function main(args: string[], io: Io): Promise<number> {
     out = await outgoing(await openInput(argv.file, io), { store, maxBytes: config.max_message_bytes, spoolDir, keys });
     const sender = from === undefined ? senderOf(out.headers) : from;
     const envelopeFrom = sender ? `${sender.local}@${sender.asciiDomain}` : '';
-    const route = (domain: string): Route => ({ smarthost, mxPort: config.mx_port, tls: (config.domains[domain]?.tls || config.tls) as TlsMode });
+    const route = (domain: string): Route => ({ smarthost, mxPort: config.mx_port, tls: domainTls.get(domain) ?? (config.tls as TlsMode) });
     const outcomes = new Map<string, Outcome>();
     const message = out.message;
     await Promise.all(

@@ -266,13 +266,20 @@ test(
   },
 );
 
-test('smtp-send: a domain configured tls = "verify" is not sent to a host without STARTTLS', { skip: smtpSinkMissing }, async () => {
-  const plain = await sink([]);
-  const cfg = config(plain.port, `[domains."sink.test"]\ntls = "verify"`);
-  const r = await runMain('smtp-send', ['--config', cfg, 'x@sink.test'], { input: await message(FIELDS) });
-  assert.equal(r.code, 75, r.stderr);
-  assert.match(r.stdout.toString(), /^TEMPFAIL x@sink\.test 4\.4\.1 no host took the message: mx\.sink\.test\[127\.0\.0\.1\]:\d+: STARTTLS: 500 5\.5\.1/m);
-});
+test(
+  'smtp-send: a domain configured tls = "verify" is not sent to a host without STARTTLS, however its key is written',
+  { skip: smtpSinkMissing },
+  async () => {
+    const plain = await sink([]);
+    // The recipient's domain is matched in lowercase ASCII: a key in capitals must not lose its policy.
+    for (const key of ['sink.test', 'Sink.TEST']) {
+      const cfg = config(plain.port, `[domains."${key}"]\ntls = "verify"`);
+      const r = await runMain('smtp-send', ['--config', cfg, 'x@sink.test'], { input: await message(FIELDS) });
+      assert.equal(r.code, 75, `${key}: ${r.stdout}${r.stderr}`);
+      assert.match(r.stdout.toString(), /^TEMPFAIL x@sink\.test 4\.4\.1 no host took the message: mx\.sink\.test\[127\.0\.0\.1\]:\d+: STARTTLS: 500 5\.5\.1/m);
+    }
+  },
+);
 
 test('smtp-send: bad input is one clear line and the right exit code, nothing sent', async () => {
   const cfg = config(1);
@@ -301,6 +308,11 @@ test('smtp-send: bad input is one clear line and the right exit code, nothing se
   r = await inProcess(['--config', bad, 'x@sink.test'], { input: await message(FIELDS) });
   assert.equal(r.code, 78);
   assert.match(r.stderr, /dns_servers\[0\]: not an IP address/);
+  // Two keys for one domain: which policy holds would be a guess.
+  writeFileSync(bad, `[domains."b.test"]\ntls = "verify"\n[domains."B.Test"]\ntls = "may"\n`);
+  r = await inProcess(['--config', bad, '--check-config']);
+  assert.equal(r.code, 78);
+  assert.match(r.stderr, /bad\.toml: domains\."B\.Test": names the same domain as domains\."b\.test" \(b\.test\)/);
 });
 
 test('smtp-send: a smarthost with AUTH over verified STARTTLS (smtp-server as the peer); a wrong password is TEMPFAIL, nothing sent', async () => {
