@@ -34,7 +34,12 @@ export class Router {
 
   /** Builds the table; throws an Error naming the bad key (the caller makes it a config error). */
   constructor(table: RoutingTable) {
-    for (const [d, rules] of Object.entries(table.domains)) this.domains.set(asciiDomain(d), rules);
+    for (const [d, rules] of Object.entries(table.domains)) {
+      const ascii = asciiDomain(d);
+      // "b.test" and "B.Test" are one domain: which rules hold would be a guess.
+      if (this.domains.has(ascii)) throw new Error(`domains."${d}": names a domain another key names already (${ascii})`);
+      this.domains.set(ascii, rules);
+    }
     for (const [addr, argv] of Object.entries(table.routes)) this.routes.set(this.localKey(addr, 'routes'), argv);
     for (const [addr, targets] of Object.entries(table.aliases)) {
       this.aliases.set(

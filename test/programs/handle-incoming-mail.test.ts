@@ -187,6 +187,10 @@ describe('handle-incoming-mail', () => {
     const s = await runBin('handle-incoming-mail', ['--config', bad, '--check', 'a@b.test']);
     assert.equal(s.code, 78);
     assert.match(s.stderr, /routes\."a@b\.test": must be a list .* not a shell string/);
+    writeFileSync(bad, '[domains."b.test"]\ncommand = ["true"]\n[domains."B.Test"]\ncommand = ["false"]\n');
+    const twice = await runBin('handle-incoming-mail', ['--config', bad, '--check', 'a@b.test']);
+    assert.equal(twice.code, 78);
+    assert.match(twice.stderr, /domains\."B\.Test": names a domain another key names already \(b\.test\)/);
   });
 
   it('reads FILE relative to its working directory (in-process too); a missing FILE is 66 with one line', async () => {
