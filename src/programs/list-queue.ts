@@ -11,7 +11,7 @@ import { start } from '../cli.js';
 import { configPath, optional, parseDuration, string, table } from '../config.js';
 import { EXIT, asFailure, tempFail, usageError } from '../failure.js';
 import type { Io } from '../io.js';
-import { type Operation, type Verb, applyStored, formatOperation, parseTarget } from '../queue/operations.js';
+import { type Operation, type Verb, applyStored, formatOperation, parseOperation, parseTarget } from '../queue/operations.js';
 import type { MessageState } from '../queue/state.js';
 import { DirQueue } from '../queue/store.js';
 
@@ -44,7 +44,7 @@ export async function main(args: string[], io: Io): Promise<number> {
   if (ops.length) {
     const holder = await store.lockHolder();
     if (holder !== undefined) await sendRequests(store, ops, waitMs(String(argv.wait)), holder);
-    else await applyHere(store, ops, (line) => io.stdout.write(`${line}\n`));
+    else await applyHere(store, ops, io, (line) => io.stdout.write(`${line}\n`));
     return EXIT.OK;
   }
   for (const id of await store.ids()) {
@@ -92,15 +92,30 @@ async function sendRequests(store: DirQueue, ops: Operation[], wait: number, hol
   }
 }
 
-/** No run-queue runs: take its lock and apply the requests to the stored states. */
-async function applyHere(store: DirQueue, ops: Operation[], say: (line: string) => void): Promise<void> {
+/**
+ * No run-queue runs: take its lock and apply the requests to the stored
+ * states. Another list-queue that finds the lock held leaves its requests in
+ * control/ and sends SIGHUP, as to run-queue: they are applied here too
+ * before the lock goes, and the signal must not end this process.
+ */
+async function applyHere(store: DirQueue, ops: Operation[], io: Io, say: (line: string) => void): Promise<void> {
   const release = await store.lock();
+  const nudged = () => {};
+  io.signals?.on('SIGHUP', nudged);
   try {
     for (const op of ops) {
       const ids = await applyStored(store, op, Date.now());
       say(`${formatOperation(op)}: ${ids.length ? ids.join(' ') : 'nothing to do'}`);
     }
+    await store.takeRequests(async (line) => {
+      try {
+        await applyStored(store, parseOperation(line), Date.now());
+      } catch (e) {
+        io.stderr.write(`list-queue: request "${line}": ${asFailure(e).message}; dropped\n`);
+      }
+    });
   } finally {
+    io.signals?.off('SIGHUP', nudged);
     await release();
   }
 }

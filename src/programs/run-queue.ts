@@ -73,10 +73,8 @@ export async function main(args: string[], io: Io): Promise<number> {
     const cleaned = await store.clean(3_600_000);
     if (cleaned) log.info(`removed ${cleaned} leftovers of interrupted writers`);
     await takeRequests(store, runner, log);
-    if (argv.once) {
-      await runner.pass();
-      await runner.idle();
-    } else {
+    if (argv.once) await onePass(store, runner, io, log);
+    else {
       const reload = async () => {
         const r = await start({ name: 'run-queue', role: 'server', usage: '', schema, options }, args, io);
         return typeof r === 'number' ? undefined : runnerConfig(r.config);
@@ -100,6 +98,37 @@ async function takeRequests(store: DirQueue, runner: Runner, log: Log): Promise<
       log.error(`request "${line}": ${asFailure(e).message}; dropped`);
     }
   });
+}
+
+/**
+ * --once (from cron): one pass over what is due. It holds the lock, so
+ * list-queue nudges it with SIGHUP as it would the daemon: the requests are
+ * taken when the pass is done, not by a signal's default action killing the
+ * run mid-delivery. SIGTERM and SIGINT start no more stage runs and let the
+ * running ones finish and record their results.
+ */
+async function onePass(store: DirQueue, runner: Runner, io: Io, log: Log): Promise<void> {
+  let requests = false;
+  const onHup = () => {
+    if (!requests) log.info('SIGHUP: the requests are taken when this pass is done');
+    requests = true;
+  };
+  const onTerm = () => {
+    runner.stopping = true;
+    log.info('stopping: letting running deliveries finish');
+  };
+  io.signals?.on('SIGHUP', onHup);
+  io.signals?.on('SIGTERM', onTerm);
+  io.signals?.on('SIGINT', onTerm);
+  try {
+    await runner.pass();
+    await runner.idle();
+    if (requests) await takeRequests(store, runner, log);
+  } finally {
+    io.signals?.off('SIGHUP', onHup);
+    io.signals?.off('SIGTERM', onTerm);
+    io.signals?.off('SIGINT', onTerm);
+  }
 }
 
 /** The long-running loop: a pass whenever something is due, arrives, or is asked for; SIGTERM ends it. */

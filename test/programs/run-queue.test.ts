@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -308,6 +309,74 @@ test('list-queue: hold, release, retry and delete take effect on a running run-q
   }
   assert.equal(proc.exitCode, 0, log);
   assert.match(log, /stopping/);
+});
+
+test('run-queue --once (cron): list-queue nudging it with SIGHUP mid-delivery does not kill it; SIGTERM lets the running delivery finish and starts no other', async () => {
+  const q = queueSetup({ sendMailConfig: sendMailConfig({}) });
+  // A stage that says it has the message, waits for the test's word on a FIFO, then delivers every recipient.
+  const go = join(q.dir, 'go');
+  execFileSync('mkfifo', [go]);
+  const stage = join(q.dir, 'held-stage.sh');
+  writeFileSync(
+    stage,
+    `#!/bin/sh\necho stage has it >&2\nread word < ${go}\ncat >/dev/null\nwhile [ $# -gt 0 ]; do [ "$1" = --recipient ] && echo "OK $2"; shift; done\n`,
+    { mode: 0o755 },
+  );
+  writeFileSync(join(q.dir, 'run-queue.toml'), `queue_dir = "queue"\ncommand = [${JSON.stringify(stage)}]\nmax_parallel = 1\n`);
+  const pidFile = join(q.dir, 'queue', 'run-queue.pid');
+  const once = () => {
+    const proc = spawn(join(BIN, 'run-queue'), ['--once', '--verbose'], { env: q.env as NodeJS.ProcessEnv, stdio: ['ignore', 'ignore', 'pipe'] });
+    let log = '';
+    proc.stderr.on('data', (d: Buffer) => (log += d));
+    const exited = new Promise<[number | null, NodeJS.Signals | null]>((res) => proc.once('exit', (code, sig) => res([code, sig])));
+    const seen = (re: RegExp) =>
+      new Promise<void>((res, rej) => {
+        const check = () => re.test(log) && (proc.stderr.off('data', check), res());
+        proc.stderr.on('data', check);
+        void exited.then(([code, sig]) => rej(new Error(`run-queue ended (${code ?? sig}) before ${re}: ${log}`)));
+        check();
+      });
+    return { proc, exited, seen, log: () => log };
+  };
+
+  // SIGHUP from list-queue while the stage runs: the request is taken after the pass, both exit 0.
+  const first = await queue(q.env, [
+    ['from', 'alice@a.test'],
+    ['to', 'yan@y.test'],
+  ]);
+  const a = once();
+  await a.seen(/stage has it/);
+  const hold = runBin('list-queue', ['--hold', first, '--wait', '60s'], { env: q.env });
+  await a.seen(/SIGHUP: the requests are taken when this pass is done/);
+  writeFileSync(go, 'go\n');
+  assert.deepEqual(await a.exited, [0, null], a.log());
+  const held = await hold;
+  assert.equal(held.code, 0, held.stderr);
+  assert.match(a.log(), /yan@y\.test: delivered/);
+  assert.equal(existsSync(pidFile), false, 'the lock is gone');
+
+  // SIGTERM while the stage runs: that delivery finishes and is recorded; the second message is not started.
+  const [second, third] = [
+    await queue(q.env, [
+      ['from', 'alice@a.test'],
+      ['to', 'yve@y.test'],
+    ]),
+    await queue(q.env, [
+      ['from', 'alice@a.test'],
+      ['to', 'zed@z.test'],
+    ]),
+  ];
+  const b = once();
+  await b.seen(/stage has it/);
+  b.proc.kill('SIGTERM');
+  await b.seen(/stopping: letting running deliveries finish/);
+  writeFileSync(go, 'go\n');
+  assert.deepEqual(await b.exited, [0, null], b.log());
+  assert.equal(existsSync(pidFile), false, 'the lock is gone');
+  const left = (await listQueue(q.env)).map((m) => m.queue_id);
+  assert.equal(left.length, 1, `one delivered, one never started: ${b.log()}`);
+  assert.ok([second, third].includes(left[0]!));
+  assert.equal((await listQueue(q.env))[0]!.recipients[0]!.attempts, 0, 'the other was not tried');
 });
 
 test(
