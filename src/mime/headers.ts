@@ -27,6 +27,8 @@ const STRUCTURE = new Set(['mime-version', 'content-type', 'content-transfer-enc
 const NAME = /^[a-z0-9][a-z0-9-]{0,63}$/;
 export const CONTENT_IDS = 'mime-content-ids';
 const RAW = 'mime-header';
+/** Fields naming recipients the others must not see. */
+const HIDDEN = /^(resent-)?bcc$/i;
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 const cp1252 = new TextDecoder('windows-1252');
@@ -245,7 +247,9 @@ export function toMimeHeaderLines(headers: Headers, opts: { keepBcc: boolean }):
     if (name === CONTENT_IDS) continue;
     if (name === RAW) {
       const colon = value.indexOf(':');
-      if (colon > 0) out.push(line(value.slice(0, colon), verbatim(value.slice(colon + 1).trim())));
+      // A second Bcc (or a Resent-Bcc) is kept as a raw line: it hides recipients as bcc does.
+      if (colon > 0 && !(HIDDEN.test(value.slice(0, colon).trim()) && !opts.keepBcc))
+        out.push(line(value.slice(0, colon), verbatim(value.slice(colon + 1).trim())));
       continue;
     }
     const kept = name.startsWith('mime-') ? name.slice('mime-'.length) : '';
@@ -257,7 +261,7 @@ export function toMimeHeaderLines(headers: Headers, opts: { keepBcc: boolean }):
       emitOriginal(name);
       continue;
     }
-    if (name === 'bcc' && !opts.keepBcc) continue;
+    if (HIDDEN.test(name) && !opts.keepBcc) continue;
     out.push(line(legacyName(name), legacyValue(name, value, domain)));
   }
   if (!headers.has('message-id') && !originals.has('message-id')) out.push(line('Message-ID', `<${randomUUID()}@${domain}>`));

@@ -42,6 +42,23 @@ describe('ima-to-mime', () => {
     assert.match(crlf.stdout.toString(), /^Subject: Hi\r$/m);
     assert.doesNotMatch(crlf.stdout.toString(), /^Bcc:/m);
   });
+  it('--no-bcc hides every Bcc: a second Bcc header and a Resent-Bcc (kept as raw lines) too', async () => {
+    const dir = tempDir();
+    const file = join(dir, 'two-bcc.ima');
+    writeFileSync(
+      file,
+      await toIma(
+        'From: alice@a.test\r\nTo: bob@b.test\r\nBcc: carol@c.test\r\nBcc: dave@d.test\r\nResent-Bcc: erin@e.test\r\nSubject: Hi\r\nMessage-ID: <bcc2@a.test>\r\n\r\nHello\r\n',
+      ),
+    );
+    const kept = await runBin('ima-to-mime', [file]);
+    assert.equal(kept.code, 0, kept.stderr);
+    for (const who of ['carol@c.test', 'dave@d.test', 'erin@e.test']) assert.match(kept.stdout.toString(), new RegExp(`^(Resent-)?Bcc: ${who}$`, 'im'));
+    const hidden = await runBin('ima-to-mime', ['--no-bcc', file]);
+    assert.equal(hidden.code, 0, hidden.stderr);
+    assert.doesNotMatch(hidden.stdout.toString(), /carol|dave|erin/);
+    assert.match(hidden.stdout.toString(), /^To: bob@b\.test$/m);
+  });
   it('gives a native message a Message-ID of its UUID at the sender domain, and reads a stored message directory', async () => {
     const dir = tempDir();
     const [native] = await madeMessage(dir);
