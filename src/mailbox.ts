@@ -11,7 +11,16 @@ import { asFailure, permFail, tempFail } from './failure.js';
 import { fsyncDir, fsyncFd, uniqueName } from './files.js';
 import { NotPlainError, listBelow, openBelow, readBelow, streamBelow } from './mailbox/below.js';
 import { ContentDigest, LEGACY_DIGEST_FILE, conflictName, digestFileName, digestInNames } from './mailbox/digest.js';
-import { DEFAULT_LIMITS, type Headers, type MessageLimits, MessageError, type OutEntry, checkAttachmentName, readMessage } from './message/index.js';
+import {
+  DEFAULT_LIMITS,
+  type Headers,
+  type MessageLimits,
+  MessageError,
+  type OutEntry,
+  checkAttachmentName,
+  readMessage,
+  withoutBlindCopies,
+} from './message/index.js';
 
 export const FOLDERS = ['tmp', 'new', 'cur'] as const;
 const EMPTY = Buffer.alloc(0);
@@ -61,8 +70,8 @@ export async function openMailbox(dir: string, create: boolean): Promise<void> {
  */
 export function privateHeaders(headers: Headers, recipient?: Address): Headers {
   const bcc = headers.get('bcc');
-  if (bcc === undefined) return headers;
-  const h = headers.clone().remove('bcc');
+  if (bcc === undefined) return withoutBlindCopies(headers);
+  const h = withoutBlindCopies(headers).clone().remove('bcc');
   if (!recipient) return h;
   const mine = parseAddressList(bcc).find((a) => addressKey(a) === addressKey(recipient));
   if (mine) h.set('bcc', formatAddress(mine));

@@ -9,7 +9,7 @@ import { PassThrough, type Readable } from 'node:stream';
 import { type Address, AddressError, addressKey, asciiDomain, formatAddressList, mailboxOf, parseAddressList } from '../address.js';
 import { asFailure, dataError } from '../failure.js';
 import { IMDP_PORT } from './wire.js';
-import { type Headers, type MessageLimits, type OutEntry, mtimeOf, readMessage, writeEntries } from '../message/index.js';
+import { type Headers, type MessageLimits, type OutEntry, mtimeOf, readMessage, withoutBlindCopies, writeEntries } from '../message/index.js';
 import { formatResult, parseResult } from '../results.js';
 import { type BufferPool, Spool, SpoolLimitError } from '../spool.js';
 import { chunksOf } from '../streams.js';
@@ -131,7 +131,7 @@ function headerGroups(headers: Headers): Group[] {
 
 /** The headers one domain receives: bcc lists only that domain's own bcc recipients. */
 export function headersFor(base: Headers, g: Group): Headers {
-  const h = base.clone().remove('bcc');
+  const h = withoutBlindCopies(base).clone().remove('bcc');
   if (g.bcc.length) h.set('bcc', formatAddressList(g.bcc));
   return h;
 }

@@ -112,6 +112,25 @@ export class Headers {
   }
 }
 
+/** Legacy header names that list hidden recipients (Bcc, Resent-Bcc). */
+export const BLIND_COPY = /^(resent-)?bcc$/i;
+
+/**
+ * Whether a field repeats a hidden-recipient list in another form: the
+ * legacy original of bcc (mime-bcc), resent-bcc and its original, or a Bcc
+ * or Resent-Bcc kept as a raw mime-header line (a second Bcc header). Such
+ * fields follow bcc's rule: no recipient sees them.
+ */
+export function isBlindCopyField(f: Field): boolean {
+  if (f.name === 'mime-bcc' || f.name === 'resent-bcc' || f.name === 'mime-resent-bcc') return true;
+  return f.name === 'mime-header' && BLIND_COPY.test(f.value.slice(0, Math.max(0, f.value.indexOf(':'))).trim());
+}
+
+/** The headers without any other form of a hidden-recipient list (bcc itself is the caller's to handle). */
+export function withoutBlindCopies(h: Headers): Headers {
+  return h.fields.some(isBlindCopyField) ? new Headers(h.fields.filter((f) => !isBlindCopyField(f))) : h;
+}
+
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
 /** Parse and check the bytes of a headers entry. */

@@ -11,7 +11,7 @@ import addressparser from 'nodemailer/lib/addressparser';
 import { foldLines } from 'nodemailer/lib/mime-funcs';
 import MimeNode from 'nodemailer/lib/mime-node';
 import { type Address, AddressError, formatAddressList, parseAddressList, parseMailbox } from '../address.js';
-import { Headers, checkField } from '../message/index.js';
+import { BLIND_COPY, Headers, checkField } from '../message/index.js';
 import { formatMimeDate, parseMimeDate } from './date.js';
 import { idDomain, imaIdOf, legacyIdOf, messageIds } from './ids.js';
 
@@ -27,8 +27,6 @@ const STRUCTURE = new Set(['mime-version', 'content-type', 'content-transfer-enc
 const NAME = /^[a-z0-9][a-z0-9-]{0,63}$/;
 export const CONTENT_IDS = 'mime-content-ids';
 const RAW = 'mime-header';
-/** Fields naming recipients the others must not see. */
-const HIDDEN = /^(resent-)?bcc$/i;
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 const cp1252 = new TextDecoder('windows-1252');
@@ -248,7 +246,7 @@ export function toMimeHeaderLines(headers: Headers, opts: { keepBcc: boolean }):
     if (name === RAW) {
       const colon = value.indexOf(':');
       // A second Bcc (or a Resent-Bcc) is kept as a raw line: it hides recipients as bcc does.
-      if (colon > 0 && !(HIDDEN.test(value.slice(0, colon).trim()) && !opts.keepBcc))
+      if (colon > 0 && !(BLIND_COPY.test(value.slice(0, colon).trim()) && !opts.keepBcc))
         out.push(line(value.slice(0, colon), verbatim(value.slice(colon + 1).trim())));
       continue;
     }
@@ -261,7 +259,7 @@ export function toMimeHeaderLines(headers: Headers, opts: { keepBcc: boolean }):
       emitOriginal(name);
       continue;
     }
-    if (HIDDEN.test(name) && !opts.keepBcc) continue;
+    if (BLIND_COPY.test(name) && !opts.keepBcc) continue;
     out.push(line(legacyName(name), legacyValue(name, value, domain)));
   }
   if (!headers.has('message-id') && !originals.has('message-id')) out.push(line('Message-ID', `<${randomUUID()}@${domain}>`));

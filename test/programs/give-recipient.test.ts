@@ -225,6 +225,19 @@ describe('give-recipient', () => {
     assert.doesNotMatch(s1, /s2@/);
   });
 
+  it('keeps the other forms of a hidden list private too: a legacy Bcc group (mime-bcc), a second Bcc and a Resent-Bcc', async () => {
+    const legacy =
+      'From: a@a.test\r\nTo: bob@b.test\r\nBcc: Team: s1@b.test;\r\nBcc: s2@b.test\r\nResent-Bcc: s3@b.test\r\nSubject: x\r\nMessage-ID: <blind@a.test>\r\n\r\nhi\r\n';
+    const converted = await runBin('mime-to-ima', [], { input: legacy });
+    assert.equal(converted.code, 0, converted.stderr);
+    const box = mailbox('blind-forms');
+    const r = await runBin('give-recipient', ['--address', 'bob@b.test', box], { input: converted.stdout });
+    assert.equal(r.code, 0, r.stderr);
+    const headers = readFileSync(join(box, 'new', stored(box)[0], 'headers'), 'utf8');
+    assert.match(headers, /^to: bob@b\.test$/m);
+    assert.doesNotMatch(headers, /s[123]@b\.test/);
+  });
+
   it('--clean removes only old leftovers in tmp/, never a delivery in progress, and leaves new/ alone', async () => {
     const box = mailbox('clean');
     const msg = await makeMessage(['bob@b.test']);

@@ -72,7 +72,12 @@ async function twoDomains(): Promise<{ outB: string; outC: string; cfg: string }
 
 test('send-mail: two domains, each gets only its own bcc; mailer, date and message-id are set; one line per recipient', async () => {
   const { outB, outC, cfg } = await twoDomains();
-  const r = await runBin('send-mail', ['--config', cfg], { input: await message(fields(), 'Hi all.\n') });
+  const blind: [string, string][] = [
+    ['mime-header', 'Bcc: frank@c.test'],
+    ['mime-bcc', 'Team: gina@c.test;'],
+    ['resent-bcc', 'hank@c.test'],
+  ];
+  const r = await runBin('send-mail', ['--config', cfg], { input: await message(fields(blind), 'Hi all.\n') });
   assert.equal(r.code, 0, r.stderr);
   assert.deepEqual(r.stdout.toString().trim().split('\n').sort(), ['OK bob@b.test', 'OK carol@c.test', 'OK dave@b.test', 'OK erin@c.test']);
   const [atB] = await stored(outB);
@@ -81,6 +86,8 @@ test('send-mail: two domains, each gets only its own bcc; mailer, date and messa
   assert.equal(atC.h.get('bcc'), 'erin@c.test');
   assert.doesNotMatch(atB.h.serialize().toString(), /erin/);
   assert.doesNotMatch(atC.h.serialize().toString(), /dave/);
+  // Other forms of a hidden list (a legacy message's second Bcc, Bcc group, Resent-Bcc) reach no domain.
+  for (const m of [atB, atC]) assert.doesNotMatch(m.h.serialize().toString(), /frank|gina|hank/);
   for (const m of [atB, atC]) {
     assert.equal(m.h.get('mailer'), 'a.test');
     assert.match(m.h.get('message-id')!, /^urn:uuid:[0-9a-f-]{36}$/);
