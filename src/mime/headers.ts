@@ -46,13 +46,33 @@ function tidy(value: string): string {
   return value.replace(/[\x00-\x1f\x7f]/g, ' ').trim();
 }
 
-/** Decode RFC 2047 encoded-words (any charset libmime knows); undecodable words stay as written. */
+// An encoded-word as libmime finds one, and the text a B word may carry.
+const ANY_WORD = /=\?[\w_\-*]+\?([QqBb])\?([^?]*)\?=/g;
+const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{2,3})?$/;
+const broken = (m: RegExpMatchArray) => /b/i.test(m[1]) && !BASE64.test(m[2]);
+
+/**
+ * Decode RFC 2047 encoded-words (any charset libmime knows; one it does not
+ * is read as UTF-8). A B word whose text is not base64 stays as written:
+ * libmime would make it nothing, and the subject would lose it silently.
+ */
 export function decodeText(value: string): string {
-  try {
-    return tidy(libmime.decodeWords(value));
-  } catch {
-    return tidy(value);
+  const decode = (text: string) => {
+    try {
+      return libmime.decodeWords(text);
+    } catch {
+      return text;
+    }
+  };
+  if (!value.includes('=?')) return tidy(value);
+  let out = '';
+  let from = 0;
+  for (const m of value.matchAll(ANY_WORD)) {
+    if (!broken(m)) continue;
+    out += decode(value.slice(from, m.index)) + m[0];
+    from = m.index! + m[0].length;
   }
+  return tidy(out + decode(value.slice(from)));
 }
 
 export interface LegacyHeader {

@@ -138,6 +138,10 @@ describe('mime-to-ima maps headers (ima-mime(7))', () => {
     assert.equal(one(m, 'mime-to'), 'b@example.com, =?utf-8?q?hi?= <@bad>');
     assert.equal(one(m, 'mime-header'), 'Mailer: =?utf-8?q?x?=');
   });
+  it('keeps a B encoded-word whose text is not base64 as written, and decodes the words around it', async () => {
+    const m = await stable(mime(['From: a@a.test', 'Subject: =?utf-8?q?caf=C3=A9?= =?utf-8?b?!!!?= end', 'Message-ID: <2@example.com>'], 'hi\r\n'));
+    assert.equal(one(m, 'subject'), 'café =?utf-8?b?!!!?= end');
+  });
   it('threads a legacy reply to a message ima-to-mime wrote back to its IMA id', async () => {
     const m = await readIma(await toIma(mime(['From: x@legacy.test', 'In-Reply-To: <7639f84a-faa9-5f7e-a3a9-db428e9fb00c@a.test>'], 'reply\r\n')));
     assert.equal(one(m, 'in-reply-to'), 'urn:uuid:7639f84a-faa9-5f7e-a3a9-db428e9fb00c');
