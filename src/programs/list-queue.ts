@@ -47,17 +47,20 @@ export async function main(args: string[], io: Io): Promise<number> {
     else await applyHere(store, ops, io, (line) => io.stdout.write(`${line}\n`));
     return EXIT.OK;
   }
+  // A state that cannot be read is named on stderr and the rest listed; the exit says the list is not whole.
+  let unread = 0;
   for (const id of await store.ids()) {
     let st: MessageState | undefined;
     try {
       st = await store.readState(id);
     } catch (e) {
       log.error(asFailure(e).message);
+      unread++;
       continue;
     }
     if (st) io.stdout.write(argv.json ? `${JSON.stringify(asJson(st))}\n` : asText(st));
   }
-  return EXIT.OK;
+  return unread ? EXIT.TEMPFAIL : EXIT.OK;
 }
 
 function waitMs(text: string): number {

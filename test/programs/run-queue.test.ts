@@ -242,6 +242,30 @@ test('queue-mail: checks the message, takes recipients from the headers or --rec
   }
 });
 
+test('list-queue: a state it cannot read is named on stderr, the others listed, and the exit is 75 (the list is not whole)', async () => {
+  const q = queueSetup({ sendMailConfig: sendMailConfig({}) });
+  const good = await queue(q.env, [
+    ['from', 'alice@a.test'],
+    ['to', 'yan@y.test'],
+  ]);
+  const bad = await queue(q.env, [
+    ['from', 'alice@a.test'],
+    ['to', 'zoe@z.test'],
+  ]);
+  writeFileSync(join(q.dir, 'queue', 'messages', `${bad}.state`), '{ not json');
+  const r = await runBin('list-queue', ['--json'], { env: q.env });
+  assert.equal(r.code, 75, r.stderr);
+  assert.match(r.stderr, new RegExp(`${bad}\\.state: unreadable state`));
+  assert.deepEqual(
+    r.stdout
+      .toString()
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l).queue_id),
+    [good],
+  );
+});
+
 test('list-queue: hold, release, retry and delete take effect on a running run-queue', async () => {
   const q = queueSetup({ sendMailConfig: sendMailConfig({}), runQueue: 'min_backoff = "1h"\n' });
   q.answer({ 'y.test': 'TEMPFAIL', 'z.test': 'TEMPFAIL' });
