@@ -127,6 +127,11 @@ export class Runner {
     const now = this.e.now();
     if ('all' in op.target) this.suspended.clear();
     if ('domain' in op.target) this.suspended.delete(op.target.domain);
+    if (op.verb === 'retry' && 'id' in op.target) {
+      // Asked to try this message now: its domains' suspensions would only defer it again untried.
+      const s = this.works.get(op.target.id)?.state ?? (await this.readState(op.target.id));
+      for (const r of s?.recipients ?? []) this.suspended.delete(r.domain);
+    }
     const ids = 'id' in op.target ? [op.target.id] : await this.store.ids();
     let n = 0;
     for (const [id, w] of this.works) {
@@ -178,6 +183,9 @@ export class Runner {
   private deferSuspended(s: MessageState, domain: string, recipients: Recipient[], now: number): boolean {
     const down = this.suspended.get(domain);
     if (!down || down.until <= now) return false;
+    this.e.log.debug(
+      `${s.id}: ${domain} suspended until ${new Date(down.until).toISOString()}: ${recipients.map((r) => r.address).join(', ')} deferred untried`,
+    );
     for (const r of recipients) {
       r.last_reply = `TEMPFAIL delivery to ${domain} suspended until ${new Date(down.until).toISOString()}: ${down.reply}`;
       defer(s, r, now, down.until - now, this.config.schedule);

@@ -114,6 +114,40 @@ test('run-queue: a domain whose server is down is deferred as a whole, retried l
   assert.equal(imaFiles(outC).length, 2);
 });
 
+test('list-queue --retry ID tries the message at once even while its domain is suspended after a refused connection', async () => {
+  const down = sendMailConfig({ 'c.test': `127.0.0.1:${await closedPort()}` });
+  const q = queueSetup({ sendMailConfig: down, runQueue: 'max_per_domain = 1\n', direct: true });
+  const ids = [
+    await queue(q.env, [
+      ['from', 'alice@a.test'],
+      ['to', 'carol@c.test'],
+    ]),
+    await queue(q.env, [
+      ['from', 'alice@a.test'],
+      ['to', 'dave@c.test'],
+    ]),
+  ];
+  const { proc, seen } = daemon(q.env);
+  try {
+    await seen(/c\.test suspended until \S+: (carol|dave)@c\.test deferred untried/);
+    const list = await listQueue(q.env);
+    const untried = list.find((m) => m.recipients[0]!.attempts === 0)!;
+    assert.match(untried.recipients[0]!.last_reply, /suspended until/);
+    const r = await runBin('list-queue', ['--retry', untried.queue_id], { env: q.env });
+    assert.equal(r.code, 0, r.stderr);
+    const who = untried.recipients[0]!.address.replace('.', '\\.');
+    await seen(new RegExp(`${untried.queue_id}: attempting ${who}`));
+    await seen(new RegExp(`${untried.queue_id}: ${who}: deferred`));
+    const after = (await listQueue(q.env)).find((m) => m.queue_id === untried.queue_id)!;
+    assert.equal(after.recipients[0]!.attempts, 1, after.recipients[0]!.last_reply);
+    assert.match(after.recipients[0]!.last_reply, /ECONNREFUSED/);
+    assert.ok(ids.includes(untried.queue_id));
+  } finally {
+    proc.kill('SIGTERM');
+    if (proc.exitCode === null) await once(proc, 'exit');
+  }
+});
+
 test('run-queue: mixed domains in one message; a permanent failure makes exactly one notice, and a notice that fails makes none', async () => {
   const outB = outDir();
   const b = await server('b.test', outB);
@@ -242,6 +276,30 @@ test('queue-mail: checks the message, takes recipients from the headers or --rec
   }
 });
 
+/** run-queue running as the service does (--verbose): `seen` waits for its log to match, 20 s at most. */
+function daemon(env: Record<string, string | undefined>) {
+  const proc = spawn(join(BIN, 'run-queue'), ['--verbose'], { env: env as NodeJS.ProcessEnv, stdio: ['ignore', 'ignore', 'pipe'] });
+  let text = '';
+  proc.stderr.on('data', (d: Buffer) => (text += d));
+  const seen = (re: RegExp) =>
+    new Promise<void>((res, rej) => {
+      const done = (e?: Error) => {
+        clearTimeout(t);
+        proc.stderr.off('data', check);
+        proc.off('exit', gone);
+        if (e) rej(e);
+        else res();
+      };
+      const check = () => re.test(text) && done();
+      const gone = () => done(new Error(`run-queue exited before ${re}: ${text}`));
+      const t = setTimeout(() => done(new Error(`no ${re} within 20 s in: ${text}`)), 20_000);
+      proc.stderr.on('data', check);
+      proc.once('exit', gone);
+      check();
+    });
+  return { proc, seen, log: () => text };
+}
+
 test('list-queue: a state it cannot read is named on stderr, the others listed, and the exit is 75 (the list is not whole)', async () => {
   const q = queueSetup({ sendMailConfig: sendMailConfig({}) });
   const good = await queue(q.env, [
@@ -277,16 +335,7 @@ test('list-queue: hold, release, retry and delete take effect on a running run-q
     ['from', 'alice@a.test'],
     ['to', 'zoe@z.test'],
   ]);
-  const proc = spawn(join(BIN, 'run-queue'), ['--verbose'], { env: q.env as NodeJS.ProcessEnv, stdio: ['ignore', 'ignore', 'pipe'] });
-  let log = '';
-  proc.stderr.on('data', (d: Buffer) => (log += d));
-  const seen = (re: RegExp) =>
-    new Promise<void>((res, rej) => {
-      const check = () => re.test(log) && (proc.stderr.off('data', check), res());
-      proc.stderr.on('data', check);
-      proc.once('exit', () => rej(new Error(`run-queue exited: ${log}`)));
-      check();
-    });
+  const { proc, seen, log } = daemon(q.env);
   try {
     await seen(/yan@y\.test: deferred[^]*zoe@z\.test: deferred|zoe@z\.test: deferred[^]*yan@y\.test: deferred/);
     // A second run-queue is refused while this one runs.
@@ -331,8 +380,8 @@ test('list-queue: hold, release, retry and delete take effect on a running run-q
     proc.kill('SIGTERM');
     if (proc.exitCode === null) await once(proc, 'exit');
   }
-  assert.equal(proc.exitCode, 0, log);
-  assert.match(log, /stopping/);
+  assert.equal(proc.exitCode, 0, log());
+  assert.match(log(), /stopping/);
 });
 
 test('run-queue --once (cron): list-queue nudging it with SIGHUP mid-delivery does not kill it; SIGTERM lets the running delivery finish and starts no other', async () => {
