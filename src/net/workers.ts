@@ -6,7 +6,8 @@
 // The program started by the operator becomes the primary: it forks the
 // workers (the same program, same arguments, through node:cluster), binds
 // the socket for them (port 25 needs root; the primary gives root up once
-// every worker is listening), forwards SIGTERM, SIGINT and SIGHUP, starts a
+// every worker is listening), forwards SIGTERM, SIGINT and SIGHUP (SIGHUP to
+// a starting worker once it listens), starts a
 // new worker when one dies after it was serving, and exits when all are gone.
 // The primary never accepts: each worker accepts on the shared socket itself
 // (cluster's SCHED_NONE), so no connection is passed between processes.
@@ -51,6 +52,8 @@ export function runWorkers(count: number, opts: WorkerOptions): Promise<number> 
   cluster.schedulingPolicy = cluster.SCHED_NONE; // before the first fork
   const live = new Set<Worker>();
   const served = new WeakSet<Worker>();
+  /** Workers a SIGHUP came for while they were still starting. */
+  const reloadOnceServing = new WeakSet<Worker>();
   let stopping = false;
   let code: number = EXIT.OK;
   let listening = 0;
@@ -74,11 +77,17 @@ export function runWorkers(count: number, opts: WorkerOptions): Promise<number> 
       if (live.size === 0) finished(); // all had died, their replacements not yet started
     };
     const reload = () => {
-      for (const w of live) w.process.kill('SIGHUP');
+      for (const w of live) {
+        // A worker still starting has no SIGHUP handler yet: the signal would kill it (and a
+        // first worker stopped before serving stops the whole). It gets the signal once it listens.
+        if (served.has(w)) w.process.kill('SIGHUP');
+        else reloadOnceServing.add(w);
+      }
     };
     const onListening = (w: Worker) => {
       if (served.has(w)) return;
       served.add(w);
+      if (reloadOnceServing.delete(w)) w.process.kill('SIGHUP');
       if (++listening === count) {
         log.info(`${count} workers serving`);
         opts.onListening?.();

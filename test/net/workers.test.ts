@@ -2,13 +2,14 @@
 // as real processes, the primary and its workers in /proc, signals sent by
 // hand, messages delivered over real mutual TLS.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { type AddressInfo, createServer } from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { basicFields, config, connect, deliver, dir, message, outDir, startServer } from '../imdp-fixture.js';
-import { childrenOf, pidGone, runBin, startListening } from '../helpers.js';
+import { BIN, childrenOf, pidGone, runBin, startListening, testEnv } from '../helpers.js';
 
 /** How often `re` occurs in `s`. */
 const times = (s: string, re: RegExp) => s.match(new RegExp(re.source, 'g'))?.length ?? 0;
@@ -62,6 +63,33 @@ test('server-receive with workers = 2: two processes serve one socket; SIGHUP re
   } finally {
     await s.stop();
   }
+});
+
+test('server-receive with workers = 2: a SIGHUP while the workers are still starting kills none; each reloads once it serves', async () => {
+  const file = join(dir, 'workers-hup-early.toml');
+  writeFileSync(file, config().replace('[tls]', 'workers = 2\n[tls]'));
+  const proc = spawn(join(BIN, 'server-receive'), ['--config', file, '--listen', '127.0.0.1:0'], { env: testEnv(), stdio: ['ignore', 'ignore', 'pipe'] });
+  let log = '';
+  proc.stderr.on('data', (d: Buffer) => (log += d));
+  try {
+    // The workers exist (forked) but take a while to start: the signal comes before either listens.
+    for (const t0 = Date.now(); childrenOf(proc.pid!).length < 2; await new Promise((res) => setTimeout(res, 2)))
+      if (Date.now() - t0 > 10_000) throw new Error(`no two workers within 10 s: ${log}`);
+    assert.doesNotMatch(log, /listening on/);
+    proc.kill('SIGHUP');
+    await new Promise<void>((res, rej) => {
+      const t = setTimeout(() => rej(new Error(`no two reloads within 20 s: ${log}`)), 20_000);
+      const check = () => times(log, /reloaded configuration/) === 2 && (clearTimeout(t), res());
+      proc.stderr.on('data', check);
+      proc.once('exit', () => (clearTimeout(t), rej(new Error(`server-receive exited: ${log}`))));
+    });
+    assert.match(log, /2 workers serving/);
+    assert.doesNotMatch(log, /stopped before serving|could not start/);
+  } finally {
+    proc.kill('SIGTERM');
+    if (proc.exitCode === null && proc.signalCode === null) await once(proc, 'exit');
+  }
+  assert.equal(proc.exitCode, 0, log);
 });
 
 test('server-receive with workers = 2: a TLS session made with one worker resumes on the other', async () => {
