@@ -50,6 +50,12 @@ async function queue(env: Record<string, string | undefined>, fields: [string, s
   return id;
 }
 
+/** A message from alice to `to`, queued; its queue id. */
+const queueTo = (env: Record<string, string | undefined>, to: string) =>
+  queue(env, [
+    ['from', 'alice@a.test'],
+    ['to', to],
+  ]);
 const imaFiles = (d: string) => readdirSync(d).filter((f) => f.endsWith('.ima'));
 const later = (minutes: number) => new Date(Date.now() + minutes * 60_000).toISOString();
 
@@ -66,14 +72,8 @@ test('run-queue: a domain whose server is down is deferred as a whole, retried l
   const c = await server('c.test', outC);
   const down = sendMailConfig({ 'b.test': `127.0.0.1:${b.port}`, 'c.test': `127.0.0.1:${await closedPort()}` });
   const q = queueSetup({ sendMailConfig: down, runQueue: 'max_per_domain = 1\n', direct: true });
-  const m1 = await queue(q.env, [
-    ['from', 'alice@a.test'],
-    ['to', 'bob@b.test, carol@c.test'],
-  ]);
-  const m2 = await queue(q.env, [
-    ['from', 'alice@a.test'],
-    ['to', 'dave@c.test'],
-  ]);
+  const m1 = await queueTo(q.env, 'bob@b.test, carol@c.test');
+  const m2 = await queueTo(q.env, 'dave@c.test');
 
   const first = await runBin('run-queue', ['--once'], { env: q.env });
   assert.equal(first.code, 0, first.stderr);
@@ -117,16 +117,7 @@ test('run-queue: a domain whose server is down is deferred as a whole, retried l
 test('list-queue --retry ID tries the message at once even while its domain is suspended after a refused connection', async () => {
   const down = sendMailConfig({ 'c.test': `127.0.0.1:${await closedPort()}` });
   const q = queueSetup({ sendMailConfig: down, runQueue: 'max_per_domain = 1\n', direct: true });
-  const ids = [
-    await queue(q.env, [
-      ['from', 'alice@a.test'],
-      ['to', 'carol@c.test'],
-    ]),
-    await queue(q.env, [
-      ['from', 'alice@a.test'],
-      ['to', 'dave@c.test'],
-    ]),
-  ];
+  const ids = [await queueTo(q.env, 'carol@c.test'), await queueTo(q.env, 'dave@c.test')];
   const { proc, seen } = daemon(q.env);
   try {
     await seen(/c\.test suspended until \S+: (carol|dave)@c\.test deferred untried/);
@@ -212,10 +203,7 @@ test('run-queue: mixed domains in one message; a permanent failure makes exactly
 test('run-queue: one delay warning after delay_warning; a recipient still deferred after max_lifetime fails, and the sender gets one notice', async () => {
   const q = queueSetup({ sendMailConfig: sendMailConfig({}), runQueue: 'max_lifetime = "2h"\ndelay_warning = "1h"\n' });
   q.answer({ 'y.test': 'TEMPFAIL', 'a.test': 'SILENT' });
-  await queue(q.env, [
-    ['from', 'alice@a.test'],
-    ['to', 'yan@y.test'],
-  ]);
+  await queueTo(q.env, 'yan@y.test');
   const at = async (minutes: number) => assert.equal((await runBin('run-queue', ['--once', '--now', later(minutes)], { env: q.env })).code, 0);
   await at(0);
   await at(30);
@@ -276,11 +264,12 @@ test('queue-mail: checks the message, takes recipients from the headers or --rec
   }
 });
 
-/** run-queue running as the service does (--verbose): `seen` waits for its log to match, 20 s at most. */
-function daemon(env: Record<string, string | undefined>) {
-  const proc = spawn(join(BIN, 'run-queue'), ['--verbose'], { env: env as NodeJS.ProcessEnv, stdio: ['ignore', 'ignore', 'pipe'] });
+/** run-queue as the service runs it (--verbose, and `args`): `seen` waits for its log to match, 20 s at most. */
+function daemon(env: Record<string, string | undefined>, args: string[] = []) {
+  const proc = spawn(join(BIN, 'run-queue'), ['--verbose', ...args], { env: env as NodeJS.ProcessEnv, stdio: ['ignore', 'ignore', 'pipe'] });
   let text = '';
   proc.stderr.on('data', (d: Buffer) => (text += d));
+  const exited = new Promise<[number | null, NodeJS.Signals | null]>((res) => proc.once('exit', (code, sig) => res([code, sig])));
   const seen = (re: RegExp) =>
     new Promise<void>((res, rej) => {
       const done = (e?: Error) => {
@@ -297,19 +286,13 @@ function daemon(env: Record<string, string | undefined>) {
       proc.once('exit', gone);
       check();
     });
-  return { proc, seen, log: () => text };
+  return { proc, seen, exited, log: () => text };
 }
 
 test('list-queue: a state it cannot read is named on stderr, the others listed, and the exit is 75 (the list is not whole)', async () => {
   const q = queueSetup({ sendMailConfig: sendMailConfig({}) });
-  const good = await queue(q.env, [
-    ['from', 'alice@a.test'],
-    ['to', 'yan@y.test'],
-  ]);
-  const bad = await queue(q.env, [
-    ['from', 'alice@a.test'],
-    ['to', 'zoe@z.test'],
-  ]);
+  const good = await queueTo(q.env, 'yan@y.test');
+  const bad = await queueTo(q.env, 'zoe@z.test');
   writeFileSync(join(q.dir, 'queue', 'messages', `${bad}.state`), '{ not json');
   const r = await runBin('list-queue', ['--json'], { env: q.env });
   assert.equal(r.code, 75, r.stderr);
@@ -327,14 +310,8 @@ test('list-queue: a state it cannot read is named on stderr, the others listed, 
 test('list-queue: hold, release, retry and delete take effect on a running run-queue', async () => {
   const q = queueSetup({ sendMailConfig: sendMailConfig({}), runQueue: 'min_backoff = "1h"\n' });
   q.answer({ 'y.test': 'TEMPFAIL', 'z.test': 'TEMPFAIL' });
-  const keep = await queue(q.env, [
-    ['from', 'alice@a.test'],
-    ['to', 'yan@y.test'],
-  ]);
-  const drop = await queue(q.env, [
-    ['from', 'alice@a.test'],
-    ['to', 'zoe@z.test'],
-  ]);
+  const keep = await queueTo(q.env, 'yan@y.test');
+  const drop = await queueTo(q.env, 'zoe@z.test');
   const { proc, seen, log } = daemon(q.env);
   try {
     await seen(/yan@y\.test: deferred[^]*zoe@z\.test: deferred|zoe@z\.test: deferred[^]*yan@y\.test: deferred/);
@@ -371,10 +348,7 @@ test('list-queue: hold, release, retry and delete take effect on a running run-q
     proc.kill('SIGHUP');
     await seen(/max_parallel: must be a whole number[^]*keeping the old one/);
     q.answer({ 'y.test': 'OK' });
-    await queue(q.env, [
-      ['from', 'alice@a.test'],
-      ['to', 'yve@y.test'],
-    ]);
+    await queueTo(q.env, 'yve@y.test');
     await seen(/yve@y\.test: delivered/);
   } finally {
     proc.kill('SIGTERM');
@@ -397,26 +371,10 @@ test('run-queue --once (cron): list-queue nudging it with SIGHUP mid-delivery do
   );
   writeFileSync(join(q.dir, 'run-queue.toml'), `queue_dir = "queue"\ncommand = [${JSON.stringify(stage)}]\nmax_parallel = 1\n`);
   const pidFile = join(q.dir, 'queue', 'run-queue.pid');
-  const once = () => {
-    const proc = spawn(join(BIN, 'run-queue'), ['--once', '--verbose'], { env: q.env as NodeJS.ProcessEnv, stdio: ['ignore', 'ignore', 'pipe'] });
-    let log = '';
-    proc.stderr.on('data', (d: Buffer) => (log += d));
-    const exited = new Promise<[number | null, NodeJS.Signals | null]>((res) => proc.once('exit', (code, sig) => res([code, sig])));
-    const seen = (re: RegExp) =>
-      new Promise<void>((res, rej) => {
-        const check = () => re.test(log) && (proc.stderr.off('data', check), res());
-        proc.stderr.on('data', check);
-        void exited.then(([code, sig]) => rej(new Error(`run-queue ended (${code ?? sig}) before ${re}: ${log}`)));
-        check();
-      });
-    return { proc, exited, seen, log: () => log };
-  };
+  const once = () => daemon(q.env, ['--once']);
 
   // SIGHUP from list-queue while the stage runs: the request is taken after the pass, both exit 0.
-  const first = await queue(q.env, [
-    ['from', 'alice@a.test'],
-    ['to', 'yan@y.test'],
-  ]);
+  const first = await queueTo(q.env, 'yan@y.test');
   const a = once();
   await a.seen(/stage has it/);
   const hold = runBin('list-queue', ['--hold', first, '--wait', '60s'], { env: q.env });
@@ -429,16 +387,7 @@ test('run-queue --once (cron): list-queue nudging it with SIGHUP mid-delivery do
   assert.equal(existsSync(pidFile), false, 'the lock is gone');
 
   // SIGTERM while the stage runs: that delivery finishes and is recorded; the second message is not started.
-  const [second, third] = [
-    await queue(q.env, [
-      ['from', 'alice@a.test'],
-      ['to', 'yve@y.test'],
-    ]),
-    await queue(q.env, [
-      ['from', 'alice@a.test'],
-      ['to', 'zed@z.test'],
-    ]),
-  ];
+  const [second, third] = [await queueTo(q.env, 'yve@y.test'), await queueTo(q.env, 'zed@z.test')];
   const b = once();
   await b.seen(/stage has it/);
   b.proc.kill('SIGTERM');
@@ -463,10 +412,7 @@ test(
       // dns_srv off and legacy = "auto": a domain outside [servers] goes to smtp-send, here by the smarthost.
       const q = queueSetup({ sendMailConfig: sendMailConfig({ 'b.test': `127.0.0.1:${b.port}` }), direct: true });
       writeFileSync(join(q.dir, 'smtp-send.toml'), `[smarthost]\nhost = "127.0.0.1:${sink.port}"\ntls = "may"\n`);
-      await queue(q.env, [
-        ['from', 'alice@a.test'],
-        ['to', 'bob@b.test, zoe@legacy.test'],
-      ]);
+      await queueTo(q.env, 'bob@b.test, zoe@legacy.test');
       const r = await runBin('run-queue', ['--once'], { env: q.env });
       assert.equal(r.code, 0, r.stderr);
       assert.deepEqual(await listQueue(q.env), [], 'both recipients delivered, nothing left queued');
