@@ -7,6 +7,7 @@ import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Bench, WORKERS } from './_bench.js';
+import { filesystemWarning } from './_measure.js';
 
 const ORDER = ['startup', 'delivery', 'receive', 'fetch', 'big', 'mime', 'smtp-receive'];
 const args = process.argv.slice(2);
@@ -18,6 +19,8 @@ const bench = new Bench(quick, root);
 console.log(
   `bench: ${quick ? 'quick' : 'full'} run on a shared 2-core machine (expect noise); every spawned process gets the same environment, NODE_EXTRA_CA_CERTS and NODE_OPTIONS unset for all; server-receive and smtp-receive run ${WORKERS} worker(s) (IMA_BENCH_WORKERS)`,
 );
+const fsWarning = filesystemWarning(root);
+if (fsWarning) console.log(`bench: warning: ${fsWarning}`);
 let failed = false;
 try {
   for (const name of ORDER.filter((n) => only.length === 0 || only.includes(n))) {
@@ -36,4 +39,5 @@ try {
   rmSync(root, { recursive: true, force: true });
 }
 console.log(`\n${bench.table()}`);
+if (fsWarning) console.log(`\n${fsWarning}`);
 process.exitCode = failed ? 1 : 0;
