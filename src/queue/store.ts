@@ -13,6 +13,7 @@
 import { randomBytes } from 'node:crypto';
 import { createReadStream, watch, type FSWatcher } from 'node:fs';
 import { link, mkdir, readFile, readdir, rename, stat, unlink } from 'node:fs/promises';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { tempFail } from '../failure.js';
@@ -138,7 +139,42 @@ export class DirQueue implements QueueStore {
   }
 
   async lock(): Promise<() => Promise<void>> {
-    // link() of a file already holding our pid: the lock never exists empty.
+    if (process.platform !== 'linux') return this.lockByLink();
+    // The kernel holds the lock, not a file: an abstract socket named by the
+    // queue directory's device and inode is bound by one process at a time
+    // and released when that process ends, however it ends. A pid file's
+    // takeover after a crash cannot be made atomic (two could each find the
+    // dead pid, and the second removed the first's new lock).
+    const { dev, ino } = await stat(this.dir, { bigint: true });
+    const server = createServer();
+    try {
+      await new Promise<void>((res, rej) => {
+        server.once('error', rej);
+        server.listen({ path: `\0ima-queue:${dev}:${ino}`, exclusive: true }, res);
+      });
+    } catch (e) {
+      server.close();
+      if ((e as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw e;
+      const holder = await this.lockHolder();
+      throw tempFail(`${this.pidFile}: run-queue is running${holder === undefined ? '' : ` (pid ${holder})`}`);
+    }
+    server.unref(); // the lock must not keep the process alive
+    try {
+      // The pid, for list-queue's SIGHUP; it replaces a dead holder's at once.
+      await writeFileAtomic(this.pidFile, async (out) => void out.end(`${process.pid}\n`), 0o644);
+    } catch (e) {
+      server.close();
+      throw e;
+    }
+    return async () => {
+      // The pid file goes first: the next holder's must not be removed.
+      await unlink(this.pidFile).catch(() => {});
+      await new Promise<void>((res) => server.close(() => res()));
+    };
+  }
+
+  /** Elsewhere than Linux (no abstract sockets): link(2) of a file holding our pid; a dead holder's is taken over, not atomically. */
+  private async lockByLink(): Promise<() => Promise<void>> {
     const mine = join(this.tmp, `lock.${uniqueName()}`);
     await writeSynced(mine, async (out) => void out.end(`${process.pid}\n`), 0o644);
     try {
