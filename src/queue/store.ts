@@ -145,12 +145,12 @@ export class DirQueue implements QueueStore {
     // and released when that process ends, however it ends. A pid file's
     // takeover after a crash cannot be made atomic (two could each find the
     // dead pid, and the second removed the first's new lock).
-    const { dev, ino } = await stat(this.dir, { bigint: true });
+    const name = await this.lockName();
     const server = createServer();
     try {
       await new Promise<void>((res, rej) => {
         server.once('error', rej);
-        server.listen({ path: `\0ima-queue:${dev}:${ino}`, exclusive: true }, res);
+        server.listen({ path: `\0${name}`, exclusive: true }, res);
       });
     } catch (e) {
       server.close();
@@ -195,9 +195,30 @@ export class DirQueue implements QueueStore {
     }
   }
 
+  /** The lock's abstract socket name (without its leading NUL). */
+  private async lockName(): Promise<string> {
+    const { dev, ino } = await stat(this.dir, { bigint: true });
+    return `ima-queue:${dev}:${ino}`;
+  }
+
   async lockHolder(): Promise<number | undefined> {
+    // The pid file alone may name a crashed holder's pid, reused since by an
+    // unrelated process (which list-queue would then signal), or this very
+    // process (PID 1 again in a restarted container).
+    if (process.platform === 'linux' && !(await this.lockTaken())) return undefined;
     const pid = Number((await readFile(this.pidFile, 'utf8').catch(() => '')).trim());
-    return Number.isSafeInteger(pid) && pid > 0 && alive(pid) ? pid : undefined;
+    return Number.isSafeInteger(pid) && pid > 0 && pid !== process.pid && alive(pid) ? pid : undefined;
+  }
+
+  /**
+   * Whether a process holds the lock now: its socket is bound.
+   * /proc/net/unix shows an abstract name with each NUL as @, and Node binds
+   * it padded with NULs to the whole sun_path.
+   */
+  private async lockTaken(): Promise<boolean> {
+    const wanted = `@${await this.lockName()}`;
+    const table = await readFile('/proc/net/unix', 'latin1');
+    return table.split('\n').some((line) => line.slice(line.lastIndexOf(' ') + 1).replace(/@+$/, '') === wanted);
   }
 
   async request(line: string): Promise<string> {

@@ -307,6 +307,23 @@ test('list-queue: a state it cannot read is named on stderr, the others listed, 
   );
 });
 
+test("list-queue: a crashed run-queue's pid file naming a pid reused by another program: the request is applied here and that program is not signalled", async () => {
+  const q = queueSetup({ sendMailConfig: sendMailConfig({}) });
+  const id = await queueTo(q.env, 'yan@y.test');
+  const unrelated = spawn('sleep', ['60']);
+  try {
+    writeFileSync(join(q.dir, 'queue', 'run-queue.pid'), `${unrelated.pid}\n`);
+    const r = await runBin('list-queue', ['--hold', id, '--wait', '5s'], { env: q.env });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout.toString(), `hold ${id}: ${id}\n`);
+    assert.equal((await listQueue(q.env)).find((m) => m.queue_id === id)?.held, true);
+    assert.equal(unrelated.exitCode, null, 'the unrelated program is still running');
+    assert.equal(unrelated.signalCode, null);
+  } finally {
+    unrelated.kill();
+  }
+});
+
 test('list-queue: hold, release, retry and delete take effect on a running run-queue', async () => {
   const q = queueSetup({ sendMailConfig: sendMailConfig({}), runQueue: 'min_backoff = "1h"\n' });
   q.answer({ 'y.test': 'TEMPFAIL', 'z.test': 'TEMPFAIL' });

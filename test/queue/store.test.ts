@@ -57,3 +57,21 @@ test('queue lock: held by a live process it is refused naming its pid; once that
     holder.kill('SIGKILL');
   }
 });
+
+test('queue lock: a pid file naming a live process that does not hold the lock names no holder, so list-queue signals nobody', async () => {
+  const dir = tempDir('queue-lock-');
+  const q = await new DirQueue(dir).init();
+  const unrelated = spawn('sleep', ['60']);
+  try {
+    // A crashed run-queue's pid, since reused by another program; and this process's own pid (PID 1 again after a container restart).
+    for (const pid of [unrelated.pid!, process.pid]) {
+      writeFileSync(q.pidFile, `${pid}\n`);
+      assert.equal(await q.lockHolder(), undefined, `pid ${pid}`);
+    }
+    const release = await q.lock();
+    assert.equal(await new DirQueue(dir).lockHolder(), undefined, 'held by this process: not a holder to signal');
+    await release();
+  } finally {
+    unrelated.kill();
+  }
+});
