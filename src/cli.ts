@@ -2,7 +2,7 @@
 // --version, --config/--check-config, --verbose/--quiet; usage errors on
 // stderr with exit 64; the config loaded and a log made. Programs call
 // start() and get either everything they need or an exit code.
-import { createReadStream, readFileSync } from 'node:fs';
+import { createReadStream, fstatSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { ArgumentsCamelCase, Argv } from 'yargs';
@@ -141,7 +141,11 @@ const parsed = new Map<string, unknown>();
 /** Parse a command line; `quick = false` skips the yargs-parser path (tests compare the two). */
 export async function parseFlags<A>(spec: FlagSpec<A>, args: string[], io: Io, quick = true): Promise<(ArgumentsCamelCase<A> & CommonFlags) | number> {
   const key = `${spec.name}\0${args.join('\0')}`;
-  const known = parsed.get(key) ?? (quick ? quickParse(spec, args) : undefined);
+  const cached = parsed.get(key);
+  if (cached) return cached as ArgumentsCamelCase<A> & CommonFlags;
+  const known = quick ? quickParse(spec, args) : undefined;
+  const twice = known && givenTwice(spec, known as Record<string, unknown>);
+  if (twice) return usage(spec.name, io, `--${twice} given more than once`);
   if (known) {
     if (parsed.size >= 256) parsed.clear();
     parsed.set(key, known);
@@ -151,15 +155,14 @@ export async function parseFlags<A>(spec: FlagSpec<A>, args: string[], io: Io, q
   return new Promise((resolveFlags, rejectFlags) => {
     // The answer comes through the callback; parse() also returns the parse (a promise only with async middleware, which we have none of).
     const result = y.parse(args, {}, (err, argv, output) => {
-      if (err) {
-        io.stderr.write(`${spec.name}: ${oneLine(err.message)}\nTry '${spec.name} --help' for more information.\n`);
-        return resolveFlags(EXIT.USAGE);
-      }
+      if (err) return resolveFlags(usage(spec.name, io, err.message));
       const a = argv as Record<string, unknown>;
       if (a.help || a.version) {
         io.stdout.write(`${output}\n`);
         return resolveFlags(EXIT.OK);
       }
+      const twice = givenTwice(spec, a);
+      if (twice) return resolveFlags(usage(spec.name, io, `--${twice} given more than once`));
       if (parsed.size >= 256) parsed.clear();
       parsed.set(key, deepFreeze(argv));
       resolveFlags(argv as unknown as ArgumentsCamelCase<A> & CommonFlags);
@@ -179,6 +182,7 @@ interface OptionDef {
   type?: 'string' | 'boolean' | 'number';
   default?: unknown;
   requiresArg?: boolean;
+  describe?: string;
 }
 
 interface Recorded {
@@ -196,6 +200,24 @@ const COMMON: [string, OptionDef][] = [
 ];
 
 const recordings = new Map<string, Recorded>();
+
+function usage(name: string, io: Io, problem: string): number {
+  io.stderr.write(`${name}: ${oneLine(problem)}\nTry '${name} --help' for more information.\n`);
+  return EXIT.USAGE;
+}
+
+/**
+ * An option given more than once that its help does not call repeatable
+ * (yargs makes a list of it, which a program expecting one value would take
+ * for something else: smtp-send -f a -f b failed as an internal error, exit
+ * 75, so its caller retried forever). A flag given twice is harmless.
+ */
+function givenTwice(spec: FlagSpec<unknown>, argv: Record<string, unknown>): string | undefined {
+  for (const [name, d] of record(spec).options) {
+    if (d.type !== 'boolean' && !/\brepeatable\b/.test(d.describe ?? '') && Array.isArray(argv[camel(name)])) return name;
+  }
+  return undefined;
+}
 
 /** The options a program declares, recorded by running its options() on a stand-in for yargs. */
 function record(spec: FlagSpec<unknown>): Recorded {
@@ -257,8 +279,12 @@ export async function openInput(file: string | undefined, io: Io): Promise<Reada
   if (!file) return io.stdin;
   const input = createReadStream(resolve(io.cwd, file), { highWaterMark: 256 * 1024 });
   await new Promise<void>((res, rej) => {
-    input.once('open', () => res());
+    // A directory opens; only its first read fails (EISDIR), which would be taken for trouble worth retrying.
+    input.once('open', (fd: number) => (fstatSync(fd).isDirectory() ? rej(noInput(file, 'is a directory')) : res()));
     input.once('error', (e: NodeJS.ErrnoException) => rej(noInput(file, e.code === 'ENOENT' ? 'no such file' : `cannot read (${e.code})`)));
+  }).catch((e: unknown) => {
+    input.destroy();
+    throw e;
   });
   return input;
 }

@@ -15,7 +15,7 @@ const spec: ProgramSpec<unknown, unknown> = {
   options: (y: Argv) =>
     y
       .option('from', { alias: 'r', type: 'string', describe: 'a', requiresArg: true })
-      .option('attach-as', { type: 'string', describe: 'b', requiresArg: true })
+      .option('attach-as', { type: 'string', describe: 'b; repeatable', requiresArg: true })
       .option('body', { type: 'boolean', default: true, describe: 'c' })
       .option('days', { type: 'number', describe: 'd', requiresArg: true })
       .option('text', { type: 'string', describe: 'e', requiresArg: true })
@@ -37,7 +37,8 @@ test('cli: the quick parser (yargs-parser alone) gives what full yargs gives for
   const lines = [
     [],
     ['a', 'b'],
-    ['-r', 'x@y.test', '--from', 'z@y.test', 'b@c.test'],
+    ['-r', 'x@y.test', 'b@c.test'],
+    ['--from', 'z@y.test'],
     ['--attach-as', 'n=f', '--attach-as=m=g', '--no-body', '--days', '3'],
     ['--config', 'c.toml', '--check-config', '--verbose'],
     ['-f', 'file', '--force', '-12'],
@@ -71,4 +72,20 @@ test('cli: help, version and every error go to full yargs, worded as before', as
   const h = io();
   assert.equal(await parseFlags(spec, ['--help'], h), 0);
   assert.match(h.out(), /--attach-as/);
+});
+
+test('cli: an option given twice is a usage error unless its help says it is repeatable; a flag given twice is harmless', async () => {
+  for (const args of [
+    ['-r', 'x@y.test', '--from', 'z@y.test'],
+    ['--days', '1', '--days', '2'],
+    ['--text=a', '--text=b'],
+  ]) {
+    for (const quick of [true, false]) {
+      const i = io();
+      assert.equal(await parseFlags(spec, args, i, quick), 64, args.join(' '));
+      assert.match(i.out(), /^cli-test: --(from|days|text) given more than once\nTry 'cli-test --help'/);
+    }
+  }
+  const ok = await parseFlags(spec, ['--attach-as', 'n=f', '--attach-as', 'm=g', '--force', '--force'], io());
+  assert.deepEqual((ok as unknown as { attachAs: string[] }).attachAs, ['n=f', 'm=g']);
 });

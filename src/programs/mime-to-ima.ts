@@ -3,7 +3,7 @@
 // It does not deliver or route anything (pipe it to handle-incoming-mail or
 // queue-mail), does not check signatures, and writes nothing unless the
 // whole message converted: a failure never leaves half a message.
-import { open } from 'node:fs/promises';
+import { type FileHandle, open } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import type { Argv } from 'yargs';
@@ -30,15 +30,22 @@ const options = (y: Argv) =>
     .option('force', { type: 'boolean', describe: 'Write the binary message to a terminal anyway' });
 
 async function openFile(file: string, io: Io, pool: BufferPool): Promise<Readable> {
+  let handle: FileHandle;
   try {
-    const input = pooledReader(await open(resolve(io.cwd, file), 'r'), pool);
-    // readMime reports the input's errors; the one it destroys the input with on a bad message comes back after.
-    input.on('error', () => {});
-    return input;
+    handle = await open(resolve(io.cwd, file), 'r');
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     throw noInput(file, code === 'ENOENT' ? 'no such file' : `cannot read (${code})`);
   }
+  // A directory opens; only its first read fails (EISDIR), which would be taken for trouble worth retrying.
+  if ((await handle.stat()).isDirectory()) {
+    await handle.close();
+    throw noInput(file, 'is a directory');
+  }
+  const input = pooledReader(handle, pool);
+  // readMime reports the input's errors; the one it destroys the input with on a bad message comes back after.
+  input.on('error', () => {});
+  return input;
 }
 
 export async function main(args: string[], io: Io): Promise<number> {

@@ -69,9 +69,13 @@ describe('mime-to-ima', () => {
     assert.equal(fromFile.stdout.length, 0);
     assert.match(fromFile.stderr, /^mime-to-ima: more than 2 MIME parts \(max_parts\)\n$/);
   });
-  it('a missing FILE exits 66; a bad config names the key and exits 78; --check-config prints the effective config', async () => {
+  it('a missing FILE or a directory exits 66; a bad config names the key and exits 78; --check-config prints the effective config', async () => {
     assert.equal((await runBin('mime-to-ima', ['/nonexistent/m.eml'])).code, 66);
     const dir = tempDir();
+    const isDir = await runBin('mime-to-ima', [dir]);
+    assert.equal(isDir.code, 66, isDir.stderr);
+    assert.equal(isDir.stderr, `mime-to-ima: ${dir}: is a directory\n`);
+    assert.equal(isDir.stdout.length, 0);
     writeFileSync(join(dir, 'c.toml'), 'max_depth = "deep"\n');
     const bad = await runMain('mime-to-ima', ['--config', join(dir, 'c.toml')]);
     assert.equal(bad.code, 78);
