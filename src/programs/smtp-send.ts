@@ -7,13 +7,15 @@
 // It does not queue or retry (run-queue does; exit 75 and TEMPFAIL lines say
 // when to), does not speak IMDP (send-mail does), and never sends a bcc
 // header: each recipient's copy names only the to and cc recipients.
-import { readFileSync } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
+import { accessSync, constants, readFileSync, statSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import type { Argv } from 'yargs';
 import { type Address, AddressError, addressKey, asciiDomain, domainProblem, mailboxOf, parseMailbox } from '../address.js';
 import { openInput, start } from '../cli.js';
 import { type Located, configPath, duration, integer, list, map, optional, size, string, table } from '../config.js';
-import { EXIT, configError, usageError } from '../failure.js';
+import { EXIT, Failure, configError, usageError } from '../failure.js';
 import type { Io } from '../io.js';
 import { Dns, dnsServerProblem } from '../net/dns.js';
 import { type Word, exitFor, formatResult } from '../results.js';
@@ -74,7 +76,7 @@ function check(config: Config, source: Located): Checked {
     domainTls: domainPolicies(config, configFile),
     ca: config.tls_ca.length ? loadCas(config, source) : undefined,
     smarthost: config.smarthost.host ? smarthostPeer(config, source, configFile) : undefined,
-    spoolDir: config.spool_dir ? configPath(source, config.spool_dir) : undefined,
+    spoolDir: spoolDirOf(config, source, configFile),
   };
 }
 
@@ -162,21 +164,52 @@ function printRecords(keys: DkimKey[], domain: string, io: Io): number {
 
 function loadCas(config: Config, source: Located): Buffer[] {
   const paths = config.tls_ca.map((f) => configPath(source, f));
+  const configFile = source.file ?? 'smtp-send.toml';
   return paths.map((p, i) => {
+    let pem: Buffer;
     try {
-      return readFileSync(p);
+      pem = readFileSync(p);
     } catch (e) {
-      throw configError(source.file ?? 'smtp-send.toml', `tls_ca[${i}]`, `${p}: cannot read (${(e as NodeJS.ErrnoException).code})`);
+      throw configError(configFile, `tls_ca[${i}]`, `${p}: cannot read (${(e as NodeJS.ErrnoException).code})`);
     }
+    // Read only, an unparseable file passed --check-config and made every verified send fail later, retried as TEMPFAIL.
+    try {
+      new X509Certificate(pem);
+    } catch {
+      throw configError(configFile, `tls_ca[${i}]`, `${p}: not a PEM certificate`);
+    }
+    return pem;
   });
 }
+
+/** spool_dir must be a directory we can write: otherwise the first large message failed as TEMPFAIL, retried for days. */
+function spoolDirOf(config: Config, source: Located, configFile: string): string | undefined {
+  if (!config.spool_dir) return undefined;
+  const dir = configPath(source, config.spool_dir);
+  try {
+    if (!statSync(dir).isDirectory()) throw configError(configFile, 'spool_dir', `${dir}: not a directory`);
+    accessSync(dir, constants.W_OK | constants.X_OK);
+  } catch (e) {
+    if (e instanceof Failure) throw e;
+    const code = (e as NodeJS.ErrnoException).code;
+    throw configError(configFile, 'spool_dir', `${dir}: ${code === 'ENOENT' ? 'no such directory' : `cannot write (${code})`}`);
+  }
+  return dir;
+}
+
+/** A host name as DNS and /etc/hosts take it (RFC 1123 labels; "localhost" too), or a dotted IPv4 address. */
+const LABEL = '[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?';
+const HOST_NAME = new RegExp(`^(?=.{1,253}$)${LABEL}(?:\\.${LABEL})*\\.?$`);
 
 function smarthostPeer(config: Config, source: Located, configFile: string): Peer {
   const h = config.smarthost;
   const m = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.-]+))(?::(\d{1,5}))?$/.exec(h.host);
-  if (!m || Number(m[3] ?? 1) > 65535) throw configError(configFile, 'smarthost.host', `expected HOST or HOST:PORT, not ${JSON.stringify(h.host)}`);
+  const port = Number(m?.[3] ?? 1);
+  if (!m || port < 1 || port > 65535) throw configError(configFile, 'smarthost.host', `expected HOST or HOST:PORT, not ${JSON.stringify(h.host)}`);
+  if (m[1] !== undefined && !isIP(m[1])) throw configError(configFile, 'smarthost.host', `${m[1]}: not an IP address`);
+  if (m[2] !== undefined && !HOST_NAME.test(m[2])) throw configError(configFile, 'smarthost.host', `${m[2]}: not a host name`);
   const tls: TlsMode = h.tls === 'implicit' ? 'implicit' : h.tls === 'starttls' ? 'verify' : 'may';
-  const port = m[3] ? Number(m[3]) : tls === 'implicit' ? 465 : 587;
+  const hostPort = m[3] ? port : tls === 'implicit' ? 465 : 587;
   let auth: Peer['auth'];
   if (h.user) {
     if (tls === 'may') throw configError(configFile, 'smarthost.tls', 'AUTH sends a password: use "starttls" or "implicit", not "may"');
@@ -188,7 +221,7 @@ function smarthostPeer(config: Config, source: Located, configFile: string): Pee
       throw configError(configFile, 'smarthost.password_file', `${file}: cannot read (${(e as NodeJS.ErrnoException).code})`);
     }
   }
-  return { host: m[1] ?? m[2], port, tls, auth };
+  return { host: m[1] ?? m[2], port: hostPort, tls, auth };
 }
 
 function groupByDomain(recipients: Address[]): [string, Address[]][] {

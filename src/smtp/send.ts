@@ -92,6 +92,9 @@ function outcomeOf(where: string, e: SmtpError): Outcome {
   const code = e.responseCode;
   if (code && code >= 500 && code < 600) return { word: 'FAIL', reason: said(where, e.response!, code) };
   if (code && code >= 400) return { word: 'TEMPFAIL', reason: said(where, e.response!, code) };
+  // Larger than the SIZE the server announced: nodemailer refuses before MAIL,
+  // with no reply. The server's 552 would have been permanent; so is this.
+  if (e.code === 'EMESSAGE' && e.command === 'MAIL FROM') return { word: 'FAIL', reason: `5.3.4 ${where}: ${e.message}` };
   return { word: 'TEMPFAIL', reason: `4.4.2 ${where}: ${e.message}` };
 }
 

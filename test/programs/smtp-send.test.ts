@@ -313,6 +313,51 @@ test('smtp-send: bad input is one clear line and the right exit code, nothing se
   r = await inProcess(['--config', bad, '--check-config']);
   assert.equal(r.code, 78);
   assert.match(r.stderr, /bad\.toml: domains\."B\.Test": names the same domain as domains\."b\.test" \(b\.test\)/);
+  // Found by --check-config, not by the first send that needs them (which failed TEMPFAIL, retried for days).
+  const notPem = join(dir, 'not-a-ca.pem');
+  writeFileSync(notPem, 'just some text\n');
+  for (const [text, problem] of [
+    [`tls_ca = ["${notPem}"]\n`, /tls_ca\[0\]: .*not-a-ca\.pem: not a PEM certificate/],
+    [`spool_dir = "${join(dir, 'no-such-dir')}"\n`, /spool_dir: .*no-such-dir: no such directory/],
+    [`spool_dir = "${notPem}"\n`, /spool_dir: .*not-a-ca\.pem: not a directory/],
+    [`[smarthost]\nhost = "relay.b.test:0"\n`, /smarthost\.host: expected HOST or HOST:PORT, not "relay\.b\.test:0"/],
+    [`[smarthost]\nhost = "-bad-.test"\n`, /smarthost\.host: -bad-\.test: not a host name/],
+    [`[smarthost]\nhost = "[1.2.3]:25"\n`, /smarthost\.host: 1\.2\.3: not an IP address/],
+  ] as const) {
+    writeFileSync(bad, text);
+    r = await inProcess(['--config', bad, '--check-config']);
+    assert.equal(r.code, 78, text);
+    assert.match(r.stderr, problem);
+  }
+  writeFileSync(bad, `[smarthost]\nhost = "localhost:2525"\n`);
+  r = await inProcess(['--config', bad, '--check-config']);
+  assert.equal(r.code, 0, `localhost is a smarthost name: ${r.stderr}`);
+});
+
+test('smtp-send: an option given twice and a directory given as --file are usage (64) and no-input (66) errors, not trouble to retry', async () => {
+  const cfg = config(1);
+  let r = await runBin('smtp-send', ['--config', cfg, '-f', 'a@a.test', '-f', 'b@a.test', 'x@sink.test'], { input: await message(FIELDS) });
+  assert.equal(r.code, 64, r.stderr);
+  assert.match(r.stderr, /^smtp-send: --from given more than once$/m);
+  r = await runBin('smtp-send', ['--config', cfg, '--file', dir, 'x@sink.test']);
+  assert.equal(r.code, 66, r.stderr);
+  assert.equal(r.stderr, `smtp-send: ${dir}: is a directory\n`);
+});
+
+test('smtp-send: a message larger than the SIZE the server announces fails for good (5.3.4), as a 552 from the server would', async () => {
+  const { SMTPServer } = await import('smtp-server');
+  let mails = 0;
+  const server = new SMTPServer({ size: 100, disabledCommands: ['STARTTLS', 'AUTH'], logger: false, onMailFrom: (_a, _s, cb) => (mails++, cb()) });
+  await new Promise<void>((res) => server.listen(0, '127.0.0.1', () => res()));
+  try {
+    const port = (server.server.address() as { port: number }).port;
+    const r = await runMain('smtp-send', ['--config', config(port), 'bob@mx.sink.test'], { input: await message(FIELDS) });
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stdout.toString(), /^FAIL bob@mx\.sink\.test 5\.3\.4 .*larger than allowed 100/m);
+    assert.equal(mails, 0, 'nothing sent');
+  } finally {
+    await new Promise<void>((res) => server.close(() => res()));
+  }
 });
 
 test('smtp-send: a smarthost with AUTH over verified STARTTLS (smtp-server as the peer); a wrong password is TEMPFAIL, nothing sent', async () => {
