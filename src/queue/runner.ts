@@ -22,6 +22,7 @@ import {
   finished,
   markAttempting,
   nextDue,
+  resultKey,
   unnotified,
   wantsDelayWarning,
 } from './state.js';
@@ -234,7 +235,7 @@ export class Runner {
         input: this.store.openMessage(s.id),
         onLine: (line) => {
           const r = parseResult(line);
-          if (r) results.set(r.address.toLowerCase(), r);
+          if (r) results.set(resultKey(r.address), r);
         },
         stderr: this.e.stderr,
         timeout: this.config.stageTimeout,

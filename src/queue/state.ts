@@ -8,7 +8,7 @@
 //   deferred    a temporary failure: tried again at next_attempt
 //   delivered   OK: never sent again
 //   failed      a permanent failure, or given up: told to the sender once
-import { parseAddress } from '../address.js';
+import { AddressError, addressKey, parseAddress, parseMailbox } from '../address.js';
 import { type Result, isPermanent } from '../results.js';
 
 export type RecipientState = 'queued' | 'attempting' | 'deferred' | 'delivered' | 'failed';
@@ -125,10 +125,25 @@ export function markAttempting(rs: Recipient[], now: number): void {
   }
 }
 
-/** Apply the stage's result lines; a recipient without a line is a temporary failure (the stage said nothing about it). */
+/**
+ * What a result line's address is matched to a recipient by: queue-mail's own
+ * rule (addressKey), so Bob@b.test and bob@b.test, two recipients there, stay
+ * two here, while a stage writing the domain in capitals or in ASCII still
+ * matches. Text that is no address is kept as is: it matches no recipient.
+ */
+export function resultKey(address: string): string {
+  try {
+    return addressKey(parseMailbox(address));
+  } catch (e) {
+    if (e instanceof AddressError) return address;
+    throw e;
+  }
+}
+
+/** Apply the stage's result lines (keyed by resultKey); a recipient without a line is a temporary failure (the stage said nothing about it). */
 export function applyResults(s: MessageState, rs: Recipient[], results: Map<string, Result>, code: number, now: number, sch: Schedule): void {
   for (const r of rs) {
-    const res = results.get(r.address.toLowerCase());
+    const res = results.get(resultKey(r.address));
     r.attempts++;
     if (res?.word === 'OK') {
       r.state = 'delivered';

@@ -231,6 +231,37 @@ test('run-queue: one delay warning after delay_warning; a recipient still deferr
   assert.match(r.stdout.toString(), /from <> \(failure notice\)/);
 });
 
+test('run-queue: Bob@b.test and bob@b.test, two recipients to queue-mail, each take their own result line, in either order', async () => {
+  const q = queueSetup({ sendMailConfig: sendMailConfig({}) });
+  // A stage that knows no one whose name starts with a capital.
+  const stage = join(q.dir, 'case-stage.sh');
+  writeFileSync(
+    stage,
+    `#!/bin/sh\ncat >/dev/null\nwhile [ $# -gt 0 ]; do\n  [ "$1" = --recipient ] && case "$2" in [A-Z]*) echo "NORECIPIENT $2";; *) echo "OK $2";; esac\n  shift\ndone\nexit 2\n`,
+    { mode: 0o755 },
+  );
+  writeFileSync(join(q.dir, 'run-queue.toml'), `queue_dir = "queue"\ncommand = [${JSON.stringify(stage)}]\n`);
+  const ids = [await queueTo(q.env, 'Bob@b.test, bob@b.test'), await queueTo(q.env, 'bob@b.test, Bob@b.test')];
+  const r = await runBin('run-queue', ['--once'], { env: q.env });
+  assert.equal(r.code, 0, r.stderr);
+  for (const id of ids) {
+    assert.match(r.stderr, new RegExp(`${id}: Bob@b\\.test: failed \\(NORECIPIENT\\)`));
+    assert.match(r.stderr, new RegExp(`${id}: bob@b\\.test: delivered`));
+  }
+  assert.match(r.stderr, /2 delivered, 0 deferred, 2 failed, 2 notices/);
+  // Each message's notice names the one that failed, not the one delivered.
+  const notices = await listQueue(q.env);
+  assert.deepEqual(
+    notices.map((m) => m.notice),
+    ['failure', 'failure'],
+  );
+  for (const n of notices) {
+    const text = readFileSync(join(q.dir, 'queue', 'messages', `${n.queue_id}.ima`)).toString('latin1');
+    assert.match(text, /Bob@b\.test: NORECIPIENT/);
+    assert.doesNotMatch(text, /bob@b\.test: /);
+  }
+});
+
 test('queue-mail: checks the message, takes recipients from the headers or --recipient, and stores nothing for bad input', async () => {
   const q = queueSetup({ sendMailConfig: sendMailConfig({}) });
   const id = await queue(q.env, [['to', 'bob@b.test, carol@c.test']], ['--recipient', 'dave@d.test']);
