@@ -90,15 +90,21 @@ export function parseDuration(v: unknown): number | undefined {
   const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)$/.exec(v.trim());
   return m ? Math.round(Number(m[1]) * TIME_UNITS[m[2]]) : undefined;
 }
+/** The longest a Node.js timer waits (2^31-1 ms, 24.8 days): a longer one fires at once, with only a warning. */
+export const MAX_TIMER = 2 ** 31 - 1;
 /**
  * A duration field. 0 is refused (a zero timeout would fail everything at
- * once) unless `zero` says what 0 means for this key ("no delay").
+ * once) unless `zero` says what 0 means for this key ("no delay"). Longer
+ * than a timer can wait is refused too: a 600h timeout would kill every
+ * stage at once and a 600h sleep would never sleep. `timer: false` lifts
+ * that for a key only ever compared with ages (a lifetime), never waited.
  */
-export const duration = (opts: { zero?: string } = {}): Field<number> => ({
+export const duration = (opts: { zero?: string; timer?: false } = {}): Field<number> => ({
   parse(v, key) {
     const n = parseDuration(v);
     if (n === undefined) throw problem(key, `must be a duration such as 30 (seconds), "500ms", "30s" or "5m"`);
     if (n === 0 && !opts.zero) throw problem(key, 'must be more than 0');
+    if (n > MAX_TIMER && opts.timer !== false) throw problem(key, `must be at most ${MAX_TIMER}ms (about "596h", 24.8 days: the longest a timer waits)`);
     return n;
   },
 });

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { integer, loadConfig, optional, string, table } from '../src/config.js';
+import { MAX_TIMER, duration, integer, loadConfig, optional, string, table } from '../src/config.js';
 import { tempDir } from './helpers.js';
 
 const schema = table({ name: optional(string(), 'none'), limit: optional(integer({ min: 1 }), 10) });
@@ -46,4 +46,13 @@ test('config: a file left alone is vouched for by its stat, and any edit after t
   assert.equal(loadConfig(schema, file, true).config.name, 'dddd');
   writeFileSync(file, 'name = "eeee"\n');
   assert.equal(loadConfig(schema, file, true).config.name, 'eeee', 'edited again within the same tick, same size');
+});
+
+test('config: a duration is at most what a timer can wait (24.8 days), except where it is only an age', () => {
+  const timeout = duration();
+  assert.equal(timeout.parse(MAX_TIMER / 1000, 'stage_timeout'), MAX_TIMER);
+  assert.equal(timeout.parse('596h', 'stage_timeout'), 596 * 3_600_000);
+  assert.throws(() => timeout.parse('600h', 'stage_timeout'), /must be at most 2147483647ms \(about "596h", 24\.8 days/);
+  assert.throws(() => timeout.parse((MAX_TIMER + 1) / 1000, 'stage_timeout'), /at most 2147483647ms/);
+  assert.equal(duration({ timer: false }).parse('720h', 'max_lifetime'), 720 * 3_600_000, 'a 30-day lifetime is no timer');
 });

@@ -38,7 +38,7 @@ const schema = table({
   deadline: optional(duration(), 3_600_000),
   max_message_bytes: optional(size({ min: 1024 }), DEFAULT_LIMITS.maxTotalBytes),
   max_entries: optional(integer({ min: 1 }), DEFAULT_LIMITS.maxEntries),
-  tmp_max_age: optional(duration(), 36 * 3600 * 1000),
+  tmp_max_age: optional(duration({ timer: false }), 36 * 3600 * 1000),
 });
 type Config = ReturnType<typeof schema.parse>;
 

@@ -28,7 +28,7 @@ const schema = table({
     '',
   ),
   create: optional(boolean(), false),
-  tmp_max_age: optional(duration(), 36 * 3600 * 1000),
+  tmp_max_age: optional(duration({ timer: false }), 36 * 3600 * 1000),
   max_message_bytes: optional(size({ min: 1024 }), 1024 ** 3),
   max_header_bytes: optional(size({ min: 256 }), DEFAULT_LIMITS.maxHeaderBytes),
   max_entries: optional(integer({ min: 1 }), DEFAULT_LIMITS.maxEntries),

@@ -32,8 +32,8 @@ const schema = table({
   domain_defer: optional(duration({ zero: 'never' }), 5 * 60_000),
   min_backoff: optional(duration({ zero: 'retry at once' }), 5 * 60_000),
   max_backoff: optional(duration({ zero: 'retry at once' }), 60 * 60_000),
-  max_lifetime: optional(duration(), 120 * 3_600_000),
-  delay_warning: optional(duration({ zero: 'never' }), 0),
+  max_lifetime: optional(duration({ timer: false }), 120 * 3_600_000),
+  delay_warning: optional(duration({ zero: 'never', timer: false }), 0),
   poll_interval: optional(duration(), 60_000),
 });
 type Config = ReturnType<typeof schema.parse>;

@@ -230,6 +230,21 @@ const cases: Case[] = [
     config: () => conf('rq1.toml', `queue_dir = "${f('queue')}"\nnotice_from = "mailer-daemon"\n`),
     names: /notice_from/,
   },
+  {
+    // Longer than a timer waits: Node.js fired it at once, and every stage was killed as it started.
+    title: 'run-queue: a stage_timeout longer than a timer can wait',
+    program: 'run-queue',
+    config: () => conf('rq2.toml', `queue_dir = "${f('queue')}"\nstage_timeout = "600h"\n`),
+    names: /stage_timeout: must be at most 2147483647ms/,
+    start: ['--once'],
+  },
+  {
+    title: 'run-queue: a poll_interval longer than a timer can wait',
+    program: 'run-queue',
+    config: () => conf('rq3.toml', `queue_dir = "${f('queue')}"\npoll_interval = "600h"\n`),
+    names: /poll_interval: must be at most 2147483647ms/,
+    start: ['--once'],
+  },
 ];
 
 function expectRefused(r: Result, c: Case, file: string, how: string): void {
