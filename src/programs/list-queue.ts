@@ -37,6 +37,8 @@ export async function main(args: string[], io: Io): Promise<number> {
   );
   if (typeof s === 'number') return s;
   const { argv, config, source, log } = s;
+  // "--hold ID1 ID2" holds ID1 only: the second id must not be dropped silently.
+  if (argv._.length) throw usageError(`unexpected argument "${argv._[0]}": each target needs its own --retry, --hold, --release or --delete`);
   const store = await new DirQueue(configPath(source, config.queue_dir)).init();
   const ops: Operation[] = VERBS.flatMap((verb) =>
     ([] as string[]).concat((argv[verb] as string | string[] | undefined) ?? []).map((t) => ({ verb, target: parseTarget(verb, t) })),

@@ -355,6 +355,25 @@ test("list-queue: a crashed run-queue's pid file naming a pid reused by another 
   }
 });
 
+test('list-queue: --hold ID1 ID2 is refused (64, naming ID2) and holds nothing: each target needs its own option', async () => {
+  const q = queueSetup({ sendMailConfig: sendMailConfig({}) });
+  const [one, two] = [await queueTo(q.env, 'yan@y.test'), await queueTo(q.env, 'zoe@z.test')];
+  const r = await runBin('list-queue', ['--hold', one, two], { env: q.env });
+  assert.equal(r.code, 64, r.stderr);
+  assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+  assert.match(r.stderr, new RegExp(`^list-queue: unexpected argument "${two}"`));
+  assert.deepEqual(
+    (await listQueue(q.env)).map((m) => m.held),
+    [false, false],
+  );
+  const held = await runBin('list-queue', ['--hold', one, '--hold', two], { env: q.env });
+  assert.equal(held.code, 0, held.stderr);
+  assert.deepEqual(
+    (await listQueue(q.env)).map((m) => m.held),
+    [true, true],
+  );
+});
+
 test('list-queue: hold, release, retry and delete take effect on a running run-queue', async () => {
   const q = queueSetup({ sendMailConfig: sendMailConfig({}), runQueue: 'min_backoff = "1h"\n' });
   q.answer({ 'y.test': 'TEMPFAIL', 'z.test': 'TEMPFAIL' });
