@@ -29,7 +29,7 @@ export async function main(args: string[], io: Io): Promise<number> {
   if (typeof s === 'number') return s;
   const { argv, config, source, log } = s;
   if (argv._.length > 1) throw usageError('give at most one message file');
-  const envelope = argv.recipient === undefined ? undefined : addresses(([] as string[]).concat(argv.recipient), '--recipient', usageError);
+  const envelope = argv.recipient === undefined ? undefined : envelopeOf(([] as string[]).concat(argv.recipient));
   const input = await openInput(argv._[0] === undefined ? undefined : String(argv._[0]), io);
   const store = await new DirQueue(configPath(source, config.queue_dir)).init();
   const entries = readMessage(input, { ...DEFAULT_LIMITS, maxTotalBytes: config.max_message_bytes });
@@ -88,6 +88,13 @@ function senderOf(h: Headers): string {
   const from = h.get('from');
   if (h.has('notice') || !from) return '';
   return mailboxOf(parseAddress(from));
+}
+
+/** The --recipient addresses. One naming no address ("", " , ") is a bad command line, not a message without recipients. */
+function envelopeOf(given: string[]): Address[] {
+  const blank = given.find((t) => /^[\s,]*$/.test(t));
+  if (blank !== undefined) throw usageError(`--recipient ${JSON.stringify(blank)}: no address`);
+  return addresses(given, '--recipient', usageError);
 }
 
 function addresses(texts: string[], what: string, fail: (m: string) => Error): Address[] {

@@ -295,6 +295,16 @@ test('queue-mail: checks the message, takes recipients from the headers or --rec
   }
 });
 
+test('queue-mail: a --recipient naming no address is a usage error (64) naming it, not a message without recipients', async () => {
+  const q = queueSetup({ sendMailConfig: sendMailConfig({}) });
+  for (const given of ['', ' , ']) {
+    const r = await runBin('queue-mail', ['--recipient', 'bob@b.test', '--recipient', given], { env: q.env, input: await message([['to', 'bob@b.test']]) });
+    assert.equal(r.code, 64, r.stderr);
+    assert.equal(r.stderr, `queue-mail: --recipient ${JSON.stringify(given)}: no address\n`);
+  }
+  assert.deepEqual(await listQueue(q.env), []);
+});
+
 /** run-queue as the service runs it (--verbose, and `args`): `seen` waits for its log to match, 20 s at most. */
 function daemon(env: Record<string, string | undefined>, args: string[] = []) {
   const proc = spawn(join(BIN, 'run-queue'), ['--verbose', ...args], { env: env as NodeJS.ProcessEnv, stdio: ['ignore', 'ignore', 'pipe'] });
