@@ -12,7 +12,7 @@ import { configPath, optional, parseDuration, string, table } from '../config.js
 import { EXIT, asFailure, tempFail, usageError } from '../failure.js';
 import type { Io } from '../io.js';
 import { type Operation, type Verb, applyStored, formatOperation, parseOperation, parseTarget } from '../queue/operations.js';
-import type { MessageState } from '../queue/state.js';
+import { type MessageState, byArrival } from '../queue/state.js';
 import { DirQueue } from '../queue/store.js';
 
 const schema = table({
@@ -51,17 +51,17 @@ export async function main(args: string[], io: Io): Promise<number> {
   }
   // A state that cannot be read is named on stderr and the rest listed; the exit says the list is not whole.
   let unread = 0;
+  const states: MessageState[] = [];
   for (const id of await store.ids()) {
-    let st: MessageState | undefined;
     try {
-      st = await store.readState(id);
+      const st = await store.readState(id);
+      if (st) states.push(st);
     } catch (e) {
       log.error(asFailure(e).message);
       unread++;
-      continue;
     }
-    if (st) io.stdout.write(argv.json ? `${JSON.stringify(asJson(st))}\n` : asText(st));
   }
+  for (const st of states.sort(byArrival)) io.stdout.write(argv.json ? `${JSON.stringify(asJson(st))}\n` : asText(st));
   return unread ? EXIT.TEMPFAIL : EXIT.OK;
 }
 

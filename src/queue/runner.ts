@@ -16,6 +16,7 @@ import {
   type Recipient,
   type Schedule,
   applyResults,
+  byArrival,
   defer,
   dueRecipients,
   expire,
@@ -97,11 +98,14 @@ export class Runner {
     const ids = await this.store.ids();
     const present = new Set(ids);
     for (const id of this.due.keys()) if (!present.has(id) && !this.works.has(id)) this.due.delete(id);
+    const fresh: MessageState[] = [];
     for (const id of ids) {
       if (this.due.has(id) || this.works.has(id)) continue;
       const s = await this.readState(id);
-      if (s) this.due.set(id, nextDue(s));
+      if (s) fresh.push(s);
     }
+    // Messages are started in the order they become known: oldest first.
+    for (const s of fresh.sort(byArrival)) this.due.set(s.id, nextDue(s));
     const now = this.e.now();
     for (const [id, t] of this.due) {
       if (this.stopping) break;

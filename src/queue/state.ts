@@ -187,6 +187,15 @@ export function wantsDelayWarning(s: MessageState, now: number, sch: Schedule): 
 /** Nothing left to do: every recipient delivered or failed, every failure told. */
 export const finished = (s: MessageState) => s.recipients.every((r) => !pending(r)) && unnotified(s).length === 0;
 
+/**
+ * Oldest first. A queue id has the arrival only to the second, and random
+ * hex after it, so ids of one second sort at random; the state's arrival
+ * has the milliseconds. Ties (one millisecond) go by id.
+ */
+export function byArrival(a: MessageState, b: MessageState): number {
+  return time(a.arrival) - time(b.arrival) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+}
+
 /** Parse and check a state file's text; throws on anything malformed. */
 export function parseState(text: string): MessageState {
   const s = JSON.parse(text) as MessageState;

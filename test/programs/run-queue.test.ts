@@ -365,6 +365,34 @@ test("list-queue: a crashed run-queue's pid file naming a pid reused by another 
   }
 });
 
+test('list-queue lists oldest first and run-queue delivers oldest first, also among messages of one second', async () => {
+  const q = queueSetup({ sendMailConfig: sendMailConfig({}), runQueue: 'max_parallel = 1\n' });
+  q.answer({ 'y.test': 'OK' });
+  // Queued one after the other, about ten a second: ids of one second carry random hex, not the order.
+  const queued: string[] = [];
+  for (let i = 0; i < 12; i++) queued.push(await queueTo(q.env, `m${i}@y.test`));
+  const seconds = new Set(queued.map((id) => id.slice(0, 15)));
+  assert.ok(seconds.size < queued.length, `some messages must share a second: ${queued.join(' ')}`);
+  assert.deepEqual(
+    (await listQueue(q.env)).map((m) => m.queue_id),
+    queued,
+  );
+  const text = (await runBin('list-queue', [], { env: q.env })).stdout.toString();
+  assert.deepEqual(
+    text
+      .split('\n')
+      .filter((l) => /^\d{8}T/.test(l))
+      .map((l) => l.split(' ')[0]),
+    queued,
+  );
+  const r = await runBin('run-queue', ['--once'], { env: q.env });
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(
+    q.given().map((g) => g.rcpts.join(' ')),
+    queued.map((_, i) => `m${i}@y.test`),
+  );
+});
+
 test('list-queue: --hold ID1 ID2 is refused (64, naming ID2) and holds nothing: each target needs its own option', async () => {
   const q = queueSetup({ sendMailConfig: sendMailConfig({}) });
   const [one, two] = [await queueTo(q.env, 'yan@y.test'), await queueTo(q.env, 'zoe@z.test')];
