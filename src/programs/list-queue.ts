@@ -8,7 +8,7 @@
 import { once } from 'node:events';
 import type { Argv } from 'yargs';
 import { start } from '../cli.js';
-import { configPath, optional, parseDuration, string, table } from '../config.js';
+import { MAX_TIMER, configPath, optional, parseDuration, string, table } from '../config.js';
 import { EXIT, asFailure, tempFail, usageError } from '../failure.js';
 import type { Io } from '../io.js';
 import { type Operation, type Verb, applyStored, formatOperation, parseOperation, parseTarget } from '../queue/operations.js';
@@ -44,8 +44,9 @@ export async function main(args: string[], io: Io): Promise<number> {
     ([] as string[]).concat((argv[verb] as string | string[] | undefined) ?? []).map((t) => ({ verb, target: parseTarget(verb, t) })),
   );
   if (ops.length) {
+    const wait = waitMs(String(argv.wait)); // checked whether or not it is needed: a bad one is a bad command line
     const holder = await store.lockHolder();
-    if (holder !== undefined) await sendRequests(store, ops, waitMs(String(argv.wait)), holder);
+    if (holder !== undefined) await sendRequests(store, ops, wait, holder);
     else await applyHere(store, ops, io, (line) => io.stdout.write(`${line}\n`));
     return EXIT.OK;
   }
@@ -68,6 +69,8 @@ export async function main(args: string[], io: Io): Promise<number> {
 function waitMs(text: string): number {
   const ms = parseDuration(text);
   if (ms === undefined) throw usageError(`--wait: ${text} is not a duration such as 30s`);
+  // Longer, the timer would fire at once and every request "time out" unseen.
+  if (ms > MAX_TIMER) throw usageError(`--wait: ${text} is longer than a timer can wait (24.8 days)`);
   return ms;
 }
 

@@ -404,6 +404,11 @@ test('list-queue: --hold ID1 ID2 is refused (64, naming ID2) and holds nothing: 
     (await listQueue(q.env)).map((m) => m.held),
     [false, false],
   );
+  for (const wait of ['xx', '600h']) {
+    const w = await runBin('list-queue', ['--hold', one, '--wait', wait], { env: q.env });
+    assert.equal(w.code, 64, w.stderr);
+    assert.match(w.stderr, new RegExp(`^list-queue: --wait: ${wait} `));
+  }
   const held = await runBin('list-queue', ['--hold', one, '--hold', two], { env: q.env });
   assert.equal(held.code, 0, held.stderr);
   assert.deepEqual(
