@@ -15,14 +15,38 @@ export function cleanName(name: string | undefined): string | undefined {
   return n === '' || n === '.' || n === '..' ? undefined : n;
 }
 
+/** A name's stem and extension; only a short tail after the last dot counts as an extension. */
+function splitExtension(name: string): [string, string] {
+  const dot = name.lastIndexOf('.');
+  return dot > 0 && name.length - dot <= 16 ? [name.slice(0, dot), name.slice(dot)] : [name, ''];
+}
+
+/** The longest start of text, in whole characters, that fits in budget bytes. */
+function cutToBytes(text: string, budget: number): string {
+  let kept = '';
+  let used = 0;
+  for (const ch of text) {
+    used += Buffer.byteLength(ch);
+    if (used > budget) break;
+    kept += ch;
+  }
+  return kept;
+}
+
+/**
+ * stem + suffix + ext within MAX_NAME_BYTES: the stem gives way, so the
+ * suffix (what makes a name unique) and the extension always survive.
+ */
+function fitted(stem: string, suffix: string, ext: string): string {
+  const budget = MAX_NAME_BYTES - Buffer.byteLength(suffix + ext);
+  return (cutToBytes(stem, budget) + suffix + ext).normalize('NFC');
+}
+
 /** Cut a name to MAX_NAME_BYTES, keeping its extension and whole characters. */
 function capBytes(name: string): string {
   if (Buffer.byteLength(name) <= MAX_NAME_BYTES) return name;
-  const dot = name.lastIndexOf('.');
-  const ext = dot > 0 && name.length - dot <= 16 ? name.slice(dot) : '';
-  let stem = name.slice(0, name.length - ext.length);
-  while (Buffer.byteLength(stem + ext) > MAX_NAME_BYTES) stem = [...stem].slice(0, -1).join('');
-  return (stem + ext).normalize('NFC');
+  const [stem, ext] = splitExtension(name);
+  return fitted(stem, '', ext);
 }
 
 /** The extension of a content type; the type table's answer for application/octet-stream is "*", no file name's. */
@@ -45,10 +69,11 @@ export class AttachmentNames {
 
   /** report.pdf, then report-2.pdf, report-3.pdf... */
   private unique(name: string): string {
+    // A name already at the byte limit is shortened before "-N" goes on: cut
+    // after appending, the suffix itself was cut and the name never changed.
     let candidate = name;
-    const dot = name.lastIndexOf('.');
-    const [stem, ext] = dot > 0 ? [name.slice(0, dot), name.slice(dot)] : [name, ''];
-    for (let i = 2; this.taken.has(candidate); i++) candidate = capBytes(`${stem}-${i}${ext}`);
+    const [stem, ext] = splitExtension(name);
+    for (let i = 2; this.taken.has(candidate); i++) candidate = fitted(stem, `-${i}`, ext);
     this.taken.add(candidate);
     return candidate;
   }

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { runBin, runCommand, runMain, tempDir, testEnv } from '../helpers.js';
+import { BIN, runBin, runCommand, runMain, tempDir, testEnv } from '../helpers.js';
 import { one, readIma } from '../mime/helpers.js';
 
 const MESSAGE =
@@ -68,6 +68,27 @@ describe('mime-to-ima', () => {
     assert.equal(fromFile.code, 65);
     assert.equal(fromFile.stdout.length, 0);
     assert.match(fromFile.stderr, /^mime-to-ima: more than 2 MIME parts \(max_parts\)\n$/);
+  });
+  it('attachments sharing a name at the 255-byte limit: each gets its own name within 255 bytes and its own content, and the run ends', async () => {
+    // The "-N" that makes a name unique must not be cut off again to fit: that
+    // looped forever at 100% CPU (the reason for timeout(1) here).
+    const ascii = `${'x'.repeat(251)}.pdf`;
+    const accented = `${'é'.repeat(125)}.pdf`; // 254 bytes: "-2" fits only without one é, never half of one
+    const attached = [ascii, ascii, ascii, accented, accented];
+    const parts = attached.map(
+      (name, i) => `--B\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename*=utf-8''${encodeURIComponent(name)}\r\n\r\npart ${i}\r\n`,
+    );
+    const eml = `From: a@a.test\r\nSubject: same names\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n${parts.join('')}--B--\r\n`;
+    const r = await runCommand('timeout', ['30', join(BIN, 'mime-to-ima')], { input: eml, env: testEnv() });
+    assert.equal(r.code, 0, `exit ${r.code} (124: still running after 30 s) ${r.stderr}`);
+    const { files } = await readIma(r.stdout);
+    const names = [ascii, `${'x'.repeat(249)}-2.pdf`, `${'x'.repeat(249)}-3.pdf`, accented, `${'é'.repeat(124)}-2.pdf`];
+    for (const name of names) assert.ok(Buffer.byteLength(name) <= 255, name);
+    // Each name holds its own part, in the order the parts came.
+    assert.deepEqual(
+      new Map([...files].filter(([path]) => path.startsWith('attachments/')).map(([path, data]) => [path, data.toString()])),
+      new Map(names.map((name, i) => [`attachments/${name}`, `part ${i}`])),
+    );
   });
   it('a missing FILE or a directory exits 66; a bad config names the key and exits 78; --check-config prints the effective config', async () => {
     assert.equal((await runBin('mime-to-ima', ['/nonexistent/m.eml'])).code, 66);
