@@ -22,8 +22,14 @@ const KEPT = ['from', 'to', 'cc', 'bcc', 'reply-to', 'sender', 'date', 'message-
 /** Legacy fields read once: a repeat is kept verbatim in mime-header. */
 const ONCE = new Set([...LEAD, 'reply-to', 'sender']);
 const ADDRESS_FIELDS = new Set(['from', 'to', 'cc', 'bcc', 'reply-to', 'sender']);
-/** Legacy headers that describe the MIME structure, not the message: the composer writes its own. */
-const STRUCTURE = new Set(['mime-version', 'content-type', 'content-transfer-encoding', 'content-disposition', 'content-id']);
+/**
+ * Fields that describe the MIME structure (or its one part), not the message:
+ * the composer writes its own, and only its own. From a message's headers
+ * entry one would come before the composer's and decide how readers parse
+ * the body (a Content-Type with a boundary the body text holds turns that
+ * text into attachments).
+ */
+const STRUCTURE = /^(mime-version$|content-)/i;
 const NAME = /^[a-z0-9][a-z0-9-]{0,63}$/;
 export const CONTENT_IDS = 'mime-content-ids';
 const RAW = 'mime-header';
@@ -150,7 +156,7 @@ export function toImaHeaders(legacy: LegacyHeader[], digestId: () => string): He
 
   for (const h of legacy) {
     const { key, value } = h;
-    if (STRUCTURE.has(key)) continue;
+    if (STRUCTURE.test(key)) continue;
     if (ONCE.has(key) && seen.has(key)) {
       rest.push([RAW, rawField(h.name, value)]);
       continue;
@@ -265,11 +271,12 @@ export function toMimeHeaderLines(headers: Headers, opts: { keepBcc: boolean }):
     if (name === CONTENT_IDS) continue;
     if (name === RAW) {
       const colon = value.indexOf(':');
+      const field = value.slice(0, colon).trim();
       // A second Bcc (or a Resent-Bcc) is kept as a raw line: it hides recipients as bcc does.
-      if (colon > 0 && !(BLIND_COPY.test(value.slice(0, colon).trim()) && !opts.keepBcc))
-        out.push(line(value.slice(0, colon), verbatim(value.slice(colon + 1).trim())));
+      if (colon > 0 && !STRUCTURE.test(field) && !(BLIND_COPY.test(field) && !opts.keepBcc)) out.push(line(field, verbatim(value.slice(colon + 1).trim())));
       continue;
     }
+    if (STRUCTURE.test(name)) continue;
     const kept = name.startsWith('mime-') ? name.slice('mime-'.length) : '';
     if (KEPT.includes(kept)) {
       emitOriginal(kept);

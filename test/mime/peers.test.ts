@@ -6,8 +6,10 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
 import { describe, it } from 'node:test';
 import { parseAddress, parseAddressList } from '../../src/address.js';
+import { Headers, bufferPart, writeMessage } from '../../src/message/index.js';
 import { ROOT, runBin, runCommand, tempDir } from '../helpers.js';
 import { corpusFiles } from './corpus.test.js';
 import { type ReadIma, one, readIma, toIma, toMime } from './helpers.js';
@@ -74,6 +76,66 @@ describe("Python's email package reads what ima-to-mime writes", () => {
         attachments[k.slice(12)] = asMessage ? `message: ${one(await readIma(await toIma(v)), 'subject') ?? ''}` : sha256(v);
       }
       assert.deepEqual(py.files, attachments, `${where}: attachments`);
+    }
+  });
+});
+
+/** Python's view of each MIME file. */
+async function pythonReads(paths: string[]): Promise<PythonView[]> {
+  const r = await runCommand('python3', [join(ROOT, 'test/mime/read_mime.py')], { input: paths.join('\n') + '\n' });
+  assert.equal(r.code, 0, r.stderr);
+  return r.stdout
+    .toString()
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as PythonView);
+}
+
+/** An IMA message of one text body and these extra header fields. */
+async function imaWith(fields: [string, string][], body: string): Promise<Buffer> {
+  const h = new Headers().add('from', 'alice@a.test').add('to', 'bob@b.test').add('subject', 'Invoice');
+  for (const [name, value] of fields) h.add(name, value);
+  const out = new PassThrough();
+  const chunks: Buffer[] = [];
+  out.on('data', (c: Buffer) => chunks.push(c));
+  await writeMessage(out, { headers: h, body: bufferPart(Buffer.from(body)) });
+  return Buffer.concat(chunks);
+}
+
+describe("Python's email package reads a sender's MIME fields as nothing", () => {
+  it('a Content-Type or MIME-Version in the headers entry (as mime-header or a plain field) does not turn the text into attachments', async () => {
+    // The body text is a whole multipart structure: a Content-Type naming its boundary, written before
+    // the composer's, would make readers show invoice.exe as an attachment of a message that has none.
+    const evil = 'multipart/mixed; boundary=EVIL';
+    const body =
+      'Please pay.\n--EVIL\nContent-Type: application/octet-stream; name=invoice.exe\nContent-Disposition: attachment; filename=invoice.exe\n\nMZ\n--EVIL--\n';
+    const headers: [string, string][][] = [
+      [['mime-header', `Content-Type: ${evil}`]],
+      [['content-type', evil]],
+      [
+        ['mime-header', 'MIME-Version: 1.0'],
+        ['mime-header', `CONTENT-TYPE : ${evil}`],
+        ['content-transfer-encoding', 'base64'],
+      ],
+    ];
+    const dir = tempDir();
+    const paths: string[] = [];
+    const heads: string[] = [];
+    for (const [i, fields] of headers.entries()) {
+      writeFileSync(join(dir, `${i}.ima`), await imaWith(fields, body));
+      const r = await runBin('ima-to-mime', [join(dir, `${i}.ima`)]);
+      assert.equal(r.code, 0, r.stderr);
+      heads.push(r.stdout.toString().split('\n\n')[0]);
+      writeFileSync(join(dir, `${i}.eml`), r.stdout);
+      paths.push(join(dir, `${i}.eml`));
+    }
+    for (const [i, py] of (await pythonReads(paths)).entries()) {
+      assert.deepEqual(py.files, {}, `message ${i}: no attachments`);
+      assert.equal(py.body, body, `message ${i}: the text as written`);
+    }
+    for (const head of heads) {
+      assert.equal(head.match(/^content-type:/gim)?.length, 1, head);
+      assert.equal(head.match(/^mime-version:/gim)?.length, 1, head);
     }
   });
 });
