@@ -10,6 +10,7 @@ import MailComposer from 'nodemailer/lib/mail-composer';
 import { detectMimeType } from 'nodemailer/lib/mime-funcs';
 import { Failure, asFailure, dataError } from '../failure.js';
 import { Mailbox } from '../mailbox.js';
+import { NotPlainError } from '../mailbox/below.js';
 import { DEFAULT_LIMITS, type Headers, type MessageLimits, MessageError, type MessageParts, type Part, parseHeaders, readMessage } from '../message/index.js';
 import { BufferPool, CHUNK as SPOOL_CHUNK, SpoolStore, handingBack, ownCopy, writesThrough } from '../spool.js';
 import { CONTENT_IDS, toMimeHeaderLines } from './headers.js';
@@ -306,6 +307,8 @@ export async function writeMime(parts: MessageParts, out: Writable, opts: ImaToM
     const stages = [own, ...(marker ? [marker] : []), ...(newline === 'crlf' ? [] : [new CrlfToLf()]), last];
     await pump(mime, ...stages);
   } catch (e) {
+    // An entry swapped for a link after it was listed is refused when it is opened to be read.
+    if (e instanceof NotPlainError) throw dataError(e.message);
     throw e instanceof Failure ? e : asFailure(e);
   }
 }
@@ -339,6 +342,16 @@ export async function spoolIma(
   return { headers: headers!, body, bodyHtml, attachments };
 }
 
+/**
+ * A link, FIFO or device among a message directory's entries (or in place of
+ * attachments/) breaks ima-message(5): the message is bad, nothing on this
+ * machine is in trouble, so it is a data error, not a temporary one. The
+ * error names the entry below the mailbox, here the directory's parent.
+ */
+function notPlain(box: Mailbox, e: NotPlainError): Failure {
+  return dataError(`${box.dir}/${e.message}`);
+}
+
 /** A stored message directory (a mailbox's new/ID or cur/ID) as parts read from its files. */
 export async function messageDirParts(dir: string, limits: MessageLimits = DEFAULT_LIMITS): Promise<MessageParts> {
   let entries;
@@ -347,6 +360,7 @@ export async function messageDirParts(dir: string, limits: MessageLimits = DEFAU
     entries = await box.entries(dir);
   } catch (e) {
     if (e instanceof MessageError) throw dataError(`${dir}: ${e.message}`);
+    if (e instanceof NotPlainError) throw notPlain(box, e);
     if ((e as NodeJS.ErrnoException).code) throw e;
     throw dataError(`${dir}: ${(e as Error).message}`);
   }
@@ -357,6 +371,7 @@ export async function messageDirParts(dir: string, limits: MessageLimits = DEFAU
     headers = parseHeaders(await box.readEntry(dir, 'headers'));
   } catch (e) {
     if (e instanceof MessageError) throw dataError(`${dir}: ${e.message}`);
+    if (e instanceof NotPlainError) throw notPlain(box, e);
     throw e;
   }
   const part = (path: string) => entries.find((e) => e.path === path);

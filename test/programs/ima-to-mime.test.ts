@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
-import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { runBin, runMain, tempDir } from '../helpers.js';
+import { runBin, runCommand, runMain, tempDir } from '../helpers.js';
 import { readIma, toIma } from '../mime/helpers.js';
 
 const MESSAGE = 'From: Alice <alice@a.test>\r\nTo: bob@b.test\r\nBcc: carol@c.test\r\nSubject: Hi\r\nMessage-ID: <hi@a.test>\r\n\r\nHello Bob\r\n';
@@ -92,6 +92,39 @@ describe('ima-to-mime', () => {
     assert.equal(r.stderr.trim().split('\n').length, 1);
     assert.match(r.stderr, /bad\.ima/);
     assert.equal(readdirSync(join(md, 'new')).length, 2);
+  });
+  it('a message directory holding a link or a FIFO is a bad message: with --maildir it is named and skipped, the others stored, exit 65', async () => {
+    const dir = tempDir();
+    const [native] = await madeMessage(dir);
+    /** A message directory (headers and body) for the test to spoil. */
+    const messageDir = (name: string) => {
+      const at = join(dir, name);
+      mkdirSync(join(at, 'attachments'), { recursive: true });
+      writeFileSync(join(at, 'headers'), `from: alice@a.test\nsubject: ${name}\n`);
+      writeFileSync(join(at, 'body'), 'Hello\n');
+      return at;
+    };
+    writeFileSync(join(dir, 'secret'), 'not for the reader\n');
+    symlinkSync(join(dir, 'secret'), join(messageDir('linked-file'), 'attachments', 'x.pdf'));
+    assert.equal((await runCommand('mkfifo', [join(messageDir('fifo'), 'body.html')])).code, 0);
+    const linkedDir = messageDir('linked-dir');
+    mkdirSync(join(dir, 'elsewhere'));
+    writeFileSync(join(dir, 'elsewhere', 'y.pdf'), 'elsewhere\n');
+    rmSync(join(linkedDir, 'attachments'), { recursive: true });
+    symlinkSync(join(dir, 'elsewhere'), join(linkedDir, 'attachments'));
+    const bad = ['linked-file', 'fifo', 'linked-dir'];
+
+    const md = join(dir, 'Maildir');
+    const r = await runBin('ima-to-mime', ['--maildir', md, ...bad.map((b) => join(dir, b)), native]);
+    assert.equal(r.code, 65, r.stderr);
+    const lines = r.stderr.trim().split('\n');
+    assert.equal(lines.length, 3, r.stderr);
+    for (const [i, b] of bad.entries()) assert.match(lines[i], new RegExp(`${b}/(attachments|body\\.html)`));
+    assert.equal(readdirSync(join(md, 'new')).length, 1, 'the good one is stored');
+    // One bad message alone, to stdout: the same exit code, nothing written.
+    const alone = await runBin('ima-to-mime', [join(dir, 'linked-file')]);
+    assert.equal(alone.code, 65, alone.stderr);
+    assert.equal(alone.stdout.length, 0);
   });
   it('a large attachment: MIME -> IMA -> MIME (a FILE to stdout, pooled buffers) -> IMA gives the same IMA message', async () => {
     const dir = tempDir();
