@@ -17,6 +17,7 @@ import { CONTENT_IDS, type LegacyHeader, legacyHeaders, toImaHeaders } from './h
 import { imaIdOfDigest, messageIds } from './ids.js';
 import { AttachmentNames, formatContentIds } from './names.js';
 import { Base64Decoder, decodedSize } from './decode.js';
+import { HeaderSectionEnd } from './section.js';
 import { fastBodies } from './split.js';
 import { CrlfToLf, Utf8Validator, charsetDecoder } from './text.js';
 
@@ -78,6 +79,10 @@ class Meter extends Transform {
       this.hash.update(chunk.subarray(from));
     }
     cb(null, chunk);
+  }
+  /** Bytes read so far. */
+  get size(): number {
+    return this.bytes;
   }
   stopHashing(): void {
     this.hash = undefined;
@@ -186,7 +191,7 @@ export async function readMime(input: Readable, opts: MimeToImaOptions = {}): Pr
   });
   let failed: unknown;
   let reading: Readable | undefined;
-  joinStreams([input, meter, parser], (err) => {
+  joinStreams([input, meter, new HeaderSectionEnd(limits.maxHeaderBytes), parser], (err) => {
     if (!err) return;
     failed ??= err;
     // An attachment stream being read when the parser fails would wait for bytes that never come.
@@ -230,6 +235,7 @@ export async function readMime(input: Readable, opts: MimeToImaOptions = {}): Pr
       if (cid) contentIds.set(name, cid);
     }
     if (failed) throw failed;
+    if (meter.size === 0) throw dataError('the input is empty: no message');
     // The text of a single-part message ends with a line end (SMTP data always does, and the composer
     // writes one): text alone, without one, gets it, or the way back would add it.
     if (attachments.length === 0 && (body === undefined) !== (bodyHtml === undefined)) {

@@ -330,9 +330,16 @@ describe('mime-to-ima on hostile input (one line, exit 65, or the best message i
     assert.ok(m.files.has('attachments/x.bin'));
   });
   it('no header section at all: converts to a message with the text as body', async () => {
-    const m = await stable('just some text\r\n');
+    const m = await stable('just some text\r\nanother line\r\n');
     assert.match(one(m, 'message-id')!, /^urn:uuid:/);
+    assert.equal(m.files.get('body')?.toString(), 'just some text\nanother line\n');
   });
+  it('a header section run into the text without an empty line: the first line that is not a header starts the body (as in Postfix)', async () => {
+    const m = await stable('From: a@a.test\r\nSubject: no gap\r\n folded\r\nthe text: starts here\r\nmore\r\n');
+    assert.equal(one(m, 'subject'), 'no gap folded');
+    assert.equal(m.files.get('body')?.toString(), 'the text: starts here\nmore\n');
+  });
+  it('empty input is no message', () => failsWith('', /^the input is empty/));
   it('binary garbage: converts, or fails with one line', async () => {
     for (const size of [100, 4096, 64 * 1024]) {
       const garbage = Buffer.alloc(size);

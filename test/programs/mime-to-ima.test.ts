@@ -90,6 +90,17 @@ describe('mime-to-ima', () => {
       new Map(names.map((name, i) => [`attachments/${name}`, `part ${i}`])),
     );
   });
+  it('text with no header section is the body; empty input is no message: one line, exit 65, nothing on stdout', async () => {
+    const dir = tempDir();
+    const r = await runBin('mime-to-ima', [], { input: 'just a body line\r\nanother\r\n' });
+    assert.equal(r.code, 0, r.stderr);
+    writeFileSync(join(dir, 'm.ima'), r.stdout);
+    assert.equal((await runCommand('tar', ['xOf', join(dir, 'm.ima'), 'body'])).stdout.toString(), 'just a body line\nanother\n');
+    const empty = await runBin('mime-to-ima', [], { input: '' });
+    assert.equal(empty.code, 65);
+    assert.equal(empty.stdout.length, 0);
+    assert.match(empty.stderr, /^mime-to-ima: the input is empty: no message\n$/);
+  });
   it('a missing FILE or a directory exits 66; a bad config names the key and exits 78; --check-config prints the effective config', async () => {
     assert.equal((await runBin('mime-to-ima', ['/nonexistent/m.eml'])).code, 66);
     const dir = tempDir();
