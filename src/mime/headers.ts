@@ -7,6 +7,7 @@
 import { randomUUID } from 'node:crypto';
 import { domainToUnicode } from 'node:url';
 import libmime from 'libmime';
+import { decode as decodeCharset } from 'libmime/lib/charset';
 import addressparser from 'nodemailer/lib/addressparser';
 import { foldLines } from 'nodemailer/lib/mime-funcs';
 import MimeNode from 'nodemailer/lib/mime-node';
@@ -35,15 +36,19 @@ export const CONTENT_IDS = 'mime-content-ids';
 const RAW = 'mime-header';
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
-const cp1252 = new TextDecoder('windows-1252');
 
-/** Raw header bytes as text: UTF-8 when they are, else windows-1252 (the usual 8-bit legacy). */
+/**
+ * Raw header bytes as text: UTF-8 when they are, else windows-1252 (the usual
+ * 8-bit legacy), decoded as the body's text is (iconv-lite, through libmime).
+ * Not Node's TextDecoder: its windows-1252 is Latin-1, and made the
+ * typographic quotes and the euro sign (0x80-0x9F) into C1 controls.
+ */
 function headerText(binary: string): string {
   const bytes = Buffer.from(binary, 'latin1');
   try {
     return utf8.decode(bytes);
   } catch {
-    return cp1252.decode(bytes);
+    return decodeCharset(bytes, 'windows-1252');
   }
 }
 

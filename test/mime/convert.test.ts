@@ -115,6 +115,13 @@ describe('mime-to-ima maps headers (ima-mime(7))', () => {
     const m = await stable(raw);
     assert.equal(one(m, 'subject'), 'café');
     assert.equal(one(m, 'x-utf8'), 'café');
+    // 0x80-0x9F are where windows-1252 differs from Latin-1: quotes and the euro sign, not C1 controls.
+    const quotes = Buffer.concat([
+      Buffer.from('From: a@a.test\r\nSubject: '),
+      Buffer.from([0x93, 0x68, 0x69, 0x94, 0x20, 0x35, 0x80, 0x85]),
+      Buffer.from('\r\n\r\nx\r\n'),
+    ]);
+    assert.equal(one(await stable(quotes), 'subject'), '\u201chi\u201d 5\u20ac\u2026');
   });
   it('writes decoded text that looks like an encoded-word so that it is not decoded a second time', async () => {
     // An encoded-word whose text is itself "=?utf-8?q?hi?=" (enmime's qp-utf8-header-recursed.eml does this in a From).
