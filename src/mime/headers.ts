@@ -9,11 +9,11 @@ import { domainToUnicode } from 'node:url';
 import libmime from 'libmime';
 import { decode as decodeCharset } from 'libmime/lib/charset';
 import addressparser from 'nodemailer/lib/addressparser';
-import { foldLines } from 'nodemailer/lib/mime-funcs';
 import MimeNode from 'nodemailer/lib/mime-node';
 import { type Address, AddressError, formatAddressList, parseAddressList, parseMailbox } from '../address.js';
 import { BLIND_COPY, Headers, checkField } from '../message/index.js';
 import { formatMimeDate, parseMimeDate } from './date.js';
+import { foldHeader } from './fold.js';
 import { idDomain, imaIdOf, legacyIdOf, messageIds } from './ids.js';
 
 /** IMA fields that come first, in this order. */
@@ -231,7 +231,7 @@ function legacyName(name: string): string {
   return name.replace(/(^|-)([a-z])/g, (_, d: string, c: string) => d + c.toUpperCase());
 }
 
-const line = (name: string, value: string) => foldLines(`${name}: ${value}`, 76);
+const line = (name: string, value: string) => foldHeader(`${name}: ${value}`);
 
 // What a decoder takes for encoded-words: a run of them, with the white space between them that decoding drops.
 const WORD = String.raw`=\?[^?]+\?[QqBb]\?[^?]*\?=`;

@@ -123,6 +123,18 @@ describe('mime-to-ima maps headers (ima-mime(7))', () => {
     ]);
     assert.equal(one(await stable(quotes), 'subject'), '\u201chi\u201d 5\u20ac\u2026');
   });
+  it('a long header with no-break or ideographic spaces comes back whole: folded only before a space or tab', async () => {
+    // Kept verbatim (UTF-8) as repeats: a fold before U+00A0 or U+3000 made a line that is no continuation,
+    // and the next conversion cut the header there.
+    const words = Array.from({ length: 30 }, (_, i) => `word${i}`);
+    const [nbsp, ideographic] = [words.join('\u00a0'), `${words.join('\u3000')} and then ${words.join(' ')}`];
+    const message = mime(['From: a@a.test', 'Subject: first', `Subject: ${nbsp}`, `Subject: ${ideographic}`], 'x\r\n');
+    const m = await stable(message);
+    assert.deepEqual(m.headers['mime-header'], [`Subject: ${nbsp}`, `Subject: ${ideographic}`]);
+    const head = (await toMime(await toIma(message))).toString().split('\n\n')[0].split('\n');
+    for (const l of head) assert.match(l, /^([A-Za-z-]+:|[ \t]\S)/, 'a header or a continuation');
+    for (const l of head) assert.ok(Buffer.byteLength(l) <= 998, l);
+  });
   it('writes decoded text that looks like an encoded-word so that it is not decoded a second time', async () => {
     // An encoded-word whose text is itself "=?utf-8?q?hi?=" (enmime's qp-utf8-header-recursed.eml does this in a From).
     const word = (text: string) => `=?us-ascii?q?${text.replace(/[=?_]/g, (c) => `=${c.charCodeAt(0).toString(16).toUpperCase()}`)}?=`;

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { formatMimeDate, parseMimeDate } from '../../src/mime/date.js';
+import { foldHeader } from '../../src/mime/fold.js';
 import { imaIdOf, messageIds } from '../../src/mime/ids.js';
 import { AttachmentNames, cleanName, formatContentIds, parseContentIds } from '../../src/mime/names.js';
 import { LEGACY_NAMESPACE, uuidV5 } from '../../src/mime/uuid.js';
@@ -108,5 +109,27 @@ describe('attachment names', () => {
     const text = formatContentIds(ids);
     assert.doesNotMatch(text, /\s{2}|^\s|\s$/);
     assert.deepEqual(parseContentIds(text), ids);
+  });
+});
+
+describe('foldHeader', () => {
+  const unfold = (folded: string) => folded.replace(/\r\n(?=[ \t])/g, '');
+  const lines = (folded: string) => folded.split('\r\n');
+  it('folds before a space or tab only, within 78 octets where it can, and unfolds to the text', () => {
+    const text = `Subject: ${Array.from({ length: 40 }, (_, i) => `w${i}\u00a0x\u3000y`).join(' ')}\tend`;
+    const folded = foldHeader(text);
+    assert.equal(unfold(folded), text);
+    assert.ok(lines(folded).length > 5);
+    for (const l of lines(folded).slice(1)) assert.match(l, /^[ \t]\S/);
+    for (const l of lines(folded)) assert.ok(Buffer.byteLength(l) <= 78, l);
+  });
+  it('never makes a line of white space only, nor one over 998 octets: a longer run is cut in whole characters', () => {
+    assert.equal(unfold(foldHeader(`Subject: a${' '.repeat(100)}b`)), `Subject: a${' '.repeat(100)}b`);
+    for (const l of lines(foldHeader(`Subject: a${' '.repeat(100)}b`))) assert.match(l, /\S/);
+    const long = `X-Long: ${'é'.repeat(1200)}`;
+    const folded = foldHeader(long);
+    for (const l of lines(folded)) assert.ok(Buffer.byteLength(l) <= 998, `${Buffer.byteLength(l)} octets`);
+    assert.equal(unfold(folded).replaceAll(' ', ''), long.replaceAll(' ', ''), 'the text, with a space where a run was cut');
+    assert.doesNotMatch(folded, /\uFFFD/);
   });
 });
