@@ -62,7 +62,9 @@ export class Sessions {
       onConnect: (session, cb) => this.connect(session, cb),
       onClose: (session) => this.close(session),
       onSecure: (_socket, session, cb) => {
-        session.disabledCommands = []; // AUTH, now that the session is encrypted
+        // Submission: AUTH, now that the session is encrypted. Never on mx
+        // (port 25): no sender rules there, and no password to guess at.
+        if (this.settings().role === 'submission') session.disabledCommands = [];
         cb();
       },
       onAuth: (auth, session, cb) => void this.auth(auth, session, cb),

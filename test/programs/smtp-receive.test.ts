@@ -62,6 +62,23 @@ describe('smtp-receive mx', () => {
       { send: 'AUTH PLAIN AGJvYgBzZWNyZXQ=\r\n', until: /^5\d\d /m },
     ]);
     assert.match(auth, /^50[02] 5\.5\.\d /m);
+    // Nor once STARTTLS has made the session secure, where submission offers it.
+    const tls = await swaks(mx.port, [
+      '--tls',
+      '--auth',
+      'PLAIN',
+      '--auth-user',
+      'bob',
+      '--auth-password',
+      'secret',
+      '--from',
+      'alice@a.test',
+      '--to',
+      'bob@b.test',
+    ]);
+    assert.match(tls.out, /TLS started with cipher/);
+    assert.doesNotMatch(tls.out, /AUTH PLAIN|^<-\s+235 /m);
+    assert.match(tls.out, /Host did not advertise authentication/);
   });
 
   it('answers 552 5.3.4 to a message over the size limit, read to its end, and stores nothing', async () => {
