@@ -117,7 +117,7 @@ export function legacyHeaders(lines: ReadonlyArray<{ key: string; line: string }
 }
 
 /** Addresses of a legacy header: the ones the strict parser takes, and whether that was all of it. */
-function mapAddresses(raw: string): { list: Address[]; whole: boolean } {
+export function mapAddresses(raw: string): { list: Address[]; whole: boolean } {
   const list: Address[] = [];
   let whole = true;
   for (const entry of addressparser(raw)) {

@@ -9,7 +9,8 @@ import type { DNSResolver } from 'mailauth';
 import { type Address, AddressError, addressKey, formatAddressList, parseAddress, parseAddressList } from '../address.js';
 import { EXIT, Failure, asFailure, permFail, tempFail } from '../failure.js';
 import type { Log } from '../log.js';
-import { type MessageParts, writeMessage } from '../message/index.js';
+import { type Headers, type MessageParts, writeMessage } from '../message/index.js';
+import { mapAddresses } from '../mime/headers.js';
 import { type ConvertedMessage, MIME_LIMITS, readMime } from '../mime/to-ima.js';
 import { type Result, isPermanent, parseResult } from '../results.js';
 import { runStage } from '../stage.js';
@@ -188,6 +189,27 @@ async function settlePartial(lines: string[], m: ConvertedMessage, env: Envelope
   return `to <${env.from}>${said ? ` as ${said}` : ''}`;
 }
 
+/**
+ * What is wrong with the authors a message names, for the sender rules.
+ * IMA's from holds the first From: mailbox only; mime-to-ima keeps the whole
+ * original list beside it (mime-from) and a second From: field as a
+ * mime-header line, and ima-to-mime writes both out again: so "From:
+ * alice@b.test, boss@evil.test" passed as alice and went out naming boss.
+ * Every mailbox must pass; a list that is not all plain addresses (a group)
+ * cannot be checked, and a second From: field is refused.
+ */
+function authorsProblem(h: Headers, problemOf: (a: Address) => string | undefined): string | undefined {
+  if (h.getAll('mime-header').some((line) => /^from\s*:/i.test(line))) return 'more than one From: header';
+  const original = h.get('mime-from');
+  if (original !== undefined) {
+    const { list, whole } = mapAddresses(original);
+    if (!whole) return `From: ${original}: only plain addresses can be checked against the sender rules`;
+    return list.map(problemOf).find((p) => p !== undefined);
+  }
+  const from = h.get('from');
+  return from ? problemOf(parseAddress(from)) : 'the message has no From: header';
+}
+
 /** The id the command printed (a queue id): its first stdout line that is not a result line. */
 function printedId(lines: string[]): string | undefined {
   const l = lines.find((x) => !parseResult(x) && /^\S{1,200}$/.test(x.trim()));
@@ -208,8 +230,7 @@ export async function receiveMessage(stream: Readable, c: Client, env: Envelope,
     m.headers.addReceived(receivedLine(c, s, n));
     if (got.v) m.headers.add('authentication-results', got.v.header);
     if (s.fromProblem) {
-      const from = m.headers.get('from');
-      const problem = from ? s.fromProblem(parseAddress(from)) : 'the message has no From: header';
+      const problem = authorsProblem(m.headers, s.fromProblem);
       if (problem) throw permFail(problem, '5.7.1');
     }
     if (s.role === 'submission' && !s.envelopeFlag) envelopeIntoHeaders(m, env.to);

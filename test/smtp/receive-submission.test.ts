@@ -165,6 +165,35 @@ senders = ["alice@b.test", "@sales.b.test"]
     assert.equal(submitted().length, n);
   });
 
+  it('checks every From: address against the rules: a second one in the list, a second From: field or a group is refused, nothing handed on', async () => {
+    const n = submitted().length;
+    const send = (headers: string[]) =>
+      swaks(sub.port, ['--tlsc', ...AUTH, '--from', 'alice@b.test', '--to', 'x@elsewhere.test', ...headers.flatMap((h) => ['--header', h]), '--body', 'hi']);
+    let r = await send(['From: alice@b.test, boss@evil.test']);
+    assert.match(r.out, /550 5\.7\.1 user alice may not send as From: boss@evil\.test/);
+    // swaks's --header replaces a field of that name: a second From: goes in as a field of its own through --add-header.
+    r = await swaks(sub.port, [
+      '--tlsc',
+      ...AUTH,
+      '--from',
+      'alice@b.test',
+      '--to',
+      'x@elsewhere.test',
+      '--header',
+      'From: alice@b.test',
+      '--add-header',
+      'From: boss@evil.test',
+      '--body',
+      'hi',
+    ]);
+    assert.match(r.out, /550 5\.7\.1 more than one From: header/);
+    r = await send(['From: team: alice@b.test;']);
+    assert.match(r.out, /550 5\.7\.1 From: team: alice@b\.test;: only plain addresses can be checked/);
+    assert.equal(submitted().length, n);
+    r = await send(['From: Alice <alice@b.test>, Sales <team@sales.b.test>']);
+    assert.match(r.out, /250 2\.0\.0 accepted as q\d+/, 'every author within the rules');
+  });
+
   it('takes mail from msmtp (implicit TLS, certificate checked) and passes the envelope as --recipient', async () => {
     const cfg = join(dir, 'msmtprc');
     writeFileSync(
