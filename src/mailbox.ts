@@ -41,24 +41,47 @@ export function isMessageName(name: string): boolean {
   return UUID.test(name);
 }
 
+/**
+ * A folder that is there but is not a real directory: a symbolic link (which
+ * would take deliveries, or the clean-up of tmp/, to wherever it points) or
+ * a file. Temporary: the mail waits while an operator looks.
+ */
+const NOT_A_FOLDER = (path: string) =>
+  tempFail(`${path}: not a directory (a symbolic link or other file in place of a mailbox folder; refused, an operator must look)`, '4.2.0');
+
 // Existence checks are synchronous on purpose: a stat of a local directory
 // entry takes microseconds, while the promise form costs a thread-pool round
 // trip and, for a missing name, an exception with a stack trace.
-function isDir(path: string): boolean {
-  return lstatSync(path, { throwIfNoEntry: false })?.isDirectory() ?? false;
+/** Whether the mailbox folder at path is there: a real directory, never a link to one (lstat); anything else is refused. */
+function isFolder(path: string): boolean {
+  const st = lstatSync(path, { throwIfNoEntry: false });
+  if (st === undefined) return false;
+  if (!st.isDirectory()) throw NOT_A_FOLDER(path);
+  return true;
 }
 
 function exists(path: string): boolean {
   return statSync(path, { throwIfNoEntry: false }) !== undefined;
 }
 
-/** Make sure DIR is a mailbox; create it (0700, durably) only when asked. */
+/** Make a missing folder; one made by someone else meanwhile is checked like any other. */
+async function makeFolder(path: string): Promise<void> {
+  try {
+    await mkdir(path, { mode: 0o700 });
+  } catch (e) {
+    // Not recursive: mkdir -p would accept a link to a directory without a word.
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    if (!isFolder(path)) throw e;
+  }
+}
+
+/** Make sure DIR is a mailbox; create it (0700, durably) only when asked. tmp/, new/ and cur/ must be real directories. */
 export async function openMailbox(dir: string, create: boolean): Promise<void> {
-  const missing = FOLDERS.filter((f) => !isDir(join(dir, f)));
+  const missing = FOLDERS.filter((f) => !isFolder(join(dir, f)));
   if (missing.length === 0) return;
   if (!create) throw tempFail(`mailbox ${dir} does not exist or lacks ${missing.join(', ')}/ (create it, or set create = true)`, '4.2.0');
   await mkdir(dir, { recursive: true, mode: 0o700 });
-  for (const f of FOLDERS) await mkdir(join(dir, f), { recursive: true, mode: 0o700 });
+  for (const f of missing) await makeFolder(join(dir, f));
   for (const f of FOLDERS) await fsyncDir(join(dir, f));
   await fsyncDir(dir);
   await fsyncDir(join(dir, '..'));
@@ -341,6 +364,8 @@ async function place(dir: string, work: string, id: string, sum: string): Promis
 export async function cleanTmp(dir: string, maxAge: number, now = Date.now()): Promise<number> {
   let removed = 0;
   let names: string[];
+  // A tmp/ that is a link would have the clean-up remove old files wherever it points.
+  if (!isFolder(join(dir, 'tmp'))) return 0;
   try {
     names = await readdir(join(dir, 'tmp'));
   } catch {

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { BIN, runBin, runCommand, tempDir, testEnv } from '../helpers.js';
@@ -253,6 +253,43 @@ describe('give-recipient', () => {
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual(readdirSync(join(box, 'tmp')), ['2.delivering.def']);
     assert.equal(stored(box).length, 1);
+  });
+
+  it('refuses a tmp/, new/ or cur/ that is a symbolic link: --clean removes nothing where it points, delivery (even --create) stores nothing', async () => {
+    const msg = await makeMessage(['bob@b.test']);
+    const victim = (name: string) => {
+      const v = join(dir, `victim-${name}`);
+      mkdirSync(v);
+      writeFileSync(join(v, 'old.txt'), 'x\n');
+      const tenDaysAgo = new Date(Date.now() - 10 * 24 * 3600 * 1000);
+      utimesSync(join(v, 'old.txt'), tenDaysAgo, tenDaysAgo);
+      return v;
+    };
+    const linked = (name: string, folder: string) => {
+      const box = join(dir, `linked-${name}`);
+      for (const f of ['tmp', 'new', 'cur'].filter((f) => f !== folder)) mkdirSync(join(box, f), { recursive: true });
+      const v = victim(name);
+      symlinkSync(v, join(box, folder));
+      return { box, v };
+    };
+    const refused = (r: { code: number | null; stdout: Buffer; stderr: string }, path: string) => {
+      assert.equal(r.code, 75, `${r.stdout}${r.stderr}`);
+      assert.ok(r.stderr.includes(`${path}: not a directory (a symbolic link`), r.stderr);
+    };
+
+    const clean = linked('clean', 'tmp');
+    const c = await runBin('give-recipient', ['--clean', clean.box]);
+    refused(c, join(clean.box, 'tmp'));
+    assert.deepEqual(readdirSync(clean.v), ['old.txt'], 'the file where tmp/ points is still there');
+
+    for (const folder of ['tmp', 'new', 'cur']) {
+      const { box, v } = linked(`deliver-${folder}`, folder);
+      const r = await runBin('give-recipient', ['--create', '--address', 'bob@b.test', box], { input: msg });
+      refused(r, join(box, folder));
+      assert.match(r.stdout.toString(), new RegExp(`^TEMPFAIL bob@b\\.test 4\\.2\\.0 ${join(box, folder)}: not a directory`));
+      assert.deepEqual(readdirSync(v), ['old.txt'], `nothing stored where ${folder}/ points`);
+      assert.deepEqual(readdirSync(box).sort(), ['cur', 'new', 'tmp']);
+    }
   });
 
   const H = entry('headers', HEADERS);
