@@ -3,7 +3,7 @@
 // tmp/, fsyncs every file and directory, renames into new/ and fsyncs new/:
 // a crash leaves no message or a whole one, never part of one.
 import { closeSync, constants, lstatSync, mkdirSync, openSync, renameSync, statSync, writeSync, writev } from 'node:fs';
-import { lstat, mkdir, readFile, readdir, rename, rm } from 'node:fs/promises';
+import { lstat, mkdir, readdir, rename, rm } from 'node:fs/promises';
 import { isAbsolute, join, relative, sep } from 'node:path';
 import type { Readable } from 'node:stream';
 import { type Address, addressKey, formatAddress, parseAddressList } from './address.js';
@@ -297,17 +297,34 @@ export async function deliverToMailbox(dir: string, input: Readable, opts: Deliv
   }
 }
 
-/** The digest of the message stored under name in folder, 'none' for one stored without a digest, undefined when there is no such message. */
+/** What storedDigest says of a name that holds something other than a message with a digest: never the same as any message. */
+const OTHER_CONTENT = 'none';
+
+/**
+ * The digest of the message stored under name in folder; OTHER_CONTENT for
+ * one stored without a digest, or for a link, a FIFO or anything else that
+ * is not a plain message directory; undefined when the name is free. Read
+ * through below.ts: a link is never followed (its target is no message to
+ * readers) and a FIFO never opened for reading (which would wait forever).
+ */
 async function storedDigest(dir: string, folder: Folder, name: string): Promise<string | undefined> {
-  const path = join(dir, folder, name);
-  if (!exists(path)) return undefined;
-  const named = digestInNames(await readdir(path));
+  const notThere = (e: unknown, none: string | undefined) => {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return none;
+    if (e instanceof NotPlainError) return OTHER_CONTENT;
+    throw e;
+  };
+  let names: string[];
+  try {
+    names = await listBelow(dir, [folder, name]);
+  } catch (e) {
+    return notThere(e, undefined);
+  }
+  const named = digestInNames(names);
   if (named) return named;
   try {
-    return (await readFile(join(path, LEGACY_DIGEST_FILE), 'utf8')).trim();
+    return (await readBelow(dir, [folder, name, LEGACY_DIGEST_FILE])).toString('utf8').trim();
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return 'none';
-    throw e;
+    return notThere(e, OTHER_CONTENT);
   }
 }
 
@@ -319,7 +336,8 @@ function renamedInto(work: string, target: string): boolean {
     return true;
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOTEMPTY' || code === 'EEXIST') return false;
+    // ENOTDIR: the name is a link, a FIFO or a file, which storedDigest calls other content.
+    if (code === 'ENOTEMPTY' || code === 'EEXIST' || code === 'ENOTDIR') return false;
     throw e;
   }
 }

@@ -176,6 +176,32 @@ describe('give-recipient', () => {
       assert.deepEqual(stored(box), [id]);
     });
 
+    it('takes a FIFO or a link where a stored copy would be for other content: stored at once under its conflict name, never a hang or a false OK', async () => {
+      const storedApart = (box: string) => {
+        const names = stored(box).filter((n) => n !== id);
+        assert.equal(names.length, 1, `one message under its conflict name in ${stored(box).join(' ')}`);
+        assert.equal(readFileSync(join(box, 'new', names[0], 'body'), 'utf8'), 'one\n', 'the whole message is stored');
+      };
+      // A FIFO in place of the legacy digest file: reading it would wait for a writer forever.
+      const fifoBox = mailbox('planted-fifo');
+      mkdirSync(join(fifoBox, 'cur', id));
+      const fifo = spawnSync('mkfifo', [join(fifoBox, 'cur', id, '.digest')]);
+      assert.equal(fifo.status, 0, String(fifo.stderr));
+      const r = await runCommand('timeout', ['20', join(BIN, 'give-recipient'), '--address', 'bob@b.test', fifoBox], { input: one, env: testEnv() });
+      assert.equal(r.code, 0, `${r.stdout}${r.stderr} (124: killed by timeout)`);
+      assert.equal(r.stdout.toString(), 'OK bob@b.test\n');
+      storedApart(fifoBox);
+      // A link to the same message stored elsewhere, in cur/ and in new/: readers refuse it, so it stores nothing.
+      const elsewhere = mailbox('planted-link-target');
+      await give(elsewhere, one);
+      for (const folder of ['cur', 'new']) {
+        const box = mailbox(`planted-link-${folder}`);
+        symlinkSync(join(elsewhere, 'new', id), join(box, folder, id));
+        await give(box, one);
+        storedApart(box);
+      }
+    });
+
     it('never answers a retry OK for a stored copy that differs from it (one cut short before this fix)', async () => {
       const box = mailbox('incomplete');
       mkdirSync(join(box, 'new', id));
