@@ -220,6 +220,7 @@ describe('headers entry rules', () => {
     ['a bad address', 'from: a@a.test\nto: b@\n', /header "to"/],
     ['invalid UTF-8', Buffer.from([0x73, 0x3a, 0x20, 0xff, 0x0a]).toString('latin1'), /bad header name|not valid UTF-8/],
     ['a line without ": "', 'from: a@a.test\nnonsense\n', /not "name: value"/],
+    ['a byte order mark before the first name (kept, not dropped)', '\uFEFFfrom: a@a.test\n', /line 1: bad header name "\\u\{feff\}from"/],
     ['an empty line', 'from: a@a.test\n\nto: b@b.test\n', /empty line/],
   ];
   for (const [what, text, pattern] of bad) {
