@@ -2,6 +2,7 @@
 // ends, one lowercase `name: value` per line, no folding, no encoded-words.
 // Known fields are checked strictly; unknown fields are kept as they are.
 import { AddressError, parseAddress, parseAddressList, asciiDomain } from '../address.js';
+import { isDateTime } from './date.js';
 import { MessageError } from './limits.js';
 
 export interface Field {
@@ -14,7 +15,6 @@ const SINGLE = new Set(['from', 'to', 'cc', 'bcc', 'subject', 'date', 'message-i
 const NAME = /^[a-z0-9][a-z0-9-]{0,63}$/;
 // Any character but C0 controls and DEL.
 const BAD_VALUE_CHAR = /[\x00-\x1f\x7f]/;
-const RFC3339 = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$/;
 const UUID_URN = /^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const MESSAGE_REF = /^\S{1,998}$/;
 
@@ -37,7 +37,7 @@ export function checkField(name: string, value: string): string | undefined {
         parseAddressList(value);
         break;
       case 'date':
-        if (!RFC3339.test(value) || Number.isNaN(Date.parse(value))) return `date "${value}" is not an RFC 3339 date-time`;
+        if (!isDateTime(value)) return `date "${value}" is not an RFC 3339 date-time`;
         break;
       case 'message-id':
         if (!UUID_URN.test(value)) return `message-id "${value}" is not a urn:uuid: URN`;

@@ -8,6 +8,7 @@ import type { Readable, Writable } from 'node:stream';
 import tar from 'tar-stream';
 import { chunksOf } from '../streams.js';
 import type { Headers } from './headers.js';
+import { dateTimeMs } from './date.js';
 import { MessageError } from './limits.js';
 import { ATTACHMENTS, checkAttachmentName, classifyPath, compareNames } from './names.js';
 
@@ -45,7 +46,7 @@ export function canonicalEntries(parts: MessageParts): OutEntry[] {
 }
 
 function mtimeOf(headers: Headers): Date {
-  const t = Date.parse(headers.get('date') ?? '');
+  const t = dateTimeMs(headers.get('date') ?? '');
   return new Date(Number.isNaN(t) ? 0 : Math.floor(t / 1000) * 1000);
 }
 

@@ -1,6 +1,8 @@
 // Dates between RFC 5322 (legacy mail) and RFC 3339 (IMA), keeping the
 // original offset. The raw header is parsed here: mailparser turns a date
 // into a Date (the zone lost) and an unparseable one into "now".
+import { daysInMonth } from '../message/date.js';
+
 const MONTHS = ['jan', 'feb', 'mar', 'apr', 'may', 'jun', 'jul', 'aug', 'sep', 'oct', 'nov', 'dec'];
 const DAYS = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];
 /** RFC 5322 4.3 obsolete zones, in minutes east of UTC. */
@@ -10,10 +12,6 @@ const DATE_TIME =
 const RFC3339 = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.\d+)?(Z|([+-])(\d{2}):(\d{2}))$/;
 
 const pad = (n: number, w = 2) => String(n).padStart(w, '0');
-
-function daysIn(year: number, month: number): number {
-  return new Date(Date.UTC(year, month, 0)).getUTCDate();
-}
 
 /** An RFC 5322 date-time as RFC 3339 with the same offset, or undefined when it cannot be read. */
 export function parseMimeDate(text: string): string | undefined {
@@ -30,7 +28,7 @@ export function parseMimeDate(text: string): string | undefined {
   else if (yy.length === 3) year += 1900;
   const day = Number(dd);
   const [hour, minute, second] = [Number(hh), Number(mi), Number(ss ?? 0)];
-  if (month === 0 || year < 1900 || day < 1 || day > daysIn(year, month) || hour > 23 || minute > 59 || second > 59) return undefined;
+  if (month === 0 || year < 1900 || day < 1 || day > daysInMonth(year, month) || hour > 23 || minute > 59 || second > 59) return undefined;
   let offset: string;
   if (sign) {
     if (Number(oh) > 23 || Number(om) > 59) return undefined;

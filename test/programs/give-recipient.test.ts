@@ -327,6 +327,7 @@ describe('give-recipient', () => {
     ['too many entries', tarOf(H, ...Array.from({ length: 1001 }, (_, i) => entry(`attachments/f${i}`, 'x')))],
     ['a truncated tar', tarOf(H, entry('body', 'x'.repeat(5000))).subarray(0, 2048)],
     ['no message-id', tarOf(entry('headers', 'from: a@a.test\nto: b@b.test\n'))],
+    ['an impossible date (30 February)', tarOf(entry('headers', HEADERS.replace(/^date: .*$/m, 'date: 2026-02-30T09:30:00Z')))],
     ['a byte order mark before the headers', tarOf(entry('headers', `\uFEFF${HEADERS}`), entry('body', 'one\n'))],
     ['not a tar at all', Buffer.from('From: someone\r\n\r\nhello\r\n')],
   ];

@@ -103,6 +103,17 @@ describe('make-message (real process)', () => {
     }
   });
 
+  it('takes every date-time RFC 3339 allows: a leap second, 29 February of a leap year, fractions and offsets', async () => {
+    for (const date of ['2016-12-31T23:59:60Z', '2024-02-29T12:00:00Z', '2000-02-29T00:00:00.123456789-05:30', '2026-11-23T23:59:59+23:59']) {
+      const r = await runBin('make-message', ['-r', 'a@a.test', '--date', date, 'b@b.test'], { cwd: dir });
+      assert.equal(r.code, 0, `${date}: ${r.stderr}`);
+      assert.match((await entries(r.stdout)).headers, new RegExp(`^date: ${date.replace(/[.+]/g, '\\$&')}$`, 'm'));
+    }
+    const leap = await runBin('make-message', ['-r', 'a@a.test', '--date', '2016-12-31T23:59:60Z', 'b@b.test'], { cwd: dir });
+    const listed = await runCommand('tar', ['--utc', '-tvf', '-'], { input: leap.stdout });
+    assert.match(listed.stdout.toString(), /2016-12-31 23:59 headers/, 'the entries carry the date as their time (not 1970)');
+  });
+
   const failures: [string, string[], number, RegExp, string?][] = [
     ['no sender', ['b@b.test'], 64, /no sender/],
     ['no recipients', ['-r', 'a@a.test'], 64, /no recipients/],
@@ -121,6 +132,12 @@ describe('make-message (real process)', () => {
     ['a header set by its own flag', ['-r', 'a@a.test', '-H', 'from=x@y.test', 'b@b.test'], 64, /set by its own flag/],
     ['a bad header name', ['-r', 'a@a.test', '-H', 'Bad Name=x', 'b@b.test'], 64, /bad header name/],
     ['a bad date', ['-r', 'a@a.test', '--date', 'today', 'b@b.test'], 64, /RFC 3339/],
+    ...['2026-02-31T00:00:00Z', '2026-02-29T00:00:00Z', '2026-01-01T24:00:00Z', '2026-01-01T00:00:00+24:00'].map((date): [string, string[], number, RegExp] => [
+      `the date ${date}`,
+      ['-r', 'a@a.test', '--date', date, 'b@b.test'],
+      64,
+      /is not an RFC 3339 date-time/,
+    ]),
     ['a body that is not UTF-8', ['-r', 'a@a.test', 'b@b.test'], 65, /stdin: not valid UTF-8/, '\xff'],
   ];
   for (const [what, args, code, pattern, input] of failures) {
