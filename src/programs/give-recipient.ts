@@ -3,14 +3,12 @@
 // It does not route (handle-incoming-mail does), does not talk to the
 // network, and never reports OK before every file, directory and the
 // rename into new/ are fsync'ed. It only ever writes inside the mailbox.
-import { createReadStream } from 'node:fs';
 import { isAbsolute, resolve } from 'node:path';
-import type { Readable } from 'node:stream';
 import type { Argv } from 'yargs';
 import { type Address, AddressError, mailboxOf, parseAddress } from '../address.js';
-import { start } from '../cli.js';
+import { openInput, start } from '../cli.js';
 import { mailboxPathProblem, boolean, duration, integer, optional, size, string, table } from '../config.js';
-import { EXIT, Failure, asFailure, noInput, usageError } from '../failure.js';
+import { EXIT, Failure, asFailure, usageError } from '../failure.js';
 import { cleanTmp, deliverToMailbox } from '../mailbox.js';
 import { DEFAULT_LIMITS } from '../message/index.js';
 import type { Io } from '../io.js';
@@ -86,13 +84,8 @@ export async function main(args: string[], io: Io): Promise<number> {
   }
 
   const who = recipient ? mailboxOf(recipient) : dir;
-  const input: Readable = file ? createReadStream(resolve(io.cwd, file)) : io.stdin;
-  if (file) {
-    await new Promise<void>((res, rej) => {
-      input.once('open', () => res());
-      input.once('error', (e: NodeJS.ErrnoException) => rej(noInput(file, e.code === 'ENOENT' ? 'no such file' : `cannot read (${e.code})`)));
-    });
-  }
+  // Before any delivery: a FILE that is missing, unreadable or a directory is exit 66 (ima(7)), not trouble worth retrying.
+  const input = await openInput(file, io);
   try {
     const limits = { ...DEFAULT_LIMITS, maxTotalBytes: config.max_message_bytes, maxHeaderBytes: config.max_header_bytes, maxEntries: config.max_entries };
     const r = await deliverToMailbox(dir, input, { recipient, limits, create: argv.create ?? config.create });

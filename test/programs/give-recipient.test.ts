@@ -225,6 +225,21 @@ describe('give-recipient', () => {
     });
   });
 
+  it('a FILE that is missing or a directory exits 66 with one line naming it (not TEMPFAIL), and stores nothing', async () => {
+    const box = mailbox('noinput');
+    for (const [file, problem] of [
+      [join(dir, 'no-such.ima'), 'no such file'],
+      [dir, 'is a directory'],
+    ]) {
+      const r = await runBin('give-recipient', ['--address', 'bob@b.test', box, file]);
+      assert.equal(r.code, 66, `${r.stdout}${r.stderr}`);
+      assert.equal(r.stderr, `give-recipient: ${file}: ${problem}\n`);
+      assert.equal(r.stdout.length, 0, 'no result line: there was no message to deliver');
+      assert.deepEqual(stored(box), []);
+      assert.deepEqual(readdirSync(join(box, 'tmp')), []);
+    }
+  });
+
   it('finds the mailbox of an address through its template, and creates it only when told', async () => {
     const cfg = join(dir, 'gr.toml');
     writeFileSync(cfg, `mailbox = ${JSON.stringify(join(dir, 'tpl', '{domain}', '{local}'))}\n`);
