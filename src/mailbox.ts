@@ -94,11 +94,10 @@ export async function openMailbox(dir: string, create: boolean): Promise<void> {
 export function privateHeaders(headers: Headers, recipient?: Address): Headers {
   const bcc = headers.get('bcc');
   if (bcc === undefined) return withoutBlindCopies(headers);
-  const h = withoutBlindCopies(headers).clone().remove('bcc');
-  if (!recipient) return h;
-  const mine = parseAddressList(bcc).find((a) => addressKey(a) === addressKey(recipient));
-  if (mine) h.set('bcc', formatAddress(mine));
-  return h;
+  const h = withoutBlindCopies(headers).clone();
+  const mine = recipient && parseAddressList(bcc).find((a) => addressKey(a) === addressKey(recipient));
+  // set() replaces the value where the field stands: field order is kept (ima-message(5)), and so are the stored bytes around it.
+  return mine ? h.set('bcc', formatAddress(mine)) : h.remove('bcc');
 }
 
 // Delivery makes a few small files per message. Only fsync(2) waits for the

@@ -252,7 +252,7 @@ describe('give-recipient', () => {
     assert.equal(stored(join(dir, 'tpl', 'b.test', 'bob')).length, 1);
   });
 
-  it('keeps bcc private: none for to/cc recipients, only their own address for a bcc recipient', async () => {
+  it('keeps bcc private: none for to/cc recipients, only their own address for a bcc recipient, in its place', async () => {
     const msg = await makeMessage(['--to', 'bob@b.test', '-b', 'Secret One <s1@b.test>, s2@b.test']);
     const read = async (addr: string) => {
       const box = mailbox(`bcc-${addr}`);
@@ -260,10 +260,14 @@ describe('give-recipient', () => {
       assert.equal(r.code, 0, r.stderr);
       return readFileSync(join(box, 'new', stored(box)[0], 'headers'), 'utf8');
     };
-    assert.doesNotMatch(await read('bob@b.test'), /^bcc:/m); // (a bare /bcc/ would match a message-id's hex)
+    const names = (headers: string) => headers.split('\n').flatMap((l) => (l ? [l.slice(0, l.indexOf(':'))] : []));
+    const bob = await read('bob@b.test');
+    assert.doesNotMatch(bob, /^bcc:/m); // (a bare /bcc/ would match a message-id's hex)
+    assert.deepEqual(names(bob), ['from', 'to', 'date', 'message-id']);
     const s1 = await read('s1@b.test');
     assert.match(s1, /^bcc: Secret One <s1@b\.test>$/m);
     assert.doesNotMatch(s1, /s2@/);
+    assert.deepEqual(names(s1), ['from', 'to', 'bcc', 'date', 'message-id'], 'bcc where the sender put it: field order is kept');
   });
 
   it('keeps the other forms of a hidden list private too: a legacy Bcc group (mime-bcc), a second Bcc and a Resent-Bcc', async () => {
