@@ -307,6 +307,8 @@ const OTHER_CONTENT = 'none';
  * readers) and a FIFO never opened for reading (which would wait forever).
  */
 async function storedDigest(dir: string, folder: Folder, name: string): Promise<string | undefined> {
+  // Every delivery asks about cur/: a free name, the usual answer, costs one lstat, not the careful read below.
+  if (lstatSync(join(dir, folder, name), { throwIfNoEntry: false }) === undefined) return undefined;
   const notThere = (e: unknown, none: string | undefined) => {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return none;
     if (e instanceof NotPlainError) return OTHER_CONTENT;
