@@ -69,9 +69,12 @@ export async function verdicts(message: Readable, v: VerdictInput): Promise<Verd
   for (const d of r.dkim.results ?? []) parts.push(oneLine(d.info));
   if (r.spf) parts.push(oneLine(r.spf.info));
   if (r.dmarc && r.dmarc.info) parts.push(oneLine(r.dmarc.info));
-  const word = (s: string, re: RegExp) => re.exec(s)?.[1] ?? 'none';
   const header = `${v.hostname}; ${parts.length ? parts.join('; ') : 'none'}`;
-  const summary = `spf=${word(header, /\bspf=(\w+)/)} dkim=${word(header, /\bdkim=(\w+)/)} dmarc=${word(header, /\bdmarc=(\w+)/)}`;
+  // From the results, not read back out of the header's text: that holds the
+  // client's own words (smtp.mailfrom, smtp.helo), and MAIL FROM:<dmarc=pass@x>
+  // put "dmarc=pass" in the log line of a message that failed DMARC.
+  const word = (result: string | undefined) => (result && /^[a-z]+$/.test(result) ? result : 'none');
+  const summary = `spf=${word(r.spf ? r.spf.status.result : undefined)} dkim=${word(r.dkim.results?.[0]?.status.result)} dmarc=${word(r.dmarc ? r.dmarc.status.result : undefined)}`;
   const dmarcReject = !!r.dmarc && r.dmarc.status.result === 'fail' && r.dmarc.policy === 'reject';
   return { header, dmarcReject, summary };
 }

@@ -41,6 +41,17 @@ describe('smtp-receive mx', () => {
     assert.doesNotMatch(mx.log(), /Hello Bob/);
   });
 
+  it("logs the verdicts the checks gave, whatever the client's own words say (a MAIL FROM of dmarc=pass@...)", async () => {
+    const r = await swaks(mx.port, ['--from', 'dmarc=pass@a.test', '--to', 'bob@b.test', '--header', 'From: ceo@bank.test', '--body', 'pay']);
+    assert.equal(r.code, 0, r.out);
+    await mx.waitLog(/from=<dmarc=pass@a\.test> .* result=250/);
+    const line = mx
+      .log()
+      .split('\n')
+      .find((l) => l.includes('from=<dmarc=pass@a.test>'))!;
+    assert.match(line, / spf=temperror dkim=none dmarc=temperror result=250 /);
+  });
+
   it('offers STARTTLS with its own certificate and records the TLS version and cipher', async () => {
     const r = await swaks(mx.port, ['--tls', '--from', 'alice@a.test', '--to', 'bob@b.test', '--body', 'over TLS']);
     assert.equal(r.code, 0, r.out);
