@@ -23,6 +23,8 @@ export interface Client {
   sessionId: string;
   ip: string;
   helo: string;
+  /** The client greeted with EHLO (ESMTP), not HELO (SMTP): the received line's protocol says which (RFC 3848). */
+  esmtp: boolean;
   /** "TLSv1.3 TLS_AES_256_GCM_SHA384", when the session is encrypted. */
   tls?: string;
   /** The authenticated user (submission). */
@@ -80,8 +82,10 @@ export function replyOf(f: Failure): { code: number; text: string } {
 const when = () => new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
 
 function receivedLine(c: Client, s: MessageSettings, n: number): string {
-  const proto = `ESMTP${c.tls ? 'S' : ''}${c.user ? 'A' : ''}`;
-  const helo = c.helo.replace(/[^\x21-\x7e]/g, '?').slice(0, 255) || 'unknown';
+  const proto = c.esmtp ? `ESMTP${c.tls ? 'S' : ''}${c.user ? 'A' : ''}` : 'SMTP';
+  // The client's own words: only what a domain or an address literal holds,
+  // so that "HELO x;evil)by(fake.test" can end no clause nor the field early.
+  const helo = c.helo.replace(/[^A-Za-z0-9.:_[\]-]/g, '?').slice(0, 255) || 'unknown';
   return `from ${helo} (${c.ip}) by ${s.hostname} with ${proto}${c.tls ? ` (${c.tls})` : ''} id ${c.sessionId}.${n}${c.user ? ` user ${c.user}` : ''}; ${when()}`;
 }
 
@@ -156,7 +160,9 @@ function replyForExit(code: number, lines: string[], id: string): { code: number
     const r = results.find((x) => x.word === word || (word === 'FAIL' && x.word === 'NORECIPIENT'));
     if (!r) return fallback;
     if (r.word === 'NORECIPIENT') return `5.1.1 ${r.address}: no such recipient`;
-    return /^[45]\.\d{1,3}\.\d{1,3} /.test(r.reason) ? r.reason : `${fallback.slice(0, 5)} ${r.address}: ${r.reason || r.word}`;
+    // The handler's enhanced code only when its class is the reply's (RFC 3463: "550 4.2.2" says two things at once).
+    const ownCode = new RegExp(`^${fallback[0]}\\.\\d{1,3}\\.\\d{1,3} `);
+    return ownCode.test(r.reason) ? r.reason : `${fallback.slice(0, 5)} ${r.address}: ${r.reason || r.word}`;
   };
   if (code === EXIT.OK || code === EXIT.PARTIAL) return { code: 250, text: `2.0.0 accepted as ${id}`, failed };
   if (code === EXIT.FAIL) return { code: 550, text: reason('FAIL', '5.0.0 the message was refused'), failed };

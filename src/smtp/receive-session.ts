@@ -177,7 +177,14 @@ export class Sessions {
     const tls =
       session.secure && session.tlsOptions ? `${(session.tlsOptions as { version?: string }).version ?? ''} ${session.tlsOptions.name}`.trim() : undefined;
     const user = session.user ? String(session.user) : undefined;
-    const client = { sessionId: session.id, ip: session.remoteAddress, helo: session.hostNameAppearsAs || '', tls, user };
+    const client = {
+      sessionId: session.id,
+      ip: session.remoteAddress,
+      helo: session.hostNameAppearsAs || '',
+      esmtp: session.openingCommand !== 'HELO',
+      tls,
+      user,
+    };
     const envelope = { from: session.envelope.mailFrom ? session.envelope.mailFrom.address : '', to: session.envelope.rcptTo.map((r) => r.address) };
     const rules = user ? (s.users.get(user)?.senders ?? []) : [];
     const fromProblem = (a: Address) =>

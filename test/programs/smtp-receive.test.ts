@@ -52,6 +52,21 @@ describe('smtp-receive mx', () => {
     assert.match(line, / spf=temperror dkim=none dmarc=temperror result=250 /);
   });
 
+  it('records a HELO (not EHLO) client as SMTP, its name kept to what a domain or address literal holds', async () => {
+    const before = new Set(stored('bob'));
+    const r = await raw(mx.port, [
+      { until: /^220 /m },
+      { send: 'HELO x;evil)by(fake.test\r\n', until: /^250 /m },
+      { send: 'MAIL FROM:<alice@a.test>\r\n', until: /^250 2\.1\.0 /m },
+      { send: 'RCPT TO:<bob@b.test>\r\n', until: /^250 2\.1\.5 /m },
+      { send: 'DATA\r\n', until: /^354 /m },
+      { send: 'From: alice@a.test\r\nSubject: helo\r\n\r\nHi.\r\n.\r\n', until: /accepted as .*\r\n/ },
+    ]);
+    const id = /accepted as urn:uuid:(\S+)/.exec(r)![1];
+    assert.ok(!before.has(id));
+    assert.match(headersOf('bob', id), /^received: from x\?evil\?by\?fake\.test \(127\.0\.0\.1\) by mx\.b\.test with SMTP id \S+; /m);
+  });
+
   it('offers STARTTLS with its own certificate and records the TLS version and cipher', async () => {
     const r = await swaks(mx.port, ['--tls', '--from', 'alice@a.test', '--to', 'bob@b.test', '--body', 'over TLS']);
     assert.equal(r.code, 0, r.out);
@@ -213,6 +228,15 @@ describe('smtp-receive mx', () => {
       writeFileSync(code, '1');
       const refused = await swaks(srv.port, ['--from', 'alice@a.test', '--to', 'bob@b.test', '--body', 'exit 1']);
       assert.match(refused.out, /^<\*\* +550 5\.7\.1 bob takes no mail from a\.test/m);
+      // A handler's code of the other class is not the reply's: "550 4.2.2" would say two things at once (RFC 3463).
+      writeFileSync(said, 'FAIL bob@b.test 4.2.2 mailbox full\n');
+      const mixed = await swaks(srv.port, ['--from', 'alice@a.test', '--to', 'bob@b.test', '--body', 'exit 1']);
+      assert.match(mixed.out, /^<\*\* +550 5\.0\.0 bob@b\.test: 4\.2\.2 mailbox full/m);
+      writeFileSync(said, 'TEMPFAIL bob@b.test 5.1.1 gone\n');
+      writeFileSync(code, '75');
+      const later = await swaks(srv.port, ['--from', 'alice@a.test', '--to', 'bob@b.test', '--body', 'exit 75']);
+      assert.match(later.out, /^<\*\* +451 4\.3\.0 bob@b\.test: 5\.1\.1 gone/m);
+      writeFileSync(code, '1');
 
       writeFileSync(said, '');
       writeFileSync(code, '3');
