@@ -34,6 +34,20 @@ function guardLimits(s: SessionSettings): GuardLimits {
   return { maxFailures: s.maxLoginFailures, decay: s.loginFailureDecay, delay: s.loginDelay, maxEntries: 10_000 };
 }
 
+// The MAIL and RCPT parameters of the extensions the EHLO reply names (SIZE,
+// 8BITMIME, SMTPUTF8; AUTH= where AUTH is offered, RFC 4954 5). Any other is
+// refused (RFC 5321 4.1.1.11) rather than taken silently: NOTIFY=NEVER
+// asked for a DSN behaviour nobody here gives.
+const MAIL_PARAMETERS: ReadonlySet<string> = new Set(['SIZE', 'BODY', 'SMTPUTF8']);
+const SUBMISSION_MAIL_PARAMETERS: ReadonlySet<string> = new Set([...MAIL_PARAMETERS, 'AUTH']);
+const RCPT_PARAMETERS: ReadonlySet<string> = new Set();
+
+/** The first parameter of a MAIL or RCPT command not among `known`. */
+function unknownParameter(address: SMTPServerAddress, known: ReadonlySet<string>): string | undefined {
+  const args = (address as { args?: unknown }).args;
+  return Object.keys(args && typeof args === 'object' ? args : {}).find((k) => !known.has(k.toUpperCase()));
+}
+
 /** Shared state of all sessions of one server. */
 export class Sessions {
   readonly perAddress = new PerAddress();
@@ -119,6 +133,8 @@ export class Sessions {
 
   private mailFrom(address: SMTPServerAddress, session: SMTPServerSession, cb: (e?: Error) => void): void {
     const s = this.settings();
+    const unknown = unknownParameter(address, s.role === 'submission' ? SUBMISSION_MAIL_PARAMETERS : MAIL_PARAMETERS);
+    if (unknown) return cb(reply(555, '5.5.4', `${unknown}: parameter not supported`));
     if (s.role !== 'submission') return cb();
     if (!session.user) return cb(reply(530, '5.7.0', session.secure ? 'authentication required' : 'authentication required: STARTTLS first, then AUTH'));
     const user = String(session.user);
@@ -137,6 +153,8 @@ export class Sessions {
 
   private async rcptTo(address: SMTPServerAddress, session: SMTPServerSession, cb: (e?: Error) => void): Promise<void> {
     const s = this.settings();
+    const unknown = unknownParameter(address, RCPT_PARAMETERS);
+    if (unknown) return cb(reply(555, '5.5.4', `${unknown}: parameter not supported`));
     if (session.envelope.rcptTo.length >= s.maxRecipients) return cb(reply(452, '4.5.3', `too many recipients (at most ${s.maxRecipients} per message)`));
     let rcpt: string;
     try {

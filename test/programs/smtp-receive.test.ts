@@ -52,6 +52,20 @@ describe('smtp-receive mx', () => {
     assert.match(line, / spf=temperror dkim=none dmarc=temperror result=250 /);
   });
 
+  it('refuses MAIL and RCPT parameters of extensions it does not offer with 555 5.5.4, and takes those it does', async () => {
+    const r = await raw(mx.port, [
+      { until: /^220 /m },
+      { send: 'EHLO client.a.test\r\n', until: /^250 /m },
+      { send: 'MAIL FROM:<alice@a.test> FOO=bar\r\n', until: /FOO: parameter not supported\r\n/ },
+      { send: 'MAIL FROM:<alice@a.test> SIZE=100 BODY=8BITMIME SMTPUTF8\r\n', until: /^250 2\.1\.0 /m },
+      { send: 'RCPT TO:<bob@b.test> NOTIFY=NEVER\r\n', until: /NOTIFY: parameter not supported\r\n/ },
+      { send: 'RCPT TO:<bob@b.test>\r\n', until: /^250 2\.1\.5 /m },
+      { send: 'QUIT\r\n', until: /^221 /m },
+    ]);
+    assert.match(r, /^555 5\.5\.4 FOO: parameter not supported\r$/m);
+    assert.match(r, /^555 5\.5\.4 NOTIFY: parameter not supported\r$/m);
+  });
+
   it('records a HELO (not EHLO) client as SMTP, its name kept to what a domain or address literal holds', async () => {
     const before = new Set(stored('bob'));
     const r = await raw(mx.port, [
