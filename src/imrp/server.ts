@@ -16,7 +16,7 @@ import type { Peer } from '../net/listen.js';
 import { fingerprint256, withinDates } from '../net/tls.js';
 import { WriteError, backpressure, socketSink } from '../net/writes.js';
 import { verifyPassword } from '../password.js';
-import type { LoginGuard } from '../net/login-guard.js';
+import type { Attempt, LoginGuard } from '../net/login-guard.js';
 import { type Command, ProtocolError, type Summary, parseCommand } from './wire.js';
 import * as wire from './wire.js';
 
@@ -170,22 +170,26 @@ export class ImrpSession {
     const { guard } = this.cfg;
     const method = password !== undefined ? 'password' : 'certificate';
     let ok: boolean;
-    let refused = false;
+    let attempt: Attempt | undefined;
     if (password !== undefined) {
       // Over the limit, a password is not even tried: guesses beyond it learn nothing.
-      refused = guard.locked(addr, user);
-      ok = !refused && (await verifyPassword(password, entry?.password, this.cfg.dummyHash));
+      // The try counts as failed while it is checked, so parallel guesses cannot all get past the limit.
+      attempt = guard.begin(addr, user);
+      ok = !!attempt && (await verifyPassword(password, entry?.password, this.cfg.dummyHash));
     } else ok = !!entry && !!this.peer.cert && this.certificateFits(entry);
+    const refused = password !== undefined && !attempt;
     this.cfg.log.info(`session=${this.id} login user=${user} address=${addr} method=${method} result=${ok ? 'ok' : refused ? 'refused' : 'failed'}`);
     this.cfg.onLogin?.(method, ok ? 'ok' : refused ? 'refused' : 'failed');
     if (ok) {
+      attempt?.succeeded();
       this.user = user;
       this.reader.deadline('login', undefined);
       this.view = new Mailbox(entry!.mailbox);
       return this.send(wire.ok(`logged in as ${user}`));
     }
     // A refused try is not counted again: the lock lifts after the decay however hard it is hammered.
-    const standing = refused ? guard.standing(addr, user) : guard.fail(addr, user);
+    // A failed password was counted when it was taken; a failed certificate is counted now.
+    const standing = attempt?.standing ?? (refused ? guard.standing(addr, user) : guard.fail(addr, user));
     await new Promise((r) => setTimeout(r, guard.delayFor(standing)));
     this.send(wire.no('login failed'));
     // The session ends after the BYE; the server then closes the connection gently, so the BYE arrives.

@@ -4,6 +4,10 @@
 // so an address or user that stops failing is forgiven in time and the table
 // never needs a reset. A success clears nothing: an attacker's login to their
 // own account must not wipe the count their guesses at another built up.
+// A password being checked counts as a failure from the moment it is taken
+// (begin) until it proves right: checking takes long (scrypt), and parallel
+// connections that each looked at the count before any failure was added
+// would all be tried, however far past the limit.
 // Each table holds at most `maxEntries` keys (oldest forgotten first), so a
 // flood from many addresses cannot grow memory without bound.
 
@@ -54,6 +58,13 @@ class Buckets {
     return b.count;
   }
 
+  /** Take back one count (a pending try that succeeded); never below 0. */
+  remove(key: string, now: number): void {
+    if (this.count(key, now) === 0) return;
+    const b = this.map.get(key)!;
+    if (--b.count <= 0) this.map.delete(key);
+  }
+
   add(key: string, now: number): number {
     const known = this.count(key, now) > 0 ? this.map.get(key) : undefined;
     const b = known ?? { count: 0, at: now };
@@ -73,6 +84,14 @@ class Buckets {
       this.map.delete(key);
     }
   }
+}
+
+/** A password login being checked: counted as failed until `succeeded` says otherwise. */
+export interface Attempt {
+  /** The counts with this try among them. */
+  readonly standing: Standing;
+  /** The password was right: this try no longer counts (earlier failures still do). */
+  succeeded(): void;
 }
 
 export class LoginGuard {
@@ -102,6 +121,25 @@ export class LoginGuard {
   locked(address: string, user: string): boolean {
     const s = this.standing(address, user);
     return Math.max(s.address, s.user) >= this.limits.maxFailures;
+  }
+
+  /**
+   * Take a password login: undefined when it is refused unheard (over the
+   * limit by either count, tries still being checked included); otherwise
+   * it is counted as failed at once, before its password is checked.
+   */
+  begin(address: string, user: string): Attempt | undefined {
+    if (this.locked(address, user)) return undefined;
+    const standing = this.fail(address, user);
+    let open = true;
+    const succeeded = () => {
+      if (!open) return;
+      open = false;
+      const now = this.clock();
+      this.byAddress.remove(address, now);
+      this.byUser.remove(user, now);
+    };
+    return { standing, succeeded };
   }
 
   /** Count a failed login; the counts after it. */

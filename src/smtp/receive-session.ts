@@ -118,16 +118,20 @@ export class Sessions {
     this.guard.setLimits(guardLimits(s)); // SIGHUP may have changed them; the counts stay
     const addr = session.remoteAddress;
     const user = auth.username ?? '';
-    if (this.guard.locked(addr, user)) {
+    // Counted as failed while the password is checked, so parallel guesses cannot all get past the limit.
+    const attempt = this.guard.begin(addr, user);
+    if (!attempt) {
       this.log.info(`session=${session.id} client=${addr} login user=${user} refused: too many failed logins`);
       return cb(reply(421, '4.7.0', 'too many failed logins; try again later'));
     }
     const ok = await checkLogin(s.users, user, auth.password ?? '', this.dummyFor(s.users));
     this.log.info(`session=${session.id} client=${addr} login user=${user} method=${auth.method} result=${ok ? 'ok' : 'failed'}`);
-    // A success clears nothing: a login to one's own account must not wipe the count of guesses at another.
-    if (ok) return cb(null, { user });
-    const standing = this.guard.fail(addr, user);
-    await new Promise((r) => setTimeout(r, this.guard.delayFor(standing)));
+    // A success takes back only its own try: a login to one's own account must not wipe the count of guesses at another.
+    if (ok) {
+      attempt.succeeded();
+      return cb(null, { user });
+    }
+    await new Promise((r) => setTimeout(r, this.guard.delayFor(attempt.standing)));
     cb(reply(535, '5.7.8', 'authentication failed'));
   }
 

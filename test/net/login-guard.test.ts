@@ -37,6 +37,19 @@ describe('LoginGuard', () => {
     assert.deepEqual(guard.size, { addresses: 0, users: 0 }, 'forgiven entries leave the table');
   });
 
+  it('counts a password being checked as failed at once, so parallel tries stop at the limit; a right one takes back only itself', () => {
+    const { guard } = clocked();
+    const tries = Array.from({ length: 8 }, (_, i) => guard.begin(`192.0.2.${i}`, 'carol'));
+    assert.equal(tries.filter(Boolean).length, 3, 'three tried, five refused unheard');
+    assert.deepEqual(tries[2]!.standing, { address: 1, user: 3 });
+    tries[0]!.succeeded();
+    tries[0]!.succeeded();
+    assert.deepEqual(guard.standing('192.0.2.1', 'carol'), { address: 1, user: 2 }, 'one success, taken back once');
+    const own = guard.begin('192.0.2.1', 'mallory')!;
+    own.succeeded();
+    assert.deepEqual(guard.standing('192.0.2.1', 'carol'), { address: 1, user: 2 }, "a login to one's own account clears no earlier failure");
+  });
+
   it('slows each failure by login_delay times the count, at most ten times', () => {
     const { guard } = clocked();
     assert.equal(guard.delayFor(guard.fail('a', 'b')), 100);

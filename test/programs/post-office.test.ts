@@ -10,7 +10,7 @@ import net from 'node:net';
 import { X509Certificate } from 'node:crypto';
 import { fingerprint256 } from '../../src/net/tls.js';
 import { BIN, type Listening, runBin, startListening, testEnv } from '../helpers.js';
-import { boxes, deliver, dir, pki, server } from '../imrp-fixture.js';
+import { boxes, deliver, dir, open, pki, server, until } from '../imrp-fixture.js';
 import { EXPIRED } from '../pki.js';
 import { scrape, startJsonServer } from '../metrics-scrape.js';
 
@@ -293,6 +293,24 @@ describe('post-office limits', () => {
     await strict.waitLog(/login user=carol address=127\.0\.0\.6 method=password result=refused/);
     const other = await converse(['LOGIN bob sesame', 'QUIT'], /^BYE/m, undefined, strict.port, '127.0.0.7');
     assert.match(other, /^OK logged in as bob$/m, 'another user from a fresh address is not affected');
+  });
+
+  it('stops parallel guesses at max_login_failures: 8 connections at once, only 3 passwords tried', async () => {
+    // A server of its own, so the counts of the other tests do not matter.
+    const racing = await startListening('post-office', ['--config', join(dir, 'post-office-strict.toml'), '--listen', '127.0.0.1:0']);
+    try {
+      const sockets = await Promise.all(Array.from({ length: 8 }, () => open(racing.port)));
+      const answers = sockets.map((s) => until(s, /^NO /m));
+      sockets.forEach((s, i) => s.write(`LOGIN carol wrong${i}\n`));
+      for (const got of await Promise.all(answers)) assert.match(got, /^NO login failed$/m);
+      sockets.forEach((s) => s.destroy());
+      await racing.waitLog(/(login user=carol .*\n[^]*){8}/);
+      const results = [...racing.log().matchAll(/login user=carol .*result=(\w+)/g)].map((m) => m[1]);
+      assert.deepEqual(results.filter((r) => r === 'failed').length, 3, racing.log());
+      assert.deepEqual(results.filter((r) => r === 'refused').length, 5, 'the others refused without their password tried');
+    } finally {
+      await racing.stop();
+    }
   });
 
   it('refuses a zero duration at config time, except login_delay where 0 means no delay', async () => {

@@ -3,9 +3,11 @@
 // to the submission command with the reply carrying the id it printed.
 // Real clients: swaks and msmtp.
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import tls from 'node:tls';
 import { type Listening, runCommand } from '../helpers.js';
 import { config, dir, hash, pki, startReceive, swaks } from './receive-fixture.js';
 
@@ -303,5 +305,52 @@ describe('smtp-receive submission, failed logins across a reload', () => {
     await reloaded;
     assert.match((await login('wrong again')).out, /535 5\.7\.8/);
     assert.match((await login('secret')).out, /421 4\.7\.0 too many failed logins/);
+  });
+});
+
+describe('smtp-receive submission, parallel guesses', () => {
+  let sub: Listening;
+  before(async () => {
+    const file = config(
+      'submission-race',
+      `[limits]\nmax_login_failures = 3\n[timeouts]\nlogin_delay = 0\n[submission]\ncommand = [${JSON.stringify(queue)}]\n[submission.users.alice]\npassword = "${await hash('secret')}"\nsenders = ["alice@b.test"]\n`,
+      'role = "submission"\nin_process = false',
+    );
+    sub = await startReceive(file, ['--implicit-tls']);
+  });
+  after(() => sub.stop());
+
+  /** An implicit-TLS session that has said EHLO, ready to send AUTH; what the server says after that. */
+  async function ready(): Promise<{ auth: (password: string) => Promise<string> }> {
+    const s = tls.connect({ host: '127.0.0.1', port: sub.port, servername: 'mx.b.test', ca: readFileSync(pki.caFile) });
+    s.on('error', () => {});
+    await once(s, 'secureConnect');
+    let got = '';
+    const reply = (re: RegExp) =>
+      new Promise<void>((res) =>
+        s.on('data', function check(d: Buffer) {
+          got += d;
+          if (re.test(got)) res(void s.off('data', check));
+        }),
+      );
+    await reply(/^220 /m);
+    s.write('EHLO client.a.test\r\n');
+    await reply(/^250 /m);
+    return {
+      auth: async (password) => {
+        got = '';
+        s.write(`AUTH PLAIN ${Buffer.from(`\0alice\0${password}`).toString('base64')}\r\n`);
+        await reply(/^[2-5]\d\d /m);
+        s.destroy();
+        return got;
+      },
+    };
+  }
+
+  it('tries only max_login_failures passwords of 8 sent at once; the others are refused with 421 unheard', async () => {
+    const sessions = await Promise.all(Array.from({ length: 8 }, () => ready()));
+    const answers = await Promise.all(sessions.map((s, i) => s.auth(`wrong${i}`)));
+    assert.equal(answers.filter((a) => /^535 5\.7\.8 /m.test(a)).length, 3, answers.join(''));
+    assert.equal(answers.filter((a) => /^421 4\.7\.0 too many failed logins/m.test(a)).length, 5, answers.join(''));
   });
 });
