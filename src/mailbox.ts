@@ -3,13 +3,13 @@
 // tmp/, fsyncs every file and directory, renames into new/ and fsyncs new/:
 // a crash leaves no message or a whole one, never part of one.
 import { closeSync, constants, lstatSync, mkdirSync, openSync, renameSync, statSync, writeSync, writev } from 'node:fs';
-import { lstat, mkdir, readdir, rename, rm } from 'node:fs/promises';
+import { lstat, mkdir, readdir, rm } from 'node:fs/promises';
 import { isAbsolute, join, relative, sep } from 'node:path';
 import type { Readable } from 'node:stream';
 import { type Address, addressKey, formatAddress, parseAddressList } from './address.js';
 import { asFailure, permFail, tempFail } from './failure.js';
 import { fsyncDir, fsyncFd, uniqueName } from './files.js';
-import { NotPlainError, listBelow, openBelow, readBelow, streamBelow } from './mailbox/below.js';
+import { HeldFolder, NotPlainError, listBelow, openBelow, readBelow, renameHeld, streamBelow } from './mailbox/below.js';
 import { ContentDigest, LEGACY_DIGEST_FILE, conflictName, digestFileName, digestInNames } from './mailbox/digest.js';
 import {
   DEFAULT_LIMITS,
@@ -405,17 +405,6 @@ export async function cleanTmp(dir: string, maxAge: number, now = Date.now()): P
   return removed;
 }
 
-/** rename(2), false when the source is gone (another session of the same user moved it first). */
-async function moved(from: string, to: string): Promise<boolean> {
-  try {
-    await rename(from, to);
-    return true;
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
-    throw e;
-  }
-}
-
 /**
  * A mailbox as its readers see it (post-office): messages found by id, their
  * files listed in canonical order, and moved to cur/ or removed. Ids are
@@ -499,35 +488,62 @@ export class Mailbox {
   /**
    * Move the messages in new/ to cur/ (seen), durably: every rename first,
    * then one fsync per folder for the whole batch. Returns how many of ids
-   * are seen now, whichever session moved them.
+   * are seen now, whichever session moved them. The folders are renamed in
+   * through their descriptors: a new/ or cur/ that is a link (into another
+   * user's mailbox) is refused, NotPlainError, and nothing moves.
    */
   async markSeen(ids: string[]): Promise<number> {
     const found = await this.locateAll(ids);
-    let n = 0;
-    for (const at of found) {
-      const to = join(this.dir, 'cur', at.id);
+    const fresh = found.filter((at) => at.folder === 'new');
+    let n = found.length - fresh.length;
+    if (fresh.length === 0) return n;
+    await this.withFolders('new', 'cur', async (from, to) => {
       // Moved by another session of the same user meanwhile: seen all the same.
-      if (at.folder === 'cur' || (await moved(at.path, to)) || exists(to)) n++;
-    }
-    if (found.some((at) => at.folder === 'new')) await Promise.all([fsyncDir(join(this.dir, 'cur')), fsyncDir(join(this.dir, 'new'))]);
+      for (const at of fresh) if ((await renameHeld(from, at.id, to, at.id)) || to.has(at.id)) n++;
+      await Promise.all([to.sync(), from.sync()]);
+    });
     return n;
   }
 
   /**
    * Remove messages: each renamed out of sight into tmp/ (atomic), one fsync
    * per folder for the batch, and only then their files removed. Returns
-   * how many are gone; a crash leaves renamed ones for tmp/'s clean-up.
+   * how many are gone; a crash leaves renamed ones for tmp/'s clean-up. A
+   * folder that is a link is refused (NotPlainError), as for markSeen.
    */
   async remove(ids: string[]): Promise<number> {
     const found = await this.locateAll(ids);
-    const gone: string[] = [];
-    for (const at of found) {
-      const to = join(this.dir, 'tmp', `deleted.${at.id}.${process.pid}.${Date.now()}`);
-      if (await moved(at.path, to)) gone.push(to);
+    let n = 0;
+    for (const folder of ['new', 'cur'] as const) {
+      const here = found.filter((at) => at.folder === folder);
+      if (here.length === 0) continue;
+      await this.withFolders(folder, 'tmp', async (from, tmp) => {
+        const gone: string[] = [];
+        for (const at of here) {
+          const name = `deleted.${at.id}.${process.pid}.${Date.now()}`;
+          if (await renameHeld(from, at.id, tmp, name)) gone.push(name);
+        }
+        await from.sync();
+        await Promise.all(gone.map((g) => rm(tmp.path(g), { recursive: true, force: true })));
+        n += gone.length;
+      });
     }
-    await Promise.all([...new Set(found.map((at) => at.folder))].map((f) => fsyncDir(join(this.dir, f))));
-    await Promise.all(gone.map((g) => rm(g, { recursive: true, force: true })));
-    return gone.length;
+    return n;
+  }
+
+  /** Run act with two folders of this mailbox held open (see HeldFolder), closed after. */
+  private async withFolders(a: Folder | 'tmp', b: Folder | 'tmp', act: (a: HeldFolder, b: HeldFolder) => Promise<void>): Promise<void> {
+    const from = await HeldFolder.open(this.dir, [a]);
+    try {
+      const to = await HeldFolder.open(this.dir, [b]);
+      try {
+        await act(from, to);
+      } finally {
+        await to.close();
+      }
+    } finally {
+      await from.close();
+    }
   }
 
   /** The messages among ids that exist here, each once. */

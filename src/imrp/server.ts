@@ -10,6 +10,7 @@ import { PassThrough } from 'node:stream';
 import { parseAddress } from '../address.js';
 import type { Log } from '../log.js';
 import { type Folder, Mailbox } from '../mailbox.js';
+import { NotPlainError } from '../mailbox/below.js';
 import { type OutEntry, mtimeOf, parseHeaders, writeEntries } from '../message/index.js';
 import { LineError, LineReader } from '../net/lines.js';
 import type { Peer } from '../net/listen.js';
@@ -294,7 +295,15 @@ export class ImrpSession {
   }
 
   private async each(ids: string[], act: (ids: string[]) => Promise<number>, what: string): Promise<void> {
-    const n = await act(ids);
+    let n: number;
+    try {
+      n = await act(ids);
+    } catch (e) {
+      // A folder that is a link (into another user's mailbox) is not followed; the operator is told which.
+      if (!(e instanceof NotPlainError)) throw e;
+      this.cfg.log.warn(`session=${this.id} user=${this.user}: ${what} refused: ${e.message}`);
+      return this.send(wire.no('mailbox cannot be changed'));
+    }
     this.cfg.log.info(`session=${this.id} user=${this.user} ${what}=${n}`);
     this.send(wire.ok(String(n)));
   }

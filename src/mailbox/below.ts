@@ -4,8 +4,8 @@
 // open: every component below the mailbox is opened with O_NOFOLLOW, each
 // relative to its parent's descriptor, and what is opened is checked by
 // fstat of the descriptor, never by a second look at the path.
-import { constants, existsSync } from 'node:fs';
-import { type FileHandle, open, readdir } from 'node:fs/promises';
+import { constants, existsSync, lstatSync } from 'node:fs';
+import { type FileHandle, open, readdir, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 
@@ -112,5 +112,59 @@ export async function readBelow(root: string, names: readonly string[]): Promise
     return await fh.readFile();
   } finally {
     await fh.close();
+  }
+}
+
+/**
+ * A folder of a mailbox held open for renames in and out of it. On Linux a
+ * name is reached through the descriptor (/proc/self/fd/N/NAME, as renameat(2)
+ * would), so a folder swapped for a link after it was opened is not followed;
+ * elsewhere the folder is checked to be a plain directory right before each
+ * rename by path.
+ */
+export class HeldFolder {
+  private constructor(
+    private readonly root: string,
+    private readonly names: readonly string[],
+    private readonly fh: FileHandle,
+  ) {}
+
+  /** Open root/names... as openBelow does: a link or non-directory anywhere below root is refused (NotPlainError). */
+  static async open(root: string, names: readonly string[]): Promise<HeldFolder> {
+    return new HeldFolder(root, names, (await openBelow(root, names, 'dir')).fh);
+  }
+
+  /** The path by which NAME in this folder is renamed. */
+  path(name: string): string {
+    if (FD_DIR) return `${FD_DIR}/${this.fh.fd}/${name}`;
+    for (let i = 1; i <= this.names.length; i++)
+      if (!lstatSync(join(this.root, ...this.names.slice(0, i))).isDirectory())
+        throw new NotPlainError(`${this.names.join('/')}: a symbolic link or not a plain directory (refused)`);
+    return join(this.root, ...this.names, name);
+  }
+
+  /** Is NAME in this folder (whatever it is)? */
+  has(name: string): boolean {
+    return lstatSync(this.path(name), { throwIfNoEntry: false }) !== undefined;
+  }
+
+  /** Make the renames in and out of this folder durable. */
+  sync(): Promise<void> {
+    return this.fh.sync();
+  }
+
+  close(): Promise<void> {
+    return this.fh.close();
+  }
+}
+
+/** Rename NAME in one held folder to TO in another; false when NAME is gone already. */
+export async function renameHeld(from: HeldFolder, name: string, to: HeldFolder, toName: string): Promise<boolean> {
+  try {
+    await rename(from.path(name), to.path(toName));
+    return true;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw e;
   }
 }

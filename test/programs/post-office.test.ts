@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, symlinkSync, watch, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, symlinkSync, watch, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import tls from 'node:tls';
@@ -196,6 +196,32 @@ describe('post-office and fetch-mail', () => {
       await po.waitLog(new RegExp(`${bobId}: cannot be sent: .*attachments: a symbolic link or not a plain file or directory \\(refused\\)`));
     } finally {
       rmSync(planted, { recursive: true });
+    }
+  });
+
+  it("never moves a message into another user's mailbox through a folder that is a link (cur/ or tmp/ -> carol's)", async () => {
+    await deliver('carol', 1);
+    for (const [folder, verb] of [
+      ['cur', 'SEEN'],
+      ['tmp', 'DELETE'],
+    ] as const) {
+      const [bobId] = await deliver('bob', 1);
+      const mine = join(boxes, 'bob', folder);
+      const carols = () => readdirSync(join(boxes, 'carol', folder));
+      const before = carols();
+      renameSync(mine, `${mine}.real`);
+      symlinkSync(join(boxes, 'carol', folder), mine);
+      try {
+        const got = await converse(['LOGIN bob sesame', `${verb} ${bobId}`, 'QUIT'], /^BYE/m);
+        assert.match(got, /^NO mailbox cannot be changed$/m, verb);
+        assert.deepEqual(carols(), before, `nothing put in carol's ${folder}/`);
+        assert.ok(readdirSync(join(boxes, 'bob', 'new')).includes(bobId), `${verb}: bob's message stays where it was`);
+        await po.waitLog(new RegExp(`user=bob: ${verb === 'SEEN' ? 'seen' : 'deleted'} refused: ${folder}: a symbolic link or not a plain`));
+      } finally {
+        rmSync(mine);
+        renameSync(`${mine}.real`, mine);
+      }
+      assert.match(await converse(['LOGIN bob sesame', `DELETE ${bobId}`, 'QUIT'], /^BYE/m), /^OK 1$/m, 'the folder back, the message can go');
     }
   });
 
