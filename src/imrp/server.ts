@@ -83,6 +83,9 @@ interface Prepared {
   mtime: Date;
 }
 
+/** Bytes of a too-long line read and thrown away to find its end; past them the session ends. */
+const DISCARD_LIMIT = 1024 * 1024;
+
 /** Messages looked up ahead of the one on the wire during FETCH NEW, and at once during LIST. */
 const PREPARE_AHEAD = 16;
 /** A message up to this many bytes is read into memory when it is looked up. */
@@ -128,8 +131,8 @@ export class ImrpSession {
         } catch (e) {
           if (e instanceof WriteError) throw new Close();
           if (!(e instanceof LineError)) throw e;
-          if (e.kind !== 'eof') this.bye(e.message);
-          return;
+          await this.badLine(e);
+          continue;
         }
         if (line === null) return;
         let cmd: Command;
@@ -137,8 +140,7 @@ export class ImrpSession {
           cmd = parseCommand(line);
         } catch (e) {
           if (!(e instanceof ProtocolError)) throw e;
-          this.send(wire.error(e.message));
-          if (++this.errors > this.cfg.limits.maxErrors) this.bye('too many errors');
+          this.protocolError(e.message);
           continue;
         }
         await this.dispatch(cmd);
@@ -147,6 +149,31 @@ export class ImrpSession {
       if (!(e instanceof Close)) throw e;
       this.socket.destroy();
     }
+  }
+
+  /**
+   * A line the reader refused. One too long (the rest of it read and thrown
+   * away) or malformed is an error like a bad command and the session goes
+   * on (ima(7) Lines); a timeout, a close, or a line with no end in sight ends it.
+   */
+  private async badLine(e: LineError): Promise<void> {
+    if (e.kind === 'too-long') {
+      try {
+        if (!(await this.reader.discardLine(DISCARD_LIMIT))) return this.bye(e.message);
+      } catch (d) {
+        if (!(d instanceof LineError)) throw d;
+        return this.bye(d.message);
+      }
+    }
+    if (e.kind === 'too-long' || e.kind === 'not-utf8' || e.kind === 'control') return this.protocolError(e.message);
+    if (e.kind === 'eof') this.closed = true;
+    else this.bye(e.message);
+  }
+
+  /** ERROR, and BYE once the session has had more than max_errors of them. */
+  private protocolError(reason: string): void {
+    this.send(wire.error(reason));
+    if (++this.errors > this.cfg.limits.maxErrors) this.bye('too many errors');
   }
 
   private async dispatch(c: Command): Promise<void> {

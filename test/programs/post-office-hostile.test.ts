@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { type TLSSocket, createServer } from 'node:tls';
 import { type Listening, runBin, startListening, testEnv } from '../helpers.js';
-import { deliver, dir, open, pki, poConfig, server, until } from '../imrp-fixture.js';
+import { converse, deliver, dir, open, pki, poConfig, server, until } from '../imrp-fixture.js';
 
 const big = Buffer.alloc(8 * 1024 * 1024, 'x');
 writeFileSync(join(dir, 'big.bin'), big);
@@ -155,4 +155,23 @@ test('fetch-mail: a server dripping a message a byte at a time is given up at th
   assert.equal(r.code, 75, r.stderr);
   assert.match(r.stderr, /^fetch-mail: 127\.0\.0\.1:\d+: not done within the deadline of 2 s \(deadline in [^\n]*fetch-\d+\.toml\)\n$/);
   assert.ok(r.seconds < 15, `${r.seconds} s`);
+});
+
+test('post-office: an over-long or malformed line is answered ERROR and the session goes on; past max_errors, BYE', async () => {
+  const s = await postOffice('[limits]\nmax_errors = 2\n');
+  const long = 'A'.repeat(1200);
+  const got = await converse(s.port, [long, 'LIST\r', 'LOGIN bob sesame', 'QUIT'], /^BYE/m);
+  assert.match(
+    got,
+    /^IMRP 1 b\.test\nERROR line longer than 1000 bytes\nERROR control character in line \(lines end with LF alone\)\nOK logged in as bob\nBYE bye\n$/,
+  );
+  const many = await converse(s.port, [long, 'LIST\r', long, 'LOGIN bob sesame'], /^BYE/m);
+  assert.match(many, /^(ERROR .*\n){3}BYE too many errors\n$/m);
+  assert.doesNotMatch(many, /logged in/);
+  // A line with no end in sight is not read forever.
+  const endless = await open(s.port);
+  const ended = until(endless, /^BYE/m);
+  endless.write('A'.repeat(2 * 1024 * 1024));
+  assert.match(await ended, /^BYE line longer than 1000 bytes\n$/m);
+  endless.destroy();
 });
