@@ -83,7 +83,21 @@ function check(config: Config, source: Located, io: Io): Prepared {
   }
   const ca = config.ca.length ? config.ca.map((p) => readConfigFile(file(p), configName, 'ca')) : systemRoots();
   if (!config.password_file) return { tls: { ca } };
-  return { tls: { ca }, passwordFromFile: readConfigFile(file(config.password_file), configName, 'password_file').toString('utf8').split('\n')[0] };
+  const path = file(config.password_file);
+  return { tls: { ca }, passwordFromFile: firstLine(readConfigFile(path, configName, 'password_file'), path, configName) };
+}
+
+/**
+ * The password in a password file: its first line, without the CR a file
+ * written with CRLF ends it with (as post-office --hash-password reads one).
+ * Any other control character would go to the server as part of the login
+ * line and fail every run: refused here, where the user can see why.
+ */
+function firstLine(text: Buffer, path: string, configName: string): string {
+  const line = text.toString('utf8').split('\n')[0].replace(/\r$/, '');
+  if (line === '') throw configError(configName, 'password_file', `${path}: the first line is empty`);
+  if (/[\x00-\x1f\x7f]/.test(line)) throw configError(configName, 'password_file', `${path}: the first line holds a control character`);
+  return line;
 }
 
 function readConfigFile(path: string, configName: string, key: string): Buffer {

@@ -195,6 +195,16 @@ const cases: Case[] = [
     start: [f('fetched')],
   },
   {
+    title: 'fetch-mail: a password_file whose first line holds a control character',
+    program: 'fetch-mail',
+    config: () => {
+      writeFileSync(f('pw-tab'), 'sesa\tme\r\n');
+      return conf('fm3.toml', `server = "127.0.0.1"\nport = 1\nuser = "bob"\nca = ["test-ca.crt"]\npassword_file = "pw-tab"\nmailbox = "${f('fetched')}"\n`);
+    },
+    names: /password_file: .*pw-tab: the first line holds a control character/,
+    start: [f('fetched')],
+  },
+  {
     title: 'fetch-mail: a CA file that does not exist',
     program: 'fetch-mail',
     config: () =>

@@ -132,6 +132,9 @@ describe('post-office and fetch-mail', () => {
     writeFileSync(join(dir, 'bob.pw'), 'sesame\n');
     const r = await fetch(fetchConfig('bob-pwfile', 'user = "bob"\npassword_file = "bob.pw"\n'), [join(dir, 'bob-pwfile'), '--verbose']);
     assert.equal(r.code, 0, r.stderr);
+    writeFileSync(join(dir, 'bob-crlf.pw'), 'sesame\r\n');
+    const crlf = await fetch(fetchConfig('bob-crlf', 'user = "bob"\npassword_file = "bob-crlf.pw"\n'), [join(dir, 'bob-crlf')]);
+    assert.equal(crlf.code, 0, `a file with CRLF line ends: ${crlf.stderr}`);
     const missing = await fetch(fetchConfig('bob-nopw', 'user = "bob"\npassword_file = "nonexistent.pw"\n'), [join(dir, 'x')]);
     assert.equal(missing.code, 78);
     assert.match(missing.stderr, /password_file: \/.*\/nonexistent\.pw: no such file/);
