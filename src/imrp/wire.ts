@@ -23,6 +23,11 @@ export class ProtocolError extends Error {}
 
 const USER = /^[A-Za-z0-9._@+-]{1,64}$/;
 
+/** Why a name cannot be a user in LOGIN (ima(7) user), for config checks on both sides; undefined if it can. */
+export function userNameProblem(name: string): string | undefined {
+  return USER.test(name) ? undefined : 'user names are 1 to 64 of A-Z a-z 0-9 . _ @ + -';
+}
+
 function ids(words: string[], verb: string): string[] {
   if (words.length === 0 || words.length > 1000) throw new ProtocolError(`${verb} takes 1 to 1000 message ids`);
   for (const w of words) if (!isMessageName(w)) throw new ProtocolError(`${verb}: "${lineText(w, 60)}" is not a message id`);

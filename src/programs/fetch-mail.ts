@@ -14,7 +14,7 @@ import { type Located, boolean, configPath, duration, integer, list, optional, s
 import { EXIT, Failure, configError, usageError } from '../failure.js';
 import { type ConnectOptions, ImrpClient, LoginRefused } from '../imrp/client.js';
 import { Acknowledgements, type Store, countLeft, receiveNew, requestNew } from '../imrp/fetch.js';
-import { IMRP_PORT } from '../imrp/wire.js';
+import { IMRP_PORT, userNameProblem } from '../imrp/wire.js';
 import { cleanTmp, deliverToMailbox, openMailbox } from '../mailbox.js';
 import { DEFAULT_LIMITS } from '../message/index.js';
 import { isTerminal, readSecret } from '../prompt.js';
@@ -26,7 +26,8 @@ const schema = table({
   server: string({ nonEmpty: true }),
   port: optional(integer({ min: 1, max: 65535 }), IMRP_PORT),
   server_name: optional(string(), ''),
-  user: string({ nonEmpty: true }),
+  // Checked as the server checks LOGIN: a space would make the rest of the name part of the password.
+  user: string({ nonEmpty: true, check: userNameProblem }),
   ca: optional(list(string({ nonEmpty: true })), [] as string[]),
   certificate: optional(string(), ''),
   key: optional(string(), ''),

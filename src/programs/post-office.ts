@@ -11,7 +11,7 @@ import type { Argv } from 'yargs';
 import { start } from '../cli.js';
 import { type Located, boolean, configPath, mailboxPathProblem, duration, integer, list, loadConfig, map, optional, size, string, table } from '../config.js';
 import { EXIT, configError, usageError } from '../failure.js';
-import { IMRP_PORT, MAX_LINE, bye } from '../imrp/wire.js';
+import { IMRP_PORT, MAX_LINE, bye, userNameProblem } from '../imrp/wire.js';
 import { ImrpSession, type ImrpConfig } from '../imrp/server.js';
 import { type Settings, parseHostPort, serve, whereFrom } from '../net/listen.js';
 import type { Log } from '../log.js';
@@ -43,7 +43,7 @@ const schema = table({
       ),
       certificate_name: optional(string({ nonEmpty: true }), undefined as string | undefined),
     }),
-    (k) => (/^[A-Za-z0-9._@+-]{1,64}$/.test(k) ? undefined : 'user names are 1 to 64 of A-Z a-z 0-9 . _ @ + -'),
+    userNameProblem,
   ),
   limits: table({
     max_line: optional(integer({ min: 80, max: 65536 }), MAX_LINE),

@@ -205,6 +205,15 @@ const cases: Case[] = [
     start: [f('fetched')],
   },
   {
+    // It logged in as bob with the password "smith" and the real one, and counted a failure against bob.
+    title: 'fetch-mail: a user that the protocol cannot carry (a space)',
+    program: 'fetch-mail',
+    config: () =>
+      conf('fm4.toml', `server = "127.0.0.1"\nport = 1\nuser = "bob smith"\nca = ["test-ca.crt"]\npassword_file = "pw"\nmailbox = "${f('fetched')}"\n`),
+    names: /user: user names are 1 to 64 of/,
+    start: [f('fetched')],
+  },
+  {
     title: 'fetch-mail: a CA file that does not exist',
     program: 'fetch-mail',
     config: () =>
