@@ -84,9 +84,22 @@ export function whereFrom(
   return undefined;
 }
 
+const HOST_PORT = /^(?:\[([0-9a-fA-F:.]+)\]|([^\s:[\]]*)):(\d{1,5})$/;
+
+/**
+ * Why s cannot be a config's listen address, undefined if it can: the form
+ * parseHostPort takes, and a port a server can be found at (1 to 65535; 0,
+ * any free port, is for --listen in tests). Checked with the config, so
+ * --check-config refuses what a start would.
+ */
+export function listenProblem(s: string): string | undefined {
+  const port = Number(HOST_PORT.exec(s)?.[3] ?? NaN);
+  return port >= 1 && port <= 65535 ? undefined : 'must be ADDRESS:PORT with a port from 1 to 65535, such as [::]:4690';
+}
+
 /** "127.0.0.1:4690", "[::1]:4690", ":4690" (all addresses). */
 export function parseHostPort(s: string): { host: string; port: number } {
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^\s:[\]]*)):(\d{1,5})$/.exec(s);
+  const m = HOST_PORT.exec(s);
   const port = m ? Number(m[3]) : NaN;
   if (!m || port > 65535) throw usageError(`--listen ${JSON.stringify(s)}: expected ADDRESS:PORT, such as 127.0.0.1:4690 or [::1]:4690`);
   return { host: m[1] ?? (m[2] || '::'), port };

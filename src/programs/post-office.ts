@@ -13,7 +13,7 @@ import { type Located, boolean, configPath, mailboxPathProblem, duration, intege
 import { EXIT, configError, usageError } from '../failure.js';
 import { IMRP_PORT, MAX_LINE, bye, userNameProblem } from '../imrp/wire.js';
 import { ImrpSession, type ImrpConfig } from '../imrp/server.js';
-import { type Settings, parseHostPort, serve, whereFrom } from '../net/listen.js';
+import { type Settings, listenProblem, parseHostPort, serve, whereFrom } from '../net/listen.js';
 import type { Log } from '../log.js';
 import { dummyHash, hashPassword, hashProblem } from '../password.js';
 import { type GuardLimits, LoginGuard } from '../net/login-guard.js';
@@ -24,7 +24,7 @@ import { Registry, connectionMetrics, metricsAddressProblem, serveMetrics } from
 
 const schema = table({
   name: optional(string({ nonEmpty: true }), hostname()),
-  listen: optional(string({ check: (s) => (/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]*):\d{1,5}$/.test(s) ? undefined : 'must be ADDRESS:PORT') }), `[::]:${IMRP_PORT}`),
+  listen: optional(string({ check: listenProblem }), `[::]:${IMRP_PORT}`),
   metrics: optional(string({ check: metricsAddressProblem }), undefined as string | undefined),
   user: optional(string(), ''),
   tls: tlsSchema(),

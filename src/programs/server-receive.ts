@@ -11,7 +11,7 @@ import { type Located, boolean, command, duration, integer, list, loadConfig, op
 import { EXIT, configError, usageError } from '../failure.js';
 import { ImdpSession, type SessionConfig, type SessionObserver } from '../imdp/server.js';
 import * as wire from '../imdp/wire.js';
-import { type Settings, parseHostPort, serve, whereFrom } from '../net/listen.js';
+import { type Settings, listenProblem, parseHostPort, serve, whereFrom } from '../net/listen.js';
 import type { Log } from '../log.js';
 import type { Io } from '../io.js';
 import { contextOptions, tlsFromConfig, tlsSchema } from '../net/tls.js';
@@ -24,10 +24,7 @@ import { commandProblem } from '../stage.js';
 
 const schema = table({
   domain: string({ check: domainProblem }),
-  listen: optional(
-    string({ check: (s) => (/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]*):\d{1,5}$/.test(s) ? undefined : 'must be ADDRESS:PORT') }),
-    `[::]:${wire.IMDP_PORT}`,
-  ),
+  listen: optional(string({ check: listenProblem }), `[::]:${wire.IMDP_PORT}`),
   metrics: optional(string({ check: metricsAddressProblem }), undefined as string | undefined),
   handler: optional(command(), ['handle-incoming-mail']),
   check: optional(list(string({ nonEmpty: true })), [] as string[]),

@@ -16,7 +16,7 @@ import { type Located, boolean, command, configPath, duration, integer, list, lo
 import { EXIT, configError, usageError } from '../failure.js';
 import type { Io } from '../io.js';
 import type { Log } from '../log.js';
-import { parseHostPort, whereFrom } from '../net/listen.js';
+import { listenProblem, parseHostPort, whereFrom } from '../net/listen.js';
 import { tlsFromConfig, tlsSchema } from '../net/tls.js';
 import { leaveCluster, listenPid, runWorkers, supervises } from '../net/workers.js';
 import { hashProblem } from '../password.js';
@@ -27,7 +27,7 @@ import { ReceiveServer, serveSmtp } from '../smtp/receive-server.js';
 import { type SessionSettings, Sessions } from '../smtp/receive-session.js';
 import { dnsResolver, loadMailauth } from '../smtp/receive-verdicts.js';
 
-const hostPort = string({ check: (s) => (s === '' || /^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]*):\d{1,5}$/.test(s) ? undefined : 'must be ADDRESS:PORT') });
+const hostPort = string({ check: (s) => (s === '' ? undefined : listenProblem(s)) });
 const checked = (problem: (s: string) => string | undefined) => string({ check: problem });
 
 const schema = table({

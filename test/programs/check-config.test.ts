@@ -243,6 +243,22 @@ const cases: Case[] = [
     names: /notice_command.*no-such-queue-mail/,
     start: serverStart,
   },
+  // A port past 65535 passed the check, then a start blamed --listen (exit 64), which was never given.
+  ...(['post-office', 'server-receive', 'smtp-receive'] as const).map((program): Case => ({
+    title: `${program}: a listen port past 65535`,
+    program,
+    config: () =>
+      conf(
+        `${program}-port.toml`,
+        {
+          'post-office': `name = "b.test"\nlisten = "127.0.0.1:99999"\n${tlsOf('b.test.crt', 'b.test.key')}[users.bob]\nmailbox = "${f('mb-bob')}"\ncertificate_name = "bob"\n`,
+          'server-receive': `domain = "b.test"\nlisten = "127.0.0.1:99999"\n${tlsOf('b.test.crt', 'b.test.key')}`,
+          'smtp-receive': `hostname = "b.test"\nlisten = "127.0.0.1:99999"\n${tlsOf('b.test.crt', 'b.test.key')}[mx]\nverdicts = false\n`,
+        }[program],
+      ),
+    names: /listen: must be ADDRESS:PORT with a port from 1 to 65535/,
+    start: [],
+  })),
   {
     title: 'run-queue: a notice_from that is not an address',
     program: 'run-queue',
