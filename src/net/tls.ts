@@ -98,15 +98,25 @@ export function loadTlsMaterial(p: TlsPaths): TlsMaterial {
     throw configError(p.configFile, k.key, `${p.key}: ${what} ${p.certificate}`);
   }
   if (Date.parse(x509.validTo) < Date.now()) throw configError(p.configFile, k.certificate, `${p.certificate}: expired on ${x509.validTo}`);
-  const ca = p.ca.length ? p.ca.map((f) => readPem(f, p.configFile, k.ca)) : systemRoots();
-  for (const [i, pem] of p.ca.length ? ca.entries() : []) {
+  return { cert, key, ca: loadCaFiles(p.ca, p.configFile, k.ca), x509 };
+}
+
+/**
+ * Read and check CA files (each must hold a PEM certificate), or the system's
+ * roots when none is named; errors name the config file, key and file. A file
+ * with no certificate would otherwise pass and make every peer look untrusted.
+ */
+export function loadCaFiles(files: readonly string[], configFile: string, key: string): (string | Buffer)[] {
+  if (files.length === 0) return systemRoots();
+  return files.map((f) => {
+    const pem = readPem(f, configFile, key);
     try {
       new X509Certificate(pem);
     } catch {
-      throw configError(p.configFile, k.ca, `${p.ca[i]}: not a PEM certificate`);
+      throw configError(configFile, key, `${f}: not a PEM certificate`);
     }
-  }
-  return { cert, key, ca, x509 };
+    return pem;
+  });
 }
 
 /** Options for tls.createServer / tls.connect / setSecureContext from loaded material. */

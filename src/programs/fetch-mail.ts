@@ -20,7 +20,7 @@ import { DEFAULT_LIMITS } from '../message/index.js';
 import { isTerminal, readSecret } from '../prompt.js';
 import type { Io } from '../io.js';
 import type { Log } from '../log.js';
-import { loadTlsMaterial, systemRoots } from '../net/tls.js';
+import { loadCaFiles, loadTlsMaterial } from '../net/tls.js';
 
 const schema = table({
   server: string({ nonEmpty: true }),
@@ -79,10 +79,11 @@ function check(config: Config, source: Located, io: Io): Prepared {
       key: file(config.key),
       ca: config.ca.map(file),
       configFile: configName,
+      keys: { certificate: 'certificate', key: 'key', ca: 'ca' },
     });
     return { tls: { cert, key, ca } };
   }
-  const ca = config.ca.length ? config.ca.map((p) => readConfigFile(file(p), configName, 'ca')) : systemRoots();
+  const ca = loadCaFiles(config.ca.map(file), configName, 'ca');
   if (!config.password_file) return { tls: { ca } };
   const path = file(config.password_file);
   return { tls: { ca }, passwordFromFile: firstLine(readConfigFile(path, configName, 'password_file'), path, configName) };

@@ -222,6 +222,25 @@ const cases: Case[] = [
     start: [f('fetched')],
   },
   {
+    // It was read and never parsed: a run then failed (exit 75) blaming the server's certificate.
+    title: 'fetch-mail: a CA file that holds no certificate',
+    program: 'fetch-mail',
+    config: () => conf('fm5.toml', `server = "127.0.0.1"\nport = 1\nuser = "bob"\nca = ["garbage.crt"]\npassword_file = "pw"\nmailbox = "${f('fetched')}"\n`),
+    names: /\bca: .*garbage\.crt: not a PEM certificate/,
+    start: [f('fetched')],
+  },
+  {
+    title: 'fetch-mail with a client certificate: a CA file that holds no certificate, named by its own key',
+    program: 'fetch-mail',
+    config: () =>
+      conf(
+        'fm6.toml',
+        `server = "127.0.0.1"\nport = 1\nuser = "bob"\nca = ["garbage.crt"]\ncertificate = "bob.crt"\nkey = "bob.key"\nmailbox = "${f('fetched')}"\n`,
+      ),
+    names: /: ca: .*garbage\.crt: not a PEM certificate/,
+    start: [f('fetched')],
+  },
+  {
     title: 'make-message: a [headers] value that is not a valid header',
     program: 'make-message',
     config: () => conf('mm1.toml', `from = "alice@a.test"\n[headers]\n"x-bad" = "line\\nbreak"\n`),
