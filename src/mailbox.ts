@@ -2,7 +2,7 @@
 // a directory named by the UUID of its message-id. Delivery writes into
 // tmp/, fsyncs every file and directory, renames into new/ and fsyncs new/:
 // a crash leaves no message or a whole one, never part of one.
-import { closeSync, constants, lstatSync, mkdirSync, openSync, renameSync, statSync, writeSync, writev } from 'node:fs';
+import { closeSync, constants, lstatSync, mkdirSync, openSync, renameSync, writeSync, writev } from 'node:fs';
 import { lstat, mkdir, readdir, rm } from 'node:fs/promises';
 import { isAbsolute, join, relative, sep } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -58,10 +58,6 @@ function isFolder(path: string): boolean {
   if (st === undefined) return false;
   if (!st.isDirectory()) throw NOT_A_FOLDER(path);
   return true;
-}
-
-function exists(path: string): boolean {
-  return statSync(path, { throwIfNoEntry: false }) !== undefined;
 }
 
 /** Make a missing folder; one made by someone else meanwhile is checked like any other. */
