@@ -67,6 +67,10 @@ const schema = table({
     verdicts: optional(boolean(), true),
     dns_servers: optional(list(string({ nonEmpty: true })), [] as string[]),
     dmarc_reject: optional(boolean(), true),
+    postmaster: optional(
+      checked((s) => (s === '' ? undefined : mailboxProblem(s))),
+      '',
+    ),
   }),
   submission: table({
     command: optional(command(), ['queue-mail']),
@@ -108,6 +112,7 @@ function settingsOf(config: Config, role: Role, source: Located, io: Io, log: Lo
     verdicts: role === 'mx' && mx.verdicts ? { resolver: dnsResolver(mx.dns_servers), enforceDmarcReject: mx.dmarc_reject } : undefined,
     maxRecipients: limits.max_recipients,
     maxPerAddress: limits.max_connections_per_address,
+    postmaster: mx.postmaster || `postmaster@${config.hostname}`,
     check: role === 'mx' ? mx.check : [],
     users: new Map(Object.entries(submission.users)),
     maxLoginFailures: limits.max_login_failures,

@@ -18,6 +18,8 @@ import { PerAddress, reply } from './receive-server.js';
 export interface SessionSettings extends MessageSettings {
   maxRecipients: number;
   maxPerAddress: number;
+  /** Who RCPT TO:<Postmaster>, without a domain, reaches (RFC 5321 4.5.1: it must be taken). */
+  postmaster: string;
   /** mx: the RCPT check command (the address is appended): exit 0 exists, 1 does not, else try later. */
   check: readonly string[];
   users: ReadonlyMap<string, User>;
@@ -160,6 +162,8 @@ export class Sessions {
     const unknown = unknownParameter(address, RCPT_PARAMETERS);
     if (unknown) return cb(reply(555, '5.5.4', `${unknown}: parameter not supported`));
     if (session.envelope.rcptTo.length >= s.maxRecipients) return cb(reply(452, '4.5.3', `too many recipients (at most ${s.maxRecipients} per message)`));
+    // smtp-server puts this very object in the envelope once answered: the recipient is the postmaster's address from here on.
+    if (/^postmaster$/i.test(address.address)) address.address = s.postmaster;
     let rcpt: string;
     try {
       rcpt = mailboxOf(parseMailbox(address.address));

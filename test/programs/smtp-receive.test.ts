@@ -66,6 +66,27 @@ describe('smtp-receive mx', () => {
     assert.match(r, /^555 5\.5\.4 NOTIFY: parameter not supported\r$/m);
   });
 
+  it('takes RCPT TO:<Postmaster> without a domain (RFC 5321 4.5.1) for the postmaster address of its config', async () => {
+    const srv = await startReceive(config('mx-postmaster', `[mx]\ndns_servers = ["127.0.0.1:9"]\npostmaster = "bob@b.test"\n`));
+    try {
+      const before = new Set(stored('bob'));
+      const r = await raw(srv.port, [
+        { until: /^220 /m },
+        { send: 'EHLO client.a.test\r\n', until: /^250 /m },
+        { send: 'MAIL FROM:<alice@a.test>\r\n', until: /^250 2\.1\.0 /m },
+        { send: 'RCPT TO:<Postmaster>\r\n', until: /^(250 2\.1\.5|55\d) .*\r\n/m },
+        { send: 'DATA\r\n', until: /^(354|5\d\d) /m },
+        { send: 'From: alice@a.test\r\nSubject: to the postmaster\r\n\r\nHi.\r\n.\r\n', until: /accepted as .*\r\n|^5\d\d /m },
+      ]);
+      assert.match(r, /^250 2\.1\.5 /m);
+      const id = /accepted as urn:uuid:(\S+)/.exec(r)![1];
+      assert.ok(!before.has(id));
+      assert.match(headersOf('bob', id), /^subject: to the postmaster$/m);
+    } finally {
+      await srv.stop();
+    }
+  });
+
   it('records a HELO (not EHLO) client as SMTP, its name kept to what a domain or address literal holds', async () => {
     const before = new Set(stored('bob'));
     const r = await raw(mx.port, [
