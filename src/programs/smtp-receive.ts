@@ -152,20 +152,32 @@ function serverOptions(config: Config, role: Role, implicit: boolean, sessions: 
     name: config.hostname,
     secure: implicit,
     minVersion: 'TLSv1.2',
-    size: config.limits.max_message_bytes,
     disabledCommands: role === 'mx' ? ['AUTH'] : [],
     authMethods: ['PLAIN', 'LOGIN'],
     authOptional: role === 'mx',
     allowInsecureAuth: false,
     hideENHANCEDSTATUSCODES: false,
     disableReverseLookup: true,
-    maxClients: config.limits.max_connections,
-    maxCommandLength: config.limits.max_command_line,
-    socketTimeout: config.timeouts.idle,
-    closeTimeout: config.timeouts.shutdown,
     logger: false,
+    ...limitOptions(config),
     ...sessions.hooks(),
   } as SMTPServerOptions;
+}
+
+/**
+ * The options smtp-server reads as it goes (SIZE in EHLO and MAIL, the
+ * connection limit, and for each new connection its line limit and idle
+ * timeout): a reload sets them anew, or EHLO went on announcing the old
+ * SIZE while the stream enforced the new one.
+ */
+function limitOptions(config: Config): Partial<SMTPServerOptions> {
+  return {
+    size: config.limits.max_message_bytes,
+    maxClients: config.limits.max_connections,
+    socketTimeout: config.timeouts.idle,
+    closeTimeout: config.timeouts.shutdown,
+    maxCommandLength: config.limits.max_command_line,
+  };
 }
 
 export async function main(args: string[], io: Io): Promise<number> {
@@ -209,6 +221,7 @@ async function serveConfigured(args: string[], io: Io): Promise<number> {
       const next = loadConfig(schema, source.file!, true).config;
       const tls = check(next, source, io);
       settings = settingsOf(next, role, source, io, log);
+      Object.assign(server.options, limitOptions(next));
       server.updateSecureContext(tls);
     },
   });

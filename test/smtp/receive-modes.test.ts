@@ -9,7 +9,7 @@ import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { type Activated, childrenOf, pidGone, runCommand, socketActivate } from '../helpers.js';
-import { MX_EXTRA, arrival, config, dir, hash, pki, startReceive, stored, swaks } from './receive-fixture.js';
+import { MX_EXTRA, arrival, config, dir, hash, pki, raw, startReceive, stored, swaks } from './receive-fixture.js';
 
 const children: ChildProcess[] = [];
 after(() => {
@@ -81,6 +81,37 @@ describe('smtp-receive modes and signals', () => {
       srv.proc.kill('SIGHUP');
       await refused;
       assert.match((await login('carol')).out, /235 2\.7\.0/);
+    } finally {
+      await srv.stop();
+    }
+  });
+
+  it('SIGHUP: a new max_message_bytes is the SIZE announced and the limit enforced alike', async () => {
+    const limit = (bytes: string) => config('hup-size', `[limits]\nmax_message_bytes = ${bytes}\n${MX_EXTRA}`);
+    const file = limit('2048');
+    const srv = await startReceive(file);
+    try {
+      const n = stored('bob').length;
+      const send = () =>
+        raw(srv.port, [
+          { until: /^220 /m },
+          { send: 'EHLO client.a.test\r\n', until: /^250 /m },
+          { send: 'MAIL FROM:<alice@a.test> SIZE=7000\r\n', until: /^(250|552) .*\r\n/m },
+          { send: 'QUIT\r\n', until: /^221 /m },
+        ]);
+      let r = await send();
+      assert.match(r, /^250[- ]SIZE 2048\r$/m);
+      assert.match(r, /^552 5\.3\.4 /m);
+      limit('"100K"');
+      const reloaded = new Promise<void>((res) => srv.proc.stderr!.on('data', () => /reloaded configuration/.test(srv.log()) && res()));
+      srv.proc.kill('SIGHUP');
+      await reloaded;
+      r = await send();
+      assert.match(r, /^250[- ]SIZE 102400\r$/m);
+      assert.match(r, /^250 2\.1\.0 /m);
+      const big = await swaks(srv.port, ['--from', 'alice@a.test', '--to', 'bob@b.test', '--body', 'x'.repeat(7000)]);
+      assert.match(big.out, /250 2\.0\.0 accepted as/);
+      assert.equal(stored('bob').length, n + 1);
     } finally {
       await srv.stop();
     }
