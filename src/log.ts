@@ -23,6 +23,15 @@ export function oneLine(s: string): string {
   return s.replace(/[\x00-\x1f\x7f]/g, (c) => (c === '\n' ? '\\n' : c === '\t' ? ' ' : '?'));
 }
 
+/**
+ * A value a peer chose, for a key=value log line: as it is when it is one
+ * plain word, else quoted (JSON), so "alice method=PLAIN result=ok" cannot
+ * pass for fields of the line.
+ */
+export function logValue(s: string): string {
+  return /^[\w.@+-]+$/.test(s) ? s : JSON.stringify(s);
+}
+
 /** The --log-format a command line asks for, for reports made outside a program's log (run.ts). */
 export function logFormatIn(args: readonly string[]): LogFormat {
   const i = args.indexOf('--log-format');

@@ -6,7 +6,7 @@ import { Readable } from 'node:stream';
 import type { SMTPServerAddress, SMTPServerAuthentication, SMTPServerDataStream, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
 import { type Address, AddressError, mailboxOf, parseMailbox } from '../address.js';
 import { EXIT } from '../failure.js';
-import type { Log } from '../log.js';
+import { type Log, logValue } from '../log.js';
 import { parseResult } from '../results.js';
 import { runStage } from '../stage.js';
 import { type User, checkLogin, senderAllowed } from './receive-auth.js';
@@ -123,11 +123,11 @@ export class Sessions {
     // Counted as failed while the password is checked, so parallel guesses cannot all get past the limit.
     const attempt = this.guard.begin(addr, user);
     if (!attempt) {
-      this.log.info(`session=${session.id} client=${addr} login user=${user} refused: too many failed logins`);
+      this.log.info(`session=${session.id} client=${addr} login user=${logValue(user)} refused: too many failed logins`);
       return cb(reply(421, '4.7.0', 'too many failed logins; try again later'));
     }
     const ok = await checkLogin(s.users, user, auth.password ?? '', this.dummyFor(s.users));
-    this.log.info(`session=${session.id} client=${addr} login user=${user} method=${auth.method} result=${ok ? 'ok' : 'failed'}`);
+    this.log.info(`session=${session.id} client=${addr} login user=${logValue(user)} method=${auth.method} result=${ok ? 'ok' : 'failed'}`);
     // A success takes back only its own try: a login to one's own account must not wipe the count of guesses at another.
     if (ok) {
       attempt.succeeded();

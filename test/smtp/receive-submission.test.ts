@@ -196,6 +196,13 @@ senders = ["alice@b.test", "@sales.b.test"]
     assert.match(r.out, /250 2\.0\.0 accepted as q\d+/, 'every author within the rules');
   });
 
+  it('logs a login name with spaces quoted, so it cannot pass for fields of the log line', async () => {
+    const forged = 'mallory method=PLAIN result=ok';
+    const r = await swaks(sub.port, ['--tlsc', '--auth', 'PLAIN', '--auth-user', forged, '--auth-password', 'x', '--quit-after', 'AUTH']);
+    assert.match(r.out, /535 5\.7\.8/);
+    await sub.waitLog(/login user="mallory method=PLAIN result=ok" method=PLAIN result=failed/);
+  });
+
   it('takes mail from msmtp (implicit TLS, certificate checked) and passes the envelope as --recipient', async () => {
     const cfg = join(dir, 'msmtprc');
     writeFileSync(
