@@ -171,6 +171,36 @@ export function map<T>(item: Field<T>, keyCheck?: (k: string) => string | undefi
   };
 }
 
+/**
+ * A table keyed by domain, keyed the way domains are compared (ASCII,
+ * lowercase: `ascii`): "B.Test" or an international name as written would
+ * otherwise never match the domain of an address. Two keys naming one
+ * domain are refused, as which of them holds would be a guess.
+ */
+export function domainMap<T>(item: Field<T>, ascii: (domain: string) => string): Field<Record<string, T>> {
+  return {
+    parse(v, key) {
+      if (!isTable(v)) throw problem(key, `must be a table, not ${typeName(v)}`);
+      const out: Record<string, T> = Object.create(null);
+      const written = new Map<string, string>();
+      for (const [k, x] of Object.entries(v)) {
+        let domain: string;
+        try {
+          domain = ascii(k);
+        } catch (e) {
+          throw problem(join2(key, k), (e as Error).message);
+        }
+        const other = written.get(domain);
+        if (other !== undefined) throw problem(join2(key, k), `names the same domain as ${join2(key, other)} (${domain})`);
+        written.set(domain, k);
+        out[domain] = item.parse(x, join2(key, k));
+      }
+      return out;
+    },
+    fallback: () => Object.create(null),
+  };
+}
+
 export type Role = 'server' | 'user';
 
 export interface Located {

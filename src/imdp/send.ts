@@ -162,9 +162,20 @@ export interface Target {
 
 /** "host", "host:port", "[v6]:port". */
 export function parseTarget(s: string): { host: string; port: number } {
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^\s:[\]]+))(?::(\d{1,5}))?$/.exec(s.trim());
-  if (!m) throw new Error(`not HOST or HOST:PORT: ${JSON.stringify(s)}`);
+  const problem = targetProblem(s);
+  if (problem) throw new Error(problem);
+  const m = TARGET.exec(s.trim())!;
   return { host: m[1] ?? m[2], port: m[3] ? Number(m[3]) : IMDP_PORT };
+}
+
+const TARGET = /^(?:\[([0-9a-fA-F:.]+)\]|([^\s:[\]]+))(?::(\d{1,5}))?$/;
+
+/** What is wrong with a [servers] value ("host", "host:port", "[v6]:port"), for the config check. */
+export function targetProblem(s: string): string | undefined {
+  const m = TARGET.exec(s.trim());
+  if (!m) return `not HOST or HOST:PORT: ${JSON.stringify(s)}`;
+  const port = m[3] ? Number(m[3]) : IMDP_PORT;
+  return port >= 1 && port <= 65535 ? undefined : `port ${m[3]} is not 1-65535`;
 }
 
 /**

@@ -15,12 +15,23 @@ import { Readable } from 'node:stream';
 import type { Argv } from 'yargs';
 import { type Address, AddressError, asciiDomain, domainProblem, mailboxOf, parseAddressList } from '../address.js';
 import { start } from '../cli.js';
-import { type Located, boolean, command, duration, list, map, optional, size, string, table } from '../config.js';
+import { type Located, boolean, command, domainMap, duration, list, optional, size, string, table } from '../config.js';
 import { type Failure, asFailure, configError, noInput, tempFail, usageError } from '../failure.js';
 import { ImdpClient } from '../imdp/client.js';
 import { type Answer, isTemporary } from '../imdp/wire.js';
 import { DEFAULT_LIMITS } from '../message/index.js';
-import { type Group, type Prepared, type Route, type Target, copyFor, groupRecipients, prepare, relayedResult, routeDomain } from '../imdp/send.js';
+import {
+  type Group,
+  type Prepared,
+  type Route,
+  type Target,
+  copyFor,
+  groupRecipients,
+  prepare,
+  relayedResult,
+  routeDomain,
+  targetProblem,
+} from '../imdp/send.js';
 import { Dns, dnsServerProblem } from '../net/dns.js';
 import type { Io } from '../io.js';
 import { type Word, exitFor, formatResult, parseResult } from '../results.js';
@@ -31,7 +42,7 @@ import { type TlsMaterial, contextOptions, tlsFromConfig, tlsSchema } from '../n
 const schema = table({
   domain: string({ check: domainProblem }),
   tls: tlsSchema(),
-  servers: map(string({ nonEmpty: true }), domainProblem),
+  servers: domainMap(string({ nonEmpty: true, check: targetProblem }), (d) => asciiDomain(d)),
   dns_srv: optional(boolean(), true),
   dns_servers: optional(list(string({ check: dnsServerProblem })), [] as string[]),
   legacy: optional(string({ oneOf: ['auto', 'never'] }), 'auto'),

@@ -14,7 +14,7 @@ import { hostname } from 'node:os';
 import type { Argv } from 'yargs';
 import { type Address, AddressError, addressKey, asciiDomain, domainProblem, mailboxOf, parseMailbox } from '../address.js';
 import { openInput, start } from '../cli.js';
-import { type Located, configPath, duration, integer, list, map, optional, size, string, table } from '../config.js';
+import { type Located, configPath, domainMap, duration, integer, list, optional, size, string, table } from '../config.js';
 import { EXIT, Failure, configError, usageError } from '../failure.js';
 import type { Io } from '../io.js';
 import { Dns, dnsServerProblem } from '../net/dns.js';
@@ -30,7 +30,7 @@ const schema = table({
   mx_port: optional(integer({ min: 1, max: 65535 }), 25),
   tls: optional(string({ oneOf: ['may', 'verify'] }), 'may'),
   tls_ca: optional(list(string({ nonEmpty: true })), [] as string[]),
-  domains: map(table({ tls: optional(string({ oneOf: ['may', 'verify'] }), '') }), domainProblem),
+  domains: domainMap(table({ tls: optional(string({ oneOf: ['may', 'verify'] }), '') }), (d) => asciiDomain(d)),
   smarthost: table({
     host: optional(string(), ''),
     tls: optional(string({ oneOf: ['starttls', 'implicit', 'may'] }), 'starttls'),
@@ -73,29 +73,16 @@ function check(config: Config, source: Located): Checked {
   const configFile = source.file ?? 'smtp-send.toml';
   return {
     keys: loadDkimKeys(config.dkim, source, configFile),
-    domainTls: domainPolicies(config, configFile),
+    domainTls: domainPolicies(config),
     ca: config.tls_ca.length ? loadCas(config, source) : undefined,
     smarthost: config.smarthost.host ? smarthostPeer(config, source, configFile) : undefined,
     spoolDir: spoolDirOf(config, source, configFile),
   };
 }
 
-/**
- * [domains] keyed the way recipients are grouped (ASCII, lowercase): "Bank.Example"
- * or an IDN as written would otherwise never match, and its tls = "verify" would
- * silently be the global policy. Two keys naming one domain are refused.
- */
-function domainPolicies(config: Config, configFile: string): Map<string, TlsMode> {
-  const out = new Map<string, TlsMode>();
-  const written = new Map<string, string>();
-  for (const [d, rules] of Object.entries(config.domains)) {
-    const ascii = asciiDomain(d);
-    const other = written.get(ascii);
-    if (other !== undefined) throw configError(configFile, `domains."${d}"`, `names the same domain as domains."${other}" (${ascii})`);
-    written.set(ascii, d);
-    if (rules.tls) out.set(ascii, rules.tls as TlsMode);
-  }
-  return out;
+/** The [domains] TLS policies, by ASCII lowercase domain as recipients are grouped (domainMap keyed them so). */
+function domainPolicies(config: Config): Map<string, TlsMode> {
+  return new Map(Object.entries(config.domains).flatMap(([domain, rules]) => (rules.tls ? [[domain, rules.tls as TlsMode]] : [])));
 }
 
 export async function main(args: string[], io: Io): Promise<number> {

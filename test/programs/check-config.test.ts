@@ -187,6 +187,27 @@ const cases: Case[] = [
     names: /legacy_command/,
   },
   {
+    title: 'send-mail: a [servers] value that is no HOST:PORT (it was an internal error at the first send, with no result lines)',
+    program: 'send-mail',
+    config: () => conf('sm3.toml', `domain = "a.test"\n[servers]\n"b.test" = "mail b.test"\n${tlsOf('a.test.crt', 'a.test.key')}`),
+    names: /servers\."b\.test": not HOST or HOST:PORT: "mail b\.test"/,
+    start: [],
+    input: '',
+  },
+  {
+    title: 'send-mail: a [servers] port past 65535',
+    program: 'send-mail',
+    config: () => conf('sm4.toml', `domain = "a.test"\n[servers]\n"b.test" = "127.0.0.1:99999"\n${tlsOf('a.test.crt', 'a.test.key')}`),
+    names: /servers\."b\.test": port 99999 is not 1-65535/,
+  },
+  {
+    title: 'send-mail: two [servers] keys naming one domain',
+    program: 'send-mail',
+    config: () =>
+      conf('sm5.toml', `domain = "a.test"\n[servers]\n"b.test" = "127.0.0.1:4690"\n"B.TEST" = "127.0.0.1:4691"\n${tlsOf('a.test.crt', 'a.test.key')}`),
+    names: /servers\."B\.TEST": names the same domain as servers\."b\.test" \(b\.test\)/,
+  },
+  {
     title: 'fetch-mail: a password_file that does not exist',
     program: 'fetch-mail',
     config: () =>

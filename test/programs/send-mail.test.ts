@@ -97,6 +97,22 @@ test('send-mail: two domains, each gets only its own bcc; mailer, date and messa
   assert.equal(atB.h.get('message-id'), atC.h.get('message-id'));
 });
 
+test('send-mail: a [servers] key written in capitals is the domain it names (domains are compared in lower case)', async () => {
+  const outB = outDir();
+  const b = await server('b.test', outB);
+  const cfg = sendMailConfig({ 'B.TEST': `127.0.0.1:${b.port}` });
+  const r = await runBin('send-mail', ['--config', cfg], {
+    input: await message([
+      ['from', 'alice@a.test'],
+      ['to', 'bob@b.test'],
+      ['subject', 'capitals'],
+    ]),
+  });
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout.toString(), 'OK bob@b.test\n');
+  assert.equal((await stored(outB)).length, 1);
+});
+
 test('send-mail: a 5 MiB message to two domains at once arrives byte for byte at both (the spool read through reused buffers)', async () => {
   const { outB, outC, cfg } = await twoDomains();
   // Random text: a chunk written from a buffer already refilled with later bytes could not go unnoticed.
