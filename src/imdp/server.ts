@@ -81,7 +81,18 @@ interface Announced {
   rejected?: { status: string; text: string };
 }
 
-class Drop extends Error {}
+class Drop extends Error {
+  /** A stall or a too slow peer, not a broken connection: the peer may still read a BYE saying why (ima(7)). */
+  constructor(
+    message: string,
+    readonly sayBye = false,
+  ) {
+    super(message);
+  }
+}
+
+/** A read that failed: a timeout ends the session with a BYE, anything else drops it. */
+const dropFor = (e: unknown) => new Drop(describe(e), e instanceof LineError && e.kind === 'timeout');
 
 /** Bytes of answers the peer has not read yet before we stop reading its commands. */
 export const REPLY_BUFFER = 64 * 1024;
@@ -199,9 +210,11 @@ export class ImdpSession {
       }
     } catch (e) {
       if (!(e instanceof Drop)) throw e;
-      this.cfg.log.info(`session=${this.id} ${this.peer.address}: connection dropped: ${e.message}`);
+      this.cfg.log.info(`session=${this.id} ${this.peer.address}: connection ${e.sayBye ? 'closed' : 'dropped'}: ${e.message}`);
       this.release(); // what the handler said still goes out before the connection is cut
-      this.socket.destroy();
+      // The BYE goes out and the listener closes the connection gently; a broken one is cut.
+      if (e.sayBye) this.bye(`${e.message}: closing`);
+      else this.socket.destroy();
     } finally {
       this.release();
       stopping.removeEventListener('abort', onStop);
@@ -255,7 +268,7 @@ export class ImdpSession {
           problem ??= `headers larger than ${max} bytes`;
           continue;
         }
-        throw e instanceof LineError ? new Drop(e.message) : e;
+        throw e instanceof LineError ? dropFor(e) : e;
       }
       if (line === null) throw new Drop('connection closed in the middle of MAIL');
       if (line === '') break;
@@ -377,7 +390,7 @@ export class ImdpSession {
     try {
       await p.done;
     } catch (e) {
-      throw new Drop(describe(e));
+      throw dropFor(e);
     }
   }
 
