@@ -60,12 +60,22 @@ export interface ConvertedMessage extends MessageParts {
   dispose(): Promise<void>;
 }
 
-/** Counts the bytes against the limit and hashes them (CR removed) for a message that turns out to have no Message-ID. */
+/**
+ * Counts the bytes against the limit, hashes them (CR removed) for a message
+ * that turns out to have no Message-ID, and ends a header section run into
+ * the text (section.ts).
+ */
 class Meter extends Transform {
   private bytes = 0;
   private hash: ReturnType<typeof createHash> | undefined = createHash('sha256');
-  constructor(private readonly limit: number) {
+  // After the digest: the empty line it may put in is not the sender's.
+  private readonly section: HeaderSectionEnd;
+  constructor(
+    private readonly limit: number,
+    maxHeaderBytes: number,
+  ) {
     super();
+    this.section = new HeaderSectionEnd(maxHeaderBytes, (c) => this.push(c));
   }
   override _transform(chunk: Buffer, _e: BufferEncoding, cb: TransformCallback): void {
     this.bytes += chunk.length;
@@ -78,7 +88,12 @@ class Meter extends Transform {
       }
       this.hash.update(chunk.subarray(from));
     }
-    cb(null, chunk);
+    this.section.take(chunk);
+    cb();
+  }
+  override _flush(cb: TransformCallback): void {
+    this.section.end();
+    cb();
   }
   /** Bytes read so far. */
   get size(): number {
@@ -166,7 +181,7 @@ const paramsOf = (a: AttachmentStream) => (a.headers.get('content-type') as Stru
 export async function readMime(input: Readable, opts: MimeToImaOptions = {}): Promise<ConvertedMessage> {
   const limits = opts.limits ?? MIME_LIMITS;
   const store = new SpoolStore({ memoryBudget: opts.spoolMemory, dir: opts.spoolDir });
-  const meter = new Meter(limits.maxMessageBytes);
+  const meter = new Meter(limits.maxMessageBytes, limits.maxHeaderBytes);
   const parser = new MailParser({
     ignoreEmbedded: true, // message/rfc822 stays whole, an attachment NAME.eml
     checksumAlgo: false,
@@ -191,7 +206,7 @@ export async function readMime(input: Readable, opts: MimeToImaOptions = {}): Pr
   });
   let failed: unknown;
   let reading: Readable | undefined;
-  joinStreams([input, meter, new HeaderSectionEnd(limits.maxHeaderBytes), parser], (err) => {
+  joinStreams([input, meter, parser], (err) => {
     if (!err) return;
     failed ??= err;
     // An attachment stream being read when the parser fails would wait for bytes that never come.
