@@ -68,8 +68,15 @@ function firstAddress(headers: Headers, field: string): Address | undefined {
   }
 }
 
-/** The envelope sender a message implies: its from. */
-export function senderOf(headers: Headers): Address {
+/**
+ * The envelope sender a message implies: its from, or the null sender (null)
+ * for a notice. A notice is marked by its `notice` header, as run-queue and
+ * smtp-receive make it; RFC 5321 4.5.5 wants it sent from <> so that a notice
+ * that fails is never answered with another. Deciding here, not in each
+ * caller, covers send-mail's legacy command and anyone piping a notice in.
+ */
+export function senderOf(headers: Headers): Address | null {
+  if (headers.has('notice')) return null;
   const from = firstAddress(headers, 'from');
   if (!from) throw dataError('the message has no from: give --from ADDRESS (or --from "" for the null sender)');
   return from;

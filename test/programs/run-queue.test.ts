@@ -8,6 +8,7 @@ import { after, test } from 'node:test';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { readMessage } from '../../src/message/index.js';
+import { buildNotice } from '../../src/queue/notice.js';
 import { BIN, runBin } from '../helpers.js';
 import { HANDLER, type Server, certs, config, dir, message, outDir, pki, startServer } from '../imdp-fixture.js';
 import { listQueue, queueSetup, recipient } from '../queue-fixture.js';
@@ -528,6 +529,40 @@ test(
       assert.deepEqual(await listQueue(q.env), [], 'both recipients delivered, nothing left queued');
       assert.equal(imaFiles(outB).length, 1);
       assert.match(r.stderr, /zoe@legacy\.test/);
+    } finally {
+      await sink.stop();
+    }
+  },
+);
+
+test(
+  'run-queue: a notice to a legacy domain goes out over SMTP from the null sender (MAIL FROM:<>, RFC 5321 4.5.5); an ordinary message keeps its from',
+  { skip: smtpSinkMissing },
+  async () => {
+    const sink = await startSink(['-v']);
+    try {
+      // dns_srv off and legacy = "auto": a.test, outside [servers], goes to smtp-send (by the smarthost, the sink).
+      const q = queueSetup({ sendMailConfig: sendMailConfig({}), direct: true });
+      writeFileSync(join(q.dir, 'smtp-send.toml'), `[smarthost]\nhost = "127.0.0.1:${sink.port}"\ntls = "may"\n`);
+      const notice = await buildNotice({
+        kind: 'failure',
+        state: { id: '20260101T000000-0123456789', sender: 'alice@a.test', subject: 'plans', message_id: '', arrival: '2026-01-01T00:00:00Z' },
+        recipients: [{ address: 'zed@x.test', last_reply: 'FAIL 5.1.1 no such user here', attempts: 1 }],
+        headers: Buffer.alloc(0),
+        from: 'mailer-daemon@a.test',
+        now: Date.now(),
+        giveUpAt: 0,
+      });
+      const queued = await runBin('queue-mail', [], { env: q.env, input: notice });
+      assert.equal(queued.code, 0, queued.stderr);
+      await queueTo(q.env, 'zoe@a.test');
+      const r = await runBin('run-queue', ['--once'], { env: q.env });
+      assert.equal(r.code, 0, r.stderr);
+      assert.deepEqual(await listQueue(q.env), [], 'both delivered');
+      const deadline = Date.now() + 5000;
+      while ((sink.output().match(/MAIL FROM:/g) ?? []).length < 2 && Date.now() < deadline) await new Promise((res) => setTimeout(res, 20));
+      const senders = (sink.output().match(/MAIL FROM:<[^>]*>/g) ?? []).sort();
+      assert.deepEqual(senders, ['MAIL FROM:<>', 'MAIL FROM:<alice@a.test>'], sink.output());
     } finally {
       await sink.stop();
     }
