@@ -6,7 +6,7 @@
 // recipients (never the header ones) and its exit code turned into the reply.
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import type { DNSResolver } from 'mailauth';
-import { type Address, AddressError, addressKey, formatAddressList, parseAddress, parseAddressList } from '../address.js';
+import { type Address, AddressError, addressKey, formatAddressList, mailboxProblem, parseAddress, parseAddressList } from '../address.js';
 import { EXIT, Failure, asFailure, permFail, tempFail } from '../failure.js';
 import type { Log } from '../log.js';
 import { type Headers, type MessageParts, writeMessage } from '../message/index.js';
@@ -184,6 +184,10 @@ async function settlePartial(lines: string[], m: ConvertedMessage, env: Envelope
     throw tempFail('delivered to some recipients, not yet to all; try again later (what was stored is not stored twice)', '4.3.0');
   if (!failed.length) throw tempFail('the handler delivered to some recipients without saying which failed; try again later', '4.3.0');
   if (!env.from) return 'none (null sender)';
+  // RFC 5321 takes senders IMA has no form for (a|b@x, -x@x, x@[192.0.2.1]):
+  // no notice can be addressed to them, so, as for <>, there is nobody to tell.
+  const unanswerable = mailboxProblem(env.from);
+  if (unanswerable) return `none (the sender <${env.from}> is no IMA address: ${unanswerable})`;
   if (!s.notice) return 'none (notice_command is empty)';
   const run = { inProcess: s.inProcess, timeout: s.handlerTimeout, env: s.env, cwd: s.cwd, stderr: s.stderr };
   const said = await sendFailureNotice(s.notice, run, {

@@ -378,6 +378,25 @@ describe('smtp-receive mx', () => {
       await srv.waitLog(/not delivered to carol@b\.test NORECIPIENT; notice none \(null sender\)/);
     });
 
+    it('answers 250, not 550, for a sender no notice can be written to (an SMTP address IMA has no form for), and logs why none was sent', async () => {
+      writeFileSync(answers, 'OK bob@b.test\nFAIL carol@b.test 5.2.2 mailbox full\n');
+      for (const sender of ['a|b@a.test', '-x@a.test', 'bounce@[192.0.2.1]']) {
+        const before = queued().length;
+        // Spoken by hand: swaks takes "-x@a.test" for an option.
+        const r = await raw(srv.port, [
+          { until: /^220 /m },
+          { send: 'EHLO client.a.test\r\n', until: /^250 /m },
+          { send: `MAIL FROM:<${sender}>\r\nRCPT TO:<bob@b.test>\r\nRCPT TO:<carol@b.test>\r\nDATA\r\n`, until: /^354 /m },
+          { send: `Subject: partly\r\n\r\nfrom ${sender}\r\n.\r\n`, until: /^(?:250 2\.0\.0|[45]\d\d) .*\r\n/m },
+          { send: 'QUIT\r\n', until: /^221 /m },
+        ]);
+        assert.match(r, /^250 2\.0\.0 accepted as urn:uuid:/m, `${sender}: ${r}`);
+        assert.equal(queued().length, before, `${sender}: no notice`);
+        const logged = sender.replace(/[|.[\]]/g, '\\$&');
+        await srv.waitLog(new RegExp(`not delivered to carol@b\\.test FAIL 5\\.2\\.2 mailbox full; notice none \\(the sender <${logged}> is no IMA address: `));
+      }
+    });
+
     it('answers 451 when the notice cannot be handed on', async () => {
       const failing = await startReceive(config('mx-partial-nonotice', mx, 'notice_command = ["false"]'));
       try {
