@@ -43,7 +43,7 @@ export async function sendFailureNotice(
     kind: 'failure',
     // The message's IMA id names the notice: a retry of the message that fails the same way gives the same notice.
     state: { id, sender: m.sender, subject: m.headers.get('subject') ?? '', message_id: id, arrival: new Date().toISOString() },
-    recipients: m.failed.map((r) => ({ address: r.address, last_reply: r.reason || r.word, attempts: 1 })),
+    recipients: m.failed.map((r) => ({ address: r.address, last_reply: lastReply(r), attempts: 1 })),
     headers: m.headers.serialize(),
     from: n.from,
     now: Date.now(),
@@ -63,4 +63,10 @@ export async function sendFailureNotice(
   });
   if (code !== 0) throw tempFail(`the notice to ${m.sender} of the recipients that failed was not taken (${n.command[0]} exited ${code})`, '4.3.0');
   return lines.join('; ');
+}
+
+/** What the notice says of a failed recipient: its reason, and for NORECIPIENT (which has none) the 5.1.1 the DATA reply gives. */
+function lastReply(r: Result): string {
+  if (r.word === 'NORECIPIENT') return '5.1.1 no such recipient';
+  return r.reason || r.word;
 }

@@ -378,6 +378,17 @@ describe('smtp-receive mx', () => {
       await srv.waitLog(/not delivered to carol@b\.test NORECIPIENT; notice none \(null sender\)/);
     });
 
+    it('says 5.1.1 for a NORECIPIENT in the notice, as the DATA reply would', async () => {
+      writeFileSync(answers, 'OK bob@b.test\nNORECIPIENT carol@b.test\n');
+      const had = queued();
+      const r = await swaks(srv.port, ['--from', 'alice@a.test', ...both, '--body', 'to a stranger']);
+      assert.match(r.out, /^<- +250 2\.0\.0 accepted as urn:uuid:/m);
+      // Queue ids sort by the second they were made in, and then at random: the new one need not be last.
+      const fresh = queued().filter((f) => !had.includes(f));
+      assert.equal(fresh.length, 1, 'one notice queued');
+      assert.match(readFileSync(join(queue, 'messages', fresh[0])).toString('latin1'), /carol@b\.test: 5\.1\.1 no such recipient \(1 attempt\)/);
+    });
+
     it('answers 250, not 550, for a sender no notice can be written to (an SMTP address IMA has no form for), and logs why none was sent', async () => {
       writeFileSync(answers, 'OK bob@b.test\nFAIL carol@b.test 5.2.2 mailbox full\n');
       for (const sender of ['a|b@a.test', '-x@a.test', 'bounce@[192.0.2.1]']) {
