@@ -16,7 +16,12 @@ export interface RoutingTable {
   aliases: Record<string, string[]>;
 }
 
-export type Resolution = { kind: 'deliver'; targets: { address: Address; argv: string[] }[] } | { kind: 'norecipient' } | { kind: 'fail'; reason: string };
+export interface Target {
+  address: Address;
+  argv: string[];
+}
+
+export type Resolution = { kind: 'deliver'; targets: Target[] } | { kind: 'norecipient' } | { kind: 'fail'; reason: string };
 
 const MAX_ALIAS_DEPTH = 8;
 
@@ -87,33 +92,27 @@ export class Router {
     } catch (e) {
       return { kind: 'fail', reason: (e as Error).message };
     }
-    const targets: { address: Address; argv: string[] }[] = [];
+    const targets: Target[] = [];
     const seen = new Set<string>();
-    for (const t of expanded) {
-      const argv = this.commandFor(t);
-      if (!argv) {
-        if (expanded.length === 1) return { kind: 'norecipient' };
-        continue; // an alias member without a route is skipped; the others still get the mail
-      }
-      const key = addressKey(argv.address);
+    // An alias member without a route is skipped; the others still get the mail.
+    for (const t of expanded.flatMap((m) => this.targetsFor(m))) {
+      const key = addressKey(t.address);
       if (seen.has(key)) continue;
       seen.add(key);
-      targets.push({ address: argv.address, argv: argv.argv });
+      targets.push(t);
     }
     return targets.length ? { kind: 'deliver', targets } : { kind: 'norecipient' };
   }
 
-  private commandFor(a: Address, viaCatchAll = false): { address: Address; argv: string[] } | undefined {
+  /** Where one (expanded) address goes: its route, its domain's command, or every member the catch_all expands to; none when nothing serves it. */
+  private targetsFor(a: Address, viaCatchAll = false): Target[] {
     const route = this.routes.get(addressKey(a));
-    if (route) return { address: a, argv: routeArgv(route, a) };
+    if (route) return [{ address: a, argv: routeArgv(route, a) }];
     const rules = this.domains.get(a.asciiDomain);
-    if (!rules) return undefined;
-    if (rules.command.length && (!rules.users || rules.users.includes(a.local))) return { address: a, argv: routeArgv(rules.command, a) };
-    if (rules.catch_all && !viaCatchAll) {
-      const target = parseMailbox(rules.catch_all);
-      const viaAlias = this.aliases.has(addressKey(target)) ? this.expand(target, 0, new Set())[0] : target;
-      return this.commandFor(viaAlias, true);
-    }
-    return undefined;
+    if (!rules) return [];
+    if (rules.command.length && (!rules.users || rules.users.includes(a.local))) return [{ address: a, argv: routeArgv(rules.command, a) }];
+    if (!rules.catch_all || viaCatchAll) return [];
+    // A catch_all naming an alias gets what the alias gets: every member (loops were refused when the table was built).
+    return this.expand(parseMailbox(rules.catch_all), 0, new Set()).flatMap((m) => this.targetsFor(m, true));
   }
 }

@@ -90,6 +90,30 @@ describe('handle-incoming-mail', () => {
     assert.equal(none.code, 1);
   });
 
+  /** A config for b.test with its own mailboxes of bob, carol and dave, and `extra` appended; its file and mailbox root. */
+  function ownBoxes(name: string, domainExtra: string, extra = ''): { file: string; root: string; count: (u: string) => number } {
+    const root = tempDir();
+    for (const u of ['bob', 'carol', 'dave']) for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(root, u, f), { recursive: true });
+    const file = join(root, `${name}.toml`);
+    writeFileSync(
+      file,
+      `[domains."b.test"]\ncommand = ["give-recipient", "--address", "{address}", ${JSON.stringify(join(root, '{local}'))}]\n${domainExtra}\n${extra}`,
+    );
+    return { file, root, count: (u) => readdirSync(join(root, u, 'new')).length };
+  }
+
+  it('delivers what a catch_all naming an alias receives to every member of the alias, not the first alone', async () => {
+    const own = ownBoxes(
+      'catch-all-alias',
+      'users = ["bob", "carol", "dave"]\ncatch_all = "staff@b.test"',
+      '[aliases]\n"staff@b.test" = ["bob@b.test", "carol@b.test"]\n',
+    );
+    const r = await runBin('handle-incoming-mail', ['--config', own.file], { input: await message('stranger@b.test') });
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(r.stdout.toString().trim().split('\n'), ['OK stranger@b.test']);
+    assert.deepEqual([own.count('bob'), own.count('carol'), own.count('dave')], [1, 1, 0]);
+  });
+
   const failures: [string, string, RegExp, number][] = [
     ['a crashing command', 'crash@b.test', /^TEMPFAIL crash@b\.test 4\.3\.0 /, 75],
     ['a command that times out', 'slow@b.test', /^TEMPFAIL slow@b\.test 4\.3\.0 /, 75],
