@@ -114,6 +114,32 @@ describe('handle-incoming-mail', () => {
     assert.deepEqual([own.count('bob'), own.count('carol'), own.count('dave')], [1, 1, 0]);
   });
 
+  it('matches a listed user, a route and an alias in any ASCII case, and stores into the mailbox the table names, never the catch_all', async () => {
+    const own = ownBoxes(
+      'any-case',
+      'users = ["bob", "dave"]\ncatch_all = "dave@b.test"',
+      `[routes]\n"carol@b.test" = ["give-recipient", "--address", "{address}", "{local}"]\n[aliases]\n"team@b.test" = ["bob@b.test", "carol@b.test"]\n`,
+    );
+    const r = await runBin('handle-incoming-mail', ['--config', own.file], {
+      input: await message('BOB@b.test', 'Carol@b.test', 'TEAM@b.test'),
+      cwd: own.root,
+    });
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(r.stdout.toString().trim().split('\n').sort(), ['OK BOB@b.test', 'OK Carol@b.test', 'OK TEAM@b.test']);
+    // bob and carol once each (the alias reaches the same mailboxes), the catch_all's dave nothing, and no mailbox of another spelling.
+    assert.deepEqual([own.count('bob'), own.count('carol'), own.count('dave')], [1, 1, 0]);
+    assert.deepEqual(
+      readdirSync(own.root)
+        .filter((f) => !f.endsWith('.toml'))
+        .sort(),
+      ['bob', 'carol', 'dave'],
+    );
+    const twice = ownBoxes('users-twice', 'users = ["bob", "Bob"]');
+    const bad = await runBin('handle-incoming-mail', ['--config', twice.file, '--check', 'bob@b.test']);
+    assert.equal(bad.code, 78);
+    assert.match(bad.stderr, /domains\."b\.test"\.users: "Bob" names the user "bob" names already/);
+  });
+
   const failures: [string, string, RegExp, number][] = [
     ['a crashing command', 'crash@b.test', /^TEMPFAIL crash@b\.test 4\.3\.0 /, 75],
     ['a command that times out', 'slow@b.test', /^TEMPFAIL slow@b\.test 4\.3\.0 /, 75],
