@@ -62,7 +62,7 @@ export class Router {
       const ascii = asciiDomain(d);
       // "b.test" and "B.Test" are one domain: which rules hold would be a guess.
       if (this.domains.has(ascii)) throw new Error(`domains."${d}": names a domain another key names already (${ascii})`);
-      this.domains.set(ascii, { command: rules.command, catchAll: rules.catch_all, users: rules.users && usersOf(rules.users, `domains."${d}".users`) });
+      this.domains.set(ascii, { command: rules.command, catchAll: rules.catch_all, users: rules.users && usersOf(rules.users, ascii, `domains."${d}".users`) });
     }
     const routeKeys = new Map<string, string>();
     for (const [addr, argv] of Object.entries(table.routes)) {
@@ -148,12 +148,24 @@ function uniqueKey(a: Address, where: string, written: Map<string, string>): str
   return key;
 }
 
-/** A domain's users by folded local part; two entries naming one user in other letters are refused (which spelling is the mailbox would be a guess). */
-function usersOf(users: readonly string[], where: string): Map<string, string> {
+/**
+ * A domain's users by folded local part, each checked and in NFC as the
+ * address parser makes recipients' local parts: "josé" typed in NFD (as some
+ * editors and macOS file names give it) never matched. Two entries naming one
+ * user are refused (which spelling is the mailbox would be a guess).
+ */
+function usersOf(users: readonly string[], domain: string, where: string): Map<string, string> {
   const out = new Map<string, string>();
-  for (const u of users) {
+  for (const written of users) {
+    let u: string;
+    try {
+      u = parseMailbox(`${written}@${domain}`).local;
+    } catch (e) {
+      if (!(e instanceof AddressError)) throw e;
+      throw new Error(`${where}: "${written}" is not a local part (${e.message})`);
+    }
     const other = out.get(foldLocal(u));
-    if (other !== undefined) throw new Error(`${where}: "${u}" names the user "${other}" names already`);
+    if (other !== undefined) throw new Error(`${where}: "${written}" names the user "${other}" names already`);
     out.set(foldLocal(u), u);
   }
   return out;

@@ -140,6 +140,20 @@ describe('handle-incoming-mail', () => {
     assert.match(bad.stderr, /domains\."b\.test"\.users: "Bob" names the user "bob" names already/);
   });
 
+  it('serves a users entry written in NFD (josé as e and a combining accent) to josé@b.test, and refuses an entry that is no local part', async () => {
+    const nfd = 'jose\u0301';
+    const own = ownBoxes('nfd', `users = ["bob", "${nfd}"]`);
+    for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(own.root, 'jos\u00e9', f), { recursive: true });
+    const r = await runBin('handle-incoming-mail', ['--config', own.file], { input: await message('jos\u00e9@b.test') });
+    assert.equal(r.code, 0, `${r.stdout}${r.stderr}`);
+    assert.deepEqual(r.stdout.toString().trim().split('\n'), ['OK jos\u00e9@b.test']);
+    assert.equal(own.count('jos\u00e9'), 1);
+    const bad = ownBoxes('bad-user', 'users = ["bob", "a/b"]');
+    const c = await runBin('handle-incoming-mail', ['--config', bad.file, '--check', 'bob@b.test']);
+    assert.equal(c.code, 78);
+    assert.match(c.stderr, /domains\."b\.test"\.users: "a\/b" is not a local part/);
+  });
+
   const failures: [string, string, RegExp, number][] = [
     ['a crashing command', 'crash@b.test', /^TEMPFAIL crash@b\.test 4\.3\.0 /, 75],
     ['a command that times out', 'slow@b.test', /^TEMPFAIL slow@b\.test 4\.3\.0 /, 75],
