@@ -54,14 +54,38 @@ function newCertificate(key: ReturnType<typeof newKey>, v: Validity): forge.pki.
   return cert;
 }
 
+/**
+ * Subject attributes as UTF8String, as RFC 5280 4.1.2.6 wants of new
+ * certificates. node-forge's default is PrintableString, which has no "@",
+ * "_" or non-ASCII letter, and it wrote them anyway: a user certificate for
+ * a_b@b.test or a CA named "Bücher CA" held a string no strict parser takes.
+ */
+function subjectOf(commonName: string, organization: string): forge.pki.CertificateField[] {
+  const utf8 = forge.asn1.Type.UTF8 as unknown as forge.asn1.Class; // the typings name the tag's type "Class"
+  return [
+    { name: 'commonName', value: commonName, valueTagClass: utf8 },
+    { name: 'organizationName', value: organization, valueTagClass: utf8 },
+  ];
+}
+
+/**
+ * The CA's subject as a leaf's issuer, byte for byte: forge reads a UTF8String
+ * as its raw bytes but encodes the value it is given as UTF-8 again, so copied
+ * as read a non-ASCII CA name came out twice encoded and named no CA.
+ */
+function issuerOf(ca: forge.pki.Certificate): forge.pki.CertificateField[] {
+  return ca.subject.attributes.map((a) =>
+    a.valueTagClass === (forge.asn1.Type.UTF8 as unknown as forge.asn1.Class) && typeof a.value === 'string'
+      ? { ...a, value: forge.util.decodeUtf8(a.value) }
+      : a,
+  );
+}
+
 /** A self-signed CA that can only sign end-entity certificates (pathLen 0). */
 export function makeCa(name: string, organization: string, v: Validity, bits = 3072): Issued {
   const key = newKey(bits);
   const cert = newCertificate(key, v);
-  const subject = [
-    { name: 'commonName', value: name },
-    { name: 'organizationName', value: organization },
-  ];
+  const subject = subjectOf(name, organization);
   cert.setSubject(subject);
   cert.setIssuer(subject);
   cert.setExtensions([
@@ -79,7 +103,7 @@ export interface LeafSpec {
   commonName: string;
   /** DNS names (ASCII form) for a server; empty for a user. */
   dnsNames: string[];
-  /** An e-mail address for a user certificate, when the name is one. */
+  /** An e-mail address for a user certificate, when the name is one: ASCII (an rfc822Name is an IA5String), its domain an A-label. */
   email?: string;
   organization: string;
   /** Override the purposes (tests make the certificates public CAs issue since 2026: serverAuth only). */
@@ -96,11 +120,8 @@ export function makeLeaf(ca: Issued, spec: LeafSpec, v: Validity, bits = 2048): 
   const caKey = forge.pki.privateKeyFromPem(ca.keyPem);
   const key = newKey(bits);
   const cert = newCertificate(key, v);
-  cert.setSubject([
-    { name: 'commonName', value: spec.commonName },
-    { name: 'organizationName', value: spec.organization },
-  ]);
-  cert.setIssuer(caCert.subject.attributes);
+  cert.setSubject(subjectOf(spec.commonName, spec.organization));
+  cert.setIssuer(issuerOf(caCert));
   const altNames = [...spec.dnsNames.map((value) => ({ type: 2, value })), ...(spec.email ? [{ type: 1, value: spec.email }] : [])];
   cert.setExtensions([
     { name: 'basicConstraints', cA: false, critical: true },

@@ -87,6 +87,27 @@ function validity(days: number | undefined, fallback: number, notBefore: string 
   return { days: d, notBefore: t };
 }
 
+/**
+ * A user's address as a certificate holds it: an rfc822Name is an IA5String
+ * (ASCII), so the domain goes as its A-label and a non-ASCII local part is
+ * refused. Written anyway it gave Latin-1 bytes or a file openssl cannot
+ * load; RFC 9598's SmtpUTF8Mailbox would hold it, and is not made here.
+ */
+function certificateAddress(text: string): string {
+  let a;
+  try {
+    a = parseMailbox(text);
+  } catch (e) {
+    if (e instanceof AddressError) throw usageError(e.message);
+    throw e;
+  }
+  if (!/^[\x21-\x7e]+$/.test(a.local))
+    throw usageError(
+      `${text}: the local part "${a.local}" is not ASCII, and a certificate's e-mail name must be (an RFC 9598 SmtpUTF8Mailbox is not supported)`,
+    );
+  return `${a.local}@${a.asciiDomain}`;
+}
+
 export async function main(args: string[], io: Io): Promise<number> {
   const s = await start({ name: 'make-cert', role: 'user', usage, schema, options }, args, io);
   if (typeof s === 'number') return s;
@@ -124,15 +145,8 @@ export async function main(args: string[], io: Io): Promise<number> {
     if (rest.length !== 1) throw usageError('make-cert user --ca DIR NAME: give exactly one user name or address');
     const name = rest[0];
     let email: string | undefined;
-    if (name.includes('@')) {
-      try {
-        const a = parseMailbox(name);
-        email = `${a.local}@${a.asciiDomain}`;
-      } catch (e) {
-        if (e instanceof AddressError) throw usageError(e.message);
-        throw e;
-      }
-    } else if (!NAME.test(name)) throw usageError(`${JSON.stringify(name)}: a user name is letters, digits, ".", "_", "+", "-" (or give an address)`);
+    if (name.includes('@')) email = certificateAddress(name);
+    else if (!NAME.test(name)) throw usageError(`${JSON.stringify(name)}: a user name is letters, digits, ".", "_", "+", "-" (or give an address)`);
     const base = email ?? name;
     if (base.includes('/') || base.startsWith('.')) throw usageError(`${JSON.stringify(name)}: not usable as a file name`);
     const { dir, ca } = await loadCa(argv.ca, io.cwd);

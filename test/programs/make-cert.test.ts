@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { X509Certificate } from 'node:crypto';
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { certCoversDomain } from '../../src/net/tls.js';
@@ -66,6 +66,41 @@ test('make-cert: bad input is a usage error naming it, and writes nothing', asyn
   assert.equal(r.code, 64);
   r = await runBin('make-cert', ['user', '--ca', dir, '../evil']);
   assert.equal(r.code, 64);
+});
+
+test('make-cert: a user address with an IDN domain gets its A-label and a UTF8String CN, from a CA with a non-ASCII name; a non-ASCII local part is refused', async () => {
+  const dir = tempDir();
+  const ca = join(dir, 'ca');
+  assert.equal((await runBin('make-cert', ['ca', '--name', 'Bücher CA', ca])).code, 0);
+  const caCert = new X509Certificate(readFileSync(join(ca, 'ca.crt')));
+  assert.equal(caCert.subject, 'CN=Bücher CA\nO=IMA private federation');
+  let r = await runBin('make-cert', ['user', '--ca', ca, '--out', dir, 'jo_se@Bücher.example']);
+  assert.equal(r.code, 0, r.stderr);
+  const file = join(dir, 'jo_se@xn--bcher-kva.example.crt');
+  const x = new X509Certificate(readFileSync(file));
+  assert.equal(x.subject, 'CN=jo_se@xn--bcher-kva.example\nO=IMA private federation');
+  assert.equal(x.issuer, caCert.subject);
+  assert.equal(x.subjectAltName, 'email:jo_se@xn--bcher-kva.example');
+  assert.ok(x.checkIssued(caCert) && x.verify(caCert.publicKey), 'issued and signed by the CA');
+  const text = (await runCommand('openssl', ['x509', '-in', file, '-noout', '-text', '-nameopt', 'utf8'])).stdout.toString();
+  assert.match(text, /Issuer: CN=Bücher CA, O=IMA private federation/);
+  assert.match(text, /Subject: CN=jo_se@xn--bcher-kva\.example, O=IMA private federation/);
+  assert.match(text, /email:jo_se@xn--bcher-kva\.example/);
+  // "@" and "_" are not PrintableString characters: the names are UTF8Strings.
+  const asn1 = (await runCommand('openssl', ['asn1parse', '-in', file])).stdout.toString();
+  assert.match(asn1, /UTF8STRING +:jo_se@xn--bcher-kva\.example/);
+  assert.doesNotMatch(asn1, /PRINTABLESTRING/);
+  const v = await runCommand('openssl', ['verify', '-purpose', 'sslclient', '-CAfile', join(ca, 'ca.crt'), file]);
+  assert.equal(v.code, 0, `${v.stdout}${v.stderr}`);
+  for (const [address, local] of [
+    ['用户@b.test', '用户'],
+    ['josé@Bücher.example', 'josé'],
+  ]) {
+    r = await runBin('make-cert', ['user', '--ca', ca, '--out', dir, address]);
+    assert.equal(r.code, 64, `${address}: ${r.stderr}`);
+    assert.match(r.stderr, new RegExp(`${address.replace(/\./g, '\\.')}: the local part "${local}" is not ASCII`));
+  }
+  assert.deepEqual(readdirSync(dir).sort(), ['ca', 'jo_se@xn--bcher-kva.example.crt', 'jo_se@xn--bcher-kva.example.key'], 'nothing written for them');
 });
 
 test('make-cert: --out DIR that does not exist yet is created, readable by its owner only', async () => {
