@@ -16,11 +16,14 @@ import { EXIT, cantCreate, noInput, usageError } from '../failure.js';
 import { writeFileAtomic } from '../files.js';
 import type { Io } from '../io.js';
 
+/** A hundred years: the config's bound and --days's, past which notAfter was "Bad time value" (--days 1e12) or beyond any use. */
+const MAX_DAYS = 36500;
+
 const schema = table({
   organization: optional(string({ nonEmpty: true }), 'IMA private federation'),
-  ca_days: optional(integer({ min: 1, max: 36500 }), 3650),
-  server_days: optional(integer({ min: 1, max: 36500 }), 397),
-  user_days: optional(integer({ min: 1, max: 36500 }), 397),
+  ca_days: optional(integer({ min: 1, max: MAX_DAYS }), 3650),
+  server_days: optional(integer({ min: 1, max: MAX_DAYS }), 397),
+  user_days: optional(integer({ min: 1, max: MAX_DAYS }), 397),
   key_bits: optional(integer({ min: 2048, max: 8192 }), 2048),
   ca_key_bits: optional(integer({ min: 2048, max: 8192 }), 3072),
 });
@@ -80,7 +83,7 @@ async function loadCa(dir: string | undefined, cwd: string): Promise<{ dir: stri
 
 function validity(days: number | undefined, fallback: number, notBefore: string | undefined): Validity {
   const d = days ?? fallback;
-  if (!Number.isInteger(d) || d < 1) throw usageError(`--days ${days}: must be a whole number of days, at least 1`);
+  if (!Number.isInteger(d) || d < 1 || d > MAX_DAYS) throw usageError(`--days ${days}: must be a whole number of days, 1 to ${MAX_DAYS}`);
   if (notBefore === undefined) return { days: d };
   const t = new Date(notBefore);
   if (Number.isNaN(t.getTime())) throw usageError(`--not-before ${JSON.stringify(notBefore)}: not an RFC 3339 date`);

@@ -66,6 +66,17 @@ test('make-cert: bad input is a usage error naming it, and writes nothing', asyn
   assert.equal(r.code, 64);
   r = await runBin('make-cert', ['user', '--ca', dir, '../evil']);
   assert.equal(r.code, 64);
+  // The config's bound holds for --days too: 1e12 days gave notAfter "Bad time value" and exit 0.
+  assert.equal((await runBin('make-cert', ['ca', join(dir, 'ca')])).code, 0);
+  for (const days of ['1e12', '36501', '0']) {
+    r = await runBin('make-cert', ['server', '--ca', join(dir, 'ca'), '--days', days, 'a.test']);
+    assert.equal(r.code, 64, `--days ${days}: ${r.stderr}`);
+    assert.match(r.stderr, /--days \d+: must be a whole number of days, 1 to 36500/);
+  }
+  assert.deepEqual(readdirSync(join(dir, 'ca')).sort(), ['ca.crt', 'ca.key'], 'no certificate written');
+  r = await runBin('make-cert', ['server', '--ca', join(dir, 'ca'), '--days', '36500', 'a.test']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match((await runCommand('openssl', ['x509', '-in', join(dir, 'ca', 'a.test.crt'), '-noout', '-enddate'])).stdout.toString(), /notAfter=.* 21\d\d GMT/);
 });
 
 test('make-cert: a user address with an IDN domain gets its A-label and a UTF8String CN, from a CA with a non-ASCII name; a non-ASCII local part is refused', async () => {
