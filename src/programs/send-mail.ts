@@ -37,7 +37,10 @@ import type { Io } from '../io.js';
 import { type Word, exitFor, formatResult, parseResult } from '../results.js';
 import { BufferPool, CHUNK as SPOOL_CHUNK } from '../spool.js';
 import { commandProblem, runStage } from '../stage.js';
-import { type TlsMaterial, contextOptions, tlsFromConfig, tlsSchema } from '../net/tls.js';
+import { OWN_CA_NOTE, type TlsMaterial, contextOptions, tlsFromConfig, tlsSchema } from '../net/tls.js';
+
+/** The extended key usage a client certificate must have (RFC 5280 4.2.1.12). */
+const CLIENT_AUTH = '1.3.6.1.5.5.7.3.2';
 
 const schema = table({
   domain: string({ check: domainProblem }),
@@ -80,7 +83,13 @@ interface Leg {
 function check(config: Config, source: Located, io: Io): TlsMaterial {
   const problem = config.legacy_domains.length || config.legacy === 'auto' ? commandProblem(config.legacy_command, io.env, io.cwd) : undefined;
   if (problem) throw configError(source.file ?? 'send-mail.toml', 'legacy_command', problem);
-  return tlsFromConfig(config.tls, source, 'send-mail', config.domain);
+  const material = tlsFromConfig(config.tls, source, 'send-mail', config.domain);
+  // Servers check this at every handshake; heard from them it was a TEMPFAIL a queue retried until the message expired.
+  const purposes = material.x509.keyUsage;
+  if (purposes && !purposes.includes(CLIENT_AUTH)) {
+    throw configError(source.file ?? 'send-mail.toml', 'tls.certificate', `${config.tls.certificate}: not for client authentication (no clientAuth in its extended key usage); ${OWN_CA_NOTE}`);
+  }
+  return material;
 }
 
 export async function main(args: string[], io: Io): Promise<number> {

@@ -19,6 +19,7 @@ before(() => {
   other = new Pki(join(dir, 'other'), 'other');
   pki.server('b.test');
   pki.server('a.test');
+  pki.server('a.test', { file: 'a-server-only', serverAuthOnly: true });
   pki.user('bob');
   other.server('b.test', { file: 'elsewhere' });
   writeFileSync(f('garbage.crt'), 'not a certificate\n');
@@ -185,6 +186,14 @@ const cases: Case[] = [
     config: () =>
       conf('sm2.toml', `domain = "a.test"\nlegacy_domains = ["legacy.test"]\nlegacy_command = ["no-such-legacy-xyz"]\n${tlsOf('a.test.crt', 'a.test.key')}`),
     names: /legacy_command/,
+  },
+  {
+    title: 'send-mail: a certificate without clientAuth, as public CAs issue them (every server would refuse it at each try)',
+    program: 'send-mail',
+    config: () => conf('sm6.toml', `domain = "a.test"\n${tlsOf('a-server-only.crt', 'a-server-only.key')}`),
+    names: /tls\.certificate: a-server-only\.crt: not for client authentication/,
+    start: [],
+    input: '',
   },
   {
     title: 'send-mail: a [servers] value that is no HOST:PORT (it was an internal error at the first send, with no result lines)',
