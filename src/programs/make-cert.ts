@@ -87,6 +87,11 @@ function validity(days: number | undefined, fallback: number, notBefore: string 
   if (notBefore === undefined) return { days: d };
   const t = new Date(notBefore);
   if (Number.isNaN(t.getTime())) throw usageError(`--not-before ${JSON.stringify(notBefore)}: not an RFC 3339 date`);
+  // X.509 times end with the year 9999 (RFC 5280 4.1.2.5): past it, notAfter was written as "Bad time value".
+  const end = new Date(t.getTime() + d * 86_400_000);
+  if (t.getUTCFullYear() < 1950 || end.getUTCFullYear() > 9999) {
+    throw usageError(`--not-before ${notBefore} with ${d} days: the validity must lie between the years 1950 and 9999`);
+  }
   return { days: d, notBefore: t };
 }
 

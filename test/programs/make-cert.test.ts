@@ -73,6 +73,12 @@ test('make-cert: bad input is a usage error naming it, and writes nothing', asyn
     assert.equal(r.code, 64, `--days ${days}: ${r.stderr}`);
     assert.match(r.stderr, /--days \d+: must be a whole number of days, 1 to 36500/);
   }
+  // Nor past the year 9999 that X.509 times end with, nor before 1950.
+  for (const notBefore of ['9999-01-01T00:00:00Z', '1949-12-31T00:00:00Z']) {
+    r = await runBin('make-cert', ['server', '--ca', join(dir, 'ca'), '--not-before', notBefore, '--days', '36500', 'a.test']);
+    assert.equal(r.code, 64, `--not-before ${notBefore}: ${r.stderr}`);
+    assert.match(r.stderr, /the validity must lie between the years 1950 and 9999/);
+  }
   assert.deepEqual(readdirSync(join(dir, 'ca')).sort(), ['ca.crt', 'ca.key'], 'no certificate written');
   r = await runBin('make-cert', ['server', '--ca', join(dir, 'ca'), '--days', '36500', 'a.test']);
   assert.equal(r.code, 0, r.stderr);
