@@ -87,7 +87,11 @@ function check(config: Config, source: Located, io: Io): TlsMaterial {
   // Servers check this at every handshake; heard from them it was a TEMPFAIL a queue retried until the message expired.
   const purposes = material.x509.keyUsage;
   if (purposes && !purposes.includes(CLIENT_AUTH)) {
-    throw configError(source.file ?? 'send-mail.toml', 'tls.certificate', `${config.tls.certificate}: not for client authentication (no clientAuth in its extended key usage); ${OWN_CA_NOTE}`);
+    throw configError(
+      source.file ?? 'send-mail.toml',
+      'tls.certificate',
+      `${config.tls.certificate}: not for client authentication (no clientAuth in its extended key usage); ${OWN_CA_NOTE}`,
+    );
   }
   return material;
 }
