@@ -233,14 +233,20 @@ from alice@b.test
   });
 });
 
+/** A submission config in which alice (password "secret") may send as alice@b.test only; `limits` and `timeouts` are a line of each table. */
+async function aliceOnly(name: string, limits: string, timeouts: string): Promise<string> {
+  const users = `[submission.users.alice]\npassword = "${await hash('secret')}"\nsenders = ["alice@b.test"]\n`;
+  return config(
+    name,
+    `[limits]\n${limits}\n[timeouts]\n${timeouts}\n[submission]\ncommand = [${JSON.stringify(queue)}]\n${users}`,
+    'role = "submission"\nin_process = false',
+  );
+}
+
 describe('smtp-receive submission, failed logins slowed', () => {
   let sub: Listening;
   before(async () => {
-    const file = config(
-      'submission-slow',
-      `[limits]\nmax_login_failures = 5\n[timeouts]\nlogin_delay = "400ms"\n[submission]\ncommand = [${JSON.stringify(queue)}]\n[submission.users.alice]\npassword = "${await hash('secret')}"\nsenders = ["alice@b.test"]\n`,
-      'role = "submission"\nin_process = false',
-    );
+    const file = await aliceOnly('submission-slow', 'max_login_failures = 5', 'login_delay = "400ms"');
     sub = await startReceive(file);
   });
   after(() => sub.stop());
@@ -294,11 +300,7 @@ describe('smtp-receive submission to a command that reads the recipients from th
 describe('smtp-receive submission, failed logins across a reload', () => {
   let sub: Listening;
   before(async () => {
-    const file = config(
-      'submission-hup',
-      `[limits]\nmax_login_failures = 2\n[timeouts]\nlogin_delay = 0\n[submission]\ncommand = [${JSON.stringify(queue)}]\n[submission.users.alice]\npassword = "${await hash('secret')}"\nsenders = ["alice@b.test"]\n`,
-      'role = "submission"\nin_process = false',
-    );
+    const file = await aliceOnly('submission-hup', 'max_login_failures = 2', 'login_delay = 0');
     sub = await startReceive(file);
   });
   after(() => sub.stop());
@@ -318,11 +320,7 @@ describe('smtp-receive submission, failed logins across a reload', () => {
 describe('smtp-receive submission, parallel guesses', () => {
   let sub: Listening;
   before(async () => {
-    const file = config(
-      'submission-race',
-      `[limits]\nmax_login_failures = 3\n[timeouts]\nlogin_delay = 0\n[submission]\ncommand = [${JSON.stringify(queue)}]\n[submission.users.alice]\npassword = "${await hash('secret')}"\nsenders = ["alice@b.test"]\n`,
-      'role = "submission"\nin_process = false',
-    );
+    const file = await aliceOnly('submission-race', 'max_login_failures = 3', 'login_delay = 0');
     sub = await startReceive(file, ['--implicit-tls']);
   });
   after(() => sub.stop());
