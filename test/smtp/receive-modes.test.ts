@@ -86,8 +86,8 @@ describe('smtp-receive modes and signals', () => {
     }
   });
 
-  it('SIGHUP: a new max_message_bytes is the SIZE announced and the limit enforced alike', async () => {
-    const limit = (bytes: string) => config('hup-size', `[limits]\nmax_message_bytes = ${bytes}\n${MX_EXTRA}`);
+  it('SIGHUP: a new max_message_bytes is the SIZE announced and the limit enforced alike; a new max_command_line holds for new connections', async () => {
+    const limit = (bytes: string, line = 512) => config('hup-size', `[limits]\nmax_message_bytes = ${bytes}\nmax_command_line = ${line}\n${MX_EXTRA}`);
     const file = limit('2048');
     const srv = await startReceive(file);
     try {
@@ -99,16 +99,19 @@ describe('smtp-receive modes and signals', () => {
           { send: 'MAIL FROM:<alice@a.test> SIZE=7000\r\n', until: /^(250|552) .*\r\n/m },
           { send: 'QUIT\r\n', until: /^221 /m },
         ]);
+      const longLine = () => raw(srv.port, [{ until: /^220 /m }, { send: `NOOP ${'x'.repeat(700)}\r\n`, until: /^(250|421) .*\r\n/m }]);
       let r = await send();
       assert.match(r, /^250[- ]SIZE 2048\r$/m);
       assert.match(r, /^552 5\.3\.4 /m);
-      limit('"100K"');
+      assert.match(await longLine(), /^421 4\.4\.2 /m);
+      limit('"100K"', 1024);
       const reloaded = new Promise<void>((res) => srv.proc.stderr!.on('data', () => /reloaded configuration/.test(srv.log()) && res()));
       srv.proc.kill('SIGHUP');
       await reloaded;
       r = await send();
       assert.match(r, /^250[- ]SIZE 102400\r$/m);
       assert.match(r, /^250 2\.1\.0 /m);
+      assert.match(await longLine(), /^250 /m);
       const big = await swaks(srv.port, ['--from', 'alice@a.test', '--to', 'bob@b.test', '--body', 'x'.repeat(7000)]);
       assert.match(big.out, /250 2\.0\.0 accepted as/);
       assert.equal(stored('bob').length, n + 1);
