@@ -81,14 +81,28 @@ export class Dns {
   }
 
   /**
-   * The addresses to connect to for a host, IPv4 first. Without configured
-   * servers a name is left to the system's resolver at connect time (so
-   * /etc/hosts counts, as for every other program on the machine).
+   * The addresses to connect to for a host, IPv4 first; [] when the name has
+   * none (an answer, not trouble: the caller decides what that means).
+   * Without configured servers the system's resolver (getaddrinfo) answers,
+   * so /etc/hosts counts, as for every other program on the machine.
    */
   async addresses(host: string): Promise<string[]> {
-    if (isIP(host) || !this.custom) return [host];
+    if (isIP(host)) return [host];
+    if (!this.custom) return this.systemAddresses(host);
     const [v4, v6] = await Promise.all([this.lookup(() => this.resolver.resolve4(host), host), this.lookup(() => this.resolver.resolve6(host), host)]);
     return [...v4, ...v6];
+  }
+
+  private async systemAddresses(host: string): Promise<string[]> {
+    try {
+      const found = await dnsp.lookup(host, { all: true });
+      return [...found.filter((a) => a.family === 4), ...found.filter((a) => a.family !== 4)].map((a) => a.address);
+    } catch (e) {
+      // getaddrinfo's EAI_NONAME and EAI_NODATA: the name has no address. EAI_AGAIN and the rest: trouble.
+      const code = codeOf(e);
+      if (ABSENT.has(code)) return [];
+      throw tempFail(`${host}: address lookup failed (${code})`, '4.4.3');
+    }
   }
 
   /** TXT records of a name, each joined from its strings; [] when there are none. */

@@ -103,8 +103,10 @@ function outcomeOf(where: string, e: SmtpError): Outcome {
  * an outcome; when no host could be reached they are all TEMPFAIL with what
  * each host did, so the operator sees why.
  */
-export async function deliver(peers: Peer[], env: Envelope, msg: Message, opts: SendOptions): Promise<Map<string, Outcome>> {
+export async function deliver(peers: Peer[], env: Envelope, msg: Message, opts: SendOptions, noAddressIsFinal = false): Promise<Map<string, Outcome>> {
   const troubles: string[] = [];
+  // Every host answered by DNS with no address at all: nothing to retry.
+  let noAddressAnywhere = peers.length > 0;
   for (const peer of peers) {
     if (opts.signal?.aborted) break;
     let addresses: string[];
@@ -112,9 +114,11 @@ export async function deliver(peers: Peer[], env: Envelope, msg: Message, opts: 
       addresses = await opts.dns.addresses(peer.host);
     } catch (e) {
       troubles.push((e as Error).message);
+      noAddressAnywhere = false;
       continue;
     }
     if (addresses.length === 0) troubles.push(`${peer.host}: no address (A/AAAA)`);
+    else noAddressAnywhere = false;
     for (const address of addresses) {
       if (opts.signal?.aborted) break;
       const where = address === peer.host ? `${peer.host}:${peer.port}` : `${peer.host}[${address}]:${peer.port}`;
@@ -129,6 +133,14 @@ export async function deliver(peers: Peer[], env: Envelope, msg: Message, opts: 
     }
   }
   if (opts.signal?.aborted) troubles.push('stopped by the caller');
+  else if (noAddressIsFinal && noAddressAnywhere) {
+    // RFC 5321 5.1: MX hosts that are all unusable, or an implicit MX (the
+    // domain itself) without an address, are an error, not a delay: the
+    // domain receives no mail. Postfix bounces it too ("Host or domain name
+    // not found", 5.4.4).
+    const why = `5.4.4 the domain's mail hosts have no address: ${troubles.join('; ')}`;
+    return new Map(env.to.map((r) => [r, { word: 'FAIL', reason: why }]));
+  }
   const why = `4.4.1 no host took the message: ${troubles.join('; ') || 'no hosts'}`;
   return new Map(env.to.map((r) => [r, { word: 'TEMPFAIL', reason: why }]));
 }
@@ -272,7 +284,8 @@ export async function deliverDomain(domain: string, env: Envelope, msg: Message,
       return new Map(env.to.map((r) => [r, outcome]));
     }
   }
-  const results = await deliver(peers, env, msg, opts);
+  // A smarthost without an address is the operator's to fix: its mail waits.
+  const results = await deliver(peers, env, msg, opts, !route.smarthost);
   for (const r of env.to) if (!results.has(r)) results.set(r, { word: 'TEMPFAIL', reason: '4.0.0 no answer for this recipient' });
   return results;
 }

@@ -47,8 +47,9 @@ test('dns: addresses come from the configured server, A then AAAA; TXT strings a
   assert.deepEqual(await dns().addresses('mx2.b.test'), ['127.0.0.2', '::1']);
   assert.deepEqual(await dns().addresses('127.0.0.9'), ['127.0.0.9']);
   assert.deepEqual(await dns().addresses('none.b.test'), []);
-  // Without configured servers the name is left to the system resolver (and /etc/hosts).
-  assert.deepEqual(await new Dns().addresses('mx2.b.test'), ['mx2.b.test']);
+  // Without configured servers the system's resolver answers, /etc/hosts included: IPv4 first.
+  assert.equal((await new Dns().addresses('localhost'))[0], '127.0.0.1');
+  assert.deepEqual(await new Dns().addresses('127.0.0.9'), ['127.0.0.9']);
   assert.deepEqual(await dns().txt('s1._domainkey.a.test'), [`v=DKIM1; k=rsa; p=${'A'.repeat(400)}`]);
 });
 

@@ -48,6 +48,8 @@ const zone: Zone = {
     ['two.test', 'dead.two.test', 10],
     ['two.test', 'live.two.test', 20],
     ['null.test', '.', 0],
+    // An MX host that does not exist: nowhere to send, for good.
+    ['gone.test', 'mx.gone.test', 10],
   ],
   hosts: [
     ['mx.b.test', '127.0.0.1'],
@@ -56,7 +58,11 @@ const zone: Zone = {
     ['dead.two.test', '127.0.0.2'],
     ['live.two.test', '127.0.0.1'],
   ],
-  txt: dkimKeys.map((k) => [`${k.selector}._domainkey.a.test`, dkimRecordText(k)] as [string, string]),
+  txt: [
+    ...dkimKeys.map((k) => [`${k.selector}._domainkey.a.test`, dkimRecordText(k)] as [string, string]),
+    // A domain that exists (it has a TXT record) with no MX and no address: its implicit MX is unusable.
+    ['bare.test', 'v=spf1 -all'],
+  ],
 };
 
 let dns: DnsServer;
@@ -243,7 +249,7 @@ test(
 );
 
 test(
-  'smtp-send: the first MX refuses connections, the second takes the message; null MX and NXDOMAIN are FAIL; no DNS answer is TEMPFAIL',
+  'smtp-send: the first MX refuses connections, the second takes the message; null MX, NXDOMAIN and mail hosts without an address are FAIL; no DNS answer is TEMPFAIL',
   { skip: smtpSinkMissing },
   async () => {
     const ok = await sink([]);
@@ -258,6 +264,13 @@ test(
     assert.match(out[0], /^FAIL x@null\.test 5\.1\.10 null\.test: the domain accepts no mail \(null MX, RFC 7505\)$/);
     assert.match(out[1], /^FAIL y@nowhere\.test 5\.1\.2 nowhere\.test: no such domain/);
     assert.equal(out[2], 'OK z@two.test');
+    // RFC 5321 5.1: no usable mail host is an error, as Postfix bounces it; not days of retries.
+    r = await inProcess(['--config', config(ok.port), 'x@gone.test', 'y@bare.test'], { input });
+    assert.equal(r.code, 1, r.stderr);
+    assert.deepEqual(lines(r.stdout), [
+      "FAIL x@gone.test 5.4.4 the domain's mail hosts have no address: mx.gone.test: no address (A/AAAA)",
+      "FAIL y@bare.test 5.4.4 the domain's mail hosts have no address: bare.test: no address (A/AAAA)",
+    ]);
     const silent = join(dir, 'silent.toml');
     writeFileSync(silent, `dns_servers = ["127.0.0.1:9"]\n[timeouts]\nconnect = "2s"\n`);
     r = await runMain('smtp-send', ['--config', silent, 'x@two.test'], { input });
