@@ -24,6 +24,12 @@ export interface ImaToMimeOptions {
   newline?: 'crlf' | 'lf';
   /** Write the bcc header (a mailbox copy: yes; a message going out over SMTP: never). */
   keepBcc?: boolean;
+  /**
+   * Nothing in 8bit: for an SMTP server without 8BITMIME (RFC 6152). A
+   * message/* part whose bytes need 8bit goes as application/octet-stream in
+   * base64, as one that 8bit cannot carry does (see messageEncoding).
+   */
+  sevenBit?: boolean;
 }
 
 /** Text up to this size is handed to the composer as a string, so plain ASCII goes out as 7bit; larger text is streamed. */
@@ -75,10 +81,11 @@ async function textOf(part: Part): Promise<string | Readable> {
 /**
  * A message/* part may not be encoded (RFC 2046 5.2.1): it goes as 7bit or
  * 8bit when its bytes survive that exactly (line ends of the output's kind,
- * no NUL, no line over 998 bytes); otherwise as application/octet-stream in
- * base64, which carries any bytes and keeps its .eml name.
+ * no NUL, no line over 998 bytes; no byte over 127 when `sevenBit`);
+ * otherwise as application/octet-stream in base64, which carries any bytes
+ * and keeps its .eml name.
  */
-async function messageEncoding(part: Part, newline: 'lf' | 'crlf'): Promise<{ contentTransferEncoding: string } | { contentType: string }> {
+async function messageEncoding(part: Part, newline: 'lf' | 'crlf', sevenBit: boolean): Promise<{ contentTransferEncoding: string } | { contentType: string }> {
   let eightBit = false;
   let line = 0;
   let prev = -1;
@@ -94,7 +101,13 @@ async function messageEncoding(part: Part, newline: 'lf' | 'crlf'): Promise<{ co
         if (!Buffer.isBuffer(data)) data.destroy();
         return { contentType: 'application/octet-stream' };
       }
-      if (b > 0x7f) eightBit = true;
+      if (b > 0x7f) {
+        if (sevenBit) {
+          if (!Buffer.isBuffer(data)) data.destroy();
+          return { contentType: 'application/octet-stream' };
+        }
+        eightBit = true;
+      }
       prev = b;
     }
   }
@@ -270,10 +283,12 @@ function pump(first: Readable, ...rest: Writable[]): Promise<void> {
 }
 
 /** Write an IMA message as MIME to `out`, which is ended afterwards. */
-export async function writeMime(parts: MessageParts, out: Writable, opts: ImaToMimeOptions = {}): Promise<void> {
+/** Write the MIME form of parts to out; true when some of it went as 8bit (a message/* part), which SMTP may only send with BODY=8BITMIME. */
+export async function writeMime(parts: MessageParts, out: Writable, opts: ImaToMimeOptions = {}): Promise<boolean> {
   const cids = parseContentIds(parts.headers.get(CONTENT_IDS));
   const newline = opts.newline ?? 'lf';
   let marker: EncodingMarker | undefined; // made only for a message with such attachments: its randomness costs
+  let eightBit = false;
   const nl = Buffer.from(newline === 'lf' ? '\n' : '\r\n');
   // A file or stdout is done with a chunk once written: encoded chunks, and spooled ones passed through as they are, are then reused.
   const encoded = writesThrough(out) ? encodedPool(newline) : undefined;
@@ -295,8 +310,10 @@ export async function writeMime(parts: MessageParts, out: Writable, opts: ImaToM
         // Text the composer writes quoted-printable, as before; everything else it would write as base64 is ours.
         if (/^text\//i.test(type)) return { ...common, content: lazy(a) };
         if (!/^message\//i.test(type)) return { ...common, ...base64(a) };
-        const asMessage = await messageEncoding(a, newline);
-        return 'contentTransferEncoding' in asMessage ? { ...common, ...asMessage, content: lazy(a) } : { ...common, ...asMessage, ...base64(a) };
+        const asMessage = await messageEncoding(a, newline, opts.sevenBit ?? false);
+        if (!('contentTransferEncoding' in asMessage)) return { ...common, ...asMessage, ...base64(a) };
+        if (asMessage.contentTransferEncoding === '8bit') eightBit = true;
+        return { ...common, ...asMessage, content: lazy(a) };
       }),
     ),
   });
@@ -306,6 +323,7 @@ export async function writeMime(parts: MessageParts, out: Writable, opts: ImaToM
     const last = encoded ? handingBack(out, encoded, ...(opts.readBuffers ? [opts.readBuffers] : [])) : out;
     const stages = [own, ...(marker ? [marker] : []), ...(newline === 'crlf' ? [] : [new CrlfToLf()]), last];
     await pump(mime, ...stages);
+    return eightBit;
   } catch (e) {
     // An entry swapped for a link after it was listed is refused when it is opened to be read.
     if (e instanceof NotPlainError) throw dataError(e.message);

@@ -92,9 +92,9 @@ async function toMaildir(dir: string, inputs: (string | undefined)[], io: Io, jo
     const label = what ?? 'stdin';
     try {
       await convert(what, io, job, async (parts, store) => {
-        const stored = await maildir.deliver(messageName(parts.headers), (out: Writable) =>
-          writeMime(parts, out, { ...job.opts, readBuffers: store.readBuffers }),
-        );
+        const stored = await maildir.deliver(messageName(parts.headers), async (out: Writable) => {
+          await writeMime(parts, out, { ...job.opts, readBuffers: store.readBuffers });
+        });
         log.debug(`${label}: ${stored ? 'stored' : 'already in the Maildir'}`);
       });
     } catch (e) {
@@ -121,7 +121,9 @@ export async function main(args: string[], io: Io): Promise<number> {
   };
   if (dir) return toMaildir(resolve(io.cwd, dir), inputs.length ? inputs : [undefined], io, job, log);
   try {
-    await convert(inputs[0], io, job, (parts, store) => writeMime(parts, io.stdout, { ...job.opts, readBuffers: store.readBuffers }));
+    await convert(inputs[0], io, job, async (parts, store) => {
+      await writeMime(parts, io.stdout, { ...job.opts, readBuffers: store.readBuffers });
+    });
   } catch (e) {
     // A reader that stops early (| head) is its choice, not our failure.
     if ((e as { message?: string }).message?.startsWith('EPIPE') || (e as NodeJS.ErrnoException).code === 'EPIPE') return EXIT.OK;

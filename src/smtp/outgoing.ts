@@ -1,11 +1,12 @@
 // The message smtp-send sends: the IMA message read and checked as every
 // reader does, its MIME form (ima-mime(7), CRLF, no bcc) spooled once, and
 // the DKIM signatures of the author domain's keys in front; a fresh stream of
-// it for every host tried. Memory stays flat: parts and MIME spool to files.
+// it for every host tried; a second form in 7bit, made only for a server
+// without 8BITMIME. Memory stays flat: parts and MIME spool to files.
 import { PassThrough, Readable } from 'node:stream';
 import { type Address, AddressError, parseAddressList } from '../address.js';
 import { dataError } from '../failure.js';
-import { DEFAULT_LIMITS, type Headers, MessageError } from '../message/index.js';
+import { DEFAULT_LIMITS, type Headers, MessageError, type MessageParts } from '../message/index.js';
 import { spoolIma, writeMime } from '../mime/to-mime.js';
 import { Spool, SpoolLimitError, type SpoolStore } from '../spool.js';
 import { type DkimKey, dkimSignatures, keysFor } from './dkim.js';
@@ -28,7 +29,7 @@ export interface OutgoingOptions {
 }
 
 export async function outgoing(input: Readable, o: OutgoingOptions): Promise<Outgoing> {
-  let parts;
+  let parts: MessageParts;
   try {
     parts = await spoolIma(input, o.store, { ...DEFAULT_LIMITS, maxTotalBytes: o.maxBytes });
   } catch (e) {
@@ -36,25 +37,43 @@ export async function outgoing(input: Readable, o: OutgoingOptions): Promise<Out
     throw e;
   }
   if (!parts.headers) throw dataError('message: no headers entry');
+  // DKIM signs for the author's domain (the From header), which DMARC aligns with.
+  const author = firstAddress(parts.headers, 'from')?.asciiDomain;
+  const keys = author ? keysFor(o.keys, author) : [];
+  const spools: Spool[] = [];
+  const dispose = async () => {
+    await Promise.all(spools.splice(0).map((s) => s.dispose()));
+  };
+  try {
+    const form = await signedForm(parts, o, keys, false, spools);
+    // Made only for a server without 8BITMIME, once, and only when the usual form has 8bit in it.
+    let sevenBit: Promise<Message> | undefined;
+    if (form.eightBit) form.sevenBit = () => (sevenBit ??= signedForm(parts, o, keys, true, spools));
+    return { headers: parts.headers, message: form, dispose };
+  } catch (e) {
+    await dispose();
+    throw e;
+  }
+}
+
+/** The MIME form of parts spooled (kept in spools, for the caller to dispose of), with its DKIM signatures in front. */
+async function signedForm(parts: MessageParts, o: OutgoingOptions, keys: readonly DkimKey[], sevenBit: boolean, spools: Spool[]): Promise<Message> {
   const pipe = new PassThrough();
   let spool: Spool;
+  let eightBit: boolean;
   try {
-    [spool] = await Promise.all([Spool.from(pipe, { limit: o.maxBytes * 2, dir: o.spoolDir }), writeMime(parts, pipe, { newline: 'crlf', keepBcc: false })]);
+    [spool, eightBit] = await Promise.all([
+      Spool.from(pipe, { limit: o.maxBytes * 2, dir: o.spoolDir }),
+      writeMime(parts, pipe, { newline: 'crlf', keepBcc: false, sevenBit }),
+    ]);
   } catch (e) {
     pipe.destroy();
     if (e instanceof SpoolLimitError) throw dataError(`message: its MIME form is larger than ${o.maxBytes * 2} bytes`);
     throw e;
   }
-  try {
-    // DKIM signs for the author's domain (the From header), which DMARC aligns with.
-    const author = firstAddress(parts.headers, 'from')?.asciiDomain;
-    const signatures = Buffer.from(await dkimSignatures(author ? keysFor(o.keys, author) : [], asStream(spool.open())));
-    const message: Message = { size: signatures.length + spool.size, open: () => joined(signatures, spool) };
-    return { headers: parts.headers, message, dispose: () => spool.dispose() };
-  } catch (e) {
-    await spool.dispose();
-    throw e;
-  }
+  spools.push(spool);
+  const signatures = Buffer.from(await dkimSignatures(keys, asStream(spool.open())));
+  return { size: signatures.length + spool.size, eightBit, open: () => joined(signatures, spool) };
 }
 
 function firstAddress(headers: Headers, field: string): Address | undefined {

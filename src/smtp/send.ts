@@ -39,6 +39,10 @@ export interface Message {
   size: number;
   /** A fresh stream of the CRLF MIME message, each time it is called. */
   open: () => Readable;
+  /** Some of it is 8bit: it needs a server with 8BITMIME (RFC 6152), or sevenBit's form. */
+  eightBit?: boolean;
+  /** The same message with nothing in 8bit, for a server without 8BITMIME. */
+  sevenBit?: () => Promise<Message>;
 }
 
 export interface Outcome {
@@ -226,10 +230,23 @@ async function session(conn: SMTPConnection, peer: Peer, where: string, env: Env
   }
   opts.log.debug(`${where}: connected${conn.secure ? ' with TLS' : ''}`);
   try {
-    return await transaction(conn, where, env, msg);
+    return await transaction(conn, where, env, await formFor(conn, where, msg, opts));
   } finally {
     quit(conn);
   }
+}
+
+/**
+ * 8bit data goes only to a server that announced 8BITMIME, with BODY=8BITMIME
+ * (RFC 6152 3); any other gets the message's 7bit form. Sending 8bit bytes
+ * undeclared is what RFC 6152 forbids, and a strict server refuses or strips them.
+ */
+async function formFor(conn: SMTPConnection, where: string, msg: Message, opts: SendOptions): Promise<Message> {
+  if (!msg.eightBit || !msg.sevenBit) return msg;
+  const extensions = (conn as unknown as { _supportedExtensions?: string[] })._supportedExtensions ?? [];
+  if (extensions.includes('8BITMIME')) return msg;
+  opts.log.debug(`${where}: no 8BITMIME: sending the message's 7bit form`);
+  return msg.sevenBit();
 }
 
 function transaction(conn: SMTPConnection, where: string, env: Envelope, msg: Message): Promise<Map<string, Outcome>> {

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough, Readable, type Writable } from 'node:stream';
 import { after, before, test } from 'node:test';
@@ -119,6 +120,31 @@ const FIELDS: [string, string][] = [
 
 const lines = (out: Buffer) => out.toString().trim().split('\n').sort();
 
+/** dkimpy's verdict on each of a message's two signatures, with the keys our dnsmasq publishes: "True rsa-sha256" and the like, sorted. */
+async function dkimVerdicts(message: string | Buffer): Promise<{ verdicts: string[]; log: string }> {
+  const file = join(dir, `signed-${n++}.eml`);
+  writeFileSync(file, message);
+  const verify = `
+import sys, logging, dkim, dns.resolver
+logging.basicConfig(stream=sys.stderr, level=logging.DEBUG)
+r = dns.resolver.Resolver(configure=False)
+r.nameservers = ['127.0.0.1']
+r.port = ${dns.port}
+r.timeout = 5
+r.lifetime = 30
+def dnsfunc(name, timeout=5):
+    name = name.decode() if isinstance(name, bytes) else name
+    return b''.join(b''.join(rd.strings) for rd in r.resolve(name, 'TXT'))
+msg = open(sys.argv[1], 'rb').read()
+d = dkim.DKIM(msg, logger=logging.getLogger('dkim'))
+for i in range(2):
+    print(d.verify(idx=i, dnsfunc=dnsfunc), d.signature_fields.get(b'a').decode())
+`;
+  const py = await runCommand('/usr/bin/python3', ['-c', verify, file]);
+  assert.equal(py.code, 0, py.stderr);
+  return { verdicts: py.stdout.toString().trim().split('\n').sort(), log: py.stderr };
+}
+
 /** smtp-send in-process, a thrown failure reported as the launcher does (one line, its exit code). */
 async function inProcess(args: string[], opts: { input?: Buffer | string } = {}): Promise<Result> {
   try {
@@ -168,27 +194,8 @@ test(
     const copies = await postfix!.waitFor('bob@b.test', before + 1);
     const signed = copies.find((c) => c.includes('Signed.'))!;
     assert.equal((signed.match(/^DKIM-Signature:/gm) ?? []).length, 2);
-    const file = join(dir, 'signed.eml');
-    writeFileSync(file, signed);
-    const verify = `
-import sys, logging, dkim, dns.resolver
-logging.basicConfig(stream=sys.stderr, level=logging.DEBUG)
-r = dns.resolver.Resolver(configure=False)
-r.nameservers = ['127.0.0.1']
-r.port = ${dns.port}
-r.timeout = 5
-r.lifetime = 30
-def dnsfunc(name, timeout=5):
-    name = name.decode() if isinstance(name, bytes) else name
-    return b''.join(b''.join(rd.strings) for rd in r.resolve(name, 'TXT'))
-msg = open(sys.argv[1], 'rb').read()
-d = dkim.DKIM(msg, logger=logging.getLogger('dkim'))
-for i in range(2):
-    print(d.verify(idx=i, dnsfunc=dnsfunc), d.signature_fields.get(b'a').decode())
-`;
-    const py = await runCommand('/usr/bin/python3', ['-c', verify, file]);
-    assert.equal(py.code, 0, py.stderr);
-    assert.deepEqual(py.stdout.toString().trim().split('\n').sort(), ['True ed25519-sha256', 'True rsa-sha256'], `dkimpy said:\n${py.stderr}\nof:\n${signed}`);
+    const py = await dkimVerdicts(signed);
+    assert.deepEqual(py.verdicts, ['True ed25519-sha256', 'True rsa-sha256'], `dkimpy said:\n${py.log}\nof:\n${signed}`);
     // The records to publish are what the test published, and say what each key is.
     const rec = await inProcess(['--config', cfg, '--dkim-record', 'a.test']);
     assert.equal(rec.code, 0, rec.stderr);
@@ -245,6 +252,60 @@ test(
     r = await inProcess(['--config', config(hardData.port), 'x@sink.test'], { input });
     assert.equal(r.code, 1, r.stderr);
     assert.match(r.stdout.toString(), /^FAIL x@sink\.test 5\.3\.0 /);
+  },
+);
+
+/** smtp-sink dumping every transaction it takes into a fresh directory; the dumps (envelope as X- lines, then the message, CRLF), oldest first. */
+async function dumpingSink(flags: string[]): Promise<{ sink: Sink; dumps: () => Buffer[] }> {
+  // smtp-sink drops to nobody when run as root: the directory must be open to it.
+  const dumpDir = mkdtempSync(join(tmpdir(), 'ima-sink-dump-'));
+  chmodSync(dumpDir, 0o777);
+  const s = await sink([...flags, '-d', `${dumpDir}/%M.`]);
+  // smtp-sink writes its dumps with LF line ends: back to the CRLF of the wire.
+  const crlf = (b: Buffer) => Buffer.from(b.toString('latin1').replace(/\r?\n/g, '\r\n'), 'latin1');
+  return {
+    sink: s,
+    dumps: () =>
+      readdirSync(dumpDir)
+        .sort()
+        .map((f) => crlf(readFileSync(join(dumpDir, f)))),
+  };
+}
+
+/** The decoded content of the base64 part named `name` in a MIME message (CRLF). */
+function base64Part(mime: string, name: string): Buffer {
+  const m = new RegExp(`name=${name.replace('.', '\\.')}[^]*?\\r\\n\\r\\n([A-Za-z0-9+/=\\r\\n]+)\\r\\n--`).exec(mime);
+  assert.ok(m, `no base64 part ${name} in:\n${mime}`);
+  return Buffer.from(m[1].replace(/\r\n/g, ''), 'base64');
+}
+
+test(
+  'smtp-send: an attached message in 8bit goes as message/rfc822 with BODY=8BITMIME; to a server without 8BITMIME, in base64 as application/octet-stream, nothing 8bit, DKIM valid',
+  { skip: smtpSinkMissing },
+  async () => {
+    const inner =
+      'From: Carol <carol@c.test>\r\nSubject: Gr\u00fc\u00dfe\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nGr\u00fc\u00dfe aus K\u00f6ln.\r\n';
+    const input = await message(FIELDS, 'Forwarded.\n', { 'inner.eml': inner });
+    const eight = await dumpingSink([]);
+    let r = await inProcess(['--config', config(eight.sink.port, dkimToml), 'x@sink.test'], { input });
+    assert.equal(r.code, 0, r.stderr);
+    const [asMessage] = eight.dumps();
+    assert.match(asMessage.toString('latin1'), /^X-Mail-Args: <alice@a\.test> BODY=8BITMIME/m);
+    assert.match(asMessage.toString('latin1'), /^Content-Type: message\/rfc822; name=inner\.eml\r\nContent-Transfer-Encoding: 8bit/m);
+    assert.ok(asMessage.includes(Buffer.from(inner)), 'the attached message is there byte for byte');
+
+    const seven = await dumpingSink(['-8']);
+    r = await inProcess(['--config', config(seven.sink.port, dkimToml), 'x@sink.test'], { input });
+    assert.equal(r.code, 0, r.stderr);
+    const [plain] = seven.dumps();
+    const text = plain.toString('latin1');
+    assert.match(text, /^X-Mail-Args: <alice@a\.test>\r$/m);
+    assert.ok(!plain.some((b) => b > 0x7f), `8bit data sent to a server without 8BITMIME:\n${text}`);
+    assert.match(text, /^Content-Type: application\/octet-stream; name=inner\.eml\r\nContent-Transfer-Encoding: base64/m);
+    assert.deepEqual(base64Part(text, 'inner.eml'), Buffer.from(inner));
+    // Signed as sent: the 7bit form has signatures of its own.
+    const py = await dkimVerdicts(plain);
+    assert.deepEqual(py.verdicts, ['True ed25519-sha256', 'True rsa-sha256'], `dkimpy said:\n${py.log}\nof:\n${text}`);
   },
 );
 
