@@ -84,6 +84,60 @@ export function patternFile(path: string, size: number): void {
 }
 
 /** Peak RSS (VmHWM, MB) of processes and all their descendants, by command name, sampled every 50 ms until stop(). */
+/** CPU seconds, user and system, of a process tree. */
+export interface Cpu {
+  user: number;
+  system: number;
+}
+
+const TICKS_PER_SECOND = Number(spawnSync('getconf', ['CLK_TCK']).stdout?.toString().trim()) || 100;
+
+/** Every live process below root (root included), from /proc. */
+function treeOf(root: number): number[] {
+  const children = new Map<number, number[]>();
+  for (const d of readdirSync('/proc').filter((f) => /^\d+$/.test(f))) {
+    try {
+      const ppid = Number(/PPid:\s+(\d+)/.exec(readFileSync(`/proc/${d}/status`, 'utf8'))?.[1]);
+      children.set(ppid, [...(children.get(ppid) ?? []), Number(d)]);
+    } catch {
+      // gone
+    }
+  }
+  const all = [root];
+  for (let i = 0; i < all.length; i++) all.push(...(children.get(all[i]) ?? []));
+  return all;
+}
+
+/**
+ * CPU used so far by a process tree: each live process's own time plus what
+ * its exited children used (cutime, cstime: the kernel adds a child's time to
+ * its parent when it is reaped). So a Postfix smtpd that served its 100
+ * sessions and exited still counts, in master's figures, and a difference of
+ * two readings is what the tree used between them.
+ */
+export function treeCpu(root: number): Cpu {
+  const cpu = { user: 0, system: 0 };
+  for (const pid of treeOf(root)) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      // Fields after the command name (which may hold spaces): utime is field 14, stime 15, cutime 16, cstime 17.
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      cpu.user += (Number(f[11]) + Number(f[13])) / TICKS_PER_SECOND;
+      cpu.system += (Number(f[12]) + Number(f[14])) / TICKS_PER_SECOND;
+    } catch {
+      // gone between the listing and the reading: its time is in its parent's now
+    }
+  }
+  return cpu;
+}
+
+/** What a tree used from `before` to now, per message, in milliseconds; total, then the system part. */
+export function cpuPerMessage(root: number, before: Cpu, messages: number): { ms: number; systemMs: number } {
+  const now = treeCpu(root);
+  const system = now.system - before.system;
+  return { ms: ((now.user - before.user + system) * 1000) / messages, systemMs: (system * 1000) / messages };
+}
+
 export function rssWatcher(roots: () => number[]): { stop(): Map<string, number> } {
   const peaks = new Map<string, number>();
   const sample = () => {

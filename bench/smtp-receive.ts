@@ -5,7 +5,8 @@
 // 4 KB from 10 parallel sessions, a connection per message (smtp-source's
 // way, and a typical MX's: one message per connection from most senders)
 // and with each session's connection reused (-d, as an MTA's connection
-// cache does); 200 x 1 MB: messages/s, MB/s, peak RSS. The Postfix figure
+// cache does); 200 x 1 MB: messages/s, MB/s, peak RSS, and the CPU the
+// receiving processes spend per message (/proc). The Postfix figure
 // counts until the last message is in the Maildir. The two sides take each
 // load in turn.
 import { spawn } from 'node:child_process';
@@ -15,7 +16,7 @@ import { join } from 'node:path';
 import { Pki } from '../test/pki.js';
 import { type Listening, startListening, testEnv } from '../test/helpers.js';
 import { postfixUnavailable, startPostfix } from '../test/postfix-fixture.js';
-import { largestPeakRssMb } from './_measure.js';
+import { cpuPerMessage, largestPeakRssMb, treeCpu } from './_measure.js';
 import { type Bench, WORKERS, serving } from './_bench.js';
 
 interface Load {
@@ -40,6 +41,8 @@ interface Figure {
   perSecond: number;
   mbPerSecond: number;
   rss: number;
+  /** CPU milliseconds the receiving side's processes spent per message. */
+  cpuMs: number;
 }
 /** Figures by side ('ours', 'postfix') and load label, for the closing table. */
 const figures = new Map<string, Figure>();
@@ -69,11 +72,11 @@ async function filled(dir: string, n: number, ms = 600_000): Promise<void> {
   }
 }
 
-function line(side: 'ours' | 'postfix', who: string, load: Load, secs: number, rss: number, idle?: number): void {
-  const f = { perSecond: load.messages / secs, mbPerSecond: (load.messages * load.bytes) / secs / 1024 / 1024, rss };
+function line(side: 'ours' | 'postfix', who: string, load: Load, secs: number, rss: number, cpu: { ms: number; systemMs: number }, idle?: number): void {
+  const f = { perSecond: load.messages / secs, mbPerSecond: (load.messages * load.bytes) / secs / 1024 / 1024, rss, cpuMs: cpu.ms };
   figures.set(`${side} ${load.label}`, f);
   console.log(
-    `  smtp-receive bench: ${who}, ${load.label}: ${f.perSecond.toFixed(0)} messages/s, ${f.mbPerSecond.toFixed(1)} MB/s, peak RSS ${rss.toFixed(0)} MB${idle === undefined ? '' : ` (idle before the load: ${idle.toFixed(0)} MB)`}`,
+    `  smtp-receive bench: ${who}, ${load.label}: ${f.perSecond.toFixed(0)} messages/s, ${f.mbPerSecond.toFixed(1)} MB/s, peak RSS ${rss.toFixed(0)} MB${idle === undefined ? '' : ` (idle before the load: ${idle.toFixed(0)} MB)`}, CPU per message ${cpu.ms.toFixed(2)} ms (system ${cpu.systemMs.toFixed(2)} ms)`,
   );
 }
 
@@ -98,12 +101,14 @@ function ours(dir: string): (load: Load, i: number) => Promise<void> {
     );
     try {
       const idle = largestPeakRssMb(srv.proc.pid!); // listening, nothing received yet: what start-up and loaded code cost
+      const cpu = treeCpu(srv.proc.pid!);
       const t0 = process.hrtime.bigint();
       await source(srv.port, load, `${user}@b.test`);
       const secs = Number(process.hrtime.bigint() - t0) / 1e9;
       const got = count(join(dir, 'mail', user, 'new'));
       if (got !== load.messages) throw new Error(`smtp-receive stored ${got} of ${load.messages}: ${srv.log().slice(-2000)}`);
-      line('ours', `smtp-receive, ${WORKERS} worker(s) (in-process chain, fsync per message)`, load, secs, largestPeakRssMb(srv.proc.pid!), idle);
+      const cost = cpuPerMessage(srv.proc.pid!, cpu, load.messages);
+      line('ours', `smtp-receive, ${WORKERS} worker(s) (in-process chain, fsync per message)`, load, secs, largestPeakRssMb(srv.proc.pid!), cost, idle);
     } finally {
       await srv.stop();
     }
@@ -121,12 +126,13 @@ async function theirs(dir: string): Promise<{ run(load: Load): Promise<void>; st
   let delivered = 0;
   return {
     async run(load) {
+      const cpu = treeCpu(pf.masterPid());
       const t0 = process.hrtime.bigint();
       await source(pf.port, load, 'bob@b.test');
       delivered += load.messages;
       await filled(pf.maildirNew('bob@b.test'), delivered);
       const secs = Number(process.hrtime.bigint() - t0) / 1e9;
-      line('postfix', 'Postfix (smtpd -> virtual, Maildir)', load, secs, largestPeakRssMb(pf.masterPid()));
+      line('postfix', 'Postfix (smtpd -> virtual, Maildir)', load, secs, largestPeakRssMb(pf.masterPid()), cpuPerMessage(pf.masterPid(), cpu, load.messages));
     },
     stop: () => pf.stop(),
   };
@@ -161,5 +167,6 @@ export async function run(bench: Bench): Promise<void> {
     const peer = pf && { name: 'Postfix', figure: pick(pf) };
     bench.row(`smtp-receive ${load.label} (smtp-source)`, pick(us), small ? 'msg/s' : 'MB/s', peer, '>= 1.0x Postfix');
     bench.row(`smtp-receive ${load.label}: peak RSS`, us.rss, 'MB', pf && { name: 'largest Postfix process', figure: pf.rss }, '< 100 MB');
+    bench.row(`smtp-receive ${load.label}: CPU per message (lower is better)`, us.cpuMs, 'ms', pf && { name: "Postfix's processes", figure: pf.cpuMs }, '-');
   }
 }
