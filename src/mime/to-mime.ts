@@ -283,8 +283,16 @@ function pump(first: Readable, ...rest: Writable[]): Promise<void> {
 }
 
 /** Write an IMA message as MIME to `out`, which is ended afterwards. */
-/** Write the MIME form of parts to out; true when some of it went as 8bit (a message/* part), which SMTP may only send with BODY=8BITMIME. */
-export async function writeMime(parts: MessageParts, out: Writable, opts: ImaToMimeOptions = {}): Promise<boolean> {
+/** What a MIME form written needs of an SMTP server. */
+export interface MimeWritten {
+  /** Some of it went as 8bit (a message/* part): BODY=8BITMIME (RFC 6152). */
+  eightBit: boolean;
+  /** Its header section has UTF-8 (an address with a non-ASCII local part, a field kept verbatim): SMTPUTF8 (RFC 6531, 6532). */
+  utf8Headers: boolean;
+}
+
+/** Write the MIME form of parts to out, and say what it needs of an SMTP server. */
+export async function writeMime(parts: MessageParts, out: Writable, opts: ImaToMimeOptions = {}): Promise<MimeWritten> {
   const cids = parseContentIds(parts.headers.get(CONTENT_IDS));
   const newline = opts.newline ?? 'lf';
   let marker: EncodingMarker | undefined; // made only for a message with such attachments: its randomness costs
@@ -317,13 +325,15 @@ export async function writeMime(parts: MessageParts, out: Writable, opts: ImaToM
       }),
     ),
   });
-  const own = new OwnHeaders(toMimeHeaderLines(parts.headers, { keepBcc: opts.keepBcc ?? false }));
+  const lines = toMimeHeaderLines(parts.headers, { keepBcc: opts.keepBcc ?? false });
+  const own = new OwnHeaders(lines);
   const mime = composer.compile().createReadStream();
   try {
     const last = encoded ? handingBack(out, encoded, ...(opts.readBuffers ? [opts.readBuffers] : [])) : out;
     const stages = [own, ...(marker ? [marker] : []), ...(newline === 'crlf' ? [] : [new CrlfToLf()]), last];
     await pump(mime, ...stages);
-    return eightBit;
+    // The composer's own lines (MIME-Version, Content-*) are ASCII: it encodes names.
+    return { eightBit, utf8Headers: lines.some((l) => /[^\x00-\x7f]/.test(l)) };
   } catch (e) {
     // An entry swapped for a link after it was listed is refused when it is opened to be read.
     if (e instanceof NotPlainError) throw dataError(e.message);

@@ -7,7 +7,7 @@ import { PassThrough, Readable } from 'node:stream';
 import { type Address, AddressError, parseAddressList } from '../address.js';
 import { dataError } from '../failure.js';
 import { DEFAULT_LIMITS, type Headers, MessageError, type MessageParts } from '../message/index.js';
-import { spoolIma, writeMime } from '../mime/to-mime.js';
+import { type MimeWritten, spoolIma, writeMime } from '../mime/to-mime.js';
 import { Spool, SpoolLimitError, type SpoolStore } from '../spool.js';
 import { type DkimKey, dkimSignatures, keysFor } from './dkim.js';
 import { type Message, asStream } from './send.js';
@@ -60,9 +60,9 @@ export async function outgoing(input: Readable, o: OutgoingOptions): Promise<Out
 async function signedForm(parts: MessageParts, o: OutgoingOptions, keys: readonly DkimKey[], sevenBit: boolean, spools: Spool[]): Promise<Message> {
   const pipe = new PassThrough();
   let spool: Spool;
-  let eightBit: boolean;
+  let written: MimeWritten;
   try {
-    [spool, eightBit] = await Promise.all([
+    [spool, written] = await Promise.all([
       Spool.from(pipe, { limit: o.maxBytes * 2, dir: o.spoolDir }),
       writeMime(parts, pipe, { newline: 'crlf', keepBcc: false, sevenBit }),
     ]);
@@ -73,7 +73,7 @@ async function signedForm(parts: MessageParts, o: OutgoingOptions, keys: readonl
   }
   spools.push(spool);
   const signatures = Buffer.from(await dkimSignatures(keys, asStream(spool.open())));
-  return { size: signatures.length + spool.size, eightBit, open: () => joined(signatures, spool) };
+  return { size: signatures.length + spool.size, ...written, open: () => joined(signatures, spool) };
 }
 
 function firstAddress(headers: Headers, field: string): Address | undefined {

@@ -41,6 +41,8 @@ export interface Message {
   open: () => Readable;
   /** Some of it is 8bit: it needs a server with 8BITMIME (RFC 6152), or sevenBit's form. */
   eightBit?: boolean;
+  /** Its header section has UTF-8: it needs a server with SMTPUTF8 (RFC 6531). */
+  utf8Headers?: boolean;
   /** The same message with nothing in 8bit, for a server without 8BITMIME. */
   sevenBit?: () => Promise<Message>;
 }
@@ -230,10 +232,30 @@ async function session(conn: SMTPConnection, peer: Peer, where: string, env: Env
   }
   opts.log.debug(`${where}: connected${conn.secure ? ' with TLS' : ''}`);
   try {
+    const refused = utf8Refusal(conn, where, env, msg);
+    if (refused) return new Map(env.to.map((r) => [r, refused]));
     return await transaction(conn, where, env, await formFor(conn, where, msg, opts));
   } finally {
     quit(conn);
   }
+}
+
+const extensionsOf = (conn: SMTPConnection) => (conn as unknown as { _supportedExtensions?: string[] })._supportedExtensions ?? [];
+const NON_ASCII = /[^\x00-\x7f]/;
+
+/**
+ * A non-ASCII address in the envelope or UTF-8 in the header section needs
+ * SMTPUTF8 (RFC 6531 3.4): without it the message cannot be sent as it is,
+ * and there is no downgrade of an address. Refused for good, as Postfix does
+ * ("SMTPUTF8 is required, but was not offered"), rather than sent raw to a
+ * server that never agreed to read it. nodemailer asks for SMTPUTF8 on MAIL
+ * FROM when the envelope needs it and the server offers it.
+ */
+function utf8Refusal(conn: SMTPConnection, where: string, env: Envelope, msg: Message): Outcome | undefined {
+  const needs =
+    NON_ASCII.test(env.from) || env.to.some((r) => NON_ASCII.test(r)) ? 'a non-ASCII address' : msg.utf8Headers ? 'UTF-8 in its header fields' : undefined;
+  if (!needs || extensionsOf(conn).includes('SMTPUTF8')) return undefined;
+  return { word: 'FAIL', reason: `5.6.7 ${where} does not offer SMTPUTF8, which this message needs (${needs})` };
 }
 
 /**
@@ -242,9 +264,7 @@ async function session(conn: SMTPConnection, peer: Peer, where: string, env: Env
  * undeclared is what RFC 6152 forbids, and a strict server refuses or strips them.
  */
 async function formFor(conn: SMTPConnection, where: string, msg: Message, opts: SendOptions): Promise<Message> {
-  if (!msg.eightBit || !msg.sevenBit) return msg;
-  const extensions = (conn as unknown as { _supportedExtensions?: string[] })._supportedExtensions ?? [];
-  if (extensions.includes('8BITMIME')) return msg;
+  if (!msg.eightBit || !msg.sevenBit || extensionsOf(conn).includes('8BITMIME')) return msg;
   opts.log.debug(`${where}: no 8BITMIME: sending the message's 7bit form`);
   return msg.sevenBit();
 }

@@ -310,6 +310,44 @@ test(
 );
 
 test(
+  'smtp-send: a non-ASCII address or UTF-8 in the header fields needs SMTPUTF8: refused for good (5.6.7) by a server without it, nothing sent; Postfix, which offers it, takes both',
+  { skip: smtpSinkMissing || skipPostfix },
+  async () => {
+    const withoutUtf8 = await dumpingSink([]); // smtp-sink does not offer SMTPUTF8
+    const ascii = await message(FIELDS);
+    let r = await inProcess(['--config', config(withoutUtf8.sink.port), 'zo\u00eb@sink.test'], { input: ascii });
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(
+      r.stdout.toString(),
+      /^FAIL zo\u00eb@sink\.test 5\.6\.7 mx\.sink\.test\[127\.0\.0\.1\]:\d+ does not offer SMTPUTF8, which this message needs \(a non-ASCII address\)$/m,
+    );
+    const utf8To = FIELDS.map(([k, v]): [string, string] => [k, k === 'to' ? 'Zo\u00eb <zo\u00eb@b.test>' : v]);
+    r = await inProcess(['--config', config(withoutUtf8.sink.port), 'x@sink.test'], { input: await message(utf8To) });
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stdout.toString(), /^FAIL x@sink\.test 5\.6\.7 .* \(UTF-8 in its header fields\)$/m);
+    assert.deepEqual(withoutUtf8.dumps(), [], 'nothing may reach a server that did not agree to UTF-8');
+
+    const cfg = config(postfix!.port);
+    const before = postfix!.maildir('bob@b.test').length;
+    r = await inProcess(['--config', cfg, 'bob@b.test'], { input: await message(utf8To, 'To Zo\u00eb.\n') });
+    assert.equal(r.code, 0, r.stderr);
+    const utf8From = FIELDS.map(([k, v]): [string, string] => [k, k === 'from' ? 'J\u00f6rg <j\u00f6rg@a.test>' : v]);
+    r = await inProcess(['--config', cfg, 'bob@b.test'], { input: await message(utf8From, 'From J\u00f6rg.\n') });
+    assert.equal(r.code, 0, r.stderr);
+    const copies = await postfix!.waitFor('bob@b.test', before + 2);
+    // The display name is encoded (RFC 2047); the address cannot be, and goes as UTF-8 (RFC 6532).
+    assert.match(
+      copies.find((c) => c.includes('To Zo'))!,
+      /^To: =\?UTF-8\?Q\?Zo=C3=AB\?= <zo\u00eb@b\.test>\r?$/m,
+    );
+    // The envelope sender went as it is, with SMTPUTF8 on MAIL FROM: Postfix's Return-Path is what MAIL FROM said, its Received says UTF8SMTPS.
+    const fromJorg = copies.find((c) => c.includes('From J'))!;
+    assert.match(fromJorg, /^Return-Path: <j\u00f6rg@a\.test>\r?$/m);
+    assert.match(fromJorg, /with UTF8SMTPS id/);
+  },
+);
+
+test(
   'smtp-send: the first MX refuses connections, the second takes the message; null MX, NXDOMAIN and mail hosts without an address are FAIL; no DNS answer is TEMPFAIL',
   { skip: smtpSinkMissing },
   async () => {
