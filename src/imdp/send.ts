@@ -5,6 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import { promises as dns } from 'node:dns';
 import { type Dns, type ImdpService, orderSrv } from '../net/dns.js';
+import { serverAddress } from '../net/host.js';
 import { PassThrough, type Readable } from 'node:stream';
 import { type Address, AddressError, addressKey, asciiDomain, formatAddressList, mailboxOf, parseAddressList } from '../address.js';
 import { asFailure, dataError } from '../failure.js';
@@ -160,22 +161,17 @@ export interface Target {
   via: 'config' | 'srv' | 'domain';
 }
 
-/** "host", "host:port", "[v6]:port". */
+/** "host", "host:port", "[v6]:port"; the IMDP port when none is given. */
 export function parseTarget(s: string): { host: string; port: number } {
-  const problem = targetProblem(s);
-  if (problem) throw new Error(problem);
-  const m = TARGET.exec(s.trim())!;
-  return { host: m[1] ?? m[2], port: m[3] ? Number(m[3]) : IMDP_PORT };
+  const where = serverAddress(s.trim());
+  if (typeof where === 'string') throw new Error(where);
+  return { host: where.host, port: where.port ?? IMDP_PORT };
 }
 
-const TARGET = /^(?:\[([0-9a-fA-F:.]+)\]|([^\s:[\]]+))(?::(\d{1,5}))?$/;
-
-/** What is wrong with a [servers] value ("host", "host:port", "[v6]:port"), for the config check. */
+/** What is wrong with a [servers] value, for the config check. */
 export function targetProblem(s: string): string | undefined {
-  const m = TARGET.exec(s.trim());
-  if (!m) return `not HOST or HOST:PORT: ${JSON.stringify(s)}`;
-  const port = m[3] ? Number(m[3]) : IMDP_PORT;
-  return port >= 1 && port <= 65535 ? undefined : `port ${m[3]} is not 1-65535`;
+  const where = serverAddress(s.trim());
+  return typeof where === 'string' ? where : undefined;
 }
 
 /**

@@ -9,7 +9,6 @@
 // header: each recipient's copy names only the to and cc recipients.
 import { X509Certificate } from 'node:crypto';
 import { accessSync, constants, readFileSync, statSync } from 'node:fs';
-import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import type { Argv } from 'yargs';
 import { type Address, AddressError, addressKey, asciiDomain, domainProblem, mailboxOf, parseMailbox } from '../address.js';
@@ -18,6 +17,7 @@ import { type Located, configPath, domainMap, duration, integer, list, optional,
 import { EXIT, Failure, configError, usageError } from '../failure.js';
 import type { Io } from '../io.js';
 import { Dns, dnsServerProblem } from '../net/dns.js';
+import { serverAddress } from '../net/host.js';
 import { type Word, exitFor, formatResult } from '../results.js';
 import { type DkimKey, dkimRecord, keysFor, loadDkimKeys } from '../smtp/dkim.js';
 import { type Outgoing, outgoing, senderOf } from '../smtp/outgoing.js';
@@ -184,19 +184,11 @@ function spoolDirOf(config: Config, source: Located, configFile: string): string
   return dir;
 }
 
-/** A host name as DNS and /etc/hosts take it (RFC 1123 labels; "localhost" too), or a dotted IPv4 address. */
-const LABEL = '[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?';
-const HOST_NAME = new RegExp(`^(?=.{1,253}$)${LABEL}(?:\\.${LABEL})*\\.?$`);
-
 function smarthostPeer(config: Config, source: Located, configFile: string): Peer {
   const h = config.smarthost;
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.-]+))(?::(\d{1,5}))?$/.exec(h.host);
-  const port = Number(m?.[3] ?? 1);
-  if (!m || port < 1 || port > 65535) throw configError(configFile, 'smarthost.host', `expected HOST or HOST:PORT, not ${JSON.stringify(h.host)}`);
-  if (m[1] !== undefined && !isIP(m[1])) throw configError(configFile, 'smarthost.host', `${m[1]}: not an IP address`);
-  if (m[2] !== undefined && !HOST_NAME.test(m[2])) throw configError(configFile, 'smarthost.host', `${m[2]}: not a host name`);
+  const where = serverAddress(h.host);
+  if (typeof where === 'string') throw configError(configFile, 'smarthost.host', where);
   const tls: TlsMode = h.tls === 'implicit' ? 'implicit' : h.tls === 'starttls' ? 'verify' : 'may';
-  const hostPort = m[3] ? port : tls === 'implicit' ? 465 : 587;
   let auth: Peer['auth'];
   if (h.user) {
     if (tls === 'may') throw configError(configFile, 'smarthost.tls', 'AUTH sends a password: use "starttls" or "implicit", not "may"');
@@ -208,7 +200,7 @@ function smarthostPeer(config: Config, source: Located, configFile: string): Pee
       throw configError(configFile, 'smarthost.password_file', `${file}: cannot read (${(e as NodeJS.ErrnoException).code})`);
     }
   }
-  return { host: m[1] ?? m[2], port: hostPort, tls, auth };
+  return { host: where.host, port: where.port ?? (tls === 'implicit' ? 465 : 587), tls, auth };
 }
 
 function groupByDomain(recipients: Address[]): [string, Address[]][] {

@@ -199,7 +199,7 @@ const cases: Case[] = [
     title: 'send-mail: a [servers] value that is no HOST:PORT (it was an internal error at the first send, with no result lines)',
     program: 'send-mail',
     config: () => conf('sm3.toml', `domain = "a.test"\n[servers]\n"b.test" = "mail b.test"\n${tlsOf('a.test.crt', 'a.test.key')}`),
-    names: /servers\."b\.test": not HOST or HOST:PORT: "mail b\.test"/,
+    names: /servers\."b\.test": expected HOST or HOST:PORT, not "mail b\.test"/,
     start: [],
     input: '',
   },

@@ -432,7 +432,7 @@ test('smtp-send: bad input is one clear line and the right exit code, nothing se
     [`tls_ca = ["${notPem}"]\n`, /tls_ca\[0\]: .*not-a-ca\.pem: not a PEM certificate/],
     [`spool_dir = "${join(dir, 'no-such-dir')}"\n`, /spool_dir: .*no-such-dir: no such directory/],
     [`spool_dir = "${notPem}"\n`, /spool_dir: .*not-a-ca\.pem: not a directory/],
-    [`[smarthost]\nhost = "relay.b.test:0"\n`, /smarthost\.host: expected HOST or HOST:PORT, not "relay\.b\.test:0"/],
+    [`[smarthost]\nhost = "relay.b.test:0"\n`, /smarthost\.host: port 0 is not 1-65535/],
     [`[smarthost]\nhost = "-bad-.test"\n`, /smarthost\.host: -bad-\.test: not a host name/],
     [`[smarthost]\nhost = "[1.2.3]:25"\n`, /smarthost\.host: 1\.2\.3: not an IP address/],
   ] as const) {
