@@ -177,6 +177,13 @@ function useFastPaths(parser: MailParser, decoded: BufferPool, input: BufferPool
 
 const paramsOf = (a: AttachmentStream) => (a.headers.get('content-type') as StructuredHeader | undefined)?.params ?? {};
 
+/**
+ * The type a part's header says, lowercase. mailparser's contentType guesses
+ * from the file name when the header says application/octet-stream, so a
+ * file named "eml" would come out message/rfc822 and be renamed "eml.eml".
+ */
+const declaredType = (a: AttachmentStream) => (a.headers.get('content-type') as StructuredHeader | undefined)?.value?.toLowerCase();
+
 /** Read a legacy message into a spooled IMA message. Throws a data Failure (exit 65) for a message it cannot convert. */
 export async function readMime(input: Readable, opts: MimeToImaOptions = {}): Promise<ConvertedMessage> {
   const limits = opts.limits ?? MIME_LIMITS;
@@ -244,7 +251,7 @@ export async function readMime(input: Readable, opts: MimeToImaOptions = {}): Pr
         htmlLast = text.last;
         if (text.lossless) continue;
       }
-      const name = names.name(item.filename, type);
+      const name = names.name(item.filename, declaredType(item) ?? type);
       attachments.push({ name, ...raw });
       const cid = item.cid?.replace(/[\x00-\x1f\x7f]/g, '');
       if (cid) contentIds.set(name, cid);

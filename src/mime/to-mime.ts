@@ -32,6 +32,17 @@ export interface ImaToMimeOptions {
   sevenBit?: boolean;
 }
 
+/**
+ * An attachment's type from its name's extension, if it has one.
+ * detectMimeType alone takes a name without an extension for one ("eml",
+ * "EML.": message/rfc822), and the way back to IMA then renames such a
+ * file to "eml.eml": a name without a real extension is just bytes.
+ */
+function typeOfName(name: string): string {
+  const dot = name.lastIndexOf('.');
+  return dot > 0 && dot < name.length - 1 ? detectMimeType(name) : 'application/octet-stream';
+}
+
 /** Text up to this size is handed to the composer as a string, so plain ASCII goes out as 7bit; larger text is streamed. */
 const TEXT_IN_MEMORY = 1024 * 1024;
 
@@ -313,8 +324,9 @@ export async function writeMime(parts: MessageParts, out: Writable, opts: ImaToM
     html: parts.bodyHtml ? await textOf(parts.bodyHtml) : undefined,
     attachments: await Promise.all(
       (parts.attachments ?? []).map(async (a) => {
-        const common = { filename: a.name, cid: cids.get(a.name) };
-        const type = detectMimeType(a.name);
+        const type = typeOfName(a.name);
+        // Given, not left to the composer, which would guess it from the name as detectMimeType does.
+        const common = { filename: a.name, cid: cids.get(a.name), contentType: type };
         // Text the composer writes quoted-printable, as before; everything else it would write as base64 is ours.
         if (/^text\//i.test(type)) return { ...common, content: lazy(a) };
         if (!/^message\//i.test(type)) return { ...common, ...base64(a) };

@@ -66,6 +66,14 @@ describe('property: random values survive the round trips', () => {
       { numRuns: 150 },
     );
   });
+  it('a file name without an extension stays as it is both ways, even one that spells a type ("eml", "EML.")', async () => {
+    for (const name of ['eml', 'EML.', 'pdf', 'txt', 'notes.', '.eml']) {
+      const first = await ima('s', 'x', [name]);
+      const back = await toIma(await toMime(first));
+      assert.deepEqual([...(await readIma(back)).files.keys()], [...(await readIma(first)).files.keys()], name);
+    }
+  });
+
   it('MIME -> IMA -> MIME -> IMA is the identity for random encoded subjects and file names', async () => {
     await fc.assert(
       fc.asyncProperty(value, fc.string({ maxLength: 40 }), async (subject, file) => {
