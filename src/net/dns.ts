@@ -40,7 +40,10 @@ export class Dns {
   /** Were servers configured? Then host names are resolved here too, not by the system's getaddrinfo. */
   readonly custom: boolean;
 
-  constructor(servers: readonly string[] = [], timeoutMs = 5000) {
+  constructor(
+    servers: readonly string[] = [],
+    private readonly timeoutMs = 5000,
+  ) {
     this.resolver = new dnsp.Resolver({ timeout: timeoutMs, tries: 2 });
     if (servers.length) this.resolver.setServers([...servers]);
     this.custom = servers.length > 0;
@@ -94,14 +97,23 @@ export class Dns {
   }
 
   private async systemAddresses(host: string): Promise<string[]> {
+    // getaddrinfo cannot be cancelled; the wait for it is bounded as the resolver's two tries are.
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(Object.assign(new Error('timed out'), { code: 'ETIMEOUT' })), 2 * this.timeoutMs);
+    });
+    const lookup = dnsp.lookup(host, { all: true });
+    lookup.catch(() => {}); // its failure after the deadline has nobody to tell
     try {
-      const found = await dnsp.lookup(host, { all: true });
+      const found = await Promise.race([lookup, late]);
       return [...found.filter((a) => a.family === 4), ...found.filter((a) => a.family !== 4)].map((a) => a.address);
     } catch (e) {
       // getaddrinfo's EAI_NONAME and EAI_NODATA: the name has no address. EAI_AGAIN and the rest: trouble.
       const code = codeOf(e);
       if (ABSENT.has(code)) return [];
       throw tempFail(`${host}: address lookup failed (${code})`, '4.4.3');
+    } finally {
+      clearTimeout(timer);
     }
   }
 
