@@ -83,7 +83,6 @@ export function patternFile(path: string, size: number): void {
   closeSync(fd);
 }
 
-/** Peak RSS (VmHWM, MB) of processes and all their descendants, by command name, sampled every 50 ms until stop(). */
 /** CPU seconds, user and system, of a process tree. */
 export interface Cpu {
   user: number;
@@ -92,19 +91,10 @@ export interface Cpu {
 
 const TICKS_PER_SECOND = Number(spawnSync('getconf', ['CLK_TCK']).stdout?.toString().trim()) || 100;
 
-/** Every live process below root (root included), from /proc. */
+/** A process and every live process below it, from /proc. */
 function treeOf(root: number): number[] {
-  const children = new Map<number, number[]>();
-  for (const d of readdirSync('/proc').filter((f) => /^\d+$/.test(f))) {
-    try {
-      const ppid = Number(/PPid:\s+(\d+)/.exec(readFileSync(`/proc/${d}/status`, 'utf8'))?.[1]);
-      children.set(ppid, [...(children.get(ppid) ?? []), Number(d)]);
-    } catch {
-      // gone
-    }
-  }
   const all = [root];
-  for (let i = 0; i < all.length; i++) all.push(...(children.get(all[i]) ?? []));
+  for (let i = 0; i < all.length; i++) all.push(...childrenOf(all[i]));
   return all;
 }
 
@@ -138,27 +128,11 @@ export function cpuPerMessage(root: number, before: Cpu, messages: number): { ms
   return { ms: ((now.user - before.user + system) * 1000) / messages, systemMs: (system * 1000) / messages };
 }
 
+/** Peak RSS (VmHWM, MB) of processes and all their descendants, by command name, sampled every 50 ms until stop(). */
 export function rssWatcher(roots: () => number[]): { stop(): Map<string, number> } {
   const peaks = new Map<string, number>();
   const sample = () => {
-    const pids = new Set(roots());
-    const parents = new Map<number, number>();
-    for (const d of readdirSync('/proc').filter((f) => /^\d+$/.test(f))) {
-      try {
-        parents.set(Number(d), Number(/PPid:\s+(\d+)/.exec(readFileSync(`/proc/${d}/status`, 'utf8'))?.[1]));
-      } catch {
-        // gone
-      }
-    }
-    for (let grew = true; grew;) {
-      grew = false;
-      for (const [pid, ppid] of parents) {
-        if (pids.has(ppid) && !pids.has(pid)) {
-          pids.add(pid);
-          grew = true;
-        }
-      }
-    }
+    const pids = new Set(roots().flatMap(treeOf));
     for (const pid of pids) {
       try {
         const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);

@@ -227,6 +227,26 @@ async function toolkitRun(port: number, pki: Pki, msgs: Buffer[], lanes: number,
   return since(t0);
 }
 
+interface Rated {
+  perSecond: number;
+  /** CPU per message of the receiving side's processes (the load generator not counted). */
+  cost: { ms: number; systemMs: number };
+}
+
+/** Messages per second of `run` (which says how many seconds it took for n messages), and what the process tree at pid spent per message meanwhile. */
+async function rated(pid: number, n: number, run: () => Promise<number>): Promise<Rated> {
+  const before = treeCpu(pid);
+  const perSecond = n / (await run());
+  return { perSecond, cost: cpuPerMessage(pid, before, n) };
+}
+
+/** The rate against Postfix's, then where it goes: the CPU per message beside Postfix's, the system part in the log line. */
+function rateAndCostRows(b: Bench, what: string, ours: Rated, peer: Rated, target: string): void {
+  b.row(what, ours.perSecond, 'msg/s', { name: 'Postfix mTLS', figure: peer.perSecond }, target);
+  console.log(`  (${what}: system CPU per message: ours ${ours.cost.systemMs.toFixed(2)} ms, Postfix's ${peer.cost.systemMs.toFixed(2)} ms)`);
+  b.row(`${what}: CPU per message (lower is better)`, ours.cost.ms, 'ms', { name: "Postfix's processes", figure: peer.cost.ms }, '-');
+}
+
 export async function run(b: Bench): Promise<void> {
   const why = postfixUnavailable();
   if (why) throw new Error(`bench: ${why}`);
@@ -251,38 +271,17 @@ export async function run(b: Bench): Promise<void> {
       for (const mode of ['reuse', 'pipelined'] as const) {
         const pfMsgs = Array.from({ length: small }, (_, i) => mimeMessage(4096, i));
         const imaMsgs = await Promise.all(Array.from({ length: small }, () => imaMessage(4096)));
-        const pfCpu = treeCpu(pf.masterPid());
-        const peer = small / (await postfixRun(pf, pki, pfMsgs, lanes, mode));
-        const pfCost = cpuPerMessage(pf.masterPid(), pfCpu, small);
-        const ourCpu = treeCpu(server.proc.pid!);
-        const ours = small / (await toolkitRun(server.port, pki, imaMsgs, lanes, mode));
-        const ourCost = cpuPerMessage(server.proc.pid!, ourCpu, small);
+        const peer = await rated(pf.masterPid(), small, () => postfixRun(pf, pki, pfMsgs, lanes, mode));
+        const ours = await rated(server.proc.pid!, small, () => toolkitRun(server.port, pki, imaMsgs, lanes, mode));
         const what = `receive ${small} x 4 KB, ${lanes} connections, ${mode === 'reuse' ? 'no pipelining' : 'pipelined'}`;
-        b.row(what, ours, 'msg/s', { name: 'Postfix mTLS', figure: peer }, mode === 'reuse' ? '>= 1.0x' : '>= 1.5x');
-        // Where the rate goes: the receiving side's CPU per message (the load generator's excluded), the system's part in the log line.
-        console.log(`  (${what}: system CPU per message: ours ${ourCost.systemMs.toFixed(2)} ms, Postfix's ${pfCost.systemMs.toFixed(2)} ms)`);
-        b.row(`${what}: CPU per message (lower is better)`, ourCost.ms, 'ms', { name: "Postfix's processes", figure: pfCost.ms }, '-');
+        rateAndCostRows(b, what, ours, peer, mode === 'reuse' ? '>= 1.0x' : '>= 1.5x');
       }
       const hs = b.n(600, 100);
-      const pfCpu = treeCpu(pf.masterPid());
-      const peer =
-        hs /
-        (await postfixRun(
-          pf,
-          pki,
-          Array.from({ length: hs }, (_, i) => mimeMessage(4096, i)),
-          lanes,
-          'per-message',
-        ));
-      const pfCost = cpuPerMessage(pf.masterPid(), pfCpu, hs);
+      const pfHs = Array.from({ length: hs }, (_, i) => mimeMessage(4096, i));
+      const peer = await rated(pf.masterPid(), hs, () => postfixRun(pf, pki, pfHs, lanes, 'per-message'));
       const hsMsgs = await Promise.all(Array.from({ length: hs }, () => imaMessage(4096)));
-      const ourCpu = treeCpu(server.proc.pid!);
-      const ours = hs / (await toolkitRun(server.port, pki, hsMsgs, lanes, 'per-message'));
-      const ourCost = cpuPerMessage(server.proc.pid!, ourCpu, hs);
-      const what = `receive ${hs} x 4 KB, TLS handshake per message`;
-      b.row(what, ours, 'msg/s', { name: 'Postfix mTLS', figure: peer }, '>= 1.0x');
-      console.log(`  (${what}: system CPU per message: ours ${ourCost.systemMs.toFixed(2)} ms, Postfix's ${pfCost.systemMs.toFixed(2)} ms)`);
-      b.row(`${what}: CPU per message (lower is better)`, ourCost.ms, 'ms', { name: "Postfix's processes", figure: pfCost.ms }, '-');
+      const ours = await rated(server.proc.pid!, hs, () => toolkitRun(server.port, pki, hsMsgs, lanes, 'per-message'));
+      rateAndCostRows(b, `receive ${hs} x 4 KB, TLS handshake per message`, ours, peer, '>= 1.0x');
       if (have('/usr/sbin/smtp-source')) {
         // smtp-source has no TLS: Postfix's plain-text ceiling on its second port, for scale.
         const before = countIn(pf.maildirNew(BOB));
