@@ -114,6 +114,24 @@ describe('post-office and fetch-mail', () => {
     await po.waitLog(/fetch user=bob messages=5 bytes=\d+/);
   });
 
+  it('keeps its memory across password logins (a check does not leave its 16 MiB behind)', async () => {
+    // scrypt at N=16384, r=8 takes 16 MiB per check. With glibc's default
+    // malloc, each thread that ran one kept the block: the process grew by
+    // 16 MB per login until every thread of the pool held one.
+    const own = await startListening('post-office', ['--config', join(dir, 'post-office.toml'), '--listen', '127.0.0.1:0']);
+    try {
+      const rssMb = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${own.proc.pid}/status`, 'utf8'))![1]) / 1024;
+      const login = async () => assert.match(await converse(['LOGIN bob sesame', 'QUIT'], /^BYE/m, undefined, own.port), /^OK logged in as bob$/m);
+      await login();
+      const first = rssMb();
+      for (let i = 0; i < 8; i++) await login();
+      const grown = rssMb() - first;
+      assert.ok(grown < 24, `post-office grew by ${grown.toFixed(1)} MB over 8 more logins`);
+    } finally {
+      await own.stop();
+    }
+  });
+
   it('logs in by client certificate; --keep marks seen and the next run fetches nothing', async () => {
     const ids = await deliver('bob', 3);
     const cfg = fetchConfig('bob-cert', `user = "bob"\ncertificate = "${bobCert.cert}"\nkey = "${bobCert.key}"\n`);
