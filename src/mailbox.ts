@@ -2,7 +2,7 @@
 // a directory named by the UUID of its message-id. Delivery writes into
 // tmp/, fsyncs every file and directory, renames into new/ and fsyncs new/:
 // a crash leaves no message or a whole one, never part of one.
-import { closeSync, constants, lstatSync, mkdirSync, openSync, renameSync, writeSync, writev } from 'node:fs';
+import { closeSync, constants, linkSync, lstatSync, mkdirSync, openSync, renameSync, writeSync, writev } from 'node:fs';
 import { lstat, mkdir, readdir, rm } from 'node:fs/promises';
 import { isAbsolute, join, relative, sep } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -23,7 +23,6 @@ import {
 } from './message/index.js';
 
 export const FOLDERS = ['tmp', 'new', 'cur'] as const;
-const EMPTY = Buffer.alloc(0);
 /** The folders that hold delivered messages: new/ (not yet seen) and cur/ (seen). */
 export type Folder = 'new' | 'cur';
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -249,6 +248,8 @@ export async function deliverToMailbox(dir: string, input: Readable, opts: Deliv
   // The fsyncs of a message's files overlap (the file system commits them
   // together instead of one by one); all are done before the rename.
   const syncs = new PendingSyncs();
+  // Not synced until the digest's link to it is made (below).
+  let headersFd: number | undefined;
   try {
     const digest = new ContentDigest();
     let id: string | undefined;
@@ -262,7 +263,7 @@ export async function deliverToMailbox(dir: string, input: Readable, opts: Deliv
         made = true;
         const kept = opts.headersAsSent ? e.headers : privateHeaders(e.headers, opts.recipient);
         const raw = kept.serialize();
-        await syncs.add(await createAndWrite(join(work, 'headers'), raw));
+        headersFd = await createAndWrite(join(work, 'headers'), raw);
         continue;
       }
       if (e.kind === 'attachment' && !attachmentsDir) {
@@ -275,16 +276,24 @@ export async function deliverToMailbox(dir: string, input: Readable, opts: Deliv
     const sum = digest.finish();
     if (opts.expectName !== undefined && opts.expectName !== id && opts.expectName !== conflictName(id!, sum))
       throw new MessageError(`message ${id} was sent as ${opts.expectName}`);
-    closeSync(await createAndWrite(join(work, digestFileName(sum)), EMPTY));
+    // The digest is a second name of the headers file, not a file of its
+    // own: a name costs no inode, and allocating inodes is most of what
+    // creating a file costs (ext4 without a journal scans past recently
+    // deleted ones). The headers' fsync comes after the link, so it also
+    // persists the inode's link count.
+    linkSync(join(work, 'headers'), join(work, digestFileName(sum)));
+    const headersSynced = syncAndClose(headersFd!);
+    headersFd = undefined;
     // Every name is made now, so the directories' fsyncs run beside the
     // files' instead of after them: each makes only its own part durable,
     // and the rename into new/ waits for all of them. One wait for the disk
     // before the rename instead of two (or three).
-    await allDone([syncs.all(), ...(attachmentsDir ? [fsyncDir(join(work, 'attachments'))] : []), fsyncDir(work)]);
+    await allDone([headersSynced, syncs.all(), ...(attachmentsDir ? [fsyncDir(join(work, 'attachments'))] : []), fsyncDir(work)]);
     const placed = await place(dir, work, id!, sum);
     made = false;
     return { ...placed, messageId: id! };
   } catch (e) {
+    if (headersFd !== undefined) closeQuietly(headersFd);
     await syncs.all().catch(() => {});
     if (made) await rm(work, { recursive: true, force: true }).catch(() => {});
     if (e instanceof MessageError) throw permFail(e.message, e.status);

@@ -9,16 +9,17 @@ import type { Headers } from '../message/index.js';
 import { chunksOf } from '../streams.js';
 
 /**
- * A stored message keeps its digest in the name of an empty file beside its
- * entries, ".digest-sha256-HEX": a name is made durable by the fsync of the
- * directory that delivery does anyway, where the contents of a file would
- * cost an fsync of their own. Messages stored before kept it as the
- * contents of the file ".digest" (LEGACY_DIGEST_FILE), still read.
+ * A stored message keeps its digest in a name beside its entries,
+ * ".digest-sha256-HEX" (a second link to its headers file; earlier, an empty
+ * file): a name is made durable by the fsync of the directory that delivery
+ * does anyway, where the contents of a file would cost an fsync of their
+ * own. Messages stored before that kept it as the contents of the file
+ * ".digest" (LEGACY_DIGEST_FILE), still read.
  */
 const DIGEST_PREFIX = '.digest-';
 export const LEGACY_DIGEST_FILE = '.digest';
 
-/** The name of the empty file that records digest ("sha256:HEX"). */
+/** The name that records digest ("sha256:HEX") beside a message's entries. */
 export function digestFileName(digest: string): string {
   return DIGEST_PREFIX + digest.replace(':', '-');
 }

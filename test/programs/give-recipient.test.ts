@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { BIN, runBin, runCommand, tempDir, testEnv } from '../helpers.js';
@@ -63,7 +63,7 @@ describe('give-recipient', () => {
     const box = mailbox('fsync');
     const msg = await makeMessage(['-a', 'big.bin', 'bob@b.test']);
     const trace = join(dir, 'fsync.trace');
-    const r = await traced(['-o', trace, '-y', '-e', 'trace=fsync,fdatasync,rename,renameat,renameat2'], [box], msg);
+    const r = await traced(['-o', trace, '-y', '-e', 'trace=fsync,fdatasync,rename,renameat,renameat2,link,linkat'], [box], msg);
     assert.equal(r.code, 0, r.stderr);
     const [id] = stored(box);
     const lines = readFileSync(trace, 'utf8').split('\n');
@@ -71,9 +71,13 @@ describe('give-recipient', () => {
     assert.ok(at > 0, `a rename into new/ in:\n${lines.join('\n')}`);
     const synced = (part: string[]) =>
       part.flatMap((l) => /fs?d?a?t?a?sync\(\d+<([^>]+)>/.exec(l)?.[1] ?? []).map((p) => p.slice(box.length + 1).replace(/^tmp\/[^/]+/, 'MSG'));
-    // The digest is the name of an empty file: the fsync of MSG makes it durable.
+    // The digest is a name (a link to headers): the fsync of MSG makes it durable.
     assert.deepEqual(synced(lines.slice(0, at)).sort(), ['MSG', 'MSG/attachments', 'MSG/attachments/big.bin', 'MSG/body', 'MSG/headers']);
     assert.match(readdirSync(join(box, 'new', id)).join(' '), /(^| )\.digest-sha256-[0-9a-f]{64}( |$)/);
+    // The headers' fsync persists the link count the digest's link raised.
+    const linked = lines.findIndex((l) => /link\w*\(.*\/headers".*\.digest-sha256-/.test(l));
+    const headersSynced = lines.findIndex((l) => /sync\(\d+<[^>]+\/headers>/.test(l));
+    assert.ok(linked >= 0 && linked < headersSynced, `the link to headers, then its fsync, in:\n${lines.join('\n')}`);
     assert.deepEqual(synced(lines.slice(at)), ['new']);
     assert.doesNotMatch(lines.join('\n'), /sync\(.*= -1/, 'every fsync succeeded');
     assert.ok(id);
@@ -150,14 +154,30 @@ describe('give-recipient', () => {
       const digests = readdirSync(join(box, 'new', id)).filter((n) => n.startsWith('.digest'));
       assert.equal(digests.length, 1);
       assert.match(digests[0], /^\.digest-sha256-[0-9a-f]{64}$/);
-      assert.equal(statSync(join(box, 'new', id, digests[0])).size, 0, 'the digest is in the name; the file is empty');
+      // The digest is in the name, a second link to headers: no inode of its own.
+      const [digestAt, headersAt] = [digests[0], 'headers'].map((n) => statSync(join(box, 'new', id, n)));
+      assert.equal(digestAt.ino, headersAt.ino);
+      assert.equal(headersAt.nlink, 2);
+    });
+
+    it('reads a digest name that is an empty file (as earlier versions stored it): its retry is a duplicate, other content is not', async () => {
+      const box = mailbox('empty-digest');
+      await give(box, one);
+      const [name] = readdirSync(join(box, 'new', id)).filter((n) => n.startsWith('.digest-'));
+      unlinkSync(join(box, 'new', id, name));
+      writeFileSync(join(box, 'new', id, name), '');
+      await give(box, one);
+      assert.deepEqual(stored(box), [id], 'the retry is a duplicate');
+      await give(box, two);
+      assert.deepEqual(bodies(box), ['one\n', 'two\n']);
     });
 
     it('reads the digest of a message stored with a .digest file (before digests were names): its retry is a duplicate, other content is not', async () => {
       const box = mailbox('legacy-digest');
       await give(box, one);
       const [name] = readdirSync(join(box, 'new', id)).filter((n) => n.startsWith('.digest-'));
-      renameSync(join(box, 'new', id, name), join(box, 'new', id, '.digest'));
+      // The name is a link to headers: writing through it would change them.
+      unlinkSync(join(box, 'new', id, name));
       writeFileSync(join(box, 'new', id, '.digest'), `${name.slice('.digest-'.length).replace('-', ':')}\n`);
       await give(box, one);
       assert.deepEqual(stored(box), [id], 'the retry is a duplicate');
