@@ -96,8 +96,8 @@ const dropFor = (e: unknown) => new Drop(describe(e), e instanceof LineError && 
 
 /** Bytes of answers the peer has not read yet before we stop reading its commands. */
 export const REPLY_BUFFER = 64 * 1024;
-/** ms a handler's REPLY line may wait for the answer that usually follows it at once. */
-const REPLY_HOLD = 20;
+/** ms an answer may be held back for the next (a handler's REPLY line for the final answer, ACCEPT for the result). */
+const HOLD = 20;
 
 /**
  * Is the from address in the domain the certificate proved? The certificate
@@ -126,7 +126,7 @@ export class ImdpSession {
   private closed = false;
   /** Between reading a command and finishing it: a shutdown waits for this. */
   private busy = false;
-  /** REPLY lines corked, to be released by this timer at the latest. */
+  /** Answers held back (the socket corked), to be sent by this timer at the latest. */
   private held: NodeJS.Timeout | undefined;
 
   constructor(
@@ -135,32 +135,37 @@ export class ImdpSession {
     private readonly cfg: SessionConfig,
   ) {
     const { limits, timeouts } = cfg;
-    this.reader = new LineReader(socket, {
-      maxLine: limits.maxLine,
-      idleTimeout: timeouts.idle,
-      dataTimeout: timeouts.data,
-      commandTimeout: timeouts.command,
-      minRate: limits.minDataRate,
-    });
+    this.reader = new LineReader(
+      socket,
+      {
+        maxLine: limits.maxLine,
+        idleTimeout: timeouts.idle,
+        dataTimeout: timeouts.data,
+        commandTimeout: timeouts.command,
+        minRate: limits.minDataRate,
+      },
+      () => this.release(),
+    );
     this.reader.deadline('first', timeouts.firstMessage, `no message within ${timeouts.firstMessage / 1000} s`);
   }
 
   /**
-   * Write to the peer. A handler's REPLY line is held back (the socket
-   * corked) until the next answer or REPLY_HOLD, whichever comes first: the
-   * usual single line and the final answer right after it then go out in
-   * one TLS write instead of two.
+   * Write to the peer. Answers are held back (the socket corked) until
+   * reading must wait for the peer or HOLD ms pass, as Postfix's smtpd
+   * flushes its replies when its input runs dry: a peer that sent MAIL and
+   * DATA together gets ACCEPT and the final answer in one TLS write, not
+   * two, and so does a handler's REPLY line with the final answer after it.
    */
-  private send(s: string, reply = false): void {
+  private send(s: string): void {
     if (this.socket.destroyed || !this.socket.writable) return;
-    if (reply && !this.held) {
+    if (!this.held) {
       this.socket.cork();
-      this.held = setTimeout(() => this.release(), REPLY_HOLD);
+      this.held = setTimeout(() => this.release(), HOLD);
     }
     this.socket.write(s);
-    if (!reply) this.release();
   }
 
+  /** Send what is held back. */
   private release(): void {
     if (!this.held) return;
     clearTimeout(this.held);
@@ -191,6 +196,7 @@ export class ImdpSession {
         let line: string | null;
         try {
           // A peer that sends commands but reads no answers is not read from until it does.
+          if (this.socket.writableLength > REPLY_BUFFER) this.release();
           await backpressure(this.socket, REPLY_BUFFER, this.cfg.timeouts.data);
           line = await this.reader.readLine();
         } catch (e) {
@@ -350,7 +356,7 @@ export class ImdpSession {
       input: Readable.from([a.raw]),
       onLine: (l) => {
         lines.push(l);
-        this.send(wire.reply(l), true);
+        this.send(wire.reply(l));
       },
       stderr: this.cfg.stderr,
       timeout: this.cfg.timeouts.handler,
@@ -444,7 +450,7 @@ export class ImdpSession {
       env: this.env(a),
       cwd: this.cfg.cwd,
       input,
-      onLine: (l) => this.send(wire.reply(l), true),
+      onLine: (l) => this.send(wire.reply(l)),
       stderr: this.cfg.stderr,
       timeout: this.cfg.timeouts.handler,
       signal,

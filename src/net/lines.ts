@@ -62,6 +62,8 @@ export class LineReader {
   constructor(
     input: Readable,
     public limits: LineLimits,
+    /** Called each time a read must wait for the peer: a server flushes the answers it held back then. */
+    private readonly onWait?: () => void,
   ) {
     this.iterator = chunksOf(input);
   }
@@ -105,6 +107,7 @@ export class LineReader {
     if (this.ended) return false;
     const wait = this.allowed(timeout, `no ${what} for ${Math.round(timeout / 1000)} s`, extra);
     if (wait.ms <= 0) throw new LineError('timeout', wait.what);
+    this.onWait?.();
     this.filling ??= this.fill().finally(() => {
       this.filling = undefined;
     });

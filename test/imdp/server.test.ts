@@ -10,6 +10,7 @@ import { createLog } from '../../src/log.js';
 import { serve } from '../../src/net/listen.js';
 import { contextOptions, loadTlsMaterial } from '../../src/net/tls.js';
 import { certs, clientTls, pki } from '../imdp-fixture.js';
+import { HEADERS, entry, tarOf } from '../tarbuild.js';
 
 const log = createLog(new PassThrough().resume(), 'test', 'info');
 const session: SessionConfig = {
@@ -24,6 +25,41 @@ const session: SessionConfig = {
   log,
   stderr: new PassThrough().resume(),
 };
+
+/** A session over pipes between two TLS sockets; the client once connected, and the server's run. */
+async function sessionOverPipes(cfg: SessionConfig): Promise<{ client: TLSSocket; served: Promise<void> }> {
+  const toServer = new PassThrough();
+  const toClient = new PassThrough();
+  const served = serve(
+    { mode: 'inetd', stdin: toServer, stdout: toClient },
+    {
+      tls: contextOptions(loadTlsMaterial({ certificate: certs.b.cert, key: certs.b.key, ca: [pki.caFile], configFile: 'test.toml' })),
+      clientCert: 'required' as const,
+      limits: { maxConnections: 10, maxPerAddress: 10, handshakeTimeout: 10_000, shutdownTimeout: 10_000 },
+    },
+    { session: (socket, peer, stopping) => new ImdpSession(socket, peer, cfg).run(stopping), refuse: () => {} },
+    { log },
+  );
+  const client = tls.connect({ ...clientTls(), servername: 'b.test', socket: Duplex.from({ readable: toClient, writable: toServer }) });
+  await once(client, 'secureConnect');
+  return { client, served };
+}
+
+test('server-receive session: a peer that sends MAIL and DATA together gets ACCEPT and the result in one TLS record, as Postfix flushes when its input runs dry', async () => {
+  const { client, served } = await sessionOverPipes(session);
+  const records: string[] = [];
+  client.on('data', (d: Buffer) => records.push(d.toString('latin1')));
+  const greeted = await new Promise<string>((res) => client.once('data', (d: Buffer) => res(d.toString('latin1'))));
+  assert.match(greeted, /^IMDP/);
+  const message = tarOf(entry('headers', HEADERS), entry('body', 'hello\n'));
+  records.length = 0;
+  client.write(Buffer.concat([Buffer.from(`MAIL ${message.length}\n${HEADERS}\nDATA\n`), message]));
+  while (!records.join('').includes('OK')) await once(client, 'data');
+  assert.deepEqual(records.length, 1, `answers in ${records.length} records: ${JSON.stringify(records)}`);
+  assert.match(records[0], /^ACCEPT\nOK\b/);
+  client.end('DONE\n');
+  await served;
+});
 
 test('server-receive session: a peer that pipelines commands and reads no answer is not read from once 64 KiB of answers wait', async () => {
   // The pipes between the peers hold 16 KiB each way, whatever Node's default (64 KiB from Node 22 on): what they
