@@ -128,6 +128,9 @@ export class ImdpSession {
   private busy = false;
   /** Answers held back (the socket corked), to be sent by this timer at the latest. */
   private held: NodeJS.Timeout | undefined;
+  /** The peer certificate's SHA-256 (hex), and the last domain it was checked against: the same for every message of a session, as a rule. */
+  private fingerprint: string | undefined;
+  private covered: { domain: string; yes: boolean } | undefined;
 
   constructor(
     private readonly socket: TLSSocket,
@@ -318,7 +321,7 @@ export class ImdpSession {
       if (e instanceof MessageError || e instanceof AddressError) return this.rejectNow(a, '5.6.0', e.message);
       throw e;
     }
-    if (!this.peer.cert || !certCoversDomain(this.peer.cert, a.senderDomain)) {
+    if (!this.certCovers(a.senderDomain)) {
       const which = a.headers.get('mailer') ? 'mailer' : 'from';
       return this.rejectNow(
         a,
@@ -334,11 +337,21 @@ export class ImdpSession {
     this.send(wire.accept());
   }
 
+  private certSha256(): string | undefined {
+    return this.peer.cert && (this.fingerprint ??= fingerprint256(this.peer.cert));
+  }
+
+  private certCovers(domain: string): boolean {
+    if (!this.peer.cert) return false;
+    if (this.covered?.domain !== domain) this.covered = { domain, yes: certCoversDomain(this.peer.cert, domain) };
+    return this.covered.yes;
+  }
+
   private env(a: Announced): Record<string, string | undefined> {
     return {
       ...this.cfg.env,
       IMA_PEER_DOMAIN: a.senderDomain,
-      IMA_PEER_CERT_SHA256: this.peer.cert ? fingerprint256(this.peer.cert) : undefined,
+      IMA_PEER_CERT_SHA256: this.certSha256(),
       IMA_PEER_ADDRESS: this.peer.address,
       IMA_FROM_ALIGNED: a.aligned ? 'yes' : 'no',
       IMA_SESSION_ID: this.id,
@@ -433,7 +446,7 @@ export class ImdpSession {
     if (first.done || first.value.kind !== 'headers') throw new MessageError('message has no headers entry');
     if (!first.value.raw.equals(a.raw)) throw new MessageError('the headers entry differs from the one announced with MAIL');
     const headers = first.value.headers.clone();
-    const fp = this.peer.cert ? fingerprint256(this.peer.cert) : 'none';
+    const fp = this.certSha256() ?? 'none';
     const when = new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
     headers.addReceived(
       `from ${a.senderDomain} (${this.peer.address}; cert sha256 ${fp.slice(0, 16)}; from ${a.aligned ? 'aligned' : 'not aligned'}) by ${this.cfg.domain} with IMDP id ${this.id}.${this.messages}; ${when}`,
