@@ -224,6 +224,11 @@ test('send-mail: bad input is refused with a clear line and the right code', asy
   assert.match(r.stderr, /send-mail: /);
   r = await runBin('send-mail', ['--config', cfg, '/nonexistent.ima']);
   assert.equal(r.code, 66);
+  assert.match(r.stderr, /\/nonexistent\.ima: no such file/);
+  // A directory opens; only reading it fails, which must not pass for trouble worth retrying.
+  r = await runBin('send-mail', ['--config', cfg, '/tmp']);
+  assert.equal(r.code, 66);
+  assert.match(r.stderr, /\/tmp: is a directory/);
   r = await runBin('send-mail', ['--config', cfg], { input: await message(fields([['mailer', 'evil.test']])) });
   assert.equal(r.code, 65);
   assert.match(r.stderr, /mailer: the message says evil\.test, but this send-mail sends as a\.test/);
