@@ -100,8 +100,6 @@ export async function main(args: string[], io: Io): Promise<number> {
   const { argv, config, log } = s;
   if (argv._.length > 1) throw usageError('give at most one message file');
   const material = s.prepared;
-  // The shared reader: 256 KiB reads (a quarter of the chunks of 64 KiB ones,
-  // each an mmap given back when freed), and a directory refused up front.
   const input = await openInput(argv._[0] === undefined ? undefined : String(argv._[0]), io);
   const mailer = asciiDomain(config.domain);
   const prepared = await prepare(input, mailer, { ...DEFAULT_LIMITS, maxTotalBytes: config.max_message_bytes });

@@ -26,17 +26,20 @@ const session: SessionConfig = {
   stderr: new PassThrough().resume(),
 };
 
+/** The listener's settings for b.test, requiring a client certificate. */
+const settings = {
+  tls: contextOptions(loadTlsMaterial({ certificate: certs.b.cert, key: certs.b.key, ca: [pki.caFile], configFile: 'test.toml' })),
+  clientCert: 'required' as const,
+  limits: { maxConnections: 10, maxPerAddress: 10, handshakeTimeout: 10_000, shutdownTimeout: 10_000 },
+};
+
 /** A session over pipes between two TLS sockets; the client once connected, and the server's run. */
 async function sessionOverPipes(cfg: SessionConfig): Promise<{ client: TLSSocket; served: Promise<void> }> {
   const toServer = new PassThrough();
   const toClient = new PassThrough();
   const served = serve(
     { mode: 'inetd', stdin: toServer, stdout: toClient },
-    {
-      tls: contextOptions(loadTlsMaterial({ certificate: certs.b.cert, key: certs.b.key, ca: [pki.caFile], configFile: 'test.toml' })),
-      clientCert: 'required' as const,
-      limits: { maxConnections: 10, maxPerAddress: 10, handshakeTimeout: 10_000, shutdownTimeout: 10_000 },
-    },
+    settings,
     { session: (socket, peer, stopping) => new ImdpSession(socket, peer, cfg).run(stopping), refuse: () => {} },
     { log },
   );
@@ -61,6 +64,22 @@ test('server-receive session: a peer that sends MAIL and DATA together gets ACCE
   await served;
 });
 
+test('server-receive session: held answers do not wait for a slow handler: ACCEPT and its REPLY line come before the result', async () => {
+  const slow = { ...session, handler: ['sh', '-c', 'cat >/dev/null; echo OK b@b.test; sleep 2'] };
+  const { client, served } = await sessionOverPipes(slow);
+  await once(client, 'data'); // the greeting
+  const records: string[] = [];
+  client.on('data', (d: Buffer) => records.push(d.toString('latin1')));
+  const message = tarOf(entry('headers', HEADERS), entry('body', 'hello\n'));
+  client.write(Buffer.concat([Buffer.from(`MAIL ${message.length}\n${HEADERS}\nDATA\n`), message]));
+  while (!records.join('').includes('\nOK')) await once(client, 'data');
+  const last = records.at(-1)!;
+  assert.doesNotMatch(last, /ACCEPT|REPLY/, `held until the handler exited: ${JSON.stringify(records)}`);
+  assert.match(records.join(''), /^ACCEPT\nREPLY OK b@b\.test\nOK\b/);
+  client.end('DONE\n');
+  await served;
+});
+
 test('server-receive session: a peer that pipelines commands and reads no answer is not read from once 64 KiB of answers wait', async () => {
   // The pipes between the peers hold 16 KiB each way, whatever Node's default (64 KiB from Node 22 on): what they
   // hold is slack the server's answers can fill before it sees that its peer reads nothing.
@@ -69,11 +88,6 @@ test('server-receive session: a peer that pipelines commands and reads no answer
   let serverSocket!: TLSSocket;
   let waiting!: () => void;
   const blocked = new Promise<void>((res) => (waiting = res));
-  const settings = {
-    tls: contextOptions(loadTlsMaterial({ certificate: certs.b.cert, key: certs.b.key, ca: [pki.caFile], configFile: 'test.toml' })),
-    clientCert: 'required' as const,
-    limits: { maxConnections: 10, maxPerAddress: 10, handshakeTimeout: 10_000, shutdownTimeout: 10_000 },
-  };
   let maxBuffered = 0;
   const served = serve(
     { mode: 'inetd', stdin: toServer, stdout: toClient },
