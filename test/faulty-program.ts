@@ -3,6 +3,10 @@
 //   timer   throws from a timer; the promise main returns never settles
 //   leak    leaves a rejected promise unhandled, then says OK (too late)
 //   hang    reads its input, then waits forever, ignoring io.signal
+//   wait    reads its input, says so on stderr, then says OK once the file
+//           named by its third argument exists (10 s at most), ignoring
+//           io.signal: a run the test holds in flight
+import { existsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Io } from '../src/io.js';
 
@@ -21,6 +25,8 @@ export async function main(args: string[], io: Io): Promise<number> {
     await sleep(200);
   }
   if (mode === 'hang') await new Promise(() => {});
+  if (mode === 'wait') io.stderr.write(`waiting for ${args[2]}\n`);
+  if (mode === 'wait') for (let waited = 0; !existsSync(args[2]) && waited < 10_000; waited += 20) await sleep(20);
   io.stdout.write(`OK ${address}\n`);
   return 0;
 }

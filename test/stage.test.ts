@@ -26,6 +26,8 @@ users = ["bob", "eio"]
 "timer@b.test" = ["mime-to-ima", "timer", "{address}"]
 "leak@b.test" = ["mime-to-ima", "leak", "{address}"]
 "hang@b.test" = ["mime-to-ima", "hang", "{address}"]
+"wait1@b.test" = ["mime-to-ima", "wait", "{address}", ${JSON.stringify(join(dir, 'go-1'))}]
+"wait2@b.test" = ["mime-to-ima", "wait", "{address}", ${JSON.stringify(join(dir, 'go-2'))}]
 "orphan@b.test" = ["sh", "-c", ${JSON.stringify(`sleep 60 & echo $! > ${pidFile('orphan')}; cat > /dev/null; echo "OK $0"`)}]
 "stuck@b.test" = ["sh", "-c", ${JSON.stringify(`sleep 60 & echo $! > ${pidFile('stuck')}; cat > /dev/null; wait`)}]
 `,
@@ -53,6 +55,14 @@ test('stage: an in-process program that throws from a timer or leaks a rejection
   const s = await faultyServer();
   const c = await connect(s.port);
   const before = stored('bob');
+  // The first fault is not traced: it ends every run in flight, here the message's handle-incoming-mail and mime-to-ima.
+  const first = await deliver(c, await to('timer@b.test'));
+  assert.equal(first.result?.word, 'TEMPFAIL', `first: ${JSON.stringify(first)}\n${s.stderr()}`);
+  await s.waitLog(
+    /mime-to-ima: internal error, run ended TEMPFAIL \(one of 2 in-process runs in flight when it was raised, not traced; later faults are traced to their run\): thrown in a timer/,
+  );
+  assert.equal((await deliver(c, await to('bob@b.test'))).result?.word, 'OK', `after the first fault: ${s.stderr()}`);
+  // From then on each fault is traced to its run, which alone ends, and says for which recipient.
   for (const mode of ['timer', 'leak']) {
     const bad = await deliver(c, await to(`${mode}@b.test`));
     assert.equal(bad.result?.word, 'TEMPFAIL', `${mode}: ${JSON.stringify(bad)}\n${s.stderr()}`);
@@ -61,9 +71,35 @@ test('stage: an in-process program that throws from a timer or leaks a rejection
     assert.equal(good.result?.word, 'OK', `after ${mode}: ${s.stderr()}`);
   }
   await c.done();
-  assert.equal(stored('bob'), before + 2);
+  assert.equal(stored('bob'), before + 3);
   await s.waitLog(/mime-to-ima: internal error, run ended TEMPFAIL: thrown in a timer/);
   await s.waitLog(/mime-to-ima: internal error, run ended TEMPFAIL: a rejection nobody handled/);
+  assert.equal(s.proc.exitCode, null, 'server-receive is still running');
+});
+
+test('stage: the first stray fault ends every in-process run in flight TEMPFAIL; a later one ends only its own run', async () => {
+  const s = await faultyServer();
+  const [held, faulty] = [await connect(s.port), await connect(s.port)];
+  // Untraced: a message in flight beside the fault cannot be told apart from the one that raised it, so it ends TEMPFAIL too (its sender retries).
+  const waiting = deliver(held, await to('wait1@b.test'));
+  await s.waitLog(/mime-to-ima: waiting for .*go-1/);
+  assert.equal((await deliver(faulty, await to('timer@b.test'))).result?.word, 'TEMPFAIL');
+  assert.equal((await waiting).result?.word, 'TEMPFAIL', 'the message in flight beside the first fault');
+  await s.waitLog(
+    /mime-to-ima: internal error, run ended TEMPFAIL \(one of 4 in-process runs in flight when it was raised, not traced; later faults are traced to their run\): thrown in a timer/,
+  );
+  writeFileSync(join(dir, 'go-1'), '');
+  // Traced: the same fault ends only its own message; the one beside it goes on to its OK.
+  const waiting2 = deliver(held, await to('wait2@b.test'));
+  await s.waitLog(/mime-to-ima: waiting for .*go-2/);
+  const bad = await deliver(faulty, await to('timer@b.test'));
+  assert.equal(bad.result?.word, 'TEMPFAIL', JSON.stringify(bad));
+  assert.match(bad.result!.replies.join('\n'), /^TEMPFAIL timer@b\.test 4\.3\.0/m);
+  writeFileSync(join(dir, 'go-2'), '');
+  const ok = await waiting2;
+  assert.equal(ok.result?.word, 'OK', `${JSON.stringify(ok)}\n${s.stderr()}`);
+  assert.match(ok.result!.replies.join('\n'), /^OK wait2@b\.test/m);
+  await Promise.all([held.done(), faulty.done()]);
   assert.equal(s.proc.exitCode, null, 'server-receive is still running');
 });
 
