@@ -161,9 +161,15 @@ export function plainHeaders(head: Buffer, limits: MessageLimits = DEFAULT_LIMIT
 /** Given to the parser when the reader leaves early: one error made once, not one with a stack trace per message. */
 const STOPPED = new Error('the reader stopped early');
 
-/** readMessage through tar-stream: any layout, any size, streamed. */
-async function* readStreamed(input: Readable, limits: MessageLimits): AsyncGenerator<Entry> {
-  const guard = new TarGuard(limits);
+/** Where a reader stopped and tar-stream takes over: at an entry's header, with what the walk and the checks saw before it. */
+interface Midway {
+  walker: TarWalker;
+  seen: Seen;
+}
+
+/** readMessage through tar-stream: any layout, any size, streamed; from the start of the archive or from `midway`. */
+async function* readStreamed(input: Readable, limits: MessageLimits, midway?: Midway): AsyncGenerator<Entry> {
+  const guard = new TarGuard(limits, midway?.walker);
   const extract = tar.extract();
   let failed: Error | undefined;
   // The guard's verdict on the end of the input (end blocks, padding) may
@@ -179,7 +185,7 @@ async function* readStreamed(input: Readable, limits: MessageLimits): AsyncGener
       }),
     );
   });
-  const seen: Seen = { index: 0, names: new Set(), attachmentsDir: false };
+  const seen: Seen = midway?.seen ?? { index: 0, names: new Set(), attachmentsDir: false };
   let complete = false;
   // Iterated by hand: leaving a for-await early would destroy the parser with a new error (and its stack trace) each time.
   const entries = extract[Symbol.asyncIterator]();
@@ -252,6 +258,10 @@ export async function* readMessage(input: Readable, limits: MessageLimits = DEFA
     input.destroy();
     throw e;
   }
+  if (head && !guard.ended) {
+    yield* readPlainStreamed(input, head, limits);
+    return;
+  }
   if (!plain) {
     // The first chunk goes back where it came from, for tar-stream to read it again.
     if (head && !input.readableEnded) input.unshift(head);
@@ -281,6 +291,193 @@ export async function* readMessage(input: Readable, limits: MessageLimits = DEFA
   } finally {
     // Also when the caller stops early (it wanted only the headers): stop reading.
     if (!complete) input.destroy();
+  }
+}
+
+/**
+ * readMessage for a message that does not come whole in its first chunk.
+ * While every header is plain (as the canonical writer makes them), the
+ * entries are read here: their data is handed on as slices of the input's
+ * chunks, walked by the guard and checked on the way. tar-stream's parser
+ * and streams cost about 1 ms of CPU per MiB, and a message is read three
+ * times on its way into a mailbox. At the first header that is not plain
+ * (pax, a long name, a directory: GNU tar's layouts) tar-stream takes over
+ * from that header, with the walk and the checks so far.
+ */
+async function* readPlainStreamed(input: Readable, head: Buffer, limits: MessageLimits): AsyncGenerator<Entry> {
+  const walker = new TarWalker(limits);
+  const cursor = new Cursor(head, input);
+  const seen: Seen = { index: 0, names: new Set(), attachmentsDir: false };
+  let handedOver = false;
+  let complete = false;
+  try {
+    for (;;) {
+      const block = await cursor.take(BLOCK);
+      if (!block) return truncated(walker);
+      const header = plainHeader(block);
+      if (!header && !block.equals(ZERO_BLOCK)) {
+        handedOver = true;
+        yield* readStreamed(cursor.remaining(block), limits, { walker, seen });
+        return;
+      }
+      walker.inspect(block);
+      if (!header) {
+        // The first end block: what follows (the second, padding) is the guard's to judge, to the input's end.
+        for (let p = await cursor.piece(BLOCK * 32); p; p = await cursor.piece(BLOCK * 32)) walker.inspect(p);
+        walker.finish();
+        break;
+      }
+      const { kind, name, path, size } = checkEntry(header, walker, seen, limits)!;
+      const padding = Math.ceil(size / BLOCK) * BLOCK - size;
+      if (kind === 'headers') {
+        const data = await cursor.take(size + padding);
+        if (!data) return truncated(walker);
+        walker.inspect(data);
+        const raw = Buffer.from(data.subarray(0, size));
+        yield { kind, path: 'headers', headers: parseHeaders(raw), raw, size };
+        continue;
+      }
+      const offset = cursor.position;
+      const stream = new PassThrough();
+      const pumping = pumpEntry(cursor, walker, stream, { path, size, padding, text: kind !== 'attachment' });
+      pumping.catch(() => {}); // awaited below, once the caller is back
+      yield { kind, path, name, size, stream, offset };
+      // As drainEntry does for tar-stream: what the caller left unread is read now; a stream it destroyed was abandoned.
+      if (!stream.destroyed) stream.resume();
+      if (!(await pumping)) throw new MessageError(`${path}: entry stream was abandoned`);
+    }
+    complete = true;
+    if (seen.index === 0) throw new MessageError('empty archive: no "headers" entry');
+  } catch (e) {
+    throw explain(e);
+  } finally {
+    // Also when the caller stops early (it wanted only the headers): stop reading. tar-stream's reader stops its own.
+    if (!complete && !handedOver) {
+      input.destroy();
+      await cursor.close();
+    }
+  }
+}
+
+/** The input ended before the archive did: the guard's words. */
+function truncated(walker: TarWalker): never {
+  walker.finish();
+  throw new MessageError('tar: truncated archive');
+}
+
+/**
+ * Pass an entry's data from the input into its stream, walked and checked
+ * on the way, then its padding: true once all of it is read. False when
+ * the caller destroyed the stream first (the rest is not read: the input
+ * is out of step, and the read ends). The stream errs as the read does.
+ */
+async function pumpEntry(
+  cursor: Cursor,
+  walker: TarWalker,
+  stream: PassThrough,
+  entry: { path: string; size: number; padding: number; text: boolean },
+): Promise<boolean> {
+  const utf8 = entry.text ? new Utf8Checker() : undefined;
+  try {
+    for (let left = entry.size; left > 0;) {
+      const piece = await cursor.piece(left);
+      if (!piece) return truncated(walker);
+      walker.inspect(piece);
+      left -= piece.length;
+      if (utf8 && !utf8.check(piece)) throw new MessageError(`${entry.path}: not valid UTF-8`);
+      if (stream.destroyed) return false;
+      if (!stream.write(piece)) await drainedOrClosed(stream);
+    }
+    if (utf8 && !utf8.end()) throw new MessageError(`${entry.path}: not valid UTF-8 (truncated character)`);
+    for (let left = entry.padding; left > 0;) {
+      const piece = await cursor.piece(left);
+      if (!piece) return truncated(walker);
+      walker.inspect(piece);
+      left -= piece.length;
+    }
+    stream.end();
+    return true;
+  } catch (e) {
+    stream.destroy(explain(e));
+    throw e;
+  }
+}
+
+function drainedOrClosed(stream: PassThrough): Promise<void> {
+  if (stream.destroyed) return Promise.resolve();
+  return new Promise((res) => {
+    const go = () => {
+      stream.off('drain', go).off('close', go);
+      res();
+    };
+    stream.on('drain', go).on('close', go);
+  });
+}
+
+/**
+ * The input's bytes in order, a slice at a time: the first chunk, then the
+ * rest as it comes (chunksOf: an input error or a premature close is thrown).
+ */
+class Cursor {
+  private chunk: Buffer;
+  private at = 0;
+  /** Bytes taken so far: where the next one lies in the input. */
+  position = 0;
+  private readonly rest: AsyncGenerator<Buffer>;
+
+  constructor(head: Buffer, input: Readable) {
+    this.chunk = head;
+    this.rest = chunksOf(input);
+  }
+
+  /** The next bytes, at most max (no more than the current chunk holds); undefined at the end of the input. */
+  async piece(max: number): Promise<Buffer | undefined> {
+    while (this.at === this.chunk.length) {
+      const r = await this.rest.next();
+      if (r.done) return undefined;
+      this.chunk = r.value;
+      this.at = 0;
+    }
+    const piece = this.chunk.subarray(this.at, Math.min(this.chunk.length, this.at + max));
+    this.at += piece.length;
+    this.position += piece.length;
+    return piece;
+  }
+
+  /** Exactly n bytes, joined when they span chunks; undefined when the input ends first. */
+  async take(n: number): Promise<Buffer | undefined> {
+    const first = await this.piece(n);
+    if (!first || first.length === n) return first;
+    const parts = [first];
+    for (let have = first.length; have < n;) {
+      const p = await this.piece(n - have);
+      if (!p) return undefined;
+      parts.push(p);
+      have += p.length;
+    }
+    return Buffer.concat(parts, n);
+  }
+
+  /** What is not yet read, `taken` first (a header it gave back), as a stream for tar-stream. */
+  remaining(taken: Buffer): Readable {
+    const unread = this.chunk.subarray(this.at);
+    this.at = this.chunk.length;
+    const rest = this.rest;
+    const stream = Readable.from(
+      (async function* () {
+        yield taken;
+        if (unread.length) yield unread;
+        yield* rest;
+      })(),
+      { objectMode: false },
+    );
+    // As for the input itself (firstChunk): its errors are the reader's to report, and may come after it stopped listening.
+    return stream.on('error', ignore);
+  }
+
+  /** Stop reading the input. */
+  async close(): Promise<void> {
+    await this.rest.return(undefined);
   }
 }
 
@@ -337,17 +534,28 @@ function plainLayout(tar: Buffer): PlainEntry[] | undefined {
   for (let off = 0; off + BLOCK <= tar.length;) {
     const block = tar.subarray(off, off + BLOCK);
     if (block[0] === 0 && block.equals(ZERO_BLOCK)) return out;
-    if (block[156] !== 0x30 || !block.subarray(257, 265).equals(USTAR) || block[345] !== 0) return undefined;
-    const size = plainOctal(block, 124, 12);
-    if (size === undefined || plainOctal(block, 148, 8) !== checksum(block)) return undefined;
-    const end = block.indexOf(0);
-    const name = block.toString('utf8', 0, end === -1 || end > 100 ? 100 : end);
-    if (name.endsWith('/')) return undefined;
+    const header = plainHeader(block);
+    if (!header) return undefined;
     const at = off + BLOCK;
-    out.push({ header: { name, size, type: 'file' } as tar.Header, data: tar.subarray(at, at + size), offset: at });
-    off = at + Math.ceil(size / BLOCK) * BLOCK;
+    out.push({ header, data: tar.subarray(at, at + header.size), offset: at });
+    off = at + Math.ceil(header.size / BLOCK) * BLOCK;
   }
   return undefined;
+}
+
+/**
+ * A plain ustar header of a regular file (no prefix, pax or long name, a
+ * good checksum, a plain octal size, a name not ending in "/"), as the
+ * canonical writer makes them; undefined for any other block.
+ */
+function plainHeader(block: Buffer): tar.Header | undefined {
+  if (block[156] !== 0x30 || !block.subarray(257, 265).equals(USTAR) || block[345] !== 0) return undefined;
+  const size = plainOctal(block, 124, 12);
+  if (size === undefined || plainOctal(block, 148, 8) !== checksum(block)) return undefined;
+  const end = block.indexOf(0);
+  const name = block.toString('utf8', 0, end === -1 || end > 100 ? 100 : end);
+  if (name.endsWith('/')) return undefined;
+  return { name, size, type: 'file' } as tar.Header;
 }
 
 const ZERO_BLOCK = Buffer.alloc(BLOCK);

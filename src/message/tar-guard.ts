@@ -79,9 +79,10 @@ const isZero = (block: Buffer) => block.equals(ZERO_BLOCK);
 export class TarGuard extends Transform {
   readonly walker: TarWalker;
 
-  constructor(limits: MessageLimits) {
+  /** `walker`: one that has walked the archive so far, for a guard that takes over in its middle. */
+  constructor(limits: MessageLimits, walker = new TarWalker(limits)) {
     super();
-    this.walker = new TarWalker(limits);
+    this.walker = walker;
   }
 
   /** What the walk saw, entry by entry. */

@@ -3,6 +3,7 @@ import { Readable } from 'node:stream';
 import { describe, it } from 'node:test';
 import { DEFAULT_LIMITS, type MessageLimits, plainHeaders, readMessage, writeMessage } from '../../src/message/index.js';
 import { parseHeaders } from '../../src/message/headers.js';
+import { chunksOf } from '../../src/streams.js';
 import { PassThrough } from 'node:stream';
 import { END, HEADERS, entry, header, pad, pax, tarOf } from '../tarbuild.js';
 
@@ -117,6 +118,78 @@ describe('readMessage of a message in one chunk', () => {
     const input = Readable.from([tar, Buffer.alloc(512)], { objectMode: false });
     for await (const e of readMessage(input)) if (e.kind === 'headers') break;
     assert.equal(input.destroyed, true);
+  });
+});
+
+describe('readMessage of a message in many chunks (read as it streams)', () => {
+  const H = entry('headers', HEADERS);
+  const big = Buffer.alloc(4 * 1024 * 1024, 'abcdefgh\n');
+  /** A message with a 4 MiB body, made 16 KiB at a time as it is read; `made` says how much so far. */
+  function bigInput(failAfter?: number) {
+    const tar = tarOf(H, entry('body', big), entry('attachments/a.bin', Buffer.from([1, 2, 3])));
+    const counter = { made: 0 };
+    const input = new Readable({
+      read() {
+        if (failAfter !== undefined && counter.made >= failAfter) return void this.destroy(Object.assign(new Error('disk went away'), { code: 'EIO' }));
+        const chunk = tar.subarray(counter.made, counter.made + 16384);
+        counter.made += chunk.length;
+        this.push(chunk.length ? chunk : null);
+      },
+    });
+    return { input, counter, tar };
+  }
+
+  it('hands over to tar-stream at the first header that is not plain, with the same entries as a read in one chunk', async () => {
+    const tar = tarOf(H, entry('body', 'hi\n'), pax({ path: 'attachments/caf\u00e9' }), entry('x', 'pax-named'), entry('attachments/b', 'plain after'));
+    const whole = await outcome([tar]);
+    assert.deepEqual(whole, { headers: HEADERS, body: 'hi\n', 'attachments/caf\u00e9': 'pax-named', 'attachments/b': 'plain after' });
+    for (const n of [100, 512, 700, 1536]) assert.deepEqual(await outcome(pieces(tar, n)), whole, `pieces of ${n}`);
+  });
+
+  it('reads no further ahead than the caller takes (backpressure)', async () => {
+    const { input, counter } = bigInput();
+    let taken = 0;
+    let most = 0;
+    for await (const e of readMessage(input)) {
+      if (e.kind !== 'body') continue;
+      for await (const c of chunksOf(e.stream)) {
+        taken += c.length;
+        most = Math.max(most, counter.made - taken);
+        await new Promise((r) => setImmediate(r)); // a slow reader: the input would run ahead now if nothing held it back
+      }
+    }
+    assert.equal(taken, big.length);
+    assert.ok(most < 256 * 1024, `read ahead of the caller by at most a few chunks, not ${most} bytes`);
+  });
+
+  it('an entry stream the caller destroyed is abandoned: the read fails, and the input is destroyed', async () => {
+    const { input } = bigInput();
+    await assert.rejects(
+      (async () => {
+        for await (const e of readMessage(input)) if (e.kind === 'body') e.stream.destroy();
+      })(),
+      /body: entry stream was abandoned/,
+    );
+    assert.equal(input.destroyed, true);
+  });
+
+  it("an input that fails in the middle of an entry fails the entry's stream and the read with its own error", async () => {
+    const { input } = bigInput(1024 * 1024);
+    let streamError: unknown;
+    await assert.rejects(
+      (async () => {
+        for await (const e of readMessage(input)) {
+          if (e.kind !== 'body') continue;
+          try {
+            for await (const _ of chunksOf(e.stream));
+          } catch (err) {
+            streamError = err;
+          }
+        }
+      })(),
+      (e: NodeJS.ErrnoException) => e.code === 'EIO' && /disk went away/.test(e.message),
+    );
+    assert.equal((streamError as NodeJS.ErrnoException)?.code, 'EIO');
   });
 });
 
