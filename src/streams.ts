@@ -104,3 +104,15 @@ export async function* chunksOf(stream: Readable): AsyncGenerator<Buffer> {
     if (!ended) stream.on('error', ignore).destroy();
   }
 }
+
+/** Until a writable stream takes more (after write() said false), fails or closes: a writer waits on this, never on 'drain' alone. */
+export function drained(stream: Writable): Promise<void> {
+  if (stream.destroyed) return Promise.resolve();
+  return new Promise((res) => {
+    const go = () => {
+      stream.off('drain', go).off('error', go).off('close', go);
+      res();
+    };
+    stream.on('drain', go).on('error', go).on('close', go);
+  });
+}

@@ -9,7 +9,7 @@ import { Failure } from '../failure.js';
 import { type Headers, parseHeaders } from './headers.js';
 import { DEFAULT_LIMITS, type MessageLimits, MessageError } from './limits.js';
 import { ATTACHMENTS, type EntryKind, classifyPath } from './names.js';
-import { chunksOf, joinStreams } from '../streams.js';
+import { chunksOf, drained, joinStreams } from '../streams.js';
 import { type SeenEntry, TarGuard, TarWalker } from './tar-guard.js';
 import { Utf8Checker } from './utf8.js';
 
@@ -386,7 +386,7 @@ async function pumpEntry(
       left -= piece.length;
       if (utf8 && !utf8.check(piece)) throw new MessageError(`${entry.path}: not valid UTF-8`);
       if (stream.destroyed) return false;
-      if (!stream.write(piece)) await drainedOrClosed(stream);
+      if (!stream.write(piece)) await drained(stream);
     }
     if (utf8 && !utf8.end()) throw new MessageError(`${entry.path}: not valid UTF-8 (truncated character)`);
     for (let left = entry.padding; left > 0;) {
@@ -401,17 +401,6 @@ async function pumpEntry(
     stream.destroy(explain(e));
     throw e;
   }
-}
-
-function drainedOrClosed(stream: PassThrough): Promise<void> {
-  if (stream.destroyed) return Promise.resolve();
-  return new Promise((res) => {
-    const go = () => {
-      stream.off('drain', go).off('close', go);
-      res();
-    };
-    stream.on('drain', go).on('close', go);
-  });
 }
 
 /**

@@ -3,13 +3,12 @@
 // mode, owner and time (the message's `date`), pax headers only where a
 // name needs them. Data is streamed; sizes must be known up front, as tar
 // needs them before the data.
-import { once } from 'node:events';
 import type { Readable, Writable } from 'node:stream';
-import tar from 'tar-stream';
-import { chunksOf } from '../streams.js';
+import { chunksOf, drained } from '../streams.js';
 import type { Headers } from './headers.js';
 import { dateTimeMs } from './date.js';
 import { MessageError } from './limits.js';
+import { entryHeaders } from './tar-encode.js';
 import { ATTACHMENTS, checkAttachmentName, classifyPath, compareNames } from './names.js';
 
 /** One entry's data: bytes in hand, or a stream opened only when it is written. */
@@ -50,79 +49,70 @@ function mtimeOf(headers: Headers): Date {
   return new Date(Number.isNaN(t) ? 0 : Math.floor(t / 1000) * 1000);
 }
 
-async function writeEntry(pack: tar.Pack, e: OutEntry, mtime: Date): Promise<void> {
-  const sink = pack.entry({ name: e.path, size: e.size, mode: 0o644, mtime, type: 'file', uid: 0, gid: 0, uname: '', gname: '' });
-  const finished = new Promise<void>((res, rej) => {
-    sink.on('finish', () => res());
-    sink.on('error', rej);
-    sink.on('close', () => res());
-  });
-  finished.catch(() => {}); // awaited below; on an early throw the pack's destruction rejects it
-  const data = e.open();
-  if (Buffer.isBuffer(data)) {
-    if (data.length !== e.size) throw new MessageError(`${e.path}: ${data.length} bytes where ${e.size} were announced`);
-    sink.end(data);
-  } else {
-    let n = 0;
-    for await (const chunk of chunksOf(data)) {
-      n += chunk.length;
-      if (n > e.size) {
-        data.destroy();
-        throw new MessageError(`${e.path}: more than the ${e.size} bytes announced (file changed while being read?)`);
-      }
-      if (!sink.write(chunk)) await Promise.race([once(sink, 'drain'), finished]);
-      if (sink.destroyed) {
-        data.destroy();
-        throw new Error(`${e.path}: the message stream closed while writing`);
-      }
-    }
-    if (n !== e.size) throw new MessageError(`${e.path}: ${n} bytes where ${e.size} were announced (file changed while being read?)`);
-    (sink as unknown as { end(): void }).end();
-  }
-  await finished;
-}
+const BLOCK = 512;
+/** The end of the archive: two zero blocks. Padding is a slice of it. */
+const END = Buffer.alloc(2 * BLOCK);
+/** Entries in hand up to this size go out in one write with their header and padding. */
+const GATHER = 64 * 1024;
 
 /**
  * Write entries as a message to `out`, which is ended afterwards. Entries are
  * written in the order given (use canonicalEntries for canonical output);
- * headers must come first and no path may repeat.
+ * headers must come first and no path may repeat. The tar is written here,
+ * header blocks (tar-encode.ts) and data straight to `out`: tar-stream's
+ * pack passed every chunk through two streams of its own, about 0.6 ms of
+ * CPU per MiB. A destination that closes early (its reader is done) is
+ * given nothing more; the entries are still read to their end.
  */
 export async function writeEntries(out: Writable, entries: Iterable<OutEntry> | AsyncIterable<OutEntry>, mtime: Date): Promise<void> {
-  const pack = tar.pack();
-  const outDone = new Promise<void>((res, rej) => {
+  let failed: unknown;
+  out.on('error', (e: unknown) => void (failed ??= e));
+  const write = async (data: Buffer) => {
+    if (failed) throw failed;
+    if (out.destroyed || out.writableEnded) return;
+    if (!out.write(data)) await drained(out);
+    if (failed) throw failed;
+  };
+  const seen = new Set<string>();
+  for await (const e of entries) {
+    const { kind } = classifyPath(e.path);
+    if (seen.size === 0 && kind !== 'headers') throw new MessageError('the first entry must be "headers"');
+    if (seen.has(e.path)) throw new MessageError(`entry ${JSON.stringify(e.path)} appears twice`);
+    seen.add(e.path);
+    await writeEntry(e, mtime, write);
+  }
+  await write(END);
+  if (out.destroyed || out.writableEnded) return;
+  const ended = new Promise<void>((res, rej) => {
     out.on('error', rej);
     out.on('finish', () => res());
     out.on('close', () => res());
   });
-  outDone.catch(() => {});
-  const piping = (async () => {
-    for await (const chunk of pack) {
-      if (!out.write(chunk)) await Promise.race([once(out, 'drain'), outDone]);
-    }
-    out.end();
-  })();
-  // A failed destination (a peer gone or stalled) must also end the entry being written, which waits on the pack.
-  let outFailed: unknown;
-  piping.catch((e) => {
-    outFailed = e;
-    pack.destroy(e as Error);
-  });
-  const seen = new Set<string>();
-  try {
-    for await (const e of entries) {
-      const { kind } = classifyPath(e.path);
-      if (seen.size === 0 && kind !== 'headers') throw new MessageError('the first entry must be "headers"');
-      if (seen.has(e.path)) throw new MessageError(`entry ${JSON.stringify(e.path)} appears twice`);
-      seen.add(e.path);
-      await writeEntry(pack, e, mtime);
-    }
-    pack.finalize();
-    await piping;
-    await outDone;
-  } catch (err) {
-    pack.destroy(err as Error);
-    throw outFailed ?? err;
+  out.end();
+  await ended;
+}
+
+async function writeEntry(e: OutEntry, mtime: Date, write: (b: Buffer) => Promise<void>): Promise<void> {
+  const headers = entryHeaders(e.path, e.size, mtime);
+  const rest = e.size % BLOCK;
+  const padding = rest ? END.subarray(0, BLOCK - rest) : undefined;
+  const data = e.open();
+  if (Buffer.isBuffer(data)) {
+    if (data.length !== e.size) throw new MessageError(`${e.path}: ${data.length} bytes where ${e.size} were announced`);
+    const parts = padding ? [...headers, data, padding] : [...headers, data];
+    if (data.length <= GATHER) return write(Buffer.concat(parts));
+    for (const part of parts) await write(part);
+    return;
   }
+  for (const h of headers) await write(h);
+  let n = 0;
+  for await (const chunk of chunksOf(data)) {
+    n += chunk.length;
+    if (n > e.size) throw new MessageError(`${e.path}: more than the ${e.size} bytes announced (file changed while being read?)`);
+    await write(chunk);
+  }
+  if (n !== e.size) throw new MessageError(`${e.path}: ${n} bytes where ${e.size} were announced (file changed while being read?)`);
+  if (padding) await write(padding);
 }
 
 /** Write a message in canonical form. */

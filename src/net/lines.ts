@@ -5,7 +5,7 @@
 // for the next read. Nothing here knows any protocol verb.
 import { PassThrough, type Readable } from 'node:stream';
 import { oneLine } from '../log.js';
-import { chunksOf } from '../streams.js';
+import { chunksOf, drained } from '../streams.js';
 
 /** Text that is safe inside one protocol line: no control characters, bounded. */
 export function lineText(s: string, max = 960): string {
@@ -208,17 +208,7 @@ export class LineReader {
       try {
         for await (const chunk of this.readBytes(n)) {
           if (stream.destroyed || stream.writableEnded) continue;
-          if (!stream.write(chunk)) {
-            await new Promise<void>((res) => {
-              const go = () => {
-                stream.off('drain', go);
-                stream.off('close', go);
-                res();
-              };
-              stream.on('drain', go);
-              stream.on('close', go);
-            });
-          }
+          if (!stream.write(chunk)) await drained(stream);
         }
         if (!stream.destroyed) stream.end();
       } catch (e) {

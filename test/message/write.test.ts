@@ -5,7 +5,8 @@ import { join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
-import { Headers, bufferPart, parseHeaders, readMessage, writeMessage, type MessageParts } from '../../src/message/index.js';
+import tar from 'tar-stream';
+import { Headers, bufferPart, canonicalEntries, mtimeOf, parseHeaders, readMessage, writeMessage, type MessageParts } from '../../src/message/index.js';
 import { runCommand, tempDir } from '../helpers.js';
 
 const headers = () =>
@@ -129,6 +130,56 @@ describe('writeMessage', () => {
       }
       assert.equal(got.body.toString(), 'text\n', format);
       assert.deepEqual(got[`attachments/${long}`], binary, format);
+    }
+  });
+});
+
+/** The canonical message as tar-stream's pack writes it, with the fields the writer always sets: what writeMessage wrote before it wrote its own tar. */
+async function packedByTarStream(parts: MessageParts): Promise<Buffer> {
+  const pack = tar.pack();
+  const chunks: Buffer[] = [];
+  pack.on('data', (c: unknown) => chunks.push(c as Buffer));
+  const ended = new Promise<void>((res) => pack.on('end', () => res()));
+  const mtime = mtimeOf(parts.headers);
+  for (const e of canonicalEntries(parts)) {
+    const data = e.open() as Buffer;
+    await new Promise<void>((res, rej) =>
+      pack.entry({ name: e.path, size: e.size, mode: 0o644, mtime, type: 'file', uid: 0, gid: 0, uname: '', gname: '' }, data, (err) =>
+        err ? rej(err) : res(),
+      ),
+    );
+  }
+  pack.finalize();
+  await ended;
+  return Buffer.concat(chunks);
+}
+
+describe('the tar writeMessage writes', () => {
+  const name = fc
+    .string({ unit: fc.constantFrom(...'abcXYZ019-_.~ éü€✓漢'.split('')), minLength: 1, maxLength: 160 })
+    .filter((n) => n.trim() === n && !/^\.+$/.test(n));
+  const data = fc.uint8Array({ maxLength: 1500 }).map((a) => Buffer.from(a));
+  it('is byte for byte what tar-stream wrote: ustar, a prefix for long names, pax for the rest, any size', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.option(fc.string({ maxLength: 1200 })),
+        fc.uniqueArray(fc.tuple(name, data), { maxLength: 4, selector: ([n]) => n.normalize('NFC') }),
+        async (body, atts) => {
+          const parts: MessageParts = {
+            headers: headers(),
+            body: body === null ? undefined : bufferPart(Buffer.from(body)),
+            attachments: atts.map(([n, d]) => ({ name: n, ...bufferPart(d) })),
+          };
+          assert.deepEqual(await bytesOf(parts), await packedByTarStream(parts));
+        },
+      ),
+      { numRuns: 150 },
+    );
+  });
+  it('names of every length around the ustar limits: 100 bytes, a 155-byte prefix, and over', async () => {
+    for (const n of [88, 89, 90, 100, 101, 150, 155, 160, 250]) {
+      const parts: MessageParts = { headers: headers(), attachments: [{ name: 'x'.repeat(n), ...bufferPart(Buffer.from('y')) }] };
+      assert.deepEqual(await bytesOf(parts), await packedByTarStream(parts), `a name of ${n} bytes`);
     }
   });
 });
