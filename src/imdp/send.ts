@@ -10,7 +10,7 @@ import { PassThrough, type Readable } from 'node:stream';
 import { type Address, AddressError, addressKey, asciiDomain, formatAddressList, mailboxOf, parseAddressList } from '../address.js';
 import { asFailure, dataError } from '../failure.js';
 import { IMDP_PORT } from './wire.js';
-import { type Headers, type MessageLimits, type OutEntry, mtimeOf, readMessage, withoutBlindCopies, writeEntries } from '../message/index.js';
+import { type Headers, type MessageLimits, type OutEntry, entryBytes, mtimeOf, readMessage, withoutBlindCopies, writeEntries } from '../message/index.js';
 import { formatResult, parseResult } from '../results.js';
 import { type BufferPool, Spool, SpoolLimitError } from '../spool.js';
 import { chunksOf } from '../streams.js';
@@ -53,7 +53,7 @@ export async function prepare(input: Readable, mailer: string, limits: MessageLi
     if (e instanceof SpoolLimitError) throw dataError(`message larger than ${limits.maxTotalBytes} bytes`);
     throw e;
   }
-  const restOffset = (await headersEntry(headers, mtime)).length;
+  const restOffset = headersEntry(headers, mtime).length;
   return { headers, mtime, spool, restOffset };
 }
 
@@ -66,14 +66,8 @@ function asciiDomainOr(d: string): string {
 }
 
 /** The tar bytes of a headers entry alone (header block, data, padding): a message's first bytes. */
-export async function headersEntry(headers: Headers, mtime: Date): Promise<Buffer> {
-  const raw = headers.serialize();
-  const out = new PassThrough();
-  const parts: Buffer[] = [];
-  out.on('data', (c: Buffer) => parts.push(c));
-  await writeEntries(out, [{ path: 'headers', size: raw.length, open: () => raw }], mtime);
-  const whole = Buffer.concat(parts);
-  return whole.subarray(0, whole.length - 1024); // without the two end-of-archive blocks
+export function headersEntry(headers: Headers, mtime: Date): Buffer {
+  return entryBytes('headers', headers.serialize(), mtime);
 }
 
 export interface Group {
@@ -140,7 +134,7 @@ export function headersFor(base: Headers, g: Group): Headers {
 /** One domain's copy: its own headers entry followed by the shared rest of the spool (its chunks lent from `pool` when given). */
 export async function copyFor(p: Prepared, g: Group, pool?: BufferPool): Promise<{ headersRaw: Buffer; size: number; open: () => AsyncIterable<Buffer> }> {
   const h = headersFor(p.headers, g);
-  const first = await headersEntry(h, p.mtime);
+  const first = headersEntry(h, p.mtime);
   const restSize = p.spool.size - p.restOffset;
   return {
     headersRaw: h.serialize(),

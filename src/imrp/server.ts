@@ -6,12 +6,11 @@
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { TLSSocket } from 'node:tls';
-import { PassThrough } from 'node:stream';
 import { parseAddress } from '../address.js';
 import type { Log } from '../log.js';
 import { type Folder, Mailbox } from '../mailbox.js';
 import { NotPlainError } from '../mailbox/below.js';
-import { type OutEntry, mtimeOf, parseHeaders, writeEntries } from '../message/index.js';
+import { type OutEntry, mtimeOf, parseHeaders, tarLength, writeEntries } from '../message/index.js';
 import { LineError, LineReader } from '../net/lines.js';
 import type { Peer } from '../net/listen.js';
 import { fingerprint256, withinDates } from '../net/tls.js';
@@ -64,16 +63,6 @@ async function summary(box: Mailbox, id: string, folder: Folder): Promise<Summar
     // no usable from
   }
   return { id, folder, size: entries.reduce((n, e) => n + e.size, 0), date: h.get('date') ?? '', from, subject: h.get('subject') ?? '' };
-}
-
-/** The exact size of the tar a message's entries make: the header blocks of a data-less copy, plus the padded data. */
-async function tarSize(entries: OutEntry[], mtime: Date): Promise<number> {
-  const skeleton = entries.map((e) => ({ path: e.path, size: 0, open: () => Buffer.alloc(0) }));
-  const sink = new PassThrough();
-  let n = 0;
-  sink.on('data', (c: Buffer) => (n += c.length));
-  await writeEntries(sink, skeleton, mtime);
-  return n + entries.reduce((t, e) => t + Math.ceil(e.size / 512) * 512, 0);
 }
 
 interface Prepared {
@@ -273,7 +262,7 @@ export class ImrpSession {
         entries = entries.map((e, i) => ({ path: e.path, size: data[i].length, open: () => data[i] }));
         mtime = mtimeOf(parseHeaders(data[0]));
       } else mtime = mtimeOf(parseHeaders(await this.view!.readEntry(at.path, 'headers')));
-      return { id, entries, mtime, size: await tarSize(entries, mtime) };
+      return { id, entries, mtime, size: tarLength(entries, mtime) };
     } catch (e) {
       return { id, problem: (e as Error).message };
     }

@@ -92,19 +92,30 @@ export async function writeEntries(out: Writable, entries: Iterable<OutEntry> | 
   await ended;
 }
 
+/** The zeros that fill an entry's data up to a whole block. */
+const paddingFor = (size: number) => END.subarray(0, (BLOCK - (size % BLOCK)) % BLOCK);
+
+/** An entry in hand as writeEntries writes it: its header blocks, its data, the padding. */
+export function entryBytes(path: string, data: Buffer, mtime: Date): Buffer {
+  return Buffer.concat([...entryHeaders(path, data.length, mtime), data, paddingFor(data.length)]);
+}
+
+/** The exact length of the tar writeEntries makes of these entries, without making it. */
+export function tarLength(entries: ReadonlyArray<{ path: string; size: number }>, mtime: Date): number {
+  let n = END.length;
+  for (const e of entries) n += entryHeaders(e.path, e.size, mtime).reduce((t, h) => t + h.length, 0) + e.size + paddingFor(e.size).length;
+  return n;
+}
+
 async function writeEntry(e: OutEntry, mtime: Date, write: (b: Buffer) => Promise<void>): Promise<void> {
-  const headers = entryHeaders(e.path, e.size, mtime);
-  const rest = e.size % BLOCK;
-  const padding = rest ? END.subarray(0, BLOCK - rest) : undefined;
   const data = e.open();
   if (Buffer.isBuffer(data)) {
     if (data.length !== e.size) throw new MessageError(`${e.path}: ${data.length} bytes where ${e.size} were announced`);
-    const parts = padding ? [...headers, data, padding] : [...headers, data];
-    if (data.length <= GATHER) return write(Buffer.concat(parts));
-    for (const part of parts) await write(part);
+    if (data.length <= GATHER) return write(entryBytes(e.path, data, mtime));
+    for (const part of [...entryHeaders(e.path, e.size, mtime), data, paddingFor(e.size)]) if (part.length) await write(part);
     return;
   }
-  for (const h of headers) await write(h);
+  for (const h of entryHeaders(e.path, e.size, mtime)) await write(h);
   let n = 0;
   for await (const chunk of chunksOf(data)) {
     n += chunk.length;
@@ -112,7 +123,8 @@ async function writeEntry(e: OutEntry, mtime: Date, write: (b: Buffer) => Promis
     await write(chunk);
   }
   if (n !== e.size) throw new MessageError(`${e.path}: ${n} bytes where ${e.size} were announced (file changed while being read?)`);
-  if (padding) await write(padding);
+  const padding = paddingFor(e.size);
+  if (padding.length) await write(padding);
 }
 
 /** Write a message in canonical form. */

@@ -6,7 +6,17 @@ import { PassThrough, Readable } from 'node:stream';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import tar from 'tar-stream';
-import { Headers, bufferPart, canonicalEntries, mtimeOf, parseHeaders, readMessage, writeMessage, type MessageParts } from '../../src/message/index.js';
+import {
+  Headers,
+  bufferPart,
+  canonicalEntries,
+  mtimeOf,
+  parseHeaders,
+  readMessage,
+  tarLength,
+  writeMessage,
+  type MessageParts,
+} from '../../src/message/index.js';
 import { runCommand, tempDir } from '../helpers.js';
 
 const headers = () =>
@@ -170,7 +180,9 @@ describe('the tar writeMessage writes', () => {
             body: body === null ? undefined : bufferPart(Buffer.from(body)),
             attachments: atts.map(([n, d]) => ({ name: n, ...bufferPart(d) })),
           };
-          assert.deepEqual(await bytesOf(parts), await packedByTarStream(parts));
+          const bytes = await bytesOf(parts);
+          assert.deepEqual(bytes, await packedByTarStream(parts));
+          assert.equal(tarLength(canonicalEntries(parts), mtimeOf(parts.headers)), bytes.length, 'tarLength says the length without writing');
         },
       ),
       { numRuns: 150 },
@@ -179,7 +191,9 @@ describe('the tar writeMessage writes', () => {
   it('names of every length around the ustar limits: 100 bytes, a 155-byte prefix, and over', async () => {
     for (const n of [88, 89, 90, 100, 101, 150, 155, 160, 250]) {
       const parts: MessageParts = { headers: headers(), attachments: [{ name: 'x'.repeat(n), ...bufferPart(Buffer.from('y')) }] };
-      assert.deepEqual(await bytesOf(parts), await packedByTarStream(parts), `a name of ${n} bytes`);
+      const bytes = await bytesOf(parts);
+      assert.deepEqual(bytes, await packedByTarStream(parts), `a name of ${n} bytes`);
+      assert.equal(tarLength(canonicalEntries(parts), mtimeOf(parts.headers)), bytes.length, `tarLength, a name of ${n} bytes`);
     }
   });
 });
