@@ -241,7 +241,9 @@ async function* readStreamed(input: Readable, limits: MessageLimits, midway?: Mi
  * writer lays it out (ustar headers, no pax or long-name entries), is read
  * from that chunk directly: the guard walks it and every entry passes the
  * same checks, but no tar parser and no stream per entry is made (most of
- * the CPU a small message cost). Anything else goes through tar-stream.
+ * the CPU a small message cost). Anything else is read as it streams
+ * (readPlainStreamed), through tar-stream from its first header that is
+ * not plain.
  */
 export async function* readMessage(input: Readable, limits: MessageLimits = DEFAULT_LIMITS): AsyncGenerator<Entry> {
   let head: Buffer | undefined;
@@ -258,14 +260,13 @@ export async function* readMessage(input: Readable, limits: MessageLimits = DEFA
     input.destroy();
     throw e;
   }
-  if (head && !guard.ended) {
-    yield* readPlainStreamed(input, head, limits);
+  if (!head) {
+    yield* readStreamed(input, limits); // nothing came: tar-stream and the guard say what is missing
     return;
   }
   if (!plain) {
-    // The first chunk goes back where it came from, for tar-stream to read it again.
-    if (head && !input.readableEnded) input.unshift(head);
-    yield* readStreamed(head && input.readableEnded ? Readable.from([head], { objectMode: false }) : input, limits);
+    // Not whole in its first chunk, or not plain: read as it streams, tar-stream taking over at a header that is not plain.
+    yield* readPlainStreamed(input, head, limits);
     return;
   }
   let complete = false;
@@ -295,8 +296,8 @@ export async function* readMessage(input: Readable, limits: MessageLimits = DEFA
 }
 
 /**
- * readMessage for a message that does not come whole in its first chunk.
- * While every header is plain (as the canonical writer makes them), the
+ * readMessage for a message it cannot read from its first chunk alone (not
+ * whole there, or not plain). While every header is plain (as the canonical writer makes them), the
  * entries are read here: their data is handed on as slices of the input's
  * chunks, walked by the guard and checked on the way. tar-stream's parser
  * and streams cost about 1 ms of CPU per MiB, and a message is read three
