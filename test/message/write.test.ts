@@ -14,6 +14,7 @@ import {
   parseHeaders,
   readMessage,
   tarLength,
+  writeEntries,
   writeMessage,
   type MessageParts,
 } from '../../src/message/index.js';
@@ -195,6 +196,48 @@ describe('the tar writeMessage writes', () => {
       assert.deepEqual(bytes, await packedByTarStream(parts), `a name of ${n} bytes`);
       assert.equal(tarLength(canonicalEntries(parts), mtimeOf(parts.headers)), bytes.length, `tarLength, a name of ${n} bytes`);
     }
+  });
+});
+
+describe('writeEntries and its destination', () => {
+  /** A 1 MiB body made 16 KiB at a time as it is read; `read` says how much of it was taken. */
+  function body() {
+    const counter = { read: 0 };
+    const size = 1024 * 1024;
+    const stream = new Readable({
+      read() {
+        const n = Math.min(16384, size - counter.read);
+        counter.read += n;
+        this.push(n ? Buffer.alloc(n, 'b') : null);
+      },
+    });
+    return {
+      counter,
+      entries: [
+        { path: 'headers', ...bufferPart(headers().serialize()) },
+        { path: 'body', size, open: () => stream },
+      ],
+    };
+  }
+
+  it('a destination that closes early gets nothing more, and the entries are still read to their end', async () => {
+    const { counter, entries } = body();
+    const out = new PassThrough({ highWaterMark: 16384 });
+    let got = 0;
+    out.on('data', (c: Buffer) => {
+      got += c.length;
+      if (got >= 64 * 1024) out.destroy(); // a reader that has what it wants
+    });
+    await writeEntries(out, entries, new Date(0));
+    assert.equal(counter.read, 1024 * 1024, 'the body was read to its end');
+    assert.ok(got < 200 * 1024, `nothing more after the close (${got} bytes arrived)`);
+  });
+
+  it("a destination that fails fails the write with the destination's own error", async () => {
+    const { entries } = body();
+    const out = new PassThrough({ highWaterMark: 16384 });
+    out.once('data', () => out.destroy(Object.assign(new Error('peer went away'), { code: 'ECONNRESET' })));
+    await assert.rejects(writeEntries(out, entries, new Date(0)), (e: NodeJS.ErrnoException) => e.code === 'ECONNRESET');
   });
 });
 
