@@ -1,9 +1,7 @@
 // Durable file operations: what "durably stored" means on a POSIX file
 // system. fsync of a file does not persist its directory entry, so every
 // create and rename is followed by an fsync of the directory.
-import { randomBytes } from 'node:crypto';
-import { closeSync, constants, createWriteStream, fsync, openSync } from 'node:fs';
-import { open, rename, unlink } from 'node:fs/promises';
+import { closeSync, constants, createWriteStream, promises as fsp, fsync, openSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
@@ -56,13 +54,16 @@ function startSync(dir: string): Promise<void> {
 }
 
 // Randomness drawn once per process, then counted on: a name per delivered
-// message, and randomBytes costs more than the rest of making one.
-const SALT = randomBytes(6).toString('hex');
+// message, and randomBytes costs more than the rest of making one. Drawn at
+// the first name, not at load: node:crypto takes over a millisecond to load,
+// which a run that names nothing (give-recipient --clean) need not pay.
+let salt: string | undefined;
 let named = 0;
 
 /** A name no other writer will pick: time, pid, this process's randomness and a count. */
 export function uniqueName(prefix = ''): string {
-  return `${prefix}${Date.now()}.${process.pid}.${SALT}${(++named).toString(36)}`;
+  salt ??= process.getBuiltinModule('node:crypto').randomBytes(6).toString('hex');
+  return `${prefix}${Date.now()}.${process.pid}.${salt}${(++named).toString(36)}`;
 }
 
 /**
@@ -72,7 +73,7 @@ export function uniqueName(prefix = ''): string {
 export async function writeSynced(path: string, write: (out: Writable) => Promise<void>, mode = 0o644, label = path): Promise<void> {
   let fh;
   try {
-    fh = await open(path, 'wx', mode);
+    fh = await fsp.open(path, 'wx', mode);
   } catch (e) {
     throw cantCreate(label, `cannot create (${(e as NodeJS.ErrnoException).code})`);
   }
@@ -89,7 +90,7 @@ export async function writeSynced(path: string, write: (out: Writable) => Promis
     // A write still in flight must finish before its descriptor is closed.
     if (out && !out.closed) await finished(out.destroy()).catch(() => {});
     await fh?.close().catch(() => {});
-    await unlink(path).catch(() => {});
+    await fsp.unlink(path).catch(() => {});
     throw e;
   }
 }
@@ -104,10 +105,10 @@ export async function writeFileAtomic(path: string, write: (out: Writable) => Pr
   const tmp = join(dir, `.${basename(path)}.${uniqueName()}.tmp`);
   await writeSynced(tmp, write, mode, path);
   try {
-    await rename(tmp, path);
+    await fsp.rename(tmp, path);
     await fsyncDir(dir);
   } catch (e) {
-    await unlink(tmp).catch(() => {});
+    await fsp.unlink(tmp).catch(() => {});
     throw e;
   }
 }

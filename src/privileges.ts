@@ -2,7 +2,6 @@
 // needs it only to bind a low port gives it up right after (STYLE.md 9).
 // IMA_ALLOW_ROOT=1 overrides the refusal, for containers and CI that run
 // everything as root.
-import { execFileSync } from 'node:child_process';
 import { configError, notPermitted } from './failure.js';
 import type { Log } from './log.js';
 
@@ -23,8 +22,11 @@ export interface Identity {
 
 /** The uid and primary gid of a user (through the system's user database: id(1)); a config error when there is none. */
 export function lookUpUser(user: string, file: string): Identity {
+  // node:child_process only here, when a user is looked up, not at every program's start.
   const id = (flag: string) =>
-    execFileSync('id', [flag, '--', user], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+    process
+      .getBuiltinModule('node:child_process')
+      .execFileSync('id', [flag, '--', user], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
       .trim()
       .split(/\s+/)
       .map(Number);

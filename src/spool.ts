@@ -2,9 +2,8 @@
 // readers of it as needed. Small data stays in memory; past `memoryMax` it
 // goes to a file that is unlinked as soon as it is created, so a crash never
 // leaves it behind.
-import { randomBytes } from 'node:crypto';
-import { WriteStream } from 'node:fs';
-import { type FileHandle, open, unlink } from 'node:fs/promises';
+import { WriteStream, promises as fsp } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { finished } from 'node:stream/promises';
 import { join } from 'node:path';
@@ -130,7 +129,7 @@ export function pooledReader(file: FileHandle | string, pool: BufferPool): Reada
     highWaterMark: pool.size,
     construct(cb) {
       if (fh) return cb();
-      open(file as string, 'r').then((h) => {
+      fsp.open(file as string, 'r').then((h) => {
         fh = h;
         cb();
       }, cb);
@@ -233,9 +232,9 @@ export class SpoolLimitError extends Error {}
 
 /** A temporary file open for reading and writing, already unlinked: a crash leaves nothing behind. */
 async function tempFile(dir: string): Promise<FileHandle> {
-  const path = join(dir, `.ima-spool-${process.pid}-${randomBytes(8).toString('hex')}`);
-  const fh = await open(path, 'wx+', 0o600);
-  await unlink(path);
+  const path = join(dir, `.ima-spool-${process.pid}-${process.getBuiltinModule('node:crypto').randomBytes(8).toString('hex')}`);
+  const fh = await fsp.open(path, 'wx+', 0o600);
+  await fsp.unlink(path);
   return fh;
 }
 

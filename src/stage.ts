@@ -8,7 +8,7 @@
 // on. A spawned stage runs in a process group of its own, so a timeout kills
 // whatever it left behind too.
 import { AsyncLocalStorage } from 'node:async_hooks';
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { accessSync, constants, statSync } from 'node:fs';
 import { join, resolve as resolvePath } from 'node:path';
 import { type Readable, Writable } from 'node:stream';
@@ -217,7 +217,10 @@ function killGroup(child: ChildProcess): void {
 function runSpawned(h: StageSpec, cmd: string, args: string[]): Promise<number> {
   return new Promise((resolve) => {
     // detached: the stage leads a process group of its own (sh -c 'sleep 60 & ...' included), so a kill reaches all of it.
-    const child = spawn(cmd, args, { env: h.env as NodeJS.ProcessEnv, cwd: h.cwd, stdio: ['pipe', 'pipe', 'pipe'], detached: true });
+    // node:child_process at the first spawn: a run whose stages all run in-process does not load it.
+    const child = process
+      .getBuiltinModule('node:child_process')
+      .spawn(cmd, args, { env: h.env as NodeJS.ProcessEnv, cwd: h.cwd, stdio: ['pipe', 'pipe', 'pipe'], detached: true });
     const stdout = new LineSplitter(h.onLine);
     child.stdout.pipe(stdout);
     child.stderr.pipe(prefixed(h.stderr, `${cmd}: `));

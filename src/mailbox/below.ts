@@ -4,8 +4,8 @@
 // open: every component below the mailbox is opened with O_NOFOLLOW, each
 // relative to its parent's descriptor, and what is opened is checked by
 // fstat of the descriptor, never by a second look at the path.
-import { constants, existsSync, lstatSync } from 'node:fs';
-import { type FileHandle, open, readdir, rename } from 'node:fs/promises';
+import { constants, existsSync, promises as fsp, lstatSync } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 
@@ -38,7 +38,7 @@ function explain(names: readonly string[], e: unknown): unknown {
  * descriptor returned is checked to be a regular file or a directory.
  */
 export async function openBelow(root: string, names: readonly string[], kind: 'file' | 'dir'): Promise<{ fh: FileHandle; size: number }> {
-  let fh = await open(root, O_RDONLY | O_DIRECTORY);
+  let fh = await fsp.open(root, O_RDONLY | O_DIRECTORY);
   try {
     for (const [i, name] of names.entries()) {
       if (name === '' || name === '.' || name === '..' || name.includes('/')) throw new NotPlainError(`${names.join('/')}: not a plain name`);
@@ -47,7 +47,7 @@ export async function openBelow(root: string, names: readonly string[], kind: 'f
       const flags = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | (dir ? O_DIRECTORY : 0);
       let next: FileHandle;
       try {
-        next = await open(FD_DIR ? `${FD_DIR}/${fh.fd}/${name}` : join(root, ...names.slice(0, i + 1)), flags);
+        next = await fsp.open(FD_DIR ? `${FD_DIR}/${fh.fd}/${name}` : join(root, ...names.slice(0, i + 1)), flags);
       } catch (e) {
         throw explain(names, e);
       }
@@ -68,7 +68,7 @@ export async function openBelow(root: string, names: readonly string[], kind: 'f
 export async function listBelow(root: string, names: readonly string[]): Promise<string[]> {
   const { fh } = await openBelow(root, names, 'dir');
   try {
-    return await readdir(FD_DIR ? `${FD_DIR}/${fh.fd}` : join(root, ...names));
+    return await fsp.readdir(FD_DIR ? `${FD_DIR}/${fh.fd}` : join(root, ...names));
   } finally {
     await fh.close();
   }
@@ -161,7 +161,7 @@ export class HeldFolder {
 /** Rename NAME in one held folder to TO in another; false when NAME is gone already. */
 export async function renameHeld(from: HeldFolder, name: string, to: HeldFolder, toName: string): Promise<boolean> {
   try {
-    await rename(from.path(name), to.path(toName));
+    await fsp.rename(from.path(name), to.path(toName));
     return true;
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;

@@ -3,7 +3,6 @@
 // reuses its id. A retry may differ only in what each hop or recipient
 // changes: `received` lines (one per hop) and `bcc` (each recipient sees at
 // most their own address); everything else must be the same bytes.
-import { createHash, hash } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import type { Headers } from '../message/index.js';
 import { chunksOf } from '../streams.js';
@@ -33,8 +32,12 @@ export function digestInNames(names: readonly string[]): string | undefined {
 /** Fields left out of the digest: they change from hop to hop and recipient to recipient. */
 const VARYING = ['received', 'bcc'];
 
+// node:crypto at first use, not at load: it takes over a millisecond to load,
+// and a run that stores nothing (a --check, a --clean) need not pay for it.
+const crypto = () => process.getBuiltinModule('node:crypto');
+
 // The one-shot form: no Hash object per entry.
-const sha256 = (data: Buffer | string) => hash('sha256', data, 'hex');
+const sha256 = (data: Buffer | string) => crypto().hash('sha256', data, 'hex');
 
 /** Canonical order (ima-message(5) Writing): headers, body, body.html, then attachments by the bytes of their names. */
 const rank = (path: string) => ['headers', 'body', 'body.html'].indexOf(path) + 1 || 4;
@@ -56,7 +59,7 @@ export class ContentDigest {
 
   /** Pass an entry's data through, hashing it; the entry counts once its data has all gone by. */
   async *entry(path: string, data: Readable): AsyncGenerator<Buffer> {
-    const hash = createHash('sha256');
+    const hash = crypto().createHash('sha256');
     let size = 0;
     for await (const chunk of chunksOf(data)) {
       hash.update(chunk);
@@ -85,7 +88,7 @@ export class ContentDigest {
  * this message finds it again and a third message gets a name of its own.
  */
 export function conflictName(id: string, digest: string): string {
-  const b = createHash('sha256').update(`${id} ${digest}`).digest().subarray(0, 16);
+  const b = crypto().createHash('sha256').update(`${id} ${digest}`).digest().subarray(0, 16);
   b[6] = (b[6] & 0x0f) | 0x80;
   b[8] = (b[8] & 0x3f) | 0x80;
   const h = b.toString('hex');

@@ -4,7 +4,7 @@
 // consumes (or leaves, and the reader drains it).
 import { once } from 'node:events';
 import { PassThrough, Readable, Transform, type TransformCallback, type Writable } from 'node:stream';
-import tar from 'tar-stream';
+import type tar from 'tar-stream';
 import { Failure } from '../failure.js';
 import { type Headers, parseHeaders } from './headers.js';
 import { DEFAULT_LIMITS, type MessageLimits, MessageError } from './limits.js';
@@ -169,8 +169,12 @@ interface Midway {
 
 /** readMessage through tar-stream: any layout, any size, streamed; from the start of the archive or from `midway`. */
 async function* readStreamed(input: Readable, limits: MessageLimits, midway?: Midway): AsyncGenerator<Entry> {
+  // Loaded here, not with this module: the canonical layout never gets this
+  // far, and tar-stream with its streams is a quarter of the code a spawned
+  // stage would otherwise read at every start.
+  const { default: tarStream } = await import('tar-stream');
   const guard = new TarGuard(limits, midway?.walker);
-  const extract = tar.extract();
+  const extract = tarStream.extract();
   let failed: Error | undefined;
   // The guard's verdict on the end of the input (end blocks, padding) may
   // come after tar-stream's last entry: the message is whole only once the
