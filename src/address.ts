@@ -23,13 +23,18 @@ const MAX_ADDRESS = 254;
 // RFC 5322 atext without "/" and "|" (path and pipe trouble), plus dots, plus any non-ASCII letter.
 const LOCAL_CHAR = /^[A-Za-z0-9!#$%&'*+\-=?^_`{}~.\u0080-\u{10FFFF}]+$/u;
 const FORBIDDEN_UNICODE = /[\p{Cc}\p{Cf}\p{Zs}\p{Zl}\p{Zp}\u{FFFD}]/u;
+// The same class without the non-ASCII letters. An ASCII local part it
+// accepts has nothing FORBIDDEN_UNICODE names, so the two Unicode patterns
+// (whose first use costs a spawned stage about 0.4 ms to compile) are only
+// run on local parts that are not ASCII.
+const ASCII_LOCAL_CHAR = /^[A-Za-z0-9!#$%&'*+\-=?^_`{}~.]+$/;
 const LDH_LABEL = /^(?!-)[a-z0-9-]{1,63}(?<!-)$/;
 
 function checkLocal(local: string, whole: string): string {
   const l = local.normalize('NFC');
   if (l === '') throw new AddressError(`${whole}: empty local part`);
   if (Buffer.byteLength(l) > MAX_LOCAL) throw new AddressError(`${whole}: local part longer than ${MAX_LOCAL} bytes`);
-  if (!LOCAL_CHAR.test(l) || FORBIDDEN_UNICODE.test(l)) throw new AddressError(`${whole}: bad character in local part`);
+  if (!ASCII_LOCAL_CHAR.test(l) && (!LOCAL_CHAR.test(l) || FORBIDDEN_UNICODE.test(l))) throw new AddressError(`${whole}: bad character in local part`);
   if (l.startsWith('.') || l.endsWith('.') || l.includes('..')) throw new AddressError(`${whole}: misplaced dot in local part`);
   if (l.startsWith('-')) throw new AddressError(`${whole}: local part must not start with "-"`);
   return l;
