@@ -63,7 +63,8 @@ export async function start<A, C, P = undefined>(spec: ProgramSpec<A, C, P>, arg
   const parsed = await parseFlags(spec, args, io);
   if (typeof parsed === 'number') return parsed;
   const argv = parsed;
-  const log = createLog(io.stderr, spec.name, argv.verbose ? 'debug' : argv.quiet ? 'error' : 'info', argv.logFormat);
+  // io.stderr at the first line logged: a run that logs nothing does not make process.stderr (for a pipe, most of a millisecond).
+  const log = createLog(() => io.stderr, spec.name, argv.verbose ? 'debug' : argv.quiet ? 'error' : 'info', argv.logFormat);
   let loaded;
   let prepared: P;
   try {

@@ -60,7 +60,8 @@ export function logLine(program: string, level: Level, msg: string, format: LogF
   return `${program}: ${TAGS[level]}${oneLine(msg)}\n`;
 }
 
-export function createLog(stderr: Writable, program: string, level: Level = 'warn', format: LogFormat = 'text'): Log {
+/** A log of `program` at `level`: lines to stderr, or to the stream the function gives at each line. */
+export function createLog(stderr: Writable | (() => Writable), program: string, level: Level = 'warn', format: LogFormat = 'text'): Log {
   const rank = (l: Level) => LEVELS.indexOf(l);
   const log: Log = {
     level,
@@ -71,8 +72,9 @@ export function createLog(stderr: Writable, program: string, level: Level = 'war
   };
   function write(l: Level, msg: string) {
     if (rank(l) > rank(log.level)) return;
-    if (!stderr.writable) return;
-    stderr.write(logLine(program, l, msg, format));
+    const out = typeof stderr === 'function' ? stderr() : stderr;
+    if (!out.writable) return;
+    out.write(logLine(program, l, msg, format));
   }
   return log;
 }

@@ -79,7 +79,8 @@ export async function main(args: string[], io: Io): Promise<number> {
   if (!isAbsolute(dir)) throw usageError(`${dir}: mailbox path is not absolute`);
   if (argv.clean) {
     const n = await cleanTmp(dir, config.tmp_max_age);
-    log.info(`${dir}: removed ${n} stale entries from tmp/`);
+    // Nothing to say when nothing was removed: run from cron, any output is a mail to the operator.
+    if (n) log.info(`${dir}: removed ${n} stale entries from tmp/`);
     return EXIT.OK;
   }
 

@@ -316,8 +316,13 @@ describe('give-recipient', () => {
     mkdirSync(inProgress);
     const r = await runBin('give-recipient', ['--clean', box]);
     assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /removed 1 stale entries from tmp\//);
     assert.deepEqual(readdirSync(join(box, 'tmp')), ['2.delivering.def']);
     assert.equal(stored(box).length, 1);
+    // Nothing left to remove: nothing said (cron mails any output).
+    const again = await runBin('give-recipient', ['--clean', box]);
+    assert.equal(again.code, 0, again.stderr);
+    assert.equal(again.stderr, '');
   });
 
   it('refuses a tmp/, new/ or cur/ that is a symbolic link: --clean removes nothing where it points, delivery (even --create) stores nothing', async () => {
