@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
@@ -187,6 +188,24 @@ describe('handle-incoming-mail', () => {
     const t = await runBin('handle-incoming-mail', ['--config', cfg, '--check'], { input: await message('carol@b.test') });
     assert.equal(t.code, 0);
     assert.equal(count('bob'), before);
+  });
+
+  it('--check answers and exits once it has the headers, though the writer keeps stdin open', async () => {
+    const child = spawn(join(BIN, 'handle-incoming-mail'), ['--config', cfg, '--check'], {
+      env: testEnv() as NodeJS.ProcessEnv,
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    const out: Buffer[] = [];
+    child.stdout.on('data', (c: Buffer) => out.push(c));
+    child.stdin.on('error', () => {});
+    // The headers entry and the start of the body; the rest never comes, and stdin stays open.
+    child.stdin.write((await message('carol@b.test')).subarray(0, 2048));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+    const [code] = (await once(child, 'exit')) as [number | null];
+    clearTimeout(timer);
+    child.stdin.destroy();
+    assert.equal(code, 0, 'it exited by itself, not killed at the deadline');
+    assert.equal(Buffer.concat(out).toString(), 'OK carol@b.test\n');
   });
 
   it('gives the same results and the same stored files in-process as spawned (fresh mailboxes each)', async () => {
