@@ -14,6 +14,7 @@ import { claimStrayFault } from './stage.js';
 export function processIo(): Io {
   return {
     get stdin() {
+      stdinUsed = true;
       return process.stdin;
     },
     get stdout() {
@@ -26,6 +27,19 @@ export function processIo(): Io {
     cwd: process.cwd(),
     signals: process,
   };
+}
+
+let stdinUsed = false;
+
+/**
+ * The program has answered: what it left unread of stdin is not wanted.
+ * Left open, stdin would hold the process (a refusal after the headers, with
+ * a writer that keeps stdin open) until the writer sends more or closes.
+ * The writer learns from EPIPE that nobody reads any more. (In-process, the
+ * runner drains the input instead: stage.ts.)
+ */
+function doneWithStdin(): void {
+  if (stdinUsed && !process.stdin.readableEnded) process.stdin.destroy();
 }
 
 /** Run a toolkit program as this process, with the exit code semantics of DESIGN.md 2. */
@@ -43,10 +57,12 @@ export function launch(program: ProgramName): void {
       (code) => {
         answered = true;
         process.exitCode = code;
+        doneWithStdin();
       },
       (err) => {
         answered = true;
         process.exitCode = reportFailure(io, program, err, format);
+        doneWithStdin();
       },
     );
   // Node exits 0 when nothing is left to wait on, even if the program never

@@ -1,8 +1,11 @@
 // The runner (src/run.ts) as a process: a message on stdin is read whole
 // whatever stdin is: a shell's pipe, a file, Node's socket pair, or a
-// descriptor its parent left non-blocking and fills slowly.
+// descriptor its parent left non-blocking and fills slowly. And a program
+// that answers before the end of stdin ends then, though the writer keeps
+// stdin open.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -68,5 +71,28 @@ describe('run: a message on stdin', () => {
     const r = await runCommand('python3', ['-c', script, message, join(BIN, 'give-recipient'), box], { env: testEnv() });
     assert.equal(r.code, 0, r.stderr);
     assert.ok(storedAttachment(box).equals(random));
+  });
+
+  it('ends the program once it has answered, though the writer keeps stdin open', async () => {
+    // Not a message: refused at once, while more is still to come on stdin.
+    const refusing: [string, string[]][] = [
+      ['give-recipient', [mailbox('refusing')]],
+      ['handle-incoming-mail', ['--config', join(dir, 'none.toml')]],
+    ];
+    writeFileSync(join(dir, 'none.toml'), '[domains."b.test"]\ncommand = ["true"]\n');
+    for (const [name, args] of refusing) {
+      const child = spawn(join(BIN, name), args, { env: testEnv() as NodeJS.ProcessEnv, stdio: ['pipe', 'pipe', 'pipe'] });
+      const out: Buffer[] = [];
+      child.stdout.on('data', (c: Buffer) => out.push(c));
+      child.stderr.resume();
+      child.stdin.on('error', () => {});
+      child.stdin.write(Buffer.alloc(2048, 'A'));
+      const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+      const [code] = (await once(child, 'exit')) as [number | null];
+      clearTimeout(timer);
+      child.stdin.destroy();
+      assert.equal(code, 1, `${name} exited by itself with FAIL's code, not killed at the deadline`);
+      assert.match(Buffer.concat(out).toString(), /^FAIL /);
+    }
   });
 });

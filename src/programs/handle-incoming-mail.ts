@@ -61,19 +61,8 @@ function unique(list: Address[]): Address[] {
   return list.filter((a) => !seen.has(addressKey(a)) && seen.add(addressKey(a)));
 }
 
-/** Read the headers of what is on stdin: a whole message (tar) or a bare headers entry. The rest is not read. */
+/** Read the headers of what is on stdin: a whole message (tar) or a bare headers entry. */
 async function headersOnly(input: Readable, maxBytes: number): Promise<Headers> {
-  try {
-    return await readHeaders(input, maxBytes);
-  } finally {
-    // Destroyed here, not only through the wrappers below: a read of theirs
-    // still waiting on stdin (a writer that holds it open) would hold their
-    // own destroy, and the process, until the writer sends more or closes.
-    input.destroy();
-  }
-}
-
-async function readHeaders(input: Readable, maxBytes: number): Promise<Headers> {
   const chunks = chunksOf(input);
   const first: Buffer[] = [];
   let n = 0;
