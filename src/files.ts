@@ -1,6 +1,7 @@
 // Durable file operations: what "durably stored" means on a POSIX file
 // system. fsync of a file does not persist its directory entry, so every
 // create and rename is followed by an fsync of the directory.
+// fs.promises: loaded at first use (see mailbox.ts).
 import { closeSync, constants, createWriteStream, promises as fsp, fsync, openSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import type { Writable } from 'node:stream';

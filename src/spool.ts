@@ -2,6 +2,7 @@
 // readers of it as needed. Small data stays in memory; past `memoryMax` it
 // goes to a file that is unlinked as soon as it is created, so a crash never
 // leaves it behind.
+// fs.promises: loaded at first use (see mailbox.ts).
 import { WriteStream, promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';

@@ -4,6 +4,7 @@
 // open: every component below the mailbox is opened with O_NOFOLLOW, each
 // relative to its parent's descriptor, and what is opened is checked by
 // fstat of the descriptor, never by a second look at the path.
+// fs.promises: loaded at first use (see ../mailbox.ts).
 import { constants, existsSync, promises as fsp, lstatSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
