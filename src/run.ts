@@ -6,6 +6,9 @@ import { logFormatIn } from './log.js';
 import { type ProgramName, loadProgram } from './programs/index.js';
 import { claimStrayFault } from './stage.js';
 
+/** Whether the program touched process.stdin (processIo's getter): only then is there a stdin to be done with. */
+let stdinUsed = false;
+
 /**
  * The Io of the real process. The standard streams are made on first use:
  * Node builds process.stdin at the first touch (a couple of milliseconds at
@@ -28,8 +31,6 @@ export function processIo(): Io {
     signals: process,
   };
 }
-
-let stdinUsed = false;
 
 /**
  * The program has answered: what it left unread of stdin is not wanted.

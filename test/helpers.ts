@@ -81,6 +81,24 @@ export function runCommand(cmd: string, args: string[], opts: RunOptions = {}): 
   });
 }
 
+/**
+ * Run bin/NAME with `input` written to stdin, which is then held open (a
+ * writer with more to send): how it exits, and its stdout. A program still
+ * running after 20 s is killed (code null).
+ */
+export async function runHoldingStdin(name: string, args: string[], input: Buffer): Promise<{ code: number | null; stdout: string }> {
+  const child = spawn(join(BIN, name), args, { env: testEnv() as NodeJS.ProcessEnv, stdio: ['pipe', 'pipe', 'pipe'] });
+  const out = collect(child.stdout);
+  child.stderr.resume();
+  child.stdin.on('error', () => {});
+  child.stdin.write(input);
+  const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+  const [code] = (await once(child, 'exit')) as [number | null];
+  clearTimeout(timer);
+  child.stdin.destroy();
+  return { code, stdout: (await out).toString() };
+}
+
 const made: string[] = [];
 process.on('exit', () => {
   for (const dir of made) rmSync(dir, { recursive: true, force: true });

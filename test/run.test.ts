@@ -4,13 +4,12 @@
 // that answers before the end of stdin ends then, though the writer keeps
 // stdin open.
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
-import { once } from 'node:events';
+import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { BIN, runBin, runCommand, tempDir, testEnv } from './helpers.js';
+import { BIN, runBin, runCommand, runHoldingStdin, tempDir, testEnv } from './helpers.js';
 
 const dir = tempDir();
 // Random and larger than one read, so that bytes lost, repeated or reordered between reads show.
@@ -81,18 +80,9 @@ describe('run: a message on stdin', () => {
     ];
     writeFileSync(join(dir, 'none.toml'), '[domains."b.test"]\ncommand = ["true"]\n');
     for (const [name, args] of refusing) {
-      const child = spawn(join(BIN, name), args, { env: testEnv() as NodeJS.ProcessEnv, stdio: ['pipe', 'pipe', 'pipe'] });
-      const out: Buffer[] = [];
-      child.stdout.on('data', (c: Buffer) => out.push(c));
-      child.stderr.resume();
-      child.stdin.on('error', () => {});
-      child.stdin.write(Buffer.alloc(2048, 'A'));
-      const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
-      const [code] = (await once(child, 'exit')) as [number | null];
-      clearTimeout(timer);
-      child.stdin.destroy();
-      assert.equal(code, 1, `${name} exited by itself with FAIL's code, not killed at the deadline`);
-      assert.match(Buffer.concat(out).toString(), /^FAIL /);
+      const r = await runHoldingStdin(name, args, Buffer.alloc(2048, 'A'));
+      assert.equal(r.code, 1, `${name} exited by itself with FAIL's code, not killed at the deadline`);
+      assert.match(r.stdout, /^FAIL /);
     }
   });
 });

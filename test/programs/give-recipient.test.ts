@@ -35,6 +35,24 @@ const traced = (straceArgs: string[], args: string[], input: Buffer) =>
   runCommand('strace', ['-f', '-qq', ...straceArgs, join(BIN, 'give-recipient'), ...args], { input, env: testEnv() });
 
 describe('give-recipient', () => {
+  it('stores a message GNU tar wrote with a long attachment name (GNU and pax headers: read through tar-stream, loaded when needed)', async () => {
+    const src = join(dir, 'gnutar');
+    mkdirSync(join(src, 'attachments'), { recursive: true });
+    const x = await runCommand('tar', ['-xf', '-', '-C', src], { input: await makeMessage(['bob@b.test']) });
+    assert.equal(x.code, 0, x.stderr);
+    const name = `${'n'.repeat(120)}.bin`;
+    writeFileSync(join(src, 'attachments', name), random);
+    for (const format of ['gnu', 'pax']) {
+      const tar = await runCommand('tar', [`--format=${format}`, '-cf', '-', '-C', src, 'headers', 'body', `attachments/${name}`]);
+      assert.equal(tar.code, 0, tar.stderr);
+      const box = mailbox(`gnutar-${format}`);
+      const r = await runBin('give-recipient', [box], { input: tar.stdout });
+      assert.equal(r.code, 0, `${format}: ${r.stderr}`);
+      const [id] = stored(box);
+      assert.ok(readFileSync(join(box, 'new', id, 'attachments', name)).equals(random), `${format}: the attachment stored is the one sent`);
+    }
+  });
+
   it('stores headers, body and attachments as files and answers OK', async () => {
     const box = mailbox('store');
     const msg = await makeMessage(['-a', 'big.bin', 'bob@b.test']);
