@@ -8,7 +8,10 @@
 // cache does); 200 x 1 MB: messages/s, MB/s, peak RSS, and the CPU the
 // receiving processes spend per message (/proc). The Postfix figure
 // counts until the last message is in the Maildir. The two sides take each
-// load in turn.
+// load in turn. Our server takes each load twice: first cold, then warm
+// (V8 has compiled its hot code by then; a cold Node process spends a
+// fifth of its CPU in the optimizing compiler over a 2,000-message load),
+// as Postfix, started once, is warm for all but the first.
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
@@ -72,7 +75,15 @@ async function filled(dir: string, n: number, ms = 600_000): Promise<void> {
   }
 }
 
-function line(side: 'ours' | 'postfix', who: string, load: Load, secs: number, rss: number, cpu: { ms: number; systemMs: number }, idle?: number): void {
+function line(
+  side: 'ours' | 'ours warm' | 'postfix',
+  who: string,
+  load: Load,
+  secs: number,
+  rss: number,
+  cpu: { ms: number; systemMs: number },
+  idle?: number,
+): void {
   const f = { perSecond: load.messages / secs, mbPerSecond: (load.messages * load.bytes) / secs / 1024 / 1024, rss, cpuMs: cpu.ms };
   figures.set(`${side} ${load.label}`, f);
   console.log(
@@ -95,20 +106,24 @@ function ours(dir: string): (load: Load, i: number) => Promise<void> {
   );
   return async (load, i) => {
     const user = `u${i}`;
-    for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(dir, 'mail', user, f), { recursive: true });
     const srv: Listening = await serving(
       await startListening('smtp-receive', ['--config', join(dir, 'smtp-receive.toml'), '--listen', '127.0.0.1:0'], { env: testEnv({ IMA_CONFIG_DIR: dir }) }),
     );
     try {
       const idle = largestPeakRssMb(srv.proc.pid!); // listening, nothing received yet: what start-up and loaded code cost
-      const cpu = treeCpu(srv.proc.pid!);
-      const t0 = process.hrtime.bigint();
-      await source(srv.port, load, `${user}@b.test`);
-      const secs = Number(process.hrtime.bigint() - t0) / 1e9;
-      const got = count(join(dir, 'mail', user, 'new'));
-      if (got !== load.messages) throw new Error(`smtp-receive stored ${got} of ${load.messages}: ${srv.log().slice(-2000)}`);
-      const cost = cpuPerMessage(srv.proc.pid!, cpu, load.messages);
-      line('ours', `smtp-receive, ${WORKERS} worker(s) (in-process chain, fsync per message)`, load, secs, largestPeakRssMb(srv.proc.pid!), cost, idle);
+      for (const side of ['ours', 'ours warm'] as const) {
+        const mailbox = side === 'ours' ? user : `${user}w`;
+        for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(dir, 'mail', mailbox, f), { recursive: true });
+        const cpu = treeCpu(srv.proc.pid!);
+        const t0 = process.hrtime.bigint();
+        await source(srv.port, load, `${mailbox}@b.test`);
+        const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+        const got = count(join(dir, 'mail', mailbox, 'new'));
+        if (got !== load.messages) throw new Error(`smtp-receive stored ${got} of ${load.messages}: ${srv.log().slice(-2000)}`);
+        const cost = cpuPerMessage(srv.proc.pid!, cpu, load.messages);
+        const who = `smtp-receive${side === 'ours' ? '' : ' warm (its second load)'}, ${WORKERS} worker(s) (in-process chain, fsync per message)`;
+        line(side, who, load, secs, largestPeakRssMb(srv.proc.pid!), cost, side === 'ours' ? idle : undefined);
+      }
     } finally {
       await srv.stop();
     }
@@ -165,8 +180,12 @@ export async function run(bench: Bench): Promise<void> {
     const small = load.bytes <= 4096;
     const pick = (f: Figure) => (small ? f.perSecond : f.mbPerSecond);
     const peer = pf && { name: 'Postfix', figure: pick(pf) };
+    const warm = figures.get(`ours warm ${load.label}`)!;
     bench.row(`smtp-receive ${load.label} (smtp-source)`, pick(us), small ? 'msg/s' : 'MB/s', peer, '>= 1.0x Postfix');
-    bench.row(`smtp-receive ${load.label}: peak RSS`, us.rss, 'MB', pf && { name: 'largest Postfix process', figure: pf.rss }, '< 100 MB');
+    bench.row(`smtp-receive ${load.label}, warm server (its second load)`, pick(warm), small ? 'msg/s' : 'MB/s', peer, '>= 1.0x Postfix');
+    // The peak over both loads: the process's whole life.
+    bench.row(`smtp-receive ${load.label}: peak RSS`, Math.max(us.rss, warm.rss), 'MB', pf && { name: 'largest Postfix process', figure: pf.rss }, '< 100 MB');
     bench.row(`smtp-receive ${load.label}: CPU per message (lower is better)`, us.cpuMs, 'ms', pf && { name: "Postfix's processes", figure: pf.cpuMs }, '-');
+    bench.row(`smtp-receive ${load.label}, warm server: CPU per message`, warm.cpuMs, 'ms', pf && { name: "Postfix's processes", figure: pf.cpuMs }, '-');
   }
 }
