@@ -62,24 +62,31 @@ export class Utf8Validator extends Transform {
 
 /**
  * buf (which does not end in CR) with each CRLF made LF and each lone CR
- * made loneCr. CRs are found with indexOf and the text between them copied
- * as it is: a latin1 string round trip through a regex replace made two
- * strings of every chunk, 3.5 ms of work and garbage per MB of text.
+ * made loneCr. A latin1 string round trip through a regex replace made two
+ * strings of every chunk, 3.5 ms of work and garbage per MB of text; a
+ * buf.copy() per line made a Uint8Array per line, a tenth of smtp-receive's
+ * main thread for 1 MB text messages. So: one native copy of the whole, then
+ * the text between CRs moved down in place with copyWithin, which makes no
+ * object (0.6 ms per MB of 80-byte lines against 0.8 for buf.copy).
  */
 function dropCrs(buf: Buffer, loneCr: number): Buffer {
   let cr = buf.indexOf(0x0d);
   // Most of a large message is base64 written with the right line ends already: nothing to do.
   if (cr === -1) return buf;
   const out = Buffer.allocUnsafe(buf.length);
-  let length = 0;
-  let from = 0;
+  out.set(buf);
+  // out[0, length) is done; buf[from, cr) is still to be moved down to it.
+  let length = cr;
+  let from = cr;
   for (; cr !== -1; cr = buf.indexOf(0x0d, from)) {
-    length += buf.copy(out, length, from, cr);
+    if (cr > from) out.copyWithin(length, from, cr);
+    length += cr - from;
     const crlf = buf[cr + 1] === 0x0a;
     out[length++] = crlf ? 0x0a : loneCr;
     from = cr + (crlf ? 2 : 1);
   }
-  length += buf.copy(out, length, from);
+  if (from < buf.length) out.copyWithin(length, from);
+  length += buf.length - from;
   return out.subarray(0, length);
 }
 
