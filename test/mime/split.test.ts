@@ -113,14 +113,40 @@ const MESSAGES: Record<string, string> = {
     '--E--',
     '',
   ].join('\r\n'),
+  'a leaf part of several lines, then a part with several header lines': [
+    'Content-Type: multipart/mixed; boundary=BB',
+    '',
+    '--BB',
+    'Content-Type: text/plain',
+    '',
+    'line one',
+    'line two',
+    'line three',
+    'line four',
+    '--BB',
+    'Content-Type: text/plain',
+    'Content-Disposition: inline',
+    'X-One: 1',
+    'X-Two: 2',
+    '',
+    'second body',
+    'more',
+    '--BB--',
+    '',
+  ].join('\r\n'),
   'an unclosed multipart whose last part runs to the end': ['Content-Type: multipart/mixed; boundary=q', '', '--q', '', 'body line', 'more\r', '-q', 'x'].join(
     '\r\n',
   ),
 };
 
-/** The input cut in two at every offset, and in three around every 17th. */
+/**
+ * The input cut in two at every offset, in three around every 17th, and into
+ * pieces of every size up to 100 bytes: a body's lines then run across many
+ * chunks, each arriving with the splitter in the body already.
+ */
 function cuts(input: Buffer): Buffer[][] {
   const out: Buffer[][] = [[input]];
+  for (let size = 1; size <= 100; size++) out.push(Array.from({ length: Math.ceil(input.length / size) }, (_, k) => input.subarray(k * size, (k + 1) * size)));
   for (let i = 0; i <= input.length; i++) out.push([input.subarray(0, i), input.subarray(i)]);
   for (let i = 1; i < input.length; i += 17)
     for (let j = i + 1; j < Math.min(input.length, i + 5); j++) out.push([input.subarray(0, i), input.subarray(i, j), input.subarray(j)]);
