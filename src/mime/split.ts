@@ -49,8 +49,17 @@ export function plainBodyLength(chunk: Buffer): number {
   return start;
 }
 
-/** The offset just past the first empty line in chunk (LF LF or LF CR LF), or -1. Cutting the input there or anywhere else changes nothing. */
-function afterEmptyLine(chunk: Buffer): number {
+/**
+ * The offset in chunk just past the empty line that ends the header block the
+ * splitter is in, or -1 when it is not in chunk. The line the chunk starts in
+ * began in the splitter (an unfinished line it holds): it is empty when that
+ * is nothing or a lone CR and the chunk starts with the line end.
+ */
+function afterHeaderBlock(t: Splitter, chunk: Buffer): number {
+  const pending = t.lineLength ? Buffer.concat(t.lineChunks) : undefined;
+  if (!pending && chunk[0] === LF) return 1;
+  if (!pending && chunk[0] === CR && chunk[1] === LF) return 2;
+  if (pending?.length === 1 && pending[0] === CR && chunk[0] === LF) return 1;
   const lf = chunk.indexOf('\n\n');
   const crlf = chunk.indexOf('\n\r\n');
   if (lf === -1) return crlf === -1 ? -1 : crlf + 3;
@@ -103,7 +112,7 @@ export function fastBodies(splitter: Transform, input?: BufferPool): void {
     // empty line), and the rest comes back here, in the body. Otherwise the splitter went
     // through the rest of the chunk a line at a time: a message's first 64 KiB.
     if (this.state === HEAD) {
-      const end = afterEmptyLine(chunk);
+      const end = afterHeaderBlock(this, chunk);
       if (end > 0 && end < chunk.length) {
         const rest = chunk.subarray(end);
         original.call(this, chunk.subarray(0, end), encoding, (err?: Error | null) => (err ? cb(err) : s._transform(rest, encoding, cb)));

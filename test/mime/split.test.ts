@@ -215,6 +215,20 @@ describe('the splitter fast path emits what mailsplit emits', () => {
     assert.ok(unstable / runs < 0.02, `${unstable} of ${runs}`);
   });
 
+  it('a header block whose ending line end is cut between CR and LF, then a delimiter after a lone CR: what mailsplit emits on the same cut', async () => {
+    // The header block of the part ends in the second chunk's first byte. Cut instead at the next empty line,
+    // deep in the body, the input reached the splitter cut before "x\n\r--E", and mailsplit, whose
+    // lone-CR delimiters depend on the cuts, took "\r--E" for body.
+    const input = Buffer.from(
+      'Content-Type: multipart/mixed; boundary=E\r\n\r\n--E\r\nQUJD\r\n\r--F\r\n\r\nx\n\r\r\r\rtext line\r\n\r\nx\n\r--E\r\n--F--\r\n',
+      'latin1',
+    );
+    const chunks = [input.subarray(0, 63), input.subarray(63)];
+    const itself = await split(chunks, false);
+    assert.ok(itself.some((p) => p.type === 'body' && p.bytes === 'x\n\r\r\r\rtext line\r\n\r\nx'));
+    assert.deepEqual(await split(chunks, true), itself);
+  });
+
   for (const [name, text] of Object.entries(MESSAGES)) {
     it(`${name}, cut at every offset`, async () => {
       const input = Buffer.from(text, 'latin1');
