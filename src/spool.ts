@@ -58,6 +58,11 @@ export class BufferPool {
   /** Every buffer handed back is kept: there are never more than the most lent at once, and dropping one would make it garbage again. */
   constructor(readonly size: number) {}
 
+  /** Whether a buffer handed back waits here: take() would not allocate. */
+  get hasFree(): boolean {
+    return this.free.length > 0;
+  }
+
   take(): Buffer {
     const b = this.free.pop() ?? Buffer.allocUnsafeSlow(this.size);
     this.lent.add(b.buffer);
@@ -215,7 +220,10 @@ function positionalReader(fh: FileHandle, start: number, size: number, pool?: Bu
     read() {
       if (pos >= size) return void this.push(null);
       const len = Math.min(CHUNK, size - pos);
-      const pooled = pool && len <= pool.size ? pool : undefined;
+      // A short read (the end of a part, a part of a few bytes) takes a free pool buffer if one
+      // waits, else a buffer of its own size: where nothing hands chunks back (smtp-receive's
+      // in-process chain), a fresh pool buffer for two bytes was 512 KiB of garbage.
+      const pooled = pool && len <= pool.size && (len > pool.size / 2 || pool.hasFree) ? pool : undefined;
       fh.read(pooled ? pooled.take() : Buffer.allocUnsafe(len), 0, len, pos).then(
         ({ bytesRead, buffer }) => {
           pos += bytesRead;

@@ -20,6 +20,8 @@ interface Splitter extends Transform {
   hasFailed: boolean;
 }
 
+/** Bytes held back from the splitter at most (see fastBodies). */
+const HELD_MAX = 64 * 1024;
 const HEAD = 1;
 const BODY = 2;
 const LF = 0x0a;
@@ -164,8 +166,14 @@ export function fastBodies(splitter: Transform, input?: BufferPool): void {
    * done, otherwise.
    */
   function takeAfterHeld(t: Splitter, before: Buffer, chunk: Buffer, cb: TransformCallback): boolean {
-    // No line end in the chunk: head is the held lines alone, and rest, one unfinished line, has no plain lines.
     const end = chunk.indexOf(LF) + 1;
+    // A piece of the unfinished line (smtp-server's data stream gives the last 4 bytes of every 64 KiB
+    // on their own) is held with it, up to a bound: a line that long goes to the splitter.
+    if (end === 0 && before.length + chunk.length <= HELD_MAX) {
+      held = Buffer.concat([before, chunk]);
+      cb();
+      return true;
+    }
     const head = Buffer.concat([before, chunk.subarray(0, end)]);
     if (couldBeDelimiter(head)) return false;
     const rest = chunk.subarray(end);
