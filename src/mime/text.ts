@@ -4,6 +4,7 @@
 import { Transform, type TransformCallback } from 'node:stream';
 import { DecodeStream } from 'libmime/lib/charset';
 import { Utf8Checker } from '../message/utf8.js';
+import type { BufferPool } from '../spool.js';
 
 /**
  * Drops the CR of every CRLF, across chunk boundaries. A lone CR stays, or
@@ -42,6 +43,30 @@ export class CrlfToLf extends Transform {
     return Buffer.from([this.opts.loneCr === 'lf' ? 0x0a : 0x0d]);
   }
 }
+
+/**
+ * What CrlfToLf with `loneCr: 'lf'` makes of `source`, found without making
+ * it: the size and last byte (-1: none) of its output, and whether the input
+ * is UTF-8. A chunk lent from `pool` is handed back once looked at.
+ */
+export async function lfTextOf(source: AsyncIterable<Buffer>, pool?: BufferPool): Promise<{ utf8: boolean; size: number; last: number }> {
+  const checker = new Utf8Checker();
+  let utf8 = true;
+  let size = 0;
+  let last = -1;
+  for await (const chunk of source) {
+    if (!chunk.length) continue;
+    if (utf8) utf8 = checker.check(chunk);
+    size += chunk.length;
+    // Each CRLF loses its CR; a lone CR becomes an LF, the same size. One may be cut between two chunks.
+    if (last === 0x0d && chunk[0] === 0x0a) size--;
+    for (let at = chunk.indexOf(CRLF); at !== -1; at = chunk.indexOf(CRLF, at + 2)) size--;
+    last = chunk[chunk.length - 1];
+    pool?.consumed(chunk);
+  }
+  return { utf8: utf8 && checker.end(), size, last: last === 0x0d ? 0x0a : last };
+}
+const CRLF = Buffer.from('\r\n');
 
 /** Fails on the first byte sequence that is not UTF-8; passes bytes on unchanged. */
 export class Utf8Validator extends Transform {

@@ -19,7 +19,7 @@ import { AttachmentNames, formatContentIds } from './names.js';
 import { Base64Decoder, decodedSize } from './decode.js';
 import { HeaderSectionEnd } from './section.js';
 import { fastBodies } from './split.js';
-import { CrlfToLf, Utf8Validator, charsetDecoder } from './text.js';
+import { CrlfToLf, Utf8Validator, charsetDecoder, lfTextOf } from './text.js';
 
 export interface MimeLimits {
   /** Bytes of the whole legacy message. */
@@ -303,7 +303,15 @@ async function decodeBody(raw: Part, part: AttachmentStream, store: SpoolStore):
   const unflow = () => (flowed ? [new FlowedDecoder({ delSp: params.delsp?.toLowerCase() === 'yes' }) as unknown as Transform] : []);
   const { decoder, known } = charsetDecoder(params.charset);
   if (decoder) return decodeStream(source, [...unflow(), decoder], known, store);
-  // Declared UTF-8 or ASCII (or nothing): taken as it is while checked in the same pass. Text that turns
+  if (!flowed) {
+    // Declared UTF-8 or ASCII (or nothing), and spooled: one read checks it and counts what LF line ends make of
+    // it; they are made again as it is written, not spooled a second time (a 1 MB body went to disk twice).
+    const text = await lfTextOf(source as Readable, store.readBuffers);
+    if (!text.utf8) return decodeStream(raw.open(), [charsetDecoder('windows-1252').decoder!], false, store);
+    const part = { size: text.size, open: () => chain(raw.open(), [new CrlfToLf({ loneCr: 'lf' })]) };
+    return { part: text.size > 0 ? part : undefined, lossless: known, last: text.last };
+  }
+  // Flowed, declared UTF-8 or ASCII (or nothing): taken as it is while checked in the same pass. Text that turns
   // out not to be UTF-8 is decoded again, as windows-1252 (most such legacy text is); the first try stays unused.
   const check = new Utf8Validator();
   const asIs = await decodeStream(source, [check, ...unflow()], known, store);

@@ -63,6 +63,19 @@ describe('mime-to-ima maps headers (ima-mime(7))', () => {
       assert.ok(got === want, `${what}: the body as expected`);
     }
   });
+  it('converts the line ends of a large (spooled) text read in pieces: a CRLF cut between two reads, lone CRs, CR CR LF', async () => {
+    // The spool is read 512 KiB at a time: the CR of one CRLF ends the first read, its LF starts the second.
+    const filler = `${'z'.repeat(70)}\r\n`.repeat(7281);
+    const cutCrlf = `${'c'.repeat(55)}\r\n`;
+    const odd = 'lone\rcr\r\r\nend\r\n'.repeat(60_000);
+    const text = filler + cutCrlf + odd;
+    assert.equal(Buffer.byteLength(filler + cutCrlf.slice(0, -1)), 512 * 1024);
+    const m = await readIma(await toIma(mime(['From: a@a.test', 'Subject: pieces', 'Content-Type: text/plain; charset=utf-8'], text)));
+    const got = m.files.get('body')!.toString();
+    const want = text.replace(/\r\n?/g, '\n');
+    assert.equal(got.length, want.length);
+    assert.ok(got === want, 'the body as expected');
+  });
   it('gives the same legacy message the same IMA id, whatever its line ends', async () => {
     const crlf = mime(BASIC, 'x\r\n');
     const lf = Buffer.from(crlf.toString().replace(/\r\n/g, '\n'));
