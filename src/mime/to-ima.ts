@@ -308,7 +308,7 @@ async function decodeBody(raw: Part, part: AttachmentStream, store: SpoolStore):
     // it; they are made again as it is written, not spooled a second time (a 1 MB body went to disk twice).
     const text = await lfTextOf(source as Readable, store.readBuffers);
     if (!text.utf8) return decodeStream(raw.open(), [charsetDecoder('windows-1252').decoder!], false, store);
-    const part = { size: text.size, open: () => chain(raw.open(), [new CrlfToLf({ loneCr: 'lf' })]) };
+    const part = { size: text.size, open: () => chain(raw.open(), [new CrlfToLf({ loneCr: 'lf', pool: store.readBuffers })]) };
     return { part: text.size > 0 ? part : undefined, lossless: known, last: text.last };
   }
   // Flowed, declared UTF-8 or ASCII (or nothing): taken as it is while checked in the same pass. Text that turns

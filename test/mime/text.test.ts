@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { once } from 'node:events';
 import { Readable } from 'node:stream';
 import { CrlfToLf, Utf8Validator } from '../../src/mime/text.js';
+import { BufferPool } from '../../src/spool.js';
 
 /** Everything a transform gives for input cut into the given pieces. */
 async function through(t: CrlfToLf | Utf8Validator, pieces: Buffer[]): Promise<Buffer> {
@@ -40,6 +42,26 @@ describe('CrlfToLf', () => {
     const t = new CrlfToLf();
     assert.deepEqual(await through(t, [Buffer.from('a\r\n\xff\r\n', 'latin1')]), Buffer.from('a\n\xff\n', 'latin1'));
     assert.equal(t.lastByte, 0x0a);
+  });
+});
+
+describe('CrlfToLf on chunks lent from a pool', () => {
+  it('changes each where it is and passes what is left of it on in its place; one left empty goes back to the pool', async () => {
+    const pool = new BufferPool(64);
+    const lend = (text: string) => {
+      const b = pool.take();
+      return pool.passOn(b.subarray(0, b.write(text, 'latin1')));
+    };
+    const lent = [lend('one\r\ntwo\r'), lend('\nthree\r\n'), lend('\r')];
+    // Each chunk as it is pushed ('data'): an async iterator would join those waiting into a new buffer.
+    const out: Buffer[] = [];
+    const t = Readable.from(lent).pipe(new CrlfToLf({ loneCr: 'lf', pool }));
+    t.on('data', (c: Buffer) => out.push(c));
+    await once(t, 'end');
+    assert.equal(Buffer.concat(out).toString('latin1'), 'one\ntwo\nthree\n\n');
+    assert.equal(out[0].buffer, lent[0].buffer, 'the first chunk changed where it is');
+    assert.ok(pool.passedOn(out[0]) && pool.passedOn(out[1]), 'and passed on in place of the lent view');
+    assert.ok(pool.hasFree, 'the chunk of a lone CR, empty after it, was handed back');
   });
 });
 
