@@ -75,23 +75,37 @@ export async function listBelow(root: string, names: readonly string[]): Promise
   }
 }
 
-/** A stream of the regular file root/names..., opened (safely) only when first read, closed at its end or destruction. */
+/**
+ * A stream of the regular file root/names..., opened (safely) only when first
+ * read, closed at its end or destruction. It is read up to the size it had
+ * when opened (a delivered message's files never change), each read into a
+ * buffer of what is left or CHUNK: a buffer of CHUNK for the last few bytes
+ * and one more for the read that finds the end made post-office allocate
+ * 1.75 MB per 1 MiB message, headers file included.
+ */
 export function streamBelow(root: string, names: readonly string[]): Readable {
   let fh: FileHandle | undefined;
+  let left = 0;
   return new Readable({
     highWaterMark: CHUNK,
     construct(cb) {
       openBelow(root, names, 'file').then(
         (o) => {
           fh = o.fh;
+          left = o.size;
           cb();
         },
         (e: Error) => cb(e),
       );
     },
     read() {
-      fh!.read(Buffer.allocUnsafe(CHUNK), 0, CHUNK, null).then(
-        ({ bytesRead, buffer }) => this.push(bytesRead ? buffer.subarray(0, bytesRead) : null),
+      if (left <= 0) return void this.push(null);
+      const len = Math.min(CHUNK, left);
+      fh!.read(Buffer.allocUnsafe(len), 0, len, null).then(
+        ({ bytesRead, buffer }) => {
+          left -= bytesRead;
+          this.push(bytesRead ? buffer.subarray(0, bytesRead) : null);
+        },
         (e: Error) => this.destroy(e),
       );
     },
