@@ -58,10 +58,9 @@ export function plainBodyLength(chunk: Buffer): number {
  * is nothing or a lone CR and the chunk starts with the line end.
  */
 function afterHeaderBlock(t: Splitter, chunk: Buffer): number {
-  const pending = t.lineLength ? Buffer.concat(t.lineChunks) : undefined;
-  if (!pending && chunk[0] === LF) return 1;
-  if (!pending && chunk[0] === CR && chunk[1] === LF) return 2;
-  if (pending?.length === 1 && pending[0] === CR && chunk[0] === LF) return 1;
+  if (t.lineLength === 0 && chunk[0] === LF) return 1;
+  if (t.lineLength === 0 && chunk[0] === CR && chunk[1] === LF) return 2;
+  if (t.lineLength === 1 && Buffer.concat(t.lineChunks)[0] === CR && chunk[0] === LF) return 1;
   const lf = chunk.indexOf('\n\n');
   const crlf = chunk.indexOf('\n\r\n');
   if (lf === -1) return crlf === -1 ? -1 : crlf + 3;
@@ -169,7 +168,8 @@ export function fastBodies(splitter: Transform, input?: BufferPool): void {
     const end = chunk.indexOf(LF) + 1;
     // A piece of the unfinished line (smtp-server's data stream gives the last 4 bytes of every 64 KiB
     // on their own) is held with it, up to a bound: a line that long goes to the splitter.
-    if (end === 0 && before.length + chunk.length <= HELD_MAX) {
+    if (end === 0) {
+      if (before.length + chunk.length > HELD_MAX) return false;
       held = Buffer.concat([before, chunk]);
       cb();
       return true;

@@ -165,8 +165,10 @@ function useFastPaths(parser: MailParser, decoded: BufferPool, input: BufferPool
   const rechunk = p.chunkedPassthrough._transform;
   p.chunkedPassthrough._transform = function (this: Rechunker, chunk: Buffer, encoding: BufferEncoding, cb: TransformCallback) {
     if (chunk.length >= this.chunkSize / 2) {
-      if (this.buffer.length) this.push(this.buffer);
-      this.buffer = Buffer.alloc(0);
+      if (this.buffer.length) {
+        this.push(this.buffer);
+        this.buffer = Buffer.alloc(0);
+      }
       this.push(chunk);
       return cb();
     }

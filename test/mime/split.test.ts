@@ -229,6 +229,14 @@ describe('the splitter fast path emits what mailsplit emits', () => {
     assert.deepEqual(await split(chunks, true), itself);
   });
 
+  it('a body line longer than what is held back, in small pieces: the splitter takes it over, and emits what mailsplit emits', async () => {
+    const input = Buffer.from(`Subject: x\r\n\r\nfirst\r\nsecond\r\n${'a'.repeat(200_000)}\r\n-- \r\nend\r\n`, 'latin1');
+    const pieces = Array.from({ length: Math.ceil(input.length / 1000) }, (_, k) => input.subarray(k * 1000, (k + 1) * 1000));
+    const reference = await split([input], false);
+    assert.ok(reference.some((p) => p.type === 'body' && p.bytes.includes('a'.repeat(200_000))));
+    assert.deepEqual(await split(pieces, true), reference);
+  });
+
   for (const [name, text] of Object.entries(MESSAGES)) {
     it(`${name}, cut at every offset`, async () => {
       const input = Buffer.from(text, 'latin1');

@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
+import { isUtf8 } from 'node:buffer';
 import { describe, it } from 'node:test';
 import { once } from 'node:events';
 import { Readable } from 'node:stream';
-import { CrlfToLf, Utf8Validator } from '../../src/mime/text.js';
+import { CrlfToLf, Utf8Validator, lfTextOf } from '../../src/mime/text.js';
 import { BufferPool } from '../../src/spool.js';
 
 /** Everything a transform gives for input cut into the given pieces. */
@@ -42,6 +43,22 @@ describe('CrlfToLf', () => {
     const t = new CrlfToLf();
     assert.deepEqual(await through(t, [Buffer.from('a\r\n\xff\r\n', 'latin1')]), Buffer.from('a\n\xff\n', 'latin1'));
     assert.equal(t.lastByte, 0x0a);
+  });
+});
+
+describe('lfTextOf', () => {
+  it('says what CrlfToLf (loneCr: lf) makes of the text, size and last byte, and whether it is UTF-8, however it is cut', async () => {
+    const texts = ['one\r\ntwo\rthree\r\r\nfour, grüße\r', 'a\n\r\n\r', 'no line end, 🙂', ''];
+    for (const bytes of [...texts.map((t) => Buffer.from(t)), Buffer.from('gr\xfc\xdfe\r\n', 'latin1'), Buffer.from('ok 🙂').subarray(0, 5)]) {
+      const made = await through(new CrlfToLf({ loneCr: 'lf' }), [bytes]);
+      for (const pieces of cuttings(bytes)) {
+        const where = `${JSON.stringify(bytes.toString('latin1'))} cut ${pieces.map((p) => p.length)}`;
+        const counted = await lfTextOf(Readable.from(pieces));
+        assert.equal(counted.size, made.length, where);
+        assert.equal(counted.last, made.length ? made[made.length - 1] : -1, where);
+        assert.equal(counted.utf8, isUtf8(bytes), where);
+      }
+    }
   });
 });
 
