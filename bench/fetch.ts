@@ -71,7 +71,7 @@ export async function run(b: Bench): Promise<void> {
     // a server whose first run after its start also compiles its hot code
     // (V8). One untimed fetch first, so that every timed run meets the
     // server as it runs for the rest of its life (five runs in a row:
-    // 165, 195, 200, 185, 147 MB/s).
+    // 166, 178, 197, 186, 169 MB/s).
     const warm = await measure([join(BIN, 'fetch-mail'), '--config', fm('warm', ''), '--keep', b.fresh('fetched')], {
       env: { ...b.env, IMA_PASSWORD: 'bench' },
     });
