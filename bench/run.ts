@@ -49,10 +49,12 @@ if (fsWarning) console.log(`\n${fsWarning}`);
 process.exitCode = failed ? 1 : 0;
 
 /**
- * Measured here: creating 3,000 directories with a file each cost 4-5x its
- * usual kernel time for a minute after 80,000 of them were deleted, and the
- * usual time again 75 s after. ext4 skips an inode for 30 s after it was
- * deleted, 60 s while its inode table block is still to be written.
+ * Wait until 90 s have passed since the last run's clean-up (the time of
+ * `stamp`). Measured here: creating 3,000 directories with a file each
+ * cost 4-5x its usual kernel time for a minute after 80,000 of them were
+ * deleted, and the usual time again 75 s after. ext4 skips an inode for
+ * 30 s after it was deleted, 60 s while its inode table block is still to
+ * be written.
  */
 async function waitOutCleanUp(stamp: string): Promise<void> {
   const QUIET_AFTER = 90_000;
