@@ -4,7 +4,7 @@
 // a crash leaves no message or a whole one, never part of one.
 // fs.promises, not node:fs/promises: node:fs loads it at first use (about a
 // millisecond of a spawned stage's start, which a --check need not pay).
-import { closeSync, constants, promises as fsp, linkSync, lstatSync, mkdirSync, openSync, renameSync, writeSync, writev } from 'node:fs';
+import { closeSync, constants, promises as fsp, linkSync, lstatSync, mkdirSync, openSync, readdirSync, renameSync, writeSync, writev } from 'node:fs';
 import { isAbsolute, join, relative, sep } from 'node:path';
 import type { Readable } from 'node:stream';
 import { type Address, addressKey, formatAddress, parseAddressList } from './address.js';
@@ -391,16 +391,20 @@ export async function cleanTmp(dir: string, maxAge: number, now = Date.now()): P
   let names: string[];
   // A tmp/ that is a link would have the clean-up remove old files wherever it points.
   if (!isFolder(join(dir, 'tmp'))) return 0;
+  // Listed and looked at directly, as delivery makes its own few calls: tmp/
+  // holds the deliveries in progress and what crashes left. The thread pool
+  // and fs.promises (a millisecond each at a process's first use: most of
+  // what `give-recipient --clean` from cron did) only for a removal.
   try {
-    names = await fsp.readdir(join(dir, 'tmp'));
+    names = readdirSync(join(dir, 'tmp'));
   } catch {
     return 0;
   }
   for (const name of names) {
     const p = join(dir, 'tmp', name);
     try {
-      const st = await fsp.lstat(p);
-      if (now - st.mtimeMs > maxAge) {
+      const st = lstatSync(p, { throwIfNoEntry: false });
+      if (st && now - st.mtimeMs > maxAge) {
         await fsp.rm(p, { recursive: true, force: true });
         removed++;
       }
