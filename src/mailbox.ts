@@ -393,8 +393,9 @@ export async function cleanTmp(dir: string, maxAge: number, now = Date.now()): P
   if (!isFolder(join(dir, 'tmp'))) return 0;
   // Listed and looked at directly, as delivery makes its own few calls: tmp/
   // holds the deliveries in progress and what crashes left. The thread pool
-  // and fs.promises (a millisecond each at a process's first use: most of
-  // what `give-recipient --clean` from cron did) only for a removal.
+  // and fs.promises (each costs a process about a millisecond at its first
+  // use, which `give-recipient --clean` from cron paid just to list a
+  // directory) only for a removal.
   try {
     names = readdirSync(join(dir, 'tmp'));
   } catch {
