@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdirSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { lutimesSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { BIN, runBin, runCommand, tempDir, testEnv } from '../helpers.js';
@@ -341,6 +341,24 @@ describe('give-recipient', () => {
     const again = await runBin('give-recipient', ['--clean', box]);
     assert.equal(again.code, 0, again.stderr);
     assert.equal(again.stderr, '');
+  });
+
+  it('--clean removes an old file or symbolic link left in tmp/ as it is: a link is removed, never followed', async () => {
+    const box = mailbox('clean-other');
+    const outside = join(dir, 'clean-other-target');
+    mkdirSync(outside);
+    writeFileSync(join(outside, 'keep.txt'), 'x\n');
+    const twoDaysAgo = new Date(Date.now() - 48 * 3600 * 1000);
+    writeFileSync(join(box, 'tmp', '1.crashed.file'), 'half');
+    utimesSync(join(box, 'tmp', '1.crashed.file'), twoDaysAgo, twoDaysAgo);
+    symlinkSync(outside, join(box, 'tmp', '2.planted.link'));
+    // Old by the link's own time (lstat), not its target's.
+    lutimesSync(join(box, 'tmp', '2.planted.link'), twoDaysAgo, twoDaysAgo);
+    const r = await runBin('give-recipient', ['--clean', box]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /removed 2 stale entries from tmp\//);
+    assert.deepEqual(readdirSync(join(box, 'tmp')), []);
+    assert.deepEqual(readdirSync(outside), ['keep.txt'], 'what the link pointed at is untouched');
   });
 
   it('refuses a tmp/, new/ or cur/ that is a symbolic link: --clean removes nothing where it points, delivery (even --create) stores nothing', async () => {
