@@ -1,30 +1,43 @@
 // The runner: the only place that wires `process` into a program. bin/NAME
 // calls launch(); servers run programs in-process through stage.ts.
+import type { Readable, Writable } from 'node:stream';
 import { EXIT, reportFailure } from './failure.js';
 import type { Io } from './io.js';
 import { logFormatIn } from './log.js';
-import { type ProgramName, loadProgram } from './programs/index.js';
+import { LONG_RUNNING, type ProgramName, loadProgram } from './programs/index.js';
 import { claimStrayFault } from './stage.js';
+import { FdReader, FdWriter, isPlainStream } from './stdio.js';
 
-/** Whether the program touched process.stdin (processIo's getter): only then is there a stdin to be done with. */
-let stdinUsed = false;
+/** The program's stdin once it has touched it (processIo's getter): only then is there a stdin to be done with. */
+let stdinMade: Readable | undefined;
+
+/** A closed reader of stdout or stderr (| head) is the reader's choice, not our failure. */
+function ignoringEpipe<W extends Writable>(w: W): W {
+  return w.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code !== 'EPIPE') throw e;
+  });
+}
 
 /**
  * The Io of the real process. The standard streams are made on first use:
  * Node builds process.stdin at the first touch (a couple of milliseconds at
- * start-up), and many runs never read it.
+ * start-up), and many runs never read it. A stage's pipes, sockets and files
+ * are read and written directly (stdio.ts); a program in LONG_RUNNING and a
+ * terminal get Node's streams.
  */
-export function processIo(): Io {
+export function processIo(program: ProgramName): Io {
+  const direct = (fd: number) => !LONG_RUNNING.has(program) && isPlainStream(fd);
+  let stdout: Writable | undefined;
+  let stderr: Writable | undefined;
   return {
     get stdin() {
-      stdinUsed = true;
-      return process.stdin;
+      return (stdinMade ??= direct(0) ? new FdReader(0, () => process.stdin) : process.stdin);
     },
     get stdout() {
-      return process.stdout;
+      return (stdout ??= ignoringEpipe(direct(1) ? new FdWriter(1, () => process.stdout) : process.stdout));
     },
     get stderr() {
-      return process.stderr;
+      return (stderr ??= ignoringEpipe(direct(2) ? new FdWriter(2, () => process.stderr) : process.stderr));
     },
     env: process.env,
     cwd: process.cwd(),
@@ -40,17 +53,13 @@ export function processIo(): Io {
  * runner drains the input instead: stage.ts.)
  */
 function doneWithStdin(): void {
-  if (stdinUsed && !process.stdin.readableEnded) process.stdin.destroy();
+  if (stdinMade && !stdinMade.readableEnded) stdinMade.destroy();
 }
 
 /** Run a toolkit program as this process, with the exit code semantics of DESIGN.md 2. */
 export function launch(program: ProgramName): void {
-  const io = processIo();
+  const io = processIo(program);
   const format = logFormatIn(process.argv);
-  // A closed stdout (| head) is the reader's choice, not our failure.
-  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
-    if (e.code !== 'EPIPE') throw e;
-  });
   let answered = false;
   loadProgram(program)
     .then((main) => main(process.argv.slice(2), io))

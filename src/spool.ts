@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { finished } from 'node:stream/promises';
 import { join } from 'node:path';
 import { Readable, Writable } from 'node:stream';
+import { FdWriter } from './stdio.js';
 
 export interface SpoolOptions {
   /** Bytes kept in memory before spilling to a file. */
@@ -101,8 +102,8 @@ export class BufferPool {
 /**
  * `out`, written through a stream that tells `pools` each chunk is consumed
  * once out's write of it is done. Only for a destination that holds no
- * chunk after its write callback (a file, process.stdout), never one that
- * passes chunks on to a reader (a PassThrough).
+ * chunk after its write callback (a file, process.stdout, a stage's stdout
+ * from stdio.ts), never one that passes chunks on to a reader (a PassThrough).
  */
 export function handingBack(out: Writable, ...pools: BufferPool[]): Writable {
   const w = new Writable({
@@ -121,8 +122,13 @@ export function handingBack(out: Writable, ...pools: BufferPool[]): Writable {
   return w;
 }
 
-/** Whether chunks written to `out` are done with once its write callback has run (see handingBack). */
-export const writesThrough = (out: Writable) => out === process.stdout || out instanceof WriteStream;
+/**
+ * Whether chunks written to `out` are done with once its write callback has
+ * run (see handingBack). process.stdout is known by its documented fd, 1:
+ * reading process.stdout would make it, loading net for a pipe and leaving
+ * the descriptor non-blocking under a stage's FdWriter.
+ */
+export const writesThrough = (out: Writable) => out instanceof WriteStream || out instanceof FdWriter || (out as { fd?: unknown }).fd === 1;
 
 /**
  * A file or pipe read in sequence into buffers from `pool` (each chunk a view

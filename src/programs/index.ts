@@ -21,6 +21,12 @@ export const PROGRAMS = [
 ] as const;
 export type ProgramName = (typeof PROGRAMS)[number];
 
+/**
+ * The programs that run as daemons or serve a connection on stdin and stdout
+ * (--inetd): their standard streams are Node's, never blocking (run.ts).
+ */
+export const LONG_RUNNING: ReadonlySet<ProgramName> = new Set(['server-receive', 'post-office', 'smtp-receive', 'run-queue']);
+
 export function isProgram(name: string): name is ProgramName {
   return (PROGRAMS as readonly string[]).includes(name);
 }
