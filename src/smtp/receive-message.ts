@@ -29,6 +29,8 @@ export interface Client {
   tls?: string;
   /** The authenticated user (submission). */
   user?: string;
+  /** The handler's environment: the server's, with this session's IMA_SESSION_ID, IMA_PEER_ADDRESS and IMA_SMTP_USER. */
+  env: Readonly<Record<string, string | undefined>>;
 }
 
 export interface Envelope {
@@ -137,7 +139,7 @@ async function hand(m: MessageParts, argv: string[], s: MessageSettings, c: Clie
   const code = await runStage({
     argv,
     inProcess: s.inProcess,
-    env: { ...s.env, IMA_SESSION_ID: c.sessionId, IMA_PEER_ADDRESS: c.ip, IMA_SMTP_USER: c.user },
+    env: c.env,
     cwd: s.cwd,
     input: toCmd,
     onLine: (l) => {

@@ -60,6 +60,7 @@ export class Sessions {
   private readonly inFlight = new Set<Promise<void>>();
   private readonly counted = new Set<string>();
   private readonly messages = new Map<string, number>();
+  private readonly envs = new Map<string, { base: object; user?: string; env: Readonly<Record<string, string | undefined>> }>();
 
   constructor(
     private readonly settings: () => SessionSettings,
@@ -109,6 +110,20 @@ export class Sessions {
   private close(session: SMTPServerSession): void {
     if (this.counted.delete(session.id)) this.perAddress.leave(session.remoteAddress);
     this.messages.delete(session.id);
+    this.envs.delete(session.id);
+  }
+
+  /**
+   * The handler environment of a session's messages, made at its first one
+   * and again after a reload or a login: spreading the server's ~40
+   * variables per message took 7 us. Frozen, as its runs share it.
+   */
+  private handlerEnv(session: SMTPServerSession, s: SessionSettings, user: string | undefined): Readonly<Record<string, string | undefined>> {
+    const made = this.envs.get(session.id);
+    if (made && made.base === s.env && made.user === user) return made.env;
+    const env = Object.freeze({ ...s.env, IMA_SESSION_ID: session.id, IMA_PEER_ADDRESS: session.remoteAddress, IMA_SMTP_USER: user });
+    this.envs.set(session.id, { base: s.env, user, env });
+    return env;
   }
 
   private async auth(
@@ -210,6 +225,7 @@ export class Sessions {
       esmtp: session.openingCommand !== 'HELO',
       tls,
       user,
+      env: this.handlerEnv(session, s, user),
     };
     const envelope = { from: session.envelope.mailFrom ? session.envelope.mailFrom.address : '', to: session.envelope.rcptTo.map((r) => r.address) };
     const rules = user ? (s.users.get(user)?.senders ?? []) : [];
