@@ -19,6 +19,26 @@ function ignoringEpipe<W extends Writable>(w: W): W {
 }
 
 /**
+ * A standard output of the process, made at first use: a stage's pipe,
+ * socket or file is written directly (stdio.ts), anything else by Node's
+ * stream. In a stage, process.stdout (or stderr) is then that same writer:
+ * Node's pipe() reads process.stdout and process.stderr at every call (to
+ * leave them open), and a package may console.log; either would otherwise
+ * build Node's stream beside ours (for a pipe: net, and O_NONBLOCK on the
+ * descriptor). A server's are Node's, made at once so that their EPIPE
+ * handler is on before anything writes.
+ */
+function standardOutput(name: 'stdout' | 'stderr', fd: 1 | 2, stage: boolean): () => Writable {
+  const nodeGet = Object.getOwnPropertyDescriptor(process, name)?.get;
+  const node = () => (nodeGet ? (nodeGet.call(process) as Writable) : process[name]);
+  let made: Writable | undefined;
+  const get = () => (made ??= ignoringEpipe(stage && isPlainStream(fd) ? new FdWriter(fd, node) : node()));
+  if (!stage) get();
+  else if (nodeGet) Object.defineProperty(process, name, { configurable: true, enumerable: true, get });
+  return get;
+}
+
+/**
  * The Io of the real process. The standard streams are made on first use:
  * Node builds process.stdin at the first touch (a couple of milliseconds at
  * start-up), and many runs never read it. A stage's pipes, sockets and files
@@ -26,18 +46,18 @@ function ignoringEpipe<W extends Writable>(w: W): W {
  * terminal get Node's streams.
  */
 export function processIo(program: ProgramName): Io {
-  const direct = (fd: number) => !LONG_RUNNING.has(program) && isPlainStream(fd);
-  let stdout: Writable | undefined;
-  let stderr: Writable | undefined;
+  const stage = !LONG_RUNNING.has(program);
+  const stdout = standardOutput('stdout', 1, stage);
+  const stderr = standardOutput('stderr', 2, stage);
   return {
     get stdin() {
-      return (stdinMade ??= direct(0) ? new FdReader(0, () => process.stdin) : process.stdin);
+      return (stdinMade ??= stage && isPlainStream(0) ? new FdReader(0, () => process.stdin) : process.stdin);
     },
     get stdout() {
-      return (stdout ??= ignoringEpipe(direct(1) ? new FdWriter(1, () => process.stdout) : process.stdout));
+      return stdout();
     },
     get stderr() {
-      return (stderr ??= ignoringEpipe(direct(2) ? new FdWriter(2, () => process.stderr) : process.stderr));
+      return stderr();
     },
     env: process.env,
     cwd: process.cwd(),
