@@ -142,7 +142,7 @@ async function build() {
     // import() too: a vm.Script has no module loader for it.
     const cjs = await transform(file.text, { format: 'cjs', platform: 'node', target: 'node20', supported: { 'dynamic-import': false }, logLevel: 'warning' });
     chunks.set(basename(file.path), {
-      code: exportsInPlace(cjs.code, file.path),
+      code: lazyBuiltinsUnwrapped(exportsInPlace(cjs.code, file.path)),
       // The transform drops esbuild's per-module comments: each file names its modules at the top instead.
       modules: Object.keys(meta.inputs),
       imports: meta.imports.filter((i) => i.kind === 'import-statement' && !i.external).map((i) => basename(i.path)),
@@ -192,6 +192,19 @@ function exportsInPlace(code, file) {
     return code;
   }
   return code.replace(line, 'module.exports = __defProp($1, "__esModule", { value: true });');
+}
+
+/**
+ * esbuild reads a default or namespace import of a Node module through
+ * __toESM(require(...)), which lists the module's keys at once, loading it
+ * with the chunk. For the modules boot.cjs loads lazily (LAZY_BUILTINS) the
+ * require() alone is kept: boot.cjs's stand-in answers `default` with the
+ * module, as __toESM's object did. nodemailer's imports had every
+ * mime-to-ima and ima-to-mime start load net, http, https and zlib (5 ms).
+ */
+function lazyBuiltinsUnwrapped(code) {
+  const { LAZY_BUILTINS } = boot();
+  return code.replace(/__toESM\(require\("(node:[a-z_]+)"\)\)/g, (call, id) => (LAZY_BUILTINS.has(id) ? `require("${id}")` : call));
 }
 
 /** Write a bundle file: its first line the sha256 of the rest, then `listing` (comment lines), then the code wrapped as boot.cjs runs it. */

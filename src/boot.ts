@@ -111,20 +111,35 @@ export function loadUnit(file: string, req: (id: string) => unknown, useCache = 
 }
 
 // Node modules the toolkit's code imports at its top level that many runs
-// never use (child_process alone brings net and dgram): loaded at the first
-// touch of one of their exports. esbuild's CommonJS output reads an import's
-// exports at each use (import_x.name), so a stand-in that forwards every
-// access behaves as the module does.
-const LAZY_BUILTINS = new Set(['node:child_process', 'node:crypto', 'node:os', 'node:net', 'node:tls', 'node:dns', 'node:readline', 'node:zlib']);
+// never use (child_process alone brings net and dgram; nodemailer imports
+// net, http, https and zlib): loaded at the first touch of one of their
+// exports. esbuild's CommonJS output reads an import's exports at each use
+// (import_x.name), so a stand-in that forwards every access behaves as the
+// module does. A default or namespace import esbuild wraps in
+// __toESM(require(...)), which lists every key at once and so loads the
+// module: the build leaves these modules unwrapped (scripts/bundle.mjs), and
+// the stand-in's `default` is the module itself, as __toESM's was.
+export const LAZY_BUILTINS: ReadonlySet<string> = new Set([
+  'node:child_process',
+  'node:crypto',
+  'node:os',
+  'node:net',
+  'node:tls',
+  'node:dns',
+  'node:readline',
+  'node:zlib',
+  'node:http',
+  'node:https',
+]);
 
-/** A stand-in for a module object that loads it when anything is asked of it. */
+/** A stand-in for a module object that loads it when anything is asked of it; its `default` is the module. */
 export function lazyModule(load: () => object): object {
   let real: object | undefined;
   const it = () => (real ??= load());
   return new Proxy(
     {},
     {
-      get: (_t, k) => Reflect.get(it(), k),
+      get: (_t, k) => (k === 'default' ? it() : Reflect.get(it(), k)),
       has: (_t, k) => Reflect.has(it(), k),
       ownKeys: () => Reflect.ownKeys(it()),
       getOwnPropertyDescriptor: (_t, k) => {

@@ -107,6 +107,22 @@ describe('boot', () => {
     for (const p of ['mailparser', 'mailauth', 'nodemailer', 'smtp-server']) assert.ok(!cert.packages.includes(p), `make-cert reads ${p}`);
   });
 
+  it("a conversion loads no network module: nodemailer's imports of net, http, https and zlib stay stand-ins", async () => {
+    // A preload that says at exit which of Node's modules the process loaded.
+    const dir = tempDir();
+    const preload = join(dir, 'loaded.cjs');
+    writeFileSync(preload, "process.on('exit', () => require('node:fs').writeSync(2, '\\nLOADED ' + process.moduleLoadList.join(',')));\n");
+    const made = await runCommand(join(ROOT, 'bin', 'make-message'), ['-r', 'alice@a.test', '--text', 'Hi\n', 'bob@b.test'], { env: testEnv() });
+    assert.equal(made.code, 0, made.stderr);
+    const toMime = await runCommand(process.execPath, ['-r', preload, join(ROOT, 'bin', 'ima-to-mime')], { env: testEnv(), input: made.stdout });
+    const toIma = await runCommand(process.execPath, ['-r', preload, join(ROOT, 'bin', 'mime-to-ima')], { env: testEnv(), input: toMime.stdout });
+    for (const [name, r] of Object.entries({ 'ima-to-mime': toMime, 'mime-to-ima': toIma })) {
+      assert.equal(r.code, 0, r.stderr);
+      const loaded = /LOADED (.*)$/.exec(r.stderr)![1].split(',');
+      for (const m of ['net', 'http', 'https', 'zlib', 'tls']) assert.ok(!loaded.includes(`NativeModule ${m}`), `${name} loaded ${m}`);
+    }
+  });
+
   it('a rebuilt bundle ignores the old cache and runs the new code', async () => {
     const root = install();
     const file = chunkWith(root, 'configuration OK');
@@ -265,6 +281,8 @@ describe('boot', () => {
     assert.equal('join' in lazy, true);
     assert.deepEqual(Object.keys(lazy).sort(), Object.keys(real).sort());
     assert.equal(Object.getOwnPropertyDescriptor(lazy, 'sep')?.value, real.sep);
+    // What esbuild's default import reads: the module itself.
+    assert.equal((lazy as unknown as { default: unknown }).default, real);
     assert.equal(loads, 1);
   });
 });
