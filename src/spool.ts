@@ -124,9 +124,9 @@ export function handingBack(out: Writable, ...pools: BufferPool[]): Writable {
 
 /**
  * Whether chunks written to `out` are done with once its write callback has
- * run (see handingBack). process.stdout is known by its documented fd, 1:
- * reading process.stdout would make it, loading net for a pipe and leaving
- * the descriptor non-blocking under a stage's FdWriter.
+ * run (see handingBack). Node's process.stdout is known by its documented
+ * fd, 1, without reading process.stdout: that would make the stream when the
+ * program writes elsewhere (for a pipe, loading net).
  */
 export const writesThrough = (out: Writable) => out instanceof WriteStream || out instanceof FdWriter || (out as { fd?: unknown }).fd === 1;
 
