@@ -305,20 +305,21 @@ async function decodeBody(raw: Part, part: AttachmentStream, store: SpoolStore):
   const unflow = () => (flowed ? [new FlowedDecoder({ delSp: params.delsp?.toLowerCase() === 'yes' }) as unknown as Transform] : []);
   const { decoder, known } = charsetDecoder(params.charset);
   if (decoder) return decodeStream(source, [...unflow(), decoder], known, store);
+  // Text declared UTF-8 or ASCII that turns out not to be UTF-8 is decoded again, as windows-1252 (most such legacy text is).
+  const asWindows1252 = () => decodeStream(raw.open(), [...unflow(), charsetDecoder('windows-1252').decoder!], false, store);
   if (!flowed) {
     // Declared UTF-8 or ASCII (or nothing), and spooled: one read checks it and counts what LF line ends make of
     // it; they are made again as it is written, not spooled a second time (a 1 MB body went to disk twice).
     const text = await lfTextOf(source as Readable, store.readBuffers);
-    if (!text.utf8) return decodeStream(raw.open(), [charsetDecoder('windows-1252').decoder!], false, store);
+    if (!text.utf8) return asWindows1252();
     const part = { size: text.size, open: () => chain(raw.open(), [new CrlfToLf({ loneCr: 'lf', pool: store.readBuffers })]) };
     return { part: text.size > 0 ? part : undefined, lossless: known, last: text.last };
   }
-  // Flowed, declared UTF-8 or ASCII (or nothing): taken as it is while checked in the same pass. Text that turns
-  // out not to be UTF-8 is decoded again, as windows-1252 (most such legacy text is); the first try stays unused.
+  // Flowed, declared UTF-8 or ASCII (or nothing): taken as it is while checked in the same pass; the first try
+  // stays unused if the check fails.
   const check = new Utf8Validator();
   const asIs = await decodeStream(source, [check, ...unflow()], known, store);
-  if (check.valid) return asIs;
-  return decodeStream(raw.open(), [...unflow(), charsetDecoder('windows-1252').decoder!], false, store);
+  return check.valid ? asIs : asWindows1252();
 }
 
 /** Spool a text part through its decoding stages and CRLF -> LF. */
