@@ -30,6 +30,11 @@ export interface SessionSettings extends MessageSettings {
   loginFailureDecay: number;
 }
 
+interface SessionState {
+  messages: number;
+  env?: { base: object; user?: string; value: Readonly<Record<string, string | undefined>> };
+}
+
 type Hooks = Required<Pick<SMTPServerOptions, 'onConnect' | 'onSecure' | 'onAuth' | 'onMailFrom' | 'onRcptTo' | 'onData' | 'onClose'>>;
 
 function guardLimits(s: SessionSettings): GuardLimits {
@@ -59,8 +64,8 @@ export class Sessions {
   private dummy: { users: ReadonlyMap<string, User>; hash: string } | undefined;
   private readonly inFlight = new Set<Promise<void>>();
   private readonly counted = new Set<string>();
-  private readonly messages = new Map<string, number>();
-  private readonly envs = new Map<string, { base: object; user?: string; env: Readonly<Record<string, string | undefined>> }>();
+  /** What each open session has had so far: its messages, and its handlers' environment (handlerEnv). */
+  private readonly sessions = new Map<string, SessionState>();
 
   constructor(
     private readonly settings: () => SessionSettings,
@@ -109,8 +114,7 @@ export class Sessions {
 
   private close(session: SMTPServerSession): void {
     if (this.counted.delete(session.id)) this.perAddress.leave(session.remoteAddress);
-    this.messages.delete(session.id);
-    this.envs.delete(session.id);
+    this.sessions.delete(session.id);
   }
 
   /**
@@ -119,11 +123,18 @@ export class Sessions {
    * variables per message took 7 us. Frozen, as its runs share it.
    */
   private handlerEnv(session: SMTPServerSession, s: SessionSettings, user: string | undefined): Readonly<Record<string, string | undefined>> {
-    const made = this.envs.get(session.id);
-    if (made && made.base === s.env && made.user === user) return made.env;
-    const env = Object.freeze({ ...s.env, IMA_SESSION_ID: session.id, IMA_PEER_ADDRESS: session.remoteAddress, IMA_SMTP_USER: user });
-    this.envs.set(session.id, { base: s.env, user, env });
-    return env;
+    const state = this.stateOf(session);
+    const made = state.env;
+    if (made && made.base === s.env && made.user === user) return made.value;
+    const value = Object.freeze({ ...s.env, IMA_SESSION_ID: session.id, IMA_PEER_ADDRESS: session.remoteAddress, IMA_SMTP_USER: user });
+    state.env = { base: s.env, user, value };
+    return value;
+  }
+
+  private stateOf(session: SMTPServerSession): SessionState {
+    let state = this.sessions.get(session.id);
+    if (!state) this.sessions.set(session.id, (state = { messages: 0 }));
+    return state;
   }
 
   private async auth(
@@ -213,8 +224,7 @@ export class Sessions {
 
   private data(stream: SMTPServerDataStream, session: SMTPServerSession, cb: (e?: Error | null, message?: string) => void): void {
     const s = this.settings();
-    const n = (this.messages.get(session.id) ?? 0) + 1;
-    this.messages.set(session.id, n);
+    const n = ++this.stateOf(session).messages;
     const tls =
       session.secure && session.tlsOptions ? `${(session.tlsOptions as { version?: string }).version ?? ''} ${session.tlsOptions.name}`.trim() : undefined;
     const user = session.user ? String(session.user) : undefined;
