@@ -60,9 +60,8 @@ export class FdReader extends Readable {
     try {
       n = readSync(this.fd, this.buf, 0, this.buf.length, null);
     } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code === 'EAGAIN') return this.handOver();
-      if (code === 'EINTR') return this._read(); // a signal's handler runs first
+      // No EINTR to retry: libuv installs signal handlers with SA_RESTART, so read(2) goes on.
+      if ((e as NodeJS.ErrnoException).code === 'EAGAIN') return this.handOver();
       this.destroy(e as Error);
       return;
     }
