@@ -13,9 +13,11 @@ import { config, dir, hash, pki, startReceive, swaks } from './receive-fixture.j
 
 const out = join(dir, 'submitted');
 mkdirSync(out, { recursive: true });
-// Stands in for the queue: keeps the message and its arguments, prints a queue id.
+// Stands in for the queue: keeps the message, its arguments and its IMA_ variables, prints a queue id.
 const queue = join(dir, 'fake-queue.sh');
-writeFileSync(queue, `#!/bin/sh\nid=q$$\ncat > ${out}/$id.ima\necho "$@" > ${out}/$id.args\necho $id\n`, { mode: 0o755 });
+writeFileSync(queue, `#!/bin/sh\nid=q$$\ncat > ${out}/$id.ima\necho "$@" > ${out}/$id.args\nenv | grep '^IMA_' | sort > ${out}/$id.env\necho $id\n`, {
+  mode: 0o755,
+});
 
 const submitted = () => readdirSync(out).filter((f) => f.endsWith('.ima'));
 const tarHeaders = (file: string) => {
@@ -154,6 +156,50 @@ senders = ["alice@b.test", "@sales.b.test"]
     sub = await startReceive(file, ['--implicit-tls']);
   });
   after(() => sub.stop());
+
+  it("gives the command the session's id, the client's address and the user, the same for each message of a session", async () => {
+    const s = tls.connect({ host: '127.0.0.1', port: sub.port, servername: 'mx.b.test', ca: readFileSync(pki.caFile) });
+    s.on('error', () => {});
+    let got = '';
+    s.on('data', (d: Buffer) => (got += d));
+    /** Send `line` (if any), then wait for a reply matching re; what was said since the last step. */
+    const step = (line: string | undefined, re: RegExp) =>
+      new Promise<string>((res, rej) => {
+        got = '';
+        if (line !== undefined) s.write(line);
+        const t = setTimeout(() => rej(new Error(`no ${re} in ${JSON.stringify(got)}`)), 20_000);
+        const check = () => {
+          if (!re.test(got)) return;
+          clearTimeout(t);
+          s.off('data', check);
+          res(got);
+        };
+        s.on('data', check);
+        check();
+      });
+    await step(undefined, /^220 /m);
+    await step('EHLO client.a.test\r\n', /^250 /m);
+    await step(`AUTH PLAIN ${Buffer.from('\0alice\0secret').toString('base64')}\r\n`, /^235 /m);
+    const ids: string[] = [];
+    for (const n of [1, 2]) {
+      await step('MAIL FROM:<alice@b.test>\r\n', /^250 /m);
+      await step('RCPT TO:<x@elsewhere.test>\r\n', /^250 /m);
+      await step('DATA\r\n', /^354 /m);
+      const said = await step(`From: alice@b.test\r\nTo: x@elsewhere.test\r\nSubject: ${n}\r\n\r\nhello ${n}\r\n.\r\n`, /^250 .*accepted as (q\d+)/m);
+      ids.push(/accepted as (q\d+)/.exec(said)![1]);
+    }
+    s.end();
+    const envs = ids.map((id) => readFileSync(join(out, `${id}.env`), 'utf8'));
+    const session = /^IMA_SESSION_ID=(\S+)$/m.exec(envs[0])?.[1];
+    assert.ok(session, envs[0]);
+    for (const [i, env] of envs.entries()) {
+      assert.match(env, /^IMA_SMTP_USER=alice$/m);
+      assert.match(env, /^IMA_PEER_ADDRESS=127\.0\.0\.1$/m);
+      assert.equal(/^IMA_SESSION_ID=(\S+)$/m.exec(env)?.[1], session, 'one session, one id');
+      // The id the received line gives this message: the session's, then the message's number in it.
+      assert.match(tarHeaders(`${ids[i]}.ima`), new RegExp(`^received: .* id ${session}\\.${i + 1} user alice; `, 'm'));
+    }
+  });
 
   it('refuses a MAIL FROM outside the user rules with 550 5.7.1 naming the rule', async () => {
     const r = await swaks(sub.port, ['--tlsc', ...AUTH, '--from', 'bob@b.test', '--to', 'x@elsewhere.test', '--quit-after', 'MAIL']);
