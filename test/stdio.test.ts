@@ -1,12 +1,12 @@
 // A stage's standard streams as a process (src/stdio.ts): what it writes
 // reaches its reader whole, however slowly the reader reads and whether the
 // parent left the pipe blocking or not; what it logs reaches a pipe on
-// stderr; a reader that closes early gets the program's usual answer.
+// stderr; a closed reader of its result line is not its failure.
 // (stdin of every kind: run.test.ts.)
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { BIN, runBin, runCommand, tempDir, testEnv } from './helpers.js';
@@ -60,6 +60,28 @@ describe('stdio: a stage writing to a pipe', () => {
       assert.ok(readFileSync(out).equals(expected), 'the same bytes as written to a file');
     });
   }
+
+  it(
+    'stores the message and exits 0 when its stdout has no reader left: EPIPE on the result line is not a failure',
+    { skip: !python && 'python3 not here' },
+    async () => {
+      // A pipe whose read end is closed before the program starts: its result line meets EPIPE, every time.
+      const box = join(dir, 'no-reader');
+      for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(box, f), { recursive: true });
+      const script = [
+        'import os, subprocess, sys',
+        'r, w = os.pipe()',
+        'os.close(r)',
+        'p = subprocess.run(sys.argv[2:], stdin=open(sys.argv[1], "rb"), stdout=w, stderr=subprocess.PIPE)',
+        'sys.stderr.buffer.write(p.stderr)',
+        'sys.exit(p.returncode)',
+      ].join('\n');
+      const r = await runCommand('python3', ['-c', script, join(dir, 'to-file.ima'), join(BIN, 'give-recipient'), box], { env: testEnv() });
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stderr, '');
+      assert.equal(readdirSync(join(box, 'new')).length, 1, 'the message is stored');
+    },
+  );
 
   it('logs to a pipe on stderr', async () => {
     // A socket pair here (Node's), as a server's stage has.
