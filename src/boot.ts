@@ -130,6 +130,8 @@ export const LAZY_BUILTINS: ReadonlySet<string> = new Set([
   'node:zlib',
   'node:http',
   'node:https',
+  'node:perf_hooks',
+  'node:v8',
 ]);
 
 /** A stand-in for a module object that loads it when anything is asked of it; its `default` is the module. */
