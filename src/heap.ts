@@ -20,20 +20,20 @@ import { getHeapSpaceStatistics, setFlagsFromString } from 'node:v8';
 export const YOUNG_GENERATION_LIMIT = 4 * 1024 * 1024;
 
 /** The young generation's size now, in bytes. */
-export function youngGenerationSize(): number {
+function youngGenerationSize(): number {
   return getHeapSpaceStatistics().find((s) => s.space_name === 'new_space')?.space_size ?? 0;
 }
 
 /**
- * From the first collection that finds the young generation at `limit` or
- * more, V8 no longer grows it. Changing a flag changes the hash V8 checks a
- * code cache against: code compiled after that (a chunk or Node module first
- * loaded then) compiles from source, once. V8 grows the young generation by
- * doubling it from 1 MiB, so it stops at `limit` if that is a power of two.
+ * From the first collection that finds the young generation at
+ * YOUNG_GENERATION_LIMIT or more, V8 no longer grows it (V8 doubles it from
+ * 1 MiB, so it stops at the limit, a power of two). Changing a flag changes
+ * the hash V8 checks a code cache against: code compiled after that (a chunk
+ * or Node module first loaded then) compiles from source, once.
  */
-export function capYoungGeneration(limit = YOUNG_GENERATION_LIMIT): void {
+export function capYoungGeneration(): void {
   const observer = new PerformanceObserver(() => {
-    if (youngGenerationSize() < limit) return;
+    if (youngGenerationSize() < YOUNG_GENERATION_LIMIT) return;
     observer.disconnect();
     setFlagsFromString('--semi-space-growth-factor=1');
   });
