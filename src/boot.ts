@@ -114,9 +114,9 @@ export function loadUnit(file: string, req: (id: string) => unknown, useCache = 
 // never use (child_process alone brings net and dgram; nodemailer imports
 // net, http, https and zlib; heap.ts's v8, 2.4 ms to load, and perf_hooks
 // serve only the long-running programs): loaded at the first touch of one
-// of their exports. esbuild's CommonJS output reads an import's exports at each use
-// (import_x.name), so a stand-in that forwards every access behaves as the
-// module does. A default or namespace import esbuild wraps in
+// of their exports. esbuild's CommonJS output reads an import's exports at
+// each use (import_x.name), so a stand-in that forwards every access behaves
+// as the module does. A default or namespace import esbuild wraps in
 // __toESM(require(...)), which lists every key at once and so loads the
 // module: the build leaves these modules unwrapped (scripts/bundle.mjs), and
 // the stand-in's `default` is the module itself, as __toESM's was.

@@ -44,6 +44,37 @@ test("server-receive tells the handler and the received line whether from's doma
   assert.match(seen[1].received, /^from a\.test \(127\.0\.0\.1; cert sha256 [0-9a-f]{16}; from not aligned\) by b\.test /);
 });
 
+test("server-receive gives each message of a session its own sender's domain and alignment, and the session's id", async () => {
+  const out = outDir();
+  const s = await server({ handler: ['node', HANDLER, 'ok', out] });
+  // One client certificate for two mailer domains: one session carries mail of both.
+  const c = await connect(s.port, pki.server('a.test', { also: ['c.test'] }));
+  const as = (domain: string, from: string) =>
+    basicFields().map(([k, v]): [string, string] => (k === 'mailer' ? [k, domain] : k === 'from' ? [k, from] : [k, v]));
+  for (const [domain, from] of [
+    ['a.test', 'alice@a.test'],
+    ['c.test', 'carol@c.test'],
+    ['a.test', 'alice@a.test'],
+    ['c.test', 'alice@a.test'],
+  ]) {
+    const r = await deliver(c, await message(as(domain, from)));
+    assert.equal(r.result?.word, 'OK', JSON.stringify(r));
+  }
+  await c.done();
+  const envs = [0, 1, 2, 3].map((n) => JSON.parse(readFileSync(join(out, `${n}.env`), 'utf8')) as Record<string, string>);
+  assert.deepEqual(
+    envs.map((e) => [e.IMA_PEER_DOMAIN, e.IMA_FROM_ALIGNED]),
+    [
+      ['a.test', 'yes'],
+      ['c.test', 'yes'],
+      ['a.test', 'yes'],
+      ['c.test', 'no'],
+    ],
+  );
+  assert.equal(new Set(envs.map((e) => e.IMA_SESSION_ID)).size, 1);
+  assert.match(envs[0].IMA_SESSION_ID, /\S/);
+});
+
 test('server-receive --log-format json and metrics: one JSON object per line, and the scraped numbers match real deliveries', async () => {
   const out = outDir();
   const file = join(out, 'server-receive.toml');
