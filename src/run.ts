@@ -2,7 +2,7 @@
 // calls launch(); servers run programs in-process through stage.ts.
 import type { Readable, Writable } from 'node:stream';
 import { EXIT, reportFailure } from './failure.js';
-import { capYoungGeneration } from './heap.js';
+import { boundServerHeap } from './heap.js';
 import type { Io } from './io.js';
 import { logFormatIn } from './log.js';
 import { LONG_RUNNING, type ProgramName, loadProgram } from './programs/index.js';
@@ -80,7 +80,7 @@ function doneWithStdin(): void {
 /** Run a toolkit program as this process, with the exit code semantics of DESIGN.md 2. */
 export function launch(program: ProgramName): void {
   const io = processIo(program);
-  if (LONG_RUNNING.has(program)) capYoungGeneration();
+  if (LONG_RUNNING.has(program)) boundServerHeap();
   const format = logFormatIn(process.argv);
   let answered = false;
   loadProgram(program)
