@@ -7,7 +7,9 @@
 //                     dynamically imported package (yargs for --help and
 //                     errors, mailauth for verdicts), and shared chunks,
 //                     one per set of entries that use the same code;
-//   *.cjs.cache       a V8 code cache of each, made here by a training run.
+//   *.cjs.cache       a V8 code cache of each, made here by a training run;
+//   ima.cjs.check.cache  the pack's cache trained on a recipient check alone
+//                     (boot.ts, CHECK_CACHE).
 // A profile of idle programs put a third of their RSS and most of their
 // start in code they never ran: the whole toolkit (570 KB, its cache 460 KB)
 // and, at the first package used, every package (5.8 MB) in one file. esbuild
@@ -158,7 +160,9 @@ async function build() {
     for (const i of chunks.get(name).imports) reach(i);
   };
   for (const [name] of chunks) if (name === 'main.cjs' || PACKED_PROGRAMS.some((p) => name.startsWith(`${p}-`))) reach(name);
-  const bodies = [...packed].map((name) => `${JSON.stringify(name)}: function (exports, require, module, __filename, __dirname, __imaUrl) {\n${chunks.get(name).code}},\n`);
+  const bodies = [...packed].map(
+    (name) => `${JSON.stringify(name)}: function (exports, require, module, __filename, __dirname, __imaUrl) {\n${chunks.get(name).code}},\n`,
+  );
   const listing = (names) => [...new Set(names.flatMap((n) => chunks.get(n).modules))].map((m) => `// ${m}\n`).join('');
   mark(join(OUT, PACK), listing([...packed]), `module.exports.__imaPack = {\n${bodies.join('')}};\n`);
   for (const [name, chunk] of chunks) if (!packed.has(name)) mark(join(OUT, name), listing([name]), chunk.code);
@@ -227,13 +231,12 @@ function mark(file, listing, unwrapped) {
  * its cache holds at least its top level.
  */
 async function train() {
-  const { loadBundle, cacheHeader } = boot();
+  const { loadBundle, cacheHeader, CHECK_CACHE } = boot();
   const bundle = loadBundle(OUT, false);
   const { PROGRAMS, loadProgram } = bundle.core.exports;
   const msg = readFileSync(0);
   const saved = new Set();
-  const save = (unit) => {
-    const file = `${unit.file}.cache`;
+  const save = (unit, file = `${unit.file}.cache`) => {
     if (saved.has(file)) return;
     saved.add(file);
     writeFileSync(file, Buffer.concat([Buffer.from(cacheHeader(unit.buildId), 'latin1'), unit.script.createCachedData()]));
@@ -241,6 +244,9 @@ async function train() {
   };
   try {
     if (msg.length === 0) throw new Error('no message to deliver');
+    // First a recipient check alone, for the pack's check cache (boot.ts, CHECK_CACHE): what it compiled and no more.
+    await withScratch((dir, run) => run('handle-incoming-mail', ['--config', join(dir, 'him.toml'), '--check'], msg), loadProgram);
+    save(bundle.units.get(PACK), join(OUT, CHECK_CACHE));
     await exercise(loadProgram, msg, false);
     save(bundle.units.get(PACK));
     await exercise(loadProgram, msg, true);
@@ -281,19 +287,9 @@ const MIME_SAMPLE = [
 
 /** The stages' usual runs, in a scratch directory: give-recipient --clean and a delivery, handle-incoming-mail --check and a delivery; or --help and a MIME conversion each way. */
 async function exercise(loadProgram, msg, help) {
-  const dir = mkdtempSync(join(tmpdir(), 'ima-train-'));
-  try {
+  await withScratch(async (dir, run) => {
     const box = join(dir, 'bob');
-    for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(box, f), { recursive: true });
     const cfg = join(dir, 'him.toml');
-    writeFileSync(cfg, `[domains."b.test"]\ncommand = ["give-recipient", "--address", "{address}", ${JSON.stringify(box)}]\nusers = ["bob"]\n`);
-    const run = async (name, args, input) => {
-      const stdout = new Writable({ write: (_c, _e, cb) => cb() });
-      const stderr = new Writable({ write: (_c, _e, cb) => cb() });
-      const env = { IMA_CONFIG_DIR: '/nonexistent', IMA_ALLOW_ROOT: '1', HOME: '/nonexistent', PATH: process.env.PATH };
-      const code = await (await loadProgram(name))(args, { stdin: Readable.from(input ? [input] : []), stdout, stderr, env, cwd: dir });
-      if (code !== 0) throw new Error(`training run ${name} ${args.join(' ')} exited ${code}`);
-    };
     if (help) {
       // The other programs' usual first steps: --help (yargs), a MIME conversion each way.
       await run('give-recipient', ['--help']);
@@ -305,6 +301,27 @@ async function exercise(loadProgram, msg, help) {
     await run('give-recipient', ['--address', 'bob@b.test', box], msg);
     await run('handle-incoming-mail', ['--config', cfg, '--check'], msg);
     await run('handle-incoming-mail', ['--config', cfg], msg);
+  }, loadProgram);
+}
+
+/** Run `job` in a scratch directory holding a mailbox DIR/bob and DIR/him.toml routing bob@b.test to it; `run` runs a program in-process. */
+async function withScratch(job, loadProgram) {
+  const dir = mkdtempSync(join(tmpdir(), 'ima-train-'));
+  try {
+    const box = join(dir, 'bob');
+    for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(box, f), { recursive: true });
+    writeFileSync(
+      join(dir, 'him.toml'),
+      `[domains."b.test"]\ncommand = ["give-recipient", "--address", "{address}", ${JSON.stringify(box)}]\nusers = ["bob"]\n`,
+    );
+    const run = async (name, args, input) => {
+      const stdout = new Writable({ write: (_c, _e, cb) => cb() });
+      const stderr = new Writable({ write: (_c, _e, cb) => cb() });
+      const env = { IMA_CONFIG_DIR: '/nonexistent', IMA_ALLOW_ROOT: '1', HOME: '/nonexistent', PATH: process.env.PATH };
+      const code = await (await loadProgram(name))(args, { stdin: Readable.from(input ? [input] : []), stdout, stderr, env, cwd: dir });
+      if (code !== 0) throw new Error(`training run ${name} ${args.join(' ')} exited ${code}`);
+    };
+    await job(dir, run);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

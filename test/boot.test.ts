@@ -5,7 +5,7 @@ import { createRequire } from 'node:module';
 import type { AddressInfo } from 'node:net';
 import { basename, join } from 'node:path';
 import { describe, it } from 'node:test';
-import { buildIdOf, cacheHeader, lazyModule, readCache } from '../src/boot.js';
+import { CHECK_CACHE, buildIdOf, cacheHeader, lazyModule, readCache } from '../src/boot.js';
 import { ROOT, runCommand, tempDir, testEnv } from './helpers.js';
 
 const BUNDLE = join(ROOT, 'dist', 'bundle');
@@ -15,7 +15,8 @@ function install(withCaches = true): string {
   const root = tempDir('ima-boot-');
   cpSync(join(ROOT, 'bin'), join(root, 'bin'), { recursive: true });
   mkdirSync(join(root, 'dist'));
-  cpSync(BUNDLE, join(root, 'dist', 'bundle'), { recursive: true, filter: (f) => withCaches || !f.endsWith('.cache') });
+  // Times kept: a bundle file copied after its cache would be newer than it, and its cache not used.
+  cpSync(BUNDLE, join(root, 'dist', 'bundle'), { recursive: true, preserveTimestamps: true, filter: (f) => withCaches || !f.endsWith('.cache') });
   cpSync(join(ROOT, 'package.json'), join(root, 'package.json'));
   symlinkSync(join(ROOT, 'node_modules'), join(root, 'node_modules'));
   return root;
@@ -77,7 +78,7 @@ describe('boot', () => {
     const files = readdirSync(BUNDLE);
     const code = files.filter((f) => f.endsWith('.cjs') && f !== 'boot.cjs');
     assert.ok(code.includes('ima.cjs'));
-    assert.deepEqual(files.filter((f) => f.endsWith('.cache')).sort(), code.map((f) => `${f}.cache`).sort());
+    assert.deepEqual(files.filter((f) => f.endsWith('.cache')).sort(), [...code.map((f) => `${f}.cache`), CHECK_CACHE].sort());
     const got = await probe(ROOT, ['smtp-receive', 'give-recipient']);
     assert.ok(Object.keys(got.units).length > 2);
     assert.deepEqual(
@@ -121,6 +122,45 @@ describe('boot', () => {
       const loaded = /LOADED (.*)$/.exec(r.stderr)![1].split(',');
       for (const m of ['net', 'http', 'https', 'zlib', 'tls']) assert.ok(!loaded.includes(`NativeModule ${m}`), `${name} loaded ${m}`);
     }
+  });
+
+  it("a recipient check starts from the pack's smaller check cache; a delivery, and a check without it, from the whole one", async () => {
+    // A preload that says at exit which scripts boot.cjs compiled, with how many bytes of cache each was offered and whether V8 took them.
+    const dir = tempDir();
+    const spy = join(dir, 'spy.cjs');
+    writeFileSync(
+      spy,
+      `const vm = require('node:vm'); const seen = [];
+      vm.Script = class extends vm.Script { constructor(code, o) { super(code, o); seen.push([require('node:path').basename(o.filename), o.cachedData ? o.cachedData.length : 0, !this.cachedDataRejected]); } };
+      process.on('exit', () => require('node:fs').writeSync(2, '\\nSCRIPTS ' + JSON.stringify(seen)));\n`,
+    );
+    const root = install();
+    const bundle = join(root, 'dist', 'bundle');
+    const cfg = join(dir, 'him.toml');
+    for (const f of ['tmp', 'new', 'cur']) mkdirSync(join(dir, 'box', f), { recursive: true });
+    writeFileSync(cfg, `[domains."b.test"]\ncommand = ["give-recipient", "--address", "{address}", ${JSON.stringify(join(dir, 'box'))}]\n`);
+    const msg = await runCommand(join(ROOT, 'bin', 'make-message'), ['-r', 'alice@a.test', '--text', 'Hi\n', 'bob@b.test'], { env: testEnv() });
+    const offered = async (args: string[]) => {
+      const r = await runCommand(process.execPath, ['-r', spy, join(root, 'bin', 'handle-incoming-mail'), '--config', cfg, ...args], {
+        env: testEnv(),
+        input: msg.stdout,
+      });
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout.toString(), /^OK bob@b\.test$/m);
+      const [pack] = (JSON.parse(/SCRIPTS (.*)$/.exec(r.stderr)![1]) as [string, number, boolean][]).filter(([f]) => f === 'ima.cjs');
+      assert.ok(pack[2], 'V8 rejected the cache');
+      return pack[1];
+    };
+    // A cache file is its header line, then what V8 is given.
+    const size = (f: string) => {
+      const data = readFileSync(join(bundle, f));
+      return data.length - data.indexOf('\n') - 1;
+    };
+    assert.ok(size(CHECK_CACHE) < size('ima.cjs.cache') * 0.9, `${size(CHECK_CACHE)} against ${size('ima.cjs.cache')}`);
+    assert.equal(await offered(['--check']), size(CHECK_CACHE));
+    assert.equal(await offered([]), size('ima.cjs.cache'));
+    rmSync(join(bundle, CHECK_CACHE));
+    assert.equal(await offered(['--check']), size('ima.cjs.cache'));
   });
 
   it('a rebuilt bundle ignores the old cache and runs the new code', async () => {
