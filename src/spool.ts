@@ -10,6 +10,7 @@ import { finished } from 'node:stream/promises';
 import { join } from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { FdWriter } from './stdio.js';
+import { chunksOf } from './streams.js';
 
 export interface SpoolOptions {
   /** Bytes kept in memory before spilling to a file. */
@@ -321,9 +322,11 @@ export class SpoolStore {
   /**
    * Read input to its end into the store; the part reads it back as often as asked.
    * Chunks of input passed on from `lentFrom` are consumed once written (or
-   * copied, when kept in memory). With `done`, chunks kept in memory are
-   * copied, and done(n) says the first n bytes are written or copied: the
-   * input holds none of them any more.
+   * copied, when kept in memory). A stream is read chunk by chunk for that
+   * (chunksOf): iterating it joins what is queued into a new Buffer whenever
+   * the writes fall behind, and the pooled buffers behind a join never came
+   * back. With `done`, chunks kept in memory are copied, and done(n) says the
+   * first n bytes are written or copied: the input holds none of them any more.
    */
   async add(input: AsyncIterable<unknown>, lentFrom?: BufferPool, done?: (bytes: number) => void): Promise<{ size: number; open(): Readable | Buffer }> {
     const chunks: Buffer[] = [];
@@ -353,7 +356,7 @@ export class SpoolStore {
       if (queued > 2) await writing;
     };
     try {
-      for await (const c of input) {
+      for await (const c of input instanceof Readable ? chunksOf(input) : input) {
         const chunk = typeof c === 'string' ? Buffer.from(c) : (c as Buffer);
         if (chunk.length === 0) continue;
         size += chunk.length;

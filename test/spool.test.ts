@@ -47,6 +47,28 @@ test('spool: the chunks of a spooled part are reused once handed back, and fresh
   }
 });
 
+test('spool: a part read from a stream that queued several pooled chunks hands each of them back once written', async () => {
+  // Iterating the stream itself (for await) joins what is queued into a new Buffer: the pooled buffers behind it
+  // would never come back, and the pool would allocate afresh for every chunk after.
+  const pool = new BufferPool(1024);
+  const taken = [pool.take(), pool.take(), pool.take()];
+  const input = new PassThrough();
+  for (const b of taken) input.write(pool.passOn(b.fill(7)));
+  input.end();
+  const store = new SpoolStore({ memoryBudget: 0, dir: tempDir() });
+  try {
+    const part = await store.add(input, pool);
+    assert.equal(part.size, 3 * 1024);
+    const again = new Set([pool.take(), pool.take(), pool.take()].map((b) => b.buffer));
+    assert.ok(
+      taken.every((b) => again.has(b.buffer)),
+      'the three buffers are lent again',
+    );
+  } finally {
+    await store.dispose();
+  }
+});
+
 test('spool: a message written through handingBack to a file is byte for byte the one written straight to a stream', async () => {
   const data = pattern(6 * 1024 * 1024 + 7);
   const { store, part } = await spooled(data);
