@@ -62,7 +62,11 @@ export class Base64Decoder extends Transform {
     private readonly pool?: BufferPool,
     private readonly input?: BufferPool,
   ) {
-    super();
+    // Its chunks are read one at a time, as pushed. mailparser reads it with read(), which on a byte stream joins
+    // what is queued (a line's few bytes before every large chunk, see split.ts) into a new Buffer: the pooled
+    // buffers behind a join never came back, and when the spool's writes were slow (the kernel writing back a
+    // just-written input) the pool allocated afresh for most chunks, 56 MB of garbage before a full collection.
+    super({ readableObjectMode: true, readableHighWaterMark: 1 });
   }
 
   override _transform(chunk: Buffer, _e: BufferEncoding, cb: TransformCallback): void {

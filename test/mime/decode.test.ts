@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { Readable, type Transform } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
+import { finished } from 'node:stream/promises';
 import { describe, it } from 'node:test';
 import { Decoder as LibDecoder } from 'libbase64';
 import { Base64Decoder, decodedSize } from '../../src/mime/decode.js';
@@ -102,6 +103,31 @@ describe('Base64Decoder gives the bytes libbase64 gives', () => {
       assert.deepEqual(await pooled(chunks), fast, `chunks of ${size}, pooled`);
       if (size >= 4096) assert.deepEqual(fast, data, `chunks of ${size}`);
     }
+  });
+
+  it('a reader that falls behind still gets each pooled chunk as it was passed on, never a join of them', async () => {
+    // mailparser reads the decoder with read() on 'readable': a byte stream's read() joins what is queued into a
+    // new Buffer, and the pooled buffers behind a join are never handed back.
+    const pool = new BufferPool(decodedSize(4096));
+    const decoder = new Base64Decoder(pool);
+    const line = Buffer.from(randomBytes(57).toString('base64') + '\r\n');
+    const lines = Buffer.from(wrap(randomBytes(57 * 50).toString('base64'), 76, '\r\n'));
+    const out: Buffer[] = [];
+    decoder.on('readable', () => {
+      for (let c; (c = decoder.read() as Buffer | null) !== null;) out.push(c);
+    });
+    decoder.write(line);
+    decoder.write(lines);
+    decoder.end();
+    await finished(decoder);
+    assert.deepEqual(
+      out.map((c) => c.length),
+      [57, 57 * 50],
+    );
+    assert.ok(
+      out.every((c) => pool.passedOn(c)),
+      'each chunk read is the view passed on',
+    );
   });
 
   it('an input chunk passed on to it is handed back once decoded, and only such a chunk', async () => {
