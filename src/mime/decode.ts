@@ -13,6 +13,8 @@ import type { BufferPool } from '../spool.js';
 const LF = 0x0a;
 const CR = 0x0d;
 const PIECE = 64 * 1024;
+/** Bytes out below which a chunk is decoded into a buffer of its own size, not a pooled one. */
+const SMALL = 4096;
 /** The most bytes a chunk of `length` bytes of base64 decodes to (with up to 3 characters carried from the chunk before). */
 export const decodedSize = (length: number) => Math.floor((length + 3) / 4) * 3;
 const NOT_BASE64 = /[^A-Za-z0-9+/=]/g;
@@ -76,7 +78,9 @@ export class Base64Decoder extends Transform {
     // Groups of 4 decode the same apart as together, so only the slow path, which handles padding, gets
     // the rest whole.
     const most = decodedSize(chunk.length);
-    const pool = this.pool && most <= this.pool.size ? this.pool : undefined;
+    // Not a pool buffer for a few bytes: the line cut by each input chunk, passed on before the rest (split.ts),
+    // took a whole one each, and the pool grew to twice the buffers in flight.
+    const pool = this.pool && most <= this.pool.size && most >= SMALL ? this.pool : undefined;
     const out = pool ? pool.take() : Buffer.allocUnsafe(most);
     let length = 0;
     let at = 0;
