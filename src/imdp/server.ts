@@ -98,6 +98,26 @@ const dropFor = (e: unknown) => new Drop(describe(e), e instanceof LineError && 
 export const REPLY_BUFFER = 64 * 1024;
 /** ms an answer may be held back for the next (a handler's REPLY line for the final answer, ACCEPT for the result). */
 const HOLD = 20;
+/**
+ * Messages of one connection being delivered at once. A message whose data
+ * has all been read is finished (the handler's writes and fsyncs) while the
+ * next commands are read: a pipelining peer's messages are stored side by
+ * side instead of each waiting for the disk in turn, and their answers still
+ * go out in order. Each holds at most the buffers between the connection and
+ * its handler (512 KiB).
+ */
+const MAX_IN_FLIGHT = 4;
+
+/**
+ * The answers of one message's DATA (its handler's REPLY lines, the final
+ * answer), or answers of later commands kept while one before them is still
+ * to come. Answers go out in the order of the commands (ima(7)).
+ */
+interface Turn {
+  lines: string[];
+  /** More may come: a delivery that has not answered yet. */
+  open: boolean;
+}
 
 /**
  * Is the from address in the domain the certificate proved? The certificate
@@ -126,6 +146,10 @@ export class ImdpSession {
   private closed = false;
   /** Between reading a command and finishing it: a shutdown waits for this. */
   private busy = false;
+  /** Answers waiting for their turn, the first one's being written now; empty: everything is written as it comes. */
+  private readonly turns: Turn[] = [];
+  /** Deliveries going on while the next commands are read (MAX_IN_FLIGHT); each settles once answered, never rejects. */
+  private readonly inFlight = new Set<Promise<void>>();
   /** Answers held back (the socket corked), to be sent by this timer at the latest. */
   private held: NodeJS.Timeout | undefined;
   /** The peer certificate's SHA-256 (hex), and the last domain it was checked against: the same for every message of a session, as a rule. */
@@ -149,9 +173,17 @@ export class ImdpSession {
         commandTimeout: timeouts.command,
         minRate: limits.minDataRate,
       },
-      () => this.release(),
+      () => this.inputRunsDry(),
     );
     this.reader.deadline('first', timeouts.firstMessage, `no message within ${timeouts.firstMessage / 1000} s`);
+  }
+
+  /** Answer the command being read: now, or, while a message before it is still being delivered, after that one's answers. */
+  private send(s: string): void {
+    const last = this.turns.at(-1);
+    if (!last) return this.write(s);
+    if (last.open) this.turns.push({ lines: [s], open: false });
+    else last.lines.push(s);
   }
 
   /**
@@ -161,13 +193,46 @@ export class ImdpSession {
    * DATA together gets ACCEPT and the final answer in one TLS write, not
    * two, and so does a handler's REPLY line with the final answer after it.
    */
-  private send(s: string): void {
+  private write(s: string): void {
     if (this.socket.destroyed || !this.socket.writable) return;
     if (!this.held) {
       this.socket.cork();
       this.held = setTimeout(() => this.release(), HOLD);
     }
     this.socket.write(s);
+  }
+
+  /** Reading must wait for the peer: what is held back goes out, unless a delivery's answer will come to join it. */
+  private inputRunsDry(): void {
+    if (this.inFlight.size === 0) this.release();
+  }
+
+  /** A turn for one message's answers, after every answer sent or kept so far. */
+  private takeTurn(): Turn {
+    const turn: Turn = { lines: [], open: true };
+    this.turns.push(turn);
+    return turn;
+  }
+
+  /** One of a message's answers: written if it is its turn, else kept until it is. */
+  private sendIn(turn: Turn, s: string): void {
+    if (this.turns[0] === turn) this.write(s);
+    else turn.lines.push(s);
+  }
+
+  /** A message has answered: the answers kept behind it whose turn it now is go out. */
+  private endTurn(turn: Turn): void {
+    turn.open = false;
+    while (this.turns.length > 0 && !this.turns[0].open) {
+      this.turns.shift();
+      const next = this.turns[0];
+      if (next) for (const l of next.lines.splice(0)) this.write(l);
+    }
+  }
+
+  /** Every delivery in flight answered. */
+  private async allAnswered(): Promise<void> {
+    while (this.inFlight.size > 0) await Promise.all(this.inFlight);
   }
 
   /** Send what is held back. */
@@ -185,10 +250,13 @@ export class ImdpSession {
 
   async run(stopping: AbortSignal): Promise<void> {
     const onStop = () => {
-      if (!this.pending && !this.busy) {
+      // Messages being delivered are answered first; a command begun meanwhile is finished by the loop, which then says BYE.
+      void this.allAnswered().then(() => {
+        if (this.pending || this.busy || this.closed) return;
         this.bye('server shutting down, try again later');
+        this.release();
         this.socket.end();
-      }
+      });
     };
     stopping.addEventListener('abort', onStop, { once: true });
     try {
@@ -203,6 +271,7 @@ export class ImdpSession {
           // A peer that sends commands but reads no answers is not read from until it does.
           if (this.socket.writableLength > REPLY_BUFFER) this.release();
           await backpressure(this.socket, REPLY_BUFFER, this.cfg.timeouts.data);
+          while (this.inFlight.size >= MAX_IN_FLIGHT) await Promise.race(this.inFlight);
           line = await this.reader.readLine();
         } catch (e) {
           if (e instanceof WriteError) throw new Drop(`answers not read: ${e.message}`);
@@ -227,6 +296,8 @@ export class ImdpSession {
       if (e.sayBye) this.bye(`${e.message}: closing`);
       else this.socket.destroy();
     } finally {
+      // The connection is closed only once every message read has its answer written (or the connection is gone).
+      await this.allAnswered();
       this.release();
       stopping.removeEventListener('abort', onStop);
     }
@@ -401,22 +472,56 @@ export class ImdpSession {
     const a = this.pending;
     if (!a) return this.protocolError('DATA without an accepted MAIL');
     this.pending = undefined;
-    this.messages++;
+    const n = ++this.messages;
     if (a.rejected) {
       if (a.size > this.cfg.limits.maxMessageSize) throw new Drop('DATA after a size rejection');
       await this.finishData(this.reader.pumpData(a.size));
       this.send(wire.final(a.rejected.status.startsWith('4') ? 'TEMPFAIL' : 'FAIL', `${a.rejected.status} ${a.rejected.text}`));
-      return this.logMessage(a, a.rejected.status.startsWith('4') ? 'TEMPFAIL' : 'FAIL', a.rejected.text);
+      return this.logMessage(a, n, a.rejected.status.startsWith('4') ? 'TEMPFAIL' : 'FAIL', a.rejected.text);
     }
+    const turn = this.takeTurn();
     const { stream, done } = this.reader.pumpData(a.size);
-    const status = await this.deliver(a, stream);
-    await this.finishData({ stream, done });
+    let read = false;
+    let delivered = false;
+    const delivering = this.deliver(a, stream, n, turn).finally(() => (delivered = true));
+    const answer = async () => {
+      try {
+        const status = await delivering;
+        await this.finishData({ stream, done });
+        this.answer(a, n, turn, status);
+      } finally {
+        // No answer (the connection broke, the handler said drop): what comes after it is not held back for it.
+        if (turn.open) this.endTurn(turn);
+      }
+    };
+    await Promise.race([done.then(() => (read = true)), delivering]).catch(() => {});
+    if (!read || delivered) return answer();
+    // All its data is read: the next commands are read while the handler finishes.
+    const job = answer().catch((e: unknown) => this.endInFlight(e));
+    this.inFlight.add(job);
+    void job.finally(() => this.inFlight.delete(job));
+  }
+
+  /** A message's final answer, in its turn; a handler's drop ends the connection. */
+  private answer(a: Announced, n: number, turn: Turn, status: { word: wire.Final | 'drop'; text?: string }): void {
     if (status.word === 'drop') {
       this.cfg.observe?.message('drop', a.size);
       throw new Drop('handler said drop (exit 3)');
     }
-    this.send(wire.final(status.word, status.text));
-    this.logMessage(a, status.word, status.text);
+    this.sendIn(turn, wire.final(status.word, status.text));
+    this.endTurn(turn);
+    // A peer waiting for answers gets this one now, not after HOLD.
+    if (this.reader.waiting) this.release();
+    this.logMessage(a, n, status.word, status.text);
+  }
+
+  /** A delivery in flight ended the session (a handler's drop, or a failure of our own): the connection is cut, as the loop would. */
+  private endInFlight(e: unknown): void {
+    if (e instanceof Drop) this.cfg.log.info(`session=${this.id} ${this.peer.address}: connection dropped: ${e.message}`);
+    else this.cfg.log.error(`session=${this.id} ${this.peer.address}: session failed: ${describe(e)}`);
+    this.closed = true;
+    this.release();
+    this.socket.destroy();
   }
 
   /** Let the rest of the data be read (and discarded if nobody wants it); a broken transfer ends the session. */
@@ -430,19 +535,19 @@ export class ImdpSession {
   }
 
   /** Read the message, check it, add `received`, run the handler. */
-  private async deliver(a: Announced, input: PassThrough): Promise<{ word: wire.Final | 'drop'; text?: string }> {
+  private async deliver(a: Announced, input: PassThrough, n: number, turn: Turn): Promise<{ word: wire.Final | 'drop'; text?: string }> {
     const { maxHeaderBytes, maxEntries, maxMessageSize } = this.cfg.limits;
     const entries = readMessage(input, { maxHeaderBytes, maxEntries, maxTotalBytes: maxMessageSize, maxMetaBytes: 64 * 1024 });
     let headers: Headers;
     try {
-      headers = await this.stampedHeaders(a, entries);
+      headers = await this.stampedHeaders(a, entries, n);
     } catch (e) {
       await entries.return(undefined).catch(() => {});
       if (e instanceof Failure) return { word: e.temporary ? 'TEMPFAIL' : 'FAIL', text: `${e.status} ${e.message}` };
       throw e;
     }
     const rewrite = rewriteFor(headers, entries);
-    const code = await this.runHandler(a, rewrite.output, rewrite.stop.signal);
+    const code = await this.runHandler(a, rewrite.output, rewrite.stop.signal, turn);
     rewrite.output.resume();
     if (!rewrite.problem()) {
       // The handler is done; if it left data unread, stop the writer and let the rest be discarded.
@@ -457,7 +562,7 @@ export class ImdpSession {
   }
 
   /** The message's headers entry, checked against the one announced with MAIL, with our `received` line added. */
-  private async stampedHeaders(a: Announced, entries: AsyncGenerator<Entry>): Promise<Headers> {
+  private async stampedHeaders(a: Announced, entries: AsyncGenerator<Entry>, n: number): Promise<Headers> {
     const first = await entries.next();
     if (first.done || first.value.kind !== 'headers') throw new MessageError('message has no headers entry');
     if (!first.value.raw.equals(a.raw)) throw new MessageError('the headers entry differs from the one announced with MAIL');
@@ -465,13 +570,13 @@ export class ImdpSession {
     const fp = this.certSha256() ?? 'none';
     const when = new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
     headers.addReceived(
-      `from ${a.senderDomain} (${this.peer.address}; cert sha256 ${fp.slice(0, 16)}; from ${a.aligned ? 'aligned' : 'not aligned'}) by ${this.cfg.domain} with IMDP id ${this.id}.${this.messages}; ${when}`,
+      `from ${a.senderDomain} (${this.peer.address}; cert sha256 ${fp.slice(0, 16)}; from ${a.aligned ? 'aligned' : 'not aligned'}) by ${this.cfg.domain} with IMDP id ${this.id}.${n}; ${when}`,
     );
     return headers;
   }
 
   /** Run the handler on the rewritten message, its lines relayed to the peer as they come; its exit code. */
-  private async runHandler(a: Announced, input: PassThrough, signal: AbortSignal): Promise<number> {
+  private async runHandler(a: Announced, input: PassThrough, signal: AbortSignal, turn: Turn): Promise<number> {
     const started = performance.now();
     const code = await runStage({
       argv: this.cfg.handler,
@@ -479,7 +584,7 @@ export class ImdpSession {
       env: this.env(a),
       cwd: this.cfg.cwd,
       input,
-      onLine: (l) => this.send(wire.reply(l)),
+      onLine: (l) => this.sendIn(turn, wire.reply(l)),
       stderr: this.cfg.stderr,
       timeout: this.cfg.timeouts.handler,
       signal,
@@ -488,12 +593,12 @@ export class ImdpSession {
     return code;
   }
 
-  private logMessage(a: Announced, status: string, text?: string): void {
+  private logMessage(a: Announced, n: number, status: string, text?: string): void {
     this.cfg.observe?.message(status, a.size);
     const h = a.headers;
     const rcpts = h ? ['to', 'cc', 'bcc'].flatMap((n) => h.getAll(n)).join(', ') : '';
     this.cfg.log.info(
-      `session=${this.id} msg=${this.messages} peer=${a.senderDomain ?? '?'} address=${this.peer.address} from=<${h?.get('from') ?? ''}> to=<${rcpts}> size=${a.size} status=${status}${text ? ` (${text})` : ''}`,
+      `session=${this.id} msg=${n} peer=${a.senderDomain ?? '?'} address=${this.peer.address} from=<${h?.get('from') ?? ''}> to=<${rcpts}> size=${a.size} status=${status}${text ? ` (${text})` : ''}`,
     );
   }
 }

@@ -124,6 +124,11 @@ export class LineReader {
     }
   }
 
+  /** A read is waiting for the peer's bytes now. */
+  get waiting(): boolean {
+    return this.filling !== undefined;
+  }
+
   /** Bytes already received and not yet read (pipelined input). */
   get available(): number {
     return this.buffered.length;

@@ -39,6 +39,50 @@ test('server-receive: happy path, two messages on one connection, received line,
   await s.waitLog(/session=\w+ msg=1 peer=a\.test address=127\.0\.0\.1 from=<alice@a\.test> to=<bob@b\.test> size=\d+ status=OK/);
 });
 
+test('server-receive: a pipelining peer has its messages delivered side by side, and their answers in order', async () => {
+  // The first message's handler can end only once the second's has run (it waits for the file the second
+  // makes). Delivered one after the other, the first would time out (TEMPFAIL) and the second never run.
+  const out = outDir();
+  const mark = join(out, 'second-ran');
+  const handler = join(out, 'handler.mjs');
+  writeFileSync(
+    handler,
+    `import { existsSync, watch, writeFileSync } from 'node:fs';
+    import { basename, dirname } from 'node:path';
+    const [mark] = process.argv.slice(2);
+    const chunks = [];
+    for await (const c of process.stdin) chunks.push(c);
+    const which = Buffer.concat(chunks).includes('subject: first') ? 'first' : 'second';
+    if (which === 'first') {
+      await new Promise((ran) => {
+        const watcher = watch(dirname(mark), (_e, name) => name === basename(mark) && ran());
+        const timer = setTimeout(() => { console.log('TEMPFAIL bob@b.test 4.0.0 the second message was not delivered meanwhile'); process.exit(75); }, 10_000);
+        if (existsSync(mark)) ran();
+      });
+    } else writeFileSync(mark, 'ran');
+    console.log('OK bob@b.test ' + which);
+    process.exit(0);
+    `,
+  );
+  const s = await server({ handler: ['node', handler, mark] });
+  const c = await connect(s.port);
+  const titled = (subject: string) => message(basicFields().map(([k, v]): [string, string] => [k, k === 'subject' ? subject : v]));
+  const first = await titled('first');
+  const second = await titled('second');
+  c.sendMail(headersOf(first), first.length);
+  await c.sendData(first, first.length);
+  c.sendMail(headersOf(second), second.length);
+  await c.sendData(second, second.length);
+  for (const which of ['first', 'second']) {
+    assert.equal((await c.readAnswer()).word, 'ACCEPT');
+    const r = await c.readResult();
+    assert.equal(r.word, 'OK', `${which}: ${JSON.stringify(r)}`);
+    assert.deepEqual(r.replies, [`OK bob@b.test ${which}`]);
+  }
+  await c.done();
+  await s.waitLog(/msg=2 .*status=OK/);
+});
+
 test('server-receive: certificate failures never get past the greeting', async () => {
   const s = await server();
   const { Pki, EXPIRED } = await import('../pki.js');
