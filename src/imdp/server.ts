@@ -484,7 +484,7 @@ export class ImdpSession {
     let read = false;
     let delivered = false;
     const delivering = this.deliver(a, stream, n, turn).finally(() => (delivered = true));
-    const answer = async () => {
+    const settle = async () => {
       try {
         const status = await delivering;
         await this.finishData({ stream, done });
@@ -495,9 +495,9 @@ export class ImdpSession {
       }
     };
     await Promise.race([done.then(() => (read = true)), delivering]).catch(() => {});
-    if (!read || delivered) return answer();
+    if (!read || delivered) return settle();
     // All its data is read: the next commands are read while the handler finishes.
-    const job = answer().catch((e: unknown) => this.endInFlight(e));
+    const job = settle().catch((e: unknown) => this.endInFlight(e));
     this.inFlight.add(job);
     void job.finally(() => this.inFlight.delete(job));
   }

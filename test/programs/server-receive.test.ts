@@ -362,6 +362,50 @@ test('server-receive: SIGTERM lets the message in flight finish, then says BYE a
   assert.equal(readdirSync(out).filter((f) => f.endsWith('.ima')).length, 1);
 });
 
+test('server-receive: SIGTERM with pipelined messages still being delivered answers each of them, then says BYE', async () => {
+  // Each handler says on stderr (the server's log) that it has the whole message, then waits for the test's go.
+  const out = outDir();
+  const go = join(out, 'go');
+  const handler = join(out, 'handler.mjs');
+  writeFileSync(
+    handler,
+    `import { existsSync, watch, writeFileSync } from 'node:fs';
+    import { basename, dirname } from 'node:path';
+    const [go, out] = process.argv.slice(2);
+    const chunks = [];
+    for await (const c of process.stdin) chunks.push(c);
+    writeFileSync(out + '/' + process.pid + '.ima', Buffer.concat(chunks));
+    console.error('have the message');
+    await new Promise((ran) => {
+      watch(dirname(go), (_e, name) => name === basename(go) && ran());
+      setTimeout(() => process.exit(75), 10_000);
+      if (existsSync(go)) ran();
+    });
+    console.log('OK bob@b.test');
+    process.exit(0);
+    `,
+  );
+  const s = await server({ handler: ['node', handler, go, out] });
+  const c = await connect(s.port);
+  for (let i = 0; i < 2; i++) {
+    const tar = await message(basicFields());
+    c.sendMail(headersOf(tar), tar.length);
+    await c.sendData(tar, tar.length);
+  }
+  await s.waitLog(/have the message[\s\S]*have the message/);
+  const exited = new Promise<number | null>((res) => s.proc.once('exit', (code) => res(code)));
+  s.proc.kill('SIGTERM');
+  await s.waitLog(/stopping: no new connections/);
+  writeFileSync(go, 'go');
+  for (let i = 0; i < 2; i++) {
+    assert.equal((await c.readAnswer()).word, 'ACCEPT');
+    assert.equal((await c.readResult()).word, 'OK', `message ${i + 1}`);
+  }
+  assert.equal((await c.readAnswer()).word, 'BYE');
+  assert.equal(await exited, 0);
+  assert.equal(readdirSync(out).filter((f) => f.endsWith('.ima')).length, 2);
+});
+
 test('server-receive: SIGHUP re-reads the config and the certificate files', async () => {
   const { pki, dir } = await import('../imdp-fixture.js');
   const { copyFileSync, writeFileSync } = await import('node:fs');
